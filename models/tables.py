@@ -1,0 +1,120 @@
+"""Tortoise models of runs, steps, attempts and events. Data only: behaviour lives in `engine/`.
+
+Class docstrings become table comments, and Tortoise's SQLite migrations split statements on
+semicolons: keep semicolons and quotes out of them.
+"""
+
+from __future__ import annotations
+
+from tortoise import fields
+from tortoise.indexes import Index
+from tortoise.models import Model
+
+from models.status import AttemptStatus, RunStatus, StepStatus
+
+
+class Run(Model):
+    """One execution of a workflow with inputs, with a snapshot of the definition it started with."""
+
+    id = fields.IntField(primary_key=True)
+    workflow = fields.CharField(max_length=200)
+    definition: dict = fields.JSONField()  # type: ignore[assignment]
+    inputs: dict = fields.JSONField()  # type: ignore[assignment]
+    status = fields.CharEnumField(RunStatus, max_length=16, default=RunStatus.QUEUED)
+    error = fields.TextField(null=True)
+    actor = fields.CharField(max_length=200)
+    owner = fields.CharField(max_length=200, null=True)  # engine process (host:pid:boot) running it
+    heartbeat_at = fields.DatetimeField(null=True)
+    recoveries = fields.IntField(default=0)  # how often it was re-queued after its owner died
+    created_at = fields.DatetimeField()
+    started_at = fields.DatetimeField(null=True)
+    finished_at = fields.DatetimeField(null=True)
+    updated_at = fields.DatetimeField()
+
+    steps: fields.ReverseRelation[Step]
+
+    class Meta:
+        table = "runs"
+        indexes = (
+            Index(fields=("status", "heartbeat_at"), name="runs_status_heartbeat"),
+            Index(fields=("workflow", "id"), name="runs_workflow_id"),
+        )
+
+
+class Step(Model):
+    """One node of a run. What it produced lives on its attempts (the current one is `attempt`)."""
+
+    id = fields.IntField(primary_key=True)
+    run: fields.ForeignKeyRelation[Run] = fields.ForeignKeyField(
+        "models.Run", related_name="steps", on_delete=fields.CASCADE
+    )
+    run_id: int
+    key = fields.CharField(max_length=100)
+    label = fields.CharField(max_length=200)
+    position = fields.IntField()  # declared order
+    kind = fields.CharField(max_length=40)
+    needs: list = fields.JSONField()  # type: ignore[assignment]
+    status = fields.CharEnumField(StepStatus, max_length=16, default=StepStatus.PENDING)
+    attempt = fields.IntField(default=0)  # number of the current attempt, 0 before the first
+    stale = fields.BooleanField(default=False)
+    stale_reason = fields.TextField(null=True)
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "steps"
+        unique_together = (("run", "key"),)
+
+
+class Attempt(Model):
+    """One execution of a step. It owns everything the execution produced and is never reused by a retry."""
+
+    id = fields.IntField(primary_key=True)
+    run: fields.ForeignKeyRelation[Run] = fields.ForeignKeyField(
+        "models.Run", related_name="attempts", on_delete=fields.CASCADE
+    )
+    run_id: int
+    step: fields.ForeignKeyRelation[Step] = fields.ForeignKeyField(
+        "models.Step", related_name="attempts", on_delete=fields.CASCADE
+    )
+    step_id: int
+    number = fields.IntField()
+    status = fields.CharEnumField(AttemptStatus, max_length=16, default=AttemptStatus.RUNNING)
+    outputs: list | None = fields.JSONField(null=True)  # type: ignore[assignment]  # one per alternative
+    selected_index = fields.IntField(null=True)
+    partial_output = fields.TextField(null=True)  # what an interrupted execution had produced
+    error = fields.TextField(null=True)
+    error_detail = fields.TextField(null=True)  # traceback
+    consumed: dict = fields.JSONField()  # type: ignore[assignment]  # upstream key -> {attempt, index}
+    logs: list = fields.JSONField()  # type: ignore[assignment]
+    progress = fields.FloatField(null=True)
+    progress_message = fields.TextField(null=True)
+    owner = fields.CharField(max_length=200, null=True)
+    started_at = fields.DatetimeField()
+    finished_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "attempts"
+        unique_together = (("step", "number"),)
+        indexes = (Index(fields=("run_id", "id"), name="attempts_run_id"),)
+
+
+class Event(Model):
+    """Append-only record of a transition or a human action. Its id orders the timeline of the run."""
+
+    id = fields.IntField(primary_key=True)
+    run: fields.ForeignKeyRelation[Run] = fields.ForeignKeyField(
+        "models.Run", related_name="events", on_delete=fields.CASCADE
+    )
+    run_id: int
+    step_key = fields.CharField(max_length=100, null=True)
+    attempt = fields.IntField(null=True)
+    kind = fields.CharField(max_length=40)
+    from_status = fields.CharField(max_length=16, null=True)
+    to_status = fields.CharField(max_length=16, null=True)
+    actor = fields.CharField(max_length=200, null=True)
+    message = fields.TextField(null=True)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "events"
+        indexes = (Index(fields=("run_id", "id"), name="events_run_id"),)
