@@ -1,0 +1,364 @@
+"""Workflow definitions: load YAML files, validate them, and describe steps and their graph."""
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+
+from engine.calls import CallError, resolve_call
+from engine.inputs import InputDeclError, parse_input
+
+# Re-exported: callers deal with definitions and their inputs through this module.
+from engine.inputs import InputDef as InputDef
+from engine.inputs import InputError as InputError
+from engine.inputs import validate_inputs as validate_inputs
+
+# Extra step fields each kind accepts; those that are not StepDef attributes land in StepDef.config.
+KIND_FIELDS: dict[str, frozenset[str]] = {"python": frozenset({"call"})}
+STEP_FIELDS = ("key", "label", "kind", "needs", "alternatives", "select", "timeout_s", "description")
+# `schedules` is reserved for cron triggers: accepted now so definitions written for later still load.
+WORKFLOW_FIELDS = ("name", "description", "inputs", "steps", "schedules")
+SELECT_MODES = ("auto", "human")
+MAX_ALTERNATIVES = 20
+DEFAULT_TIMEOUT_S = 900.0
+SNAPSHOT_VERSION = 1
+_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class DefinitionError(Exception):
+    """An invalid workflow definition, located by file, line, step and field (`step` is "#N" for a step without key)."""
+
+    def __init__(
+        self, source: str, detail: str, *, step: str | None = None, field: str | None = None, line: int | None = None
+    ) -> None:
+        super().__init__(source, detail)
+        self.source, self.detail, self.step, self.field, self.line = source, detail, step, field, line
+
+    def __str__(self) -> str:
+        parts = [f"{self.source}:{self.line}" if self.line else self.source]
+        if self.step is not None:
+            parts.append(f"step {self.step}" if self.step.startswith("#") else f"step {self.step!r}")
+        if self.field:
+            parts.append(self.field)
+        return ": ".join([*parts, self.detail])
+
+
+class _Mapping(dict[Any, Any]):
+    """A YAML mapping that remembers the line where it, and each of its keys, start."""
+
+    line: int
+    key_lines: dict[Any, int]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys and records line numbers, so errors can point into the file."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: dict[Hashable, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable):
+                if key in seen:
+                    problem = f"duplicate key {key!r} (first at line {seen[key]})"
+                    raise yaml.constructor.ConstructorError(None, None, problem, key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Iterator[_Mapping]:
+    data = _Mapping()
+    data.line, data.key_lines = node.start_mark.line + 1, {}
+    yield data
+    data.update(loader.construct_mapping(node))
+    data.key_lines = {loader.construct_object(k): k.start_mark.line + 1 for k, _ in node.value}
+
+
+def _construct_timestamp(loader: _Loader, node: yaml.ScalarNode) -> str:
+    return loader.construct_scalar(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+# An unquoted 2024-01-01 would otherwise become a date, which is neither a string nor JSON.
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
+
+
+def _line(where: Any, key: Any = None) -> int | None:
+    if not isinstance(where, _Mapping):
+        return None
+    return where.key_lines.get(key, where.line)
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else "mapping" if isinstance(value, Mapping) else type(value).__name__
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StepDef:
+    """One step of a workflow; `config` holds kind-specific fields that are not attributes here."""
+
+    key: str
+    label: str
+    kind: str = "python"
+    needs: tuple[str, ...] = ()
+    alternatives: int = 1
+    select: str = "auto"
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    call: str | None = None
+    description: str = ""
+    config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WorkflowDef:
+    """A validated workflow: inputs, and steps in declared order."""
+
+    name: str
+    description: str
+    inputs: tuple[InputDef, ...]
+    steps: tuple[StepDef, ...]
+    source: str
+
+    def step(self, key: str) -> StepDef:
+        """Return the step with this key; KeyError if there is none."""
+        for step in self.steps:
+            if step.key == key:
+                return step
+        raise KeyError(key)
+
+    def keys(self) -> list[str]:
+        """Step keys in declared order."""
+        return [step.key for step in self.steps]
+
+    def dependents(self, key: str) -> list[str]:
+        """Steps that depend on `key` directly or transitively, in declared order, without `key` itself."""
+        self.step(key)
+        affected = {key}
+        changed = True
+        while changed:  # needs may point forward in the list, so one pass is not enough
+            changed = False
+            for step in self.steps:
+                if step.key not in affected and affected.intersection(step.needs):
+                    affected.add(step.key)
+                    changed = True
+        return [k for k in self.keys() if k in affected and k != key]
+
+    def to_snapshot(self) -> dict[str, Any]:
+        """A JSON-serializable copy of this definition, kept with each run."""
+        data = {
+            "version": SNAPSHOT_VERSION,
+            "name": self.name,
+            "description": self.description,
+            "source": self.source,
+            "inputs": [dataclasses.asdict(i) for i in self.inputs],
+            "steps": [dataclasses.asdict(s) for s in self.steps],
+        }
+        # The round trip makes a deep, plain-JSON copy that cannot alias this definition's values.
+        return json.loads(json.dumps(data))  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_snapshot(cls, data: Mapping[str, Any]) -> Self:
+        """Rebuild a definition from `to_snapshot()` output, without re-resolving calls."""
+        if data.get("version", SNAPSHOT_VERSION) != SNAPSHOT_VERSION:
+            raise ValueError(f"unsupported definition snapshot version {data.get('version')!r}")
+        inputs = tuple(InputDef(**{**i, "options": tuple(i["options"])}) for i in data["inputs"])
+        steps = tuple(StepDef(**{**s, "needs": tuple(s["needs"]), "config": dict(s["config"])}) for s in data["steps"])
+        return cls(data["name"], data["description"], inputs, steps, data["source"])
+
+
+@dataclasses.dataclass
+class Catalog:
+    """Workflow definitions loaded from a directory, and the errors of files that failed."""
+
+    definitions: dict[str, WorkflowDef] = dataclasses.field(default_factory=dict)
+    errors: list[DefinitionError] = dataclasses.field(default_factory=list)
+
+
+def _parse_needs(value: Any) -> tuple[str, ...]:
+    needs = [] if value is None else [value] if isinstance(value, str) else value
+    if not isinstance(needs, list) or not all(isinstance(n, str) for n in needs):
+        raise ValueError(f"expected a step key or a list of step keys, got {_type_name(value)}")
+    if len(set(needs)) != len(needs):
+        raise ValueError("a step is listed more than once")
+    return tuple(needs)
+
+
+def _parse_step(
+    raw: Any, index: int, previous: str | None, source: str, workflows_dir: Path | None, resolve_calls: bool
+) -> StepDef:
+    position = f"#{index + 1}"
+    if not isinstance(raw, Mapping):
+        raise DefinitionError(source, f"expected a mapping, got {_type_name(raw)}", step=position)
+    key = raw.get("key")
+    if not isinstance(key, str) or not _KEY_RE.match(key):
+        detail = "missing: every step needs a key" if key is None else f"invalid key {key!r}"
+        detail += " (lowercase letters, digits, '_' and '-', starting with a letter or digit, at most 100 characters)"
+        raise DefinitionError(source, detail, step=position, field="key", line=_line(raw, "key"))
+
+    def fail(field: str | None, detail: str, at: str | None = None) -> DefinitionError:
+        return DefinitionError(source, detail, step=key, field=field, line=_line(raw, at or field))
+
+    kind = raw.get("kind", "python")
+    if not isinstance(kind, str) or kind not in KIND_FIELDS:
+        raise fail("kind", f"unknown kind {kind!r} (known: {', '.join(KIND_FIELDS)})")
+    allowed = {*STEP_FIELDS, *KIND_FIELDS[kind]}
+    for name in raw:
+        if name not in allowed:
+            raise fail(None, f"unknown field {name!r} (allowed for kind {kind}: {', '.join(sorted(allowed))})", at=name)
+    label = raw.get("label", key)
+    if not isinstance(label, str) or not label.strip():
+        raise fail("label", f"expected a non-empty string, got {label!r}")
+    description = raw.get("description") or ""
+    if not isinstance(description, str):
+        raise fail("description", f"expected a string, got {_type_name(description)}")
+    try:
+        needs = _parse_needs(raw["needs"]) if "needs" in raw else (previous,) if previous else ()
+    except ValueError as exc:
+        raise fail("needs", str(exc)) from None
+    if key in needs:
+        raise fail("needs", "a step cannot need itself")
+    alternatives = raw.get("alternatives", 1)
+    if isinstance(alternatives, bool) or not isinstance(alternatives, int) or not 1 <= alternatives <= MAX_ALTERNATIVES:
+        raise fail("alternatives", f"expected an integer from 1 to {MAX_ALTERNATIVES}, got {alternatives!r}")
+    select = raw.get("select", "human" if alternatives > 1 else "auto")
+    if select not in SELECT_MODES:
+        raise fail("select", f"expected one of {', '.join(SELECT_MODES)}, got {select!r}")
+    timeout_s = raw.get("timeout_s", DEFAULT_TIMEOUT_S)
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not 0 < timeout_s < math.inf:
+        raise fail("timeout_s", f"expected a positive number of seconds, got {timeout_s!r}")
+    call = raw.get("call")
+    if "call" in KIND_FIELDS[kind]:  # a kind that accepts `call` runs it, so it is required
+        if not isinstance(call, str) or not call:
+            raise fail("call", f"required for kind {kind}: 'module:function'")
+        if resolve_calls:
+            try:
+                resolve_call(call, workflows_dir)
+            except CallError as exc:
+                raise fail("call", str(exc)) from None
+    attributes = {f.name for f in dataclasses.fields(StepDef)}
+    config = {name: value for name, value in raw.items() if name in KIND_FIELDS[kind] and name not in attributes}
+    return StepDef(key, label, kind, needs, alternatives, select, float(timeout_s), call, description, config)
+
+
+def _find_cycle(steps: Sequence[StepDef]) -> list[str] | None:
+    needs = {step.key: step.needs for step in steps}
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(key: str) -> list[str] | None:
+        path.append(key)
+        for need in needs[key]:
+            if need in path:
+                return [*path[path.index(need) :], need]
+            if need not in done and (cycle := visit(need)):
+                return cycle
+        path.pop()
+        done.add(key)
+        return None
+
+    for step in steps:
+        if step.key not in done and (cycle := visit(step.key)):
+            return cycle
+    return None
+
+
+def parse_definition(
+    data: Any, source: str, *, name: str | None = None, workflows_dir: Path | None = None, resolve_calls: bool = True
+) -> WorkflowDef:
+    """Validate a definition parsed from YAML (or built in Python); `name` is used when it declares none."""
+    if not isinstance(data, Mapping):
+        raise DefinitionError(source, f"top level must be a mapping with 'steps', got {_type_name(data)}")
+    for key in data:
+        if key not in WORKFLOW_FIELDS:
+            raise DefinitionError(
+                source, f"unknown field {key!r} (allowed: {', '.join(WORKFLOW_FIELDS)})", line=_line(data, key)
+            )
+    wf_name = data.get("name", name)
+    if not isinstance(wf_name, str) or not _NAME_RE.match(wf_name):
+        detail = f"invalid workflow name {wf_name!r} (letters, digits, '_', '.', '-'; starting with a letter or digit)"
+        raise DefinitionError(source, detail, field="name", line=_line(data, "name"))
+    description = data.get("description") or ""
+    if not isinstance(description, str):
+        raise DefinitionError(source, "expected a string", field="description", line=_line(data, "description"))
+    raw_inputs = data.get("inputs") or {}
+    if not isinstance(raw_inputs, Mapping):
+        detail = f"expected a mapping of input name to declaration, got {_type_name(raw_inputs)}"
+        raise DefinitionError(source, detail, field="inputs", line=_line(data, "inputs"))
+    inputs: list[InputDef] = []
+    for input_name, decl in raw_inputs.items():
+        try:
+            inputs.append(parse_input(input_name, decl))
+        except InputDeclError as exc:
+            field = f"inputs.{input_name}" + (f".{exc.field}" if exc.field else "")
+            line = (_line(decl, exc.field) if exc.field else None) or _line(raw_inputs, input_name)
+            raise DefinitionError(source, str(exc), field=field, line=line) from None
+    raw_steps = data.get("steps")
+    if not raw_steps or not isinstance(raw_steps, list):
+        detail = "expected a list of steps" if raw_steps else "missing or empty: a workflow needs at least one step"
+        raise DefinitionError(source, detail, field="steps", line=_line(data, "steps"))
+    steps: list[StepDef] = []
+    for index, raw_step in enumerate(raw_steps):
+        previous = steps[-1].key if steps else None
+        step = _parse_step(raw_step, index, previous, source, workflows_dir, resolve_calls)
+        if step.key in (s.key for s in steps):
+            detail = f"duplicate step key {step.key!r} (also step #{[s.key for s in steps].index(step.key) + 1})"
+            raise DefinitionError(source, detail, step=step.key, field="key", line=_line(raw_step, "key"))
+        steps.append(step)
+    keys = [step.key for step in steps]
+    for step, raw_step in zip(steps, raw_steps, strict=True):
+        for need in step.needs:
+            if need not in keys:
+                known = ", ".join(k for k in keys if k != step.key) or "none"
+                detail = f"unknown step {need!r} (known: {known})"
+                raise DefinitionError(source, detail, step=step.key, field="needs", line=_line(raw_step, "needs"))
+    cycle = _find_cycle(steps)
+    if cycle:
+        line = _line(raw_steps[keys.index(cycle[0])], "needs")
+        raise DefinitionError(source, f"cycle: {' -> '.join(cycle)}", step=cycle[0], field="needs", line=line)
+    return WorkflowDef(wf_name, description, tuple(inputs), tuple(steps), source)
+
+
+def load_file(path: Path, workflows_dir: Path | None = None) -> WorkflowDef:
+    """Load and validate one YAML definition; calls resolve from `workflows_dir` (default: the file's directory)."""
+    source = str(path)
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DefinitionError(source, f"cannot read file: {exc}") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        detail = f"invalid YAML: {exc.problem or exc.context}"
+        raise DefinitionError(source, detail, line=mark.line + 1 if mark else None) from None
+    except yaml.YAMLError as exc:
+        raise DefinitionError(source, f"invalid YAML: {exc}") from None
+    return parse_definition(data, source, name=path.stem, workflows_dir=workflows_dir or path.parent)
+
+
+def load_directory(path: Path) -> Catalog:
+    """Load every *.yaml and *.yml file in `path`; a broken file lands in `errors` and never stops the others."""
+    catalog = Catalog()
+    if not path.is_dir():
+        detail = "not a directory" if path.exists() else "directory does not exist"
+        catalog.errors.append(DefinitionError(str(path), detail))
+        return catalog
+    # Dot files are editor swap and lock files, not definitions.
+    files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
+    for file in files:
+        try:
+            defn = load_file(file, path)
+        except DefinitionError as exc:
+            catalog.errors.append(exc)
+            continue
+        if defn.name in catalog.definitions:
+            detail = f"workflow name {defn.name!r} is already used by {catalog.definitions[defn.name].source}"
+            catalog.errors.append(DefinitionError(str(file), detail, field="name"))
+        else:
+            catalog.definitions[defn.name] = defn
+    return catalog

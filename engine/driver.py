@@ -1,0 +1,271 @@
+"""Drives one claimed run: starts ready steps, executes them, writes outcomes, finishes the run.
+
+Readiness comes from status alone: a step runs when it is PENDING and all its needs are COMPLETED,
+never because an output or an alternative is (or is not) present. Every exit path (success,
+error, timeout, cancellation, shutdown, a bug of ours) ends in a true state, written through
+`engine/transitions.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import traceback
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from engine import transitions
+from engine.context import StepContext
+from engine.definitions import StepDef, WorkflowDef
+from engine.kinds import KINDS
+from engine.outputs import normalize_outputs
+from engine.store import fetch
+from models.status import RunStatus, StepStatus
+
+if TYPE_CHECKING:
+    from engine.executor import Engine
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN = "shutdown"
+CANCELLED = "cancelled"
+LOST = "lost"
+
+
+@dataclass(slots=True)
+class StepState:
+    """What the driver knows of one step; refreshed from the database after outside changes."""
+
+    id: int
+    defn: StepDef
+    status: StepStatus
+    attempt: int
+    outputs: list[Any] | None = None
+    selected_index: int | None = None
+    error: str | None = None
+
+    @property
+    def output(self) -> Any:
+        if self.outputs is None or self.selected_index is None:
+            return None
+        return self.outputs[self.selected_index]
+
+
+@dataclass(eq=False)
+class RunDriver:
+    engine: Engine
+    run_id: int
+    stop_reason: str | None = None
+    dirty: bool = False
+    steps: dict[str, StepState] = field(default_factory=dict)
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    contexts: dict[str, StepContext] = field(default_factory=dict)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _dependents: dict[str, list[str]] = field(default_factory=dict)
+
+    # --- outside signals (called from the engine's hub listener) --------------------------------
+
+    def notice_outside_change(self) -> None:
+        self.dirty = True
+        self._wake.set()
+
+    def stop(self, reason: str) -> None:
+        """Stop in-flight work: `cancelled` (already written by the operation) or `shutdown`."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        for ctx in self.contexts.values():
+            ctx.cancelled.set()
+        for task in self.tasks.values():
+            task.cancel()
+        self._wake.set()
+
+    # --- the run ---------------------------------------------------------------------------------
+
+    async def drive(self) -> None:
+        try:
+            self.defn, self.inputs = await self._load()
+            await self._loop()
+            await self._finish()
+        except asyncio.CancelledError:
+            # The engine is going away while we drive: nothing may stay RUNNING.
+            await asyncio.shield(self._fail(f"interrupted: the engine stopped ({self.engine.owner})"))
+            raise
+        except Exception as exc:
+            log.exception("run %s: driver error", self.run_id)
+            await asyncio.shield(self._fail(f"engine error: {type(exc).__name__}: {exc}"))
+
+    async def _load(self) -> tuple[WorkflowDef, dict[str, Any]]:
+        rows = await fetch("SELECT definition, inputs FROM runs WHERE id = ?", (self.run_id,))
+        defn = WorkflowDef.from_snapshot(_json(rows[0]["definition"]))
+        self._dependents = {s.key: [] for s in defn.steps}
+        for s in defn.steps:
+            for need in s.needs:
+                self._dependents[need].append(s.key)
+        await self._refresh(defn)
+        return defn, _json(rows[0]["inputs"])
+
+    async def _refresh(self, defn: WorkflowDef | None = None) -> None:
+        defn = defn or self.defn
+        rows = await fetch(
+            "SELECT s.id, s.key, s.status, s.attempt, a.outputs, a.selected_index, a.error FROM steps s"
+            " LEFT JOIN attempts a ON a.step_id = s.id AND a.number = s.attempt WHERE s.run_id = ?",
+            (self.run_id,),
+        )
+        by_key = {r["key"]: r for r in rows}
+        for s in defn.steps:
+            r = by_key[s.key]
+            if s.key in self.tasks:
+                continue  # ours while in flight
+            self.steps[s.key] = StepState(
+                id=r["id"],
+                defn=s,
+                status=StepStatus(r["status"]),
+                attempt=r["attempt"],
+                outputs=_json(r["outputs"]) if r["outputs"] is not None else None,
+                selected_index=r["selected_index"],
+                error=r["error"],
+            )
+        self.dirty = False
+
+    def _ready(self, candidates: list[str]) -> list[StepState]:
+        ready = []
+        for key in candidates:
+            s = self.steps[key]
+            if s.status != StepStatus.PENDING or key in self.tasks:
+                continue
+            if all(self.steps[n].status == StepStatus.COMPLETED for n in s.defn.needs):
+                ready.append(s)
+        return ready
+
+    async def _loop(self) -> None:
+        candidates = list(self.steps)
+        while self.stop_reason is None:
+            for s in self._ready(candidates):
+                self.tasks[s.defn.key] = asyncio.create_task(self._execute(s), name=f"run{self.run_id}:{s.defn.key}")
+            if not self.tasks:
+                return
+            self._wake.clear()
+            waker = asyncio.create_task(self._wake.wait())
+            done, _ = await asyncio.wait([*self.tasks.values(), waker], return_when=asyncio.FIRST_COMPLETED)
+            waker.cancel()
+            candidates = []
+            for key, task in list(self.tasks.items()):
+                if task in done:
+                    del self.tasks[key]
+                    self.contexts.pop(key, None)
+                    candidates.extend(self._dependents[key])
+            if self.dirty:
+                await self._refresh()
+                candidates = list(self.steps)
+        # Stopped: let the cancelled step tasks write what they must before we decide.
+        if self.tasks:
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            self.tasks.clear()
+
+    async def _finish(self) -> None:
+        if self.stop_reason == CANCELLED or self.stop_reason == LOST:
+            return  # the operation that cancelled the run wrote its state
+        if self.stop_reason == SHUTDOWN:
+            await self._fail(self._interrupted_reason("the server shut down"))
+            return
+        statuses = [s.status for s in self.steps.values()]
+        failed = [s for s in self.steps.values() if s.status in (StepStatus.FAILED, StepStatus.CANCELLED)]
+        if failed:
+            first = failed[0]
+            error = f"step {first.defn.key!r} {first.status.value}" + (f": {first.error}" if first.error else "")
+            await transitions.finish_run(self.run_id, self.engine.owner, RunStatus.FAILED, error)
+        elif all(s == StepStatus.COMPLETED for s in statuses):
+            await transitions.finish_run(self.run_id, self.engine.owner, RunStatus.COMPLETED)
+        elif StepStatus.WAITING in statuses:
+            await transitions.finish_run(self.run_id, self.engine.owner, RunStatus.WAITING)
+        else:
+            stuck = [s.defn.key for s in self.steps.values() if s.status == StepStatus.PENDING]
+            error = f"no step can run: {', '.join(stuck)} wait on steps that cannot complete"
+            await transitions.finish_run(self.run_id, self.engine.owner, RunStatus.FAILED, error)
+
+    def _interrupted_reason(self, why: str) -> str:
+        running = [k for k, s in self.steps.items() if s.status == StepStatus.RUNNING] or list(self.tasks)
+        where = f" while step {', '.join(repr(k) for k in running)} was running" if running else ""
+        return f"interrupted: {why}{where} ({self.engine.owner})"
+
+    async def _fail(self, reason: str) -> None:
+        await transitions.fail_running_run(self.run_id, reason, owner=self.engine.owner)
+
+    # --- one step ----------------------------------------------------------------------------------
+
+    async def _execute(self, s: StepState) -> None:
+        async with self.engine.step_slots:
+            if self.stop_reason is not None:
+                return
+            await self._attempt(s)
+
+    async def _attempt(self, s: StepState) -> None:
+        d = s.defn
+        number = s.attempt + 1
+        consumed = {n: {"attempt": self.steps[n].attempt, "index": self.steps[n].selected_index} for n in d.needs}
+        attempt_id = await transitions.start_step(self.run_id, s.id, d.key, number, consumed, self.engine.owner)
+        if attempt_id is None:
+            self.notice_outside_change()
+            return
+        s.status, s.attempt, s.outputs, s.selected_index, s.error = StepStatus.RUNNING, number, None, None, None
+        ref = transitions.AttemptRef(self.run_id, s.id, d.key, attempt_id, number)
+        ctx = StepContext(
+            run_id=self.run_id,
+            step_key=d.key,
+            attempt=number,
+            alternatives=d.alternatives,
+            inputs=self.inputs,
+            outputs={n: self.steps[n].output for n in d.needs},
+        )
+        self.contexts[d.key] = ctx
+        timeout = asyncio.timeout(d.timeout_s)
+        try:
+            async with timeout:
+                result = await KINDS[d.kind](d, ctx, self.engine.threads, self.engine.settings.workflows_dir)
+            outputs = normalize_outputs(result, d.alternatives)
+        except asyncio.CancelledError:
+            ctx.cancelled.set()
+            await asyncio.shield(self._stopped(s, ref, ctx))
+            return
+        except TimeoutError as exc:
+            ctx.cancelled.set()
+            if not timeout.expired():
+                await asyncio.shield(self._failed(s, ref, ctx, exc))
+                return
+            error = f"timed out after {d.timeout_s:g} s"
+            if await asyncio.shield(transitions.fail_step(ref, error, None, ctx.logs)):
+                s.status, s.error = StepStatus.FAILED, error
+            return
+        except Exception as exc:
+            await asyncio.shield(self._failed(s, ref, ctx, exc))
+            return
+        index = 0 if d.select == "auto" else None
+        done = transitions.complete_step(ref, outputs, index, ctx.logs, ctx.fraction, ctx.message)
+        if await asyncio.shield(done):
+            s.status = StepStatus.COMPLETED if index is not None else StepStatus.WAITING
+            s.outputs, s.selected_index = outputs, index
+        else:
+            self.notice_outside_change()
+
+    async def _failed(self, s: StepState, ref: transitions.AttemptRef, ctx: StepContext, exc: BaseException) -> None:
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        detail = "".join(traceback.format_exception(exc))
+        if await transitions.fail_step(ref, error, detail, ctx.logs):
+            s.status, s.error = StepStatus.FAILED, error
+        else:
+            self.notice_outside_change()
+
+    async def _stopped(self, s: StepState, ref: transitions.AttemptRef, ctx: StepContext) -> None:
+        if self.stop_reason == SHUTDOWN:
+            reason = self._interrupted_reason("the server shut down")
+            if await transitions.fail_step(ref, reason, None, ctx.logs):
+                s.status, s.error = StepStatus.FAILED, reason
+        else:
+            # The cancel operation already ended the attempt: keep what it had produced.
+            await transitions.keep_partial_output(ref, None, ctx.logs)
+            s.status = StepStatus.CANCELLED
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, (str, bytes)) else value

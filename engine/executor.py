@@ -1,0 +1,160 @@
+"""The engine of one process: claims queued runs, drives them, keeps their heartbeats.
+
+Queued runs are claimed through the guarded QUEUED → RUNNING transition, so several engines (or a
+headless `main.py run` beside a server) never drive the same run twice. The engine learns of new
+work from the hub (runs queued in this process) and by polling (runs queued elsewhere).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable
+
+from engine import maintenance, transitions
+from engine.driver import CANCELLED, LOST, SHUTDOWN, RunDriver
+from engine.hub import Change, hub
+from engine.settings import Settings
+from engine.store import fetch
+from engine.threads import DaemonPool
+from models.status import RunStatus
+
+log = logging.getLogger(__name__)
+
+
+def make_owner_id() -> str:
+    """host:pid:boot — the boot part tells a restarted process from the one before it."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class Engine:
+    """Executes runs in the background of this process (a server, a worker, a headless run)."""
+
+    def __init__(self, settings: Settings, *, owner: str | None = None, claim_queued: bool = True) -> None:
+        self.settings = settings
+        self.owner = owner or make_owner_id()
+        self.claim_queued = claim_queued
+        self.threads = DaemonPool()
+        self.step_slots = asyncio.Semaphore(settings.max_concurrent_steps)
+        self.drivers: dict[int, RunDriver] = {}
+        self._driver_tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._remove_listener: Callable[[], None] | None = None
+        self._stopping = False
+
+    async def start(self, *, recover: bool = True) -> None:
+        """Recover orphans (runs of dead owners), then start claiming and heartbeating."""
+        hub.bind_loop(asyncio.get_running_loop())
+        if recover:
+            await maintenance.recover_orphans(self.settings, self.owner)
+        self._remove_listener = hub.add_listener(self._on_change)
+        if self.claim_queued:
+            self._loops.append(asyncio.create_task(self._dispatch_loop(), name="stepdeck-dispatch"))
+        self._loops.append(asyncio.create_task(self._heartbeat_loop(), name="stepdeck-heartbeat"))
+
+    async def stop(self) -> None:
+        """Stop claiming; interrupt in-flight runs (failed as interrupted by shutdown), never leave them running."""
+        self._stopping = True
+        for task in self._loops:
+            task.cancel()
+        for driver in list(self.drivers.values()):
+            driver.stop(SHUTDOWN)
+        if self._driver_tasks:
+            await asyncio.wait(self._driver_tasks, timeout=10)
+        for task in list(self._driver_tasks):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._loops, *self._driver_tasks, return_exceptions=True)
+        if self._remove_listener:
+            self._remove_listener()
+        self.threads.shutdown()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def adopt(self, run_id: int) -> bool:
+        """Claim one queued run and drive it (headless runs); False if another engine has it."""
+        if not await transitions.claim_run(run_id, self.owner):
+            return False
+        self._spawn(run_id)
+        return True
+
+    async def wait_idle(self) -> None:
+        """Wait until this engine drives no run (tests, headless runs)."""
+        while self._driver_tasks:
+            await asyncio.wait(set(self._driver_tasks))
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    def _on_change(self, change: Change) -> None:
+        to_status = change.data.get("to_status")
+        if change.kind == "run" and to_status == RunStatus.QUEUED:
+            self._wake.set()
+        driver = self.drivers.get(change.run_id)
+        if driver is None:
+            return
+        if change.kind == "run" and to_status == RunStatus.CANCELLED:
+            driver.stop(CANCELLED)
+        elif change.kind == "action":
+            driver.notice_outside_change()
+
+    def _spawn(self, run_id: int) -> None:
+        driver = RunDriver(self, run_id)
+        self.drivers[run_id] = driver
+        task = asyncio.create_task(driver.drive(), name=f"stepdeck-run-{run_id}")
+        self._driver_tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._driver_tasks.discard(t)
+            if self.drivers.get(run_id) is driver:
+                del self.drivers[run_id]
+            self._wake.set()  # a slot is free
+
+        task.add_done_callback(done)
+
+    async def _claim_some(self) -> None:
+        free = self.settings.max_concurrent_runs - len(self.drivers)
+        if free <= 0:
+            return
+        rows = await fetch("SELECT id FROM runs WHERE status = ? ORDER BY id LIMIT ?", (RunStatus.QUEUED, free))
+        for row in rows:
+            if self._stopping:
+                return
+            if await transitions.claim_run(row["id"], self.owner):
+                self._spawn(row["id"])
+
+    async def _dispatch_loop(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                await self._claim_some()
+            except Exception:
+                log.exception("claiming queued runs failed; retrying")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
+
+    async def _heartbeat_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.settings.heartbeat_interval_s)
+            try:
+                await transitions.beat(self.owner)
+                await self._drop_lost_runs()
+            except Exception:
+                log.exception("heartbeat failed; retrying")
+
+    async def _drop_lost_runs(self) -> None:
+        """Stop driving runs that another process cancelled or took over (no status is written)."""
+        if not self.drivers:
+            return
+        ids = list(self.drivers)
+        marks = ", ".join("?" for _ in ids)
+        rows = await fetch(f"SELECT id, status, owner FROM runs WHERE id IN ({marks})", ids)
+        for row in rows:
+            driver = self.drivers.get(row["id"])
+            if driver and (row["status"] != RunStatus.RUNNING or row["owner"] != self.owner):
+                driver.stop(CANCELLED if row["status"] == RunStatus.CANCELLED else LOST)

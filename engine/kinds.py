@@ -1,0 +1,35 @@
+"""Step kinds: how a step of each kind executes, given its definition and context."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+from engine.calls import resolve_call
+from engine.context import StepContext
+from engine.definitions import StepDef
+
+KindRunner = Callable[[StepDef, StepContext, Executor, Path | None], Awaitable[Any]]
+
+
+async def run_python(step: StepDef, ctx: StepContext, threads: Executor, workflows_dir: Path | None) -> Any:
+    """Call `module:function`; a sync function runs in a thread so it cannot stall the event loop."""
+    assert step.call is not None
+    fn = resolve_call(step.call, workflows_dir)
+    if inspect.iscoroutinefunction(fn):
+        return await fn(ctx)
+    loop = asyncio.get_running_loop()
+    call = functools.partial(contextvars.copy_context().run, fn, ctx)
+    result = await loop.run_in_executor(threads, call)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+KINDS: dict[str, KindRunner] = {"python": run_python}

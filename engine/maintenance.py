@@ -1,0 +1,105 @@
+"""Orphan recovery and the sweep: no run stays RUNNING after the process behind it has died.
+
+A run is an orphan when its owner is provably dead (same host, process gone) or has not
+heartbeated for `stale_after_s`. A healthy owner heartbeats every few seconds whatever its steps
+do (sync steps run in threads), so a long step never looks dead. Both paths write through the
+guarded RUNNING → FAILED transition: running them twice, or from two processes, fails a run once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from engine import transitions
+from engine.settings import Settings
+from engine.store import fetch
+from models.status import RunStatus, StepStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class OrphanVerdict:
+    run_id: int
+    reason: str
+
+
+def owner_is_dead(owner: str | None, host: str | None = None) -> bool:
+    """True only when the owner ran on this host and its process no longer exists."""
+    if not owner:
+        return True
+    parts = owner.split(":")
+    if len(parts) < 2 or parts[0] != (host or socket.gethostname()):
+        return False
+    try:
+        pid = int(parts[1])
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return False  # this process; a different boot of it means the previous one is gone (handled by caller)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def orphan_reason(
+    row: dict[str, Any], running_steps: list[str], me: str, now: datetime, stale_after_s: float
+) -> str | None:
+    """Why this RUNNING run is an orphan, or None when its owner may still be alive (pure but for pid checks)."""
+    owner, beat = row["owner"], _as_datetime(row["heartbeat_at"])
+    if owner == me:
+        return None
+    steps = ", ".join(repr(k) for k in running_steps)
+    where = f" while step {steps} was running" if steps else ""
+    when = f"last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC" if beat else "no heartbeat"
+    same_process_restarted = owner is not None and me.rsplit(":", 1)[0] == owner.rsplit(":", 1)[0]
+    if owner_is_dead(owner) or same_process_restarted:
+        return f"interrupted: the server stopped{where}; {when} from {owner or 'an unknown owner'}"
+    if beat is None or now - beat > timedelta(seconds=stale_after_s):
+        return (
+            f"interrupted: its engine stopped responding{where}; {when} from {owner}, "
+            f"more than {stale_after_s:g} s ago"
+        )
+    return None
+
+
+async def find_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
+    rows = await fetch(
+        "SELECT id, owner, heartbeat_at FROM runs WHERE status = ? AND (owner IS NULL OR owner != ?)",
+        (RunStatus.RUNNING, me),
+    )
+    verdicts = []
+    now = transitions.utcnow()
+    for row in rows:
+        steps = await fetch(
+            "SELECT key FROM steps WHERE run_id = ? AND status = ? ORDER BY position", (row["id"], StepStatus.RUNNING)
+        )
+        reason = orphan_reason(row, [s["key"] for s in steps], me, now, settings.stale_after_s)
+        if reason:
+            verdicts.append(OrphanVerdict(row["id"], reason))
+    return verdicts
+
+
+async def recover_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
+    """Fail every orphaned run with its running steps; returns those this call failed."""
+    failed = []
+    for verdict in await find_orphans(settings, me):
+        if await transitions.fail_running_run(verdict.run_id, verdict.reason, actor="recovery"):
+            log.warning("run %s: %s", verdict.run_id, verdict.reason)
+            failed.append(verdict)
+    return failed
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))

@@ -1,0 +1,203 @@
+"""What people and scripts do to runs: start, rerun/resume, select, cancel (and preview a rerun).
+
+Each operation reads the current state, decides, and commits through one guarded transition. When
+a guard fails (someone acted in between) it re-reads once: a repeated call that already took
+effect is a no-op, anything else is a Conflict with a message saying what changed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine import transitions
+from engine.definitions import WorkflowDef
+from engine.errors import Conflict, InvalidInput, NotFound
+from engine.inputs import InputError, validate_inputs
+from engine.registry import workflows
+from engine.store import fetch
+from models.status import RUN_ACTIVE, RunStatus, StepStatus
+
+
+async def start_run(
+    workflow: str | WorkflowDef, inputs: Mapping[str, Any], actor: str, *, from_strings: bool = False
+) -> int:
+    """Validate the inputs and queue a new run; returns its id."""
+    defn = workflow if isinstance(workflow, WorkflowDef) else workflows.get(workflow)
+    if not isinstance(inputs, Mapping):
+        raise InvalidInput("inputs must be an object mapping input names to values")
+    try:
+        values = validate_inputs(defn, inputs, from_strings=from_strings)
+    except InputError as exc:
+        raise InvalidInput(str(exc), exc.problems) from None
+    steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs)) for s in defn.steps]
+    return await transitions.create_run(defn.name, defn.to_snapshot(), values, steps, actor)
+
+
+# --- reading what an operation needs -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    id: int
+    status: RunStatus
+    defn: WorkflowDef
+    steps: dict[str, dict[str, Any]]  # key -> row of the step with its current attempt
+
+
+async def _read_run(run_id: int) -> _Run:
+    rows = await fetch("SELECT id, status, definition FROM runs WHERE id = ?", (run_id,))
+    if not rows:
+        raise NotFound(f"run {run_id} does not exist")
+    steps = await fetch(
+        "SELECT s.id, s.key, s.status, s.attempt, a.id AS attempt_id, a.status AS attempt_status, a.outputs,"
+        " a.selected_index FROM steps s LEFT JOIN attempts a ON a.step_id = s.id AND a.number = s.attempt"
+        " WHERE s.run_id = ? ORDER BY s.position",
+        (run_id,),
+    )
+    definition = rows[0]["definition"]
+    defn = WorkflowDef.from_snapshot(json.loads(definition) if isinstance(definition, str) else definition)
+    return _Run(run_id, RunStatus(rows[0]["status"]), defn, {s["key"]: s for s in steps})
+
+
+def _step(run: _Run, key: str) -> dict[str, Any]:
+    try:
+        return run.steps[key]
+    except KeyError:
+        known = ", ".join(run.steps)
+        raise NotFound(f"run {run.id} has no step {key!r} (steps: {known})") from None
+
+
+# --- rerun / resume --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RerunPlan:
+    """What `rerun_from(run, step)` would do: steps re-run (in order) and steps kept as they are."""
+
+    run_id: int
+    step: str
+    rerun: list[str]
+    keep: list[str]
+    allowed: bool
+    reason: str | None  # why it is not allowed
+
+
+def _plan(run: _Run, key: str) -> RerunPlan:
+    _step(run, key)
+    chosen = {key, *run.defn.dependents(key)}
+    # Failed or cancelled steps elsewhere are retried too: the run cannot complete without them.
+    for other, row in run.steps.items():
+        if row["status"] in (StepStatus.FAILED, StepStatus.CANCELLED) and other not in chosen:
+            chosen |= {other, *run.defn.dependents(other)}
+    order = run.defn.keys()
+    rerun = [k for k in order if k in chosen]
+    keep = [k for k in order if k not in chosen]
+    reason = None
+    if run.status in RUN_ACTIVE:
+        reason = f"run {run.id} is {run.status.value}: cancel it or wait until it stops"
+    return RerunPlan(run.id, key, rerun, keep, reason is None, reason)
+
+
+async def rerun_plan(run_id: int, step_key: str) -> RerunPlan:
+    """Preview of a rerun from `step_key`: what would be re-run and what kept."""
+    return _plan(await _read_run(run_id), step_key)
+
+
+async def rerun_from(run_id: int, step_key: str, actor: str) -> RerunPlan:
+    """Reset the step, its dependents (and failed steps elsewhere) to PENDING and queue the run.
+
+    Their attempts stay in history and stale flags are cleared; exactly one of several concurrent
+    calls takes effect, the others get a Conflict.
+    """
+    run = await _read_run(run_id)
+    plan = _plan(run, step_key)
+    if not plan.allowed:
+        raise Conflict(plan.reason or "rerun not allowed")
+    resets = [
+        transitions.StepReset(run.steps[k]["id"], k, StepStatus(run.steps[k]["status"]))
+        for k in plan.rerun
+        if run.steps[k]["status"] != StepStatus.RUNNING
+    ]
+    if len(resets) != len(plan.rerun):
+        raise Conflict(f"run {run_id} still has running steps; run `main.py check` or wait for the sweep")
+    action = f"rerun from step {step_key!r}: " + ", ".join(plan.rerun)
+    if not await transitions.rerun_steps(run_id, run.status, step_key, resets, actor, action):
+        now = await _read_run(run_id)
+        raise Conflict(f"run {run_id} changed meanwhile (now {now.status.value}); the rerun was not applied twice")
+    return plan
+
+
+async def resume_run(run_id: int, actor: str) -> RerunPlan:
+    """Resume a failed or cancelled run from its first step that did not complete."""
+    run = await _read_run(run_id)
+    for key, row in run.steps.items():
+        if row["status"] != StepStatus.COMPLETED:
+            return await rerun_from(run_id, key, actor)
+    raise Conflict(f"run {run_id} has no unfinished step to resume from; rerun a step instead")
+
+
+# --- select ------------------------------------------------------------------------------------------
+
+
+async def select(run_id: int, step_key: str, index: int, actor: str) -> bool:
+    """Pick alternative `index` of the step's current attempt; False when it was already picked.
+
+    A WAITING step completes and its run continues; on a COMPLETED step the dependents that used the
+    previous choice are flagged stale, with the reason, until they are re-run.
+    """
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise InvalidInput("index must be an integer", {"index": "must be an integer"})
+    for _ in range(2):
+        run = await _read_run(run_id)
+        row = _step(run, step_key)
+        status = StepStatus(row["status"])
+        if status not in (StepStatus.WAITING, StepStatus.COMPLETED) or row["outputs"] is None:
+            raise Conflict(f"step {step_key!r} is {status.value}: there is nothing to select")
+        outputs = json.loads(row["outputs"]) if isinstance(row["outputs"], str) else row["outputs"]
+        if not 0 <= index < len(outputs):
+            raise InvalidInput(
+                f"index {index} is out of range: step {step_key!r} has {len(outputs)} alternative"
+                f"{'s' if len(outputs) != 1 else ''} (0 to {len(outputs) - 1})",
+                {"index": f"must be between 0 and {len(outputs) - 1}"},
+            )
+        if status == StepStatus.COMPLETED and row["selected_index"] == index:
+            return False
+        stale: list[str] = []
+        if status == StepStatus.COMPLETED:
+            if run.status in RUN_ACTIVE:
+                raise Conflict(f"run {run_id} is {run.status.value}: change a completed selection once it stops")
+            stale = [k for k in run.defn.dependents(step_key) if run.steps[k]["status"] == StepStatus.COMPLETED]
+        sel = transitions.Selection(
+            run_id=run_id,
+            step_id=row["id"],
+            key=step_key,
+            attempt_id=row["attempt_id"],
+            number=row["attempt"],
+            index=index,
+            previous_index=row["selected_index"],
+            step_from=status,
+            run_from=run.status,
+            stale_keys=stale,
+        )
+        if await transitions.select_alternative(sel, actor):
+            return True
+    raise Conflict(f"step {step_key!r} of run {run_id} keeps changing; reload and try again")
+
+
+# --- cancel ----------------------------------------------------------------------------------------
+
+
+async def cancel_run(run_id: int, actor: str) -> bool:
+    """Cancel a queued, running or waiting run; False when it was already cancelled."""
+    for _ in range(3):
+        run = await _read_run(run_id)
+        if run.status == RunStatus.CANCELLED:
+            return False
+        if run.status not in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.WAITING):
+            raise Conflict(f"run {run_id} is already {run.status.value}: there is nothing to cancel")
+        if await transitions.cancel_run(run_id, run.status, actor):
+            return True
+    raise Conflict(f"run {run_id} keeps changing; try again")

@@ -1,0 +1,51 @@
+"""The workflow definitions this process knows, loaded from the definitions directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.definitions import Catalog, DefinitionError, WorkflowDef, load_directory
+from engine.errors import NotFound
+
+
+class Registry:
+    """Definitions by name, plus the files that failed to load (shown, never fatal)."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory
+        self.catalog = Catalog(definitions={}, errors=[])
+
+    def load(self, directory: Path) -> Catalog:
+        """(Re)load every definition file of `directory`; broken files end up in `errors`."""
+        self.directory = directory
+        self.catalog = load_directory(directory)
+        return self.catalog
+
+    def reload(self) -> Catalog:
+        if self.directory is None:
+            raise RuntimeError("no definitions directory configured")
+        return self.load(self.directory)
+
+    @property
+    def definitions(self) -> dict[str, WorkflowDef]:
+        return self.catalog.definitions
+
+    @property
+    def errors(self) -> list[DefinitionError]:
+        return self.catalog.errors
+
+    def get(self, name: str) -> WorkflowDef:
+        try:
+            return self.catalog.definitions[name]
+        except KeyError:
+            known = ", ".join(sorted(self.catalog.definitions)) or "none"
+            broken = [e for e in self.catalog.errors if Path(e.source).stem == name]
+            hint = f"; its file failed to load: {broken[0]}" if broken else ""
+            raise NotFound(f"unknown workflow {name!r} (known: {known}){hint}") from None
+
+    def add(self, defn: WorkflowDef) -> None:
+        """Register a definition made in Python (tests, embedding)."""
+        self.catalog.definitions[defn.name] = defn
+
+
+workflows = Registry()

@@ -1,0 +1,498 @@
+"""The only code that writes statuses.
+
+Every function here is one short transaction: guarded compare-and-set updates (`… WHERE id = ?
+AND status = ?`, the affected rows checked) together with their event rows, committed together or
+not at all, then published on the hub. A function whose guard does not hold changes nothing and
+returns False/None: the caller re-reads and decides. Nothing here awaits step work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from engine.hub import Change, hub
+from engine.store import BatchResult, Ref, Stmt, run_batch
+from models.status import AttemptStatus, RunStatus, StepStatus
+
+_EVENT_SQL = (
+    "INSERT INTO events (run_id, step_key, attempt, kind, from_status, to_status, actor, message, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    """An event row to write with a transition, and to publish once committed."""
+
+    kind: str
+    run_id: int | Ref
+    step_key: str | None = None
+    attempt: int | None = None
+    from_status: str | None = None
+    to_status: str | None = None
+    actor: str | None = None
+    message: str | None = None
+
+    def stmt(self, now: datetime) -> Stmt:
+        return Stmt(
+            _EVENT_SQL,
+            (
+                self.run_id,
+                self.step_key,
+                self.attempt,
+                self.kind,
+                self.from_status,
+                self.to_status,
+                self.actor,
+                self.message,
+                now,
+            ),
+        )
+
+
+async def _commit(stmts: list[Stmt], events: Sequence[EventSpec], now: datetime) -> BatchResult:
+    """Run the transition's statements plus its events; publish the events once committed."""
+    first_event = len(stmts)
+    result = await run_batch([*stmts, *(e.stmt(now) for e in events)])
+    if result.ok:
+        for offset, event in enumerate(events):
+            rows = result.rows[first_event + offset]
+            run_id = event.run_id if isinstance(event.run_id, int) else result.rows[event.run_id.index][0][0]
+            hub.publish(
+                Change(
+                    run_id=run_id,
+                    kind=event.kind,
+                    step_key=event.step_key,
+                    event_id=rows[0][0] if rows else None,
+                    data={
+                        "attempt": event.attempt,
+                        "from_status": event.from_status,
+                        "to_status": event.to_status,
+                        "actor": event.actor,
+                        "message": event.message,
+                        "at": now.isoformat(),
+                    },
+                )
+            )
+    return result
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewStep:
+    key: str
+    label: str
+    kind: str
+    needs: list[str]
+
+
+async def create_run(
+    workflow: str, definition: dict[str, Any], inputs: dict[str, Any], steps: Sequence[NewStep], actor: str
+) -> int:
+    """Insert a QUEUED run with its PENDING steps; returns the run id."""
+    now = utcnow()
+    run = Stmt(
+        "INSERT INTO runs (workflow, definition, inputs, status, actor, recoveries, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, 0, ?, ?) RETURNING id",
+        (workflow, definition, inputs, RunStatus.QUEUED, actor, now, now),
+        guard=True,
+    )
+    step_rows = Stmt(
+        "INSERT INTO steps (run_id, key, label, position, kind, needs, status, attempt, stale, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, 0, FALSE, ?)",
+        many=[(Ref(0), s.key, s.label, i, s.kind, s.needs, StepStatus.PENDING, now) for i, s in enumerate(steps)],
+    )
+    events = [
+        EventSpec("action", Ref(0), actor=actor, message=f"started a run of {workflow!r}"),
+        EventSpec("run", Ref(0), to_status=RunStatus.QUEUED, actor=actor),
+    ]
+    result = await _commit([run, step_rows], events, now)
+    return int(result.rows[0][0][0])
+
+
+async def claim_run(run_id: int, owner: str) -> bool:
+    """QUEUED → RUNNING for `owner`; applies only to QUEUED rows, returns False otherwise."""
+    now = utcnow()
+    claim = Stmt(
+        "UPDATE runs SET status = ?, owner = ?, heartbeat_at = ?, started_at = COALESCE(started_at, ?),"
+        " finished_at = NULL, error = NULL, updated_at = ? WHERE id = ? AND status = ?",
+        (RunStatus.RUNNING, owner, now, now, now, run_id, RunStatus.QUEUED),
+        guard=True,
+    )
+    event = EventSpec("run", run_id, from_status=RunStatus.QUEUED, to_status=RunStatus.RUNNING, message=owner)
+    return (await _commit([claim], [event], now)).ok
+
+
+async def finish_run(run_id: int, owner: str, to: RunStatus, error: str | None = None) -> bool:
+    """RUNNING → WAITING/COMPLETED/FAILED by its owner; applies only to RUNNING rows it owns."""
+    assert to in (RunStatus.WAITING, RunStatus.COMPLETED, RunStatus.FAILED)
+    now = utcnow()
+    finished_at = None if to == RunStatus.WAITING else now
+    update = Stmt(
+        "UPDATE runs SET status = ?, error = ?, owner = NULL, heartbeat_at = NULL, finished_at = ?, updated_at = ?"
+        " WHERE id = ? AND status = ? AND owner = ?",
+        (to, error, finished_at, now, run_id, RunStatus.RUNNING, owner),
+        guard=True,
+    )
+    event = EventSpec("run", run_id, from_status=RunStatus.RUNNING, to_status=to, message=error)
+    return (await _commit([update], [event], now)).ok
+
+
+async def fail_running_run(run_id: int, reason: str, *, owner: str | None = None, actor: str | None = None) -> bool:
+    """RUNNING → FAILED with its running steps and attempts (interruption, orphan, shutdown).
+
+    Applies only to a RUNNING run (owned by `owner` when given); returns False otherwise.
+    """
+    now = utcnow()
+    guard_sql = "WHERE id = ? AND status = ?" + (" AND owner = ?" if owner else "")
+    guard_params: tuple[Any, ...] = (run_id, RunStatus.RUNNING, *((owner,) if owner else ()))
+    stmts = [
+        Stmt(
+            "UPDATE runs SET status = ?, error = ?, owner = NULL, heartbeat_at = NULL, finished_at = ?,"
+            f" updated_at = ? {guard_sql}",
+            (RunStatus.FAILED, reason, now, now, *guard_params),
+            guard=True,
+        ),
+        *_stop_running_steps(run_id, StepStatus.FAILED, AttemptStatus.FAILED, reason, now),
+    ]
+    events = [
+        EventSpec("run", run_id, from_status=RunStatus.RUNNING, to_status=RunStatus.FAILED, actor=actor, message=reason)
+    ]
+    result = await _commit(stmts, events, now)
+    if result.ok:
+        _publish_stopped(result.rows[1], run_id, StepStatus.FAILED, reason, now)
+    return result.ok
+
+
+def _publish_stopped(rows: list[tuple[Any, ...]], run_id: int, to: StepStatus, reason: str, now: datetime) -> None:
+    for event_id, key, attempt in rows:
+        data = {"attempt": attempt, "from_status": StepStatus.RUNNING, "to_status": to, "message": reason}
+        hub.publish(Change(run_id, "step", step_key=key, event_id=event_id, data={**data, "at": now.isoformat()}))
+
+
+def _stop_running_steps(
+    run_id: int, step_to: StepStatus, attempt_to: AttemptStatus, reason: str, now: datetime
+) -> list[Stmt]:
+    """Statements moving a run's RUNNING attempts and steps to a final status, with step events."""
+    return [
+        Stmt(
+            "INSERT INTO events (run_id, step_key, attempt, kind, from_status, to_status, actor, message, created_at)"
+            " SELECT run_id, key, attempt, 'step', status, ?, NULL, ?, ? FROM steps WHERE run_id = ? AND status = ?"
+            " RETURNING id, step_key, attempt",
+            (step_to, reason, now, run_id, StepStatus.RUNNING),
+        ),
+        Stmt(
+            "UPDATE attempts SET status = ?, error = COALESCE(error, ?), finished_at = ? WHERE run_id = ? AND status = ?",
+            (attempt_to, reason, now, run_id, AttemptStatus.RUNNING),
+        ),
+        Stmt(
+            "UPDATE steps SET status = ?, updated_at = ? WHERE run_id = ? AND status = ?",
+            (step_to, now, run_id, StepStatus.RUNNING),
+        ),
+    ]
+
+
+async def cancel_run(run_id: int, from_status: RunStatus, actor: str) -> bool:
+    """QUEUED/RUNNING/WAITING → CANCELLED with running steps and attempts; guard on `from_status`."""
+    now = utcnow()
+    reason = f"cancelled by {actor}"
+    stmts = [
+        Stmt(
+            "UPDATE runs SET status = ?, error = ?, owner = NULL, heartbeat_at = NULL, finished_at = ?, updated_at = ?"
+            " WHERE id = ? AND status = ?",
+            (RunStatus.CANCELLED, reason, now, now, run_id, from_status),
+            guard=True,
+        ),
+        *_stop_running_steps(run_id, StepStatus.CANCELLED, AttemptStatus.CANCELLED, reason, now),
+    ]
+    events = [
+        EventSpec("action", run_id, actor=actor, message="cancelled the run"),
+        EventSpec("run", run_id, from_status=from_status, to_status=RunStatus.CANCELLED, actor=actor),
+    ]
+    result = await _commit(stmts, events, now)
+    if result.ok:
+        _publish_stopped(result.rows[1], run_id, StepStatus.CANCELLED, reason, now)
+    return result.ok
+
+
+@dataclass(frozen=True, slots=True)
+class StepReset:
+    step_id: int
+    key: str
+    from_status: StepStatus
+
+
+async def rerun_steps(
+    run_id: int, run_from: RunStatus, root_key: str, resets: Sequence[StepReset], actor: str, action: str
+) -> bool:
+    """Run (not running) → QUEUED, and each named step → PENDING with its stale flag cleared.
+
+    Guards: the run is still in `run_from` and every step still has the status it was read with.
+    """
+    now = utcnow()
+    stmts = [
+        Stmt(
+            "UPDATE runs SET status = ?, error = NULL, finished_at = NULL, owner = NULL, heartbeat_at = NULL,"
+            " updated_at = ? WHERE id = ? AND status = ?",
+            (RunStatus.QUEUED, now, run_id, run_from),
+            guard=True,
+        ),
+        Stmt(
+            "UPDATE steps SET status = ?, stale = FALSE, stale_reason = NULL, updated_at = ? WHERE id = ? AND status = ?",
+            many=[(StepStatus.PENDING, now, r.step_id, r.from_status) for r in resets],
+            guard=True,
+        ),
+    ]
+    events = [
+        EventSpec("action", run_id, step_key=root_key, actor=actor, message=action),
+        *(
+            EventSpec("step", run_id, step_key=r.key, from_status=r.from_status, to_status=StepStatus.PENDING)
+            for r in resets
+        ),
+        EventSpec("run", run_id, from_status=run_from, to_status=RunStatus.QUEUED, actor=actor),
+    ]
+    return (await _commit(stmts, events, now)).ok
+
+
+# --- steps and attempts ----------------------------------------------------------------------
+
+
+async def start_step(
+    run_id: int, step_id: int, key: str, number: int, consumed: dict[str, Any], owner: str
+) -> int | None:
+    """PENDING → RUNNING with a new attempt `number`; returns its id.
+
+    Applies only to a PENDING step of a RUNNING run owned by `owner`; returns None otherwise.
+    """
+    now = utcnow()
+    stmts = [
+        Stmt(
+            "UPDATE steps SET status = ?, attempt = ?, updated_at = ? WHERE id = ? AND status = ?"
+            " AND EXISTS (SELECT 1 FROM runs WHERE runs.id = ? AND runs.status = ? AND runs.owner = ?)",
+            (StepStatus.RUNNING, number, now, step_id, StepStatus.PENDING, run_id, RunStatus.RUNNING, owner),
+            guard=True,
+        ),
+        Stmt(
+            "INSERT INTO attempts (run_id, step_id, number, status, consumed, logs, owner, started_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (run_id, step_id, number, AttemptStatus.RUNNING, consumed, [], owner, now),
+        ),
+    ]
+    event = EventSpec(
+        "step", run_id, step_key=key, attempt=number, from_status=StepStatus.PENDING, to_status=StepStatus.RUNNING
+    )
+    result = await _commit(stmts, [event], now)
+    return int(result.rows[1][0][0]) if result.ok else None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRef:
+    run_id: int
+    step_id: int
+    key: str
+    attempt_id: int
+    number: int
+
+
+async def complete_step(
+    ref: AttemptRef,
+    outputs: list[Any],
+    selected_index: int | None,
+    logs: list[str],
+    progress: float | None,
+    progress_message: str | None,
+) -> bool:
+    """Attempt RUNNING → COMPLETED; step RUNNING → COMPLETED (or WAITING when nothing is selected).
+
+    Applies only while both are RUNNING and the attempt is still the step's current one; a result
+    that arrives later is recorded as a late-result event instead and changes nothing.
+    """
+    now = utcnow()
+    to = StepStatus.COMPLETED if selected_index is not None else StepStatus.WAITING
+    stmts = [
+        Stmt(
+            "UPDATE attempts SET status = ?, outputs = ?, selected_index = ?, logs = ?, progress = ?,"
+            " progress_message = ?, finished_at = ? WHERE id = ? AND status = ?",
+            (
+                AttemptStatus.COMPLETED,
+                outputs,
+                selected_index,
+                logs,
+                progress,
+                progress_message,
+                now,
+                ref.attempt_id,
+                AttemptStatus.RUNNING,
+            ),
+            guard=True,
+        ),
+        _step_from_running(ref, to, now),
+    ]
+    event = EventSpec(
+        "step", ref.run_id, step_key=ref.key, attempt=ref.number, from_status=StepStatus.RUNNING, to_status=to
+    )
+    if (await _commit(stmts, [event], now)).ok:
+        return True
+    await record_late_result(ref, "completed")
+    return False
+
+
+async def fail_step(
+    ref: AttemptRef, error: str, detail: str | None, logs: list[str], partial_output: str | None = None
+) -> bool:
+    """Attempt and step RUNNING → FAILED with the error; same guards and late handling as completion."""
+    now = utcnow()
+    stmts = [
+        Stmt(
+            "UPDATE attempts SET status = ?, error = ?, error_detail = ?, logs = ?, partial_output = ?, finished_at = ?"
+            " WHERE id = ? AND status = ?",
+            (AttemptStatus.FAILED, error, detail, logs, partial_output, now, ref.attempt_id, AttemptStatus.RUNNING),
+            guard=True,
+        ),
+        _step_from_running(ref, StepStatus.FAILED, now),
+    ]
+    event = EventSpec(
+        "step",
+        ref.run_id,
+        step_key=ref.key,
+        attempt=ref.number,
+        from_status=StepStatus.RUNNING,
+        to_status=StepStatus.FAILED,
+        message=error,
+    )
+    if (await _commit(stmts, [event], now)).ok:
+        return True
+    await record_late_result(ref, f"failed: {error}")
+    return False
+
+
+def _step_from_running(ref: AttemptRef, to: StepStatus, now: datetime) -> Stmt:
+    return Stmt(
+        "UPDATE steps SET status = ?, updated_at = ? WHERE id = ? AND status = ? AND attempt = ?",
+        (to, now, ref.step_id, StepStatus.RUNNING, ref.number),
+        guard=True,
+    )
+
+
+async def keep_partial_output(ref: AttemptRef, partial_output: str | None, logs: list[str]) -> bool:
+    """Store what an attempt produced before it was stopped; applies only to CANCELLED/FAILED attempts."""
+    result = await run_batch(
+        [
+            Stmt(
+                "UPDATE attempts SET partial_output = COALESCE(?, partial_output), logs = ?"
+                " WHERE id = ? AND status IN (?, ?)",
+                (partial_output, logs, ref.attempt_id, AttemptStatus.CANCELLED, AttemptStatus.FAILED),
+                guard=True,
+            )
+        ]
+    )
+    return result.ok
+
+
+async def record_late_result(ref: AttemptRef, what: str) -> None:
+    """Record that an attempt's result arrived after it had already ended; writes no status."""
+    now = utcnow()
+    message = f"late result discarded: attempt {ref.number} {what} after it had already ended"
+    event = EventSpec("late_result", ref.run_id, step_key=ref.key, attempt=ref.number, message=message)
+    await _commit([], [event], now)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    run_id: int
+    step_id: int
+    key: str
+    attempt_id: int
+    number: int
+    index: int
+    previous_index: int | None
+    step_from: StepStatus  # WAITING or COMPLETED, as read
+    run_from: RunStatus  # as read; a WAITING run is re-queued
+    stale_keys: Sequence[str]  # completed dependents that consumed the previous choice
+
+
+async def select_alternative(sel: Selection, actor: str) -> bool:
+    """Set the selected alternative of the current attempt; WAITING → COMPLETED; flag stale dependents.
+
+    Guards: the attempt is COMPLETED and current, the step and run still have the statuses read.
+    """
+    now = utcnow()
+    step_to = StepStatus.COMPLETED
+    stmts = [
+        Stmt(
+            "UPDATE attempts SET selected_index = ? WHERE id = ? AND status = ?",
+            (sel.index, sel.attempt_id, AttemptStatus.COMPLETED),
+            guard=True,
+        ),
+        Stmt(
+            "UPDATE steps SET status = ?, updated_at = ? WHERE id = ? AND status = ? AND attempt = ?",
+            (step_to, now, sel.step_id, sel.step_from, sel.number),
+            guard=True,
+        ),
+        Stmt("UPDATE runs SET updated_at = ? WHERE id = ? AND status = ?", (now, sel.run_id, sel.run_from), guard=True),
+    ]
+    events = [
+        EventSpec(
+            "action",
+            sel.run_id,
+            step_key=sel.key,
+            attempt=sel.number,
+            actor=actor,
+            message=f"selected alternative {sel.index + 1}"
+            + (f" (was {sel.previous_index + 1})" if sel.previous_index is not None else ""),
+        )
+    ]
+    if sel.step_from != step_to:
+        events.append(
+            EventSpec("step", sel.run_id, step_key=sel.key, attempt=sel.number, from_status=sel.step_from, to_status=step_to)
+        )
+    if sel.stale_keys:
+        reason = (
+            f"upstream step {sel.key!r} changed its selection from alternative "
+            f"{(sel.previous_index or 0) + 1} to {sel.index + 1} ({actor}, {now:%Y-%m-%d %H:%M:%S} UTC); re-run to refresh"
+        )
+        stmts.append(
+            Stmt(
+                "UPDATE steps SET stale = TRUE, stale_reason = ?, updated_at = ? WHERE run_id = ? AND key = ? AND status = ?",
+                many=[(reason, now, sel.run_id, key, StepStatus.COMPLETED) for key in sel.stale_keys],
+            )
+        )
+        events.extend(EventSpec("stale", sel.run_id, step_key=key, message=reason) for key in sel.stale_keys)
+    if sel.run_from == RunStatus.WAITING:
+        stmts.append(
+            Stmt(
+                "UPDATE runs SET status = ?, updated_at = ? WHERE id = ? AND status = ?",
+                (RunStatus.QUEUED, now, sel.run_id, RunStatus.WAITING),
+                guard=True,
+            )
+        )
+        events.append(
+            EventSpec("run", sel.run_id, from_status=RunStatus.WAITING, to_status=RunStatus.QUEUED, actor=actor)
+        )
+    return (await _commit(stmts, events, now)).ok
+
+
+# --- liveness --------------------------------------------------------------------------------
+
+
+async def beat(owner: str) -> int:
+    """Refresh `heartbeat_at` of every RUNNING run owned by `owner`; returns how many (no status write)."""
+    now = utcnow()
+    result = await run_batch(
+        [
+            Stmt(
+                "UPDATE runs SET heartbeat_at = ? WHERE owner = ? AND status = ?",
+                (now, owner, RunStatus.RUNNING),
+            )
+        ]
+    )
+    return result.rowcounts[0]
