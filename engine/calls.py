@@ -47,5 +47,5 @@ def resolve_call(call: str, workflows_dir: Path | None) -> Callable[..., Any]:
     except AttributeError:
         raise CallError(f"module {module_name!r} has no attribute {attr!r}") from None
     if not callable(target):
-        raise CallError(f"{call!r} is not callable (it is a {type(target).__name__})")
+        raise CallError(f"{call!r} is not callable (got {type(target).__name__})")
     return target

@@ -11,7 +11,7 @@ from typing import Any, Self
 import yaml
 
 from engine.calls import CallError, resolve_call
-from engine.inputs import InputDeclError, parse_input
+from engine.inputs import InputDeclError, parse_input, type_name
 
 # Re-exported: callers deal with definitions and their inputs through this module.
 from engine.inputs import InputDef as InputDef
@@ -94,10 +94,6 @@ def _line(where: Any, key: Any = None) -> int | None:
     if not isinstance(where, _Mapping):
         return None
     return where.key_lines.get(key, where.line)
-
-
-def _type_name(value: Any) -> str:
-    return "null" if value is None else "mapping" if isinstance(value, Mapping) else type(value).__name__
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -184,7 +180,7 @@ class Catalog:
 def _parse_needs(value: Any) -> tuple[str, ...]:
     needs = [] if value is None else [value] if isinstance(value, str) else value
     if not isinstance(needs, list) or not all(isinstance(n, str) for n in needs):
-        raise ValueError(f"expected a step key or a list of step keys, got {_type_name(value)}")
+        raise ValueError(f"expected a step key or a list of step keys, got {type_name(value)}")
     if len(set(needs)) != len(needs):
         raise ValueError("a step is listed more than once")
     return tuple(needs)
@@ -195,7 +191,7 @@ def _parse_step(
 ) -> StepDef:
     position = f"#{index + 1}"
     if not isinstance(raw, Mapping):
-        raise DefinitionError(source, f"expected a mapping, got {_type_name(raw)}", step=position)
+        raise DefinitionError(source, f"expected a mapping, got {type_name(raw)}", step=position)
     key = raw.get("key")
     if not isinstance(key, str) or not _KEY_RE.match(key):
         detail = "missing: every step needs a key" if key is None else f"invalid key {key!r}"
@@ -217,7 +213,7 @@ def _parse_step(
         raise fail("label", f"expected a non-empty string, got {label!r}")
     description = raw.get("description") or ""
     if not isinstance(description, str):
-        raise fail("description", f"expected a string, got {_type_name(description)}")
+        raise fail("description", f"expected a string, got {type_name(description)}")
     try:
         needs = _parse_needs(raw["needs"]) if "needs" in raw else (previous,) if previous else ()
     except ValueError as exc:
@@ -274,7 +270,7 @@ def parse_definition(
 ) -> WorkflowDef:
     """Validate a definition parsed from YAML (or built in Python); `name` is used when it declares none."""
     if not isinstance(data, Mapping):
-        raise DefinitionError(source, f"top level must be a mapping with 'steps', got {_type_name(data)}")
+        raise DefinitionError(source, f"top level must be a mapping with 'steps', got {type_name(data)}")
     for key in data:
         if key not in WORKFLOW_FIELDS:
             raise DefinitionError(
@@ -289,7 +285,7 @@ def parse_definition(
         raise DefinitionError(source, "expected a string", field="description", line=_line(data, "description"))
     raw_inputs = data.get("inputs") or {}
     if not isinstance(raw_inputs, Mapping):
-        detail = f"expected a mapping of input name to declaration, got {_type_name(raw_inputs)}"
+        detail = f"expected a mapping of input name to declaration, got {type_name(raw_inputs)}"
         raise DefinitionError(source, detail, field="inputs", line=_line(data, "inputs"))
     inputs: list[InputDef] = []
     for input_name, decl in raw_inputs.items():

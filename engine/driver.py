@@ -61,14 +61,18 @@ class RunDriver:
     steps: dict[str, StepState] = field(default_factory=dict)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     contexts: dict[str, StepContext] = field(default_factory=dict)
-    _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _dependents: dict[str, list[str]] = field(default_factory=dict)
+    _signal: asyncio.Future[None] | None = None  # resolved by outside changes to wake the loop
 
     # --- outside signals (called from the engine's hub listener) --------------------------------
 
     def notice_outside_change(self) -> None:
         self.dirty = True
-        self._wake.set()
+        self._signal_loop()
+
+    def _signal_loop(self) -> None:
+        if self._signal is not None and not self._signal.done():
+            self._signal.set_result(None)
 
     def stop(self, reason: str) -> None:
         """Stop in-flight work: `cancelled` (already written by the operation) or `shutdown`."""
@@ -78,7 +82,7 @@ class RunDriver:
             ctx.cancelled.set()
         for task in self.tasks.values():
             task.cancel()
-        self._wake.set()
+        self._signal_loop()
 
     # --- the run ---------------------------------------------------------------------------------
 
@@ -145,10 +149,9 @@ class RunDriver:
                 self.tasks[s.defn.key] = asyncio.create_task(self._execute(s), name=f"run{self.run_id}:{s.defn.key}")
             if not self.tasks:
                 return
-            self._wake.clear()
-            waker = asyncio.create_task(self._wake.wait())
-            done, _ = await asyncio.wait([*self.tasks.values(), waker], return_when=asyncio.FIRST_COMPLETED)
-            waker.cancel()
+            if self._signal is None or self._signal.done():
+                self._signal = asyncio.get_running_loop().create_future()
+            done, _ = await asyncio.wait([*self.tasks.values(), self._signal], return_when=asyncio.FIRST_COMPLETED)
             candidates = []
             for key, task in list(self.tasks.items()):
                 if task in done:

@@ -50,9 +50,14 @@ class InputError(ValueError):
         super().__init__("invalid inputs: " + "; ".join(f"{name}: {msg}" for name, msg in self.problems.items()))
 
 
-def _type_name(value: Any) -> str:
-    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "list", dict: "object"}
-    return "null" if value is None else names.get(type(value), type(value).__name__)
+def type_name(value: Any) -> str:
+    """The YAML/JSON word for a value's type, for error messages read by people who never see Python."""
+    if value is None:
+        return "null"
+    for type_, name in ((bool, "boolean"), (int, "integer"), (float, "number"), (str, "string"), (list, "list")):
+        if isinstance(value, type_):
+            return name
+    return "mapping" if isinstance(value, Mapping) else type(value).__name__
 
 
 def parse_input(name: Any, raw: Any) -> InputDef:
@@ -62,16 +67,16 @@ def parse_input(name: Any, raw: Any) -> InputDef:
     if raw is None or isinstance(raw, str):
         raw = {"type": raw or "string"}
     if not isinstance(raw, Mapping):
-        raise InputDeclError(f"expected a type name or a mapping, got {_type_name(raw)}")
+        raise InputDeclError(f"expected a type name or a mapping, got {type_name(raw)}")
     for key in raw:
         if key not in _DECL_FIELDS:
-            raise InputDeclError(f"unknown field {key!r} (allowed: {', '.join(_DECL_FIELDS)})", str(key))
+            raise InputDeclError(f"unknown field {key!r} (allowed: {', '.join(_DECL_FIELDS)})")
     type_ = raw.get("type", "string")
     if type_ not in INPUT_TYPES:
         raise InputDeclError(f"unknown type {type_!r} (known: {', '.join(INPUT_TYPES)})", "type")
     description = raw.get("description") or ""
     if not isinstance(description, str):
-        raise InputDeclError(f"expected a string, got {_type_name(description)}", "description")
+        raise InputDeclError(f"expected a string, got {type_name(description)}", "description")
     options = raw.get("options")
     if type_ == "choice":
         if not isinstance(options, list) or not options or not all(isinstance(o, str) for o in options):
@@ -83,7 +88,7 @@ def parse_input(name: Any, raw: Any) -> InputDef:
     default = raw.get("default")
     required = raw.get("required", default is None)
     if not isinstance(required, bool):
-        raise InputDeclError(f"expected true or false, got {_type_name(required)}", "required")
+        raise InputDeclError(f"expected true or false, got {type_name(required)}", "required")
     defn = InputDef(name, type_, required, default, description, tuple(options or ()))
     if default is not None:
         try:
@@ -122,7 +127,7 @@ def check_value(defn: InputDef, value: Any, *, from_strings: bool = False) -> An
         value = _from_string(defn.type, value)
     if defn.type in _STRING_TYPES:
         if not isinstance(value, str):
-            raise ValueError(f"expected a string, got {_type_name(value)}")
+            raise ValueError(f"expected a string, got {type_name(value)}")
         if "\x00" in value:
             raise ValueError("must not contain a NUL character")
         if defn.type == "choice" and value not in defn.options:
@@ -134,10 +139,10 @@ def check_value(defn: InputDef, value: Any, *, from_strings: bool = False) -> An
             raise ValueError(f"not a JSON value: {exc}") from None
     elif defn.type == "boolean":
         if not isinstance(value, bool):
-            raise ValueError(f"expected true or false, got {_type_name(value)}")
+            raise ValueError(f"expected true or false, got {type_name(value)}")
     # bool is an int subclass, but True is never a sensible word count.
     elif isinstance(value, bool) or not isinstance(value, int if defn.type == "integer" else int | float):
-        raise ValueError(f"expected {'an integer' if defn.type == 'integer' else 'a number'}, got {_type_name(value)}")
+        raise ValueError(f"expected {'an integer' if defn.type == 'integer' else 'a number'}, got {type_name(value)}")
     elif not math.isfinite(value):
         raise ValueError(f"expected a finite number, got {value}")
     return value

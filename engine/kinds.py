@@ -18,10 +18,22 @@ from engine.definitions import StepDef
 KindRunner = Callable[[StepDef, StepContext, Executor, Path | None], Awaitable[Any]]
 
 
+# Resolved once per process: definitions are checked when loaded, and re-importing per step would
+# cost more than the engine's whole per-step budget.
+_resolved: dict[tuple[str, Path | None], Callable[..., Any]] = {}
+
+
+def _callable(call: str, workflows_dir: Path | None) -> Callable[..., Any]:
+    fn = _resolved.get((call, workflows_dir))
+    if fn is None:
+        fn = _resolved[(call, workflows_dir)] = resolve_call(call, workflows_dir)
+    return fn
+
+
 async def run_python(step: StepDef, ctx: StepContext, threads: Executor, workflows_dir: Path | None) -> Any:
     """Call `module:function`; a sync function runs in a thread so it cannot stall the event loop."""
     assert step.call is not None
-    fn = resolve_call(step.call, workflows_dir)
+    fn = _callable(step.call, workflows_dir)
     if inspect.iscoroutinefunction(fn):
         return await fn(ctx)
     loop = asyncio.get_running_loop()

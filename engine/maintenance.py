@@ -66,8 +66,7 @@ def orphan_reason(
         return f"interrupted: the server stopped{where}; {when} from {owner or 'an unknown owner'}"
     if beat is None or now - beat > timedelta(seconds=stale_after_s):
         return (
-            f"interrupted: its engine stopped responding{where}; {when} from {owner}, "
-            f"more than {stale_after_s:g} s ago"
+            f"interrupted: its engine stopped responding{where}; {when} from {owner}, more than {stale_after_s:g} s ago"
         )
     return None
 

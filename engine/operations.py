@@ -33,7 +33,20 @@ async def start_run(
     except InputError as exc:
         raise InvalidInput(str(exc), exc.problems) from None
     steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs)) for s in defn.steps]
-    return await transitions.create_run(defn.name, defn.to_snapshot(), values, steps, actor)
+    return await transitions.create_run(defn.name, _snapshot(defn), values, steps, actor)
+
+
+_snapshots: dict[int, tuple[WorkflowDef, dict[str, Any]]] = {}
+
+
+def _snapshot(defn: WorkflowDef) -> dict[str, Any]:
+    """The definition's snapshot, made once per definition object (it is immutable)."""
+    cached = _snapshots.get(id(defn))
+    if cached is None or cached[0] is not defn:
+        if len(_snapshots) > 256:
+            _snapshots.clear()
+        cached = _snapshots[id(defn)] = (defn, defn.to_snapshot())
+    return cached[1]
 
 
 # --- reading what an operation needs -------------------------------------------------------------

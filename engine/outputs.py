@@ -21,7 +21,9 @@ def normalize_outputs(result: Any, alternatives: int) -> list[Any]:
         values = list(result)
     else:
         got = f"a list of {len(result)}" if isinstance(result, (list, tuple)) else type(result).__name__
-        raise OutputError(f"the step asks for {alternatives} alternatives: return a list of {alternatives} outputs, got {got}")
+        raise OutputError(
+            f"the step asks for {alternatives} alternatives: return a list of {alternatives} outputs, got {got}"
+        )
     cleaned = [clean_json(v, f"alternative {i + 1}" if alternatives > 1 else "output") for i, v in enumerate(values)]
     size = len(json.dumps(cleaned, ensure_ascii=False).encode())
     if size > MAX_OUTPUT_BYTES:

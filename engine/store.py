@@ -8,11 +8,14 @@ On SQLite the whole batch runs in one hop to aiosqlite's thread (`BEGIN IMMEDIAT
 under the lock Tortoise holds around its single connection, so no other query of this process
 interleaves and the write lock is taken up front instead of failing half-way. Each hop costs
 about 0.1 ms, which is what a transaction of several statements would otherwise pay per
-statement. Other databases go through Tortoise's transaction with `?` turned into `$n`.
+statement. Batches that arrive while a commit is in flight are committed together, each under
+its own savepoint (group commit). Other databases go through Tortoise's transaction with `?`
+turned into `$n`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
@@ -81,12 +84,14 @@ def _guard_holds(stmt: Stmt, count: int, rows: list[tuple[Any, ...]]) -> bool:
 
 
 def _client() -> BaseDBAsyncClient:
-    return connections.get("default")
+    client: BaseDBAsyncClient = connections.get("default")
+    return client
 
 
 def _run_sqlite_batch(conn: sqlite3.Connection, stmts: Sequence[Stmt]) -> BatchResult:
+    """One batch inside the open transaction, under its own savepoint (rolled back alone on failure)."""
     result = BatchResult(ok=True)
-    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("SAVEPOINT batch")
     try:
         for index, stmt in enumerate(stmts):
             if stmt.many is not None:
@@ -101,13 +106,103 @@ def _run_sqlite_batch(conn: sqlite3.Connection, stmts: Sequence[Stmt]) -> BatchR
             result.rowcounts.append(count)
             result.rows.append(rows)
     except GuardFailed as exc:
-        conn.execute("ROLLBACK")
+        conn.execute("ROLLBACK TO batch")
+        conn.execute("RELEASE batch")
         return BatchResult(ok=False, failed_guard=exc.index)
     except BaseException:
-        conn.execute("ROLLBACK")
+        conn.execute("ROLLBACK TO batch")
+        conn.execute("RELEASE batch")
         raise
-    conn.execute("COMMIT")
+    conn.execute("RELEASE batch")
     return result
+
+
+def _run_sqlite_group(conn: sqlite3.Connection, batches: Sequence[Sequence[Stmt]]) -> list[BatchResult | Exception]:
+    """Several independent batches in one transaction: one commit (one WAL append) for all of them."""
+    results: list[BatchResult | Exception] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for stmts in batches:
+            try:
+                results.append(_run_sqlite_batch(conn, stmts))
+            except sqlite3.IntegrityError as exc:
+                results.append(StoreIntegrityError(str(exc)))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return results
+
+
+class _GroupCommitter:
+    """Batches submitted while a commit is in flight wait and then commit together.
+
+    A lone batch runs inline in its caller (no extra task, the common case of one busy run). Batches
+    that queue up meanwhile are committed by a flusher task, so a caller that is cancelled never
+    strands the batches of others.
+    """
+
+    MAX_GROUP = 64
+
+    def __init__(self, client: SqliteClient) -> None:
+        self.client = client
+        self.busy = False
+        self.pending: list[tuple[Sequence[Stmt], asyncio.Future[BatchResult]]] = []
+        self.flusher: asyncio.Task[None] | None = None
+
+    async def submit(self, stmts: Sequence[Stmt]) -> BatchResult:
+        if self.busy:
+            future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
+            self.pending.append((stmts, future))
+            return await future
+        self.busy = True
+        try:
+            results = await self._execute([stmts])
+        finally:
+            if self.pending:
+                self.flusher = asyncio.create_task(self._flush(), name="stepdeck-group-commit")
+            else:
+                self.busy = False
+        result = results[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def _execute(self, batches: list[Sequence[Stmt]]) -> list[BatchResult | Exception]:
+        async with self.client.acquire_connection() as aconn:
+            return await aconn._execute(_run_sqlite_group, aconn._conn, batches)  # type: ignore[no-any-return]
+
+    async def _flush(self) -> None:
+        try:
+            while self.pending:
+                group, self.pending = self.pending[: self.MAX_GROUP], self.pending[self.MAX_GROUP :]
+                try:
+                    results = await self._execute([g[0] for g in group])
+                except Exception as exc:
+                    results = [exc] * len(group)
+                for (_, future), result in zip(group, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            for _, future in self.pending:
+                future.cancel()
+            self.pending = []
+            self.busy = False
+
+
+_committers: dict[int, _GroupCommitter] = {}
+
+
+def _committer(client: SqliteClient) -> _GroupCommitter:
+    committer = _committers.get(id(client))
+    if committer is None or committer.client is not client:
+        committer = _committers[id(client)] = _GroupCommitter(client)
+    return committer
 
 
 _PLACEHOLDER = re.compile(r"\?")
@@ -143,11 +238,7 @@ async def run_batch(stmts: Sequence[Stmt], *, generic: bool = False) -> BatchRes
     """Run the statements in one transaction; roll back and report when a guard matches nothing."""
     client = _client()
     if isinstance(client, SqliteClient) and not generic:
-        async with client.acquire_connection() as aconn:
-            try:
-                return await aconn._execute(_run_sqlite_batch, aconn._conn, stmts)  # type: ignore[no-any-return]
-            except sqlite3.IntegrityError as exc:
-                raise StoreIntegrityError(str(exc)) from exc
+        return await _committer(client).submit(stmts)
     return await _run_generic_batch(client, stmts)
 
 

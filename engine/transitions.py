@@ -191,7 +191,8 @@ def _stop_running_steps(
             (step_to, reason, now, run_id, StepStatus.RUNNING),
         ),
         Stmt(
-            "UPDATE attempts SET status = ?, error = COALESCE(error, ?), finished_at = ? WHERE run_id = ? AND status = ?",
+            "UPDATE attempts SET status = ?, error = COALESCE(error, ?), finished_at = ?"
+            " WHERE run_id = ? AND status = ?",
             (attempt_to, reason, now, run_id, AttemptStatus.RUNNING),
         ),
         Stmt(
@@ -247,7 +248,8 @@ async def rerun_steps(
             guard=True,
         ),
         Stmt(
-            "UPDATE steps SET status = ?, stale = FALSE, stale_reason = NULL, updated_at = ? WHERE id = ? AND status = ?",
+            "UPDATE steps SET status = ?, stale = FALSE, stale_reason = NULL, updated_at = ?"
+            " WHERE id = ? AND status = ?",
             many=[(StepStatus.PENDING, now, r.step_id, r.from_status) for r in resets],
             guard=True,
         ),
@@ -453,16 +455,20 @@ async def select_alternative(sel: Selection, actor: str) -> bool:
     ]
     if sel.step_from != step_to:
         events.append(
-            EventSpec("step", sel.run_id, step_key=sel.key, attempt=sel.number, from_status=sel.step_from, to_status=step_to)
+            EventSpec(
+                "step", sel.run_id, step_key=sel.key, attempt=sel.number, from_status=sel.step_from, to_status=step_to
+            )
         )
     if sel.stale_keys:
         reason = (
             f"upstream step {sel.key!r} changed its selection from alternative "
-            f"{(sel.previous_index or 0) + 1} to {sel.index + 1} ({actor}, {now:%Y-%m-%d %H:%M:%S} UTC); re-run to refresh"
+            f"{(sel.previous_index or 0) + 1} to {sel.index + 1} ({actor}, {now:%Y-%m-%d %H:%M:%S} UTC);"
+            " re-run to refresh"
         )
         stmts.append(
             Stmt(
-                "UPDATE steps SET stale = TRUE, stale_reason = ?, updated_at = ? WHERE run_id = ? AND key = ? AND status = ?",
+                "UPDATE steps SET stale = TRUE, stale_reason = ?, updated_at = ?"
+                " WHERE run_id = ? AND key = ? AND status = ?",
                 many=[(reason, now, sel.run_id, key, StepStatus.COMPLETED) for key in sel.stale_keys],
             )
         )

@@ -54,9 +54,7 @@ RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
 
 STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
     StepStatus.PENDING: frozenset({StepStatus.RUNNING}),
-    StepStatus.RUNNING: frozenset(
-        {StepStatus.WAITING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED}
-    ),
+    StepStatus.RUNNING: frozenset({StepStatus.WAITING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED}),
     StepStatus.WAITING: frozenset({StepStatus.COMPLETED, StepStatus.PENDING}),
     StepStatus.COMPLETED: frozenset({StepStatus.PENDING}),
     StepStatus.FAILED: frozenset({StepStatus.PENDING}),

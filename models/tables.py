@@ -6,6 +6,8 @@ semicolons: keep semicolons and quotes out of them.
 
 from __future__ import annotations
 
+from typing import Any
+
 from tortoise import fields
 from tortoise.indexes import Index
 from tortoise.models import Model
@@ -18,8 +20,8 @@ class Run(Model):
 
     id = fields.IntField(primary_key=True)
     workflow = fields.CharField(max_length=200)
-    definition: dict = fields.JSONField()  # type: ignore[assignment]
-    inputs: dict = fields.JSONField()  # type: ignore[assignment]
+    definition: fields.JSONField[Any] = fields.JSONField()
+    inputs: fields.JSONField[Any] = fields.JSONField()
     status = fields.CharEnumField(RunStatus, max_length=16, default=RunStatus.QUEUED)
     error = fields.TextField(null=True)
     actor = fields.CharField(max_length=200)
@@ -53,7 +55,7 @@ class Step(Model):
     label = fields.CharField(max_length=200)
     position = fields.IntField()  # declared order
     kind = fields.CharField(max_length=40)
-    needs: list = fields.JSONField()  # type: ignore[assignment]
+    needs: fields.JSONField[Any] = fields.JSONField()
     status = fields.CharEnumField(StepStatus, max_length=16, default=StepStatus.PENDING)
     attempt = fields.IntField(default=0)  # number of the current attempt, 0 before the first
     stale = fields.BooleanField(default=False)
@@ -79,13 +81,13 @@ class Attempt(Model):
     step_id: int
     number = fields.IntField()
     status = fields.CharEnumField(AttemptStatus, max_length=16, default=AttemptStatus.RUNNING)
-    outputs: list | None = fields.JSONField(null=True)  # type: ignore[assignment]  # one per alternative
+    outputs: fields.JSONField[Any] = fields.JSONField(null=True)  # one per alternative
     selected_index = fields.IntField(null=True)
     partial_output = fields.TextField(null=True)  # what an interrupted execution had produced
     error = fields.TextField(null=True)
     error_detail = fields.TextField(null=True)  # traceback
-    consumed: dict = fields.JSONField()  # type: ignore[assignment]  # upstream key -> {attempt, index}
-    logs: list = fields.JSONField()  # type: ignore[assignment]
+    consumed: fields.JSONField[Any] = fields.JSONField()  # upstream key -> {attempt, index}
+    logs: fields.JSONField[Any] = fields.JSONField()
     progress = fields.FloatField(null=True)
     progress_message = fields.TextField(null=True)
     owner = fields.CharField(max_length=200, null=True)
