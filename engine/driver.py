@@ -170,7 +170,7 @@ class RunDriver:
         if self.stop_reason == CANCELLED or self.stop_reason == LOST:
             return  # the operation that cancelled the run wrote its state
         if self.stop_reason == SHUTDOWN:
-            await self._fail(self._interrupted_reason("the server shut down"))
+            await self._fail(self._interrupted_reason(self.engine.stop_reason))
             return
         statuses = [s.status for s in self.steps.values()]
         failed = [s for s in self.steps.values() if s.status in (StepStatus.FAILED, StepStatus.CANCELLED)]
@@ -261,7 +261,7 @@ class RunDriver:
 
     async def _stopped(self, s: StepState, ref: transitions.AttemptRef, ctx: StepContext) -> None:
         if self.stop_reason == SHUTDOWN:
-            reason = self._interrupted_reason("the server shut down")
+            reason = self._interrupted_reason(self.engine.stop_reason)
             if await transitions.fail_step(ref, reason, None, ctx.logs):
                 s.status, s.error = StepStatus.FAILED, reason
         else:

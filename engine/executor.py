@@ -46,6 +46,7 @@ class Engine:
         self._loops: list[asyncio.Task[None]] = []
         self._remove_listener: Callable[[], None] | None = None
         self._stopping = False
+        self.stop_reason = "the server shut down"
 
     async def start(self, *, recover: bool = True) -> None:
         """Recover orphans (runs of dead owners), then start claiming and heartbeating."""
@@ -57,9 +58,10 @@ class Engine:
             self._loops.append(asyncio.create_task(self._dispatch_loop(), name="stepdeck-dispatch"))
         self._loops.append(asyncio.create_task(self._heartbeat_loop(), name="stepdeck-heartbeat"))
 
-    async def stop(self) -> None:
-        """Stop claiming; interrupt in-flight runs (failed as interrupted by shutdown), never leave them running."""
+    async def stop(self, why: str = "the server shut down") -> None:
+        """Stop claiming; interrupt in-flight runs (failed as interrupted), never leave them running."""
         self._stopping = True
+        self.stop_reason = why
         for task in self._loops:
             task.cancel()
         for driver in list(self.drivers.values()):

@@ -1,0 +1,229 @@
+"""Read side: runs, steps, attempts and events as plain JSON-ready dicts (for the API and pages).
+
+What a step shows comes from its status and its current attempt only: a step reset to PENDING by a
+rerun shows no output, alternatives or error, even though its earlier attempts keep theirs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from engine.errors import NotFound
+from engine.store import fetch
+from models.status import RunStatus, StepStatus
+
+MAX_PAGE = 500
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def _dt(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
+
+
+def _iso(value: Any) -> str | None:
+    dt = _dt(value)
+    return dt.isoformat() if dt else None
+
+
+def _duration_s(start: Any, end: Any) -> float | None:
+    a, b = _dt(start), _dt(end)
+    return round((b - a).total_seconds(), 3) if a and b else None
+
+
+_RUN_COLUMNS = (
+    "r.id, r.workflow, r.status, r.error, r.inputs, r.actor, r.owner, r.heartbeat_at, r.recoveries,"
+    " r.created_at, r.started_at, r.finished_at, r.updated_at"
+)
+
+
+def _run_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "workflow": row["workflow"],
+        "status": row["status"],
+        "error": row["error"],
+        "inputs": _json(row["inputs"]),
+        "actor": row["actor"],
+        "owner": row["owner"],
+        "heartbeat_at": _iso(row["heartbeat_at"]),
+        "recoveries": row["recoveries"],
+        "created_at": _iso(row["created_at"]),
+        "started_at": _iso(row["started_at"]),
+        "finished_at": _iso(row["finished_at"]),
+        "updated_at": _iso(row["updated_at"]),
+        "duration_s": _duration_s(row["started_at"], row["finished_at"]),
+    }
+
+
+def step_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A step with what its current attempt shows, by the step's status."""
+    status = StepStatus(row["status"])
+    has_attempt = row["attempt_status"] is not None and status != StepStatus.PENDING
+    outputs = _json(row["outputs"]) if has_attempt and row["outputs"] is not None else None
+    produced = status in (StepStatus.WAITING, StepStatus.COMPLETED) and outputs is not None
+    selected = row["selected_index"] if produced else None
+    ended = status in (StepStatus.WAITING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED)
+    started_at = row["started_at"] if has_attempt else None
+    completed_at = row["finished_at"] if has_attempt and ended else None
+    return {
+        "key": row["key"],
+        "label": row["label"],
+        "kind": row["kind"],
+        "needs": _json(row["needs"]),
+        "status": status.value,
+        "attempt": row["attempt"],
+        "output": outputs[selected] if produced and selected is not None and outputs is not None else None,
+        "alternatives": outputs if produced else [],
+        "selected_index": selected,
+        "partial_output": row["partial_output"] if has_attempt and not produced else None,
+        "error": row["error"] if has_attempt and status in (StepStatus.FAILED, StepStatus.CANCELLED) else None,
+        "error_detail": row["error_detail"] if has_attempt and status == StepStatus.FAILED else None,
+        "stale": bool(row["stale"]),
+        "stale_reason": row["stale_reason"],
+        "started_at": _iso(started_at),
+        "completed_at": _iso(completed_at),
+        "duration_s": _duration_s(started_at, completed_at),
+        "progress": row["progress"] if has_attempt else None,
+        "progress_message": row["progress_message"] if has_attempt else None,
+        "logs": _json(row["logs"]) if has_attempt and row["logs"] is not None else [],
+    }
+
+
+_STEP_SQL = (
+    "SELECT s.run_id, s.key, s.label, s.kind, s.needs, s.status, s.attempt, s.stale, s.stale_reason,"
+    " a.status AS attempt_status, a.outputs, a.selected_index, a.partial_output, a.error, a.error_detail,"
+    " a.started_at, a.finished_at, a.progress, a.progress_message, a.logs"
+    " FROM steps s LEFT JOIN attempts a ON a.step_id = s.id AND a.number = s.attempt"
+)
+
+
+def _summary(steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for s in steps:
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    return {
+        "progress": {"completed": counts.get(StepStatus.COMPLETED, 0), "total": len(steps)},
+        "step_counts": counts,
+        "needs_choice": [s["key"] for s in steps if s["status"] == StepStatus.WAITING],
+        "stale_steps": [s["key"] for s in steps if s["stale"]],
+    }
+
+
+async def run_detail(run_id: int) -> dict[str, Any]:
+    """The run with its steps in declared order; NotFound if there is no such run."""
+    rows = await fetch(f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.id = ?", (run_id,))
+    if not rows:
+        raise NotFound(f"run {run_id} does not exist")
+    steps = [step_json(r) for r in await fetch(_STEP_SQL + " WHERE s.run_id = ? ORDER BY s.position", (run_id,))]
+    return {**_run_json(rows[0]), **_summary(steps), "steps": steps}
+
+
+async def list_runs(
+    *,
+    status: str | None = None,
+    workflow: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+    include_steps: bool = True,
+) -> list[dict[str, Any]]:
+    """Runs, newest first, filtered by status and workflow; steps included unless asked not to."""
+    where, params = [], []
+    if status:
+        where.append("r.status = ?")
+        params.append(RunStatus(status).value)
+    if workflow:
+        where.append("r.workflow = ?")
+        params.append(workflow)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    limit = max(1, min(limit, MAX_PAGE))
+    rows = await fetch(
+        f"SELECT {_RUN_COLUMNS} FROM runs r{clause} ORDER BY r.id DESC LIMIT ? OFFSET ?",
+        (*params, limit, max(0, offset)),
+    )
+    runs = [_run_json(r) for r in rows]
+    if not runs:
+        return runs
+    marks = ", ".join("?" for _ in runs)
+    step_rows = await fetch(
+        _STEP_SQL + f" WHERE s.run_id IN ({marks}) ORDER BY s.run_id, s.position", [r["id"] for r in runs]
+    )
+    by_run: dict[int, list[dict[str, Any]]] = {}
+    for row in step_rows:
+        by_run.setdefault(row["run_id"], []).append(step_json(row))
+    for run in runs:
+        steps = by_run.get(run["id"], [])
+        run.update(_summary(steps))
+        if include_steps:
+            run["steps"] = steps
+    return runs
+
+
+async def list_attempts(run_id: int) -> list[dict[str, Any]]:
+    """Every attempt of the run's steps (history included), by step order then attempt number."""
+    if not await fetch("SELECT id FROM runs WHERE id = ?", (run_id,)):
+        raise NotFound(f"run {run_id} does not exist")
+    rows = await fetch(
+        "SELECT a.*, s.key, s.attempt AS current_number FROM attempts a JOIN steps s ON s.id = a.step_id"
+        " WHERE a.run_id = ? ORDER BY s.position, a.number",
+        (run_id,),
+    )
+    return [
+        {
+            "id": r["id"],
+            "step": r["key"],
+            "number": r["number"],
+            "current": r["number"] == r["current_number"],
+            "status": r["status"],
+            "outputs": _json(r["outputs"]) if r["outputs"] is not None else None,
+            "selected_index": r["selected_index"],
+            "partial_output": r["partial_output"],
+            "error": r["error"],
+            "error_detail": r["error_detail"],
+            "consumed": _json(r["consumed"]),
+            "logs": _json(r["logs"]),
+            "progress": r["progress"],
+            "progress_message": r["progress_message"],
+            "owner": r["owner"],
+            "started_at": _iso(r["started_at"]),
+            "finished_at": _iso(r["finished_at"]),
+            "duration_s": _duration_s(r["started_at"], r["finished_at"]),
+        }
+        for r in rows
+    ]
+
+
+def event_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "run_id": row["run_id"],
+        "step": row["step_key"],
+        "attempt": row["attempt"],
+        "kind": row["kind"],
+        "from_status": row["from_status"],
+        "to_status": row["to_status"],
+        "actor": row["actor"],
+        "message": row["message"],
+        "at": _iso(row["created_at"]),
+    }
+
+
+async def events_after(run_id: int, after_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+    """The run's events with id greater than `after_id`, oldest first."""
+    rows = await fetch(
+        "SELECT id, run_id, step_key, attempt, kind, from_status, to_status, actor, message, created_at"
+        " FROM events WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?",
+        (run_id, after_id, limit),
+    )
+    return [event_json(r) for r in rows]
+
+
+async def run_exists(run_id: int) -> bool:
+    return bool(await fetch("SELECT id FROM runs WHERE id = ?", (run_id,)))

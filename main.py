@@ -1,0 +1,120 @@
+"""Stepdeck: run multi-step workflows in the background, watch and steer them from a browser.
+
+    uv run main.py                 # serve the dashboard and API on http://127.0.0.1:8080
+    uv run main.py run WORKFLOW -i key=value ...
+    uv run main.py check | sweep | migrate
+
+Composition root: parses the command line, builds settings, wires the parts. Nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from engine.settings import ENV_NAMES, Settings, SettingsError, from_env
+
+COMMANDS = ("serve", "run", "check", "sweep", "migrate")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", dest="db_url", default=None, help=f"database URL ({ENV_NAMES['db_url']})")
+    parser.add_argument(
+        "--workflows", dest="workflows_dir", type=Path, default=None, help=f"definitions ({ENV_NAMES['workflows_dir']})"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description="Stepdeck: durable multi-step workflows with a live dashboard.",
+        epilog="With no command, `serve` runs. Settings come from STEPDECK_* variables; flags win.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser("serve", help="serve the dashboard and JSON API (the default)")
+    _common(serve)
+    serve.add_argument("--host", default=None, help=f"address to bind ({ENV_NAMES['host']}, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help=f"port ({ENV_NAMES['port']}, default 8080)")
+    run = commands.add_parser(
+        "run",
+        help="run a workflow headless, printing progress; exit 0 only if it completes",
+        description="Exit codes: 0 completed, 1 failed or cancelled, 2 bad usage or inputs, "
+        "3 waiting for a person to pick an alternative (how to continue is printed).",
+    )
+    _common(run)
+    run.add_argument("workflow", help="name of the workflow")
+    run.add_argument("-i", "--input", dest="inputs", action="append", default=[], metavar="KEY=VALUE")
+    check = commands.add_parser("check", help="audit the database for impossible states (exit 1 if any)")
+    _common(check)
+    sweep = commands.add_parser(
+        "sweep",
+        help="fail runs whose engine died or stopped heartbeating (safe beside a running server; for cron)",
+    )
+    _common(sweep)
+    migrate = commands.add_parser("migrate", help="apply database migrations (also done at startup)")
+    _common(migrate)
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {k: getattr(args, k, None) for k in ("db_url", "workflows_dir", "host", "port")}
+    return from_env().with_overrides(**overrides)
+
+
+def serve(settings: Settings) -> None:
+    from nicegui import ui
+
+    from engine.executor import Engine
+    from engine.registry import workflows
+    from models.db import migrate
+    from ui.app import mount
+
+    # Must finish before the server accepts requests: NiceGUI starts async startup handlers in the
+    # background, so migrations run here, on their own loop, with their connections closed after.
+    asyncio.run(migrate(settings.db_url))
+    catalog = workflows.load(settings.workflows_dir)
+    for error in catalog.errors:
+        logging.getLogger("stepdeck").warning("definition not loaded: %s", error)
+    mount(settings, Engine(settings))
+    ui.run(
+        host=settings.host,
+        port=settings.port,
+        title="Stepdeck",
+        reload=False,
+        show=False,
+        show_welcome_message=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv = ["serve", *argv]
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("tortoise").setLevel(logging.WARNING)
+    try:
+        settings = settings_from(args)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        serve(settings)
+        return 0
+
+    from ui import cli
+
+    if args.command == "run":
+        return asyncio.run(cli.run_headless(settings, args.workflow, args.inputs))
+    if args.command == "check":
+        return asyncio.run(cli.check(settings))
+    if args.command == "sweep":
+        return asyncio.run(cli.sweep(settings))
+    return asyncio.run(cli.migrate_command(settings))
+
+
+if __name__ in {"__main__", "__mp_main__"}:
+    sys.exit(main())

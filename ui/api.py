@@ -1,0 +1,201 @@
+"""The JSON API under /api (OpenAPI at /docs). Reads through `engine.queries`, acts through
+`engine.operations`; every error is JSON with a message, never a 500 for bad input."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine import operations, queries
+from engine.errors import InvalidInput, NotFound
+from engine.registry import workflows
+from models.status import RunStatus
+from ui.api_models import ErrorBody, PlanOut, RunOut, StepOut, WorkflowOut, workflow_json
+from ui.sse import event_stream
+
+router = APIRouter(prefix="/api", tags=["api"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such run, step or workflow"},
+    409: {"model": ErrorBody, "description": "Not possible in the run's current state"},
+    422: {"model": ErrorBody, "description": "Invalid request"},
+}
+
+
+class StartRunIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    workflow: str = Field(min_length=1, max_length=200, description="name of a workflow definition")
+    inputs: dict[str, Any] = Field(default_factory=dict, description="input values by name")
+
+
+class SelectIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    index: int = Field(description="0-based index of the alternative to select")
+
+
+def parse_run_id(run_id: str) -> int:
+    """Run ids are integers; anything else names no run (a 404, not a validation error)."""
+    if not run_id.isdigit() or len(run_id) > 18:
+        raise NotFound(f"run {run_id!r} does not exist")
+    return int(run_id)
+
+
+def actor_of(request: Request) -> str:
+    host = request.client.host if request.client else "unknown"
+    return f"api@{host}"
+
+
+@router.get("/health", summary="Liveness probe")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/workflows", response_model=list[WorkflowOut], summary="Workflow definitions")
+async def list_workflows() -> list[dict[str, Any]]:
+    return [workflow_json(d) for d in sorted(workflows.definitions.values(), key=lambda d: d.name)]
+
+
+@router.get("/workflows/errors", summary="Definition files that failed to load")
+async def workflow_errors() -> list[dict[str, Any]]:
+    return [
+        {"source": e.source, "step": e.step, "field": e.field, "line": e.line, "message": str(e)}
+        for e in workflows.errors
+    ]
+
+
+@router.get("/workflows/{name}", response_model=WorkflowOut, responses=ERRORS, summary="One workflow definition")
+async def get_workflow(name: str) -> dict[str, Any]:
+    return workflow_json(workflows.get(name))
+
+
+@router.post("/runs", status_code=201, response_model=RunOut, responses=ERRORS, summary="Start a run of a workflow")
+async def start_run(body: StartRunIn, request: Request) -> dict[str, Any]:
+    run_id = await operations.start_run(body.workflow, body.inputs, actor_of(request))
+    return await queries.run_detail(run_id)
+
+
+@router.get("/runs", response_model=list[RunOut], responses=ERRORS, summary="Runs, newest first")
+async def list_runs(
+    status: Annotated[RunStatus | None, Query(description="only runs in this status")] = None,
+    workflow: Annotated[str | None, Query(max_length=200, description="only runs of this workflow")] = None,
+    limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    include_steps: Annotated[bool, Query(description="include each run's steps")] = True,
+) -> list[dict[str, Any]]:
+    return await queries.list_runs(
+        status=status.value if status else None,
+        workflow=workflow,
+        limit=limit,
+        offset=offset,
+        include_steps=include_steps,
+    )
+
+
+@router.get("/runs/{run_id}", response_model=RunOut, responses=ERRORS, summary="A run with its steps")
+async def get_run(run_id: str) -> dict[str, Any]:
+    return await queries.run_detail(parse_run_id(run_id))
+
+
+@router.post("/runs/{run_id}/cancel", response_model=RunOut, responses=ERRORS, summary="Cancel a run")
+async def cancel_run(run_id: str, request: Request) -> dict[str, Any]:
+    rid = parse_run_id(run_id)
+    await operations.cancel_run(rid, actor_of(request))
+    return await queries.run_detail(rid)
+
+
+@router.post(
+    "/runs/{run_id}/resume", response_model=RunOut, responses=ERRORS, summary="Resume from the first unfinished step"
+)
+async def resume_run(run_id: str, request: Request) -> dict[str, Any]:
+    rid = parse_run_id(run_id)
+    await operations.resume_run(rid, actor_of(request))
+    return await queries.run_detail(rid)
+
+
+@router.get(
+    "/runs/{run_id}/steps/{key}/rerun-plan",
+    response_model=PlanOut,
+    responses=ERRORS,
+    summary="What a rerun from this step would re-run and keep",
+)
+async def rerun_plan(run_id: str, key: str) -> dict[str, Any]:
+    plan = await operations.rerun_plan(parse_run_id(run_id), key)
+    return PlanOut.from_plan(plan).model_dump()
+
+
+@router.post(
+    "/runs/{run_id}/steps/{key}/rerun",
+    response_model=RunOut,
+    responses=ERRORS,
+    summary="Re-run this step and its dependents (retry / resume from here)",
+)
+async def rerun_step(run_id: str, key: str, request: Request) -> dict[str, Any]:
+    rid = parse_run_id(run_id)
+    await operations.rerun_from(rid, key, actor_of(request))
+    return await queries.run_detail(rid)
+
+
+@router.post(
+    "/runs/{run_id}/steps/{key}/select",
+    response_model=RunOut,
+    responses=ERRORS,
+    summary="Select an alternative of the step's current attempt",
+)
+async def select(run_id: str, key: str, body: SelectIn, request: Request) -> dict[str, Any]:
+    rid = parse_run_id(run_id)
+    await operations.select(rid, key, body.index, actor_of(request))
+    return await queries.run_detail(rid)
+
+
+@router.get("/runs/{run_id}/steps/{key}", response_model=StepOut, responses=ERRORS, summary="One step of a run")
+async def get_step(run_id: str, key: str) -> dict[str, Any]:
+    run = await queries.run_detail(parse_run_id(run_id))
+    for step in run["steps"]:
+        if step["key"] == key:
+            return step  # type: ignore[no-any-return]
+    raise NotFound(f"run {run_id} has no step {key!r}")
+
+
+@router.get("/runs/{run_id}/attempts", responses=ERRORS, summary="Every attempt of the run's steps, history included")
+async def list_attempts(run_id: str) -> list[dict[str, Any]]:
+    return await queries.list_attempts(parse_run_id(run_id))
+
+
+@router.get(
+    "/runs/{run_id}/events",
+    responses={
+        **ERRORS,
+        200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events (or JSON with follow=false)"},
+    },
+    summary="The run's events as Server-Sent Events, resumable with Last-Event-ID",
+    response_model=None,
+)
+async def run_events(
+    run_id: str,
+    request: Request,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    after: Annotated[int, Query(ge=0, le=2**62, description="replay events after this id")] = 0,
+    follow: Annotated[bool, Query(description="keep streaming live changes (false: replay and close)")] = True,
+) -> StreamingResponse | JSONResponse:
+    rid = parse_run_id(run_id)
+    if not await queries.run_exists(rid):
+        raise NotFound(f"run {rid} does not exist")
+    if last_event_id is not None:
+        if not last_event_id.strip().isdigit():
+            raise InvalidInput("Last-Event-ID must be an event id (an integer)", {"Last-Event-ID": "not an integer"})
+        after = max(after, int(last_event_id))
+    if not follow and "text/event-stream" not in request.headers.get("accept", ""):
+        return JSONResponse(await queries.events_after(rid, after, limit=100_000))
+    stream: AsyncIterator[str] = event_stream(request, rid, after, follow=follow)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+
+
+@router.post("/workflows/reload", summary="Reload definitions from the workflows directory")
+async def reload_workflows() -> dict[str, Any]:
+    catalog = workflows.reload()
+    return {"workflows": sorted(catalog.definitions), "errors": [str(e) for e in catalog.errors]}

@@ -1,0 +1,132 @@
+"""Response shapes of the JSON API, for the OpenAPI document and response validation."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from engine.definitions import WorkflowDef
+from engine.operations import RerunPlan
+
+
+class ErrorBody(BaseModel):
+    error: str  # not_found | conflict | invalid
+    message: str
+    problems: dict[str, str] = {}
+
+
+class StepOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    key: str
+    label: str
+    kind: str
+    needs: list[str]
+    status: str
+    attempt: int
+    output: Any = None
+    alternatives: list[Any]
+    selected_index: int | None
+    partial_output: str | None
+    error: str | None
+    error_detail: str | None
+    stale: bool
+    stale_reason: str | None
+    started_at: str | None
+    completed_at: str | None
+    duration_s: float | None
+    progress: float | None
+    progress_message: str | None
+    logs: list[str]
+
+
+class Progress(BaseModel):
+    completed: int
+    total: int
+
+
+class RunOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: int
+    workflow: str
+    status: str
+    error: str | None
+    inputs: dict[str, Any]
+    actor: str
+    owner: str | None
+    heartbeat_at: str | None
+    recoveries: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    updated_at: str
+    duration_s: float | None
+    progress: Progress
+    step_counts: dict[str, int]
+    needs_choice: list[str]
+    stale_steps: list[str]
+    steps: list[StepOut] = []
+
+
+class PlanOut(BaseModel):
+    run_id: int
+    step: str
+    rerun: list[str]
+    keep: list[str]
+    allowed: bool
+    reason: str | None
+
+    @classmethod
+    def from_plan(cls, plan: RerunPlan) -> PlanOut:
+        return cls(**dataclasses.asdict(plan))
+
+
+class InputOut(BaseModel):
+    name: str
+    type: str
+    required: bool
+    default: Any = None
+    description: str
+    options: list[str]
+
+
+class StepDefOut(BaseModel):
+    key: str
+    label: str
+    kind: str
+    needs: list[str]
+    alternatives: int
+    select: str
+    timeout_s: float
+    description: str
+
+
+class WorkflowOut(BaseModel):
+    name: str
+    description: str
+    source: str
+    inputs: list[InputOut]
+    steps: list[StepDefOut]
+
+
+def workflow_json(defn: WorkflowDef) -> dict[str, Any]:
+    return {
+        "name": defn.name,
+        "description": defn.description,
+        "source": defn.source,
+        "inputs": [{**dataclasses.asdict(i), "options": list(i.options)} for i in defn.inputs],
+        "steps": [
+            {
+                "key": s.key,
+                "label": s.label,
+                "kind": s.kind,
+                "needs": list(s.needs),
+                "alternatives": s.alternatives,
+                "select": s.select,
+                "timeout_s": s.timeout_s,
+                "description": s.description,
+            }
+            for s in defn.steps
+        ],
+    }

@@ -1,0 +1,25 @@
+"""Mount Stepdeck on NiceGUI's app: database lifecycle, engine lifecycle, API, pages."""
+
+from __future__ import annotations
+
+from nicegui import app
+from tortoise.contrib.fastapi import register_tortoise
+
+from engine.executor import Engine
+from engine.settings import Settings
+from models.db import tortoise_config
+from ui import errors
+from ui.api import router
+from ui.pages import runs
+
+
+def mount(settings: Settings, engine: Engine) -> None:
+    """Wire everything onto NiceGUI's app; the database must already be migrated."""
+    # Tortoise initialises in the lifespan, before NiceGUI's startup: pages, timers and the engine
+    # all find the connection (an `await Tortoise.init()` in on_startup would be too late for some).
+    register_tortoise(app, config=tortoise_config(settings.db_url))
+    errors.install(app)
+    app.include_router(router)
+    app.on_startup(engine.start)
+    app.on_shutdown(engine.stop)
+    runs.register()

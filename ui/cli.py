@@ -1,0 +1,217 @@
+"""Terminal commands: headless `run`, `check`, `sweep`, `migrate` (`main.py` parses and wires)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from engine import maintenance, operations, queries
+from engine.audit import audit
+from engine.errors import StepdeckError
+from engine.executor import Engine
+from engine.hub import Change, hub
+from engine.registry import workflows
+from engine.settings import Settings
+from models.db import connected, migrate
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WAITING = 0, 1, 2, 3
+SETTLED = {"completed", "failed", "cancelled", "waiting"}
+
+
+def parse_assignments(pairs: Sequence[str]) -> dict[str, str]:
+    """`-i key=value` pairs as a dict; a pair without '=' is a usage error."""
+    values: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected key=value, got {pair!r}")
+        values[key.strip()] = value
+    return values
+
+
+def _clip(text: Any, limit: int = 300, *, one_line: bool = True) -> str:
+    s = text if isinstance(text, str) else json.dumps(text, ensure_ascii=False, indent=None if one_line else 2)
+    if one_line:
+        s = " ".join(s.split())
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+class ProgressPrinter:
+    """Prints a run's changes as lines on a terminal."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.started = time.monotonic()
+
+    def line(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {text}", file=self.out, flush=True)
+
+    def show(self, change: Change) -> None:
+        d = change.data
+        if change.kind == "step":
+            attempt = f" (attempt {d.get('attempt')})" if d.get("attempt") else ""
+            why = f": {d['message']}" if d.get("message") else ""
+            self.line(f"{change.step_key}{attempt}: {d.get('to_status')}{why}")
+        elif change.kind == "progress":
+            self.line(f"{change.step_key}: {round(100 * (d.get('fraction') or 0))}% {d.get('message') or ''}")
+        elif change.kind == "log":
+            self.line(f"{change.step_key} | {d.get('line')}")
+        elif change.kind == "run":
+            why = f": {d['message']}" if d.get("message") and d.get("to_status") == "failed" else ""
+            self.line(f"run {change.run_id}: {d.get('to_status')}{why}")
+        elif change.kind in ("late_result", "stale"):
+            self.line(f"{change.step_key}: {d.get('message')}")
+
+
+async def _follow_local(run_id: int, sub: Any, printer: ProgressPrinter) -> str:
+    """Print changes until the run settles; returns its status."""
+    while True:
+        change = await sub.get(timeout_s=1.0)
+        if change is not None:
+            printer.show(change)
+            if change.kind == "run" and change.data.get("to_status") in SETTLED:
+                return str(change.data["to_status"])
+            continue
+        status = (await queries.run_detail(run_id))["status"]
+        if status in SETTLED:
+            return str(status)
+
+
+async def _follow_remote(run_id: int, printer: ProgressPrinter) -> str:
+    """Another process drives the run: print its events from the table until it settles."""
+    last = 0
+    while True:
+        for event in await queries.events_after(run_id, last):
+            last = event["id"]
+            printer.show(Change(run_id, event["kind"], event["step"], event["id"], event))
+            if event["kind"] == "run" and event["to_status"] in SETTLED:
+                return str(event["to_status"])
+        await asyncio.sleep(0.3)
+
+
+def _ask_choice(run: dict[str, Any], out: TextIO) -> tuple[str, int] | None:
+    """Show the alternatives of the first waiting step and ask which to select (a terminal only)."""
+    step = next(s for s in run["steps"] if s["status"] == "waiting")
+    print(f"\nStep {step['key']!r} ({step['label']}) produced {len(step['alternatives'])} alternatives:", file=out)
+    for i, alt in enumerate(step["alternatives"]):
+        print(f"  [{i}] {_clip(alt)}", file=out)
+    answer = input(f"Select 0-{len(step['alternatives']) - 1} (Enter leaves the run waiting): ").strip()
+    if not answer:
+        return None
+    if not answer.isdigit():
+        print(f"not a number: {answer!r}", file=out)
+        return _ask_choice(run, out)
+    return step["key"], int(answer)
+
+
+def _how_to_continue(run: dict[str, Any], settings: Settings, out: TextIO) -> None:
+    for key in run["needs_choice"]:
+        step = next(s for s in run["steps"] if s["key"] == key)
+        print(f"\nRun {run['id']} is waiting for a choice at step {key!r} ({len(step['alternatives'])} alternatives):")
+        for i, alt in enumerate(step["alternatives"]):
+            print(f"  [{i}] {_clip(alt, 160)}", file=out)
+    key = run["needs_choice"][0]
+    base = f"http://{settings.host}:{settings.port}"
+    print(
+        f"\nTo continue, pick one in the dashboard ({base}/runs/{run['id']}) or with the API while the server runs:\n"
+        f"  curl -X POST {base}/api/runs/{run['id']}/steps/{key}/select "
+        "-H 'Content-Type: application/json' -d '{\"index\": 0}'",
+        file=out,
+    )
+
+
+def _summary(run: dict[str, Any], out: TextIO) -> None:
+    if run["status"] == "completed":
+        has_dependents = {n for s in run["steps"] for n in s["needs"]}
+        for step in run["steps"]:
+            if step["key"] not in has_dependents:
+                print(f"\n{step['label']} ({step['key']}):\n{_clip(step['output'], 4000, one_line=False)}", file=out)
+    duration = f" in {run['duration_s']:.1f} s" if run.get("duration_s") is not None else ""
+    error = f": {run['error']}" if run.get("error") else ""
+    print(f"\nrun {run['id']} {run['status']}{duration}{error}", file=out)
+
+
+async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], out: TextIO = sys.stdout) -> int:
+    """Start a run and drive it in this process; exit code 0 only when it completes."""
+    try:
+        inputs = parse_assignments(pairs)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    async with connected(settings.db_url):
+        catalog = workflows.load(settings.workflows_dir)
+        for error in catalog.errors:
+            print(f"warning: {error}", file=sys.stderr)
+        engine = Engine(settings, claim_queued=False)
+        await engine.start(recover=False)
+        try:
+            try:
+                run_id = await operations.start_run(workflow, inputs, f"cli:{getpass.getuser()}", from_strings=True)
+            except StepdeckError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            printer = ProgressPrinter(out)
+            printer.line(f"run {run_id} of {workflow!r} queued")
+            while True:
+                sub = hub.subscribe(run_id)
+                try:
+                    if await engine.adopt(run_id):
+                        status = await _follow_local(run_id, sub, printer)
+                        await engine.wait_idle()
+                    else:
+                        printer.line(f"run {run_id} was claimed by another engine (a server?); following it")
+                        status = await _follow_remote(run_id, printer)
+                finally:
+                    sub.close()
+                run = await queries.run_detail(run_id)
+                if status != "waiting":
+                    break
+                if not sys.stdin.isatty():
+                    _how_to_continue(run, settings, out)
+                    return EXIT_WAITING
+                choice = _ask_choice(run, out)
+                if choice is None:
+                    _how_to_continue(run, settings, out)
+                    return EXIT_WAITING
+                await operations.select(run_id, choice[0], choice[1], f"cli:{getpass.getuser()}")
+            _summary(run, out)
+            return EXIT_OK if run["status"] == "completed" else EXIT_FAILED
+        finally:
+            with contextlib.suppress(Exception):
+                await engine.stop("the headless run was interrupted")
+
+
+async def check(settings: Settings, out: TextIO = sys.stdout) -> int:
+    """Audit the database for impossible states; non-zero exit if any is found."""
+    async with connected(settings.db_url):
+        findings, counts = await audit()
+    looked = ", ".join(f"{n} {table}" for table, n in counts.items())
+    for finding in findings:
+        print(f"PROBLEM {finding}", file=out)
+    if findings:
+        print(f"{len(findings)} problem(s) found ({looked} checked)", file=out)
+        return EXIT_FAILED
+    print(f"no problems found ({looked} checked)", file=out)
+    return EXIT_OK
+
+
+async def sweep(settings: Settings, out: TextIO = sys.stdout) -> int:
+    """Fail runs whose engine is gone (dead process or heartbeat older than stale_after_s)."""
+    async with connected(settings.db_url):
+        failed = await maintenance.recover_orphans(settings, me=f"sweep:{getpass.getuser()}")
+    for verdict in failed:
+        print(f"run {verdict.run_id}: failed, {verdict.reason}", file=out)
+    print(f"sweep: {len(failed)} orphaned run(s) failed (stale after {settings.stale_after_s:g} s)", file=out)
+    return EXIT_OK
+
+
+async def migrate_command(settings: Settings, out: TextIO = sys.stdout) -> int:
+    applied = await migrate(settings.db_url)
+    print(f"applied: {', '.join(applied)}" if applied else "database is up to date", file=out)
+    return EXIT_OK

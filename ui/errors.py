@@ -1,0 +1,59 @@
+"""JSON error responses: engine errors map to 404/409/422, bad requests to 400/422, never a 500."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine.errors import Conflict, InvalidInput, NotFound, StepdeckError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, code: str, message: str, problems: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message, "problems": problems or {}}, status_code=status)
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+async def on_stepdeck_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, NotFound):
+        return error_response(404, "not_found", str(exc))
+    if isinstance(exc, Conflict):
+        return error_response(409, "conflict", str(exc))
+    if isinstance(exc, InvalidInput):
+        return error_response(422, "invalid", str(exc), exc.problems)
+    return error_response(400, "bad_request", str(exc))
+
+
+async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return error_response(400, "bad_request", "the request body is not valid JSON")
+    problems = {_field(e.get("loc", ())): str(e.get("msg", "invalid")) for e in errors}
+    message = "; ".join(f"{k}: {v}" for k, v in problems.items())
+    return error_response(422, "invalid", f"invalid request: {message}", problems)
+
+
+async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if not request.url.path.startswith("/api"):
+        # Pages keep NiceGUI's own handling; only the API answers in JSON.
+        return JSONResponse({"error": "http", "message": str(exc.detail)}, status_code=exc.status_code)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(StepdeckError, on_stepdeck_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)

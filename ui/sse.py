@@ -1,0 +1,72 @@
+"""Server-Sent Events of one run: replay from the events table, then live changes from the hub.
+
+The stream is a viewer: when the client goes away or the stream fails, it unsubscribes and the run
+is untouched. Persisted events carry their id (`id:` lines) so a client resumes with Last-Event-ID;
+progress and log notices are ephemeral (no id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+
+from engine import queries
+from engine.hub import Change, hub
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE_S = 15.0
+
+
+def format_sse(data: dict[str, Any], kind: str, event_id: int | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def change_json(change: Change) -> dict[str, Any]:
+    """A hub change in the shape of `queries.event_json` (plus its ephemeral fields)."""
+    data = dict(change.data)
+    return {
+        "id": change.event_id,
+        "run_id": change.run_id,
+        "step": change.step_key,
+        "kind": change.kind,
+        **{k: data.pop(k, None) for k in ("attempt", "from_status", "to_status", "actor", "message")},
+        **data,
+    }
+
+
+async def event_stream(request: Request, run_id: int, after: int, *, follow: bool) -> AsyncIterator[str]:
+    # Subscribe before replaying so nothing committed in between is missed; ids dedupe the overlap.
+    sub = hub.subscribe(run_id) if follow else None
+    last = after
+    try:
+        for event in await queries.events_after(run_id, last, limit=100_000):
+            yield format_sse(event, event["kind"], event["id"])
+            last = event["id"]
+        if sub is None:
+            return
+        yield ": live\n\n"
+        while not await request.is_disconnected():
+            change = await sub.get(timeout_s=KEEPALIVE_S)
+            if change is None:
+                if sub.closed:  # we fell behind: catch up from the table, then listen again
+                    sub = hub.subscribe(run_id)
+                    for event in await queries.events_after(run_id, last, limit=100_000):
+                        yield format_sse(event, event["kind"], event["id"])
+                        last = event["id"]
+                else:
+                    yield ": keepalive\n\n"
+                continue
+            if change.event_id is not None:
+                if change.event_id <= last:
+                    continue
+                last = change.event_id
+            yield format_sse(change_json(change), change.kind, change.event_id)
+    finally:
+        if sub is not None:
+            sub.close()
