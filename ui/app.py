@@ -6,6 +6,7 @@ from nicegui import app
 from tortoise.contrib.fastapi import register_tortoise
 
 from engine.executor import Engine
+from engine.scheduler import Maintenance
 from engine.settings import Settings
 from models.db import tortoise_config
 from ui import errors
@@ -20,6 +21,9 @@ def mount(settings: Settings, engine: Engine) -> None:
     register_tortoise(app, config=tortoise_config(settings.db_url))
     errors.install(app)
     app.include_router(router)
+    maintenance = Maintenance(settings, engine.owner)
     app.on_startup(engine.start)
+    app.on_startup(maintenance.start)
+    app.on_shutdown(maintenance.stop)
     app.on_shutdown(engine.stop)
     runs.register()
