@@ -197,21 +197,53 @@ class RunDriver:
 
     # --- one step ----------------------------------------------------------------------------------
 
-    async def _execute(self, s: StepState) -> None:
-        async with self.engine.step_slots:
+    async def _execute(self, s: StepState, started: tuple[int, int] | None = None) -> None:
+        """Run one step in a slot; `started` (attempt id, number) when a predecessor started it for us."""
+        slots = self.engine.step_slots
+        if started is None:
+            await slots.acquire()
+        try:
             if self.stop_reason is not None:
                 return
-            await self._attempt(s)
+            if started is None:
+                attempt_id = await transitions.start_step(self._start_of(s))
+                if attempt_id is None:
+                    self.notice_outside_change()
+                    return
+                started = attempt_id, s.attempt + 1
+                self._mark_running(s, started[1])
+            await self._attempt(s, *started)
+        finally:
+            slots.release()
 
-    async def _attempt(self, s: StepState) -> None:
+    def _start_of(self, s: StepState, done: tuple[str, int, int | None] | None = None) -> transitions.StepStart:
+        """The start of `s`, recording what it consumes; `done` is a need completing in the same commit."""
         d = s.defn
-        number = s.attempt + 1
         consumed = {n: {"attempt": self.steps[n].attempt, "index": self.steps[n].selected_index} for n in d.needs}
-        attempt_id = await transitions.start_step(self.run_id, s.id, d.key, number, consumed, self.engine.owner)
-        if attempt_id is None:
-            self.notice_outside_change()
-            return
+        if done is not None:
+            consumed[done[0]] = {"attempt": done[1], "index": done[2]}
+        return transitions.StepStart(self.run_id, s.id, d.key, s.attempt + 1, d.needs, consumed, self.engine.owner)
+
+    @staticmethod
+    def _mark_running(s: StepState, number: int) -> None:
         s.status, s.attempt, s.outputs, s.selected_index, s.error = StepStatus.RUNNING, number, None, None, None
+
+    def _claim_successors(self, s: StepState) -> list[StepState]:
+        """Dependents that this step's completion makes ready, each with a step slot taken for it."""
+        if self.stop_reason is not None:
+            return []
+        chosen = []
+        for key in self._dependents[s.defn.key]:
+            d = self.steps[key]
+            if d.status != StepStatus.PENDING or key in self.tasks or self.engine.step_slots.locked():
+                continue
+            if all(n == s.defn.key or self.steps[n].status == StepStatus.COMPLETED for n in d.defn.needs):
+                self.engine.step_slots._value -= 1  # taken synchronously: no await between check and take
+                chosen.append(d)
+        return chosen
+
+    async def _attempt(self, s: StepState, attempt_id: int, number: int) -> None:
+        d = s.defn
         ref = transitions.AttemptRef(self.run_id, s.id, d.key, attempt_id, number)
         ctx = StepContext(
             run_id=self.run_id,
@@ -243,13 +275,36 @@ class RunDriver:
         except Exception as exc:
             await asyncio.shield(self._failed(s, ref, ctx, exc))
             return
-        index = 0 if d.select == "auto" else None
-        done = transitions.complete_step(ref, outputs, index, ctx.logs, ctx.fraction, ctx.message)
-        if await asyncio.shield(done):
+        await asyncio.shield(self._completed(s, ref, ctx, outputs))
+
+    async def _completed(self, s: StepState, ref: transitions.AttemptRef, ctx: StepContext, outputs: list[Any]) -> None:
+        """Write the completion; successors it makes ready start in the same commit (saves a round trip)."""
+        index = 0 if s.defn.select == "auto" else None
+        successors = self._claim_successors(s) if index is not None else []
+        starts = [self._start_of(n, done=(s.defn.key, ref.number, index)) for n in successors]
+        try:
+            done, attempt_ids = await transitions.complete_step_and_start(
+                ref, outputs, index, ctx.logs, ctx.fraction, ctx.message, starts
+            )
+        except BaseException:
+            for _ in successors:
+                self.engine.step_slots.release()
+            raise
+        if done:
             s.status = StepStatus.COMPLETED if index is not None else StepStatus.WAITING
             s.outputs, s.selected_index = outputs, index
         else:
             self.notice_outside_change()
+        for successor, attempt_id, start in zip(successors, attempt_ids, starts, strict=True):
+            if attempt_id is None:
+                self.engine.step_slots.release()
+                self.notice_outside_change()
+                continue
+            self._mark_running(successor, start.number)
+            task = asyncio.create_task(
+                self._execute(successor, (attempt_id, start.number)), name=f"run{self.run_id}:{start.key}"
+            )
+            self.tasks[start.key] = task
 
     async def _failed(self, s: StepState, ref: transitions.AttemptRef, ctx: StepContext, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -27,6 +27,7 @@ from typing import Any
 from tortoise import connections
 from tortoise.backends.base.client import BaseDBAsyncClient
 from tortoise.backends.sqlite.client import SqliteClient
+from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
 
@@ -151,23 +152,21 @@ class _GroupCommitter:
         self.pending: list[tuple[Sequence[Stmt], asyncio.Future[BatchResult]]] = []
         self.flusher: asyncio.Task[None] | None = None
 
-    async def submit(self, stmts: Sequence[Stmt]) -> BatchResult:
+    async def submit(self, batches: Sequence[Sequence[Stmt]]) -> list[BatchResult | Exception]:
         if self.busy:
-            future: asyncio.Future[BatchResult] = asyncio.get_running_loop().create_future()
-            self.pending.append((stmts, future))
-            return await future
+            loop = asyncio.get_running_loop()
+            futures: list[asyncio.Future[BatchResult]] = [loop.create_future() for _ in batches]
+            self.pending.extend(zip(batches, futures, strict=True))
+            done = await asyncio.gather(*futures, return_exceptions=True)
+            return [r if isinstance(r, (BatchResult, Exception)) else RuntimeError(str(r)) for r in done]
         self.busy = True
         try:
-            results = await self._execute([stmts])
+            return await self._execute(list(batches))
         finally:
             if self.pending:
                 self.flusher = asyncio.create_task(self._flush(), name="stepdeck-group-commit")
             else:
                 self.busy = False
-        result = results[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
 
     async def _execute(self, batches: list[Sequence[Stmt]]) -> list[BatchResult | Exception]:
         async with self.client.acquire_connection() as aconn:
@@ -236,10 +235,24 @@ async def _run_generic_batch(client: BaseDBAsyncClient, stmts: Sequence[Stmt]) -
 
 async def run_batch(stmts: Sequence[Stmt], *, generic: bool = False) -> BatchResult:
     """Run the statements in one transaction; roll back and report when a guard matches nothing."""
+    result = (await run_batches([stmts], generic=generic))[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+async def run_batches(batches: Sequence[Sequence[Stmt]], *, generic: bool = False) -> list[BatchResult | Exception]:
+    """Independent batches, in order, each all-or-nothing; on SQLite they share one commit."""
     client = _client()
     if isinstance(client, SqliteClient) and not generic:
-        return await _committer(client).submit(stmts)
-    return await _run_generic_batch(client, stmts)
+        return await _committer(client).submit(batches)
+    results: list[BatchResult | Exception] = []
+    for stmts in batches:
+        try:
+            results.append(await _run_generic_batch(client, stmts))
+        except IntegrityError as exc:
+            results.append(StoreIntegrityError(str(exc)))
+    return results
 
 
 class StoreIntegrityError(Exception):

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.hub import Change, hub
-from engine.store import BatchResult, Ref, Stmt, run_batch
+from engine.store import BatchResult, Ref, Stmt, run_batch, run_batches
 from models.status import AttemptStatus, RunStatus, StepStatus
 
 _EVENT_SQL = (
@@ -57,30 +57,46 @@ class EventSpec:
         )
 
 
-async def _commit(stmts: list[Stmt], events: Sequence[EventSpec], now: datetime) -> BatchResult:
-    """Run the transition's statements plus its events; publish the events once committed."""
-    first_event = len(stmts)
-    result = await run_batch([*stmts, *(e.stmt(now) for e in events)])
-    if result.ok:
-        for offset, event in enumerate(events):
-            rows = result.rows[first_event + offset]
-            run_id = event.run_id if isinstance(event.run_id, int) else result.rows[event.run_id.index][0][0]
-            hub.publish(
-                Change(
-                    run_id=run_id,
-                    kind=event.kind,
-                    step_key=event.step_key,
-                    event_id=rows[0][0] if rows else None,
-                    data={
-                        "attempt": event.attempt,
-                        "from_status": event.from_status,
-                        "to_status": event.to_status,
-                        "actor": event.actor,
-                        "message": event.message,
-                        "at": now.isoformat(),
-                    },
-                )
+Part = tuple[list[Stmt], Sequence[EventSpec]]
+
+
+def _publish(result: BatchResult, events: Sequence[EventSpec], first_event: int, now: datetime) -> None:
+    for offset, event in enumerate(events):
+        rows = result.rows[first_event + offset]
+        run_id = event.run_id if isinstance(event.run_id, int) else result.rows[event.run_id.index][0][0]
+        hub.publish(
+            Change(
+                run_id=run_id,
+                kind=event.kind,
+                step_key=event.step_key,
+                event_id=rows[0][0] if rows else None,
+                data={
+                    "attempt": event.attempt,
+                    "from_status": event.from_status,
+                    "to_status": event.to_status,
+                    "actor": event.actor,
+                    "message": event.message,
+                    "at": now.isoformat(),
+                },
             )
+        )
+
+
+async def _commit_parts(parts: Sequence[Part], now: datetime) -> list[BatchResult | Exception]:
+    """Commit independent transitions together (each all-or-nothing); publish those that held."""
+    batches = [[*stmts, *(e.stmt(now) for e in events)] for stmts, events in parts]
+    results = await run_batches(batches)
+    for (stmts, events), result in zip(parts, results, strict=True):
+        if isinstance(result, BatchResult) and result.ok:
+            _publish(result, events, len(stmts), now)
+    return results
+
+
+async def _commit(stmts: list[Stmt], events: Sequence[EventSpec], now: datetime) -> BatchResult:
+    """Run one transition's statements plus its events; publish the events once committed."""
+    result = (await _commit_parts([(stmts, events)], now))[0]
+    if isinstance(result, Exception):
+        raise result
     return result
 
 
@@ -268,32 +284,68 @@ async def rerun_steps(
 # --- steps and attempts ----------------------------------------------------------------------
 
 
-async def start_step(
-    run_id: int, step_id: int, key: str, number: int, consumed: dict[str, Any], owner: str
-) -> int | None:
-    """PENDING → RUNNING with a new attempt `number`; returns its id.
+@dataclass(frozen=True, slots=True)
+class StepStart:
+    """What starting a step needs: a new attempt `number`, and what it consumed from its needs."""
 
-    Applies only to a PENDING step of a RUNNING run owned by `owner`; returns None otherwise.
-    """
-    now = utcnow()
+    run_id: int
+    step_id: int
+    key: str
+    number: int
+    needs: Sequence[str]
+    consumed: dict[str, Any]
+    owner: str
+
+
+def _start_part(start: StepStart, now: datetime) -> Part:
+    # Readiness is checked by the database too: every need must be COMPLETED when the step starts.
+    needs_done = ""
+    params: list[Any] = [StepStatus.RUNNING, start.number, now, start.step_id, StepStatus.PENDING]
+    params += [start.run_id, RunStatus.RUNNING, start.owner]
+    if start.needs:
+        marks = ", ".join("?" for _ in start.needs)
+        needs_done = (
+            f" AND NOT EXISTS (SELECT 1 FROM steps n WHERE n.run_id = ? AND n.key IN ({marks}) AND n.status != ?)"
+        )
+        params += [start.run_id, *start.needs, StepStatus.COMPLETED]
     stmts = [
         Stmt(
             "UPDATE steps SET status = ?, attempt = ?, updated_at = ? WHERE id = ? AND status = ?"
-            " AND EXISTS (SELECT 1 FROM runs WHERE runs.id = ? AND runs.status = ? AND runs.owner = ?)",
-            (StepStatus.RUNNING, number, now, step_id, StepStatus.PENDING, run_id, RunStatus.RUNNING, owner),
+            " AND EXISTS (SELECT 1 FROM runs WHERE runs.id = ? AND runs.status = ? AND runs.owner = ?)" + needs_done,
+            params,
             guard=True,
         ),
         Stmt(
             "INSERT INTO attempts (run_id, step_id, number, status, consumed, logs, owner, started_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (run_id, step_id, number, AttemptStatus.RUNNING, consumed, [], owner, now),
+            (start.run_id, start.step_id, start.number, AttemptStatus.RUNNING, start.consumed, [], start.owner, now),
         ),
     ]
     event = EventSpec(
-        "step", run_id, step_key=key, attempt=number, from_status=StepStatus.PENDING, to_status=StepStatus.RUNNING
+        "step",
+        start.run_id,
+        step_key=start.key,
+        attempt=start.number,
+        from_status=StepStatus.PENDING,
+        to_status=StepStatus.RUNNING,
     )
-    result = await _commit(stmts, [event], now)
-    return int(result.rows[1][0][0]) if result.ok else None
+    return stmts, [event]
+
+
+def _started_attempt(result: BatchResult | Exception) -> int | None:
+    if isinstance(result, BatchResult) and result.ok:
+        return int(result.rows[1][0][0])
+    return None
+
+
+async def start_step(start: StepStart) -> int | None:
+    """PENDING → RUNNING with a new attempt; returns its id.
+
+    Applies only to a PENDING step whose needs are all COMPLETED, of a RUNNING run owned by
+    `start.owner`; returns None otherwise.
+    """
+    now = utcnow()
+    return _started_attempt((await _commit_parts([_start_part(start, now)], now))[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +369,24 @@ async def complete_step(
 
     Applies only while both are RUNNING and the attempt is still the step's current one; a result
     that arrives later is recorded as a late-result event instead and changes nothing.
+    """
+    done, _ = await complete_step_and_start(ref, outputs, selected_index, logs, progress, progress_message, ())
+    return done
+
+
+async def complete_step_and_start(
+    ref: AttemptRef,
+    outputs: list[Any],
+    selected_index: int | None,
+    logs: list[str],
+    progress: float | None,
+    progress_message: str | None,
+    starts: Sequence[StepStart],
+) -> tuple[bool, list[int | None]]:
+    """`complete_step`, then `start_step` for each of `starts`, sharing one commit.
+
+    Each is its own guarded transition (a start whose guard fails changes nothing); the starts see
+    the completion, so a successor starts only once this step is COMPLETED.
     """
     now = utcnow()
     to = StepStatus.COMPLETED if selected_index is not None else StepStatus.WAITING
@@ -342,10 +412,13 @@ async def complete_step(
     event = EventSpec(
         "step", ref.run_id, step_key=ref.key, attempt=ref.number, from_status=StepStatus.RUNNING, to_status=to
     )
-    if (await _commit(stmts, [event], now)).ok:
-        return True
-    await record_late_result(ref, "completed")
-    return False
+    results = await _commit_parts([(stmts, [event]), *(_start_part(s, now) for s in starts)], now)
+    if isinstance(results[0], Exception):
+        raise results[0]
+    if not results[0].ok:
+        await record_late_result(ref, "completed")
+        return False, [None] * len(starts)
+    return True, [_started_attempt(r) for r in results[1:]]
 
 
 async def fail_step(
