@@ -89,8 +89,11 @@ class RunDriver:
     async def drive(self) -> None:
         try:
             self.defn, self.inputs = await self._load()
-            await self._loop()
-            await self._finish()
+            while True:
+                await self._loop()
+                if await self._finish():
+                    break
+                await self._refresh()  # someone changed a step between our decision and its commit
         except asyncio.CancelledError:
             # The engine is going away while we drive: nothing may stay RUNNING.
             await asyncio.shield(self._fail(f"interrupted: the engine stopped ({self.engine.owner})"))
@@ -166,26 +169,37 @@ class RunDriver:
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
             self.tasks.clear()
 
-    async def _finish(self) -> None:
-        if self.stop_reason == CANCELLED or self.stop_reason == LOST:
-            return  # the operation that cancelled the run wrote its state
+    async def _finish(self) -> bool:
+        """Write the run's outcome; False when the steps changed meanwhile and driving must go on."""
+        if self.stop_reason in (CANCELLED, LOST):
+            return True  # the operation that cancelled the run wrote its state
         if self.stop_reason == SHUTDOWN:
             await self._fail(self._interrupted_reason(self.engine.stop_reason))
-            return
-        statuses = [s.status for s in self.steps.values()]
-        failed = [s for s in self.steps.values() if s.status in (StepStatus.FAILED, StepStatus.CANCELLED)]
+            return True
+        steps = list(self.steps.values())
+        failed = [s for s in steps if s.status in (StepStatus.FAILED, StepStatus.CANCELLED)]
         if failed:
             first = failed[0]
             error = f"step {first.defn.key!r} {first.status.value}" + (f": {first.error}" if first.error else "")
-            await transitions.finish_run(self.run_id, self.engine.owner, RunStatus.FAILED, error)
-        elif all(s == StepStatus.COMPLETED for s in statuses):
-            await transitions.finish_run(self.run_id, self.engine.owner, RunStatus.COMPLETED)
-        elif StepStatus.WAITING in statuses:
-            await transitions.finish_run(self.run_id, self.engine.owner, RunStatus.WAITING)
+            outcome, done = RunStatus.FAILED, await self._finish_as(RunStatus.FAILED, error)
+        elif all(s.status == StepStatus.COMPLETED for s in steps):
+            outcome, done = RunStatus.COMPLETED, await self._finish_as(RunStatus.COMPLETED)
+        elif any(s.status == StepStatus.WAITING for s in steps):
+            outcome, done = RunStatus.WAITING, await self._finish_as(RunStatus.WAITING)
         else:
-            stuck = [s.defn.key for s in self.steps.values() if s.status == StepStatus.PENDING]
+            stuck = [s.defn.key for s in steps if s.status == StepStatus.PENDING]
             error = f"no step can run: {', '.join(stuck)} wait on steps that cannot complete"
-            await transitions.finish_run(self.run_id, self.engine.owner, RunStatus.FAILED, error)
+            outcome, done = RunStatus.FAILED, await self._finish_as(RunStatus.FAILED, error)
+        if done:
+            return True
+        rows = await fetch("SELECT status, owner FROM runs WHERE id = ?", (self.run_id,))
+        still_ours = rows and rows[0]["status"] == RunStatus.RUNNING and rows[0]["owner"] == self.engine.owner
+        if still_ours:
+            log.info("run %s: steps changed before it could be marked %s; going on", self.run_id, outcome.value)
+        return not still_ours
+
+    async def _finish_as(self, to: RunStatus, error: str | None = None) -> bool:
+        return await transitions.finish_run(self.run_id, self.engine.owner, to, error)
 
     def _interrupted_reason(self, why: str) -> str:
         running = [k for k, s in self.steps.items() if s.status == StepStatus.RUNNING] or list(self.tasks)

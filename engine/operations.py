@@ -144,12 +144,16 @@ async def rerun_from(run_id: int, step_key: str, actor: str) -> RerunPlan:
 
 
 async def resume_run(run_id: int, actor: str) -> RerunPlan:
-    """Resume a failed or cancelled run from its first step that did not complete."""
+    """Resume a failed or cancelled run from its first failed, cancelled (or else pending) step.
+
+    Steps waiting for a choice keep their alternatives: resuming never pays for them again.
+    """
     run = await _read_run(run_id)
-    for key, row in run.steps.items():
-        if row["status"] != StepStatus.COMPLETED:
-            return await rerun_from(run_id, key, actor)
-    raise Conflict(f"run {run_id} has no unfinished step to resume from; rerun a step instead")
+    for wanted in ((StepStatus.FAILED, StepStatus.CANCELLED), (StepStatus.PENDING,)):
+        for key, row in run.steps.items():
+            if row["status"] in wanted:
+                return await rerun_from(run_id, key, actor)
+    raise Conflict(f"run {run_id} has no failed, cancelled or pending step to resume from; rerun a step instead")
 
 
 # --- select ------------------------------------------------------------------------------------------

@@ -149,14 +149,25 @@ async def claim_run(run_id: int, owner: str) -> bool:
 
 
 async def finish_run(run_id: int, owner: str, to: RunStatus, error: str | None = None) -> bool:
-    """RUNNING → WAITING/COMPLETED/FAILED by its owner; applies only to RUNNING rows it owns."""
+    """RUNNING → WAITING/COMPLETED/FAILED by its owner; applies only to RUNNING rows it owns.
+
+    Also guarded on the steps, so a selection committed meanwhile cannot leave a run WAITING with no
+    waiting step, or COMPLETED with an unfinished one: the driver then re-reads and goes on.
+    """
     assert to in (RunStatus.WAITING, RunStatus.COMPLETED, RunStatus.FAILED)
     now = utcnow()
     finished_at = None if to == RunStatus.WAITING else now
+    steps_guard, params = "", []
+    if to == RunStatus.WAITING:
+        steps_guard = " AND EXISTS (SELECT 1 FROM steps s WHERE s.run_id = ? AND s.status = ?)"
+        params = [run_id, StepStatus.WAITING]
+    elif to == RunStatus.COMPLETED:
+        steps_guard = " AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = ? AND s.status != ?)"
+        params = [run_id, StepStatus.COMPLETED]
     update = Stmt(
         "UPDATE runs SET status = ?, error = ?, owner = NULL, heartbeat_at = NULL, finished_at = ?, updated_at = ?"
-        " WHERE id = ? AND status = ? AND owner = ?",
-        (to, error, finished_at, now, run_id, RunStatus.RUNNING, owner),
+        " WHERE id = ? AND status = ? AND owner = ?" + steps_guard,
+        (to, error, finished_at, now, run_id, RunStatus.RUNNING, owner, *params),
         guard=True,
     )
     event = EventSpec("run", run_id, from_status=RunStatus.RUNNING, to_status=to, message=error)
