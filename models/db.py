@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from tortoise import Tortoise
 from tortoise.migrations.api import migrate as tortoise_migrate
@@ -28,20 +28,27 @@ def is_sqlite(db_url: str) -> bool:
     return db_url.startswith("sqlite:")
 
 
+def _raw_sqlite_path(db_url: str) -> str:
+    parts = urlsplit(db_url)
+    path = parts.netloc + parts.path
+    # `sqlite:////abs/file.db` (the SQLAlchemy spelling) makes Tortoise hang without an error.
+    return "/" + path.lstrip("/") if path.startswith("//") else path
+
+
 def sqlite_path(db_url: str) -> Path | None:
     """The file behind a `sqlite://` URL, or None for another database or `:memory:`."""
     if not is_sqlite(db_url):
         return None
-    path = urlsplit(db_url).netloc + urlsplit(db_url).path
+    path = _raw_sqlite_path(db_url)
     return None if path in ("", ":memory:") else Path(path)
 
 
 def with_sqlite_pragmas(db_url: str) -> str:
-    """The URL with our SQLite pragmas added; pragmas the user put in the URL win."""
+    """The URL in the form Tortoise expects (`sqlite://<path>`) with our pragmas; the user's win."""
     parts = urlsplit(db_url)
     query = dict(SQLITE_PRAGMAS)
     query.update(dict(parse_qsl(parts.query)))
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    return f"sqlite://{_raw_sqlite_path(db_url)}?{urlencode(query)}"
 
 
 def tortoise_config(db_url: str) -> dict[str, Any]:
