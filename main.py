@@ -86,6 +86,9 @@ def serve(settings: Settings) -> None:
         reload=False,
         show=False,
         show_welcome_message=True,
+        fastapi_docs=True,
+        # Event streams end themselves on shutdown; this bounds any other long request.
+        timeout_graceful_shutdown=5,
     )
 
 

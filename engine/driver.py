@@ -63,6 +63,7 @@ class RunDriver:
     contexts: dict[str, StepContext] = field(default_factory=dict)
     _dependents: dict[str, list[str]] = field(default_factory=dict)
     _signal: asyncio.Future[None] | None = None  # resolved by outside changes to wake the loop
+    _running_at_stop: list[str] = field(default_factory=list)
 
     # --- outside signals (called from the engine's hub listener) --------------------------------
 
@@ -78,6 +79,7 @@ class RunDriver:
         """Stop in-flight work: `cancelled` (already written by the operation) or `shutdown`."""
         if self.stop_reason is None:
             self.stop_reason = reason
+            self._running_at_stop = [k for k, s in self.steps.items() if s.status == StepStatus.RUNNING]
         for ctx in self.contexts.values():
             ctx.cancelled.set()
         for task in self.tasks.values():
@@ -202,7 +204,7 @@ class RunDriver:
         return await transitions.finish_run(self.run_id, self.engine.owner, to, error)
 
     def _interrupted_reason(self, why: str) -> str:
-        running = [k for k, s in self.steps.items() if s.status == StepStatus.RUNNING] or list(self.tasks)
+        running = self._running_at_stop or [k for k, s in self.steps.items() if s.status == StepStatus.RUNNING]
         where = f" while step {', '.join(repr(k) for k in running)} was running" if running else ""
         return f"interrupted: {why}{where} ({self.engine.owner})"
 

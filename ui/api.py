@@ -34,7 +34,7 @@ class StartRunIn(BaseModel):
 
 class SelectIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    index: int = Field(description="0-based index of the alternative to select")
+    index: int = Field(strict=True, description="0-based index of the alternative to select")
 
 
 def parse_run_id(run_id: str) -> int:
@@ -185,8 +185,8 @@ async def run_events(
     if not await queries.run_exists(rid):
         raise NotFound(f"run {rid} does not exist")
     if last_event_id is not None:
-        if not last_event_id.strip().isdigit():
-            raise InvalidInput("Last-Event-ID must be an event id (an integer)", {"Last-Event-ID": "not an integer"})
+        if not last_event_id.strip().isdigit() or len(last_event_id.strip()) > 18:
+            raise InvalidInput("Last-Event-ID must be an event id (an integer)", {"Last-Event-ID": "not an event id"})
         after = max(after, int(last_event_id))
     if not follow and "text/event-stream" not in request.headers.get("accept", ""):
         return JSONResponse(await queries.events_after(rid, after, limit=100_000))

@@ -25,5 +25,6 @@ def mount(settings: Settings, engine: Engine) -> None:
     app.on_startup(engine.start)
     app.on_startup(maintenance.start)
     app.on_shutdown(maintenance.stop)
-    app.on_shutdown(engine.stop)
+    # NiceGUI passes the app to a handler with one parameter: engine.stop's `why` must keep its default.
+    app.on_shutdown(lambda: engine.stop())
     runs.register()

@@ -20,6 +20,15 @@ from engine.hub import Change, hub
 log = logging.getLogger(__name__)
 
 KEEPALIVE_S = 15.0
+POLL_S = 0.5  # how soon a stream notices the server is shutting down
+
+
+def server_stopping() -> bool:
+    """True once uvicorn was asked to exit: open streams must end, or shutdown would wait on them."""
+    from nicegui.server import Server
+
+    instance = getattr(Server, "instance", None)
+    return bool(instance is not None and instance.should_exit)
 
 
 def format_sse(data: dict[str, Any], kind: str, event_id: int | None = None) -> str:
@@ -51,17 +60,21 @@ async def event_stream(request: Request, run_id: int, after: int, *, follow: boo
         if sub is None:
             return
         yield ": live\n\n"
-        while not await request.is_disconnected():
-            change = await sub.get(timeout_s=KEEPALIVE_S)
+        quiet_s = 0.0
+        while not server_stopping() and not await request.is_disconnected():
+            change = await sub.get(timeout_s=POLL_S)
             if change is None:
                 if sub.closed:  # we fell behind: catch up from the table, then listen again
                     sub = hub.subscribe(run_id)
                     for event in await queries.events_after(run_id, last, limit=100_000):
                         yield format_sse(event, event["kind"], event["id"])
                         last = event["id"]
-                else:
+                quiet_s += POLL_S
+                if quiet_s >= KEEPALIVE_S:
+                    quiet_s = 0.0
                     yield ": keepalive\n\n"
                 continue
+            quiet_s = 0.0
             if change.event_id is not None:
                 if change.event_id <= last:
                     continue

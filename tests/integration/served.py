@@ -1,0 +1,222 @@
+"""Real Stepdeck processes for tests: `main.py serve` and the other commands, on a temporary workspace.
+
+A `Workspace` is a temporary directory with its own SQLite file and (optionally) its own workflows
+directory; `Server` runs `main.py serve` on it as a subprocess on a free port. Everything is driven
+from outside, as a user's script would: STEPDECK_* variables, command-line flags and HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTLED_RUN = {"completed", "failed", "cancelled", "waiting"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The current environment without STEPDECK_* settings (so only what a test sets applies)."""
+    # PYTEST_* too: NiceGUI treats a process that has PYTEST_CURRENT_TEST as its own screen test.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STEPDECK_", "PYTEST_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+class Workspace:
+    """A temporary database (and workflows directory, unless `bundled`) for real processes."""
+
+    def __init__(
+        self,
+        directory: Path,
+        workflows: dict[str, str] | None = None,
+        modules: dict[str, str] | None = None,
+        *,
+        bundled: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.dir / "stepdeck.db"
+        self.workflows_dir: Path | None = None
+        extra = {"STEPDECK_DB": self.db_url, **(env or {})}
+        if not bundled:
+            self.workflows_dir = self.dir / "workflows"
+            self.workflows_dir.mkdir(exist_ok=True)
+            for name, text in (workflows or {}).items():
+                (self.workflows_dir / f"{name}.yaml").write_text(textwrap.dedent(text))
+            for name, text in (modules or {}).items():
+                (self.workflows_dir / f"{name}.py").write_text(textwrap.dedent(text))
+            extra["STEPDECK_WORKFLOWS"] = str(self.workflows_dir)
+        self.env = clean_env(extra)
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite://{self.db_path}"
+
+    def cli(
+        self, *args: str, timeout_s: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `main.py ARGS` from the project root, stdin not a terminal; returns the finished process."""
+        return subprocess.run(
+            [sys.executable, "main.py", *args],
+            cwd=ROOT,
+            env={**self.env, **(env or {})},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+
+    def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Run one statement on the database file directly (to read what a process left, or to plant states)."""
+        with contextlib.closing(sqlite3.connect(self.db_path, timeout=10)) as conn:
+            conn.row_factory = sqlite3.Row
+            with conn:
+                rows = conn.execute(query, params).fetchall()
+            return [dict(r) for r in rows]
+
+    def run_count(self) -> int:
+        """How many runs the database holds (0 when no command ever created its tables)."""
+        if not self.db_path.exists() or not self.sql("SELECT name FROM sqlite_master WHERE name = 'runs'"):
+            return 0
+        n: int = self.sql("SELECT count(*) AS n FROM runs")[0]["n"]
+        return n
+
+
+class Server:
+    """`main.py serve` on a workspace, on a free port; `host=None` leaves the bind address to the default."""
+
+    def __init__(self, ws: Workspace, *, host: str | None = "127.0.0.1", log_name: str = "server.log") -> None:
+        self.ws = ws
+        self.host = host
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = ws.dir / log_name
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self.client = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(15.0))
+
+    # --- process ---------------------------------------------------------------------------------
+
+    def start(self, wait_s: float = 30.0) -> None:
+        cmd = [sys.executable, "main.py", "serve", "--port", str(self.port)]
+        if self.host is not None:
+            cmd += ["--host", self.host]
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.ws.env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.base_url}/api/health", timeout=1.0).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"server did not answer /api/health within {wait_s} s:\n{self.log_tail()}")
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 20.0) -> int | None:
+        """Send `sig` and wait for the exit; SIGKILL after `timeout_s`. Returns the exit code (None if killed)."""
+        code: int | None = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.send_signal(sig)
+                try:
+                    code = self.proc.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=10)
+                    code = None
+            else:
+                code = self.proc.returncode
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    def close(self) -> None:
+        self.stop()
+        self.client.close()
+
+    def log_text(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")
+        return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    # --- HTTP ----------------------------------------------------------------------------------------
+
+    def start_run(self, workflow: str, inputs: dict[str, Any] | None = None) -> int:
+        r = self.client.post("/api/runs", json={"workflow": workflow, "inputs": inputs or {}})
+        assert r.status_code == 201, f"POST /api/runs -> {r.status_code}: {r.text}\n{self.log_tail()}"
+        run_id: int = r.json()["id"]
+        return run_id
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        r = self.client.get(f"/api/runs/{run_id}")
+        assert r.status_code == 200, f"GET /api/runs/{run_id} -> {r.status_code}: {r.text}"
+        body: dict[str, Any] = r.json()
+        return body
+
+    def wait_run(self, run_id: int, *statuses: str, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Poll the run until its status is one of `statuses`; fail with the server's log otherwise."""
+        deadline = time.monotonic() + timeout_s
+        run: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            run = self.run(run_id)
+            if run["status"] in statuses:
+                return run
+            time.sleep(0.05)
+        raise AssertionError(
+            f"run {run_id} stayed {run.get('status')!r} (error {run.get('error')!r}), expected one of {statuses}:\n"
+            f"{json.dumps(run.get('steps'), indent=1)[:3000]}\n{self.log_tail()}"
+        )
+
+    def wait_step(self, run_id: int, key: str, *statuses: str, timeout_s: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        step: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            step = next(s for s in self.run(run_id)["steps"] if s["key"] == key)
+            if step["status"] in statuses:
+                return step
+            time.sleep(0.05)
+        raise AssertionError(f"step {key!r} of run {run_id} stayed {step.get('status')!r}:\n{self.log_tail()}")
+
+
+@contextlib.contextmanager
+def serving(ws: Workspace, *, host: str | None = "127.0.0.1", log_name: str = "server.log") -> Iterator[Server]:
+    """A started server that is always stopped; its log goes to stderr (shown by pytest) when the block fails."""
+    server = Server(ws, host=host, log_name=log_name)
+    try:
+        server.start()
+        yield server
+    except BaseException:
+        print(f"--- log of main.py serve on port {server.port} ---\n{server.log_tail(200)}", file=sys.stderr)
+        raise
+    finally:
+        server.close()
