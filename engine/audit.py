@@ -73,8 +73,9 @@ CHECKS: list[tuple[str, str]] = [
         " AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.step_id = s.id AND a.number = s.attempt)",
     ),
     (
-        "stale flag on a step that is not completed",
-        f"SELECT s.run_id, s.key, s.status AS detail FROM steps s WHERE s.stale AND s.status != '{S.COMPLETED}'",
+        "stale flag on a step that is neither completed nor waiting",
+        f"SELECT s.run_id, s.key, s.status AS detail FROM steps s WHERE s.stale"
+        f" AND s.status NOT IN ('{S.COMPLETED}', '{S.WAITING}')",
     ),
     (
         "unfinished run with a finish time",

@@ -139,7 +139,7 @@ class RunDriver:
 
     def _ready(self, candidates: list[str]) -> list[StepState]:
         ready = []
-        for key in candidates:
+        for key in dict.fromkeys(candidates):  # a join appears once per need that just finished
             s = self.steps[key]
             if s.status != StepStatus.PENDING or key in self.tasks:
                 continue
@@ -275,8 +275,13 @@ class RunDriver:
             async with timeout:
                 result = await KINDS[d.kind](d, ctx, self.engine.threads, self.engine.settings.workflows_dir)
             outputs = normalize_outputs(result, d.alternatives)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             ctx.cancelled.set()
+            task = asyncio.current_task()
+            if self.stop_reason is None and task is not None and not task.cancelling():
+                # Raised by the step itself, not a stop of ours: a failure like any other exception.
+                await asyncio.shield(self._failed(s, ref, ctx, exc))
+                return
             await asyncio.shield(self._stopped(s, ref, ctx))
             return
         except TimeoutError as exc:

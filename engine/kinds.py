@@ -37,11 +37,28 @@ async def run_python(step: StepDef, ctx: StepContext, threads: Executor, workflo
     if inspect.iscoroutinefunction(fn):
         return await fn(ctx)
     loop = asyncio.get_running_loop()
-    call = functools.partial(contextvars.copy_context().run, fn, ctx)
+    call = functools.partial(contextvars.copy_context().run, _capture, fn, ctx)
     result = await loop.run_in_executor(threads, call)
+    if isinstance(result, _Raised):
+        raise result.exc
     if inspect.isawaitable(result):
         result = await result
     return result
+
+
+class _Raised:
+    """An exception raised in the thread, carried back as a value: asyncio would otherwise swap a
+    TimeoutError or CancelledError for a new one without the step's traceback."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _capture(fn: Callable[..., Any], ctx: StepContext) -> Any:
+    try:
+        return fn(ctx)
+    except BaseException as exc:
+        return _Raised(exc)
 
 
 KINDS: dict[str, KindRunner] = {"python": run_python}

@@ -186,7 +186,8 @@ async def select(run_id: int, step_key: str, index: int, actor: str) -> bool:
         if status == StepStatus.COMPLETED:
             if run.status in RUN_ACTIVE:
                 raise Conflict(f"run {run_id} is {run.status.value}: change a completed selection once it stops")
-            stale = [k for k in run.defn.dependents(step_key) if run.steps[k]["status"] == StepStatus.COMPLETED]
+            built_on_it = (StepStatus.COMPLETED, StepStatus.WAITING)
+            stale = [k for k in run.defn.dependents(step_key) if run.steps[k]["status"] in built_on_it]
         sel = transitions.Selection(
             run_id=run_id,
             step_id=row["id"],

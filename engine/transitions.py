@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.hub import Change, hub
 from engine.store import BatchResult, Ref, Stmt, run_batch, run_batches
-from models.status import AttemptStatus, RunStatus, StepStatus
+from models.status import RUN_TRANSITIONS, STEP_TRANSITIONS, AttemptStatus, RunStatus, StepStatus
 
 _EVENT_SQL = (
     "INSERT INTO events (run_id, step_key, attempt, kind, from_status, to_status, actor, message, created_at)"
@@ -151,19 +151,21 @@ async def claim_run(run_id: int, owner: str) -> bool:
 async def finish_run(run_id: int, owner: str, to: RunStatus, error: str | None = None) -> bool:
     """RUNNING → WAITING/COMPLETED/FAILED by its owner; applies only to RUNNING rows it owns.
 
-    Also guarded on the steps, so a selection committed meanwhile cannot leave a run WAITING with no
-    waiting step, or COMPLETED with an unfinished one: the driver then re-reads and goes on.
+    Also guarded on the steps: never while one of them runs, and a selection committed meanwhile
+    cannot leave a run WAITING with no waiting step, or COMPLETED with an unfinished one. The driver
+    then re-reads and goes on.
     """
     assert to in (RunStatus.WAITING, RunStatus.COMPLETED, RunStatus.FAILED)
     now = utcnow()
     finished_at = None if to == RunStatus.WAITING else now
-    steps_guard, params = "", []
+    steps_guard = " AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = ? AND s.status = ?)"
+    params: list[Any] = [run_id, StepStatus.RUNNING]
     if to == RunStatus.WAITING:
-        steps_guard = " AND EXISTS (SELECT 1 FROM steps s WHERE s.run_id = ? AND s.status = ?)"
-        params = [run_id, StepStatus.WAITING]
+        steps_guard += " AND EXISTS (SELECT 1 FROM steps s WHERE s.run_id = ? AND s.status = ?)"
+        params += [run_id, StepStatus.WAITING]
     elif to == RunStatus.COMPLETED:
-        steps_guard = " AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = ? AND s.status != ?)"
-        params = [run_id, StepStatus.COMPLETED]
+        steps_guard += " AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = ? AND s.status != ?)"
+        params += [run_id, StepStatus.COMPLETED]
     update = Stmt(
         "UPDATE runs SET status = ?, error = ?, owner = NULL, heartbeat_at = NULL, finished_at = ?, updated_at = ?"
         " WHERE id = ? AND status = ? AND owner = ?" + steps_guard,
@@ -231,6 +233,8 @@ def _stop_running_steps(
 
 async def cancel_run(run_id: int, from_status: RunStatus, actor: str) -> bool:
     """QUEUED/RUNNING/WAITING → CANCELLED with running steps and attempts; guard on `from_status`."""
+    if RunStatus.CANCELLED not in RUN_TRANSITIONS[from_status]:
+        return False
     now = utcnow()
     reason = f"cancelled by {actor}"
     stmts = [
@@ -265,7 +269,13 @@ async def rerun_steps(
     """Run (not running) → QUEUED, and each named step → PENDING with its stale flag cleared.
 
     Guards: the run is still in `run_from` and every step still has the status it was read with.
+    Steps already PENDING are guarded but get no event (nothing changes for them).
     """
+    if RunStatus.QUEUED not in RUN_TRANSITIONS[run_from] or any(
+        r.from_status != StepStatus.PENDING and StepStatus.PENDING not in STEP_TRANSITIONS[r.from_status]
+        for r in resets
+    ):
+        return False
     now = utcnow()
     stmts = [
         Stmt(
@@ -286,6 +296,7 @@ async def rerun_steps(
         *(
             EventSpec("step", run_id, step_key=r.key, from_status=r.from_status, to_status=StepStatus.PENDING)
             for r in resets
+            if r.from_status != StepStatus.PENDING
         ),
         EventSpec("run", run_id, from_status=run_from, to_status=RunStatus.QUEUED, actor=actor),
     ]
@@ -503,7 +514,7 @@ class Selection:
     previous_index: int | None
     step_from: StepStatus  # WAITING or COMPLETED, as read
     run_from: RunStatus  # as read; a WAITING run is re-queued
-    stale_keys: Sequence[str]  # completed dependents that consumed the previous choice
+    stale_keys: Sequence[str]  # completed or waiting dependents built on the previous choice
 
 
 async def select_alternative(sel: Selection, actor: str) -> bool:
@@ -552,8 +563,10 @@ async def select_alternative(sel: Selection, actor: str) -> bool:
         stmts.append(
             Stmt(
                 "UPDATE steps SET stale = TRUE, stale_reason = ?, updated_at = ?"
-                " WHERE run_id = ? AND key = ? AND status = ?",
-                many=[(reason, now, sel.run_id, key, StepStatus.COMPLETED) for key in sel.stale_keys],
+                " WHERE run_id = ? AND key = ? AND status IN (?, ?)",
+                many=[
+                    (reason, now, sel.run_id, key, StepStatus.COMPLETED, StepStatus.WAITING) for key in sel.stale_keys
+                ],
             )
         )
         events.extend(EventSpec("stale", sel.run_id, step_key=key, message=reason) for key in sel.stale_keys)

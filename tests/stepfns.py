@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections import Counter
@@ -92,3 +93,61 @@ def progress_and_logs(ctx: Any) -> str:
         ctx.progress((i + 1) / 3, f"part {i + 1}")
         ctx.log(f"line {i + 1}")
     return "done"
+
+
+# --- added for the engine, operations and transitions tests --------------------------------------
+
+
+def blocking_watch(ctx: Any) -> str:
+    """Like `blocking`, and counts in CALLS['blocking_saw_cancel'] when it sees ctx.is_cancelled."""
+    CALLS["blocking_watch"] += 1
+    while not RELEASE.wait(0.01):
+        if ctx.is_cancelled:
+            CALLS["blocking_saw_cancel"] += 1
+            return "noticed cancellation"
+    return "released"
+
+
+async def sleep_once(ctx: Any) -> str:
+    """Logs, then sleeps 30 s on its first call (to be cancelled or interrupted); later calls return at once."""
+    CALLS["sleep_once"] += 1
+    n = CALLS["sleep_once"]
+    ctx.log(f"call {n} started")
+    if n == 1:
+        await asyncio.sleep(30)
+    return f"done on call {n}"
+
+
+def own_timeout(ctx: Any) -> str:
+    """Raises a TimeoutError of its own (an upstream API timing out), not the step's timeout."""
+    CALLS["own_timeout"] += 1
+    raise TimeoutError("the upstream API timed out")
+
+
+async def nap(ctx: Any) -> str:
+    """Sleeps ctx.inputs['sleep_s'] (default 0.5 s); the output names the step."""
+    CALLS["nap"] += 1
+    await asyncio.sleep(float(ctx.inputs.get("sleep_s", 0.5)))
+    return f"{ctx.step_key} woke"
+
+
+def collect(ctx: Any) -> dict[str, Any]:
+    """Returns the outputs of its upstream steps by key (what a join step sees)."""
+    CALLS["collect"] += 1
+    return dict(ctx.outputs)
+
+
+async def raises_cancelled(ctx: Any) -> str:
+    """An async step whose own awaitable was cancelled by someone else (not the engine stopping it)."""
+    CALLS["raises_cancelled"] += 1
+    future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    future.cancel()
+    return await future
+
+
+def sync_raises_cancelled(ctx: Any) -> str:
+    """A sync step that waits on a concurrent future someone else cancelled."""
+    CALLS["sync_raises_cancelled"] += 1
+    future: concurrent.futures.Future[str] = concurrent.futures.Future()
+    future.cancel()
+    return future.result()
