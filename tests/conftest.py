@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -12,6 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from engine import audit, queries
 from engine.definitions import WorkflowDef, parse_definition
 from engine.executor import Engine
 from engine.registry import workflows
@@ -40,15 +42,30 @@ def settings(db: str, tmp_path: Path) -> Settings:
     return Settings(db_url=db, workflows_dir=tmp_path, heartbeat_interval_s=0.2, stale_after_s=2.0)
 
 
-@pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[Engine]:
-    stepfns.reset()
+@contextlib.asynccontextmanager
+async def engine_running(settings: Settings) -> AsyncIterator[Engine]:
+    """A started engine, stopped on exit (also for part of a test, to look at runs no engine claims)."""
     eng = Engine(settings)
     await eng.start()
     try:
         yield eng
     finally:
         await eng.stop()
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[Engine]:
+    stepfns.reset()
+    async with engine_running(settings) as eng:
+        yield eng
+
+
+@pytest.fixture
+async def audit_clean(db: str) -> AsyncIterator[None]:
+    """After the scenario (and the engine's shutdown), the audit finds no impossible state."""
+    yield
+    findings, _ = await audit.audit()
+    assert [str(f) for f in findings] == []
 
 
 @pytest.fixture
@@ -101,3 +118,16 @@ async def wait_run(run_id: int, *statuses: str, timeout_s: float = 10.0) -> str:
 
     result: str = await wait_for(check, timeout_s, f"run {run_id} to be {'/'.join(statuses)}")
     return result
+
+
+async def step_of(run_id: int, key: str) -> dict[str, Any]:
+    run = await queries.run_detail(run_id)
+    return next(s for s in run["steps"] if s["key"] == key)
+
+
+async def attempts_of(run_id: int, key: str) -> list[dict[str, Any]]:
+    return [a for a in await queries.list_attempts(run_id) if a["step"] == key]
+
+
+async def events_of(run_id: int, kind: str | None = None) -> list[dict[str, Any]]:
+    return [e for e in await queries.events_after(run_id) if kind is None or e["kind"] == kind]

@@ -4,50 +4,25 @@ shutdown mid-step, heartbeats. Every scenario ends with a clean audit."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import pytest
 
-from engine import audit, operations, queries
+from engine import operations, queries
 from engine.executor import Engine
 from engine.settings import Settings
 from engine.store import fetch
 from tests import stepfns
-from tests.conftest import run_status, wait_for, wait_run
+from tests.conftest import attempts_of, engine_running, run_status, step_of, wait_for, wait_run
 
 Define = Callable[..., Any]
 SLEEP_INPUT = {"sleep_s": {"type": "number", "default": 30}}
 
 
-@pytest.fixture(autouse=True)
-async def audit_clean(db: str) -> AsyncIterator[None]:
-    """After every scenario (and the engine's shutdown), the audit finds no impossible state."""
-    yield
-    findings, _ = await audit.audit()
-    assert [str(f) for f in findings] == []
-
-
-@contextlib.asynccontextmanager
-async def engine_running(settings: Settings) -> AsyncIterator[Engine]:
-    eng = Engine(settings)
-    await eng.start()
-    try:
-        yield eng
-    finally:
-        await eng.stop()
-
-
-async def step_of(run_id: int, key: str) -> dict[str, Any]:
-    run = await queries.run_detail(run_id)
-    return next(s for s in run["steps"] if s["key"] == key)
-
-
-async def attempts_of(run_id: int, key: str) -> list[dict[str, Any]]:
-    return [a for a in await queries.list_attempts(run_id) if a["step"] == key]
+pytestmark = pytest.mark.usefixtures("audit_clean")
 
 
 async def calls(name: str, n: int = 1) -> bool:

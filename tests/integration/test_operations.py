@@ -4,55 +4,25 @@ status, stale flags, concurrent reruns/selections/cancels, cancel and resume."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from engine import audit, operations, queries
+from engine import operations, queries
 from engine.errors import Conflict, InvalidInput, NotFound
 from engine.executor import Engine
 from engine.settings import Settings
 from engine.store import fetch
 from models.status import RUN_TRANSITIONS, STEP_TRANSITIONS, RunStatus, StepStatus
 from tests import stepfns
-from tests.conftest import run_status, wait_for, wait_run
+from tests.conftest import attempts_of, engine_running, events_of, run_status, step_of, wait_for, wait_run
 
 Define = Callable[..., Any]
 
 
-@pytest.fixture(autouse=True)
-async def audit_clean(db: str) -> AsyncIterator[None]:
-    """After every scenario (and the engine's shutdown), the audit finds no impossible state."""
-    yield
-    findings, _ = await audit.audit()
-    assert [str(f) for f in findings] == []
-
-
-@contextlib.asynccontextmanager
-async def engine_running(settings: Settings) -> AsyncIterator[Engine]:
-    """An engine for part of a test, so that a run can be looked at while no engine claims it."""
-    eng = Engine(settings)
-    await eng.start()
-    try:
-        yield eng
-    finally:
-        await eng.stop()
-
-
-async def step_of(run_id: int, key: str) -> dict[str, Any]:
-    run = await queries.run_detail(run_id)
-    return next(s for s in run["steps"] if s["key"] == key)
-
-
-async def attempts_of(run_id: int, key: str) -> list[dict[str, Any]]:
-    return [a for a in await queries.list_attempts(run_id) if a["step"] == key]
-
-
-async def events_of(run_id: int, kind: str | None = None) -> list[dict[str, Any]]:
-    return [e for e in await queries.events_after(run_id) if kind is None or e["kind"] == kind]
+pytestmark = pytest.mark.usefixtures("audit_clean")
 
 
 def define_pick(define: Define, name: str = "pick", alternatives: int = 3, downstream: str = "use_upstream") -> None:

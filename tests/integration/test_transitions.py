@@ -7,13 +7,12 @@ are recorded as events and never overwrite a terminal state.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from engine import audit, transitions
+from engine import transitions
 from engine.store import Stmt, fetch, run_batch
 from engine.transitions import AttemptRef, NewStep, Selection, StepReset, StepStart
 from models.status import RUN_TRANSITIONS, STEP_TRANSITIONS, AttemptStatus, RunStatus, StepStatus
@@ -22,12 +21,7 @@ OWNER = "testhost:101:aaaa"
 OTHER = "otherhost:202:bbbb"
 
 
-@pytest.fixture(autouse=True)
-async def audit_clean(db: str) -> AsyncIterator[None]:
-    """Whatever a test did through the transitions, the database must pass the audit afterwards."""
-    yield
-    findings, _ = await audit.audit()
-    assert [str(f) for f in findings] == []
+pytestmark = pytest.mark.usefixtures("audit_clean")
 
 
 # --- helpers ---------------------------------------------------------------------------------------
