@@ -12,12 +12,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import threading
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 from engine.settings import ENV_NAMES, Settings, SettingsError, from_env
 
 COMMANDS = ("serve", "run", "check", "sweep", "migrate")
+T = TypeVar("T")
+
+
+def run_to_completion(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to the end, also when a loop is already running here (NiceGUI's test fixture)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    result: list[T] = []
+    thread = threading.Thread(target=lambda: result.append(asyncio.run(coro)), name="stepdeck-migrate")
+    thread.start()
+    thread.join()
+    if not result:
+        raise RuntimeError("startup step failed; see the log above")
+    return result[0]
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +94,7 @@ def serve(settings: Settings) -> None:
 
     # Must finish before the server accepts requests: NiceGUI starts async startup handlers in the
     # background, so migrations run here, on their own loop, with their connections closed after.
-    asyncio.run(migrate(settings.db_url))
+    run_to_completion(migrate(settings.db_url))
     catalog = workflows.load(settings.workflows_dir)
     for error in catalog.errors:
         logging.getLogger("stepdeck").warning("definition not loaded: %s", error)
@@ -99,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("tortoise").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
         settings = settings_from(args)
     except SettingsError as exc:
@@ -120,4 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ in {"__main__", "__mp_main__"}:
-    sys.exit(main())
+    if os.environ.get("NICEGUI_USER_SIMULATION"):
+        serve(from_env())  # NiceGUI's `user` test fixture runs this file inside its own loop
+    else:
+        sys.exit(main())

@@ -11,7 +11,8 @@ from engine.settings import Settings
 from models.db import tortoise_config
 from ui import errors
 from ui.api import router
-from ui.pages import runs
+from ui.live import live
+from ui.pages import register_pages
 
 
 def mount(settings: Settings, engine: Engine) -> None:
@@ -24,7 +25,9 @@ def mount(settings: Settings, engine: Engine) -> None:
     maintenance = Maintenance(settings, engine.owner)
     app.on_startup(engine.start)
     app.on_startup(maintenance.start)
+    app.on_startup(live.start)
+    app.on_shutdown(live.stop)
     app.on_shutdown(maintenance.stop)
     # NiceGUI passes the app to a handler with one parameter: engine.stop's `why` must keep its default.
     app.on_shutdown(lambda: engine.stop())
-    runs.register()
+    register_pages(maintenance)

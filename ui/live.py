@@ -1,0 +1,236 @@
+"""Live view-models of runs, fed by the engine's hub and bound by pages.
+
+One `RunView` per run that some tab is looking at, shared by all those tabs: elements bind to its
+fields (NiceGUI bindings push a change to every bound element of every tab), so there is no
+polling per tab. A status change is applied at once from the hub's change; what else a change
+implies (outputs, alternatives, errors, counts) is re-read from the database, coalesced per run.
+Tabs that close only drop their bindings: nothing here can affect a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from typing import Any
+
+from nicegui import Event, background_tasks
+from nicegui.binding import bindable_dataclass
+
+from engine import queries
+from engine.hub import Change, hub
+from ui.theme import status_color
+
+log = logging.getLogger(__name__)
+
+REFRESH_DELAY_S = 0.05  # changes arriving within this window share one re-read
+
+
+@bindable_dataclass
+class StepView:
+    key: str
+    label: str
+    status: str = "pending"
+    color: str = "grey-5"
+    attempt: int = 0
+    stale: bool = False
+    stale_reason: str = ""
+    progress: float = 0.0
+    progress_message: str = ""
+    error: str = ""
+    started_at: str = ""
+    completed_at: str = ""
+    duration_s: float = 0.0
+    version: int = 0  # bumped whenever what the step's card body shows has changed
+
+
+@bindable_dataclass
+class RunView:
+    id: int
+    workflow: str
+    status: str = "queued"
+    color: str = "grey-5"
+    error: str = ""
+    created_at: str = ""
+    started_at: str = ""
+    finished_at: str = ""
+    completed: int = 0
+    total: int = 0
+    fraction: float = 0.0
+    counts_text: str = ""
+    needs_choice: bool = False
+    choice_text: str = ""
+    active: bool = False  # queued or running: Cancel applies
+    resumable: bool = False  # failed or cancelled: Resume applies
+    rerunnable: bool = False  # not queued/running: Retry / Resume from here apply
+
+
+def _body_signature(step: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        step["status"],
+        step["attempt"],
+        step["selected_index"],
+        len(step["alternatives"]),
+        step["error"],
+        step["stale"],
+        step["partial_output"] is not None,
+    )
+
+
+class RunState:
+    """A run's view plus its steps' views and the last detail read (for card bodies)."""
+
+    def __init__(self, detail: dict[str, Any]) -> None:
+        self.view = RunView(id=detail["id"], workflow=detail["workflow"])
+        self.steps: dict[str, StepView] = {}
+        self.order: list[str] = []
+        self.detail = detail
+        self.signatures: dict[str, tuple[Any, ...]] = {}
+        self.apply(detail)
+
+    def step_detail(self, key: str) -> dict[str, Any]:
+        return next(s for s in self.detail["steps"] if s["key"] == key)
+
+    def apply(self, detail: dict[str, Any]) -> list[str]:
+        """Take a fresh read; returns the keys whose card body changed."""
+        self.detail = detail
+        v = self.view
+        v.status, v.color, v.error = detail["status"], status_color(detail["status"]), detail["error"] or ""
+        v.created_at, v.started_at = detail["created_at"] or "", detail["started_at"] or ""
+        v.finished_at = detail["finished_at"] or ""
+        changed = []
+        for step in detail["steps"]:
+            sv = self.steps.get(step["key"])
+            if sv is None:
+                sv = self.steps[step["key"]] = StepView(key=step["key"], label=step["label"])
+                self.order.append(step["key"])
+            self._apply_step(sv, step)
+            signature = _body_signature(step)
+            if self.signatures.get(step["key"]) != signature:
+                self.signatures[step["key"]] = signature
+                sv.version += 1
+                changed.append(step["key"])
+        self._recount()
+        return changed
+
+    @staticmethod
+    def _apply_step(sv: StepView, step: dict[str, Any]) -> None:
+        sv.status, sv.attempt, sv.stale = step["status"], step["attempt"], step["stale"]
+        sv.color = status_color(step["status"], step["stale"])
+        sv.stale_reason = step["stale_reason"] or ""
+        sv.error = step["error"] or ""
+        sv.progress = step["progress"] or 0.0
+        sv.progress_message = step["progress_message"] or ""
+        sv.started_at, sv.completed_at = step["started_at"] or "", step["completed_at"] or ""
+        sv.duration_s = step["duration_s"] or 0.0
+
+    def apply_step_status(self, key: str, status: str) -> None:
+        """A status from the hub, before the re-read catches up (this is what makes pills change fast)."""
+        sv = self.steps.get(key)
+        if sv is None:
+            return
+        sv.status = status
+        if status != "completed":
+            sv.stale = False
+        sv.color = status_color(status, sv.stale)
+        self._recount()
+
+    def apply_run_status(self, status: str) -> None:
+        self.view.status, self.view.color = status, status_color(status)
+        self._recount()
+
+    def _recount(self) -> None:
+        v = self.view
+        counts = Counter(s.status for s in self.steps.values())
+        stale = sum(1 for s in self.steps.values() if s.stale)
+        v.total, v.completed = len(self.steps), counts["completed"]
+        v.fraction = v.completed / v.total if v.total else 0.0
+        parts = [f"{n} {status}" for status, n in sorted(counts.items())]
+        v.counts_text = ", ".join(parts + ([f"{stale} stale"] if stale else []))
+        waiting = [s.label for s in self.steps.values() if s.status == "waiting"]
+        v.needs_choice = bool(waiting)
+        v.choice_text = f"A choice is needed: {', '.join(waiting)}" if waiting else ""
+        v.active = v.status in ("queued", "running")
+        v.resumable = v.status in ("failed", "cancelled")
+        v.rerunnable = not v.active
+
+
+class LiveRuns:
+    """The views of every run some tab is looking at, and events for what bindings cannot carry."""
+
+    def __init__(self) -> None:
+        self.states: dict[int, RunState] = {}
+        self.viewers: Counter[int] = Counter()
+        self.step_changed: Event[int, str] = Event()  # (run id, step key): its card body must re-render
+        self.run_event: Event[int, dict[str, Any]] = Event()  # (run id, event json): timeline, log lines
+        self.runs_changed: Event[int] = Event()  # a run was created or changed status (runs list)
+        self._dirty: set[int] = set()
+        self._flush: asyncio.Task[None] | None = None
+        self._remove: Any = None
+
+    def start(self) -> None:
+        if self._remove is None:
+            self._remove = hub.add_listener(self._on_change)
+
+    def stop(self) -> None:
+        if self._remove is not None:
+            self._remove()
+            self._remove = None
+
+    async def open(self, run_id: int) -> RunState:
+        """The live state of a run for one more viewer (NotFound if there is no such run)."""
+        state = self.states.get(run_id)
+        if state is None:
+            state = RunState(await queries.run_detail(run_id))
+            self.states[run_id] = state
+        self.viewers[run_id] += 1
+        return state
+
+    def close(self, run_id: int) -> None:
+        self.viewers[run_id] -= 1
+        if self.viewers[run_id] <= 0:
+            del self.viewers[run_id]
+            self.states.pop(run_id, None)
+
+    async def refresh(self, run_id: int) -> None:
+        """Re-read a viewed run now (after an action of this tab, so it shows without waiting)."""
+        state = self.states.get(run_id)
+        if state is None:
+            return
+        for key in state.apply(await queries.run_detail(run_id)):
+            self.step_changed.emit(run_id, key)
+
+    def _on_change(self, change: Change) -> None:
+        if change.kind == "run":
+            self.runs_changed.emit(change.run_id)
+        state = self.states.get(change.run_id)
+        if state is None:
+            return
+        status = change.data.get("to_status")
+        if change.kind == "step" and status and change.step_key:
+            state.apply_step_status(change.step_key, status)
+        elif change.kind == "run" and status:
+            state.apply_run_status(status)
+        elif change.kind == "progress" and change.step_key in state.steps:
+            sv = state.steps[change.step_key]
+            sv.progress = float(change.data.get("fraction") or 0.0)
+            sv.progress_message = str(change.data.get("message") or "")
+        self.run_event.emit(
+            change.run_id, {"kind": change.kind, "step": change.step_key, "id": change.event_id, **change.data}
+        )
+        if change.event_id is not None:
+            self._dirty.add(change.run_id)
+            if self._flush is None or self._flush.done():
+                self._flush = background_tasks.create(self._refresh_dirty(), name="live-refresh")
+
+    async def _refresh_dirty(self) -> None:
+        await asyncio.sleep(REFRESH_DELAY_S)
+        while self._dirty:
+            run_id = self._dirty.pop()
+            try:
+                await self.refresh(run_id)
+            except Exception:
+                log.exception("refreshing the view of run %s failed", run_id)
+
+
+live = LiveRuns()
