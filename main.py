@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a workflow headless, printing progress; exit 0 only if it completes",
         description="Exit codes: 0 completed, 1 failed or cancelled, 2 bad usage or inputs, "
-        "3 waiting for a person to pick an alternative (how to continue is printed).",
+        "3 waiting for a person to pick an alternative (how to continue is printed), "
+        "130 interrupted with Ctrl-C (the run is recorded as failed).",
     )
     _common(run)
     run.add_argument("workflow", help="name of the workflow")
@@ -132,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     from ui import cli
 
     if args.command == "run":
-        return asyncio.run(cli.run_headless(settings, args.workflow, args.inputs))
+        try:
+            return asyncio.run(cli.run_headless(settings, args.workflow, args.inputs))
+        except KeyboardInterrupt:
+            # The engine has already failed the run as interrupted (its reason says so).
+            print("\ninterrupted: the run was stopped and recorded as failed", file=sys.stderr)
+            return cli.EXIT_INTERRUPTED
     if args.command == "check":
         return asyncio.run(cli.check(settings))
     if args.command == "sweep":

@@ -12,8 +12,9 @@ import asyncio
 import json
 import logging
 import traceback
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine import transitions
 from engine.context import StepContext
@@ -31,6 +32,22 @@ log = logging.getLogger(__name__)
 SHUTDOWN = "shutdown"
 CANCELLED = "cancelled"
 LOST = "lost"
+BROKEN = "broken"  # the database refused to record an outcome, even after retries
+WRITE_RETRY_DELAYS_S = (0.1, 0.5, 2.0)
+T = TypeVar("T")
+
+
+async def _write(make: Callable[[], Awaitable[T]], what: str) -> T:
+    """A transition, retried a few times on database errors (locked, I/O) before giving up."""
+    for delay in (*WRITE_RETRY_DELAYS_S, None):
+        try:
+            return await make()
+        except Exception as exc:
+            if delay is None:
+                raise
+            log.warning("%s failed (%s: %s); retrying in %s s", what, type(exc).__name__, exc, delay)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 @dataclass(slots=True)
@@ -64,6 +81,7 @@ class RunDriver:
     _dependents: dict[str, list[str]] = field(default_factory=dict)
     _signal: asyncio.Future[None] | None = None  # resolved by outside changes to wake the loop
     _running_at_stop: list[str] = field(default_factory=list)
+    broken: BaseException | None = None
 
     # --- outside signals (called from the engine's hub listener) --------------------------------
 
@@ -91,18 +109,28 @@ class RunDriver:
     async def drive(self) -> None:
         try:
             self.defn, self.inputs = await self._load()
-            while True:
+            for _ in range(1000):
                 await self._loop()
                 if await self._finish():
                     break
-                await self._refresh()  # someone changed a step between our decision and its commit
+                await asyncio.sleep(0.02)  # someone changed a step between our decision and its commit
+                await self._refresh()
+            else:
+                raise RuntimeError("the run's steps kept changing while it was being finished")
         except asyncio.CancelledError:
             # The engine is going away while we drive: nothing may stay RUNNING.
-            await asyncio.shield(self._fail(f"interrupted: the engine stopped ({self.engine.owner})"))
+            await asyncio.shield(self._fail_quietly(f"interrupted: the engine stopped ({self.engine.owner})"))
             raise
         except Exception as exc:
             log.exception("run %s: driver error", self.run_id)
-            await asyncio.shield(self._fail(f"engine error: {type(exc).__name__}: {exc}"))
+            await asyncio.shield(self._fail_quietly(f"engine error: {type(exc).__name__}: {exc}"))
+
+    async def _fail_quietly(self, reason: str) -> None:
+        """Fail the run; if even that cannot be written, leave it to the sweep (it stops beating)."""
+        try:
+            await _write(lambda: self._fail(reason), f"run {self.run_id}: failing it")
+        except Exception:
+            log.exception("run %s: could not record its failure; the sweep will fail it", self.run_id)
 
     async def _load(self) -> tuple[WorkflowDef, dict[str, Any]]:
         rows = await fetch("SELECT definition, inputs FROM runs WHERE id = ?", (self.run_id,))
@@ -176,7 +204,11 @@ class RunDriver:
         if self.stop_reason in (CANCELLED, LOST):
             return True  # the operation that cancelled the run wrote its state
         if self.stop_reason == SHUTDOWN:
-            await self._fail(self._interrupted_reason(self.engine.stop_reason))
+            await self._fail_quietly(self._interrupted_reason(self.engine.stop_reason))
+            return True
+        if self.stop_reason == BROKEN:
+            error = f"{type(self.broken).__name__}: {self.broken}"
+            await self._fail_quietly(f"engine error: could not record a step's outcome ({error})")
             return True
         steps = list(self.steps.values())
         failed = [s for s in steps if s.status in (StepStatus.FAILED, StepStatus.CANCELLED)]
@@ -201,7 +233,9 @@ class RunDriver:
         return not still_ours
 
     async def _finish_as(self, to: RunStatus, error: str | None = None) -> bool:
-        return await transitions.finish_run(self.run_id, self.engine.owner, to, error)
+        return await _write(
+            lambda: transitions.finish_run(self.run_id, self.engine.owner, to, error), f"run {self.run_id}: finishing"
+        )
 
     def _interrupted_reason(self, why: str) -> str:
         running = self._running_at_stop or [k for k, s in self.steps.items() if s.status == StepStatus.RUNNING]
@@ -214,23 +248,31 @@ class RunDriver:
     # --- one step ----------------------------------------------------------------------------------
 
     async def _execute(self, s: StepState, started: tuple[int, int] | None = None) -> None:
-        """Run one step in a slot; `started` (attempt id, number) when a predecessor started it for us."""
+        """Run one step; `started` (attempt id, number) when a predecessor started it for us.
+
+        A predecessor that starts us also took our step slot; it is released when our task ends
+        (a done-callback, so also when we are cancelled before running at all).
+        """
         slots = self.engine.step_slots
-        if started is None:
-            await slots.acquire()
         try:
-            if self.stop_reason is not None:
-                return
             if started is None:
-                attempt_id = await transitions.start_step(self._start_of(s))
-                if attempt_id is None:
-                    self.notice_outside_change()
-                    return
-                started = attempt_id, s.attempt + 1
-                self._mark_running(s, started[1])
-            await self._attempt(s, *started)
-        finally:
-            slots.release()
+                async with slots:
+                    if self.stop_reason is not None:
+                        return
+                    start = self._start_of(s)
+                    attempt_id = await _write(lambda: transitions.start_step(start), f"{s.defn.key}: start")
+                    if attempt_id is None:
+                        self.notice_outside_change()
+                        return
+                    self._mark_running(s, start.number)
+                    await self._attempt(s, attempt_id, start.number)
+            else:
+                await self._attempt(s, *started)
+        except Exception as exc:
+            # Not the step's failure (that is recorded by _attempt): the database refused our writes.
+            log.exception("run %s: could not record the outcome of step %r", self.run_id, s.defn.key)
+            self.broken = exc
+            self.stop(BROKEN)
 
     def _start_of(self, s: StepState, done: tuple[str, int, int | None] | None = None) -> transitions.StepStart:
         """The start of `s`, recording what it consumes; `done` is a need completing in the same commit."""
@@ -290,7 +332,8 @@ class RunDriver:
                 await asyncio.shield(self._failed(s, ref, ctx, exc))
                 return
             error = f"timed out after {d.timeout_s:g} s"
-            if await asyncio.shield(transitions.fail_step(ref, error, None, ctx.logs)):
+            failing = _write(lambda: transitions.fail_step(ref, error, None, ctx.logs), f"{d.key}: timeout")
+            if await asyncio.shield(failing):
                 s.status, s.error = StepStatus.FAILED, error
             return
         except Exception as exc:
@@ -304,8 +347,11 @@ class RunDriver:
         successors = self._claim_successors(s) if index is not None else []
         starts = [self._start_of(n, done=(s.defn.key, ref.number, index)) for n in successors]
         try:
-            done, attempt_ids = await transitions.complete_step_and_start(
-                ref, outputs, index, ctx.logs, ctx.fraction, ctx.message, starts
+            done, attempt_ids = await _write(
+                lambda: transitions.complete_step_and_start(
+                    ref, outputs, index, ctx.logs, ctx.fraction, ctx.message, starts
+                ),
+                f"{s.defn.key}: completion",
             )
         except BaseException:
             for _ in successors:
@@ -325,20 +371,22 @@ class RunDriver:
             task = asyncio.create_task(
                 self._execute(successor, (attempt_id, start.number)), name=f"run{self.run_id}:{start.key}"
             )
+            task.add_done_callback(lambda _: self.engine.step_slots.release())
             self.tasks[start.key] = task
 
     async def _failed(self, s: StepState, ref: transitions.AttemptRef, ctx: StepContext, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         detail = "".join(traceback.format_exception(exc))
-        if await transitions.fail_step(ref, error, detail, ctx.logs):
+        if await _write(lambda: transitions.fail_step(ref, error, detail, ctx.logs), f"{s.defn.key}: failure"):
             s.status, s.error = StepStatus.FAILED, error
         else:
             self.notice_outside_change()
 
     async def _stopped(self, s: StepState, ref: transitions.AttemptRef, ctx: StepContext) -> None:
-        if self.stop_reason == SHUTDOWN:
-            reason = self._interrupted_reason(self.engine.stop_reason)
-            if await transitions.fail_step(ref, reason, None, ctx.logs):
+        if self.stop_reason in (SHUTDOWN, BROKEN):
+            why = self.engine.stop_reason if self.stop_reason == SHUTDOWN else "the engine could not record an outcome"
+            reason = self._interrupted_reason(why)
+            if await _write(lambda: transitions.fail_step(ref, reason, None, ctx.logs), f"{s.defn.key}: interrupt"):
                 s.status, s.error = StepStatus.FAILED, reason
         else:
             # The cancel operation already ended the attempt: keep what it had produced.

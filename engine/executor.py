@@ -44,6 +44,7 @@ class Engine:
         self._driver_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+        self._dispatcher: asyncio.Task[None] | None = None
         self._remove_listener: Callable[[], None] | None = None
         self._stopping = False
         self.stop_reason = "the server shut down"
@@ -55,15 +56,21 @@ class Engine:
             await maintenance.recover_orphans(self.settings, self.owner)
         self._remove_listener = hub.add_listener(self._on_change)
         if self.claim_queued:
-            self._loops.append(asyncio.create_task(self._dispatch_loop(), name="stepdeck-dispatch"))
+            self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="stepdeck-dispatch")
         self._loops.append(asyncio.create_task(self._heartbeat_loop(), name="stepdeck-heartbeat"))
 
     async def stop(self, why: str = "the server shut down") -> None:
         """Stop claiming; interrupt in-flight runs (failed as interrupted), never leave them running."""
         self._stopping = True
         self.stop_reason = why
+        self._wake.set()
+        # The dispatcher is not cancelled mid-claim (the claim would commit unseen, leaving a run
+        # owned by nobody alive): it notices `_stopping` and returns after the claim in flight.
         for task in self._loops:
             task.cancel()
+        if self._dispatcher is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._dispatcher), timeout=15)
         for driver in list(self.drivers.values()):
             driver.stop(SHUTDOWN)
         if self._driver_tasks:
@@ -72,6 +79,8 @@ class Engine:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._loops, *self._driver_tasks, return_exceptions=True)
+        if self._dispatcher is not None and not self._dispatcher.done():
+            self._dispatcher.cancel()
         if self._remove_listener:
             self._remove_listener()
         self.threads.shutdown()
@@ -128,6 +137,9 @@ class Engine:
             if self._stopping:
                 return
             if await transitions.claim_run(row["id"], self.owner):
+                if self._stopping:
+                    await transitions.release_run(row["id"], self.owner, f"released: {self.stop_reason}")
+                    return
                 self._spawn(row["id"])
 
     async def _dispatch_loop(self) -> None:
@@ -144,7 +156,7 @@ class Engine:
         while not self._stopping:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
             try:
-                await transitions.beat(self.owner)
+                await transitions.beat(self.owner, list(self.drivers))
                 await self._drop_lost_runs()
             except Exception:
                 log.exception("heartbeat failed; retrying")

@@ -34,16 +34,24 @@ async def run_python(step: StepDef, ctx: StepContext, threads: Executor, workflo
     """Call `module:function`; a sync function runs in a thread so it cannot stall the event loop."""
     assert step.call is not None
     fn = _callable(step.call, workflows_dir)
-    if inspect.iscoroutinefunction(fn):
-        return await fn(ctx)
-    loop = asyncio.get_running_loop()
-    call = functools.partial(contextvars.copy_context().run, _capture, fn, ctx)
-    result = await loop.run_in_executor(threads, call)
-    if isinstance(result, _Raised):
-        raise result.exc
-    if inspect.isawaitable(result):
-        result = await result
-    return result
+    try:
+        if inspect.iscoroutinefunction(fn):
+            return await fn(ctx)
+        loop = asyncio.get_running_loop()
+        call = functools.partial(contextvars.copy_context().run, _capture, fn, ctx)
+        result = await loop.run_in_executor(threads, call)
+        if isinstance(result, _Raised):
+            raise result.exc
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+    except (SystemExit, KeyboardInterrupt) as exc:
+        # A step may not end the process that runs everyone's work: it is the step that fails.
+        raise StepExit(f"the step raised {type(exc).__name__}({exc})") from exc
+
+
+class StepExit(Exception):
+    """A step function tried to exit the process (sys.exit, KeyboardInterrupt)."""
 
 
 class _Raised:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 class OrphanVerdict:
     run_id: int
     reason: str
+    heartbeat_at: Any = None  # as read: the run is failed only if it has not beaten since
 
 
 def owner_is_dead(owner: str | None, host: str | None = None) -> bool:
@@ -56,15 +57,17 @@ def orphan_reason(
 ) -> str | None:
     """Why this RUNNING run is an orphan, or None when its owner may still be alive (pure but for pid checks)."""
     owner, beat = row["owner"], _as_datetime(row["heartbeat_at"])
+    stale = beat is None or now - beat > timedelta(seconds=stale_after_s)
     if owner == me:
-        return None
+        # This process beats every run it drives; its own stale run has lost its driver.
+        return f"interrupted: its driver in this engine stopped (last heartbeat {beat}); see the log" if stale else None
     steps = ", ".join(repr(k) for k in running_steps)
     where = f" while step {steps} was running" if steps else ""
     when = f"last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC" if beat else "no heartbeat"
     same_process_restarted = owner is not None and me.rsplit(":", 1)[0] == owner.rsplit(":", 1)[0]
     if owner_is_dead(owner) or same_process_restarted:
         return f"interrupted: the server stopped{where}; {when} from {owner or 'an unknown owner'}"
-    if beat is None or now - beat > timedelta(seconds=stale_after_s):
+    if stale:
         return (
             f"interrupted: its engine stopped responding{where}; {when} from {owner}, more than {stale_after_s:g} s ago"
         )
@@ -72,10 +75,7 @@ def orphan_reason(
 
 
 async def find_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
-    rows = await fetch(
-        "SELECT id, owner, heartbeat_at FROM runs WHERE status = ? AND (owner IS NULL OR owner != ?)",
-        (RunStatus.RUNNING, me),
-    )
+    rows = await fetch("SELECT id, owner, heartbeat_at FROM runs WHERE status = ?", (RunStatus.RUNNING,))
     verdicts = []
     now = transitions.utcnow()
     for row in rows:
@@ -84,7 +84,7 @@ async def find_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
         )
         reason = orphan_reason(row, [s["key"] for s in steps], me, now, settings.stale_after_s)
         if reason:
-            verdicts.append(OrphanVerdict(row["id"], reason))
+            verdicts.append(OrphanVerdict(row["id"], reason, row["heartbeat_at"]))
     return verdicts
 
 
@@ -92,7 +92,10 @@ async def recover_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
     """Fail every orphaned run with its running steps; returns those this call failed."""
     failed = []
     for verdict in await find_orphans(settings, me):
-        if await transitions.fail_running_run(verdict.run_id, verdict.reason, actor="recovery"):
+        failing = transitions.fail_running_run(
+            verdict.run_id, verdict.reason, actor="recovery", heartbeat_at=verdict.heartbeat_at
+        )
+        if await failing:
             log.warning("run %s: %s", verdict.run_id, verdict.reason)
             failed.append(verdict)
     return failed

@@ -16,6 +16,7 @@ from engine import transitions
 from engine.definitions import WorkflowDef
 from engine.errors import Conflict, InvalidInput, NotFound
 from engine.inputs import InputError, validate_inputs
+from engine.outputs import clean_text
 from engine.registry import workflows
 from engine.store import fetch
 from models.status import RUN_ACTIVE, RunStatus, StepStatus
@@ -28,12 +29,42 @@ async def start_run(
     defn = workflow if isinstance(workflow, WorkflowDef) else workflows.get(workflow)
     if not isinstance(inputs, Mapping):
         raise InvalidInput("inputs must be an object mapping input names to values")
+    broken = _invalid_text(inputs)
+    if broken:
+        raise InvalidInput(f"inputs: {broken} contains text that is not valid Unicode", {broken: "invalid text"})
     try:
         values = validate_inputs(defn, inputs, from_strings=from_strings)
     except InputError as exc:
         raise InvalidInput(str(exc), exc.problems) from None
     steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs)) for s in defn.steps]
     return await transitions.create_run(defn.name, _snapshot(defn), values, steps, actor)
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _invalid_text(value: Any, where: str = "") -> str | None:
+    """Where a lone surrogate hides in the inputs (SQLite refuses them), or None."""
+    if isinstance(value, str):
+        return None if _encodes(value) else (where or "a value")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not _encodes(str(key)):
+                return clean_text(f"{where}.{key}" if where else str(key))
+            found = _invalid_text(item, f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _invalid_text(item, f"{where}[{i}]")
+            if found:
+                return found
+    return None
 
 
 _snapshots: dict[int, tuple[WorkflowDef, dict[str, Any]]] = {}

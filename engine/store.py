@@ -111,8 +111,11 @@ def _run_sqlite_batch(conn: sqlite3.Connection, stmts: Sequence[Stmt]) -> BatchR
         conn.execute("RELEASE batch")
         return BatchResult(ok=False, failed_guard=exc.index)
     except BaseException:
-        conn.execute("ROLLBACK TO batch")
-        conn.execute("RELEASE batch")
+        # Some errors (disk full, I/O) end the whole transaction: then there is no savepoint to
+        # roll back to, and the original error must surface, not "no such savepoint".
+        if conn.in_transaction:
+            conn.execute("ROLLBACK TO batch")
+            conn.execute("RELEASE batch")
         raise
     conn.execute("RELEASE batch")
     return result
@@ -128,6 +131,10 @@ def _run_sqlite_group(conn: sqlite3.Connection, batches: Sequence[Sequence[Stmt]
                 results.append(_run_sqlite_batch(conn, stmts))
             except sqlite3.IntegrityError as exc:
                 results.append(StoreIntegrityError(str(exc)))
+            except Exception as exc:
+                if not conn.in_transaction:
+                    raise  # the transaction is gone: every batch of the group failed
+                results.append(exc)  # this batch alone was rolled back; the others stand
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -242,7 +249,11 @@ async def run_batch(stmts: Sequence[Stmt], *, generic: bool = False) -> BatchRes
 
 
 async def run_batches(batches: Sequence[Sequence[Stmt]], *, generic: bool = False) -> list[BatchResult | Exception]:
-    """Independent batches, in order, each all-or-nothing; on SQLite they share one commit."""
+    """Independent batches, in order, each all-or-nothing; on SQLite they share one commit.
+
+    A batch that fails (guard, constraint, a value SQLite refuses) fails alone; an error that ends
+    the transaction itself (disk full, I/O) fails them all.
+    """
     client = _client()
     if isinstance(client, SqliteClient) and not generic:
         return await _committer(client).submit(batches)

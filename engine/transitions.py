@@ -92,12 +92,28 @@ async def _commit_parts(parts: Sequence[Part], now: datetime) -> list[BatchResul
     return results
 
 
-async def _commit(stmts: list[Stmt], events: Sequence[EventSpec], now: datetime) -> BatchResult:
-    """Run one transition's statements plus its events; publish the events once committed."""
-    result = (await _commit_parts([(stmts, events)], now))[0]
+async def _commit(
+    stmts: list[Stmt], events: Sequence[EventSpec], now: datetime, stopped: tuple[int, StepStatus, str] | None = None
+) -> BatchResult:
+    """Run one transition's statements plus its events; publish the events once committed.
+
+    `stopped` (statement index, status, reason) names an INSERT … RETURNING of step events written
+    in bulk: those are published first, so viewers receive every event in id order.
+    """
+    result = (await run_batches([[*stmts, *(e.stmt(now) for e in events)]]))[0]
     if isinstance(result, Exception):
         raise result
+    if result.ok:
+        if stopped is not None:
+            index, to, reason = stopped
+            _publish_stopped(result.rows[index], _run_of(events, result), to, reason, now)
+        _publish(result, events, len(stmts), now)
     return result
+
+
+def _run_of(events: Sequence[EventSpec], result: BatchResult) -> int:
+    run_id = events[0].run_id
+    return run_id if isinstance(run_id, int) else int(result.rows[run_id.index][0][0])
 
 
 # --- runs ------------------------------------------------------------------------------------
@@ -176,14 +192,20 @@ async def finish_run(run_id: int, owner: str, to: RunStatus, error: str | None =
     return (await _commit([update], [event], now)).ok
 
 
-async def fail_running_run(run_id: int, reason: str, *, owner: str | None = None, actor: str | None = None) -> bool:
+async def fail_running_run(
+    run_id: int, reason: str, *, owner: str | None = None, actor: str | None = None, heartbeat_at: Any = ...
+) -> bool:
     """RUNNING → FAILED with its running steps and attempts (interruption, orphan, shutdown).
 
-    Applies only to a RUNNING run (owned by `owner` when given); returns False otherwise.
+    Applies only to a RUNNING run, owned by `owner` when given and, when `heartbeat_at` is given
+    (the sweep), still with the heartbeat that was judged stale; returns False otherwise.
     """
     now = utcnow()
     guard_sql = "WHERE id = ? AND status = ?" + (" AND owner = ?" if owner else "")
     guard_params: tuple[Any, ...] = (run_id, RunStatus.RUNNING, *((owner,) if owner else ()))
+    if heartbeat_at is not ...:
+        guard_sql += " AND heartbeat_at IS ?"
+        guard_params += (heartbeat_at,)
     stmts = [
         Stmt(
             "UPDATE runs SET status = ?, error = ?, owner = NULL, heartbeat_at = NULL, finished_at = ?,"
@@ -196,10 +218,7 @@ async def fail_running_run(run_id: int, reason: str, *, owner: str | None = None
     events = [
         EventSpec("run", run_id, from_status=RunStatus.RUNNING, to_status=RunStatus.FAILED, actor=actor, message=reason)
     ]
-    result = await _commit(stmts, events, now)
-    if result.ok:
-        _publish_stopped(result.rows[1], run_id, StepStatus.FAILED, reason, now)
-    return result.ok
+    return (await _commit(stmts, events, now, stopped=(1, StepStatus.FAILED, reason))).ok
 
 
 def _publish_stopped(rows: list[tuple[Any, ...]], run_id: int, to: StepStatus, reason: str, now: datetime) -> None:
@@ -250,10 +269,7 @@ async def cancel_run(run_id: int, from_status: RunStatus, actor: str) -> bool:
         EventSpec("action", run_id, actor=actor, message="cancelled the run"),
         EventSpec("run", run_id, from_status=from_status, to_status=RunStatus.CANCELLED, actor=actor),
     ]
-    result = await _commit(stmts, events, now)
-    if result.ok:
-        _publish_stopped(result.rows[1], run_id, StepStatus.CANCELLED, reason, now)
-    return result.ok
+    return (await _commit(stmts, events, now, stopped=(1, StepStatus.CANCELLED, reason))).ok
 
 
 @dataclass(frozen=True, slots=True)
@@ -587,15 +603,36 @@ async def select_alternative(sel: Selection, actor: str) -> bool:
 # --- liveness --------------------------------------------------------------------------------
 
 
-async def beat(owner: str) -> int:
-    """Refresh `heartbeat_at` of every RUNNING run owned by `owner`; returns how many (no status write)."""
+async def beat(owner: str, run_ids: Sequence[int]) -> int:
+    """Refresh `heartbeat_at` of the RUNNING runs of `owner` that it still drives (no status write).
+
+    Only runs with a live driver: a run whose driver died stops beating, and the sweep fails it.
+    """
+    if not run_ids:
+        return 0
     now = utcnow()
+    marks = ", ".join("?" for _ in run_ids)
     result = await run_batch(
         [
             Stmt(
-                "UPDATE runs SET heartbeat_at = ? WHERE owner = ? AND status = ?",
-                (now, owner, RunStatus.RUNNING),
+                f"UPDATE runs SET heartbeat_at = ? WHERE owner = ? AND status = ? AND id IN ({marks})",
+                (now, owner, RunStatus.RUNNING, *run_ids),
             )
         ]
     )
     return result.rowcounts[0]
+
+
+async def release_run(run_id: int, owner: str, why: str) -> bool:
+    """RUNNING → QUEUED for a run claimed but never driven (its engine is stopping); applies only
+    to a RUNNING run owned by `owner` with no step started since the claim."""
+    now = utcnow()
+    update = Stmt(
+        "UPDATE runs SET status = ?, owner = NULL, heartbeat_at = NULL, updated_at = ?"
+        " WHERE id = ? AND status = ? AND owner = ?"
+        " AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = ? AND s.status = ?)",
+        (RunStatus.QUEUED, now, run_id, RunStatus.RUNNING, owner, run_id, StepStatus.RUNNING),
+        guard=True,
+    )
+    event = EventSpec("run", run_id, from_status=RunStatus.RUNNING, to_status=RunStatus.QUEUED, message=why)
+    return (await _commit([update], [event], now)).ok

@@ -151,3 +151,29 @@ def sync_raises_cancelled(ctx: Any) -> str:
     future: concurrent.futures.Future[str] = concurrent.futures.Future()
     future.cancel()
     return future.result()
+
+
+# --- added for the run page tests (tests/ui/test_run_page.py) ------------------------------------
+
+GATES: dict[str, threading.Event] = {}  # step key -> event a test sets to let `gated` finish
+
+
+def gate(key: str) -> threading.Event:
+    """The gate of the `gated` step with this key (created on first use, by the test or the step)."""
+    return GATES.setdefault(key, threading.Event())
+
+
+def gated(ctx: Any) -> str:
+    """A sync step that blocks (in its thread) until the test sets `gate(step_key)`, or it is cancelled."""
+    CALLS["gated"] += 1
+    event = gate(ctx.step_key)
+    while not event.wait(0.01):
+        if ctx.is_cancelled:
+            return "noticed cancellation"
+    return f"{ctx.step_key} released"
+
+
+def counted(ctx: Any) -> str:
+    """Counts its calls per step key; the output names the step and the call (a re-execution shows)."""
+    CALLS[f"counted:{ctx.step_key}"] += 1
+    return f"{ctx.step_key} call {CALLS[f'counted:{ctx.step_key}']}"

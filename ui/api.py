@@ -39,7 +39,7 @@ class SelectIn(BaseModel):
 
 def parse_run_id(run_id: str) -> int:
     """Run ids are integers; anything else names no run (a 404, not a validation error)."""
-    if not run_id.isdigit() or len(run_id) > 18:
+    if not (run_id.isascii() and run_id.isdigit()) or len(run_id) > 18:
         raise NotFound(f"run {run_id!r} does not exist")
     return int(run_id)
 
@@ -185,7 +185,8 @@ async def run_events(
     if not await queries.run_exists(rid):
         raise NotFound(f"run {rid} does not exist")
     if last_event_id is not None:
-        if not last_event_id.strip().isdigit() or len(last_event_id.strip()) > 18:
+        value = last_event_id.strip()
+        if not (value.isascii() and value.isdigit()) or len(value) > 18:
             raise InvalidInput("Last-Event-ID must be an event id (an integer)", {"Last-Event-ID": "not an event id"})
         after = max(after, int(last_event_id))
     if not follow and "text/event-stream" not in request.headers.get("accept", ""):

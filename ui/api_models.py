@@ -66,7 +66,7 @@ class RunOut(BaseModel):
     step_counts: dict[str, int]
     needs_choice: list[str]
     stale_steps: list[str]
-    steps: list[StepOut] = []
+    steps: list[StepOut] | None = None  # None when the list was asked without steps
 
 
 class PlanOut(BaseModel):

@@ -7,11 +7,13 @@ import contextlib
 import getpass
 import json
 import sys
+import threading
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, TextIO
 
-from engine import maintenance, operations, queries
+from engine import maintenance, operations, queries, transitions
 from engine.audit import audit
 from engine.errors import StepdeckError
 from engine.executor import Engine
@@ -20,7 +22,7 @@ from engine.registry import workflows
 from engine.settings import Settings
 from models.db import connected, migrate
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WAITING = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WAITING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 SETTLED = {"completed", "failed", "cancelled", "waiting"}
 
 
@@ -83,37 +85,70 @@ async def _follow_local(run_id: int, sub: Any, printer: ProgressPrinter) -> str:
             return str(status)
 
 
-async def _follow_remote(run_id: int, printer: ProgressPrinter) -> str:
-    """Another process drives the run: print its events from the table until it settles."""
-    last = 0
+async def _follow_remote(run_id: int, printer: ProgressPrinter, after: int, stale_after_s: float) -> str:
+    """Another process drives the run: print its events from the table until it settles, or until
+    its engine stops beating (then the sweep will fail the run; waiting longer helps nobody)."""
+    last = after
     while True:
         for event in await queries.events_after(run_id, last):
             last = event["id"]
             printer.show(Change(run_id, event["kind"], event["step"], event["id"], event))
             if event["kind"] == "run" and event["to_status"] in SETTLED:
                 return str(event["to_status"])
+        run = await queries.run_detail(run_id)
+        beat = run["heartbeat_at"]
+        if run["status"] == "running" and beat:
+            age_s = (transitions.utcnow() - datetime.fromisoformat(beat)).total_seconds()
+            if age_s > stale_after_s:
+                printer.line(f"the engine driving run {run_id} stopped responding ({age_s:.0f} s without heartbeat)")
+                return "failed"
         await asyncio.sleep(0.3)
 
 
-def _ask_choice(run: dict[str, Any], out: TextIO) -> tuple[str, int] | None:
-    """Show the alternatives of the first waiting step and ask which to select (a terminal only)."""
+async def _ask_choice(run: dict[str, Any], out: TextIO) -> tuple[str, int] | None:
+    """Show the alternatives of the first waiting step and ask which to select (a terminal only).
+
+    The question is asked in a daemon thread so Ctrl-C still reaches the event loop."""
     step = next(s for s in run["steps"] if s["status"] == "waiting")
-    print(f"\nStep {step['key']!r} ({step['label']}) produced {len(step['alternatives'])} alternatives:", file=out)
+    count = len(step["alternatives"])
+    print(f"\nStep {step['key']!r} ({step['label']}) produced {count} alternatives:", file=out)
     for i, alt in enumerate(step["alternatives"]):
         print(f"  [{i}] {_clip(alt)}", file=out)
-    answer = input(f"Select 0-{len(step['alternatives']) - 1} (Enter leaves the run waiting): ").strip()
-    if not answer:
-        return None
-    if not answer.isdigit():
-        print(f"not a number: {answer!r}", file=out)
-        return _ask_choice(run, out)
-    return step["key"], int(answer)
+    while True:
+        answer = await _read_line(f"Select 0-{count - 1} (Enter leaves the run waiting): ")
+        if answer is None or not answer.strip():
+            return None
+        if answer.strip().isdigit() and int(answer) < count:
+            return step["key"], int(answer)
+        print(f"please answer a number from 0 to {count - 1}", file=out)
+
+
+async def _read_line(prompt: str) -> str | None:
+    """input() without blocking the loop; None at end of input (Ctrl-D)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[str | None] = loop.create_future()
+
+    def read() -> None:
+        try:
+            line: str | None = input(prompt)
+        except EOFError:
+            line = None
+
+        def deliver() -> None:
+            if not future.done():
+                future.set_result(line)
+
+        loop.call_soon_threadsafe(deliver)
+
+    threading.Thread(target=read, name="stepdeck-prompt", daemon=True).start()
+    return await future
 
 
 def _how_to_continue(run: dict[str, Any], settings: Settings, out: TextIO) -> None:
     for key in run["needs_choice"]:
         step = next(s for s in run["steps"] if s["key"] == key)
-        print(f"\nRun {run['id']} is waiting for a choice at step {key!r} ({len(step['alternatives'])} alternatives):")
+        count = len(step["alternatives"])
+        print(f"\nRun {run['id']} is waiting for a choice at step {key!r} ({count} alternatives):", file=out)
         for i, alt in enumerate(step["alternatives"]):
             print(f"  [{i}] {_clip(alt, 160)}", file=out)
     key = run["needs_choice"][0]
@@ -159,6 +194,7 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
             printer = ProgressPrinter(out)
             printer.line(f"run {run_id} of {workflow!r} queued")
             while True:
+                seen = await queries.events_after(run_id, 0, limit=100_000)
                 sub = hub.subscribe(run_id)
                 try:
                     if await engine.adopt(run_id):
@@ -166,7 +202,8 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
                         await engine.wait_idle()
                     else:
                         printer.line(f"run {run_id} was claimed by another engine (a server?); following it")
-                        status = await _follow_remote(run_id, printer)
+                        after = seen[-1]["id"] if seen else 0
+                        status = await _follow_remote(run_id, printer, after, settings.stale_after_s)
                 finally:
                     sub.close()
                 run = await queries.run_detail(run_id)
@@ -175,11 +212,14 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
                 if not sys.stdin.isatty():
                     _how_to_continue(run, settings, out)
                     return EXIT_WAITING
-                choice = _ask_choice(run, out)
+                choice = await _ask_choice(run, out)
                 if choice is None:
                     _how_to_continue(run, settings, out)
                     return EXIT_WAITING
-                await operations.select(run_id, choice[0], choice[1], f"cli:{getpass.getuser()}")
+                try:
+                    await operations.select(run_id, choice[0], choice[1], f"cli:{getpass.getuser()}")
+                except StepdeckError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
             _summary(run, out)
             return EXIT_OK if run["status"] == "completed" else EXIT_FAILED
         finally:

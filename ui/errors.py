@@ -11,12 +11,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.errors import Conflict, InvalidInput, NotFound, StepdeckError
+from engine.outputs import clean_text
 
 log = logging.getLogger(__name__)
 
 
 def error_response(status: int, code: str, message: str, problems: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message, "problems": problems or {}}, status_code=status)
+    # The message may quote the request (a name with a lone surrogate): it must still encode.
+    clean = {clean_text(k): clean_text(v) for k, v in (problems or {}).items()}
+    return JSONResponse({"error": code, "message": clean_text(message), "problems": clean}, status_code=status)
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:

@@ -201,8 +201,8 @@ class LiveRuns:
             self.step_changed.emit(run_id, key)
 
     def _on_change(self, change: Change) -> None:
-        if change.kind == "run":
-            self.runs_changed.emit(change.run_id)
+        if change.kind in ("run", "step"):
+            self.runs_changed.emit(change.run_id)  # the runs list shows statuses and step progress
         state = self.states.get(change.run_id)
         if state is None:
             return

@@ -724,14 +724,17 @@ async def test_select_alternative_of_an_attempt_that_did_not_complete_changes_no
 # --- beat ------------------------------------------------------------------------------------------
 
 
-async def test_beat_refreshes_only_the_running_runs_of_its_owner() -> None:
+async def test_beat_refreshes_only_the_running_runs_its_owner_drives() -> None:
     mine, theirs, done = await run_in(RunStatus.RUNNING), await new_run(), await run_in(RunStatus.COMPLETED)
+    undriven = await run_in(RunStatus.RUNNING)  # ours, but its driver is gone: it must stop beating
     assert await transitions.claim_run(theirs.run_id, OTHER)
     old = "2000-01-01 00:00:00+00:00"
-    await run_batch([Stmt("UPDATE runs SET heartbeat_at = ? WHERE id IN (?, ?)", (old, mine.run_id, theirs.run_id))])
+    ids = (mine.run_id, theirs.run_id, undriven.run_id)
+    await run_batch([Stmt("UPDATE runs SET heartbeat_at = ? WHERE id IN (?, ?, ?)", (old, *ids))])
     before_theirs, before_done = await snapshot(theirs.run_id), await snapshot(done.run_id)
     events_mine = (await snapshot(mine.run_id))["events"]
-    assert await transitions.beat(OWNER) == 1
+    assert await transitions.beat(OWNER, [mine.run_id, theirs.run_id, done.run_id]) == 1
+    assert (await run_row(undriven.run_id))["heartbeat_at"] == old
     mine_row = await run_row(mine.run_id)
     assert mine_row["heartbeat_at"] > old
     assert mine_row["status"] == "running"

@@ -61,9 +61,15 @@ def test_an_owner_that_cannot_be_parsed_is_not_declared_dead(owner: str) -> None
 # --- orphan_reason ---------------------------------------------------------------------------------
 
 
-def test_a_run_of_this_engine_is_never_an_orphan(dead_pid: int) -> None:
-    assert orphan_reason(row(ME, None), ["a"], ME, NOW, 120) is None
-    assert orphan_reason(row(ME, NOW - timedelta(days=1)), ["a"], ME, NOW, 120) is None
+def test_a_run_this_engine_still_beats_is_not_an_orphan(dead_pid: int) -> None:
+    assert orphan_reason(row(ME, NOW - timedelta(seconds=5)), ["a"], ME, NOW, 120) is None
+
+
+def test_a_run_of_this_engine_that_stopped_beating_lost_its_driver() -> None:
+    # The engine beats every run it drives: its own stale run has no driver left.
+    reason = orphan_reason(row(ME, NOW - timedelta(days=1)), ["a"], ME, NOW, 120)
+    assert reason is not None
+    assert "driver in this engine stopped" in reason
 
 
 def test_a_run_of_a_dead_process_on_this_host_is_an_orphan_at_once(dead_pid: int) -> None:

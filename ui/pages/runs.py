@@ -1,46 +1,184 @@
-"""The runs page (`/`): a live list of runs. The full dashboard builds on this."""
+"""The runs page (`/`): every run, filtered and paginated on the server, kept live by the hub.
+
+The table holds one page of rows. A run change (from `live.runs_changed`) re-reads that page,
+at most twice a second per tab; nothing polls the database.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
-from nicegui import ui
+from nicegui import events, ui
 
-from engine import queries
 from engine.registry import workflows
+from models.status import RunStatus
+from ui import run_list
+from ui.components.run_form import open_run_dialog
+from ui.live import live
+from ui.run_list import RunFilter, RunRow
+from ui.theme import STATUS_COLORS, frame, status_color
+from ui.throttle import Throttle
 
-COLUMNS = [
+ROWS_PER_PAGE = 25
+REFRESH_INTERVAL_S = 0.5
+
+COLUMNS: list[dict[str, Any]] = [
     {"name": "id", "label": "Run", "field": "id", "align": "left"},
     {"name": "workflow", "label": "Workflow", "field": "workflow", "align": "left"},
     {"name": "status", "label": "Status", "field": "status", "align": "left"},
-    {"name": "progress", "label": "Steps", "field": "progress", "align": "left"},
-    {"name": "created_at", "label": "Created", "field": "created_at", "align": "left"},
+    {"name": "progress", "label": "Progress", "field": "progress", "align": "left"},
+    {"name": "started", "label": "Started (UTC)", "field": "started", "align": "left"},
+    {"name": "duration", "label": "Duration", "field": "duration", "align": "right"},
 ]
 
+# Slots render in the browser from row fields: a page of 100 rows stays one element, not hundreds.
+RUN_CELL = """
+<q-td :props="props">
+  <a :href="'/runs/' + props.row.id" class="text-primary font-medium no-underline">#{{ props.row.id }}</a>
+</q-td>"""
+STATUS_CELL = """
+<q-td :props="props">
+  <q-badge :color="props.row.color" :label="props.row.status" rounded />
+</q-td>"""
+PROGRESS_CELL = f"""
+<q-td :props="props">
+  {{{{ props.row.progress }}}}
+  <q-badge v-if="props.row.choice" color="{STATUS_COLORS["waiting"]}" label="choice needed" outline class="q-ml-sm" />
+</q-td>"""
 
-def _rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {
-            "id": r["id"],
-            "workflow": r["workflow"],
-            "status": r["status"] + (" (choice needed)" if r["needs_choice"] else ""),
-            "progress": f"{r['progress']['completed']}/{r['progress']['total']}",
-            "created_at": (r["created_at"] or "")[:19].replace("T", " "),
-        }
-        for r in runs
-    ]
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def table_row(run: RunRow, now: datetime) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "workflow": run.workflow,
+        "status": run.status,
+        "color": status_color(run.status),
+        "progress": f"{run.completed}/{run.total} steps",
+        "choice": run.waiting > 0,
+        "started": run.started_at.strftime("%Y-%m-%d %H:%M:%S") if run.started_at else "not started",
+        "duration": format_duration(run.duration_s(now)),
+    }
+
+
+class RunsTable:
+    """One tab's runs table: its filter, its page, and the re-read that keeps them current."""
+
+    def __init__(self) -> None:
+        self.filter = RunFilter()
+        self.page = 1
+        self.rows_per_page = ROWS_PER_PAGE
+        self.total = 0
+        self.visible_ids: set[int] = set()
+        self._generation = 0  # of the latest refresh: an older one finishing late must not overwrite it
+        self.table = (
+            ui.table(
+                columns=COLUMNS,
+                rows=[],
+                row_key="id",
+                pagination={"page": 1, "rowsPerPage": ROWS_PER_PAGE, "rowsNumber": 0},
+            )
+            .classes("w-full")
+            .props(":rows-per-page-options=[10,25,50,100] flat bordered")
+            .mark("runs-table")
+        )
+        self.table.add_slot("body-cell-id", RUN_CELL)
+        self.table.add_slot("body-cell-status", STATUS_CELL)
+        self.table.add_slot("body-cell-progress", PROGRESS_CELL)
+        self.table.on("request", self.on_request)
+        self.empty = ui.label().classes("text-grey-7 self-center").mark("runs-empty")
+        self.throttle = Throttle(self.refresh, REFRESH_INTERVAL_S, name="runs page refresh")
+
+    async def on_request(self, e: events.GenericEventArguments) -> None:
+        """Quasar asks for another page (or page size): read exactly that page."""
+        pagination = e.args.get("pagination", {})
+        self.page = max(1, int(pagination.get("page") or 1))
+        self.rows_per_page = max(1, min(int(pagination.get("rowsPerPage") or ROWS_PER_PAGE), 100))
+        await self.refresh()
+
+    async def set_filter(self, **changes: Any) -> None:
+        self.filter = replace(self.filter, **changes)
+        self.page = 1
+        await self.refresh()
+
+    def affects(self, run_id: int) -> bool:
+        """Could a change of this run alter what this tab shows? (Most changes on a busy server do not.)"""
+        if self.filter.status or run_id in self.visible_ids:
+            return True
+        # A new run moves every later page by one row and changes the total.
+        return not self.visible_ids or run_id > max(self.visible_ids)
+
+    def on_run_changed(self, run_id: int) -> None:
+        if self.affects(run_id):
+            self.throttle.trigger()
+
+    async def refresh(self) -> None:
+        if self.table.is_deleted:
+            self.throttle.close()
+            return
+        self._generation += 1
+        generation, f, page, per_page = self._generation, self.filter, self.page, self.rows_per_page
+        total = await run_list.count_runs(f)
+        page = min(page, max(1, -(-total // per_page)))  # runs matching the filter may have gone
+        rows = await run_list.page_runs(f, page=page, rows_per_page=per_page)
+        if generation != self._generation or self.table.is_deleted:
+            return
+        self.page = page
+        now = datetime.now(UTC)
+        self.total = total
+        self.visible_ids = {r.id for r in rows}
+        self.table.rows = [table_row(r, now) for r in rows]
+        self.table.pagination = {"page": page, "rowsPerPage": per_page, "rowsNumber": total}
+        if total:
+            self.empty.text = ""
+        elif f.active:
+            self.empty.text = "No runs match these filters."
+        else:
+            self.empty.text = "No runs yet. Start one with “New run”, or from the Workflows page."
+        self.empty.set_visibility(total == 0)
+        self.table.set_visibility(total > 0)
+
+
+def new_run_button() -> None:
+    names = sorted(workflows.definitions)
+    with ui.button("New run", icon="add").mark("new-run") as button:
+        if not names:
+            button.disable()
+            button.tooltip("No workflow definitions loaded: see the Workflows page")
+        with ui.menu().mark("new-run-menu"):
+            for name in names:
+                ui.menu_item(name, on_click=lambda n=name: open_run_dialog(workflows.get(n))).mark(f"new-run-{name}")
 
 
 def register() -> None:
     @ui.page("/")
     async def runs_page() -> None:
-        ui.label("Stepdeck").classes("text-h5")
-        ui.label(f"{len(workflows.definitions)} workflows loaded. JSON API at /docs.").classes("text-grey-7")
-        table = ui.table(columns=COLUMNS, rows=[], row_key="id").classes("w-full").mark("runs-table")
-
-        async def refresh() -> None:
-            table.rows = _rows(await queries.list_runs(limit=100, include_steps=False))
-            table.update()
-
-        await refresh()
-        ui.timer(2.0, refresh)
+        with frame("Runs"):
+            known = sorted(set(workflows.definitions) | set(await run_list.workflow_names()))
+            with ui.row().classes("w-full items-end gap-4"):
+                new_run_button()
+                status = ui.select([s.value for s in RunStatus], label="Status", clearable=True)
+                status.classes("w-40").mark("filter-status")
+                workflow = ui.select(known, label="Workflow", clearable=True).classes("w-56").mark("filter-workflow")
+                search = ui.input("Search", placeholder="#id, workflow or input text")
+                search.props("clearable debounce=300").classes("w-72").mark("filter-search")
+            runs = RunsTable()
+            status.on_value_change(lambda e: runs.set_filter(status=e.value or None))
+            workflow.on_value_change(lambda e: runs.set_filter(workflow=e.value or None))
+            search.on_value_change(lambda e: runs.set_filter(search=e.value or ""))
+            await runs.refresh()
+            # Subscribed inside the page: NiceGUI drops the subscription when the tab closes.
+            live.runs_changed.subscribe(runs.on_run_changed)

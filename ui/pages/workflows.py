@@ -1,9 +1,134 @@
-"""Placeholder until the page lands."""
+"""The workflows page (`/workflows`): every loaded definition, and the files that failed to load.
+
+A broken definition file is shown with its full location (file, line, step, field) instead of
+taking the app down; "Reload definitions" re-reads the directory without a restart.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from nicegui import run, ui
 
-def register(*_: Any) -> None:
-    pass
+from engine.definitions import DefinitionError, WorkflowDef
+from engine.registry import workflows
+from ui.components.dag import dag
+from ui.components.run_form import open_run_dialog
+from ui.theme import frame
+
+INPUT_COLUMNS = [
+    {"name": "name", "label": "Input", "field": "name", "align": "left"},
+    {"name": "type", "label": "Type", "field": "type", "align": "left"},
+    {"name": "required", "label": "Required", "field": "required", "align": "left"},
+    {"name": "default", "label": "Default", "field": "default", "align": "left"},
+    {"name": "description", "label": "Description", "field": "description", "align": "left"},
+]
+STEP_COLUMNS = [
+    {"name": "key", "label": "Key", "field": "key", "align": "left"},
+    {"name": "label", "label": "Label", "field": "label", "align": "left"},
+    {"name": "kind", "label": "Kind", "field": "kind", "align": "left"},
+    {"name": "needs", "label": "Needs", "field": "needs", "align": "left"},
+    {"name": "alternatives", "label": "Alternatives", "field": "alternatives", "align": "right"},
+    {"name": "select", "label": "Select", "field": "select", "align": "left"},
+]
+
+
+def input_rows(defn: WorkflowDef) -> list[dict[str, Any]]:
+    # Table cells must not hold lists (the browser would choke): everything is text.
+    return [
+        {
+            "name": i.name,
+            "type": f"choice ({', '.join(i.options)})" if i.type == "choice" else i.type,
+            "required": "yes" if i.required else "no",
+            "default": "" if i.default is None else str(i.default),
+            "description": i.description,
+        }
+        for i in defn.inputs
+    ]
+
+
+def step_rows(defn: WorkflowDef) -> list[dict[str, Any]]:
+    return [
+        {
+            "key": s.key,
+            "label": s.label,
+            "kind": s.kind,
+            "needs": ", ".join(s.needs) or "—",
+            "alternatives": s.alternatives,
+            "select": s.select,
+        }
+        for s in defn.steps
+    ]
+
+
+def definition_card(defn: WorkflowDef) -> None:
+    with ui.card().classes("w-full").mark(f"workflow-{defn.name}"):
+        with ui.row().classes("w-full items-center"):
+            ui.label(defn.name).classes("text-h6")
+            ui.space()
+            ui.button("Start run", icon="play_arrow", on_click=lambda: open_run_dialog(defn)).mark(f"start-{defn.name}")
+        if defn.description:
+            ui.label(defn.description)
+        ui.label(f"Source: {defn.source}").classes("text-xs text-grey-7 font-mono")
+        if defn.inputs:
+            ui.table(columns=INPUT_COLUMNS, rows=input_rows(defn), row_key="name").props("flat dense").classes(
+                "w-full"
+            ).mark(f"inputs-{defn.name}")
+        else:
+            ui.label("No inputs.").classes("text-grey-7")
+        with ui.row().classes("w-full gap-4 items-start"):
+            ui.table(columns=STEP_COLUMNS, rows=step_rows(defn), row_key="key").props("flat dense").classes(
+                "flex-1 min-w-[20rem]"
+            ).mark(f"steps-{defn.name}")
+            with ui.column().classes("flex-1 min-w-[16rem]"):
+                dag(defn)
+
+
+def error_card(error: DefinitionError) -> None:
+    with ui.card().classes("w-full bg-red-1 border border-red-6").mark("definition-error"):
+        with ui.row().classes("items-center gap-2"):
+            ui.icon("error", color="negative")
+            ui.label("Definition file not loaded").classes("text-negative font-bold")
+        ui.label(str(error)).classes("font-mono text-sm whitespace-pre-wrap break-all")
+        where = {"File": error.source, "Line": error.line, "Step": error.step, "Field": error.field}
+        with ui.row().classes("gap-4 text-xs text-grey-8"):
+            for name, value in where.items():
+                if value is not None:
+                    ui.label(f"{name}: {value}")
+
+
+def catalog_view() -> None:
+    for error in workflows.errors:
+        error_card(error)
+    if not workflows.definitions:
+        ui.label(f"No workflow definitions loaded from {workflows.directory}.").classes("text-grey-7")
+    for name in sorted(workflows.definitions):
+        definition_card(workflows.definitions[name])
+
+
+async def reload_definitions(view: ui.refreshable[[], None]) -> None:
+    try:
+        # Reading files and importing step modules is blocking work: off the event loop.
+        catalog = await run.io_bound(workflows.reload)
+    except Exception as exc:
+        ui.notify(f"Reload failed: {exc}", type="negative")
+        return
+    if catalog is None:  # the server is shutting down
+        return
+    view.refresh()
+    broken = f", {len(catalog.errors)} file(s) with errors" if catalog.errors else ""
+    ui.notify(f"{len(catalog.definitions)} definition(s) loaded{broken}", type="warning" if broken else "positive")
+
+
+def register() -> None:
+    @ui.page("/workflows")
+    def workflows_page() -> None:
+        with frame("Workflows"):
+            view = ui.refreshable(catalog_view)  # per tab: a reload re-renders the tab that asked for it
+            with ui.row().classes("w-full items-center"):
+                ui.label(f"Definitions from {workflows.directory}").classes("text-grey-7")
+                ui.space()
+                ui.button("Reload definitions", icon="refresh", on_click=lambda: reload_definitions(view)).props(
+                    "outline"
+                ).mark("reload-definitions")
+            view()

@@ -1,0 +1,134 @@
+"""UI tests run the real app (main.py) under NiceGUI's `user` fixture, on a fresh database and a
+small workflows directory per test.
+
+The app initialises Tortoise itself (register_tortoise in its lifespan): the `db` and `engine`
+fixtures of tests/conftest.py would initialise it a second time, so UI tests never use them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nicegui import ElementFilter, app, run, ui
+from nicegui.testing import User
+
+from tests import stepfns
+
+DEMO = """\
+name: ui-demo
+description: A workflow for the dashboard tests.
+inputs:
+  topic:
+    type: string
+    description: What the run is about.
+  count:
+    type: integer
+    default: 3
+  tone:
+    type: choice
+    options: [friendly, formal]
+    default: friendly
+  payload:
+    type: json
+    required: false
+    description: Extra settings as JSON.
+  loud:
+    type: boolean
+    default: false
+steps:
+  - key: echo
+    label: Echo inputs
+    call: tests.stepfns:echo_inputs
+  - key: finish
+    label: Finish "it" <now>
+    call: tests.stepfns:noop
+"""
+
+GATED = """\
+name: gated
+description: One step that blocks until the test releases it.
+steps:
+  - key: wait
+    label: Wait for the test
+    call: tests.stepfns:blocking
+"""
+
+BROKEN = """\
+name: broken
+steps:
+  - key: first
+    call: tests.stepfns:noop
+  - key: second
+    call: tests.stepfns:noop
+    needs: [nope]
+"""
+
+
+@pytest.fixture
+def workflows_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "workflows"
+    path.mkdir()
+    (path / "ui-demo.yaml").write_text(DEMO, encoding="utf-8")
+    (path / "gated.yaml").write_text(GATED, encoding="utf-8")
+    (path / "broken.yaml").write_text(BROKEN, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def stepdeck_env(tmp_path: Path, workflows_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Settings for the app under test. Autouse fixtures are set up before the others of the same
+    scope, so this runs before `user` executes main.py, which reads them."""
+    for name in ("STEPDECK_HOST", "STEPDECK_PORT", "STEPDECK_STALE_AFTER_S", "STEPDECK_HEARTBEAT_INTERVAL_S"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STEPDECK_DB", f"sqlite://{tmp_path / 'ui.db'}")
+    monkeypatch.setenv("STEPDECK_WORKFLOWS", str(workflows_dir))
+    monkeypatch.setenv("STEPDECK_POLL_INTERVAL_S", "0.2")
+    stepfns.reset()
+    yield
+    stepfns.RELEASE.set()  # never leave a blocked step thread behind
+
+
+@pytest.fixture(autouse=True)
+async def fresh_app() -> AsyncIterator[None]:
+    """Each test's app gets only its own database, and a failed test cannot break the next ones.
+
+    `register_tortoise` wraps NiceGUI's lifespan, and NiceGUI's test reset does not undo that: without
+    the restore below, every later test would nest the earlier tests' Tortoise set-ups and run on the
+    first test's database file. And when the `user` fixture fails a test at teardown (an ERROR log),
+    NiceGUI's lifespan skips its shutdown: the app stays "started" and every later test errors with
+    "NiceGUI has already been started". Shutting it down here keeps one failure one failure.
+    """
+    original = app.router.lifespan_context
+    yield
+    app.router.lifespan_context = original
+    if app.is_started:
+        await app.stop()
+        run.tear_down()
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 10.0) -> Any:
+    """Poll `check` (sync or async) until it returns something truthy; fail naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
+
+
+def table_rows(user: User, marker: str) -> list[dict[str, Any]]:
+    """The rows a visible table currently sends to the browser ([] while there is no such table)."""
+    assert user.client is not None
+    with user.client:
+        tables = list(ElementFilter(kind=ui.table, marker=marker, local_scope=False, only_visible=True))
+    assert len(tables) <= 1, f"expected one table marked {marker!r}, found {len(tables)}"
+    return list(tables[0].rows) if tables else []

@@ -1,0 +1,158 @@
+"""The runs page: the live table, filters, and starting a run from the generated form."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from nicegui.testing import User
+
+from engine import operations, queries
+from tests import stepfns
+from tests.ui.conftest import eventually, table_rows
+from ui import run_list
+from ui.run_list import RunFilter
+
+
+def row_of(user: User, run_id: int) -> dict[str, Any] | None:
+    return next((r for r in table_rows(user, "runs-table") if r["id"] == run_id), None)
+
+
+def choose(user: User, marker: str, value: str) -> None:
+    """Pick an option of a select (clicking the option text could also hit a menu item with that text)."""
+    (select,) = user.find(marker).elements
+    with user:
+        select.value = value  # type: ignore[attr-defined]
+
+
+async def run_in(run_id: int, *statuses: str) -> dict[str, Any] | None:
+    run = await queries.run_detail(run_id)
+    return run if run["status"] in statuses else None
+
+
+async def test_empty_state(user: User) -> None:
+    await user.open("/")
+    await user.should_see("No runs yet")
+    await user.should_not_see(marker="runs-table")
+
+
+async def test_lists_runs_with_status_and_progress(user: User) -> None:
+    done = await operations.start_run("ui-demo", {"topic": "bees"}, "test")
+    await eventually(lambda: run_in(done, "completed"), f"run {done} to complete")
+    blocked = await operations.start_run("gated", {}, "test")
+    await eventually(lambda: run_in(blocked, "running"), f"run {blocked} to run")
+
+    await user.open("/")
+    await user.should_not_see("No runs yet")
+    rows = table_rows(user, "runs-table")
+    assert [r["id"] for r in rows] == [blocked, done]  # newest first
+    assert rows[0]["workflow"] == "gated"
+    assert rows[0]["status"] == "running"
+    assert rows[0]["progress"] == "0/1 steps"
+    assert {k: rows[1][k] for k in ("workflow", "status", "color", "progress", "choice")} == {
+        "workflow": "ui-demo",
+        "status": "completed",
+        "color": "green-6",
+        "progress": "2/2 steps",
+        "choice": False,
+    }
+    assert rows[1]["duration"].endswith(" s")
+    assert rows[1]["started"][:2] == "20"
+
+
+async def test_status_change_shows_without_reload(user: User) -> None:
+    await user.open("/")
+    await user.should_see("No runs yet")
+    run_id = await operations.start_run("gated", {}, "test")
+    # The new run appears, then turns running, then completed: all without reopening the page.
+    await eventually(lambda: (row_of(user, run_id) or {}).get("status") == "running", "the row to show running")
+    stepfns.RELEASE.set()
+    row = await eventually(
+        lambda: (r := row_of(user, run_id)) and r["status"] == "completed" and r, "the row to show completed"
+    )
+    assert row["progress"] == "1/1 steps"
+    assert row["color"] == "green-6"
+
+
+async def test_filters(user: User) -> None:
+    first = await operations.start_run("ui-demo", {"topic": "honey bees"}, "test")
+    second = await operations.start_run("ui-demo", {"topic": "wasps"}, "test")
+    gated = await operations.start_run("gated", {}, "test")
+    await user.open("/")
+    assert {r["id"] for r in table_rows(user, "runs-table")} == {first, second, gated}
+
+    user.find("filter-search").type("HONEY")
+    await eventually(lambda: [r["id"] for r in table_rows(user, "runs-table")] == [first], "search by input text")
+    user.find("filter-search").clear().type(f"#{second}")
+    await eventually(lambda: [r["id"] for r in table_rows(user, "runs-table")] == [second], "search by run id")
+    user.find("filter-search").clear()
+    choose(user, "filter-workflow", "gated")
+    await eventually(lambda: [r["id"] for r in table_rows(user, "runs-table")] == [gated], "filter by workflow")
+    user.find("filter-search").type("no such thing")
+    await user.should_see("No runs match these filters.")
+
+
+async def test_start_run_from_dialog(user: User, monkeypatch: pytest.MonkeyPatch) -> None:
+    went_to: list[str] = []
+    await user.open("/")
+    monkeypatch.setattr(user.navigate, "to", went_to.append)
+    user.find("new-run").click()
+    user.find("new-run-ui-demo").click()
+    await user.should_see(marker="run-dialog")
+    (topic,) = user.find("input-topic").elements
+    assert topic.props["hint"] == "What the run is about."  # descriptions show under their fields
+    assert topic.props["label"] == "topic *"  # required
+    user.find("input-topic").type("bees")
+    user.find("input-count").clear().type("7")
+    user.find("input-tone").click()
+    user.find("formal").click()
+    user.find("input-payload").type('{"depth": 2}')
+    user.find("input-loud").click()
+    user.find("start-run").click()
+
+    await eventually(lambda: went_to, "navigation to the new run")
+    run_id = int(went_to[0].removeprefix("/runs/"))
+    assert went_to == [f"/runs/{run_id}"]
+    run = await queries.run_detail(run_id)
+    assert run["workflow"] == "ui-demo"
+    assert run["actor"] == "ui"
+    assert run["inputs"] == {"topic": "bees", "count": 7, "tone": "formal", "payload": {"depth": 2}, "loud": True}
+    await user.should_see(f"Run #{run_id} of ui-demo started")
+    await user.should_not_see(marker="run-dialog")
+    await eventually(lambda: row_of(user, run_id), "the new run in the table")
+
+
+async def test_bad_input_keeps_the_dialog_open_and_starts_nothing(user: User, monkeypatch: pytest.MonkeyPatch) -> None:
+    went_to: list[str] = []
+    await user.open("/")
+    monkeypatch.setattr(user.navigate, "to", went_to.append)
+    user.find("new-run").click()
+    user.find("new-run-ui-demo").click()
+    user.find("input-count").clear().type("12")
+
+    # The engine refuses a missing required input: the problem shows on its field.
+    user.find("start-run").click()
+    await user.should_see("required input missing")
+    await user.should_see(marker="run-dialog")
+    assert await run_list.count_runs(RunFilter()) == 0
+
+    # JSON that does not parse is caught before the engine, with the other problems still shown.
+    user.find("input-payload").type("{not json")
+    await user.should_see("not valid JSON")
+    user.find("start-run").click()
+    await user.should_see("required input missing")
+    await user.should_see(marker="run-dialog")
+    assert await run_list.count_runs(RunFilter()) == 0
+
+    # Nothing typed was lost; fixing the fields clears their messages and starts the run.
+    assert user.find("input-count").elements.pop().value == 12  # type: ignore[attr-defined]
+    assert user.find("input-payload").elements.pop().value == "{not json"  # type: ignore[attr-defined]
+    user.find("input-topic").type("bees")
+    user.find("input-payload").clear().type("[1, 2]")
+    await user.should_not_see("required input missing")
+    await user.should_not_see("not valid JSON")
+    user.find("start-run").click()
+    await eventually(lambda: went_to, "navigation to the new run")
+    run = await queries.run_detail(int(went_to[0].removeprefix("/runs/")))
+    assert run["inputs"] == {"topic": "bees", "count": 12, "tone": "friendly", "payload": [1, 2], "loud": False}
+    assert await run_list.count_runs(RunFilter()) == 1
