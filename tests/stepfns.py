@@ -177,3 +177,13 @@ def counted(ctx: Any) -> str:
     """Counts its calls per step key; the output names the step and the call (a re-execution shows)."""
     CALLS[f"counted:{ctx.step_key}"] += 1
     return f"{ctx.step_key} call {CALLS[f'counted:{ctx.step_key}']}"
+
+
+def exits(ctx: Any) -> str:
+    """A sync step that tries to end the process."""
+    raise SystemExit(3)
+
+
+async def interrupts(ctx: Any) -> str:
+    """An async step that raises KeyboardInterrupt."""
+    raise KeyboardInterrupt

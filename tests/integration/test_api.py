@@ -735,3 +735,22 @@ async def test_the_openapi_document_describes_every_route(api: httpx.AsyncClient
     ):
         assert path in paths, path
     assert "404" in paths["/api/runs/{run_id}"]["get"]["responses"]
+
+
+@pytest.mark.parametrize("path", ["/api/runs/%C2%B2", "/api/runs/%D9%A3"])  # '²' and Arabic-Indic '3' are digits too
+async def test_run_ids_that_only_look_like_digits_are_404s(api: httpx.AsyncClient, path: str) -> None:
+    response = await api.get(path)
+    assert response.status_code == 404
+    assert "does not exist" in response.json()["message"]
+
+
+async def test_inputs_with_a_lone_surrogate_are_refused_with_a_message(api: httpx.AsyncClient, define: Define) -> None:
+    define("echo-surrogate", [{"key": "a", "call": "tests.stepfns:echo_inputs"}], inputs={"topic": "string"})
+    body = '{"workflow": "echo-surrogate", "inputs": {"topic": "bad \\ud800 text"}}'
+    response = await api.post("/api/runs", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert "topic" in response.json()["message"]
+    unknown = '{"workflow": "echo-surrogate", "inputs": {"\\ud800": "x"}}'
+    response = await api.post("/api/runs", content=unknown, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert (await api.get("/api/runs?workflow=echo-surrogate")).json() == []

@@ -1,0 +1,158 @@
+"""Faults around the engine: a database that refuses writes, poisoned batches, steps that try to
+exit the process, cancellation storms. None of them may leave a run looking busy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from tortoise import connections
+
+from engine import driver, maintenance, operations, queries, transitions
+from engine.errors import Conflict
+from engine.executor import Engine
+from engine.hub import hub
+from engine.settings import Settings
+from engine.store import Stmt, run_batch, run_batches
+from tests import stepfns
+from tests.conftest import run_status, step_of, wait_for, wait_run
+
+Define = Callable[..., Any]
+
+
+async def _query_only(on: bool) -> None:
+    # A real SQLite refusal of every write ("attempt to write a readonly database").
+    await connections.get("default").execute_script(f"PRAGMA query_only = {'ON' if on else 'OFF'}")
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(driver, "WRITE_RETRY_DELAYS_S", (0.01, 0.01))
+
+
+@pytest.mark.usefixtures("quick_retries")
+async def test_a_database_refusing_the_outcome_ends_in_a_failed_run_not_a_busy_one(
+    engine: Engine, settings: Settings, define: Define
+) -> None:
+    define("fragile", [{"key": "a", "call": "tests.stepfns:blocking"}, {"key": "b", "call": "tests.stepfns:noop"}])
+    run_id = await operations.start_run("fragile", {}, "tester")
+    await wait_for(lambda: _step_is(run_id, "a", "running"), 5, "step a running")
+    await _query_only(True)
+    stepfns.RELEASE.set()  # the step finishes, but its completion cannot be written
+    await wait_for(lambda: _no_driver(engine, run_id), 5, "the driver to give up")
+    await _query_only(False)
+    # Its driver is gone and its heartbeat stops: the sweep (here, as the engine's own job) fails it.
+    await asyncio.sleep(settings.stale_after_s + 0.2)
+    failed = await maintenance.recover_orphans(settings, engine.owner)
+    assert [v.run_id for v in failed] == [run_id]
+    assert await run_status(run_id) == "failed"
+    run = await queries.run_detail(run_id)
+    assert "driver in this engine stopped" in run["error"]
+    assert all(s["status"] != "running" for s in run["steps"])
+
+
+@pytest.mark.usefixtures("quick_retries")
+async def test_a_database_refusing_one_write_for_a_moment_is_retried(engine: Engine, define: Define) -> None:
+    define("flaky-db", [{"key": "a", "call": "tests.stepfns:blocking"}, {"key": "b", "call": "tests.stepfns:noop"}])
+    run_id = await operations.start_run("flaky-db", {}, "tester")
+    await wait_for(lambda: _step_is(run_id, "a", "running"), 5, "step a running")
+    original = transitions.complete_step_and_start
+    calls = 0
+
+    async def refuse_once(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        if args[0].key != "a":
+            return await original(*args, **kwargs)
+        calls += 1
+        if calls == 1:
+            await _query_only(True)
+            try:
+                return await original(*args, **kwargs)
+            finally:
+                await _query_only(False)
+        return await original(*args, **kwargs)
+
+    transitions.complete_step_and_start = refuse_once  # type: ignore[assignment]
+    try:
+        stepfns.RELEASE.set()
+        assert await wait_run(run_id, "completed", "failed") == "completed"
+    finally:
+        transitions.complete_step_and_start = original  # type: ignore[assignment]
+    assert calls == 2  # refused once, then written
+
+
+async def test_a_batch_the_database_refuses_fails_alone_in_a_group_commit(db: str) -> None:
+    await run_batch([Stmt("CREATE TABLE probe (v TEXT NOT NULL)")])
+    good = [Stmt("INSERT INTO probe (v) VALUES (?)", ("one",))]
+    poisoned = [Stmt("INSERT INTO probe (v) VALUES (?)", ("\ud800",))]  # SQLite cannot encode it
+    also_good = [Stmt("INSERT INTO probe (v) VALUES (?)", ("two",))]
+    results = await run_batches([good, poisoned, also_good])
+    assert [type(r).__name__ for r in results] == ["BatchResult", "UnicodeEncodeError", "BatchResult"]
+    rows = await connections.get("default").execute_query_dict("SELECT v FROM probe ORDER BY v")
+    assert [r["v"] for r in rows] == ["one", "two"]
+
+
+@pytest.mark.parametrize("call", ["tests.stepfns:exits", "tests.stepfns:interrupts"])
+async def test_a_step_that_tries_to_exit_the_process_fails_alone(engine: Engine, define: Define, call: str) -> None:
+    define("exiting", [{"key": "a", "call": call}])
+    run_id = await operations.start_run("exiting", {}, "tester")
+    assert await wait_run(run_id, "failed", "completed") == "failed"
+    step = await step_of(run_id, "a")
+    assert step["error"].startswith("StepExit: the step raised")
+    again = await operations.start_run("exiting", {}, "tester")  # the engine is still alive and takes new work
+    assert await wait_run(again, "failed", "completed") == "failed"
+
+
+async def test_step_slots_come_back_after_a_storm_of_cancellations(
+    engine: Engine, settings: Settings, define: Define
+) -> None:
+    define("chain", [{"key": f"s{i}", "call": "tests.stepfns:noop"} for i in range(30)])
+    runs = [await operations.start_run("chain", {}, "tester") for _ in range(20)]
+    for run_id in runs:
+        await asyncio.sleep(0.002)
+        with contextlib.suppress(Conflict):  # it may already have completed
+            await operations.cancel_run(run_id, "tester")
+    for run_id in runs:
+        await wait_run(run_id, "cancelled", "completed", "failed")
+    await engine.wait_idle()
+    assert engine.step_slots._value == settings.max_concurrent_steps
+
+
+async def test_events_of_a_cancel_reach_viewers_in_id_order(engine: Engine, define: Define) -> None:
+    define("two-branches", [{"key": k, "call": "tests.stepfns:sleepy", "needs": []} for k in ("a", "b")])
+    run_id = await operations.start_run("two-branches", {}, "tester")
+    await wait_for(lambda: _step_is(run_id, "b", "running"), 5, "both running")
+    sub = hub.subscribe(run_id)
+    await operations.cancel_run(run_id, "tester")
+    ids = []
+    while (change := await sub.get(timeout_s=0.5)) is not None:
+        if change.event_id is not None:
+            ids.append(change.event_id)
+    sub.close()
+    assert len(ids) >= 4  # action, two steps, run
+    assert ids == sorted(ids)
+
+
+async def test_the_sweep_does_not_fail_a_run_that_beat_after_it_was_judged(db: str, define: Define) -> None:
+    define("one", [{"key": "a", "call": "tests.stepfns:noop"}])
+    run_id = await operations.start_run("one", {}, "tester")
+    assert await transitions.claim_run(run_id, "otherhost:1:x")
+    judged = (await queries.run_detail(run_id))["heartbeat_at"]
+    raw = await connections.get("default").execute_query_dict("SELECT heartbeat_at FROM runs WHERE id = ?", [run_id])
+    await asyncio.sleep(0.01)
+    assert await transitions.beat("otherhost:1:x", [run_id]) == 1  # alive after all
+    assert judged is not None
+    failed = await transitions.fail_running_run(run_id, "stale", heartbeat_at=raw[0]["heartbeat_at"])
+    assert failed is False
+    assert await run_status(run_id) == "running"
+
+
+async def _step_is(run_id: int, key: str, status: str) -> bool:
+    return (await step_of(run_id, key))["status"] == status
+
+
+async def _no_driver(engine: Engine, run_id: int) -> bool:
+    return run_id not in engine.drivers
