@@ -41,7 +41,18 @@ class StepView:
     started_at: str = ""
     completed_at: str = ""
     duration_s: float = 0.0
+    meta: str = ""  # "attempt 2 · 1.3 s", shown in the card header
     version: int = 0  # bumped whenever what the step's card body shows has changed
+
+    def set_duration(self, seconds: float) -> None:
+        self.duration_s = seconds
+        self.refresh_meta()
+
+    def refresh_meta(self) -> None:
+        parts = [f"attempt {self.attempt}"] if self.attempt else []
+        if self.started_at and self.status != "pending":
+            parts.append(f"{self.duration_s:.1f} s" if self.duration_s < 120 else f"{self.duration_s / 60:.1f} min")
+        self.meta = " · ".join(parts)
 
 
 @bindable_dataclass
@@ -122,7 +133,7 @@ class RunState:
         sv.progress = step["progress"] or 0.0
         sv.progress_message = step["progress_message"] or ""
         sv.started_at, sv.completed_at = step["started_at"] or "", step["completed_at"] or ""
-        sv.duration_s = step["duration_s"] or 0.0
+        sv.set_duration(step["duration_s"] or 0.0)
 
     def apply_step_status(self, key: str, status: str) -> None:
         """A status from the hub, before the re-read catches up (this is what makes pills change fast)."""
@@ -173,9 +184,15 @@ class LiveRuns:
             self._remove = hub.add_listener(self._on_change)
 
     def stop(self) -> None:
+        """Detach from the hub and forget every view (the app is going away or restarting)."""
         if self._remove is not None:
             self._remove()
             self._remove = None
+        if self._flush is not None and not self._flush.done():
+            self._flush.cancel()
+        self.states.clear()
+        self.viewers.clear()
+        self._dirty.clear()
 
     async def open(self, run_id: int) -> RunState:
         """The live state of a run for one more viewer (NotFound if there is no such run)."""

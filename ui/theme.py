@@ -29,6 +29,7 @@ STATUS_ICONS = {
 }
 
 NAV = [("Runs", "/"), ("Workflows", "/workflows"), ("Monitoring", "/monitoring")]
+HEADER_HEIGHT_PX = 52  # fixed, so that sticky bars can sit exactly below it
 
 
 def status_color(status: str, stale: bool = False) -> str:
@@ -47,7 +48,12 @@ def frame(title: str) -> Iterator[None]:
     """The shared layout: header with product name, navigation and dark mode; content below."""
     dark = ui.dark_mode()  # per tab for now: remembering it needs the storage secret that sign-in brings
     ui.page_title(f"{title} · Stepdeck")
-    with ui.header(elevated=True).classes("items-center gap-4 px-4 py-2 bg-slate-800").mark("header"):
+    with (
+        ui.header(elevated=True)
+        .classes("items-center gap-4 px-4 bg-slate-800 no-wrap")
+        .style(f"height: {HEADER_HEIGHT_PX}px")
+        .mark("header")
+    ):
         ui.link("Stepdeck", "/").classes("text-white text-lg font-bold no-underline")
         for label, target in NAV:
             ui.link(label, target).classes("text-slate-200 no-underline hover:text-white").mark(f"nav-{label}")

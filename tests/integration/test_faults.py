@@ -55,7 +55,9 @@ async def test_a_database_refusing_the_outcome_ends_in_a_failed_run_not_a_busy_o
 
 
 @pytest.mark.usefixtures("quick_retries")
-async def test_a_database_refusing_one_write_for_a_moment_is_retried(engine: Engine, define: Define) -> None:
+async def test_a_database_refusing_one_write_for_a_moment_is_retried(
+    engine: Engine, define: Define, monkeypatch: pytest.MonkeyPatch
+) -> None:
     define("flaky-db", [{"key": "a", "call": "tests.stepfns:blocking"}, {"key": "b", "call": "tests.stepfns:noop"}])
     run_id = await operations.start_run("flaky-db", {}, "tester")
     await wait_for(lambda: _step_is(run_id, "a", "running"), 5, "step a running")
@@ -75,12 +77,9 @@ async def test_a_database_refusing_one_write_for_a_moment_is_retried(engine: Eng
                 await _query_only(False)
         return await original(*args, **kwargs)
 
-    transitions.complete_step_and_start = refuse_once  # type: ignore[assignment]
-    try:
-        stepfns.RELEASE.set()
-        assert await wait_run(run_id, "completed", "failed") == "completed"
-    finally:
-        transitions.complete_step_and_start = original  # type: ignore[assignment]
+    monkeypatch.setattr(transitions, "complete_step_and_start", refuse_once)
+    stepfns.RELEASE.set()
+    assert await wait_run(run_id, "completed", "failed") == "completed"
     assert calls == 2  # refused once, then written
 
 
@@ -151,7 +150,7 @@ async def test_the_sweep_does_not_fail_a_run_that_beat_after_it_was_judged(db: s
 
 
 async def _step_is(run_id: int, key: str, status: str) -> bool:
-    return (await step_of(run_id, key))["status"] == status
+    return bool((await step_of(run_id, key))["status"] == status)
 
 
 async def _no_driver(engine: Engine, run_id: int) -> bool:

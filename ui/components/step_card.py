@@ -16,12 +16,6 @@ from ui.theme import STATUS_ICONS, status_color
 Action = Callable[[str], Awaitable[None]]
 
 
-def _duration(seconds: float) -> str:
-    if not seconds:
-        return ""
-    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
 class StepCard:
     def __init__(
         self, state: RunState, key: str, *, select: Callable[[str, int], Awaitable[None]], rerun: Action
@@ -37,19 +31,16 @@ class StepCard:
             .style("scroll-margin-top: 130px")
             .mark(f"card-{key}")
         )
+        # Few elements per header (a 300-step run has 300 headers in every tab); the body is built
+        # when the card is first opened.
         with self.expansion.add_slot("header"), ui.row().classes("w-full items-center no-wrap gap-2"):
             ui.icon("circle", size="14px").bind_text_color_from(sv, "color")
-            ui.label(sv.label).classes("font-medium")
-            ui.label(key).classes("text-xs text-grey-6")
+            title = ui.label(sv.label).classes("font-medium")
+            title.props["title"] = key
             ui.badge().bind_text_from(sv, "status").bind_background_color_from(sv, "color").mark(f"status-{key}")
             ui.badge("stale", color="purple-5").bind_visibility_from(sv, "stale").mark(f"stale-{key}")
-            ui.space()
-            ui.label().bind_text_from(sv, "attempt", backward=lambda n: f"attempt {n}" if n else "").classes(
-                "text-xs text-grey-7"
-            )
-            self.duration = ui.label().bind_text_from(sv, "duration_s", backward=_duration).classes("text-xs w-16")
-        with self.expansion:
-            self.body = ui.column().classes("w-full gap-2")
+            ui.label().bind_text_from(sv, "meta").classes("ml-auto text-xs text-grey-7 whitespace-nowrap")
+        self.body: ui.column | None = None
 
     # --- opening and refreshing ---------------------------------------------------------------
 
@@ -76,6 +67,9 @@ class StepCard:
         self.built = True
         step = self.state.step_detail(self.key)
         sv = self.sv
+        if self.body is None:
+            with self.expansion:
+                self.body = ui.column().classes("w-full gap-2")
         self.body.clear()
         with self.body:
             with ui.row().classes("items-center gap-2 w-full").bind_visibility_from(sv, "status", value="running"):

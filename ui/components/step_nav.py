@@ -8,9 +8,9 @@ from collections.abc import Callable
 from nicegui import ui
 
 from ui.live import RunState, StepView
+from ui.theme import HEADER_HEIGHT_PX
 
 PILL_LABEL_CHARS = 12
-HEADER_OFFSET_PX = 56  # the fixed page header: the bar sticks right below it
 
 
 def short_label(label: str, limit: int = PILL_LABEL_CHARS) -> str:
@@ -33,9 +33,10 @@ class StepNav:
         with (
             ui.element("div")
             .classes("sticky z-20 w-full rounded-md shadow-sm bg-white dark:bg-neutral-900 px-2 py-1")
-            .style(f"top: {HEADER_OFFSET_PX}px")
+            .style(f"top: {HEADER_HEIGHT_PX}px")
             .mark("step-nav"),
-            ui.row().classes("w-full items-center no-wrap gap-1"),
+            # Wraps on a narrow screen: the pills then get a line of their own instead of no room.
+            ui.row().classes("w-full items-center gap-1"),
         ):
             ui.button("Expand all", icon="unfold_more", on_click=expand_all).props("flat dense no-caps size=sm").mark(
                 "expand-all"
@@ -51,21 +52,23 @@ class StepNav:
             ui.label().bind_text_from(state.view, "counts_text").classes("text-xs text-grey-7 whitespace-nowrap").mark(
                 "step-counts"
             )
-            with ui.row().classes("no-wrap overflow-x-auto gap-1 flex-1 min-w-0 py-1").mark("pills"):
+            with ui.row().classes("no-wrap overflow-x-auto gap-1 flex-1 min-w-[16rem] py-1").mark("pills"):
                 for key in state.order:
                     self._pill(state.steps[key])
 
     def _pill(self, sv: StepView) -> None:
-        with (
+        # Three elements a pill (a 300-step run has 300 of them in every tab): the full label is a
+        # plain title attribute rather than a tooltip element.
+        pill = (
             ui.button(on_click=lambda k=sv.key: self.jump(k))
             .props("flat dense no-caps size=sm")
             .classes("rounded-full px-2 shrink-0 bg-grey-2 dark:bg-neutral-800")
             .mark(f"pill-{sv.key}")
-        ):
+        )
+        pill.props["title"] = sv.label
+        with pill:
             ui.icon("circle", size="10px").bind_text_color_from(sv, "color").mark(f"pill-dot-{sv.key}")
             ui.label(short_label(sv.label)).classes("ml-1 text-xs")
-            label = sv.label
-            ui.tooltip().bind_text_from(sv, "status", backward=lambda status: f"{label} — {status}")
 
     def next_of(self, what: str) -> None:
         """Jump to the next step that is failed / waiting / stale, after the one jumped to last."""

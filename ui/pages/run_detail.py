@@ -112,7 +112,13 @@ class RunPage:
     def jump(self, key: str) -> None:
         card = self.cards[key]
         card.open()
-        ui.run_javascript(f'getHtmlElement({card.expansion.id}).scrollIntoView({{behavior: "smooth", block: "start"}})')
+        # Scroll now, and again once the card has opened and its body arrived (it grows; near the
+        # end of the page the first scroll would leave the card partly below the fold).
+        ui.run_javascript(
+            f"const el = getHtmlElement({card.expansion.id});"
+            'const go = () => el.scrollIntoView({behavior: "smooth", block: "start"});'
+            "go(); setTimeout(go, 450);"
+        )
 
     def expand_all(self) -> None:
         for card in self.cards.values():
@@ -141,7 +147,7 @@ class RunPage:
         now = dt.datetime.now(dt.UTC)
         for sv in self.state.steps.values():
             if sv.status == "running" and sv.started_at:
-                sv.duration_s = (now - dt.datetime.fromisoformat(sv.started_at)).total_seconds()
+                sv.set_duration((now - dt.datetime.fromisoformat(sv.started_at)).total_seconds())
 
     # --- actions ------------------------------------------------------------------------------------
 
