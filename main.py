@@ -108,6 +108,10 @@ def serve(settings: Settings) -> None:
         show=False,
         show_welcome_message=True,
         fastapi_docs=True,
+        # A tab whose connection drops (a laptop lid, a flaky LAN) catches up from NiceGUI's message
+        # history when it reconnects within this window, without reloading; the run is never affected.
+        reconnect_timeout=30,
+        message_history_length=10_000,
         # Event streams end themselves on shutdown; this bounds any other long request.
         timeout_graceful_shutdown=5,
     )

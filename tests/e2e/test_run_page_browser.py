@@ -204,3 +204,29 @@ def test_a_pill_changes_colour_live_when_its_step_completes(
     expect(run_badge).to_have_text("completed")
     assert page.evaluate("window.stepdeckNoReload === true"), "the page was reloaded"
     assert server.run(run_id)["status"] == "completed"
+
+
+def test_a_tab_that_lost_its_connection_catches_up_without_reload(
+    desktop: Page, server: Server, tmp_path: Path
+) -> None:
+    page = desktop
+    gate_dir = tmp_path / "gates"
+    gate_dir.mkdir()
+    run_id = server.start_run("gated-trio", {"gate_dir": str(gate_dir)})
+    server.wait_step(run_id, "bravo", "running")
+    nav = open_run(page, server, run_id)
+    expect(pill_dot(nav, "Bravo")).to_have_class(RUNNING_CLASS)
+    page.evaluate("window.stepdeckNoReload = true")
+
+    page.context.set_offline(True)  # the websocket drops, as with a sleeping laptop or a flaky LAN
+    page.wait_for_timeout(1_500)
+    (gate_dir / "bravo").touch()
+    server.wait_run(run_id, "completed")  # the run goes on without its viewer
+    page.wait_for_timeout(500)
+    # Still the old colour: the tab really is cut off (otherwise this test would prove nothing).
+    expect(pill_dot(nav, "Bravo")).to_have_class(RUNNING_CLASS)
+    page.context.set_offline(False)
+
+    expect(pill_dot(nav, "Bravo")).to_have_class(COMPLETED_CLASS, timeout=15_000)
+    expect(pill_dot(nav, "Charlie")).to_have_class(COMPLETED_CLASS, timeout=5_000)
+    assert page.evaluate("window.stepdeckNoReload === true"), "the page was reloaded to catch up"

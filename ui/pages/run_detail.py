@@ -59,6 +59,10 @@ class RunPage:
         with ui.column().classes("w-full gap-2").mark("step-cards"):
             for key in self.state.order:
                 self.cards[key] = StepCard(self.state, key, select=self.select, rerun=self.rerun)
+        # What needs a person is open from the start: a choice to make, a failure to look at.
+        for key in self.state.order:
+            if self.state.steps[key].status in ("waiting", "failed"):
+                self.cards[key].open()
         self._timeline()
         live.step_changed.subscribe(self._step_changed)
         live.run_event.subscribe(self._run_event)
