@@ -82,6 +82,7 @@ class RunDriver:
     _signal: asyncio.Future[None] | None = None  # resolved by outside changes to wake the loop
     _running_at_stop: list[str] = field(default_factory=list)
     broken: BaseException | None = None
+    draining: bool = False  # the engine is stopping: in-flight steps may finish, no new step starts
 
     # --- outside signals (called from the engine's hub listener) --------------------------------
 
@@ -92,6 +93,11 @@ class RunDriver:
     def _signal_loop(self) -> None:
         if self._signal is not None and not self._signal.done():
             self._signal.set_result(None)
+
+    def drain(self) -> None:
+        """Start no new step; the run ends when its in-flight steps have (see `_finish`)."""
+        self.draining = True
+        self._signal_loop()
 
     def stop(self, reason: str) -> None:
         """Stop in-flight work: `cancelled` (already written by the operation) or `shutdown`."""
@@ -166,6 +172,8 @@ class RunDriver:
         self.dirty = False
 
     def _ready(self, candidates: list[str]) -> list[StepState]:
+        if self.draining:
+            return []
         ready = []
         for key in dict.fromkeys(candidates):  # a join appears once per need that just finished
             s = self.steps[key]
@@ -204,7 +212,15 @@ class RunDriver:
         if self.stop_reason in (CANCELLED, LOST):
             return True  # the operation that cancelled the run wrote its state
         if self.stop_reason == SHUTDOWN:
-            await self._fail_quietly(self._interrupted_reason(self.engine.stop_reason))
+            reason = self._interrupted_reason(self.engine.stop_reason)
+            if self.engine.settings.on_orphan == "resume":
+                requeued = await _write(
+                    lambda: transitions.requeue_interrupted(self.run_id, reason, owner=self.engine.owner, count=False),
+                    f"run {self.run_id}: re-queueing",
+                )
+                if requeued:
+                    return True
+            await self._fail_quietly(reason)
             return True
         if self.stop_reason == BROKEN:
             error = f"{type(self.broken).__name__}: {self.broken}"
@@ -220,6 +236,15 @@ class RunDriver:
             outcome, done = RunStatus.COMPLETED, await self._finish_as(RunStatus.COMPLETED)
         elif any(s.status == StepStatus.WAITING for s in steps):
             outcome, done = RunStatus.WAITING, await self._finish_as(RunStatus.WAITING)
+        elif self.draining:
+            # Nothing was cut off: the run waits in the queue for the next start.
+            why = f"released: {self.engine.stop_reason} before its next step could start"
+            outcome, done = (
+                RunStatus.QUEUED,
+                await _write(
+                    lambda: transitions.release_run(self.run_id, self.engine.owner, why), f"run {self.run_id}: release"
+                ),
+            )
         else:
             stuck = [s.defn.key for s in steps if s.status == StepStatus.PENDING]
             error = f"no step can run: {', '.join(stuck)} wait on steps that cannot complete"
@@ -288,7 +313,7 @@ class RunDriver:
 
     def _claim_successors(self, s: StepState) -> list[StepState]:
         """Dependents that this step's completion makes ready, each with a step slot taken for it."""
-        if self.stop_reason is not None:
+        if self.stop_reason is not None or self.draining:
             return []
         chosen = []
         for key in self._dependents[s.defn.key]:
@@ -383,6 +408,8 @@ class RunDriver:
             self.notice_outside_change()
 
     async def _stopped(self, s: StepState, ref: transitions.AttemptRef, ctx: StepContext) -> None:
+        if self.stop_reason == SHUTDOWN and self.engine.settings.on_orphan == "resume":
+            return  # the run is re-queued as a whole (`_finish`): this attempt ends failed, the step pending
         if self.stop_reason in (SHUTDOWN, BROKEN):
             why = self.engine.stop_reason if self.stop_reason == SHUTDOWN else "the engine could not record an outcome"
             reason = self._interrupted_reason(why)

@@ -59,8 +59,10 @@ class Engine:
             self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="stepdeck-dispatch")
         self._loops.append(asyncio.create_task(self._heartbeat_loop(), name="stepdeck-heartbeat"))
 
-    async def stop(self, why: str = "the server shut down") -> None:
-        """Stop claiming; interrupt in-flight runs (failed as interrupted), never leave them running."""
+    async def stop(self, why: str = "the server shut down", grace_s: float | None = None) -> None:
+        """Stop claiming; give in-flight steps `grace_s` (default: the setting) to finish, then
+        interrupt the rest (failed as interrupted, or re-queued under `resume`). Never leaves a run
+        running."""
         self._stopping = True
         self.stop_reason = why
         self._wake.set()
@@ -71,6 +73,11 @@ class Engine:
         if self._dispatcher is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._dispatcher), timeout=15)
+        grace_s = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        for driver in list(self.drivers.values()):
+            driver.drain()
+        if self._driver_tasks and grace_s > 0:
+            await asyncio.wait(self._driver_tasks, timeout=grace_s)
         for driver in list(self.drivers.values()):
             driver.stop(SHUTDOWN)
         if self._driver_tasks:

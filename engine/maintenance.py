@@ -23,11 +23,21 @@ from models.status import RunStatus, StepStatus
 log = logging.getLogger(__name__)
 
 
+MAX_RECOVERIES = 3  # under `resume`, how often one run is re-queued before it is failed for good
+
+
 @dataclass(frozen=True, slots=True)
 class OrphanVerdict:
     run_id: int
     reason: str
     heartbeat_at: Any = None  # as read: the run is failed only if it has not beaten since
+    recoveries: int = 0
+    action: str = "fail"  # what recover_orphans did: fail | requeue
+
+
+def orphan_action(policy: str, recoveries: int, limit: int = MAX_RECOVERIES) -> str:
+    """`requeue` under the `resume` policy until a run was re-queued `limit` times, else `fail`."""
+    return "requeue" if policy == "resume" and recoveries < limit else "fail"
 
 
 def owner_is_dead(owner: str | None, host: str | None = None) -> bool:
@@ -75,7 +85,7 @@ def orphan_reason(
 
 
 async def find_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
-    rows = await fetch("SELECT id, owner, heartbeat_at FROM runs WHERE status = ?", (RunStatus.RUNNING,))
+    rows = await fetch("SELECT id, owner, heartbeat_at, recoveries FROM runs WHERE status = ?", (RunStatus.RUNNING,))
     verdicts = []
     now = transitions.utcnow()
     for row in rows:
@@ -84,21 +94,34 @@ async def find_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
         )
         reason = orphan_reason(row, [s["key"] for s in steps], me, now, settings.stale_after_s)
         if reason:
-            verdicts.append(OrphanVerdict(row["id"], reason, row["heartbeat_at"]))
+            verdicts.append(OrphanVerdict(row["id"], reason, row["heartbeat_at"], row["recoveries"]))
     return verdicts
 
 
 async def recover_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
-    """Fail every orphaned run with its running steps; returns those this call failed."""
-    failed = []
+    """Fail (or, under `resume`, re-queue) every orphaned run; returns those this call handled."""
+    handled = []
     for verdict in await find_orphans(settings, me):
-        failing = transitions.fail_running_run(
-            verdict.run_id, verdict.reason, actor="recovery", heartbeat_at=verdict.heartbeat_at
-        )
-        if await failing:
-            log.warning("run %s: %s", verdict.run_id, verdict.reason)
-            failed.append(verdict)
-    return failed
+        action = orphan_action(settings.on_orphan, verdict.recoveries)
+        if action == "requeue":
+            done = await transitions.requeue_interrupted(
+                verdict.run_id, verdict.reason, heartbeat_at=verdict.heartbeat_at
+            )
+            reason = f"{verdict.reason}; re-queued (recovery {verdict.recoveries + 1} of {MAX_RECOVERIES})"
+        else:
+            reason = verdict.reason
+            if settings.on_orphan == "resume":
+                reason += (
+                    f"; not re-queued again: interrupted {verdict.recoveries + 1} times "
+                    f"(STEPDECK_ON_ORPHAN=resume re-queues a run at most {MAX_RECOVERIES} times)"
+                )
+            done = await transitions.fail_running_run(
+                verdict.run_id, reason, actor="recovery", heartbeat_at=verdict.heartbeat_at
+            )
+        if done:
+            log.warning("run %s: %s", verdict.run_id, reason)
+            handled.append(OrphanVerdict(verdict.run_id, reason, verdict.heartbeat_at, verdict.recoveries, action))
+    return handled
 
 
 def _as_datetime(value: Any) -> datetime | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from models.db import DEFAULT_DB_URL
 
-ON_ORPHAN_POLICIES = ("fail",)  # "resume" (re-queue, at most a few times) is not built yet
+ON_ORPHAN_POLICIES = ("fail", "resume")
 
 
 class SettingsError(ValueError):
@@ -31,6 +31,8 @@ class Settings:
     max_concurrent_runs: int = 32
     max_concurrent_steps: int = 32
     poll_interval_s: float = 1.0  # how often an idle engine looks for queued runs made elsewhere
+    shutdown_grace_s: float = 5.0  # how long in-flight steps may finish when the server stops
+    retention_days: float = 0.0  # finished runs older than this are deleted; 0 keeps them forever
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given (non-None) values, e.g. from command-line flags."""
@@ -51,6 +53,8 @@ ENV_NAMES = {
     "max_concurrent_runs": "STEPDECK_MAX_RUNS",
     "max_concurrent_steps": "STEPDECK_MAX_STEPS",
     "poll_interval_s": "STEPDECK_POLL_INTERVAL_S",
+    "shutdown_grace_s": "STEPDECK_SHUTDOWN_GRACE_S",
+    "retention_days": "STEPDECK_RETENTION_DAYS",
 }
 
 
@@ -76,6 +80,9 @@ def _checked(s: Settings) -> Settings:
     for name in positive:
         if getattr(s, name) <= 0:
             raise SettingsError(f"{ENV_NAMES[name]} must be greater than 0, got {getattr(s, name)}")
+    for name in ("shutdown_grace_s", "retention_days"):
+        if getattr(s, name) < 0:
+            raise SettingsError(f"{ENV_NAMES[name]} must not be negative, got {getattr(s, name)}")
     for name in ("max_tokens", "max_concurrent_runs", "max_concurrent_steps"):
         if getattr(s, name) < 1:
             raise SettingsError(f"{ENV_NAMES[name]} must be at least 1, got {getattr(s, name)}")

@@ -221,9 +221,69 @@ async def fail_running_run(
     return (await _commit(stmts, events, now, stopped=(1, StepStatus.FAILED, reason))).ok
 
 
-def _publish_stopped(rows: list[tuple[Any, ...]], run_id: int, to: StepStatus, reason: str, now: datetime) -> None:
+async def requeue_interrupted(
+    run_id: int, reason: str, *, owner: str | None = None, heartbeat_at: Any = ..., count: bool = True
+) -> bool:
+    """RUNNING → QUEUED after an interruption (policy `resume`): the running attempts are failed
+    with `reason` and kept in history, their steps go back to PENDING (two events each: running →
+    failed → pending), so the next claim runs them as new attempts. `count` adds one to the run's
+    recoveries (a crash; a graceful shutdown does not count).
+
+    Same guards as `fail_running_run`; returns False otherwise.
+    """
+    now = utcnow()
+    guard_sql = "WHERE id = ? AND status = ?" + (" AND owner = ?" if owner else "")
+    guard_params: tuple[Any, ...] = (run_id, RunStatus.RUNNING, *((owner,) if owner else ()))
+    if heartbeat_at is not ...:
+        guard_sql += " AND heartbeat_at IS ?"
+        guard_params += (heartbeat_at,)
+    event_sql = (
+        "INSERT INTO events (run_id, step_key, attempt, kind, from_status, to_status, actor, message, created_at)"
+        " SELECT run_id, key, attempt, 'step', ?, ?, NULL, ?, ? FROM steps WHERE run_id = ? AND status = ?"
+        " ORDER BY position RETURNING id, step_key, attempt"
+    )
+    stmts = [
+        Stmt(
+            "UPDATE runs SET status = ?, error = NULL, owner = NULL, heartbeat_at = NULL,"
+            f" recoveries = recoveries + ?, updated_at = ? {guard_sql}",
+            (RunStatus.QUEUED, 1 if count else 0, now, *guard_params),
+            guard=True,
+        ),
+        Stmt(event_sql, (StepStatus.RUNNING, StepStatus.FAILED, reason, now, run_id, StepStatus.RUNNING)),
+        Stmt(event_sql, (StepStatus.FAILED, StepStatus.PENDING, "re-queued", now, run_id, StepStatus.RUNNING)),
+        Stmt(
+            "UPDATE attempts SET status = ?, error = COALESCE(error, ?), finished_at = ?"
+            " WHERE run_id = ? AND status = ?",
+            (AttemptStatus.FAILED, reason, now, run_id, AttemptStatus.RUNNING),
+        ),
+        Stmt(
+            "UPDATE steps SET status = ?, updated_at = ? WHERE run_id = ? AND status = ?",
+            (StepStatus.PENDING, now, run_id, StepStatus.RUNNING),
+        ),
+    ]
+    events = [
+        EventSpec("run", run_id, from_status=RunStatus.RUNNING, to_status=RunStatus.QUEUED, message=reason),
+    ]
+    result = (await run_batches([[*stmts, *(e.stmt(now) for e in events)]]))[0]
+    if isinstance(result, Exception):
+        raise result
+    if result.ok:
+        _publish_stopped(result.rows[1], run_id, StepStatus.FAILED, reason, now)
+        _publish_stopped(result.rows[2], run_id, StepStatus.PENDING, "re-queued", now, StepStatus.FAILED)
+        _publish(result, events, len(stmts), now)
+    return result.ok
+
+
+def _publish_stopped(
+    rows: list[tuple[Any, ...]],
+    run_id: int,
+    to: StepStatus,
+    reason: str,
+    now: datetime,
+    from_status: StepStatus = StepStatus.RUNNING,
+) -> None:
     for event_id, key, attempt in rows:
-        data = {"attempt": attempt, "from_status": StepStatus.RUNNING, "to_status": to, "message": reason}
+        data = {"attempt": attempt, "from_status": from_status, "to_status": to, "message": reason}
         hub.publish(Change(run_id, "step", step_key=key, event_id=event_id, data={**data, "at": now.isoformat()}))
 
 

@@ -39,7 +39,10 @@ async def db(tmp_path: Path) -> AsyncIterator[str]:
 
 @pytest.fixture
 def settings(db: str, tmp_path: Path) -> Settings:
-    return Settings(db_url=db, workflows_dir=tmp_path, heartbeat_interval_s=0.2, stale_after_s=2.0)
+    # No shutdown grace by default: a test that stops its engine means "now" (grace has its own tests).
+    return Settings(
+        db_url=db, workflows_dir=tmp_path, heartbeat_interval_s=0.2, stale_after_s=2.0, shutdown_grace_s=0.0
+    )
 
 
 @contextlib.asynccontextmanager

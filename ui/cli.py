@@ -224,7 +224,7 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
             return EXIT_OK if run["status"] == "completed" else EXIT_FAILED
         finally:
             with contextlib.suppress(Exception):
-                await engine.stop("the headless run was interrupted")
+                await engine.stop("the headless run was interrupted", grace_s=0)
 
 
 async def check(settings: Settings, out: TextIO = sys.stdout) -> int:
@@ -246,8 +246,14 @@ async def sweep(settings: Settings, out: TextIO = sys.stdout) -> int:
     async with connected(settings.db_url):
         failed = await maintenance.recover_orphans(settings, me=f"sweep:{getpass.getuser()}")
     for verdict in failed:
-        print(f"run {verdict.run_id}: failed, {verdict.reason}", file=out)
-    print(f"sweep: {len(failed)} orphaned run(s) failed (stale after {settings.stale_after_s:g} s)", file=out)
+        done = "re-queued" if verdict.action == "requeue" else "failed"
+        print(f"run {verdict.run_id}: {done}, {verdict.reason}", file=out)
+    requeued = sum(1 for v in failed if v.action == "requeue")
+    print(
+        f"sweep: {len(failed) - requeued} orphaned run(s) failed, {requeued} re-queued "
+        f"(policy {settings.on_orphan}, stale after {settings.stale_after_s:g} s)",
+        file=out,
+    )
     return EXIT_OK
 
 
