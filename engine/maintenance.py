@@ -8,6 +8,7 @@ guarded RUNNING → FAILED transition: running them twice, or from two processes
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -17,7 +18,7 @@ from typing import Any
 
 from engine import transitions
 from engine.settings import Settings
-from engine.store import fetch
+from engine.store import Stmt, fetch, run_batch
 from models.status import RunStatus, StepStatus
 
 log = logging.getLogger(__name__)
@@ -128,3 +129,30 @@ def _as_datetime(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     return datetime.fromisoformat(str(value))
+
+
+PRUNE_BATCH = 200  # runs deleted per statement: short transactions, page reads keep flowing
+
+
+async def prune_finished(retention_days: float, *, batch: int = PRUNE_BATCH) -> int:
+    """Delete finished runs (with their steps, attempts and events) older than `retention_days`;
+    returns how many. Never touches an active or waiting run. No-op when retention_days is 0."""
+    if retention_days <= 0:
+        return 0
+    cutoff = transitions.utcnow() - timedelta(days=retention_days)
+    terminal = [RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED]
+    deleted = 0
+    while True:
+        result = await run_batch(
+            [
+                Stmt(
+                    "DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE status IN (?, ?, ?)"
+                    " AND finished_at IS NOT NULL AND finished_at < ? ORDER BY id LIMIT ?)",
+                    (*terminal, cutoff, batch),
+                )
+            ]
+        )
+        deleted += result.rowcounts[0]
+        if result.rowcounts[0] < batch:
+            return deleted
+        await asyncio.sleep(0)  # let other work in between batches

@@ -1,4 +1,5 @@
-"""Maintenance jobs on APScheduler: the orphan sweep, every `sweep_interval_s` and once at startup.
+"""Maintenance jobs on APScheduler: the orphan sweep (every `sweep_interval_s`) and, when a
+retention is set, the prune of old finished runs (hourly); both also once at startup.
 
 Several processes may each run this scheduler: the sweep is idempotent (guarded transitions), so
 running it twice fails a dead run once. Job state is kept for the Monitoring page.
@@ -7,6 +8,7 @@ running it twice fails a dead run once. Job state is kept for the Monitoring pag
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,6 +22,8 @@ from engine.transitions import utcnow
 log = logging.getLogger(__name__)
 
 SWEEP_JOB_ID = "stepdeck-sweep"
+PRUNE_JOB_ID = "stepdeck-prune"
+PRUNE_INTERVAL_S = 3600.0
 
 
 @dataclass
@@ -39,22 +43,30 @@ class Maintenance:
         self.owner = owner
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self.jobs: dict[str, JobState] = {SWEEP_JOB_ID: JobState()}
+        if settings.retention_days > 0:
+            self.jobs[PRUNE_JOB_ID] = JobState()
 
     def start(self) -> None:
         """Schedule the jobs and start; call from a sync startup handler (inside the running loop)."""
+        self._add(SWEEP_JOB_ID, "fail orphaned runs", self.settings.sweep_interval_s, self.sweep)
+        if PRUNE_JOB_ID in self.jobs:
+            name = f"delete finished runs older than {self.settings.retention_days:g} days"
+            self._add(PRUNE_JOB_ID, name, PRUNE_INTERVAL_S, self.prune)
+        self.scheduler.start()
+
+    def _add(self, job_id: str, name: str, every_s: float, job: Callable[[], Awaitable[None]]) -> None:
         self.scheduler.add_job(
-            self.sweep,
+            job,
             "interval",
-            seconds=self.settings.sweep_interval_s,
-            id=SWEEP_JOB_ID,
-            name="fail orphaned runs",
+            seconds=every_s,
+            id=job_id,
+            name=name,
             replace_existing=True,
             next_run_time=utcnow(),
             coalesce=True,
             max_instances=1,
             misfire_grace_time=30,
         )
-        self.scheduler.start()
 
     def stop(self) -> None:
         if self.scheduler.running:
@@ -64,14 +76,29 @@ class Maintenance:
         job = self.scheduler.get_job(job_id)
         return job.next_run_time if job else None
 
-    async def sweep(self) -> None:
-        state = self.jobs[SWEEP_JOB_ID]
+    async def _record(self, job_id: str, work: Callable[[], Awaitable[str]]) -> None:
+        state = self.jobs[job_id]
         state.last_run_at, state.runs = utcnow(), state.runs + 1
         try:
-            failed = await maintenance.recover_orphans(self.settings, self.owner)
+            result = await work()
         except Exception as exc:
             state.last_error = f"{type(exc).__name__}: {exc}"
-            log.exception("orphan sweep failed")
+            log.exception("maintenance job %s failed", job_id)
             return
         state.last_error = None
-        state.last_result = f"{len(failed)} orphaned run(s) failed"
+        state.last_result = result
+
+    async def sweep(self) -> None:
+        async def work() -> str:
+            handled = await maintenance.recover_orphans(self.settings, self.owner)
+            requeued = sum(1 for v in handled if v.action == "requeue")
+            return f"{len(handled) - requeued} orphaned run(s) failed, {requeued} re-queued"
+
+        await self._record(SWEEP_JOB_ID, work)
+
+    async def prune(self) -> None:
+        async def work() -> str:
+            deleted = await maintenance.prune_finished(self.settings.retention_days)
+            return f"{deleted} finished run(s) deleted"
+
+        await self._record(PRUNE_JOB_ID, work)
