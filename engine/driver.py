@@ -100,14 +100,18 @@ class RunDriver:
         self._signal_loop()
 
     def stop(self, reason: str) -> None:
-        """Stop in-flight work: `cancelled` (already written by the operation) or `shutdown`."""
+        """Stop in-flight work: `cancelled` (already written by the operation), `shutdown`, or `lost`
+        (another process failed or took the run). Lost steps are told to stop but not cancelled: a
+        result they still return is then recorded as a late result instead of vanishing (their
+        timeout still bounds them)."""
         if self.stop_reason is None:
             self.stop_reason = reason
             self._running_at_stop = [k for k, s in self.steps.items() if s.status == StepStatus.RUNNING]
         for ctx in self.contexts.values():
             ctx.cancelled.set()
-        for task in self.tasks.values():
-            task.cancel()
+        if reason != LOST:
+            for task in self.tasks.values():
+                task.cancel()
         self._signal_loop()
 
     # --- the run ---------------------------------------------------------------------------------
