@@ -286,8 +286,8 @@ class RunDriver:
         try:
             if started is None:
                 async with slots:
-                    if self.stop_reason is not None:
-                        return
+                    if self.stop_reason is not None or self.draining:
+                        return  # waited for a slot while the run was stopped or drained
                     start = self._start_of(s)
                     attempt_id = await _write(lambda: transitions.start_step(start), f"{s.defn.key}: start")
                     if attempt_id is None:

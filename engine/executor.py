@@ -68,8 +68,6 @@ class Engine:
         self._wake.set()
         # The dispatcher is not cancelled mid-claim (the claim would commit unseen, leaving a run
         # owned by nobody alive): it notices `_stopping` and returns after the claim in flight.
-        for task in self._loops:
-            task.cancel()
         if self._dispatcher is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._dispatcher), timeout=15)
@@ -83,6 +81,9 @@ class Engine:
         if self._driver_tasks:
             await asyncio.wait(self._driver_tasks, timeout=10)
         for task in list(self._driver_tasks):
+            task.cancel()
+        # Heartbeats went on through the grace period: a draining run is alive, not an orphan.
+        for task in self._loops:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._loops, *self._driver_tasks, return_exceptions=True)
@@ -143,6 +144,8 @@ class Engine:
         for row in rows:
             if self._stopping:
                 return
+            if row["id"] in self.drivers:
+                continue  # a driver of ours still winds it down (taken away, then re-queued)
             if await transitions.claim_run(row["id"], self.owner):
                 if self._stopping:
                     await transitions.release_run(row["id"], self.owner, f"released: {self.stop_reason}")

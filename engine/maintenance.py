@@ -34,11 +34,16 @@ class OrphanVerdict:
     heartbeat_at: Any = None  # as read: the run is failed only if it has not beaten since
     recoveries: int = 0
     action: str = "fail"  # what recover_orphans did: fail | requeue
+    owner_gone: bool = False  # its engine provably ended (not merely silent)
 
 
-def orphan_action(policy: str, recoveries: int, limit: int = MAX_RECOVERIES) -> str:
-    """`requeue` under the `resume` policy until a run was re-queued `limit` times, else `fail`."""
-    return "requeue" if policy == "resume" and recoveries < limit else "fail"
+def orphan_action(policy: str, recoveries: int, owner_gone: bool = True, limit: int = MAX_RECOVERIES) -> str:
+    """`requeue` under the `resume` policy until a run was re-queued `limit` times, else `fail`.
+
+    Only a run whose engine provably ended is re-queued: one that merely stopped answering (frozen,
+    overloaded, cut off) may still be executing it, and running it again would do the work twice.
+    """
+    return "requeue" if policy == "resume" and owner_gone and recoveries < limit else "fail"
 
 
 def owner_is_dead(owner: str | None, host: str | None = None) -> bool:
@@ -63,6 +68,12 @@ def owner_is_dead(owner: str | None, host: str | None = None) -> bool:
     return False
 
 
+def owner_gone(owner: str | None, me: str) -> bool:
+    """The owner's process has ended: dead on this host, or this very process started anew."""
+    same_process_restarted = owner is not None and me.rsplit(":", 1)[0] == owner.rsplit(":", 1)[0] and owner != me
+    return owner_is_dead(owner) or same_process_restarted
+
+
 def orphan_reason(
     row: dict[str, Any], running_steps: list[str], me: str, now: datetime, stale_after_s: float
 ) -> str | None:
@@ -75,8 +86,7 @@ def orphan_reason(
     steps = ", ".join(repr(k) for k in running_steps)
     where = f" while step {steps} was running" if steps else ""
     when = f"last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC" if beat else "no heartbeat"
-    same_process_restarted = owner is not None and me.rsplit(":", 1)[0] == owner.rsplit(":", 1)[0]
-    if owner_is_dead(owner) or same_process_restarted:
+    if owner_gone(owner, me):
         return f"interrupted: the server stopped{where}; {when} from {owner or 'an unknown owner'}"
     if stale:
         return (
@@ -95,7 +105,8 @@ async def find_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
         )
         reason = orphan_reason(row, [s["key"] for s in steps], me, now, settings.stale_after_s)
         if reason:
-            verdicts.append(OrphanVerdict(row["id"], reason, row["heartbeat_at"], row["recoveries"]))
+            gone = owner_gone(row["owner"], me)
+            verdicts.append(OrphanVerdict(row["id"], reason, row["heartbeat_at"], row["recoveries"], owner_gone=gone))
     return verdicts
 
 
@@ -103,15 +114,15 @@ async def recover_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
     """Fail (or, under `resume`, re-queue) every orphaned run; returns those this call handled."""
     handled = []
     for verdict in await find_orphans(settings, me):
-        action = orphan_action(settings.on_orphan, verdict.recoveries)
+        action = orphan_action(settings.on_orphan, verdict.recoveries, verdict.owner_gone)
+        reason = verdict.reason
         if action == "requeue":
-            done = await transitions.requeue_interrupted(
-                verdict.run_id, verdict.reason, heartbeat_at=verdict.heartbeat_at
-            )
-            reason = f"{verdict.reason}; re-queued (recovery {verdict.recoveries + 1} of {MAX_RECOVERIES})"
+            reason += f"; re-queued (recovery {verdict.recoveries + 1} of {MAX_RECOVERIES})"
+            done = await transitions.requeue_interrupted(verdict.run_id, reason, heartbeat_at=verdict.heartbeat_at)
         else:
-            reason = verdict.reason
-            if settings.on_orphan == "resume":
+            if settings.on_orphan == "resume" and not verdict.owner_gone:
+                reason += "; not re-queued: its engine may still be running it"
+            elif settings.on_orphan == "resume":
                 reason += (
                     f"; not re-queued again: interrupted {verdict.recoveries + 1} times "
                     f"(STEPDECK_ON_ORPHAN=resume re-queues a run at most {MAX_RECOVERIES} times)"
@@ -121,7 +132,11 @@ async def recover_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
             )
         if done:
             log.warning("run %s: %s", verdict.run_id, reason)
-            handled.append(OrphanVerdict(verdict.run_id, reason, verdict.heartbeat_at, verdict.recoveries, action))
+            handled.append(
+                OrphanVerdict(
+                    verdict.run_id, reason, verdict.heartbeat_at, verdict.recoveries, action, verdict.owner_gone
+                )
+            )
     return handled
 
 

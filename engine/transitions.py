@@ -356,7 +356,7 @@ async def rerun_steps(
     stmts = [
         Stmt(
             "UPDATE runs SET status = ?, error = NULL, finished_at = NULL, owner = NULL, heartbeat_at = NULL,"
-            " updated_at = ? WHERE id = ? AND status = ?",
+            " recoveries = 0, updated_at = ? WHERE id = ? AND status = ?",  # a person took over: a fresh count
             (RunStatus.QUEUED, now, run_id, run_from),
             guard=True,
         ),

@@ -59,7 +59,8 @@ class Workspace:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.dir / "stepdeck.db"
         self.workflows_dir: Path | None = None
-        extra = {"STEPDECK_DB": self.db_url, **(env or {})}
+        # No shutdown grace unless a test asks for one: a SIGTERM in a test means "now".
+        extra = {"STEPDECK_DB": self.db_url, "STEPDECK_SHUTDOWN_GRACE_S": "0", **(env or {})}
         if not bundled:
             self.workflows_dir = self.dir / "workflows"
             self.workflows_dir.mkdir(exist_ok=True)

@@ -4,6 +4,8 @@ shutdown grace period. Process-level scenarios (kill -9, SIGSTOP) are in test_cr
 from __future__ import annotations
 
 import dataclasses
+import socket
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -17,25 +19,36 @@ from tests import stepfns
 from tests.conftest import attempts_of, engine_running, run_status, step_of, wait_for, wait_run
 
 Define = Callable[..., Any]
-DEAD_OWNER = "otherhost:4242:dead"  # another host: judged by its heartbeat alone
+SILENT_OWNER = "otherhost:4242:silent"  # another host: judged by its heartbeat alone, maybe still alive
+
+
+def _dead_owner() -> str:
+    """An owner on this host whose process has ended: provably gone."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return f"{socket.gethostname()}:{process.pid}:old"
+
+
 pytestmark = pytest.mark.usefixtures("audit_clean")
 
 
 @pytest.mark.parametrize(
-    ("policy", "recoveries", "action"),
+    ("policy", "recoveries", "gone", "action"),
     [
-        ("fail", 0, "fail"),
-        ("resume", 0, "requeue"),
-        ("resume", MAX_RECOVERIES - 1, "requeue"),
-        ("resume", MAX_RECOVERIES, "fail"),
+        ("fail", 0, True, "fail"),
+        ("resume", 0, True, "requeue"),
+        ("resume", MAX_RECOVERIES - 1, True, "requeue"),
+        ("resume", MAX_RECOVERIES, True, "fail"),
+        ("resume", 0, False, "fail"),  # a silent engine may still be running it: never run it twice
     ],
 )
-def test_orphan_policy(policy: str, recoveries: int, action: str) -> None:
-    assert orphan_action(policy, recoveries) == action
+def test_orphan_policy(policy: str, recoveries: int, gone: bool, action: str) -> None:
+    assert orphan_action(policy, recoveries, gone) == action
 
 
-async def _orphaned_mid_step(define: Define) -> int:
-    """A run whose engine died while step 'b' ran (its heartbeat is ancient)."""
+async def _orphaned_mid_step(define: Define, owner: str | None = None) -> int:
+    """A run whose engine stopped while step 'b' ran (its heartbeat is ancient); by default a dead one."""
+    owner = owner or _dead_owner()
     define(
         "orphan",
         [
@@ -45,13 +58,13 @@ async def _orphaned_mid_step(define: Define) -> int:
         ],
     )
     run_id = await operations.start_run("orphan", {}, "tester")
-    assert await transitions.claim_run(run_id, DEAD_OWNER)
+    assert await transitions.claim_run(run_id, owner)
     ids = {r["key"]: r["id"] for r in await _step_ids(run_id)}
-    a = await transitions.start_step(transitions.StepStart(run_id, ids["a"], "a", 1, (), {}, DEAD_OWNER))
+    a = await transitions.start_step(transitions.StepStart(run_id, ids["a"], "a", 1, (), {}, owner))
     assert a is not None
     ref = transitions.AttemptRef(run_id, ids["a"], "a", a, 1)
     assert await transitions.complete_step(ref, ["a done"], 0, [], None, None)
-    b = await transitions.start_step(transitions.StepStart(run_id, ids["b"], "b", 1, ("a",), {}, DEAD_OWNER))
+    b = await transitions.start_step(transitions.StepStart(run_id, ids["b"], "b", 1, ("a",), {}, owner))
     assert b is not None
     await _age_heartbeat(run_id)
     return run_id
@@ -143,3 +156,29 @@ async def test_shutdown_under_resume_requeues_a_step_cut_off_after_the_grace(
 
 async def _status_is(run_id: int, key: str, status: str) -> bool:
     return bool((await step_of(run_id, key))["status"] == status)
+
+
+async def test_resume_fails_rather_than_requeues_a_run_whose_engine_may_be_alive(
+    settings: Settings, define: Define
+) -> None:
+    run_id = await _orphaned_mid_step(define, SILENT_OWNER)
+    resume = dataclasses.replace(settings, on_orphan="resume")
+    handled = await maintenance.recover_orphans(resume, "thishost:1:me")
+    assert [(v.run_id, v.action) for v in handled] == [(run_id, "fail")]
+    assert "may still be running it" in (await queries.run_detail(run_id))["error"]
+
+
+async def test_draining_starts_no_step_that_was_waiting_for_a_slot(settings: Settings, define: Define) -> None:
+    define(
+        "one-slot",
+        [{"key": k, "call": "tests.stepfns:nap", "needs": []} for k in ("a", "b")],
+        inputs={"sleep_s": {"type": "number", "default": 0.5}},
+    )
+    narrow = dataclasses.replace(settings, max_concurrent_steps=1, shutdown_grace_s=2.0)
+    async with engine_running(narrow) as eng:
+        run_id = await operations.start_run("one-slot", {}, "tester")
+        await wait_for(lambda: _status_is(run_id, "a", "running"), 5, "a running")
+        await eng.stop()  # b waits for a's slot; once a finishes, b must not start
+    assert (await step_of(run_id, "a"))["status"] == "completed"
+    assert (await step_of(run_id, "b"))["status"] == "pending"
+    assert await run_status(run_id) == "queued"

@@ -88,6 +88,7 @@ def stepdeck_env(tmp_path: Path, workflows_dir: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("STEPDECK_DB", f"sqlite://{tmp_path / 'ui.db'}")
     monkeypatch.setenv("STEPDECK_WORKFLOWS", str(workflows_dir))
     monkeypatch.setenv("STEPDECK_POLL_INTERVAL_S", "0.2")
+    monkeypatch.setenv("STEPDECK_SHUTDOWN_GRACE_S", "0")  # a test's app stops now, not after blocked steps
     stepfns.reset()
     yield
     stepfns.RELEASE.set()  # never leave a blocked step thread behind

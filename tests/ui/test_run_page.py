@@ -4,19 +4,18 @@ through the JSON API, acted on through the page, and checked on the page and thr
 
 from __future__ import annotations
 
-import asyncio
 import textwrap
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import pytest
-from nicegui import ElementFilter, app, run, ui
+from nicegui import ElementFilter, ui
 from nicegui.testing import User
 
 from tests import stepfns
+from tests.conftest import wait_for
 from ui.live import live
 
 WORKFLOWS = {
@@ -86,6 +85,7 @@ def run_page_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("STEPDECK_DB", f"sqlite://{tmp_path / 'run-page.db'}")
     monkeypatch.setenv("STEPDECK_WORKFLOWS", str(workflows_dir))
+    monkeypatch.setenv("STEPDECK_SHUTDOWN_GRACE_S", "0")
     stepfns.reset()
     stepfns.GATES.clear()
     # Workaround (reported): the process-wide `live` keeps the views of runs and the subscriptions of
@@ -101,35 +101,7 @@ def run_page_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
         gate.set()
 
 
-@pytest.fixture(autouse=True)
-async def run_page_app() -> AsyncIterator[None]:
-    """Each test's app runs on its own database, and one failed test stays one failure.
-
-    `register_tortoise` (ui/app.py) wraps NiceGUI's lifespan and NiceGUI's test reset does not undo
-    it: later tests would nest the earlier set-ups and use the first test's database. When the `user`
-    fixture fails a test at teardown, the lifespan skips NiceGUI's shutdown and the next test would
-    error with "NiceGUI has already been started". (tests/ui/conftest.py guards the same way.)
-    """
-    original = app.router.lifespan_context
-    yield
-    app.router.lifespan_context = original
-    if app.is_started:
-        await app.stop()
-        run.tear_down()
-
-
 # --- helpers ---------------------------------------------------------------------------------------
-
-
-async def wait_until(check: Callable[[], Awaitable[Any]], what: str, timeout_s: float = TIMEOUT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what} (last: {last!r})")
 
 
 async def start_run(user: User, workflow: str) -> int:
@@ -155,7 +127,7 @@ async def wait_run(user: User, run_id: int, *statuses: str) -> dict[str, Any]:
         run = await api_run(user, run_id)
         return run if run["status"] in statuses else None
 
-    run: dict[str, Any] = await wait_until(check, f"run {run_id} to be {'/'.join(statuses)}")
+    run: dict[str, Any] = await wait_for(check, TIMEOUT_S, f"run {run_id} to be {'/'.join(statuses)}")
     return run
 
 
@@ -164,7 +136,7 @@ async def wait_step(user: User, run_id: int, key: str, status: str) -> dict[str,
         step = await api_step(user, run_id, key)
         return step if step["status"] == status else None
 
-    step: dict[str, Any] = await wait_until(check, f"step {key!r} of run {run_id} to be {status}")
+    step: dict[str, Any] = await wait_for(check, TIMEOUT_S, f"step {key!r} of run {run_id} to be {status}")
     return step
 
 
@@ -187,7 +159,7 @@ async def wait_prop(user: User, marker: str, name: str, value: Any) -> None:
         return bool(the(user, marker).props.get(name) == value)
 
     try:
-        await wait_until(check, f"{marker}.{name} == {value!r}")
+        await wait_for(check, TIMEOUT_S, f"{marker}.{name} == {value!r}")
     except AssertionError:
         raise AssertionError(f"{marker}.{name} is {the(user, marker).props.get(name)!r}, expected {value!r}") from None
 
@@ -197,7 +169,7 @@ async def wait_text(user: User, marker: str, text: str) -> None:
         return text_of(user, marker) == text
 
     try:
-        await wait_until(check, f"{marker} to read {text!r}")
+        await wait_for(check, TIMEOUT_S, f"{marker} to read {text!r}")
     except AssertionError:
         raise AssertionError(f"{marker} reads {text_of(user, marker)!r}, expected {text!r}") from None
 
@@ -219,7 +191,7 @@ async def wait_shown(user: User, marker: str, text: str) -> None:
         return any(text in t for t in texts_in(user, marker))
 
     try:
-        await wait_until(check, f"{marker} to show {text!r}")
+        await wait_for(check, TIMEOUT_S, f"{marker} to show {text!r}")
     except AssertionError:
         raise AssertionError(f"{marker} shows {texts_in(user, marker)!r}, expected {text!r} in it") from None
 
@@ -353,7 +325,7 @@ async def test_resume_from_a_middle_step_keeps_upstream_outputs(user: User) -> N
         run = await api_run(user, run_id)
         return run if run["status"] == "completed" and run["steps"][2]["attempt"] == 2 else None
 
-    run = await wait_until(rerun_done, "the run to complete again after the rerun")
+    run = await wait_for(rerun_done, TIMEOUT_S, "the run to complete again after the rerun")
     steps = {s["key"]: s for s in run["steps"]}
     assert {k: (s["attempt"], s["output"]) for k, s in steps.items()} == {
         "up": (1, "up call 1"),
