@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -198,5 +199,5 @@ async def run_events(
 
 @router.post("/workflows/reload", summary="Reload definitions from the workflows directory")
 async def reload_workflows() -> dict[str, Any]:
-    catalog = workflows.reload()
+    catalog = await asyncio.to_thread(workflows.reload)  # reads files and imports step modules
     return {"workflows": sorted(catalog.definitions), "errors": [str(e) for e in catalog.errors]}
