@@ -192,6 +192,16 @@ async def finish_run(run_id: int, owner: str, to: RunStatus, error: str | None =
     return (await _commit([update], [event], now)).ok
 
 
+def _running_guard(run_id: int, owner: str | None, heartbeat_at: Any) -> tuple[str, tuple[Any, ...]]:
+    """WHERE clause for a RUNNING run, owned by `owner` and with the heartbeat read, when given."""
+    sql = "WHERE id = ? AND status = ?" + (" AND owner = ?" if owner else "")
+    params: tuple[Any, ...] = (run_id, RunStatus.RUNNING, *((owner,) if owner else ()))
+    if heartbeat_at is not ...:
+        sql += " AND heartbeat_at IS ?"
+        params += (heartbeat_at,)
+    return sql, params
+
+
 async def fail_running_run(
     run_id: int, reason: str, *, owner: str | None = None, actor: str | None = None, heartbeat_at: Any = ...
 ) -> bool:
@@ -201,11 +211,7 @@ async def fail_running_run(
     (the sweep), still with the heartbeat that was judged stale; returns False otherwise.
     """
     now = utcnow()
-    guard_sql = "WHERE id = ? AND status = ?" + (" AND owner = ?" if owner else "")
-    guard_params: tuple[Any, ...] = (run_id, RunStatus.RUNNING, *((owner,) if owner else ()))
-    if heartbeat_at is not ...:
-        guard_sql += " AND heartbeat_at IS ?"
-        guard_params += (heartbeat_at,)
+    guard_sql, guard_params = _running_guard(run_id, owner, heartbeat_at)
     stmts = [
         Stmt(
             "UPDATE runs SET status = ?, error = ?, owner = NULL, heartbeat_at = NULL, finished_at = ?,"
@@ -232,11 +238,7 @@ async def requeue_interrupted(
     Same guards as `fail_running_run`; returns False otherwise.
     """
     now = utcnow()
-    guard_sql = "WHERE id = ? AND status = ?" + (" AND owner = ?" if owner else "")
-    guard_params: tuple[Any, ...] = (run_id, RunStatus.RUNNING, *((owner,) if owner else ()))
-    if heartbeat_at is not ...:
-        guard_sql += " AND heartbeat_at IS ?"
-        guard_params += (heartbeat_at,)
+    guard_sql, guard_params = _running_guard(run_id, owner, heartbeat_at)
     event_sql = (
         "INSERT INTO events (run_id, step_key, attempt, kind, from_status, to_status, actor, message, created_at)"
         " SELECT run_id, key, attempt, 'step', ?, ?, NULL, ?, ? FROM steps WHERE run_id = ? AND status = ?"
