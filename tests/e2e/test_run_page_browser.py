@@ -23,22 +23,22 @@ RUNNING_CLASS = re.compile(r"\btext-blue-6\b")
 COMPLETED_CLASS = re.compile(r"\btext-green-6\b")
 
 
-@pytest.fixture
-def desktop(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": DESKTOP["width"], "height": DESKTOP["height"]})
+def _page(browser: Browser, size: dict[str, int]) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": size["width"], "height": size["height"]})
     try:
         yield context.new_page()
     finally:
         context.close()
+
+
+@pytest.fixture
+def desktop(browser: Browser) -> Iterator[Page]:
+    yield from _page(browser, DESKTOP)
 
 
 @pytest.fixture
 def narrow(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": NARROW["width"], "height": NARROW["height"]})
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
+    yield from _page(browser, NARROW)
 
 
 # --- locating things on the page --------------------------------------------------------------------
