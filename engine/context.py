@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Mapping
@@ -12,6 +13,7 @@ from engine.hub import Change, hub
 
 MAX_LOG_LINES = 1000
 PROGRESS_MIN_INTERVAL_S = 0.1  # viewers get at most ~10 progress notices a second per step
+TOKENS_MIN_INTERVAL_S = 0.1  # streamed text reaches viewers in batches, however fast the model is
 
 
 @dataclass(eq=False)
@@ -30,6 +32,13 @@ class StepContext:
     # Set when the run is cancelled or the step timed out: a sync function should check it and stop.
     cancelled: threading.Event = field(default_factory=threading.Event)
     _last_progress_at: float = 0.0
+    # LLM steps: what the model has streamed so far, per alternative, and its record (usage, calls).
+    llm: Any = None
+    _streams: dict[int, list[str]] = field(default_factory=dict)
+    _lengths: dict[int, int] = field(default_factory=dict)
+    _unsent: dict[int, tuple[int, list[str]]] = field(default_factory=dict)  # index -> (offset, chunks)
+    _last_tokens_at: float = 0.0
+    _flush_timer: asyncio.TimerHandle | None = None
 
     def progress(self, fraction: float, message: str = "") -> None:
         """Report progress (0..1) with a short message; shown live on the step card."""
@@ -53,3 +62,72 @@ class StepContext:
     @property
     def is_cancelled(self) -> bool:
         return self.cancelled.is_set()
+
+    # --- streamed text (LLM steps; called on the event loop) -------------------------------------
+
+    def delta(self, index: int, text: str) -> None:
+        """Append streamed text of alternative `index`; viewers get it in batches (TOKENS_MIN_INTERVAL_S)."""
+        chunks = self._streams.setdefault(index, [])
+        _, unsent = self._unsent.setdefault(index, (self.stream_length(index), []))
+        chunks.append(text)
+        unsent.append(text)
+        self._lengths[index] = self._lengths.get(index, 0) + len(text)
+        wait = self._last_tokens_at + TOKENS_MIN_INTERVAL_S - time.monotonic()
+        if wait <= 0:
+            self.flush_stream()
+        elif self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(wait, self.flush_stream)
+
+    def truncate_stream(self, index: int, length: int = 0) -> None:
+        """Drop streamed text of `index` beyond `length` (a call that is retried starts over)."""
+        if self.stream_length(index) <= length:
+            return
+        text = self.stream_text(index)[:length]
+        self._streams[index] = [text] if text else []
+        self._lengths[index] = len(text)
+        self._unsent.pop(index, None)
+        hub.publish(
+            Change(self.run_id, "tokens", step_key=self.step_key, data=self._tokens(index, length, "", reset=True))
+        )
+
+    def flush_stream(self) -> None:
+        """Send viewers what they have not seen yet."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        self._last_tokens_at = time.monotonic()
+        unsent, self._unsent = self._unsent, {}
+        for index, (offset, chunks) in unsent.items():
+            data = self._tokens(index, offset, "".join(chunks))
+            hub.publish(Change(self.run_id, "tokens", step_key=self.step_key, data=data))
+
+    def _tokens(self, index: int, offset: int, text: str, reset: bool = False) -> dict[str, Any]:
+        return {"attempt": self.attempt, "alternative": index, "offset": offset, "text": text, "reset": reset}
+
+    def stream_length(self, index: int) -> int:
+        return self._lengths.get(index, 0)
+
+    def stream_text(self, index: int) -> str:
+        chunks = self._streams.get(index)
+        if not chunks:
+            return ""
+        if len(chunks) > 1:
+            self._streams[index] = chunks = ["".join(chunks)]
+        return chunks[0]
+
+    def streams(self) -> dict[int, str]:
+        """Streamed text so far per alternative."""
+        return {i: self.stream_text(i) for i in sorted(self._streams)}
+
+    def partial_text(self) -> str | None:
+        """What was streamed, as one text to keep on an attempt that did not complete (None if nothing)."""
+        streams = {i: t for i, t in self.streams().items() if t}
+        if not streams:
+            return None
+        if self.alternatives == 1:
+            return streams.get(0)
+        return "\n\n".join(f"### Alternative {i + 1}\n\n{text}" for i, text in streams.items())
+
+
+# Contexts of steps executing in this process, so that a viewer who arrives mid-stream sees the text so far.
+executing: dict[tuple[int, str], StepContext] = {}

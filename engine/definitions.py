@@ -4,7 +4,7 @@ import dataclasses
 import json
 import math
 import re
-from collections.abc import Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -17,9 +17,15 @@ from engine.inputs import InputDeclError, parse_input, type_name
 from engine.inputs import InputDef as InputDef
 from engine.inputs import InputError as InputError
 from engine.inputs import validate_inputs as validate_inputs
+from engine.llm import templates
 
 # Extra step fields each kind accepts; those that are not StepDef attributes land in StepDef.config.
-KIND_FIELDS: dict[str, frozenset[str]] = {"python": frozenset({"call"})}
+KIND_FIELDS: dict[str, frozenset[str]] = {
+    "python": frozenset({"call"}),
+    "llm": frozenset({"prompt", "system", "model", "max_tokens", "temperature", "on_truncation"}),
+}
+TRUNCATION_POLICIES = ("warn", "fail", "continue")
+MAX_TOKENS_LIMIT = 10_000_000
 STEP_FIELDS = ("key", "label", "kind", "needs", "alternatives", "select", "timeout_s", "description")
 # `schedules` is reserved for cron triggers: accepted now so definitions written for later still load.
 WORKFLOW_FIELDS = ("name", "description", "inputs", "steps", "schedules")
@@ -187,7 +193,13 @@ def _parse_needs(value: Any) -> tuple[str, ...]:
 
 
 def _parse_step(
-    raw: Any, index: int, previous: str | None, source: str, workflows_dir: Path | None, resolve_calls: bool
+    raw: Any,
+    index: int,
+    previous: str | None,
+    source: str,
+    workflows_dir: Path | None,
+    resolve_calls: bool,
+    input_names: Sequence[str] = (),
 ) -> StepDef:
     position = f"#{index + 1}"
     if not isinstance(raw, Mapping):
@@ -238,9 +250,74 @@ def _parse_step(
                 resolve_call(call, workflows_dir)
             except CallError as exc:
                 raise fail("call", str(exc)) from None
+    if kind == "llm":
+        _check_llm(raw, needs, input_names, fail)
     attributes = {f.name for f in dataclasses.fields(StepDef)}
     config = {name: value for name, value in raw.items() if name in KIND_FIELDS[kind] and name not in attributes}
     return StepDef(key, label, kind, needs, alternatives, select, float(timeout_s), call, description, config)
+
+
+def _check_llm(
+    raw: Mapping[str, Any],
+    needs: Sequence[str],
+    input_names: Sequence[str],
+    fail: Callable[..., DefinitionError],
+) -> None:
+    """The fields of an `llm` step, and what its templates read: declared inputs and needed steps only."""
+    for name in ("prompt", "system"):
+        source = raw.get(name)
+        if source is None and name == "system":
+            continue
+        if not isinstance(source, str) or not source.strip():
+            raise fail(name, "required for kind llm: the text sent to the model (a Jinja2 template)")
+        _check_template(raw, name, source, needs, input_names, fail)
+    model = raw.get("model")
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise fail("model", f"expected a model name, got {model!r}")
+    max_tokens = raw.get("max_tokens")
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= MAX_TOKENS_LIMIT
+    ):
+        raise fail("max_tokens", f"expected an integer from 1 to {MAX_TOKENS_LIMIT:,}, got {max_tokens!r}")
+    temperature = raw.get("temperature")
+    if temperature is not None and (
+        isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2
+    ):
+        raise fail("temperature", f"expected a number from 0 to 2, got {temperature!r}")
+    policy = raw.get("on_truncation", "warn")
+    if policy not in TRUNCATION_POLICIES:
+        raise fail("on_truncation", f"expected one of {', '.join(TRUNCATION_POLICIES)}, got {policy!r}")
+
+
+def _check_template(
+    raw: Mapping[str, Any],
+    name: str,
+    source: str,
+    needs: Sequence[str],
+    input_names: Sequence[str],
+    fail: Callable[..., DefinitionError],
+) -> None:
+    # A multi-line value is a block scalar (`prompt: |`): its first line is the one after the key.
+    first = (_line(raw, name) or 0) + (1 if "\n" in source.strip("\n") or source.endswith("\n") else 0)
+
+    def error(detail: str, template_line: int | None) -> DefinitionError:
+        exc = fail(name, detail)
+        exc.line = first + (template_line or 1) - 1 if first else None
+        return exc
+
+    try:
+        tree = templates.parse(source, name)
+    except templates.TemplateError as exc:
+        raise error(exc.detail + (f" (template line {exc.line})" if exc.line else ""), exc.line) from None
+    for ref in templates.references(tree):
+        if ref.variable == "inputs" and ref.name not in input_names:
+            known = ", ".join(input_names) or "none"
+            raise error(f"reads inputs.{ref.name}, which the workflow does not declare (inputs: {known})", ref.line)
+        if ref.variable == "steps" and ref.name not in needs:
+            detail = f"reads steps.{ref.name}, which is not in this step's needs ({', '.join(needs) or 'none'})"
+            raise error(detail, ref.line)
+    for unknown, line in templates.unknown_names(tree):
+        raise error(f"unknown variable {unknown!r} (templates read inputs.<name> and steps.<key>.output)", line)
 
 
 def _find_cycle(steps: Sequence[StepDef]) -> list[str] | None:
@@ -302,7 +379,7 @@ def parse_definition(
     steps: list[StepDef] = []
     for index, raw_step in enumerate(raw_steps):
         previous = steps[-1].key if steps else None
-        step = _parse_step(raw_step, index, previous, source, workflows_dir, resolve_calls)
+        step = _parse_step(raw_step, index, previous, source, workflows_dir, resolve_calls, [i.name for i in inputs])
         if step.key in (s.key for s in steps):
             detail = f"duplicate step key {step.key!r} (also step #{[s.key for s in steps].index(step.key) + 1})"
             raise DefinitionError(source, detail, step=step.key, field="key", line=_line(raw_step, "key"))

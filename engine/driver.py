@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine import transitions
-from engine.context import StepContext
+from engine.context import StepContext, executing
 from engine.definitions import StepDef, WorkflowDef
-from engine.kinds import KINDS
-from engine.outputs import normalize_outputs
+from engine.kinds import KINDS, KindEnv
+from engine.outputs import clean_text, normalize_outputs
 from engine.store import fetch
 from models.status import RunStatus, StepStatus
 
@@ -341,10 +341,16 @@ class RunDriver:
             outputs={n: self.steps[n].output for n in d.needs},
         )
         self.contexts[d.key] = ctx
+        executing[(self.run_id, d.key)] = ctx
+
+        async def checkpoint(text: str, llm: dict[str, Any] | None) -> None:
+            await transitions.save_partial(ref, text, llm)
+
+        env = KindEnv(self.engine.threads, self.engine.settings, checkpoint)
         timeout = asyncio.timeout(d.timeout_s)
         try:
             async with timeout:
-                result = await KINDS[d.kind](d, ctx, self.engine.threads, self.engine.settings.workflows_dir)
+                result = await KINDS[d.kind](d, ctx, env)
             outputs = normalize_outputs(result, d.alternatives)
         except asyncio.CancelledError as exc:
             ctx.cancelled.set()
@@ -361,13 +367,18 @@ class RunDriver:
                 await asyncio.shield(self._failed(s, ref, ctx, exc))
                 return
             error = f"timed out after {d.timeout_s:g} s"
-            failing = _write(lambda: transitions.fail_step(ref, error, None, ctx.logs), f"{d.key}: timeout")
+            failing = _write(
+                lambda: transitions.fail_step(ref, error, None, ctx.logs, _partial(ctx), _llm(ctx)), f"{d.key}: timeout"
+            )
             if await asyncio.shield(failing):
                 s.status, s.error = StepStatus.FAILED, error
             return
         except Exception as exc:
             await asyncio.shield(self._failed(s, ref, ctx, exc))
             return
+        finally:
+            if executing.get((self.run_id, d.key)) is ctx:
+                del executing[(self.run_id, d.key)]
         await asyncio.shield(self._completed(s, ref, ctx, outputs))
 
     async def _completed(self, s: StepState, ref: transitions.AttemptRef, ctx: StepContext, outputs: list[Any]) -> None:
@@ -378,7 +389,7 @@ class RunDriver:
         try:
             done, attempt_ids = await _write(
                 lambda: transitions.complete_step_and_start(
-                    ref, outputs, index, ctx.logs, ctx.fraction, ctx.message, starts
+                    ref, outputs, index, ctx.logs, ctx.fraction, ctx.message, starts, _llm(ctx)
                 ),
                 f"{s.defn.key}: completion",
             )
@@ -406,23 +417,37 @@ class RunDriver:
     async def _failed(self, s: StepState, ref: transitions.AttemptRef, ctx: StepContext, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         detail = "".join(traceback.format_exception(exc))
-        if await _write(lambda: transitions.fail_step(ref, error, detail, ctx.logs), f"{s.defn.key}: failure"):
+        failing = lambda: transitions.fail_step(ref, error, detail, ctx.logs, _partial(ctx), _llm(ctx))  # noqa: E731
+        if await _write(failing, f"{s.defn.key}: failure"):
             s.status, s.error = StepStatus.FAILED, error
         else:
             self.notice_outside_change()
 
     async def _stopped(self, s: StepState, ref: transitions.AttemptRef, ctx: StepContext) -> None:
         if self.stop_reason == SHUTDOWN and self.engine.settings.on_orphan == "resume":
-            return  # the run is re-queued as a whole (`_finish`): this attempt ends failed, the step pending
+            # The run is re-queued as a whole (`_finish`): this attempt ends failed, the step pending.
+            if ctx.llm is not None or ctx.partial_text() is not None:
+                await _write(lambda: transitions.save_partial(ref, _partial(ctx), _llm(ctx)), f"{s.defn.key}: save")
+            return
         if self.stop_reason in (SHUTDOWN, BROKEN):
             why = self.engine.stop_reason if self.stop_reason == SHUTDOWN else "the engine could not record an outcome"
             reason = self._interrupted_reason(why)
-            if await _write(lambda: transitions.fail_step(ref, reason, None, ctx.logs), f"{s.defn.key}: interrupt"):
+            failing = lambda: transitions.fail_step(ref, reason, None, ctx.logs, _partial(ctx), _llm(ctx))  # noqa: E731
+            if await _write(failing, f"{s.defn.key}: interrupt"):
                 s.status, s.error = StepStatus.FAILED, reason
         else:
             # The cancel operation already ended the attempt: keep what it had produced.
-            await transitions.keep_partial_output(ref, None, ctx.logs)
+            await transitions.keep_partial_output(ref, _partial(ctx), ctx.logs, _llm(ctx))
             s.status = StepStatus.CANCELLED
+
+
+def _partial(ctx: StepContext) -> str | None:
+    text = ctx.partial_text()
+    return clean_text(text) if text is not None else None
+
+
+def _llm(ctx: StepContext) -> dict[str, Any] | None:
+    return ctx.llm.to_json() if ctx.llm is not None else None
 
 
 def _json(value: Any) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import secrets
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from engine import maintenance, transitions
 from engine.driver import CANCELLED, LOST, SHUTDOWN, RunDriver
 from engine.hub import Change, hub
+from engine.llm import providers
 from engine.settings import Settings
 from engine.store import fetch
 from engine.threads import DaemonPool
@@ -52,6 +54,9 @@ class Engine:
     async def start(self, *, recover: bool = True) -> None:
         """Recover orphans (runs of dead owners), then start claiming and heartbeating."""
         hub.bind_loop(asyncio.get_running_loop())
+        if providers.provider_name(self.settings) != providers.SIMULATED:
+            # The model client takes about a second to import: not on the event loop at the first LLM step.
+            self._loops.append(asyncio.create_task(_import_in_thread("openai"), name="stepdeck-import"))
         if recover:
             await maintenance.recover_orphans(self.settings, self.owner)
         self._remove_listener = hub.add_listener(self._on_change)
@@ -182,3 +187,7 @@ class Engine:
             driver = self.drivers.get(row["id"])
             if driver and (row["status"] != RunStatus.RUNNING or row["owner"] != self.owner):
                 driver.stop(CANCELLED if row["status"] == RunStatus.CANCELLED else LOST)
+
+
+async def _import_in_thread(module: str) -> None:
+    await asyncio.to_thread(importlib.import_module, module)

@@ -8,14 +8,28 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.calls import resolve_call
 from engine.context import StepContext
 from engine.definitions import StepDef
+from engine.llm.kind import run_llm
+from engine.settings import Settings
 
-KindRunner = Callable[[StepDef, StepContext, Executor, Path | None], Awaitable[Any]]
+
+@dataclass(frozen=True, slots=True)
+class KindEnv:
+    """What the engine lends a step's execution."""
+
+    threads: Executor  # for sync work that must not stall the event loop
+    settings: Settings
+    # Saves streamed text (and the LLM record) on the running attempt, so a crash leaves it visible.
+    checkpoint: Callable[[str, dict[str, Any] | None], Awaitable[None]]
+
+
+KindRunner = Callable[[StepDef, StepContext, KindEnv], Awaitable[Any]]
 
 
 # Resolved once per process: definitions are checked when loaded, and re-importing per step would
@@ -30,10 +44,11 @@ def _callable(call: str, workflows_dir: Path | None) -> Callable[..., Any]:
     return fn
 
 
-async def run_python(step: StepDef, ctx: StepContext, threads: Executor, workflows_dir: Path | None) -> Any:
+async def run_python(step: StepDef, ctx: StepContext, env: KindEnv) -> Any:
     """Call `module:function`; a sync function runs in a thread so it cannot stall the event loop."""
     assert step.call is not None
-    fn = _callable(step.call, workflows_dir)
+    fn = _callable(step.call, env.settings.workflows_dir)
+    threads = env.threads
     try:
         if inspect.iscoroutinefunction(fn):
             return await fn(ctx)
@@ -69,4 +84,4 @@ def _capture(fn: Callable[..., Any], ctx: StepContext) -> Any:
         return _Raised(exc)
 
 
-KINDS: dict[str, KindRunner] = {"python": run_python}
+KINDS: dict[str, KindRunner] = {"python": run_python, "llm": run_llm}

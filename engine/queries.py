@@ -94,13 +94,37 @@ def step_json(row: dict[str, Any]) -> dict[str, Any]:
         "progress": row["progress"] if has_attempt else None,
         "progress_message": row["progress_message"] if has_attempt else None,
         "logs": _json(row["logs"]) if has_attempt and row["logs"] is not None else [],
+        **llm_fields(_json(row["llm"]) if has_attempt and row["llm"] is not None else None),
+    }
+
+
+def llm_fields(llm: dict[str, Any] | None) -> dict[str, Any]:
+    """What an attempt's LLM record shows on its step: usage against the limit and truncation."""
+    if llm is None:
+        return {
+            "usage": None,
+            "max_tokens": None,
+            "finish_reason": None,
+            "truncated": False,
+            "provider": None,
+            "model": None,
+            "llm": None,
+        }
+    return {
+        "usage": llm["usage"],
+        "max_tokens": llm["max_tokens"],
+        "finish_reason": llm["finish_reason"],
+        "truncated": llm["truncated"],
+        "provider": llm["provider"],
+        "model": llm["model"],
+        "llm": llm,
     }
 
 
 _STEP_SQL = (
     "SELECT s.run_id, s.key, s.label, s.kind, s.needs, s.status, s.attempt, s.stale, s.stale_reason,"
     " a.status AS attempt_status, a.outputs, a.selected_index, a.partial_output, a.error, a.error_detail,"
-    " a.started_at, a.finished_at, a.progress, a.progress_message, a.logs"
+    " a.started_at, a.finished_at, a.progress, a.progress_message, a.logs, a.llm"
     " FROM steps s LEFT JOIN attempts a ON a.step_id = s.id AND a.number = s.attempt"
 )
 
@@ -114,6 +138,7 @@ def _summary(steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "step_counts": counts,
         "needs_choice": [s["key"] for s in steps if s["status"] == StepStatus.WAITING],
         "stale_steps": [s["key"] for s in steps if s["stale"]],
+        "truncated_steps": [s["key"] for s in steps if s["truncated"]],
     }
 
 
@@ -195,6 +220,7 @@ async def list_attempts(run_id: int) -> list[dict[str, Any]]:
             "started_at": _iso(r["started_at"]),
             "finished_at": _iso(r["finished_at"]),
             "duration_s": _duration_s(r["started_at"], r["finished_at"]),
+            **llm_fields(_json(r["llm"]) if r["llm"] is not None else None),
         }
         for r in rows
     ]

@@ -11,6 +11,33 @@ from typing import Any
 from models.db import DEFAULT_DB_URL
 
 ON_ORPHAN_POLICIES = ("fail", "resume")
+LLM_PROVIDERS = ("auto", "simulated", "openai")
+
+
+class Secret:
+    """A value that must never be shown: its repr and str hide it (settings get logged and printed)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str = "") -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')" if self._value else "Secret('')"
+
+    __str__ = __repr__
 
 
 class SettingsError(ValueError):
@@ -33,6 +60,15 @@ class Settings:
     poll_interval_s: float = 1.0  # how often an idle engine looks for queued runs made elsewhere
     shutdown_grace_s: float = 5.0  # how long in-flight steps may finish when the server stops
     retention_days: float = 0.0  # finished runs older than this are deleted; 0 keeps them forever
+    # LLM steps: an OpenAI-compatible endpoint, or the simulated provider when none is configured.
+    llm_provider: str = "auto"  # auto: simulated unless a base URL or an API key is set
+    llm_base_url: str = ""
+    llm_api_key: Secret = Secret()  # noqa: RUF009 (immutable)
+    llm_model: str = ""
+    llm_retries: int = 3  # per call, on 429, 5xx and connection errors
+    llm_retry_base_s: float = 1.0  # first backoff; doubles per retry (a Retry-After header wins)
+    llm_sim_tokens_per_s: float = 60.0  # the simulated provider's token rate
+    llm_checkpoint_s: float = 2.0  # how often streamed text is saved on the running attempt
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given (non-None) values, e.g. from command-line flags."""
@@ -55,7 +91,17 @@ ENV_NAMES = {
     "poll_interval_s": "STEPDECK_POLL_INTERVAL_S",
     "shutdown_grace_s": "STEPDECK_SHUTDOWN_GRACE_S",
     "retention_days": "STEPDECK_RETENTION_DAYS",
+    "llm_provider": "STEPDECK_LLM_PROVIDER",
+    "llm_base_url": "STEPDECK_LLM_BASE_URL",
+    "llm_api_key": "STEPDECK_LLM_API_KEY",
+    "llm_model": "STEPDECK_LLM_MODEL",
+    "llm_retries": "STEPDECK_LLM_RETRIES",
+    "llm_retry_base_s": "STEPDECK_LLM_RETRY_BASE_S",
+    "llm_sim_tokens_per_s": "STEPDECK_LLM_SIM_TOKENS_PER_S",
+    "llm_checkpoint_s": "STEPDECK_LLM_CHECKPOINT_S",
 }
+# Read when the STEPDECK_ variable is not set: the names OpenAI's own tools use.
+FALLBACK_ENV_NAMES = {"llm_base_url": "OPENAI_BASE_URL", "llm_api_key": "OPENAI_API_KEY", "llm_model": "OPENAI_MODEL"}
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> Settings:
@@ -65,6 +111,9 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     for f in fields(Settings):
         name = ENV_NAMES[f.name]
         raw = environ.get(name, "").strip()
+        if not raw and f.name in FALLBACK_ENV_NAMES:
+            name = FALLBACK_ENV_NAMES[f.name]
+            raw = environ.get(name, "").strip()
         if not raw:
             continue
         default = getattr(Settings(), f.name)
@@ -76,11 +125,18 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 def _checked(s: Settings) -> Settings:
-    positive = ("heartbeat_interval_s", "stale_after_s", "sweep_interval_s", "poll_interval_s")
+    positive = (
+        "heartbeat_interval_s",
+        "stale_after_s",
+        "sweep_interval_s",
+        "poll_interval_s",
+        "llm_sim_tokens_per_s",
+        "llm_checkpoint_s",
+    )
     for name in positive:
         if getattr(s, name) <= 0:
             raise SettingsError(f"{ENV_NAMES[name]} must be greater than 0, got {getattr(s, name)}")
-    for name in ("shutdown_grace_s", "retention_days"):
+    for name in ("shutdown_grace_s", "retention_days", "llm_retries", "llm_retry_base_s"):
         if getattr(s, name) < 0:
             raise SettingsError(f"{ENV_NAMES[name]} must not be negative, got {getattr(s, name)}")
     for name in ("max_tokens", "max_concurrent_runs", "max_concurrent_steps"):
@@ -90,6 +146,10 @@ def _checked(s: Settings) -> Settings:
         raise SettingsError(f"STEPDECK_PORT must be between 1 and 65535, got {s.port}")
     if s.on_orphan not in ON_ORPHAN_POLICIES:
         raise SettingsError(f"STEPDECK_ON_ORPHAN must be one of {', '.join(ON_ORPHAN_POLICIES)}, got {s.on_orphan!r}")
+    if s.llm_provider not in LLM_PROVIDERS:
+        raise SettingsError(f"STEPDECK_LLM_PROVIDER must be one of {', '.join(LLM_PROVIDERS)}, got {s.llm_provider!r}")
+    if s.llm_base_url and not s.llm_base_url.startswith(("http://", "https://")):
+        raise SettingsError(f"STEPDECK_LLM_BASE_URL must start with http:// or https://, got {s.llm_base_url!r}")
     if s.stale_after_s <= s.heartbeat_interval_s:
         raise SettingsError(
             f"STEPDECK_STALE_AFTER_S ({s.stale_after_s}) must exceed STEPDECK_HEARTBEAT_INTERVAL_S "

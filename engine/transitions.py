@@ -482,6 +482,7 @@ async def complete_step_and_start(
     progress: float | None,
     progress_message: str | None,
     starts: Sequence[StepStart],
+    llm: dict[str, Any] | None = None,
 ) -> tuple[bool, list[int | None]]:
     """`complete_step`, then `start_step` for each of `starts`, sharing one commit.
 
@@ -508,6 +509,7 @@ async def complete_step_and_start(
             guard=True,
         ),
         _step_from_running(ref, to, now),
+        *_llm_stmts(ref, llm, AttemptStatus.COMPLETED, now),
     ]
     event = EventSpec(
         "step", ref.run_id, step_key=ref.key, attempt=ref.number, from_status=StepStatus.RUNNING, to_status=to
@@ -516,13 +518,18 @@ async def complete_step_and_start(
     if isinstance(results[0], Exception):
         raise results[0]
     if not results[0].ok:
-        await record_late_result(ref, "completed")
+        await record_late_result(ref, "completed", llm)
         return False, [None] * len(starts)
     return True, [_started_attempt(r) for r in results[1:]]
 
 
 async def fail_step(
-    ref: AttemptRef, error: str, detail: str | None, logs: list[str], partial_output: str | None = None
+    ref: AttemptRef,
+    error: str,
+    detail: str | None,
+    logs: list[str],
+    partial_output: str | None = None,
+    llm: dict[str, Any] | None = None,
 ) -> bool:
     """Attempt and step RUNNING → FAILED with the error; same guards and late handling as completion."""
     now = utcnow()
@@ -534,6 +541,7 @@ async def fail_step(
             guard=True,
         ),
         _step_from_running(ref, StepStatus.FAILED, now),
+        *_llm_stmts(ref, llm, AttemptStatus.FAILED, now),
     ]
     event = EventSpec(
         "step",
@@ -546,7 +554,7 @@ async def fail_step(
     )
     if (await _commit(stmts, [event], now)).ok:
         return True
-    await record_late_result(ref, f"failed: {error}")
+    await record_late_result(ref, f"failed: {error}", llm)
     return False
 
 
@@ -558,7 +566,9 @@ def _step_from_running(ref: AttemptRef, to: StepStatus, now: datetime) -> Stmt:
     )
 
 
-async def keep_partial_output(ref: AttemptRef, partial_output: str | None, logs: list[str]) -> bool:
+async def keep_partial_output(
+    ref: AttemptRef, partial_output: str | None, logs: list[str], llm: dict[str, Any] | None = None
+) -> bool:
     """Store what an attempt produced before it was stopped; applies only to CANCELLED/FAILED attempts."""
     result = await run_batch(
         [
@@ -567,18 +577,72 @@ async def keep_partial_output(ref: AttemptRef, partial_output: str | None, logs:
                 " WHERE id = ? AND status IN (?, ?)",
                 (partial_output, logs, ref.attempt_id, AttemptStatus.CANCELLED, AttemptStatus.FAILED),
                 guard=True,
-            )
+            ),
+            *_llm_stmts(ref, llm, AttemptStatus.CANCELLED, utcnow()),
         ]
     )
     return result.ok
 
 
-async def record_late_result(ref: AttemptRef, what: str) -> None:
-    """Record that an attempt's result arrived after it had already ended; writes no status."""
+async def save_partial(ref: AttemptRef, partial_output: str | None, llm: dict[str, Any] | None) -> None:
+    """Checkpoint what a running attempt has produced so far (streamed text, LLM usage); no status changes."""
+    await run_batch(
+        [
+            Stmt(
+                "UPDATE attempts SET partial_output = COALESCE(?, partial_output), llm = COALESCE(?, llm)"
+                " WHERE id = ? AND status = ?",
+                (partial_output, llm, ref.attempt_id, AttemptStatus.RUNNING),
+            )
+        ]
+    )
+
+
+_USAGE_SQL = (
+    "INSERT INTO llm_usage (run_id, attempt_id, workflow, step_key, alternative, provider, model, max_tokens,"
+    " prompt_tokens, completion_tokens, peak_call_tokens, finish_reason, truncated, continuations, outcome, created_at)"
+    " SELECT id, ?, workflow, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM runs WHERE id = ?"
+    " ON CONFLICT (attempt_id, alternative) DO NOTHING"
+)
+
+
+def _llm_stmts(ref: AttemptRef, llm: dict[str, Any] | None, outcome: AttemptStatus, now: datetime) -> list[Stmt]:
+    """Store an attempt's LLM record and one usage row per alternative that made a call."""
+    if llm is None:
+        return []
+    rows = [
+        (
+            ref.attempt_id,
+            ref.key,
+            alt["index"],
+            llm["provider"],
+            llm["model"],
+            llm["max_tokens"],
+            alt["prompt_tokens"],
+            alt["completion_tokens"],
+            alt["peak_call_tokens"],
+            alt["finish_reason"],
+            alt["truncated"],
+            alt["continuations"],
+            outcome,
+            now,
+            ref.run_id,
+        )
+        for alt in llm["alternatives"]
+        if alt["calls"]
+    ]
+    stmts = [Stmt("UPDATE attempts SET llm = ? WHERE id = ?", (llm, ref.attempt_id))]
+    if rows:
+        stmts.append(Stmt(_USAGE_SQL, many=rows))
+    return stmts
+
+
+async def record_late_result(ref: AttemptRef, what: str, llm: dict[str, Any] | None = None) -> None:
+    """Record that an attempt's result arrived after it had already ended; writes no status, but
+    keeps what its model calls cost (the tokens were spent)."""
     now = utcnow()
     message = f"late result discarded: attempt {ref.number} {what} after it had already ended"
     event = EventSpec("late_result", ref.run_id, step_key=ref.key, attempt=ref.number, message=message)
-    await _commit([], [event], now)
+    await _commit(_llm_stmts(ref, llm, AttemptStatus.FAILED, now), [event], now)
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,7 @@ class Attempt(Model):
     logs: fields.JSONField[Any] = fields.JSONField()
     progress = fields.FloatField(null=True)
     progress_message = fields.TextField(null=True)
+    llm: fields.JSONField[Any] = fields.JSONField(null=True)  # LLM steps: provider, limit, usage, calls
     owner = fields.CharField(max_length=200, null=True)
     started_at = fields.DatetimeField()
     finished_at = fields.DatetimeField(null=True)
@@ -98,6 +99,42 @@ class Attempt(Model):
         table = "attempts"
         unique_together = (("step", "number"),)
         indexes = (Index(fields=("run_id", "id"), name="attempts_run_id"),)
+
+
+class LlmUsage(Model):
+    """Tokens one alternative of an LLM attempt used against its limit, one row each, for monitoring."""
+
+    id = fields.IntField(primary_key=True)
+    run: fields.ForeignKeyRelation[Run] = fields.ForeignKeyField(
+        "models.Run", related_name="llm_usage", on_delete=fields.CASCADE
+    )
+    run_id: int
+    attempt: fields.ForeignKeyRelation[Attempt] = fields.ForeignKeyField(
+        "models.Attempt", related_name="llm_usage", on_delete=fields.CASCADE
+    )
+    attempt_id: int
+    workflow = fields.CharField(max_length=200)
+    step_key = fields.CharField(max_length=100)
+    alternative = fields.IntField()
+    provider = fields.CharField(max_length=40)
+    model = fields.CharField(max_length=200)
+    max_tokens = fields.IntField()
+    prompt_tokens = fields.IntField()
+    completion_tokens = fields.IntField()  # over the first call and its continuations
+    peak_call_tokens = fields.IntField()  # the most of one call: what max_tokens bounds
+    finish_reason = fields.CharField(max_length=40, null=True)
+    truncated = fields.BooleanField()
+    continuations = fields.IntField(default=0)
+    outcome = fields.CharField(max_length=16)  # the attempt status when recorded
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "llm_usage"
+        unique_together = (("attempt", "alternative"),)
+        indexes = (
+            Index(fields=("workflow", "step_key", "created_at"), name="llm_usage_step_time"),
+            Index(fields=("created_at",), name="llm_usage_time"),
+        )
 
 
 class Event(Model):

@@ -78,6 +78,7 @@ async def api(engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
     Responses are read whole: for live SSE streams use a served process (tests/integration/test_processes.py).
     """
     app = FastAPI()
+    app.state.settings = engine.settings
     errors.install(app)
     app.include_router(router)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:

@@ -13,9 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from engine import operations, queries
 from engine.errors import InvalidInput, NotFound
+from engine.llm import providers
 from engine.registry import workflows
 from models.status import RunStatus
-from ui.api_models import ErrorBody, PlanOut, RunOut, StepOut, WorkflowOut, workflow_json
+from ui.api_models import ErrorBody, LlmOut, PlanOut, RunOut, StepOut, WorkflowOut, workflow_json
 from ui.sse import event_stream
 
 router = APIRouter(prefix="/api", tags=["api"])
@@ -53,6 +54,11 @@ def actor_of(request: Request) -> str:
 @router.get("/health", summary="Liveness probe")
 async def health() -> dict[str, str]:
     return {"status": "ok"}
+
+
+@router.get("/llm", response_model=LlmOut, summary="The model provider LLM steps use (simulated when none is set)")
+async def llm_provider(request: Request) -> dict[str, Any]:
+    return providers.describe(request.app.state.settings)
 
 
 @router.get("/workflows", response_model=list[WorkflowOut], summary="Workflow definitions")

@@ -17,6 +17,12 @@ class ErrorBody(BaseModel):
     problems: dict[str, str] = {}
 
 
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
 class StepOut(BaseModel):
     model_config = ConfigDict(extra="allow")
     key: str
@@ -39,6 +45,14 @@ class StepOut(BaseModel):
     progress: float | None
     progress_message: str | None
     logs: list[str]
+    # LLM steps (None/False for other kinds): tokens used against the limit sent, and truncation.
+    usage: Usage | None
+    max_tokens: int | None
+    finish_reason: str | None
+    truncated: bool
+    provider: str | None  # "simulated" when no model endpoint is configured
+    model: str | None
+    llm: dict[str, Any] | None  # the full record: per-alternative usage and every call made
 
 
 class Progress(BaseModel):
@@ -66,6 +80,7 @@ class RunOut(BaseModel):
     step_counts: dict[str, int]
     needs_choice: list[str]
     stale_steps: list[str]
+    truncated_steps: list[str]  # steps whose current output was cut off at the token limit
     steps: list[StepOut] | None = None  # None when the list was asked without steps
 
 
@@ -100,6 +115,15 @@ class StepDefOut(BaseModel):
     select: str
     timeout_s: float
     description: str
+    config: dict[str, Any]  # kind-specific fields: `call`, or an LLM step's prompt, model, limits
+
+
+class LlmOut(BaseModel):
+    provider: str  # "simulated" or "openai-compatible"
+    simulated: bool
+    base_url: str | None  # without credentials
+    model: str | None  # the default model
+    max_tokens: int  # the default limit
 
 
 class WorkflowOut(BaseModel):
@@ -126,6 +150,7 @@ def workflow_json(defn: WorkflowDef) -> dict[str, Any]:
                 "select": s.select,
                 "timeout_s": s.timeout_s,
                 "description": s.description,
+                "config": {"call": s.call, **s.config} if s.call else dict(s.config),
             }
             for s in defn.steps
         ],

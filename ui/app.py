@@ -19,6 +19,7 @@ def mount(settings: Settings, engine: Engine) -> None:
     """Wire everything onto NiceGUI's app; the database must already be migrated."""
     # Tortoise initialises in the lifespan, before NiceGUI's startup: pages, timers and the engine
     # all find the connection (an `await Tortoise.init()` in on_startup would be too late for some).
+    app.state.settings = settings  # pages and the API show which model provider LLM steps use
     register_tortoise(app, config=tortoise_config(settings.db_url))
     errors.install(app)
     app.include_router(router)

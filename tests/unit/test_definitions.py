@@ -457,7 +457,7 @@ def test_unknown_kind_names_the_known_ones(tmp_path: Path, mod: str) -> None:
     err, path = load_error(tmp_path, steps_yaml(mod, "  - key: d", "    kind: shell", "    command: ls"))
 
     assert (err.step, err.field, err.line) == ("d", "kind", line_of(path, "kind: shell"))
-    assert "unknown kind 'shell' (known: python)" in str(err)
+    assert "unknown kind 'shell' (known: python, llm)" in str(err)
 
 
 def test_unknown_step_field(tmp_path: Path, mod: str) -> None:

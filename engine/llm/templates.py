@@ -1,0 +1,229 @@
+"""Prompt templates of LLM steps: sandboxed Jinja2 with a time limit, a size cap and static checks.
+
+Jinja2's sandbox stops attribute escapes (`''.__class__.__mro__`) but not CPU or memory abuse.
+Here a render also stops at a deadline (a trace function in the rendering thread checks the
+clock on every line of the compiled template), at an output cap (checked as the output is
+generated), and before an operation that would build a huge value (`'a' * 10**9`, `10 ** 10**9`,
+a width of a billion in `center` or `%`). `range` is capped by the sandbox itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from types import FrameType, TracebackType
+from typing import Any
+
+import jinja2
+from jinja2 import StrictUndefined, nodes
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.utils import Namespace
+
+MAX_RENDER_CHARS = 1_000_000  # about 250,000 tokens: more than any model's context
+RENDER_TIME_LIMIT_S = 2.0
+VARIABLES = ("inputs", "steps")
+TEMPLATE_FILENAME = "<template>"
+_WIDTH_RE = re.compile(r"%[-+ #0]*(\d+)|\{[^{}]*:[^{}]*?(\d+)[^{}]*\}")
+
+
+class TemplateError(Exception):
+    """A template that cannot be parsed or rendered; `line` is the line within the template."""
+
+    def __init__(self, what: str, detail: str, line: int | None = None) -> None:
+        super().__init__(what, detail, line)
+        self.what, self.detail, self.line = what, detail, line
+
+    def __str__(self) -> str:
+        where = f"{self.what} template" + (f" line {self.line}" if self.line else "")
+        return f"{where}: {self.detail}"
+
+
+class _LimitExceeded(Exception):
+    pass
+
+
+def _too_big(n: int, what: str) -> _LimitExceeded:
+    return _LimitExceeded(f"{what} would be {n:,} long, more than the limit of {MAX_RENDER_CHARS:,} characters")
+
+
+def _check_width(value: Any) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > MAX_RENDER_CHARS:
+        raise _too_big(value, "a padded value")
+
+
+def _capped_filter(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def capped(*args: Any, **kwargs: Any) -> Any:
+        for value in (*args[1:], *kwargs.values()):
+            _check_width(value)
+        if name == "format" and isinstance(args[0], str):
+            _check_format(args[0])
+        return original(*args, **kwargs)
+
+    return capped
+
+
+def _check_format(template: str) -> None:
+    for match in _WIDTH_RE.finditer(template):
+        width = int(match.group(1) or match.group(2))
+        _check_width(width)
+
+
+class _PromptEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, with size checks on the operations that can build a huge value in one step."""
+
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def __init__(self) -> None:
+        super().__init__(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+        for name in ("center", "indent", "format", "wordwrap", "truncate"):
+            self.filters[name] = _capped_filter(name, self.filters[name])
+
+    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if (
+                    isinstance(seq, (str, list, tuple))
+                    and isinstance(times, int)
+                    and len(seq) * times > MAX_RENDER_CHARS
+                ):
+                    raise _too_big(len(seq) * times, "a repeated value")
+        elif operator == "**":
+            if isinstance(left, int) and isinstance(right, int) and abs(left) > 1 and right > 0:
+                digits = right * abs(left).bit_length() * 0.30103
+                if digits > 10_000:
+                    raise _LimitExceeded(f"a power with about {digits:,.0f} digits is too large")
+        elif operator == "%" and isinstance(left, str):
+            _check_format(left)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(__obj, "__self__", None).__class__ is str:  # a string method: center, ljust, zfill…
+            for value in (*args, *kwargs.values()):
+                _check_width(value)
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        if getattr(value, "__name__", "") in ("format", "format_map") and isinstance(
+            getattr(value, "__self__", None), str
+        ):
+            _check_format(value.__self__)
+        return super().wrap_str_format(value)
+
+
+_env = _PromptEnvironment()
+
+
+@functools.lru_cache(maxsize=512)
+def _compile(source: str) -> jinja2.Template:
+    return _env.from_string(source)
+
+
+def parse(source: str, what: str = "prompt") -> nodes.Template:
+    """The template's syntax tree; TemplateError with the line on a syntax error."""
+    try:
+        return _env.parse(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(what, exc.message or "syntax error", exc.lineno) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A use of `inputs.<name>` or `steps.<key>` in a template, with its line."""
+
+    variable: str
+    name: str
+    line: int
+
+
+def references(tree: nodes.Template) -> Iterator[Reference]:
+    """The `inputs.x`, `inputs['x']`, `steps.k` and `steps['k']` a template reads, and unknown globals."""
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        assert isinstance(node, nodes.Getattr | nodes.Getitem)
+        target = node.node
+        if not isinstance(target, nodes.Name) or target.name not in VARIABLES:
+            continue
+        if isinstance(node, nodes.Getattr):
+            yield Reference(target.name, node.attr, node.lineno)
+        elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+            yield Reference(target.name, node.arg.value, node.lineno)
+
+
+def unknown_names(tree: nodes.Template) -> list[tuple[str, int]]:
+    """Names a template reads that are neither `inputs`, `steps`, nor set by the template itself."""
+    assigned = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    found: dict[str, int] = {}
+    for n in tree.find_all(nodes.Name):
+        if n.ctx == "load" and n.name not in VARIABLES and n.name not in assigned and n.name not in _env.globals:
+            found.setdefault(n.name, n.lineno)
+    return sorted(found.items(), key=lambda item: item[1])
+
+
+def _template_line(tb: TracebackType | None) -> int | None:
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == TEMPLATE_FILENAME:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+class _Guard:
+    """A trace function for the rendering thread: raises once the clock passes the deadline, or
+    when a variable of the template grows past the cap (`{% set x = x ~ x %}` in a loop)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+        self.seconds = seconds
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if time.monotonic() > self.at:
+            raise _LimitExceeded(f"rendering took longer than {self.seconds:g} s")
+        if frame.f_code.co_filename != TEMPLATE_FILENAME:
+            return None
+        if event == "line":
+            for value in frame.f_locals.values():
+                _check_size(value)
+                if isinstance(value, Namespace):  # the one mutable holder the immutable sandbox allows
+                    for item in value._Namespace__attrs.values():
+                        _check_size(item)
+        return self
+
+
+def _check_size(value: Any) -> None:
+    if isinstance(value, (str, list, tuple)) and len(value) > MAX_RENDER_CHARS:
+        raise _too_big(len(value), "a variable")
+
+
+def render(
+    source: str, variables: Mapping[str, Any], what: str = "prompt", time_limit_s: float = RENDER_TIME_LIMIT_S
+) -> str:
+    """Render in the calling thread (run it in a worker thread); TemplateError names the line."""
+    template = _compile(source) if len(source) < 100_000 else _env.from_string(source)
+    parts: list[str] = []
+    size = 0
+    guard = _Guard(time_limit_s)
+    previous = sys.gettrace()
+    sys.settrace(guard)
+    try:
+        for chunk in template.generate(**variables):
+            size += len(chunk)
+            if size > MAX_RENDER_CHARS:
+                raise _too_big(size, "the rendered text")
+            parts.append(chunk)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(what, exc.message or "syntax error", exc.lineno) from None
+    except (_LimitExceeded, SecurityError, jinja2.UndefinedError, OverflowError, MemoryError) as exc:
+        raise TemplateError(what, str(exc), _template_line(exc.__traceback__)) from None
+    except RecursionError:
+        raise TemplateError(what, "recursion too deep") from None
+    except Exception as exc:
+        raise TemplateError(what, f"{type(exc).__name__}: {exc}", _template_line(exc.__traceback__)) from None
+    finally:
+        sys.settrace(previous)
+    return "".join(parts)
