@@ -18,12 +18,14 @@ from nicegui import Event, background_tasks
 from nicegui.binding import bindable_dataclass
 
 from engine import queries
+from engine.context import executing
 from engine.hub import Change, hub
 from ui.theme import status_color
 
 log = logging.getLogger(__name__)
 
 REFRESH_DELAY_S = 0.05  # changes arriving within this window share one re-read
+STREAM_TAIL_CHARS = 4000  # a card shows the end of the text a model is streaming (the rest follows at the end)
 
 
 @bindable_dataclass
@@ -43,6 +45,9 @@ class StepView:
     duration_s: float = 0.0
     meta: str = ""  # "attempt 2 · 1.3 s", shown in the card header
     version: int = 0  # bumped whenever what the step's card body shows has changed
+    truncated: bool = False  # an output of the current attempt was cut off at the token limit
+    llm_text: str = ""  # "simulated · 293 / 1,024 tokens · stop"
+    stream_text: str = ""  # the end of what the model has streamed so far (while running)
 
     def set_duration(self, seconds: float) -> None:
         self.duration_s = seconds
@@ -71,6 +76,7 @@ class RunView:
     counts_text: str = ""
     needs_choice: bool = False
     choice_text: str = ""
+    truncated_text: str = ""  # which steps' outputs were cut off at the token limit
     active: bool = False  # queued or running: Cancel applies
     resumable: bool = False  # failed or cancelled: Resume applies
     rerunnable: bool = False  # not queued/running: Retry / Resume from here apply
@@ -85,6 +91,8 @@ def _body_signature(step: dict[str, Any]) -> tuple[Any, ...]:
         step["error"],
         step["stale"],
         step["partial_output"] is not None,
+        step["truncated"],
+        (step["usage"] or {}).get("total_tokens"),
     )
 
 
@@ -97,7 +105,12 @@ class RunState:
         self.order: list[str] = []
         self.detail = detail
         self.signatures: dict[str, tuple[Any, ...]] = {}
+        self.streams: dict[str, tuple[int, dict[int, str]]] = {}  # key -> (attempt, text per alternative)
         self.apply(detail)
+        for key, ctx in list(executing.items()):  # steps streaming right now in this process
+            if key[0] == self.view.id and key[1] in self.steps:
+                self.streams[key[1]] = (ctx.attempt, ctx.streams())
+                self._show_stream(key[1])
 
     def step_detail(self, key: str) -> dict[str, Any]:
         return next(s for s in self.detail["steps"] if s["key"] == key)
@@ -127,7 +140,9 @@ class RunState:
     @staticmethod
     def _apply_step(sv: StepView, step: dict[str, Any]) -> None:
         sv.status, sv.attempt, sv.stale = step["status"], step["attempt"], step["stale"]
-        sv.color = status_color(step["status"], step["stale"])
+        sv.truncated = step["truncated"]
+        sv.color = status_color(step["status"], step["stale"], sv.truncated)
+        sv.llm_text = llm_summary(step)
         sv.stale_reason = step["stale_reason"] or ""
         sv.error = step["error"] or ""
         sv.progress = step["progress"] or 0.0
@@ -143,8 +158,39 @@ class RunState:
         sv.status = status
         if status != "completed":
             sv.stale = False
-        sv.color = status_color(status, sv.stale)
+        if status in ("pending", "running"):
+            sv.truncated = False
+        sv.color = status_color(status, sv.stale, sv.truncated)
         self._recount()
+
+    def apply_tokens(self, key: str, data: dict[str, Any]) -> None:
+        """Streamed text from the hub; a gap (this view started mid-stream) is filled from the step itself."""
+        if key not in self.steps:
+            return
+        attempt, index = int(data.get("attempt") or 0), int(data.get("alternative") or 0)
+        offset, text = int(data.get("offset") or 0), str(data.get("text") or "")
+        known_attempt, texts = self.streams.get(key, (attempt, {}))
+        if known_attempt != attempt:
+            texts = {}
+        current = texts.get(index, "")
+        if offset > len(current):
+            ctx = executing.get((self.view.id, key))
+            current = ctx.stream_text(index) if ctx is not None and ctx.attempt == attempt else current
+            texts[index] = current if len(current) >= offset + len(text) else current + text
+        else:
+            texts[index] = current[:offset] + text
+        self.streams[key] = (attempt, texts)
+        self._show_stream(key)
+
+    def _show_stream(self, key: str) -> None:
+        _, texts = self.streams.get(key, (0, {}))
+        if len(texts) <= 1:
+            text = next(iter(texts.values()), "")
+        else:
+            text = "\n\n".join(
+                f"[alternative {i + 1}] {t[-STREAM_TAIL_CHARS // len(texts) :]}" for i, t in sorted(texts.items())
+            )
+        self.steps[key].stream_text = text if len(text) <= STREAM_TAIL_CHARS else "…" + text[-STREAM_TAIL_CHARS:]
 
     def apply_run_status(self, status: str) -> None:
         self.view.status, self.view.color = status, status_color(status)
@@ -161,9 +207,26 @@ class RunState:
         waiting = [s.label for s in self.steps.values() if s.status == "waiting"]
         v.needs_choice = bool(waiting)
         v.choice_text = f"A choice is needed: {', '.join(waiting)}" if waiting else ""
+        cut = [s.label for s in self.steps.values() if s.truncated]
+        v.truncated_text = f"Cut off at the token limit: {', '.join(cut)}" if cut else ""
         v.active = v.status in ("queued", "running")
         v.resumable = v.status in ("failed", "cancelled")
         v.rerunnable = not v.active
+
+
+def llm_summary(step: dict[str, Any]) -> str:
+    """One line on an LLM step's current attempt: provider, model, tokens against the limit, finish."""
+    llm = step.get("llm")
+    if not llm:
+        return ""
+    parts = [llm["provider"], llm["model"]]
+    peak = max((a["peak_call_tokens"] for a in llm["alternatives"]), default=0)
+    parts.append(f"{peak:,} / {llm['max_tokens']:,} tokens")
+    if len(llm["alternatives"]) > 1:
+        parts.append(f"{llm['usage']['completion_tokens']:,} over {len(llm['alternatives'])} alternatives")
+    if llm["finish_reason"]:
+        parts.append(f"finish: {llm['finish_reason']}")
+    return " · ".join(parts)
 
 
 class LiveRuns:
@@ -232,6 +295,9 @@ class LiveRuns:
             sv = state.steps[change.step_key]
             sv.progress = float(change.data.get("fraction") or 0.0)
             sv.progress_message = str(change.data.get("message") or "")
+        elif change.kind == "tokens" and change.step_key:
+            state.apply_tokens(change.step_key, change.data)
+            return  # not a timeline entry; the text is bound to the card
         self.run_event.emit(
             change.run_id, {"kind": change.kind, "step": change.step_key, "id": change.event_id, **change.data}
         )

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from nicegui import ui
+from nicegui import app, ui
+
+from engine.llm import providers
 
 # Quasar colour names; one place, so pills, badges, the runs table and the legend agree.
 STATUS_COLORS = {
@@ -17,6 +19,7 @@ STATUS_COLORS = {
     "failed": "red-6",
     "cancelled": "brown-5",
     "stale": "purple-5",
+    "truncated": "orange-9",  # an output cut off at the token limit
 }
 STATUS_ICONS = {
     "queued": "schedule",
@@ -32,15 +35,40 @@ NAV = [("Runs", "/"), ("Workflows", "/workflows"), ("Monitoring", "/monitoring")
 HEADER_HEIGHT_PX = 52  # fixed, so that sticky bars can sit exactly below it
 
 
-def status_color(status: str, stale: bool = False) -> str:
-    """The colour of a status; a completed step that is stale shows as stale."""
+def status_color(status: str, stale: bool = False, truncated: bool = False) -> str:
+    """The colour of a status; a completed step that is stale shows as stale, one whose output was
+    cut off at the token limit as truncated."""
     if stale and status == "completed":
         return STATUS_COLORS["stale"]
+    if truncated and status in ("completed", "waiting"):
+        return STATUS_COLORS["truncated"]
     return STATUS_COLORS.get(status, "grey-5")
 
 
 def status_badge(status: str) -> ui.badge:
     return ui.badge(status, color=status_color(status)).props("rounded").classes("text-xs")
+
+
+SIMULATED_HINT = (
+    "LLM steps run on the built-in simulated provider: their text is generated locally, not by a model. "
+    "Set STEPDECK_LLM_BASE_URL (and STEPDECK_LLM_API_KEY, STEPDECK_LLM_MODEL) to use a real one."
+)
+
+
+def _provider_chip() -> None:
+    """Which model provider LLM steps use: loud when it is the simulated one."""
+    settings = getattr(app.state, "settings", None)
+    if settings is None:
+        return
+    info = providers.describe(settings)
+    if info["simulated"]:
+        chip = ui.badge("LLM: simulated", color="amber-8").props("rounded").classes("text-sm px-3 py-1")
+        chip.props["title"] = SIMULATED_HINT
+        chip.mark("llm-simulated")
+    else:
+        host = (info["base_url"] or "").split("//")[-1]
+        label = ui.label(f"LLM: {info['model'] or 'model per step'} · {host}").classes("text-xs text-slate-300")
+        label.mark("llm-provider")
 
 
 @contextmanager
@@ -58,6 +86,7 @@ def frame(title: str) -> Iterator[None]:
         for label, target in NAV:
             ui.link(label, target).classes("text-slate-200 no-underline hover:text-white").mark(f"nav-{label}")
         ui.space()
+        _provider_chip()
 
         def toggle() -> None:
             dark.value = not dark.value

@@ -105,6 +105,14 @@ class RunPage:
             ):
                 ui.icon("front_hand", color="amber-9")
                 ui.label().bind_text_from(v, "choice_text").classes("font-medium")
+            with (
+                ui.row()
+                .classes("items-center gap-2 p-2 rounded bg-orange-1 w-full")
+                .bind_visibility_from(v, "truncated_text", backward=bool)
+                .mark("truncation-warning")
+            ):
+                ui.icon("content_cut", color="orange-9")
+                ui.label().bind_text_from(v, "truncated_text").classes("font-medium")
             ui.label().bind_text_from(v, "error").bind_visibility_from(v, "error", backward=bool).classes(
                 "text-red-8 whitespace-pre-wrap"
             ).mark("run-error")

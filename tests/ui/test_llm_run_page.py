@@ -1,0 +1,115 @@
+"""LLM steps on the run page: tokens appear in the step card as the model streams them, a truncated
+output gets its own colour, badge and header warning, and every page says when the provider is the
+simulated one. The app is main.py on a fresh SQLite file with no model endpoint configured."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from nicegui.testing import User
+
+from tests.ui.conftest import eventually
+from tests.ui.test_run_page import expand, start_run, text_of, the, wait_prop, wait_run, wait_shown, wait_step
+from ui.live import live
+from ui.theme import STATUS_COLORS
+
+WORKFLOWS = {
+    "slow-llm": """
+        name: slow-llm
+        steps:
+          - key: write
+            label: Write
+            kind: llm
+            prompt: Write a long story about tide pools.
+            max_tokens: 150
+    """,
+    "cut-llm": """
+        name: cut-llm
+        steps:
+          - key: short
+            label: Too short
+            kind: llm
+            prompt: Write a long story about tide pools.
+            max_tokens: 5
+          - key: after
+            label: After
+            kind: llm
+            prompt: "Summarise: {{ steps.short.output }}"
+    """,
+}
+
+
+@pytest.fixture(autouse=True)
+def llm_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workflows_dir = tmp_path / "llm-workflows"
+    workflows_dir.mkdir()
+    for name, text in WORKFLOWS.items():
+        (workflows_dir / f"{name}.yaml").write_text(textwrap.dedent(text))
+    for name in ("STEPDECK_LLM_BASE_URL", "STEPDECK_LLM_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STEPDECK_DB", f"sqlite://{tmp_path / 'llm-page.db'}")
+    monkeypatch.setenv("STEPDECK_WORKFLOWS", str(workflows_dir))
+    monkeypatch.setenv("STEPDECK_SHUTDOWN_GRACE_S", "0")
+    monkeypatch.setenv("STEPDECK_LLM_SIM_TOKENS_PER_S", "40")  # slow enough to watch it stream
+    live.states.clear()
+    live.viewers.clear()
+    for event in (live.step_changed, live.run_event, live.runs_changed):
+        event.callbacks.clear()
+
+
+async def test_tokens_appear_in_the_step_card_while_the_model_streams(user: User) -> None:
+    await user.open("/")
+    run_id = await start_run(user, "slow-llm")
+    await wait_step(user, run_id, "write", "running")
+    await user.open(f"/runs/{run_id}")
+    expand(user, "card-write")
+
+    def streamed() -> str:
+        return str(getattr(the(user, "stream-write"), "text", ""))
+
+    first = await eventually(lambda: streamed() if len(streamed()) > 10 else None, "streamed text in the card")
+    assert first.startswith("Simulated output.")
+    later = await eventually(lambda: streamed() if len(streamed()) > len(first) + 20 else None, "more streamed text")
+    assert later.startswith(first), "the card shows the text growing, in order"
+    assert the(user, "stream-write").visible
+
+    run = await wait_run(user, run_id, "completed")
+    output = run["steps"][0]["output"]
+    assert output.startswith(later.rstrip())
+    await wait_shown(user, "output-write", output.split()[-1])
+    await eventually(lambda: "simulated · simulated ·" in text_of(user, "llm-write"), "the usage line")
+    await user.should_not_see(marker="stream-write")  # the live text gives way to the output
+
+
+async def test_a_truncated_output_has_its_own_colour_badge_and_header_warning(user: User) -> None:
+    await user.open("/")
+    user.find(marker="llm-simulated")  # the frame says the provider is simulated, on every page
+    run_id = await start_run(user, "cut-llm")
+    run = await wait_run(user, run_id, "completed")
+    short = next(s for s in run["steps"] if s["key"] == "short")
+    assert (short["truncated"], short["finish_reason"], short["max_tokens"]) == (True, "length", 5)
+    assert short["provider"] == "simulated"
+    assert run["truncated_steps"] == ["short"]
+
+    await user.open(f"/runs/{run_id}")
+    await wait_prop(user, "pill-dot-short", "color", STATUS_COLORS["truncated"])
+    await wait_prop(user, "pill-dot-after", "color", STATUS_COLORS["completed"])
+    assert the(user, "truncated-short").visible
+    await user.should_not_see(marker="truncated-after")
+    await wait_shown(user, "truncation-warning", "Cut off at the token limit: Too short")
+    expand(user, "card-short")
+    await wait_shown(user, "truncation-short", "max_tokens=5")
+    assert "5 / 5 tokens · finish: length" in text_of(user, "llm-short")
+    user.find(marker="llm-simulated")
+
+
+async def test_every_page_names_the_simulated_provider(user: User) -> None:
+    for page in ("/", "/workflows", "/monitoring"):
+        await user.open(page)
+        chip = the(user, "llm-simulated")
+        assert "simulated" in str(getattr(chip, "text", ""))
+    response = await user.http_client.get("/api/llm")
+    assert response.json()["provider"] == "simulated"
+    assert response.json()["simulated"] is True
