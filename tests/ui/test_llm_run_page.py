@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from nicegui.testing import User
 
-from tests.ui.conftest import eventually
+from tests.ui.conftest import eventually, table_rows
 from tests.ui.test_run_page import expand, start_run, text_of, the, wait_prop, wait_run, wait_shown, wait_step
 from ui.live import live
 from ui.theme import STATUS_COLORS
@@ -113,3 +113,12 @@ async def test_every_page_names_the_simulated_provider(user: User) -> None:
     response = await user.http_client.get("/api/llm")
     assert response.json()["provider"] == "simulated"
     assert response.json()["simulated"] is True
+
+
+async def test_the_workflows_page_shows_each_llm_step_model_limit_and_prompt(user: User) -> None:
+    await user.open("/workflows")
+    rows = {r["key"]: r for r in table_rows(user, "steps-cut-llm")}
+    assert rows["short"]["runs"] == "default model · max_tokens 5 · on truncation: warn"
+    assert rows["after"]["runs"] == "default model · default max_tokens · on truncation: warn"
+    expand(user, "prompts-cut-llm")
+    await wait_shown(user, "prompts-cut-llm", "Summarise: {{ steps.short.output }}")

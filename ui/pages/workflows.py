@@ -10,7 +10,7 @@ from typing import Any
 
 from nicegui import run, ui
 
-from engine.definitions import DefinitionError, WorkflowDef
+from engine.definitions import DefinitionError, StepDef, WorkflowDef
 from engine.registry import workflows
 from ui.components.dag import dag
 from ui.components.run_form import open_run_dialog
@@ -30,6 +30,7 @@ STEP_COLUMNS = [
     {"name": "needs", "label": "Needs", "field": "needs", "align": "left"},
     {"name": "alternatives", "label": "Alternatives", "field": "alternatives", "align": "right"},
     {"name": "select", "label": "Select", "field": "select", "align": "left"},
+    {"name": "runs", "label": "Runs", "field": "runs", "align": "left"},
 ]
 
 
@@ -56,9 +57,30 @@ def step_rows(defn: WorkflowDef) -> list[dict[str, Any]]:
             "needs": ", ".join(s.needs) or "—",
             "alternatives": s.alternatives,
             "select": s.select,
+            "runs": _what_runs(s),
         }
         for s in defn.steps
     ]
+
+
+def _what_runs(step: StepDef) -> str:
+    if step.kind != "llm":
+        return step.call or ""
+    model = step.config.get("model") or "default model"
+    limit = f"max_tokens {step.config['max_tokens']:,}" if step.config.get("max_tokens") else "default max_tokens"
+    return f"{model} · {limit} · on truncation: {step.config.get('on_truncation', 'warn')}"
+
+
+def prompts(defn: WorkflowDef) -> None:
+    llm_steps = [s for s in defn.steps if s.kind == "llm"]
+    if not llm_steps:
+        return
+    with ui.expansion("Prompts", icon="chat").classes("w-full").mark(f"prompts-{defn.name}"):
+        for s in llm_steps:
+            ui.label(s.label).classes("font-medium")
+            if s.config.get("system"):
+                ui.code(s.config["system"], language="jinja").classes("w-full text-xs")
+            ui.code(s.config["prompt"], language="jinja").classes("w-full text-xs")
 
 
 def definition_card(defn: WorkflowDef) -> None:
@@ -82,6 +104,7 @@ def definition_card(defn: WorkflowDef) -> None:
             ).mark(f"steps-{defn.name}")
             with ui.column().classes("flex-1 min-w-[16rem]"):
                 dag(defn)
+        prompts(defn)
 
 
 def error_card(error: DefinitionError) -> None:
