@@ -3,26 +3,34 @@
     uv run python -m bench.llm [--steps 200] [--tokens 20] [--runs 3]
 
 A run of N sequential `llm` steps against a real OpenAI-compatible server on 127.0.0.1 (the one
-the tests use), streaming `--tokens` tokens per completion. Three figures per step:
+the tests use, in a process of its own so that it does not compete with the engine for the GIL),
+streaming `--tokens` tokens per completion. Three figures per step:
 
 - server: the time the server itself spent answering one request;
 - client: one streamed call made directly with the `openai` client (server + HTTP + parsing);
 - engine: wall time of the run divided by its steps (render, call, stream to the hub, record usage,
   two guarded transitions with their events, readiness).
 
-"added" is engine − server: what Stepdeck and the client add to the model's own time (target < 5 ms).
+"added" is engine minus server: what Stepdeck and the client add to the model's own time (target < 5 ms).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import openai
+import orjson
 
 from bench.engine import _wait_all_done
 from engine import operations
@@ -30,7 +38,6 @@ from engine.definitions import WorkflowDef, parse_definition
 from engine.executor import Engine
 from engine.settings import Secret, Settings
 from models.db import connected
-from tests.llm_server import LLMServer
 
 
 def chain(steps: int) -> WorkflowDef:
@@ -50,19 +57,39 @@ async def direct_calls(base_url: str, calls: int) -> float:
     client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
     started = time.perf_counter()
     for _ in range(calls):
-        stream = await client.chat.completions.create(
+        async with client.chat.completions.with_streaming_response.create(
             model="stepdeck-test",
             messages=[{"role": "user", "content": "Write about tide pools."}],
             max_tokens=256,
             stream=True,
             stream_options={"include_usage": True},
-        )
-        async with stream:
-            async for _chunk in stream:
-                pass
+        ) as response:
+            async for line in response.iter_lines():
+                if line.startswith("data:") and line[5:].strip() != "[DONE]":
+                    orjson.loads(line[5:])
     elapsed = (time.perf_counter() - started) / calls
     await client.close()
     return elapsed
+
+
+@contextmanager
+def model_server(tokens: int) -> Iterator[str]:
+    """The loopback server in its own process; yields its base URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.llm_server", "--tokens", str(tokens)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def server_stats(base_url: str) -> dict[str, float]:
+    with urllib.request.urlopen(base_url.removesuffix("/v1") + "/stats") as response:
+        stats: dict[str, float] = json.load(response)
+        return stats
 
 
 async def main() -> None:
@@ -71,13 +98,11 @@ async def main() -> None:
     parser.add_argument("--tokens", type=int, default=20, help="tokens per completion")
     parser.add_argument("--runs", type=int, default=3, help="repetitions (the median is reported)")
     args = parser.parse_args()
-    with LLMServer(reply_tokens=args.tokens) as server, tempfile.TemporaryDirectory() as tmp:
+    with model_server(args.tokens) as base_url, tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite://{Path(tmp) / 'bench.db'}"
-        settings = Settings(
-            db_url=url, llm_base_url=server.base_url, llm_api_key=Secret("bench"), llm_model="stepdeck-test"
-        )
-        await direct_calls(server.base_url, 20)  # warm up connections and imports
-        direct = statistics.median([await direct_calls(server.base_url, args.steps) for _ in range(args.runs)])
+        settings = Settings(db_url=url, llm_base_url=base_url, llm_api_key=Secret("bench"), llm_model="stepdeck-test")
+        await direct_calls(base_url, 20)  # warm up connections and imports
+        direct = statistics.median([await direct_calls(base_url, args.steps) for _ in range(args.runs)])
         async with connected(url):
             engine = Engine(settings)
             await engine.start()
@@ -86,11 +111,13 @@ async def main() -> None:
             try:
                 await _wait_all_done([await operations.start_run(chain(5), {}, "bench")], 60)  # warm-up
                 for _ in range(args.runs):
-                    server.reset()
+                    before = server_stats(base_url)
                     started = time.perf_counter()
                     await _wait_all_done([await operations.start_run(defn, {}, "bench")], 600)
                     per_step.append((time.perf_counter() - started) / args.steps)
-                    server_per_request.append(server.busy_s / len(server.completion_requests))
+                    after = server_stats(base_url)
+                    requests = after["completion_requests"] - before["completion_requests"]
+                    server_per_request.append((after["busy_s"] - before["busy_s"]) / requests)
             finally:
                 await engine.stop()
     engine_s, server_s = statistics.median(per_step), statistics.median(server_per_request)

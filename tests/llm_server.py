@@ -274,6 +274,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._completion(body)
             elif not owner._authorized(self.headers.get("Authorization")):
                 self._send_json(401, owner._auth_error())
+            elif method == "GET" and path == "/stats":  # for a benchmark that runs the server in its own process
+                stats = {"busy_s": owner.busy_s, "completion_requests": len(owner.completion_requests)}
+                self._send_json(200, {**stats, "completed": owner.completed, "aborted": owner.aborted})
             elif method == "GET" and path == "/v1/models":
                 models = [
                     {"id": m, "object": "model", "created": 0, "owned_by": "stepdeck-tests"} for m in owner.models
@@ -585,3 +588,20 @@ class LLMServer:
         ]
         meta = {**self._chunk_meta(plan), "object": "chat.completion"}
         return {**meta, "choices": choices, "usage": plan.usage()}
+
+
+def main() -> None:
+    """Serve until killed, in a process of its own: `python -m tests.llm_server [--tokens N]`.
+    Prints the base URL on the first line; `GET /stats` reports the server's own time."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tokens", type=int, default=20, help="tokens per completion")
+    args = parser.parse_args()
+    with LLMServer(reply_tokens=args.tokens) as server:
+        print(server.base_url, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
+
 from engine.settings import Settings
 
 if TYPE_CHECKING:  # imported when a real endpoint is used: `openai` takes a second to import
@@ -50,7 +52,6 @@ class Choice:
     """One completion of a call."""
 
     index: int
-    text: str = ""
     finish_reason: str | None = None
     chunks: int = 0  # content chunks received: an estimate of tokens when the server reports none
 
@@ -223,37 +224,21 @@ class OpenAIProvider:
         if request.temperature is not None:
             extra["temperature"] = request.temperature
         extra[self._max_tokens_field] = request.max_tokens
-        by_index: dict[int, Choice] = {}
         try:
-            stream = await self._client.chat.completions.create(  # type: ignore[call-overload]
+            # The official client makes the request (auth, base URL, timeouts, errors by status); the
+            # stream is read raw: building a typed object per chunk would double the client's cost.
+            async with self._client.chat.completions.with_streaming_response.create(  # type: ignore[call-overload]
                 model=request.model,
                 messages=list(request.messages),
                 stream=True,
                 stream_options={"include_usage": True},
                 timeout=openai.Timeout(request.timeout_s, connect=CONNECT_TIMEOUT_S),
                 **extra,
-            )
-            async with stream:
-                async for chunk in stream:
-                    if chunk.usage is not None:
-                        call.prompt_tokens = chunk.usage.prompt_tokens
-                        call.completion_tokens = chunk.usage.completion_tokens
-                    for c in chunk.choices:
-                        if c.index < 0 or c.index >= call.n:
-                            raise ProviderError(f"the endpoint sent choice {c.index} for a request of n={call.n}")
-                        choice = by_index.get(c.index)
-                        if choice is None:
-                            choice = by_index[c.index] = Choice(c.index)
-                            call.choices = sorted(by_index.values(), key=lambda ch: ch.index)
-                        content = c.delta.content if c.delta is not None else None
-                        if content:
-                            if call.first_token_s is None:
-                                call.first_token_s = time.monotonic() - started
-                            choice.text += content
-                            choice.chunks += 1
-                            sink.delta(first_index + c.index, content)
-                        if c.finish_reason:
-                            choice.finish_reason = c.finish_reason
+            ) as response:
+                async for line in response.iter_lines():
+                    # Read to the end of the body, [DONE] included, so the connection can be reused.
+                    if line.startswith("data:") and (data := line[5:].strip()) != "[DONE]":
+                        self._chunk(orjson.loads(data), call, sink, first_index, started)
         except ProviderError:
             raise
         except openai.APIStatusError as exc:
@@ -269,6 +254,36 @@ class OpenAIProvider:
             raise ProviderError(f"the model endpoint at {self.base_url} sent a malformed stream: {detail}") from None
         if not call.choices:
             raise ProviderError(f"the model endpoint at {self.base_url} answered with no completion")
+
+    def _chunk(self, chunk: Any, call: Call, sink: Sink, first_index: int, started: float) -> None:
+        """Account for one chunk of the stream (a JSON object as OpenAI sends them)."""
+        if not isinstance(chunk, dict):
+            raise ValueError(f"expected a JSON object, got {type(chunk).__name__}")
+        if chunk.get("error"):
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else error
+            raise ProviderError(f"the model endpoint at {self.base_url} failed mid-stream: {self.scrub(str(message))}")
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            call.prompt_tokens = _count(usage.get("prompt_tokens"))
+            call.completion_tokens = _count(usage.get("completion_tokens"))
+        for c in chunk.get("choices") or ():
+            index = c.get("index", 0) if isinstance(c, dict) else None
+            if not isinstance(index, int) or not 0 <= index < call.n:
+                raise ProviderError(f"the endpoint sent choice {index!r} for a request of n={call.n}")
+            choice = next((ch for ch in call.choices if ch.index == index), None)
+            if choice is None:
+                choice = Choice(index)
+                call.choices = sorted([*call.choices, choice], key=lambda ch: ch.index)
+            delta = c.get("delta")
+            content = delta.get("content") if isinstance(delta, dict) else None
+            if content and isinstance(content, str):
+                if call.first_token_s is None:
+                    call.first_token_s = time.monotonic() - started
+                choice.chunks += 1
+                sink.delta(first_index + index, content)
+            if c.get("finish_reason"):
+                choice.finish_reason = str(c["finish_reason"])
 
     def _status_error(self, exc: openai.APIStatusError) -> Exception:
         status = exc.status_code
@@ -290,6 +305,10 @@ class OpenAIProvider:
 
 class _FieldRefused(Exception):
     """The server wants `max_completion_tokens` instead of `max_tokens` (OpenAI's newer models)."""
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _error_message(exc: openai.APIStatusError) -> str:
@@ -410,7 +429,6 @@ class SimulatedProvider:
                 if t < len(words):
                     last = t + 1 == len(words) and choice.finish_reason == "stop"
                     token = words[t] + ("" if last or words[t].endswith("\n") else " ")
-                    choice.text += token
                     choice.chunks += 1
                     sink.delta(first_index + choice.index, token)
         call.prompt_tokens = sum(len(m["content"]) for m in request.messages) // 4 + 1
