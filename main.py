@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from engine.settings import ENV_NAMES, Settings, SettingsError, from_env
 
-COMMANDS = ("serve", "run", "check", "sweep", "migrate")
+COMMANDS = ("serve", "run", "check", "sweep", "migrate", "users", "tokens")
 T = TypeVar("T")
 
 
@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sweep)
     migrate = commands.add_parser("migrate", help="apply database migrations (also done at startup)")
     _common(migrate)
+    from ui import accounts
+
+    accounts.add_parsers(commands, _common)
     return parser
 
 
@@ -92,10 +95,15 @@ def serve(settings: Settings) -> None:
     from engine.registry import workflows
     from models.db import migrate
     from ui.app import mount
+    from ui.security import storage_secret
 
     # Must finish before the server accepts requests: NiceGUI starts async startup handlers in the
     # background, so migrations run here, on their own loop, with their connections closed after.
     run_to_completion(migrate(settings.db_url))
+    problem = run_to_completion(_bind_problem(settings))
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     catalog = workflows.load(settings.workflows_dir)
     for error in catalog.errors:
         logging.getLogger("stepdeck").warning("definition not loaded: %s", error)
@@ -114,7 +122,16 @@ def serve(settings: Settings) -> None:
         message_history_length=10_000,
         # Event streams end themselves on shutdown; this bounds any other long request.
         timeout_graceful_shutdown=5,
+        storage_secret=storage_secret(settings.secret_file),
     )
+
+
+async def _bind_problem(settings: Settings) -> str | None:
+    from models.db import connected
+    from ui.security import bind_problem
+
+    async with connected(settings.db_url):
+        return await bind_problem(settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
             # The engine has already failed the run as interrupted (its reason says so).
             print("\ninterrupted: the run was stopped and recorded as failed", file=sys.stderr)
             return cli.EXIT_INTERRUPTED
+    if args.command in ("users", "tokens"):
+        from ui import accounts
+
+        return asyncio.run(accounts.run(settings, args))
     if args.command == "check":
         return asyncio.run(cli.check(settings))
     if args.command == "sweep":

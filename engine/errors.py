@@ -1,4 +1,4 @@
-"""Errors that operations raise for people and scripts; the API maps them to 404, 409 and 422."""
+"""Errors that operations raise for people and scripts; the API maps them to 403, 404, 409 and 422."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ class StepdeckError(Exception):
 
 class NotFound(StepdeckError):
     """The run, step or workflow named does not exist."""
+
+
+class Forbidden(StepdeckError):
+    """The person or token may look but not act (a viewer)."""
 
 
 class Conflict(StepdeckError):

@@ -60,6 +60,8 @@ class Settings:
     poll_interval_s: float = 1.0  # how often an idle engine looks for queued runs made elsewhere
     shutdown_grace_s: float = 5.0  # how long in-flight steps may finish when the server stops
     retention_days: float = 0.0  # finished runs older than this are deleted; 0 keeps them forever
+    allowed_hosts: str = ""  # extra names (comma-separated) a server on 127.0.0.1 answers to; "*" for any
+    secret_file: Path = Path("data/secret.key")  # signs session cookies; made on first start (mode 0600)
     # LLM steps: an OpenAI-compatible endpoint, or the simulated provider when none is configured.
     llm_provider: str = "auto"  # auto: simulated unless a base URL or an API key is set
     llm_base_url: str = ""
@@ -91,6 +93,8 @@ ENV_NAMES = {
     "poll_interval_s": "STEPDECK_POLL_INTERVAL_S",
     "shutdown_grace_s": "STEPDECK_SHUTDOWN_GRACE_S",
     "retention_days": "STEPDECK_RETENTION_DAYS",
+    "allowed_hosts": "STEPDECK_ALLOWED_HOSTS",
+    "secret_file": "STEPDECK_SECRET_FILE",
     "llm_provider": "STEPDECK_LLM_PROVIDER",
     "llm_base_url": "STEPDECK_LLM_BASE_URL",
     "llm_api_key": "STEPDECK_LLM_API_KEY",

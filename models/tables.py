@@ -157,3 +157,52 @@ class Event(Model):
     class Meta:
         table = "events"
         indexes = (Index(fields=("run_id", "id"), name="events_run_id"),)
+
+
+class User(Model):
+    """A person who signs in. Viewers read, operators also act on runs."""
+
+    id = fields.IntField(primary_key=True)
+    name = fields.CharField(max_length=64, unique=True)
+    password_hash = fields.CharField(max_length=255)  # argon2id
+    role = fields.CharField(max_length=16)
+    disabled = fields.BooleanField(default=False)
+    created_at = fields.DatetimeField()
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "users"
+
+
+class ApiToken(Model):
+    """A bearer token of a user for scripts, kept only as a hash."""
+
+    id = fields.IntField(primary_key=True)
+    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="tokens", on_delete=fields.CASCADE
+    )
+    user_id: int
+    name = fields.CharField(max_length=100)
+    prefix = fields.CharField(max_length=16)  # the first characters, to recognise a token in lists
+    token_hash = fields.CharField(max_length=64, unique=True)  # sha256 of the token
+    created_at = fields.DatetimeField()
+    last_used_at = fields.DatetimeField(null=True)
+    revoked_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "api_tokens"
+
+
+class AuditEntry(Model):
+    """Who did what outside any one run, such as signing in or using a token."""
+
+    id = fields.IntField(primary_key=True)
+    at = fields.DatetimeField()
+    actor = fields.CharField(max_length=200)
+    action = fields.CharField(max_length=40)
+    detail = fields.TextField(null=True)
+    address = fields.CharField(max_length=100, null=True)
+
+    class Meta:
+        table = "audit"
+        indexes = (Index(fields=("at",), name="audit_at"),)

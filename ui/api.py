@@ -7,21 +7,23 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine import operations, queries
-from engine.errors import InvalidInput, NotFound
+from engine import auth, operations, queries
+from engine.errors import Forbidden, InvalidInput, NotFound
 from engine.llm import providers
 from engine.registry import workflows
 from models.status import RunStatus
+from ui import security
 from ui.api_models import ErrorBody, LlmOut, PlanOut, RunOut, StepOut, WorkflowOut, workflow_json
 from ui.sse import event_stream
 
 router = APIRouter(prefix="/api", tags=["api"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Not signed in and no valid bearer token (when sign-in is on)"},
     404: {"model": ErrorBody, "description": "No such run, step or workflow"},
     409: {"model": ErrorBody, "description": "Not possible in the run's current state"},
     422: {"model": ErrorBody, "description": "Invalid request"},
@@ -46,9 +48,30 @@ def parse_run_id(run_id: str) -> int:
     return int(run_id)
 
 
+ACTIONS: dict[int | str, dict[str, Any]] = {
+    **ERRORS,
+    403: {"model": ErrorBody, "description": "A viewer may not act, or a cross-origin request"},
+}
+
+
 def actor_of(request: Request) -> str:
-    host = request.client.host if request.client else "unknown"
-    return f"api@{host}"
+    """Who acts, as recorded in the run's events: the user (and token), or api@address when sign-in is off."""
+    who = security.principal(request)
+    if who.via == "local":
+        host = request.client.host if request.client else "unknown"
+        return f"api@{host}"
+    return who.actor
+
+
+def operator(request: Request) -> str:
+    """The actor of a request that acts on runs; viewers get a 403."""
+    who = security.principal(request)
+    if not who.can_act:
+        raise Forbidden(f"{who.name} is a viewer: only operators can start, cancel, retry, resume or select")
+    return actor_of(request)
+
+
+Operator = Annotated[str, Depends(operator)]
 
 
 @router.get("/health", summary="Liveness probe")
@@ -79,9 +102,9 @@ async def get_workflow(name: str) -> dict[str, Any]:
     return workflow_json(workflows.get(name))
 
 
-@router.post("/runs", status_code=201, response_model=RunOut, responses=ERRORS, summary="Start a run of a workflow")
-async def start_run(body: StartRunIn, request: Request) -> dict[str, Any]:
-    run_id = await operations.start_run(body.workflow, body.inputs, actor_of(request))
+@router.post("/runs", status_code=201, response_model=RunOut, responses=ACTIONS, summary="Start a run of a workflow")
+async def start_run(body: StartRunIn, actor: Operator) -> dict[str, Any]:
+    run_id = await operations.start_run(body.workflow, body.inputs, actor)
     return await queries.run_detail(run_id)
 
 
@@ -107,19 +130,19 @@ async def get_run(run_id: str) -> dict[str, Any]:
     return await queries.run_detail(parse_run_id(run_id))
 
 
-@router.post("/runs/{run_id}/cancel", response_model=RunOut, responses=ERRORS, summary="Cancel a run")
-async def cancel_run(run_id: str, request: Request) -> dict[str, Any]:
+@router.post("/runs/{run_id}/cancel", response_model=RunOut, responses=ACTIONS, summary="Cancel a run")
+async def cancel_run(run_id: str, actor: Operator) -> dict[str, Any]:
     rid = parse_run_id(run_id)
-    await operations.cancel_run(rid, actor_of(request))
+    await operations.cancel_run(rid, actor)
     return await queries.run_detail(rid)
 
 
 @router.post(
-    "/runs/{run_id}/resume", response_model=RunOut, responses=ERRORS, summary="Resume from the first unfinished step"
+    "/runs/{run_id}/resume", response_model=RunOut, responses=ACTIONS, summary="Resume from the first unfinished step"
 )
-async def resume_run(run_id: str, request: Request) -> dict[str, Any]:
+async def resume_run(run_id: str, actor: Operator) -> dict[str, Any]:
     rid = parse_run_id(run_id)
-    await operations.resume_run(rid, actor_of(request))
+    await operations.resume_run(rid, actor)
     return await queries.run_detail(rid)
 
 
@@ -137,24 +160,24 @@ async def rerun_plan(run_id: str, key: str) -> dict[str, Any]:
 @router.post(
     "/runs/{run_id}/steps/{key}/rerun",
     response_model=RunOut,
-    responses=ERRORS,
+    responses=ACTIONS,
     summary="Re-run this step and its dependents (retry / resume from here)",
 )
-async def rerun_step(run_id: str, key: str, request: Request) -> dict[str, Any]:
+async def rerun_step(run_id: str, key: str, actor: Operator) -> dict[str, Any]:
     rid = parse_run_id(run_id)
-    await operations.rerun_from(rid, key, actor_of(request))
+    await operations.rerun_from(rid, key, actor)
     return await queries.run_detail(rid)
 
 
 @router.post(
     "/runs/{run_id}/steps/{key}/select",
     response_model=RunOut,
-    responses=ERRORS,
+    responses=ACTIONS,
     summary="Select an alternative of the step's current attempt",
 )
-async def select(run_id: str, key: str, body: SelectIn, request: Request) -> dict[str, Any]:
+async def select(run_id: str, key: str, body: SelectIn, actor: Operator) -> dict[str, Any]:
     rid = parse_run_id(run_id)
-    await operations.select(rid, key, body.index, actor_of(request))
+    await operations.select(rid, key, body.index, actor)
     return await queries.run_detail(rid)
 
 
@@ -203,7 +226,44 @@ async def run_events(
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
-@router.post("/workflows/reload", summary="Reload definitions from the workflows directory")
-async def reload_workflows() -> dict[str, Any]:
+@router.post("/workflows/reload", responses=ACTIONS, summary="Reload definitions from the workflows directory")
+async def reload_workflows(actor: Operator) -> dict[str, Any]:
     catalog = await asyncio.to_thread(workflows.reload)  # reads files and imports step modules
     return {"workflows": sorted(catalog.definitions), "errors": [str(e) for e in catalog.errors]}
+
+
+class MeOut(BaseModel):
+    name: str
+    role: str  # viewer | operator
+    via: str  # session | token | local (sign-in is off)
+    token: str | None
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: str
+    actor: str
+    action: str  # sign_in, sign_in_failed, sign_out, token_used, token_added, user_added, ...
+    detail: str | None
+    address: str | None
+
+
+@router.get("/me", response_model=MeOut, responses=ERRORS, summary="Who this request acts as")
+async def me(request: Request) -> dict[str, Any]:
+    who = security.principal(request)
+    return {"name": who.name, "role": who.role, "via": who.via, "token": who.token}
+
+
+@router.get("/audit", response_model=list[AuditOut], responses=ERRORS, summary="Sign-ins, token use, account changes")
+async def audit_trail(limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": e.id,
+            "at": e.at.isoformat(),
+            "actor": e.actor,
+            "action": e.action,
+            "detail": e.detail,
+            "address": e.address,
+        }
+        for e in await auth.audit_entries(limit)
+    ]

@@ -9,7 +9,7 @@ from engine.executor import Engine
 from engine.scheduler import Maintenance
 from engine.settings import Settings
 from models.db import tortoise_config
-from ui import errors
+from ui import errors, security
 from ui.api import router
 from ui.live import live
 from ui.pages import register_pages
@@ -22,6 +22,7 @@ def mount(settings: Settings, engine: Engine) -> None:
     app.state.settings = settings  # pages and the API show which model provider LLM steps use
     register_tortoise(app, config=tortoise_config(settings.db_url))
     errors.install(app)
+    security.install(settings)
     app.include_router(router)
     maintenance = Maintenance(settings, engine.owner)
     app.on_startup(engine.start)

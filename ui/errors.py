@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine.errors import Conflict, InvalidInput, NotFound, StepdeckError
+from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, StepdeckError
 from engine.outputs import clean_text
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,8 @@ async def on_stepdeck_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(404, "not_found", str(exc))
     if isinstance(exc, Conflict):
         return error_response(409, "conflict", str(exc))
+    if isinstance(exc, Forbidden):
+        return error_response(403, "forbidden", str(exc))
     if isinstance(exc, InvalidInput):
         return error_response(422, "invalid", str(exc), exc.problems)
     return error_response(400, "bad_request", str(exc))

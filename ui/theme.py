@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from nicegui import app, ui
 
 from engine.llm import providers
+from ui import security
 
 # Quasar colour names; one place, so pills, badges, the runs table and the legend agree.
 STATUS_COLORS = {
@@ -71,6 +72,16 @@ def _provider_chip() -> None:
         label.mark("llm-provider")
 
 
+def _account() -> None:
+    who = security.current()
+    if who.via != "session":
+        return
+    ui.label(f"{who.name} · {who.role}").classes("text-xs text-slate-300").mark("account")
+    ui.button(icon="logout", on_click=lambda: ui.navigate.to("/logout")).props("flat round dense color=white").tooltip(
+        "Sign out"
+    ).mark("sign-out")
+
+
 @contextmanager
 def frame(title: str) -> Iterator[None]:
     """The shared layout: header with product name, navigation and dark mode; content below."""
@@ -87,6 +98,7 @@ def frame(title: str) -> Iterator[None]:
             ui.link(label, target).classes("text-slate-200 no-underline hover:text-white").mark(f"nav-{label}")
         ui.space()
         _provider_chip()
+        _account()
 
         def toggle() -> None:
             dark.value = not dark.value

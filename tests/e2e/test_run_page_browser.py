@@ -192,7 +192,7 @@ def test_a_pill_changes_colour_live_when_its_step_completes(
     dot = pill_dot(nav, "Bravo")
     expect(dot).to_have_class(RUNNING_CLASS)
     expect(pill_dot(nav, "Charlie")).to_have_class(re.compile(r"\btext-grey-5\b"))
-    run_badge = page.locator(".q-badge").first  # the run's status, in the header card above the steps
+    run_badge = page.locator(".q-page-container .q-badge").first  # the run status, above the steps
     expect(run_badge).to_have_text("running")
     screenshot(page, artifacts, "run-page-desktop-running.png")
     page.evaluate("window.stepdeckNoReload = true")

@@ -60,7 +60,13 @@ class Workspace:
         self.db_path = self.dir / "stepdeck.db"
         self.workflows_dir: Path | None = None
         # No shutdown grace unless a test asks for one: a SIGTERM in a test means "now".
-        extra = {"STEPDECK_DB": self.db_url, "STEPDECK_SHUTDOWN_GRACE_S": "0", **(env or {})}
+        extra = {
+            "STEPDECK_DB": self.db_url,
+            "STEPDECK_SHUTDOWN_GRACE_S": "0",
+            "STEPDECK_SECRET_FILE": str(self.dir / "secret.key"),
+            "NICEGUI_STORAGE_PATH": str(self.dir / ".nicegui"),
+            **(env or {}),
+        }
         if not bundled:
             self.workflows_dir = self.dir / "workflows"
             self.workflows_dir.mkdir(exist_ok=True)

@@ -89,6 +89,8 @@ def stepdeck_env(tmp_path: Path, workflows_dir: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("STEPDECK_WORKFLOWS", str(workflows_dir))
     monkeypatch.setenv("STEPDECK_POLL_INTERVAL_S", "0.2")
     monkeypatch.setenv("STEPDECK_SHUTDOWN_GRACE_S", "0")  # a test's app stops now, not after blocked steps
+    monkeypatch.setenv("STEPDECK_ALLOWED_HOSTS", "test")  # the `user` fixture's requests go to http://test
+    monkeypatch.setenv("STEPDECK_SECRET_FILE", str(tmp_path / "secret.key"))
     stepfns.reset()
     yield
     stepfns.RELEASE.set()  # never leave a blocked step thread behind

@@ -17,10 +17,9 @@ from nicegui.elements.mixins.validation_element import ValidationElement
 
 from engine import operations
 from engine.definitions import InputDef, WorkflowDef
-from engine.errors import InvalidInput, NotFound
+from engine.errors import Forbidden, InvalidInput, NotFound
 from engine.inputs import InputError, validate_inputs
-
-ACTOR = "ui"  # until sign-in names the person
+from ui import security
 
 
 def json_problem(text: str | None) -> str | None:
@@ -157,7 +156,10 @@ class RunForm:
             return
         self.start_button.disable()  # one click, one run
         try:
-            run_id = await operations.start_run(self.defn.name, values, ACTOR)
+            run_id = await operations.start_run(self.defn.name, values, await security.acting())
+        except Forbidden as exc:
+            self.show_problems({}, str(exc))
+            return
         except InvalidInput as exc:
             self.show_problems(exc.problems, str(exc))
             return

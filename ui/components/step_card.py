@@ -9,6 +9,7 @@ from typing import Any
 from nicegui import ui
 
 from engine import queries
+from ui import security
 from ui.components.output_view import diff_view, output_view, traceback_view
 from ui.live import RunState, llm_summary
 from ui.theme import STATUS_COLORS, STATUS_ICONS, status_color
@@ -183,7 +184,7 @@ class StepCard:
                 on_click=lambda i=index: self.select(self.key, i),
             ).props("dense no-caps" + (" flat" if selected else ""))
             button.mark(f"select-{self.key}-{index}")
-            button.set_enabled(not selected and step["status"] in ("waiting", "completed"))
+            button.set_enabled(not selected and step["status"] in ("waiting", "completed") and security.may_act())
             llm = step["llm"]
             if llm and index < len(llm["alternatives"]):
                 alt = llm["alternatives"][index]
@@ -213,6 +214,8 @@ class StepCard:
             show()
 
     def _actions(self, step: dict[str, Any]) -> None:
+        if not security.may_act():
+            return
         with ui.row().classes("gap-2").bind_visibility_from(self.state.view, "rerunnable"):
             if step["status"] == "failed":
                 ui.button("Retry", icon="replay", on_click=lambda: self.rerun(self.key)).props("no-caps").mark(

@@ -13,18 +13,18 @@ from nicegui import ui
 from engine import operations, queries
 from engine.errors import NotFound, StepdeckError
 from engine.registry import workflows
+from ui import security
 from ui.components.step_card import StepCard
 from ui.components.step_nav import StepNav
 from ui.live import RunState, live
 from ui.theme import frame
 
-ACTOR = "ui"  # people sign in later; until then actions are recorded as made from the dashboard
 
-
-async def _act(what: Callable[[], Awaitable[Any]], done: str) -> bool:
-    """Run an operation; show its refusal (conflict, bad input) as a notification, never a crash."""
+async def _act(what: Callable[[str], Awaitable[Any]], done: str) -> bool:
+    """Run an operation as the signed-in person; show a refusal (a viewer, a conflict, bad input) as a
+    notification, never a crash."""
     try:
-        await what()
+        await what(await security.acting())
     except StepdeckError as exc:
         ui.notify(str(exc), type="warning", multi_line=True)
         return False
@@ -78,13 +78,8 @@ class RunPage:
                 ui.link(v.workflow, "/workflows").classes("text-lg")
                 ui.badge().bind_text_from(v, "status").bind_background_color_from(v, "color").mark("run-status")
                 ui.space()
-                ui.button("Cancel", icon="stop", on_click=self.cancel).props(
-                    "no-caps color=negative"
-                ).bind_visibility_from(v, "active").mark("cancel-run")
-                ui.button("Resume", icon="play_arrow", on_click=self.resume).props("no-caps").bind_visibility_from(
-                    v, "resumable"
-                ).mark("resume-run")
-                ui.button("Run again", icon="replay", on_click=self.run_again).props("flat no-caps").mark("run-again")
+                if security.may_act():
+                    self._actions()
             ui.linear_progress(show_value=False).bind_value_from(v, "fraction").classes("w-full")
             with ui.row().classes("w-full gap-4 text-sm text-grey-8"):
                 ui.label().bind_text_from(v, "counts_text").mark("run-counts")
@@ -118,6 +113,16 @@ class RunPage:
             ).mark("run-error")
             with ui.expansion("Inputs", icon="input").classes("w-full"):
                 ui.code(json.dumps(detail["inputs"], ensure_ascii=False, indent=2), language="json").classes("w-full")
+
+    def _actions(self) -> None:
+        v = self.state.view
+        ui.button("Cancel", icon="stop", on_click=self.cancel).props("no-caps color=negative").bind_visibility_from(
+            v, "active"
+        ).mark("cancel-run")
+        ui.button("Resume", icon="play_arrow", on_click=self.resume).props("no-caps").bind_visibility_from(
+            v, "resumable"
+        ).mark("resume-run")
+        ui.button("Run again", icon="replay", on_click=self.run_again).props("flat no-caps").mark("run-again")
 
     # --- navigation -------------------------------------------------------------------------------
 
@@ -164,7 +169,9 @@ class RunPage:
     # --- actions ------------------------------------------------------------------------------------
 
     async def select(self, key: str, index: int) -> None:
-        if await _act(lambda: operations.select(self.run_id, key, index, ACTOR), f"Selected alternative {index + 1}"):
+        if await _act(
+            lambda actor: operations.select(self.run_id, key, index, actor), f"Selected alternative {index + 1}"
+        ):
             await live.refresh(self.run_id)
 
     async def rerun(self, key: str) -> None:
@@ -177,18 +184,18 @@ class RunPage:
             [("Will run again (new attempts):", plan.rerun), ("Kept as they are:", plan.keep)],
             "Re-run",
         )
-        if ok and await _act(lambda: operations.rerun_from(self.run_id, key, ACTOR), "Re-run queued"):
+        if ok and await _act(lambda actor: operations.rerun_from(self.run_id, key, actor), "Re-run queued"):
             await live.refresh(self.run_id)
 
     async def cancel(self) -> None:
         question: list[tuple[str, list[str]]] = [("Work in progress stops; partial output is kept.", [])]
         if not await _confirm(f"Cancel run {self.run_id}?", question, "Cancel run"):
             return
-        if await _act(lambda: operations.cancel_run(self.run_id, ACTOR), "Run cancelled"):
+        if await _act(lambda actor: operations.cancel_run(self.run_id, actor), "Run cancelled"):
             await live.refresh(self.run_id)
 
     async def resume(self) -> None:
-        if await _act(lambda: operations.resume_run(self.run_id, ACTOR), "Run resumed"):
+        if await _act(lambda actor: operations.resume_run(self.run_id, actor), "Run resumed"):
             await live.refresh(self.run_id)
 
     async def run_again(self) -> None:

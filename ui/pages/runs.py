@@ -14,7 +14,7 @@ from nicegui import events, ui
 
 from engine.registry import workflows
 from models.status import RunStatus
-from ui import run_list
+from ui import run_list, security
 from ui.components.run_form import open_run_dialog
 from ui.live import live
 from ui.run_list import RunFilter, RunRow
@@ -155,6 +155,10 @@ class RunsTable:
 def new_run_button() -> None:
     names = sorted(workflows.definitions)
     with ui.button("New run", icon="add").mark("new-run") as button:
+        if not security.may_act():
+            button.disable()
+            button.tooltip("Viewers cannot start runs")
+            return
         if not names:
             button.disable()
             button.tooltip("No workflow definitions loaded: see the Workflows page")

@@ -12,6 +12,7 @@ from nicegui import run, ui
 
 from engine.definitions import DefinitionError, StepDef, WorkflowDef
 from engine.registry import workflows
+from ui import security
 from ui.components.dag import dag
 from ui.components.run_form import open_run_dialog
 from ui.theme import frame
@@ -88,7 +89,8 @@ def definition_card(defn: WorkflowDef) -> None:
         with ui.row().classes("w-full items-center"):
             ui.label(defn.name).classes("text-h6")
             ui.space()
-            ui.button("Start run", icon="play_arrow", on_click=lambda: open_run_dialog(defn)).mark(f"start-{defn.name}")
+            start = ui.button("Start run", icon="play_arrow", on_click=lambda: open_run_dialog(defn))
+            start.mark(f"start-{defn.name}").set_enabled(security.may_act())
         if defn.description:
             ui.label(defn.description)
         ui.label(f"Source: {defn.source}").classes("text-xs text-grey-7 font-mono")
