@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -72,6 +73,13 @@ def _provider_chip() -> None:
         label.mark("llm-provider")
 
 
+def _remembered_dark() -> bool:
+    try:
+        return bool(app.storage.user.get("dark", False))
+    except (RuntimeError, AssertionError):  # no user storage (no storage secret): light
+        return False
+
+
 def _account() -> None:
     who = security.current()
     if who.via != "session":
@@ -85,7 +93,7 @@ def _account() -> None:
 @contextmanager
 def frame(title: str) -> Iterator[None]:
     """The shared layout: header with product name, navigation and dark mode; content below."""
-    dark = ui.dark_mode()  # per tab for now: remembering it needs the storage secret that sign-in brings
+    dark = ui.dark_mode(_remembered_dark())
     ui.page_title(f"{title} · Stepdeck")
     with (
         ui.header(elevated=True)
@@ -102,6 +110,8 @@ def frame(title: str) -> Iterator[None]:
 
         def toggle() -> None:
             dark.value = not dark.value
+            with contextlib.suppress(RuntimeError, AssertionError):
+                app.storage.user["dark"] = dark.value  # remembered per browser (and so per person)
 
         ui.button(icon="dark_mode", on_click=toggle).props("flat round dense color=white").tooltip("Dark mode")
     with ui.column().classes("w-full max-w-screen-xl mx-auto p-4 gap-4"):
