@@ -27,8 +27,9 @@ KIND_FIELDS: dict[str, frozenset[str]] = {
 TRUNCATION_POLICIES = ("warn", "fail", "continue")
 MAX_TOKENS_LIMIT = 10_000_000
 STEP_FIELDS = ("key", "label", "kind", "needs", "alternatives", "select", "timeout_s", "description")
-# `schedules` is reserved for cron triggers: accepted now so definitions written for later still load.
 WORKFLOW_FIELDS = ("name", "description", "inputs", "steps", "schedules")
+SCHEDULE_FIELDS = ("name", "cron", "timezone", "inputs", "enabled", "catch_up", "description")
+CATCH_UP_POLICIES = ("skip", "once")
 SELECT_MODES = ("auto", "human")
 MAX_ALTERNATIVES = 20
 DEFAULT_TIMEOUT_S = 900.0
@@ -119,6 +120,19 @@ class StepDef:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ScheduleDef:
+    """A cron trigger of a workflow: 5-field cron in a time zone, with inputs over the defaults."""
+
+    name: str
+    cron: str
+    timezone: str  # an IANA name, e.g. Europe/Berlin
+    inputs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    enabled: bool = True
+    catch_up: str = "skip"  # skip: a firing missed while down is recorded, not run; once: run the latest
+    description: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class WorkflowDef:
     """A validated workflow: inputs, and steps in declared order."""
 
@@ -127,6 +141,7 @@ class WorkflowDef:
     inputs: tuple[InputDef, ...]
     steps: tuple[StepDef, ...]
     source: str
+    schedules: tuple[ScheduleDef, ...] = ()
 
     def step(self, key: str) -> StepDef:
         """Return the step with this key; KeyError if there is none."""
@@ -161,6 +176,7 @@ class WorkflowDef:
             "source": self.source,
             "inputs": [dataclasses.asdict(i) for i in self.inputs],
             "steps": [dataclasses.asdict(s) for s in self.steps],
+            "schedules": [dataclasses.asdict(s) for s in self.schedules],
         }
         # The round trip makes a deep, plain-JSON copy that cannot alias this definition's values.
         return json.loads(json.dumps(data))  # type: ignore[no-any-return]
@@ -172,7 +188,8 @@ class WorkflowDef:
             raise ValueError(f"unsupported definition snapshot version {data.get('version')!r}")
         inputs = tuple(InputDef(**{**i, "options": tuple(i["options"])}) for i in data["inputs"])
         steps = tuple(StepDef(**{**s, "needs": tuple(s["needs"]), "config": dict(s["config"])}) for s in data["steps"])
-        return cls(data["name"], data["description"], inputs, steps, data["source"])
+        schedules = tuple(ScheduleDef(**s) for s in data.get("schedules", ()))
+        return cls(data["name"], data["description"], inputs, steps, data["source"], schedules)
 
 
 @dataclasses.dataclass
@@ -395,7 +412,74 @@ def parse_definition(
     if cycle:
         line = _line(raw_steps[keys.index(cycle[0])], "needs")
         raise DefinitionError(source, f"cycle: {' -> '.join(cycle)}", step=cycle[0], field="needs", line=line)
-    return WorkflowDef(wf_name, description, tuple(inputs), tuple(steps), source)
+    defn = WorkflowDef(wf_name, description, tuple(inputs), tuple(steps), source)
+    schedules = _parse_schedules(data.get("schedules"), data, defn)
+    return dataclasses.replace(defn, schedules=schedules)
+
+
+def _parse_schedules(raw: Any, data: Any, defn: WorkflowDef) -> tuple[ScheduleDef, ...]:
+    from engine.cron import CronError, check_cron, check_timezone, local_timezone
+
+    if raw is None:
+        return ()
+    source = defn.source
+    if not isinstance(raw, list):
+        detail = f"expected a list of schedules, got {type_name(raw)}"
+        raise DefinitionError(source, detail, field="schedules", line=_line(data, "schedules"))
+    schedules: list[ScheduleDef] = []
+    for index, item in enumerate(raw):
+        where = f"schedules[{index}]"
+        if not isinstance(item, Mapping):
+            raise DefinitionError(source, f"expected a mapping, got {type_name(item)}", field=where)
+
+        def fail(field: str | None, detail: str, item: Any = item, where: str = where) -> DefinitionError:
+            name = item.get("name")
+            label = f"schedules.{name}" if isinstance(name, str) else where
+            return DefinitionError(
+                source, detail, field=f"{label}.{field}" if field else label, line=_line(item, field)
+            )
+
+        for key in item:
+            if key not in SCHEDULE_FIELDS:
+                raise fail(key, f"unknown field {key!r} (allowed: {', '.join(SCHEDULE_FIELDS)})")
+        name = item.get("name", f"schedule-{index + 1}")  # better named: the name identifies its fire times
+        if not isinstance(name, str) or not _KEY_RE.match(name):
+            raise fail("name", f"every schedule needs a name (lowercase letters, digits, '_' and '-'), got {name!r}")
+        if name in (s.name for s in schedules):
+            raise fail("name", f"duplicate schedule name {name!r}")
+        timezone = item.get("timezone") or local_timezone()
+        cron = item.get("cron")
+        try:
+            if not isinstance(timezone, str):
+                raise CronError(f"expected a time zone name such as Europe/Berlin, got {timezone!r}")
+            check_timezone(timezone)
+        except CronError as exc:
+            raise fail("timezone", str(exc)) from None
+        if not isinstance(cron, str):
+            raise fail("cron", f"required: five fields 'minute hour day month weekday', got {cron!r}")
+        try:
+            check_cron(cron, timezone)
+        except CronError as exc:
+            raise fail("cron", str(exc)) from None
+        inputs = item.get("inputs") or {}
+        if not isinstance(inputs, Mapping):
+            raise fail("inputs", f"expected a mapping of input values, got {type_name(inputs)}")
+        try:
+            validate_inputs(defn, dict(inputs))
+        except InputError as exc:
+            problems = "; ".join(f"{k}: {v}" for k, v in exc.problems.items()) or str(exc)
+            raise fail("inputs", problems) from None
+        enabled = item.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise fail("enabled", f"expected true or false, got {enabled!r}")
+        catch_up = item.get("catch_up", "skip")
+        if catch_up not in CATCH_UP_POLICIES:
+            raise fail("catch_up", f"expected one of {', '.join(CATCH_UP_POLICIES)}, got {catch_up!r}")
+        description = item.get("description") or ""
+        if not isinstance(description, str):
+            raise fail("description", "expected a string")
+        schedules.append(ScheduleDef(name, cron.strip(), timezone, dict(inputs), enabled, catch_up, description))
+    return tuple(schedules)
 
 
 def load_file(path: Path, workflows_dir: Path | None = None) -> WorkflowDef:

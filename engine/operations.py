@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from engine import transitions
@@ -38,6 +39,18 @@ async def start_run(
         raise InvalidInput(str(exc), exc.problems) from None
     steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs)) for s in defn.steps]
     return await transitions.create_run(defn.name, _snapshot(defn), values, steps, actor)
+
+
+async def start_scheduled_run(defn: WorkflowDef, schedule: str, fire_time: datetime) -> int | None:
+    """Queue the run of a schedule's fire time, once: None when that fire time already has its run."""
+    sched = next(s for s in defn.schedules if s.name == schedule)
+    try:
+        values = validate_inputs(defn, sched.inputs)
+    except InputError as exc:
+        raise InvalidInput(str(exc), exc.problems) from None
+    steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs)) for s in defn.steps]
+    fire = transitions.ScheduledFire(defn.name, schedule, fire_time.astimezone(UTC))
+    return await transitions.create_scheduled_run(_snapshot(defn), values, steps, fire)
 
 
 def _encodes(text: str) -> bool:

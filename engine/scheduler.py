@@ -1,5 +1,6 @@
-"""Maintenance jobs on APScheduler: the orphan sweep (every `sweep_interval_s`) and, when a
-retention is set, the prune of old finished runs (hourly); both also once at startup.
+"""Jobs on APScheduler: the orphan sweep (every `sweep_interval_s`) and, when a retention is set,
+the prune of old finished runs (hourly), both also once at startup; and the workflows' cron
+schedules (`engine/schedules.py`).
 
 Several processes may each run this scheduler: the sweep is idempotent (guarded transitions), so
 running it twice fails a dead run once. Job state is kept for the Monitoring page.
@@ -16,6 +17,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from engine import maintenance
+from engine.schedules import Schedules
 from engine.settings import Settings
 from engine.transitions import utcnow
 
@@ -42,6 +44,7 @@ class Maintenance:
         self.settings = settings
         self.owner = owner
         self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self.schedules = Schedules(self.scheduler)
         self.jobs: dict[str, JobState] = {SWEEP_JOB_ID: JobState()}
         if settings.retention_days > 0:
             self.jobs[PRUNE_JOB_ID] = JobState()
@@ -52,6 +55,7 @@ class Maintenance:
         if PRUNE_JOB_ID in self.jobs:
             name = f"delete finished runs older than {self.settings.retention_days:g} days"
             self._add(PRUNE_JOB_ID, name, PRUNE_INTERVAL_S, self.prune)
+        self.schedules.start()
         self.scheduler.start()
 
     def _add(self, job_id: str, name: str, every_s: float, job: Callable[[], Awaitable[None]]) -> None:

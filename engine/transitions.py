@@ -131,11 +131,42 @@ async def create_run(
     workflow: str, definition: dict[str, Any], inputs: dict[str, Any], steps: Sequence[NewStep], actor: str
 ) -> int:
     """Insert a QUEUED run with its PENDING steps; returns the run id."""
+    run_id = await _create_run(workflow, definition, inputs, steps, actor, None)
+    assert run_id is not None  # nothing but a fire time can be taken already
+    return run_id
+
+
+async def create_scheduled_run(
+    definition: dict[str, Any], inputs: dict[str, Any], steps: Sequence[NewStep], fire: ScheduledFire
+) -> int | None:
+    """`create_run` for a fire time of a schedule, claiming the fire time in the same commit: None when
+    it was claimed already (a double firing), and then nothing is written."""
+    return await _create_run(fire.workflow, definition, inputs, steps, f"schedule:{fire.schedule}", fire)
+
+
+async def _create_run(
+    workflow: str,
+    definition: dict[str, Any],
+    inputs: dict[str, Any],
+    steps: Sequence[NewStep],
+    actor: str,
+    fire: ScheduledFire | None,
+) -> int | None:
     now = utcnow()
     run = Stmt(
-        "INSERT INTO runs (workflow, definition, inputs, status, actor, recoveries, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, 0, ?, ?) RETURNING id",
-        (workflow, definition, inputs, RunStatus.QUEUED, actor, now, now),
+        "INSERT INTO runs (workflow, definition, inputs, status, actor, recoveries, schedule, scheduled_for,"
+        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?) RETURNING id",
+        (
+            workflow,
+            definition,
+            inputs,
+            RunStatus.QUEUED,
+            actor,
+            fire.schedule if fire else None,
+            fire.fire_time if fire else None,
+            now,
+            now,
+        ),
         guard=True,
     )
     step_rows = Stmt(
@@ -143,12 +174,41 @@ async def create_run(
         " VALUES (?, ?, ?, ?, ?, ?, ?, 0, FALSE, ?)",
         many=[(Ref(0), s.key, s.label, i, s.kind, s.needs, StepStatus.PENDING, now) for i, s in enumerate(steps)],
     )
+    stmts = [run, step_rows]
+    message = f"started a run of {workflow!r}"
+    if fire is not None:
+        stmts.append(_fire_stmt(fire, "started", Ref(0), None, now))
+        message += f" for its fire time {fire.fire_time.isoformat()}"
     events = [
-        EventSpec("action", Ref(0), actor=actor, message=f"started a run of {workflow!r}"),
+        EventSpec("action", Ref(0), actor=actor, message=message),
         EventSpec("run", Ref(0), to_status=RunStatus.QUEUED, actor=actor),
     ]
-    result = await _commit([run, step_rows], events, now)
+    result = await _commit(stmts, events, now)
+    if not result.ok:
+        return None
     return int(result.rows[0][0][0])
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledFire:
+    workflow: str
+    schedule: str
+    fire_time: datetime  # UTC
+
+
+def _fire_stmt(fire: ScheduledFire, outcome: str, run_id: Ref | None, detail: str | None, now: datetime) -> Stmt:
+    return Stmt(
+        "INSERT INTO schedule_fires (workflow, schedule, fire_time, outcome, run_id, detail, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (workflow, schedule, fire_time) DO NOTHING",
+        (fire.workflow, fire.schedule, fire.fire_time, outcome, run_id, detail, now),
+        guard=True,
+    )
+
+
+async def record_fire(fire: ScheduledFire, outcome: str, detail: str | None = None) -> bool:
+    """Record a fire time that started no run (missed while down, or paused); False if already recorded."""
+    now = utcnow()
+    return (await run_batch([_fire_stmt(fire, outcome, None, detail, now)])).ok
 
 
 async def claim_run(run_id: int, owner: str) -> bool:

@@ -28,6 +28,8 @@ class Run(Model):
     owner = fields.CharField(max_length=200, null=True)  # engine process (host:pid:boot) running it
     heartbeat_at = fields.DatetimeField(null=True)
     recoveries = fields.IntField(default=0)  # how often it was re-queued after its owner died
+    schedule = fields.CharField(max_length=100, null=True)  # the schedule that started it, if one did
+    scheduled_for = fields.DatetimeField(null=True)  # the fire time it was started for
     created_at = fields.DatetimeField()
     started_at = fields.DatetimeField(null=True)
     finished_at = fields.DatetimeField(null=True)
@@ -206,3 +208,40 @@ class AuditEntry(Model):
     class Meta:
         table = "audit"
         indexes = (Index(fields=("at",), name="audit_at"),)
+
+
+class ScheduleState(Model):
+    """A schedule of a workflow as the server knows it: since when, and whether a person paused it."""
+
+    id = fields.IntField(primary_key=True)
+    workflow = fields.CharField(max_length=200)
+    name = fields.CharField(max_length=100)
+    paused = fields.BooleanField(default=False)
+    paused_by = fields.CharField(max_length=200, null=True)
+    first_seen_at = fields.DatetimeField()  # firings before this were never due
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "schedule_states"
+        unique_together = (("workflow", "name"),)
+
+
+class ScheduleFire(Model):
+    """One fire time of a schedule: started (with its run), missed, or skipped. Unique per fire time,
+    so a double firing (two processes, a restart at the wrong moment) starts one run."""
+
+    id = fields.IntField(primary_key=True)
+    workflow = fields.CharField(max_length=200)
+    schedule = fields.CharField(max_length=100)
+    fire_time = fields.DatetimeField()
+    outcome = fields.CharField(max_length=16)  # started | missed | paused
+    run: fields.ForeignKeyNullableRelation[Run] = fields.ForeignKeyField(
+        "models.Run", related_name="fires", null=True, on_delete=fields.SET_NULL
+    )
+    run_id: int | None
+    detail = fields.TextField(null=True)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "schedule_fires"
+        unique_together = (("workflow", "schedule", "fire_time"),)

@@ -193,17 +193,19 @@ class Gate:
             return
         started = False
         secured = _with_headers(send, DOCS_CSP if path in ("/docs", "/redoc") else CSP)
+        body = _Limited(receive)
 
         async def sending(message: MutableMapping[str, Any]) -> None:
             nonlocal started
+            if body.exceeded:
+                return  # the app's own answer to a cut-off body (FastAPI's is a 400): the 413 below replaces it
             started = started or message["type"] == "http.response.start"
             await secured(message)
 
-        try:
-            await self.app(scope, _limited(receive), sending)
-        except _TooLarge:
-            if not started:
-                await _refuse(scope, receive, send, 413, f"request body over {MAX_BODY_BYTES:,} bytes")
+        with contextlib.suppress(_TooLarge):
+            await self.app(scope, body, sending)
+        if body.exceeded and not started:
+            await _refuse(scope, receive, send, 413, f"request body over {MAX_BODY_BYTES:,} bytes")
 
     def _refusal(self, scope: Scope, headers: Headers) -> tuple[int, str] | None:
         host = _hostname(headers.get("host", ""))
@@ -280,20 +282,26 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, messa
     await response(scope, receive, _with_headers(send, CSP))
 
 
-def _limited(receive: Receive) -> Receive:
-    """A body sent in chunks (no Content-Length) may not grow past the limit either."""
-    seen = 0
+class _Limited:
+    """A body sent in chunks (no Content-Length) may not grow past the limit either.
 
-    async def limited() -> MutableMapping[str, Any]:
-        nonlocal seen
-        message = await receive()
+    Reading past it raises `_TooLarge`, which the app may catch (FastAPI turns any error while
+    reading a body into a 400): `exceeded` lets the gate answer 413 all the same.
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.seen = 0
+        self.exceeded = False
+
+    async def __call__(self) -> MutableMapping[str, Any]:
+        message = await self.receive()
         if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > MAX_BODY_BYTES:
+            self.seen += len(message.get("body", b""))
+            if self.seen > MAX_BODY_BYTES:
+                self.exceeded = True
                 raise _TooLarge
         return message
-
-    return limited
 
 
 class _TooLarge(Exception):

@@ -248,7 +248,7 @@ def test_from_snapshot_does_not_resolve_calls() -> None:
     defn = WorkflowDef.from_snapshot(snapshot)
 
     assert defn.step("a").call == "module_that_was_deleted:fn"
-    assert defn.to_snapshot() == snapshot
+    assert defn.to_snapshot() == {**snapshot, "schedules": []}  # snapshots from before schedules still load
     with pytest.raises(ValueError, match="version"):
         WorkflowDef.from_snapshot({**snapshot, "version": 99})
 

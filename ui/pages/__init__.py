@@ -10,5 +10,5 @@ def register_pages(maintenance: Maintenance) -> None:
 
     runs.register()
     run_detail.register()
-    workflows.register()
+    workflows.register(maintenance.schedules)
     monitoring.register(maintenance)

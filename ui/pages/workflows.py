@@ -12,9 +12,11 @@ from nicegui import run, ui
 
 from engine.definitions import DefinitionError, StepDef, WorkflowDef
 from engine.registry import workflows
+from engine.schedules import Schedules
 from ui import security
 from ui.components.dag import dag
 from ui.components.run_form import open_run_dialog
+from ui.components.schedules_view import SchedulesView
 from ui.theme import frame
 
 INPUT_COLUMNS = [
@@ -131,7 +133,7 @@ def catalog_view() -> None:
         definition_card(workflows.definitions[name])
 
 
-async def reload_definitions(view: ui.refreshable[[], None]) -> None:
+async def reload_definitions(view: ui.refreshable[[], None], schedules: SchedulesView) -> None:
     try:
         # Reading files and importing step modules is blocking work: off the event loop.
         catalog = await run.io_bound(workflows.reload)
@@ -141,19 +143,23 @@ async def reload_definitions(view: ui.refreshable[[], None]) -> None:
     if catalog is None:  # the server is shutting down
         return
     view.refresh()
+    await schedules.schedules.sync()  # jobs follow the definitions now, not at the next check
+    await schedules.refresh()
     broken = f", {len(catalog.errors)} file(s) with errors" if catalog.errors else ""
     ui.notify(f"{len(catalog.definitions)} definition(s) loaded{broken}", type="warning" if broken else "positive")
 
 
-def register() -> None:
+def register(schedules: Schedules) -> None:
     @ui.page("/workflows")
-    def workflows_page() -> None:
+    async def workflows_page() -> None:
         with frame("Workflows"):
             view = ui.refreshable(catalog_view)  # per tab: a reload re-renders the tab that asked for it
             with ui.row().classes("w-full items-center"):
                 ui.label(f"Definitions from {workflows.directory}").classes("text-grey-7")
                 ui.space()
-                ui.button("Reload definitions", icon="refresh", on_click=lambda: reload_definitions(view)).props(
-                    "outline"
-                ).mark("reload-definitions")
+                reload = ui.button("Reload definitions", icon="refresh").props("outline").mark("reload-definitions")
+            schedules_view = SchedulesView(schedules)
+            await schedules_view.refresh()
+            reload.on_click(lambda: reload_definitions(view, schedules_view))
+            ui.label("Definitions").classes("text-h6")
             view()
