@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from engine.context import StepContext
 from engine.definitions import StepDef
 from engine.llm import providers
-from engine.llm.providers import SIMULATED, Call, Request
+from engine.llm.providers import SIMULATED, Call, Choice, Request
 from engine.llm.templates import render
 from engine.outputs import clean_text
 
@@ -124,17 +124,44 @@ class LlmRecord:
 
 
 class _CallSink:
-    """Streams one call into the context; a retried call drops only what it had itself streamed."""
+    """Streams one call into the context; a retried call drops only what it had itself streamed.
+    Counts chunks, so that a call cut short (cancel, timeout) is still accounted for."""
 
     def __init__(self, ctx: StepContext, indexes: Iterable[int]) -> None:
         self.ctx = ctx
         self.base = {i: ctx.stream_length(i) for i in indexes}
+        self.chunks: dict[int, int] = {}
 
     def delta(self, index: int, text: str) -> None:
         self.ctx.delta(index, text)
+        self.chunks[index] = self.chunks.get(index, 0) + 1
 
     def reset(self, index: int) -> None:
         self.ctx.truncate_stream(index, self.base.get(index, 0))
+        self.chunks.pop(index, None)
+
+
+async def _call(
+    provider: providers.Provider,
+    request: Request,
+    n: int,
+    ctx: StepContext,
+    rec: LlmRecord,
+    first_index: int = 0,
+    continuation: bool = False,
+) -> Call:
+    """One call, recorded when it ends, also when it is cut short (its tokens counted from the chunks)."""
+    sink = _CallSink(ctx, range(first_index, first_index + n))
+    try:
+        call = await provider.call(request, n, sink, first_index=first_index)
+    except BaseException:
+        if sink.chunks:
+            cut = Call(n=n, max_tokens=request.max_tokens)
+            cut.choices = [Choice(i - first_index, None, chunks) for i, chunks in sorted(sink.chunks.items())]
+            rec.add(cut, first_index, continuation)
+        raise
+    rec.add(call, first_index, continuation)
+    return call
 
 
 async def _all(calls: Iterable[Awaitable[T]]) -> list[T]:
@@ -156,7 +183,7 @@ def template_variables(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) ->
 async def run_llm(step: StepDef, ctx: StepContext, env: KindEnv) -> Any:
     settings = env.settings
     config = step.config
-    provider = providers.for_settings(settings)
+    provider = await providers.provider_for(settings)
     model = config.get("model") or settings.llm_model or (SIMULATED if provider.name == SIMULATED else "")
     if not model:
         raise LLMStepError("no model: set `model:` on the step, or STEPDECK_LLM_MODEL (or OPENAI_MODEL)")
@@ -213,13 +240,12 @@ async def _first_calls(
     """N alternatives: one call with `n` where the server honours it, parallel calls where it does not."""
 
     async def single(i: int) -> None:
-        rec.add(await provider.call(request, 1, _CallSink(ctx, [i]), first_index=i), i)
+        await _call(provider, request, 1, ctx, rec, i)
 
     if n == 1 or provider.supports_n is False:
         await _all(single(i) for i in range(n))
         return
-    call = await provider.call(request, n, _CallSink(ctx, range(n)))
-    rec.add(call, 0)
+    call = await _call(provider, request, n, ctx, rec)
     got = {c.index for c in call.choices}
     missing = [i for i in range(n) if i not in got]
     if missing:
@@ -241,7 +267,7 @@ async def _continue(provider: providers.Provider, request: Request, i: int, ctx:
             f"continuing {'alternative ' + str(i + 1) if len(rec.alternatives) > 1 else 'the output'} "
             f"after the token limit ({alt.continuations + 1} of {MAX_CONTINUATIONS})"
         )
-        rec.add(await provider.call(follow_up, 1, _CallSink(ctx, [i]), first_index=i), i, continuation=True)
+        await _call(provider, follow_up, 1, ctx, rec, i, continuation=True)
 
 
 async def _checkpoints(ctx: StepContext, env: KindEnv) -> None:

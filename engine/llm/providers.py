@@ -133,15 +133,39 @@ def describe(settings: Settings) -> dict[str, Any]:
 _providers: dict[tuple[Any, ...], Provider] = {}
 
 
+async def provider_for(settings: Settings) -> Provider:
+    """`for_settings`, building a new provider off the event loop (the model client's import is slow)."""
+    provider = _providers.get(_key(settings))
+    return provider if provider is not None else await asyncio.to_thread(for_settings, settings)
+
+
+async def close_all() -> None:
+    """Close the clients of every provider (their connections belong to the loop that used them)."""
+    for provider in list(_providers.values()):
+        if isinstance(provider, OpenAIProvider):
+            await provider.close()
+    _providers.clear()
+
+
+def _key(settings: Settings) -> tuple[Any, ...]:
+    if provider_name(settings) == SIMULATED:
+        return (SIMULATED, settings.llm_sim_tokens_per_s)
+    return (
+        OPENAI_COMPATIBLE,
+        settings.llm_base_url,
+        settings.llm_api_key,
+        settings.llm_retries,
+        settings.llm_retry_base_s,
+    )
+
+
 def for_settings(settings: Settings) -> Provider:
     """The provider of these settings, one per configuration and process (clients keep connections)."""
-    name = provider_name(settings)
-    if name == SIMULATED:
-        key: tuple[Any, ...] = (SIMULATED, settings.llm_sim_tokens_per_s)
+    key = _key(settings)
+    if key[0] == SIMULATED:
         if key not in _providers:
             _providers[key] = SimulatedProvider(settings.llm_sim_tokens_per_s)
     else:
-        key = (name, settings.llm_base_url, settings.llm_api_key, settings.llm_retries, settings.llm_retry_base_s)
         if key not in _providers:
             _providers[key] = OpenAIProvider(
                 settings.llm_base_url or DEFAULT_BASE_URL,
@@ -184,6 +208,9 @@ class OpenAIProvider:
     def supports_n(self) -> bool | None:
         return self._supports_n
 
+    async def close(self) -> None:
+        await self._client.close()
+
     def scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
 
@@ -199,7 +226,8 @@ class OpenAIProvider:
                 for choice in call.choices:
                     sink.reset(first_index + choice.index)
                 if retries >= self.retries:
-                    raise ProviderError(f"{exc} (gave up after {retries + 1} tries)") from None
+                    tries = f"{retries + 1} tries" if retries else "1 try"
+                    raise ProviderError(f"{exc} (gave up after {tries})") from None
                 delay = exc.delay_s if exc.delay_s is not None else self.retry_base_s * 2**retries
                 delay = min(delay, MAX_RETRY_AFTER_S) * (1 if exc.delay_s is not None else random.uniform(0.8, 1.2))
                 retries += 1

@@ -56,22 +56,60 @@ def _check_width(value: Any) -> None:
         raise _too_big(value, "a padded value")
 
 
+_SUBJECT_AT = {"replace": 1, "join": 1, "wordwrap": 1, "truncate": 1}  # after the context or environment
+
+
 def _capped_filter(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     def capped(*args: Any, **kwargs: Any) -> Any:
-        for value in (*args[1:], *kwargs.values()):
+        at = _SUBJECT_AT.get(name, 0)
+        subject, rest = args[at], args[at + 1 :]
+        for value in (*rest, *kwargs.values()):
             _check_width(value)
-        if name == "format" and isinstance(args[0], str):
-            _check_format(args[0])
+        if name == "format" and isinstance(subject, str):
+            _check_format(subject)
+        _check_result(name, subject, rest, kwargs)
         return original(*args, **kwargs)
 
     return capped
 
 
 def _check_format(template: str) -> None:
+    total = 0
     for match in _WIDTH_RE.finditer(template):
         width = int(match.group(1) or match.group(2))
         _check_width(width)
+        total += width
+    if total > MAX_RENDER_CHARS:
+        raise _too_big(total, "a formatted value")
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
+def _check_result(name: str, subject: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse, before it is built, a value of one call that would pass the cap (replace, join, indent)."""
+    if name == "replace" and isinstance(subject, str) and len(args) >= 2:
+        old, new = _text(args[0]), _text(args[1])
+        count = subject.count(old) if old else len(subject) + 1
+        if len(args) > 2 and isinstance(args[2], int) and args[2] >= 0:
+            count = min(count, args[2])
+        size = len(subject) + count * (len(new) - len(old))
+        if size > MAX_RENDER_CHARS:
+            raise _too_big(size, "a replaced value")
+    elif name == "join":
+        items = [_text(i) for i in subject] if not isinstance(subject, str) else list(subject)
+        separator = _text(args[0]) if args else _text(kwargs.get("d", kwargs.get("sep", "")))
+        size = sum(len(i) for i in items) + len(separator) * max(len(items) - 1, 0)
+        if size > MAX_RENDER_CHARS:
+            raise _too_big(size, "a joined value")
+    elif name == "indent" and isinstance(subject, str):
+        width = args[0] if args else kwargs.get("width", 4)
+        pad = len(width) if isinstance(width, str) else width if isinstance(width, int) else 4
+        size = len(subject) + (subject.count("\n") + 1) * pad
+        if size > MAX_RENDER_CHARS:
+            raise _too_big(size, "an indented value")
 
 
 class _PromptEnvironment(ImmutableSandboxedEnvironment):
@@ -81,8 +119,9 @@ class _PromptEnvironment(ImmutableSandboxedEnvironment):
 
     def __init__(self) -> None:
         super().__init__(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
-        for name in ("center", "indent", "format", "wordwrap", "truncate"):
+        for name in ("center", "indent", "format", "wordwrap", "truncate", "replace"):
             self.filters[name] = _capped_filter(name, self.filters[name])
+        self.filters["join"] = _capped_filter("join", self.filters["join"])
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
@@ -104,8 +143,13 @@ class _PromptEnvironment(ImmutableSandboxedEnvironment):
 
     def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         if getattr(__obj, "__self__", None).__class__ is str:  # a string method: center, ljust, zfill…
-            for value in (*args, *kwargs.values()):
-                _check_width(value)
+            method = getattr(__obj, "__name__", "")
+            if method == "join":
+                _check_result("join", args[0] if args else (), (__obj.__self__,), {})
+            else:
+                for value in (*args, *kwargs.values()):
+                    _check_width(value)
+                _check_result(method, __obj.__self__, args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
@@ -218,7 +262,10 @@ def render(
             parts.append(chunk)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(what, exc.message or "syntax error", exc.lineno) from None
-    except (_LimitExceeded, SecurityError, jinja2.UndefinedError, OverflowError, MemoryError) as exc:
+    except MemoryError as exc:
+        detail = "out of memory: the template builds a value too large to hold"
+        raise TemplateError(what, detail, _template_line(exc.__traceback__)) from None
+    except (_LimitExceeded, SecurityError, jinja2.UndefinedError, OverflowError) as exc:
         raise TemplateError(what, str(exc), _template_line(exc.__traceback__)) from None
     except RecursionError:
         raise TemplateError(what, "recursion too deep") from None

@@ -249,12 +249,12 @@ def test_sse_viewers_that_disconnect_mid_run_do_not_affect_it(server_log: Server
                 break
     # A viewer whose connection is reset (RST) mid-stream.
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode())
+        sock.sendall(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode())
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     # A viewer that sends half a request and vanishes.
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n".encode())
+        sock.sendall(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())
 
     for key in "abc":
         open_gate(gates, key)
