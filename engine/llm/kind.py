@@ -245,7 +245,16 @@ async def _first_calls(
     if n == 1 or provider.supports_n is False:
         await _all(single(i) for i in range(n))
         return
-    call = await _call(provider, request, n, ctx, rec)
+    try:
+        call = await _call(provider, request, n, ctx, rec)
+    except providers.ProviderError as exc:
+        if provider.supports_n is not None or "(HTTP 400" not in str(exc):
+            raise
+        # Some servers refuse `n` outright (rather than ignoring it): ask for each alternative.
+        provider.refuses_n()
+        ctx.log(f"the endpoint refused n={n} ({exc}): asking for each alternative separately")
+        await _all(single(i) for i in range(n))
+        return
     got = {c.index for c in call.choices}
     missing = [i for i in range(n) if i not in got]
     if missing:

@@ -96,6 +96,8 @@ class Provider(Protocol):
     @property
     def supports_n(self) -> bool | None: ...
 
+    def refuses_n(self) -> None: ...
+
     async def call(self, request: Request, n: int, sink: Sink, first_index: int = 0) -> Call: ...
 
 
@@ -207,6 +209,9 @@ class OpenAIProvider:
     @property
     def supports_n(self) -> bool | None:
         return self._supports_n
+
+    def refuses_n(self) -> None:
+        self._supports_n = False
 
     async def close(self) -> None:
         await self._client.close()
@@ -434,6 +439,9 @@ class SimulatedProvider:
     @property
     def supports_n(self) -> bool:
         return True
+
+    def refuses_n(self) -> None:
+        pass
 
     async def call(self, request: Request, n: int, sink: Sink, first_index: int = 0) -> Call:
         started = time.monotonic()

@@ -312,6 +312,19 @@ async def test_alternatives_are_asked_for_separately_when_the_server_ignores_n(
     assert by_alt == {k: len(outputs[k].split()) for k in range(3)}
 
 
+async def test_alternatives_are_asked_for_separately_when_the_server_refuses_n(
+    eng: Engine, server: LLMServer, define: Define
+) -> None:
+    server.fail_next(400)  # some servers answer a request with n > 1 with a 400 instead of ignoring n
+    define("alts-refused-n", [llm(alternatives=3, select="auto")], inputs=TOPIC)
+    run = await run_to_end("alts-refused-n")
+    assert run["status"] == "completed", run["error"]
+    assert [b.get("n") for b in bodies(server)] == [3, None, None, None]
+    step = run["steps"][0]
+    assert len(step["alternatives"]) == 3
+    assert any("refused n=3" in line for line in step["logs"])
+
+
 # --- retries and errors ------------------------------------------------------------------------------------
 
 
