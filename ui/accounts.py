@@ -41,7 +41,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser], c
     token_commands = tokens.add_subparsers(dest="action", metavar="ACTION", required=True)
     token_add = token_commands.add_parser("add", help="create a token for a user (shown once)")
     token_add.add_argument("user")
-    token_add.add_argument("name", help="what the token is for, e.g. ci")
+    token_add.add_argument("name", nargs="?", default="api", help="what the token is for, e.g. ci (default: api)")
     token_list = token_commands.add_parser("list", help="list tokens (never their values)")
     token_list.add_argument("user", nargs="?")
     revoke = token_commands.add_parser("revoke", help="revoke a token by its id")
