@@ -9,6 +9,7 @@ Neither a password nor a token is ever logged, stored or shown after it was crea
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import re
 import secrets
@@ -28,8 +29,13 @@ MIN_PASSWORD_CHARS = 8
 MAX_PASSWORD_CHARS = 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 _hasher = PasswordHasher()
-# A hash to verify against when the user does not exist, so that the answer takes as long.
-_DUMMY_HASH = _hasher.hash(secrets.token_hex(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to verify against when the user does not exist, so that the answer takes as long."""
+    return _hasher.hash(secrets.token_hex(16))
+
 
 # Brute-force guard: after this many failures for a name or from an address, wait, doubling.
 FAILURES_BEFORE_LOCK = 5
@@ -198,13 +204,16 @@ async def sign_in(name: str, password: str, address: str) -> Principal | None:
         await audit("sign_in_locked", name[:200], f"locked for {wait:.0f} s", address)
         raise LockedOut(wait)
     user = await User.filter(name=name).first() if _NAME_RE.match(name) else None
-    ok = await asyncio.to_thread(_verify, user.password_hash if user else _DUMMY_HASH, password[:MAX_PASSWORD_CHARS])
+    digest = user.password_hash if user else await asyncio.to_thread(_dummy_hash)
+    ok = await asyncio.to_thread(_verify, digest, password[:MAX_PASSWORD_CHARS])
     if not ok or user is None or user.disabled:
         guard.failed(*keys)
         reason = "disabled account" if user is not None and user.disabled and ok else "wrong name or password"
         await audit("sign_in_failed", name[:200], reason, address)
         return None
-    guard.succeeded(*keys)
+    # Only the name is forgiven: an address that guessed wrong stays counted, so signing in to one
+    # account of one's own does not reset a run of guesses at others.
+    guard.succeeded(keys[0])
     await audit("sign_in", user.name, None, address)
     return Principal(user.name, user.role, "session")
 

@@ -183,7 +183,7 @@ class Gate:
         if who is None and not _is_open(path):
             if scope["type"] == "http" and scope["method"] == "GET" and _is_page(path):
                 target = "/login" + (f"?next={quote(path)}" if path != "/" else "")
-                await RedirectResponse(target, status_code=303)(scope, receive, send)
+                await RedirectResponse(target, status_code=303)(scope, receive, _with_headers(send, CSP))
                 return
             await _refuse(scope, receive, send, 401, "sign in first (or send Authorization: Bearer <token>)")
             return

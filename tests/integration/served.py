@@ -82,14 +82,16 @@ class Workspace:
         return f"sqlite://{self.db_path}"
 
     def cli(
-        self, *args: str, timeout_s: float = 60, env: dict[str, str] | None = None
+        self, *args: str, timeout_s: float = 60, env: dict[str, str] | None = None, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Run `main.py ARGS` from the project root, stdin not a terminal; returns the finished process."""
+        """Run `main.py ARGS` from the project root, stdin not a terminal (empty, or `input`: a password for
+        `users add`); returns the finished process."""
+        stdin: dict[str, Any] = {"stdin": subprocess.DEVNULL} if input is None else {"input": input}
         return subprocess.run(
             [sys.executable, "main.py", *args],
             cwd=ROOT,
             env={**self.env, **(env or {})},
-            stdin=subprocess.DEVNULL,
+            **stdin,
             capture_output=True,
             text=True,
             timeout=timeout_s,
