@@ -31,6 +31,7 @@ WORKFLOW_FIELDS = ("name", "description", "inputs", "steps", "schedules")
 SCHEDULE_FIELDS = ("name", "cron", "timezone", "inputs", "enabled", "catch_up", "description")
 CATCH_UP_POLICIES = ("skip", "once")
 SELECT_MODES = ("auto", "human")
+RESERVED_NAMES = frozenset({"errors", "reload"})  # paths under /api/workflows/
 MAX_ALTERNATIVES = 20
 DEFAULT_TIMEOUT_S = 900.0
 SNAPSHOT_VERSION = 1
@@ -371,6 +372,9 @@ def parse_definition(
                 source, f"unknown field {key!r} (allowed: {', '.join(WORKFLOW_FIELDS)})", line=_line(data, key)
             )
     wf_name = data.get("name", name)
+    if wf_name in RESERVED_NAMES:
+        detail = f"the workflow name {wf_name!r} is taken by the API (/api/workflows/{wf_name}): choose another"
+        raise DefinitionError(source, detail, field="name", line=_line(data, "name"))
     if not isinstance(wf_name, str) or not _NAME_RE.match(wf_name):
         detail = f"invalid workflow name {wf_name!r} (letters, digits, '_', '.', '-'; starting with a letter or digit)"
         raise DefinitionError(source, detail, field="name", line=_line(data, "name"))

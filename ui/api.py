@@ -9,7 +9,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from engine import auth, operations, queries
 from engine.errors import Forbidden, InvalidInput, NotFound
@@ -17,13 +18,32 @@ from engine.llm import providers
 from engine.registry import workflows
 from models.status import RunStatus
 from ui import security
-from ui.api_models import ErrorBody, LlmOut, PlanOut, RunOut, StepOut, WorkflowOut, workflow_json
+from ui.api_models import (
+    AttemptOut,
+    DefinitionErrorOut,
+    ErrorBody,
+    LlmOut,
+    PlanOut,
+    ReloadOut,
+    RunOut,
+    StepOut,
+    WorkflowOut,
+    workflow_json,
+)
 from ui.sse import event_stream
 
+# Declared so that the document (and the Authorize button of /docs) says how to authenticate; the gate
+# in ui/security.py checks the token, or the browser's session, before any route runs.
+bearer = HTTPBearer(auto_error=False, description="a token from `main.py tokens add USER` (when sign-in is on)")
 router = APIRouter(prefix="/api", tags=["api"])
+protected = APIRouter(dependencies=[Depends(bearer)])  # every route but health
 
-ERRORS: dict[int | str, dict[str, Any]] = {
+SIGN_IN: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "Not signed in and no valid bearer token (when sign-in is on)"},
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    **SIGN_IN,
+    400: {"model": ErrorBody, "description": "Malformed request (a body that is not JSON)"},
     404: {"model": ErrorBody, "description": "No such run, step or workflow"},
     409: {"model": ErrorBody, "description": "Not possible in the run's current state"},
     422: {"model": ErrorBody, "description": "Invalid request"},
@@ -39,6 +59,9 @@ class StartRunIn(BaseModel):
 class SelectIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     index: int = Field(strict=True, description="0-based index of the alternative to select")
+
+
+EVENT_ID = r"^[0-9]{1,18}$"
 
 
 def parse_run_id(run_id: str) -> int:
@@ -74,22 +97,32 @@ def operator(request: Request) -> str:
 Operator = Annotated[str, Depends(operator)]
 
 
-@router.get("/health", summary="Liveness probe")
+@router.get("/health", summary="Liveness probe (open: it says nothing but that the server answers)")
 async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/llm", response_model=LlmOut, summary="The model provider LLM steps use (simulated when none is set)")
+@protected.get(
+    "/llm",
+    response_model=LlmOut,
+    responses=SIGN_IN,
+    summary="The model provider LLM steps use (simulated when none is set)",
+)
 async def llm_provider(request: Request) -> dict[str, Any]:
     return providers.describe(request.app.state.settings)
 
 
-@router.get("/workflows", response_model=list[WorkflowOut], summary="Workflow definitions")
+@protected.get("/workflows", response_model=list[WorkflowOut], responses=SIGN_IN, summary="Workflow definitions")
 async def list_workflows() -> list[dict[str, Any]]:
     return [workflow_json(d) for d in sorted(workflows.definitions.values(), key=lambda d: d.name)]
 
 
-@router.get("/workflows/errors", summary="Definition files that failed to load")
+@protected.get(
+    "/workflows/errors",
+    response_model=list[DefinitionErrorOut],
+    responses=SIGN_IN,
+    summary="Definition files that failed to load",
+)
 async def workflow_errors() -> list[dict[str, Any]]:
     return [
         {"source": e.source, "step": e.step, "field": e.field, "line": e.line, "message": str(e)}
@@ -97,18 +130,18 @@ async def workflow_errors() -> list[dict[str, Any]]:
     ]
 
 
-@router.get("/workflows/{name}", response_model=WorkflowOut, responses=ERRORS, summary="One workflow definition")
+@protected.get("/workflows/{name}", response_model=WorkflowOut, responses=ERRORS, summary="One workflow definition")
 async def get_workflow(name: str) -> dict[str, Any]:
     return workflow_json(workflows.get(name))
 
 
-@router.post("/runs", status_code=201, response_model=RunOut, responses=ACTIONS, summary="Start a run of a workflow")
+@protected.post("/runs", status_code=201, response_model=RunOut, responses=ACTIONS, summary="Start a run of a workflow")
 async def start_run(body: StartRunIn, actor: Operator) -> dict[str, Any]:
     run_id = await operations.start_run(body.workflow, body.inputs, actor)
     return await queries.run_detail(run_id)
 
 
-@router.get("/runs", response_model=list[RunOut], responses=ERRORS, summary="Runs, newest first")
+@protected.get("/runs", response_model=list[RunOut], responses=ERRORS, summary="Runs, newest first")
 async def list_runs(
     status: Annotated[RunStatus | None, Query(description="only runs in this status")] = None,
     workflow: Annotated[str | None, Query(max_length=200, description="only runs of this workflow")] = None,
@@ -125,19 +158,19 @@ async def list_runs(
     )
 
 
-@router.get("/runs/{run_id}", response_model=RunOut, responses=ERRORS, summary="A run with its steps")
+@protected.get("/runs/{run_id}", response_model=RunOut, responses=ERRORS, summary="A run with its steps")
 async def get_run(run_id: str) -> dict[str, Any]:
     return await queries.run_detail(parse_run_id(run_id))
 
 
-@router.post("/runs/{run_id}/cancel", response_model=RunOut, responses=ACTIONS, summary="Cancel a run")
+@protected.post("/runs/{run_id}/cancel", response_model=RunOut, responses=ACTIONS, summary="Cancel a run")
 async def cancel_run(run_id: str, actor: Operator) -> dict[str, Any]:
     rid = parse_run_id(run_id)
     await operations.cancel_run(rid, actor)
     return await queries.run_detail(rid)
 
 
-@router.post(
+@protected.post(
     "/runs/{run_id}/resume", response_model=RunOut, responses=ACTIONS, summary="Resume from the first unfinished step"
 )
 async def resume_run(run_id: str, actor: Operator) -> dict[str, Any]:
@@ -146,7 +179,7 @@ async def resume_run(run_id: str, actor: Operator) -> dict[str, Any]:
     return await queries.run_detail(rid)
 
 
-@router.get(
+@protected.get(
     "/runs/{run_id}/steps/{key}/rerun-plan",
     response_model=PlanOut,
     responses=ERRORS,
@@ -157,7 +190,7 @@ async def rerun_plan(run_id: str, key: str) -> dict[str, Any]:
     return PlanOut.from_plan(plan).model_dump()
 
 
-@router.post(
+@protected.post(
     "/runs/{run_id}/steps/{key}/rerun",
     response_model=RunOut,
     responses=ACTIONS,
@@ -169,7 +202,7 @@ async def rerun_step(run_id: str, key: str, actor: Operator) -> dict[str, Any]:
     return await queries.run_detail(rid)
 
 
-@router.post(
+@protected.post(
     "/runs/{run_id}/steps/{key}/select",
     response_model=RunOut,
     responses=ACTIONS,
@@ -181,7 +214,7 @@ async def select(run_id: str, key: str, body: SelectIn, actor: Operator) -> dict
     return await queries.run_detail(rid)
 
 
-@router.get("/runs/{run_id}/steps/{key}", response_model=StepOut, responses=ERRORS, summary="One step of a run")
+@protected.get("/runs/{run_id}/steps/{key}", response_model=StepOut, responses=ERRORS, summary="One step of a run")
 async def get_step(run_id: str, key: str) -> dict[str, Any]:
     run = await queries.run_detail(parse_run_id(run_id))
     for step in run["steps"]:
@@ -190,12 +223,17 @@ async def get_step(run_id: str, key: str) -> dict[str, Any]:
     raise NotFound(f"run {run_id} has no step {key!r}")
 
 
-@router.get("/runs/{run_id}/attempts", responses=ERRORS, summary="Every attempt of the run's steps, history included")
+@protected.get(
+    "/runs/{run_id}/attempts",
+    response_model=list[AttemptOut],
+    responses=ERRORS,
+    summary="Every attempt of the run's steps, history included",
+)
 async def list_attempts(run_id: str) -> list[dict[str, Any]]:
     return await queries.list_attempts(parse_run_id(run_id))
 
 
-@router.get(
+@protected.get(
     "/runs/{run_id}/events",
     responses={
         **ERRORS,
@@ -207,7 +245,12 @@ async def list_attempts(run_id: str) -> list[dict[str, Any]]:
 async def run_events(
     run_id: str,
     request: Request,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(alias="Last-Event-ID", pattern=EVENT_ID, description="resume after this event id"),
+        # A header is absent or a string, never JSON null (the document would otherwise invite "null").
+        WithJsonSchema({"type": "string", "pattern": EVENT_ID}),
+    ] = None,
     after: Annotated[int, Query(ge=0, le=2**62, description="replay events after this id")] = 0,
     follow: Annotated[bool, Query(description="keep streaming live changes (false: replay and close)")] = True,
 ) -> StreamingResponse | JSONResponse:
@@ -226,7 +269,12 @@ async def run_events(
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 
 
-@router.post("/workflows/reload", responses=ACTIONS, summary="Reload definitions from the workflows directory")
+@protected.post(
+    "/workflows/reload",
+    response_model=ReloadOut,
+    responses=ACTIONS,
+    summary="Reload definitions from the workflows directory",
+)
 async def reload_workflows(actor: Operator) -> dict[str, Any]:
     catalog = await asyncio.to_thread(workflows.reload)  # reads files and imports step modules
     return {"workflows": sorted(catalog.definitions), "errors": [str(e) for e in catalog.errors]}
@@ -248,13 +296,15 @@ class AuditOut(BaseModel):
     address: str | None
 
 
-@router.get("/me", response_model=MeOut, responses=ERRORS, summary="Who this request acts as")
+@protected.get("/me", response_model=MeOut, responses=ERRORS, summary="Who this request acts as")
 async def me(request: Request) -> dict[str, Any]:
     who = security.principal(request)
     return {"name": who.name, "role": who.role, "via": who.via, "token": who.token}
 
 
-@router.get("/audit", response_model=list[AuditOut], responses=ERRORS, summary="Sign-ins, token use, account changes")
+@protected.get(
+    "/audit", response_model=list[AuditOut], responses=ERRORS, summary="Sign-ins, token use, account changes"
+)
 async def audit_trail(limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, Any]]:
     return [
         {
@@ -267,3 +317,6 @@ async def audit_trail(limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list
         }
         for e in await auth.audit_entries(limit)
     ]
+
+
+router.include_router(protected)

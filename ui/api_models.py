@@ -55,6 +55,35 @@ class StepOut(BaseModel):
     llm: dict[str, Any] | None  # the full record: per-alternative usage and every call made
 
 
+class AttemptOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: int
+    step: str
+    number: int
+    current: bool  # the step's current attempt (the others are history)
+    status: str
+    outputs: list[Any] | None
+    selected_index: int | None
+    partial_output: str | None
+    error: str | None
+    error_detail: str | None
+    consumed: dict[str, Any]  # upstream step -> {attempt, index} it read
+    logs: list[str]
+    progress: float | None
+    progress_message: str | None
+    owner: str | None
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
+    usage: Usage | None
+    max_tokens: int | None
+    finish_reason: str | None
+    truncated: bool
+    provider: str | None
+    model: str | None
+    llm: dict[str, Any] | None
+
+
 class Progress(BaseModel):
     completed: int
     total: int
@@ -124,6 +153,19 @@ class LlmOut(BaseModel):
     base_url: str | None  # without credentials
     model: str | None  # the default model
     max_tokens: int  # the default limit
+
+
+class DefinitionErrorOut(BaseModel):
+    source: str  # the definition file
+    step: str | None  # the step's key, or "#N" for a step without one
+    field: str | None
+    line: int | None
+    message: str
+
+
+class ReloadOut(BaseModel):
+    workflows: list[str]  # names of the definitions now loaded
+    errors: list[str]  # files that failed to load, with why
 
 
 class WorkflowOut(BaseModel):

@@ -9,17 +9,28 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, StepdeckError
 from engine.outputs import clean_text
 
 log = logging.getLogger(__name__)
 
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+_PROBE: dict[str, Any] = {"type": "http", "headers": [], "query_string": b""}
 
-def error_response(status: int, code: str, message: str, problems: dict[str, str] | None = None) -> JSONResponse:
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    problems: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     # The message may quote the request (a name with a lone surrogate): it must still encode.
     clean = {clean_text(k): clean_text(v) for k, v in (problems or {}).items()}
-    return JSONResponse({"error": code, "message": clean_text(message), "problems": clean}, status_code=status)
+    body = {"error": code, "message": clean_text(message), "problems": clean}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -51,11 +62,31 @@ async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    # The exception's headers belong to the answer: a 405 must say which methods are allowed (`Allow`).
     if not request.url.path.startswith("/api"):
         # Pages keep NiceGUI's own handling; only the API answers in JSON.
-        return JSONResponse({"error": "http", "message": str(exc.detail)}, status_code=exc.status_code)
+        body = {"error": "http", "message": str(exc.detail)}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+    return error_response(exc.status_code, code, str(exc.detail), headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette names only those of the first route it tried)."""
+    allowed = []
+    for method in HTTP_METHODS:
+        probe = {
+            **_PROBE,
+            "path": request.scope["path"],
+            "root_path": request.scope.get("root_path", ""),
+            "method": method,
+        }
+        if any(route.matches(probe)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
 
 
 def install(app: FastAPI) -> None:

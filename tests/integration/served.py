@@ -98,6 +98,19 @@ class Workspace:
             check=False,
         )
 
+    def add_user(self, name: str, password: str, role: str = "operator") -> None:
+        """`main.py users add NAME --role ROLE`, the password piped on stdin as a script would."""
+        done = self.cli("users", "add", name, "--role", role, input=password + "\n")
+        assert done.returncode == 0, f"users add {name} -> {done.returncode}:\n{done.stdout}\n{done.stderr}"
+
+    def add_token(self, user: str, name: str) -> str:
+        """`main.py tokens add USER NAME`; returns the token it printed."""
+        done = self.cli("tokens", "add", user, name)
+        assert done.returncode == 0, f"tokens add -> {done.returncode}:\n{done.stdout}\n{done.stderr}"
+        token = done.stdout.strip().splitlines()[-1]
+        assert token.startswith("sdk_"), done.stdout
+        return token
+
     def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         """Run one statement on the database file directly (to read what a process left, or to plant states)."""
         with contextlib.closing(sqlite3.connect(self.db_path, timeout=10)) as conn:

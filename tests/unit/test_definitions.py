@@ -670,3 +670,11 @@ def test_resolve_call_reports_nested_missing_import_as_import_failure(tmp_path: 
 def test_call_error_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="expected 'module:function', got 'x'"):
         resolve_call("x", None)
+
+
+@pytest.mark.parametrize("name", ["errors", "reload"])
+def test_names_the_api_uses_for_its_own_paths_are_refused(tmp_path: Path, mod: str, name: str) -> None:
+    err, path = load_error(tmp_path, f"name: {name}\n" + steps_yaml(mod))
+
+    assert (err.field, err.line) == ("name", 1)
+    assert f"/api/workflows/{name}" in str(err)
