@@ -8,7 +8,7 @@ are translated to names here, so expressions mean what they mean in crontab.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
@@ -99,15 +99,17 @@ def check_cron(expr: str, timezone: str) -> None:
 
 def fire_times(t: CronTrigger, after: datetime, until: datetime) -> Iterator[datetime]:
     """Fire times in (after, until], oldest first (at most MAX_SLOTS)."""
+    # Steps are taken in UTC: wall-clock arithmetic on a zoned time drops `fold`, so one second after
+    # the second 02:30 of a DST fall-back would be an hour earlier, and the same time came back forever.
     previous: datetime | None = None
-    current = t.get_next_fire_time(None, after + timedelta(seconds=1))
+    current = t.get_next_fire_time(None, after.astimezone(UTC) + timedelta(seconds=1))
     count = 0
     while current is not None and current <= until and count < MAX_SLOTS:
         if current > after:
             yield current
             count += 1
         previous = current
-        current = t.get_next_fire_time(previous, previous + timedelta(seconds=1))
+        current = t.get_next_fire_time(previous, previous.astimezone(UTC) + timedelta(seconds=1))
 
 
 def latest_fire_time(t: CronTrigger, at: datetime, lookback: timedelta) -> datetime | None:

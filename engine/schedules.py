@@ -182,6 +182,8 @@ class Schedules:
         run_id = await operations.start_scheduled_run(defn, name, slot)
         if run_id is not None:
             log.info("schedule %s/%s fired for %s: run %s", workflow, name, slot.isoformat(), run_id)
+        else:  # another process's scheduler, or an earlier firing of this one, recorded it first
+            log.info("schedule %s/%s fired for %s: already recorded, no new run", workflow, name, slot.isoformat())
         return run_id
 
     def _on_missed(self, event: JobExecutionEvent) -> None:
