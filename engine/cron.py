@@ -1,8 +1,11 @@
 """Standard 5-field cron expressions on APScheduler 3's CronTrigger, and the fire times they give.
 
-APScheduler 3 numbers weekdays from Monday = 0, where crontab has Sunday = 0 (and 7); its
-`from_crontab` passes the numbers through, so `0 9 * * 1` would fire on Tuesdays. Numeric weekdays
-are translated to names here, so expressions mean what they mean in crontab.
+Two differences from crontab are corrected here, so expressions mean what they mean in crontab:
+- APScheduler 3 numbers weekdays from Monday = 0, where crontab has Sunday = 0 (and 7); its
+  `from_crontab` passes the numbers through, so `0 9 * * 1` would fire on Tuesdays. Numeric
+  weekdays are translated to names.
+- With both a day of month and a day of week, crontab fires on either (`0 9 1 * 1`: the 1st, and
+  every Monday); APScheduler on both. Such an expression becomes two triggers, either of which fires.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 
 _DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
@@ -68,21 +73,22 @@ def _weekday(field: str) -> str:
     return ",".join(dict.fromkeys(parts))
 
 
-def trigger(expr: str, timezone: str) -> CronTrigger:
+def trigger(expr: str, timezone: str) -> BaseTrigger:
     """The trigger of a standard crontab expression in a time zone; CronError if it is not one."""
     fields = expr.split()
     if len(fields) != 5:
         raise CronError(f"expected 5 fields 'minute hour day month weekday', got {len(fields)} in {expr!r}")
     zone = check_timezone(timezone)
+    minute, hour, day, month, weekday = fields
     try:
-        return CronTrigger(
-            minute=fields[0],
-            hour=fields[1],
-            day=fields[2],
-            month=fields[3],
-            day_of_week=_weekday(fields[4]),
-            timezone=zone,
-        )
+        if day != "*" and weekday != "*":  # crontab: either day matches
+            return OrTrigger(
+                [
+                    CronTrigger(minute=minute, hour=hour, day=day, month=month, timezone=zone),
+                    CronTrigger(minute=minute, hour=hour, month=month, day_of_week=_weekday(weekday), timezone=zone),
+                ]
+            )
+        return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=_weekday(weekday), timezone=zone)
     except CronError:
         raise
     except ValueError as exc:
@@ -97,7 +103,7 @@ def check_cron(expr: str, timezone: str) -> None:
         raise CronError(f"{expr!r} never fires")
 
 
-def fire_times(t: CronTrigger, after: datetime, until: datetime) -> Iterator[datetime]:
+def fire_times(t: BaseTrigger, after: datetime, until: datetime) -> Iterator[datetime]:
     """Fire times in (after, until], oldest first (at most MAX_SLOTS)."""
     # Steps are taken in UTC: wall-clock arithmetic on a zoned time drops `fold`, so one second after
     # the second 02:30 of a DST fall-back would be an hour earlier, and the same time came back forever.
@@ -112,9 +118,17 @@ def fire_times(t: CronTrigger, after: datetime, until: datetime) -> Iterator[dat
         current = t.get_next_fire_time(previous, previous.astimezone(UTC) + timedelta(seconds=1))
 
 
-def latest_fire_time(t: CronTrigger, at: datetime, lookback: timedelta) -> datetime | None:
-    """The last fire time at or before `at`, looking back at most `lookback`."""
-    latest = None
-    for when in fire_times(t, at - lookback - timedelta(seconds=1), at):
-        latest = when
-    return latest
+def latest_fire_time(t: BaseTrigger, at: datetime, lookback: timedelta) -> datetime | None:
+    """The last fire time at or before `at`, looking back at most `lookback`.
+
+    Looks in growing windows (an hour, a day, a month, a year, then all of `lookback`): a window is
+    only widened when it held no fire time, so none of them holds many, however long the lookback.
+    """
+    for window in (timedelta(hours=1), timedelta(days=1), timedelta(days=32), timedelta(days=366), lookback):
+        window = min(window, lookback)
+        latest = None
+        for when in fire_times(t, at - window - timedelta(seconds=1), at):
+            latest = when
+        if latest is not None or window >= lookback:
+            return latest
+    return None

@@ -20,7 +20,7 @@ from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from engine import operations, transitions
-from engine.cron import fire_times, latest_fire_time, trigger
+from engine.cron import MAX_SLOTS, fire_times, latest_fire_time, trigger
 from engine.definitions import ScheduleDef, WorkflowDef
 from engine.errors import NotFound
 from engine.registry import workflows
@@ -56,6 +56,7 @@ class ScheduleView:
 class Schedules:
     def __init__(self, scheduler: AsyncIOScheduler) -> None:
         self.scheduler = scheduler
+        self.started_at = utcnow()  # fire times before this were due while this process did not run
         self._synced_catalog: object | None = None
         self._mtimes: dict[str, float] = {}
         self._lock = asyncio.Lock()
@@ -83,6 +84,19 @@ class Schedules:
             await asyncio.to_thread(workflows.reload)
         if workflows.catalog is not self._synced_catalog:
             await self.sync()
+        else:
+            await self._follow_pauses()
+
+    async def _follow_pauses(self) -> None:
+        """Pause or resume this process's jobs as people did in any process (the state is in the database)."""
+        for state in await ScheduleState.all():
+            job = self.scheduler.get_job(job_id(state.workflow, state.name))
+            if job is None:
+                continue
+            if state.paused and job.next_run_time is not None:
+                job.pause()
+            elif not state.paused and job.next_run_time is None:
+                job.resume()
 
     def _changed_on_disk(self) -> bool:
         directory = workflows.directory
@@ -136,8 +150,8 @@ class Schedules:
             state = await ScheduleState.get(workflow=workflow, name=name)
         return state
 
-    async def catch_up(self, defn: WorkflowDef, sched: ScheduleDef, state: ScheduleState, now: datetime) -> None:
-        """Fire times since the last one recorded (or since the schedule appeared or resumed), up to now."""
+    async def _since(self, defn: WorkflowDef, sched: ScheduleDef, state: ScheduleState) -> datetime:
+        """Where fire times are due from: the last one recorded, or when the schedule appeared or resumed."""
         rows = await fetch(
             "SELECT max(fire_time) AS last FROM schedule_fires WHERE workflow = ? AND schedule = ?",
             (defn.name, sched.name),
@@ -145,21 +159,41 @@ class Schedules:
         since = max(_utc(state.first_seen_at), _utc(state.updated_at))
         if rows and rows[0]["last"] is not None:
             since = max(since, _utc(rows[0]["last"]))
-        due = list(fire_times(trigger(sched.cron, sched.timezone), since, now))
-        if not due:
+        return since
+
+    async def catch_up(self, defn: WorkflowDef, sched: ScheduleDef, state: ScheduleState, now: datetime) -> None:
+        """Fire times since the last one recorded (or since the schedule appeared or resumed), up to now.
+
+        Those from before this process started were missed while no server ran: recorded as missed
+        (`skip`), or the latest of them run (`once`). Those since, a reload replaced the job before it
+        could fire: they are started, as the job would have.
+        """
+        t = trigger(sched.cron, sched.timezone)
+        since = await self._since(defn, sched, state)
+        latest = latest_fire_time(t, now, now - since) if now > since else None
+        if latest is None or latest <= since:
             return
-        if sched.catch_up == "once":
-            *missed, latest = due
-            run_id = await operations.start_scheduled_run(defn, sched.name, latest)
-            if run_id is not None:
-                log.info("schedule %s/%s: caught up on %s with run %s", defn.name, sched.name, latest, run_id)
+        down = list(fire_times(t, since, min(now, self.started_at)))
+        if len(down) >= MAX_SLOTS:  # a long downtime: list the newest day one by one, count the rest
+            recent_from = min(now, self.started_at) - timedelta(days=1)
+            down = list(fire_times(t, recent_from, min(now, self.started_at)))
+            summary = f"one of many fire times missed since {since.isoformat()} while no server was running"
         else:
-            missed = due
-        for when in missed:
-            fire = transitions.ScheduledFire(defn.name, sched.name, _utc(when))
-            await transitions.record_fire(fire, "missed", "no server was running at this time")
+            summary = None
+        running = list(fire_times(t, max(since, self.started_at), now)) if now > self.started_at else []
+        to_run = running[-1:] if running else []
+        if sched.catch_up == "once" and down and not to_run:
+            to_run = [down[-1]]
+        missed = [w for w in down if w not in to_run]
         if missed:
+            fires = [transitions.ScheduledFire(defn.name, sched.name, _utc(w)) for w in missed]
+            detail = summary or "no server was running at this time"
+            await transitions.record_fires(fires, "missed", detail)
             log.warning("schedule %s/%s: %d fire time(s) missed while down", defn.name, sched.name, len(missed))
+        for when in to_run:
+            run_id = await operations.start_scheduled_run(defn, sched.name, when)
+            if run_id is not None:
+                log.info("schedule %s/%s: caught up on %s with run %s", defn.name, sched.name, when, run_id)
 
     async def fire(self, workflow: str, name: str, now: datetime | None = None) -> int | None:
         """The job: start the run of the latest fire time (at most once per fire time, across processes)."""
@@ -174,11 +208,16 @@ class Schedules:
         state = await ScheduleState.filter(workflow=workflow, name=name).first()
         if state is not None and state.paused:
             return None  # paused from another process: this one's job has not heard yet
-        slot = latest_fire_time(
-            trigger(sched.cron, sched.timezone), now, timedelta(seconds=MISFIRE_GRACE_S + SYNC_INTERVAL_S)
-        )
+        t = trigger(sched.cron, sched.timezone)
+        slot = latest_fire_time(t, now, timedelta(seconds=MISFIRE_GRACE_S + SYNC_INTERVAL_S))
         if slot is None:
             return None
+        if state is not None:
+            # Fire times APScheduler coalesced into this one (the loop was blocked, the machine asleep).
+            skipped = [w for w in fire_times(t, await self._since(defn, sched, state), slot) if w < slot]
+            if skipped:
+                fires = [transitions.ScheduledFire(workflow, name, _utc(w)) for w in skipped]
+                await transitions.record_fires(fires, "missed", "the server could not start it in time")
         run_id = await operations.start_scheduled_run(defn, name, slot)
         if run_id is not None:
             log.info("schedule %s/%s fired for %s: run %s", workflow, name, slot.isoformat(), run_id)

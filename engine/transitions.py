@@ -205,6 +205,23 @@ def _fire_stmt(fire: ScheduledFire, outcome: str, run_id: Ref | None, detail: st
     )
 
 
+async def record_fires(fires: Sequence[ScheduledFire], outcome: str, detail: str | None = None) -> None:
+    """`record_fire` for many fire times in one commit; those already recorded are left as they are."""
+    if not fires:
+        return
+    now = utcnow()
+    rows = [(f.workflow, f.schedule, f.fire_time, outcome, None, detail, now) for f in fires]
+    await run_batch(
+        [
+            Stmt(
+                "INSERT INTO schedule_fires (workflow, schedule, fire_time, outcome, run_id, detail, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (workflow, schedule, fire_time) DO NOTHING",
+                many=rows,
+            )
+        ]
+    )
+
+
 async def record_fire(fire: ScheduledFire, outcome: str, detail: str | None = None) -> bool:
     """Record a fire time that started no run (missed while down, or paused); False if already recorded."""
     now = utcnow()

@@ -454,3 +454,54 @@ async def test_apscheduler_reports_a_late_job_and_it_is_recorded(db: str, instal
     recorded = await wait_for(fires, what="the misfire to be recorded")
     assert recorded == [(late, "missed", None)]
     assert await scheduled_runs() == []
+
+
+# --- fixed after review: coalesced firings, long downtimes, pauses made elsewhere -----------------------------
+
+
+async def test_fire_times_apscheduler_coalesced_into_one_are_recorded_as_missed(
+    db: str, install: Any, schedules: Schedules
+) -> None:
+    install(cron="* * * * *", timezone="UTC")
+    await schedules.sync(now=T0)
+    # The job runs three minutes late (the loop was blocked): it starts the latest fire time only.
+    run_id = await schedules.fire(WORKFLOW, "nightly", now=T0 + timedelta(minutes=3, seconds=5))
+    assert run_id is not None
+    recorded = [(f[0] - T0, f[1]) for f in await fires()]
+    minute = timedelta(minutes=1)
+    assert recorded == [(minute, "missed"), (2 * minute, "missed"), (3 * minute, "started")]
+
+
+async def test_once_after_a_downtime_longer_than_the_slot_cap_runs_the_latest_fire_time(
+    db: str, install: Any, schedules: Schedules
+) -> None:
+    install(cron="* * * * *", timezone="UTC", catch_up="once")
+    await schedules.sync(now=T0)
+    back = T0 + timedelta(days=8, minutes=7)  # 11,527 fire times later
+    await Schedules(AsyncIOScheduler(timezone="UTC")).sync(now=back)
+    [run] = await scheduled_runs()
+    assert run.scheduled_for == back.replace(second=0, microsecond=0)
+    missed = await ScheduleFire.filter(outcome="missed").count()
+    assert 0 < missed <= 24 * 60  # the newest day one by one; the detail says there were more
+    note = await ScheduleFire.filter(outcome="missed").first()
+    assert note is not None and note.detail is not None and "one of many fire times missed since" in note.detail
+    await Schedules(AsyncIOScheduler(timezone="UTC")).sync(now=back)
+    assert len(await scheduled_runs()) == 1, "a second sync starts no second run"
+
+
+async def test_a_resume_in_another_process_resumes_this_process_job(
+    db: str, install: Any, schedules: Schedules
+) -> None:
+    install(cron="0 * * * *", timezone="UTC")
+    schedules.scheduler.start(paused=True)
+    try:
+        await schedules.sync(now=T0)
+        jid = "schedule:report:nightly"
+        await schedules.set_paused(WORKFLOW, "nightly", True, "alice")
+        assert (await job_of(schedules, jid)).next_run_time is None  # type: ignore[union-attr]
+        other = Schedules(AsyncIOScheduler(timezone="UTC"))
+        await other.set_paused(WORKFLOW, "nightly", False, "bob")
+        await schedules.watch()  # this process's periodic check
+        assert (await job_of(schedules, jid)).next_run_time is not None  # type: ignore[union-attr]
+    finally:
+        schedules.scheduler.shutdown(wait=False)

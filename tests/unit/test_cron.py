@@ -123,3 +123,9 @@ def test_unknown_time_zone_is_refused() -> None:
     with pytest.raises(CronError, match="unknown time zone"):
         trigger("0 9 * * *", "Europe/Nowhere")
     assert str(check_timezone("Europe/Berlin")) == "Europe/Berlin"
+
+
+def test_a_day_of_month_and_a_weekday_fire_on_either_as_in_crontab() -> None:
+    start, end = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 2, 1, 10, tzinfo=UTC)
+    days = [w.day for w in fire_times(trigger("0 9 1 * 1", "UTC"), start, end)]
+    assert days == [1, 8, 15, 22, 29, 1]  # the 1st, and every Monday (2024-01-01 is both)
