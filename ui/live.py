@@ -20,7 +20,7 @@ from nicegui.binding import bindable_dataclass
 from engine import queries
 from engine.context import executing
 from engine.hub import Change, hub
-from ui.theme import status_color
+from ui.theme import STATUS_COLORS, status_color
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,14 @@ class StepView:
     meta: str = ""  # "attempt 2 · 1.3 s", shown in the card header
     version: int = 0  # bumped whenever what the step's card body shows has changed
     truncated: bool = False  # an output of the current attempt was cut off at the token limit
+    flag: str = ""  # "stale", "cut off" or both: one badge in the card header (300 cards, few elements)
+    flag_color: str = STATUS_COLORS["stale"]
     llm_text: str = ""  # "simulated · 293 / 1,024 tokens · stop"
     stream_text: str = ""  # the end of what the model has streamed so far (while running)
+
+    def refresh_flag(self) -> None:
+        self.flag = " · ".join([*(["stale"] if self.stale else []), *(["cut off"] if self.truncated else [])])
+        self.flag_color = STATUS_COLORS["stale" if self.stale else "truncated"]
 
     def set_duration(self, seconds: float) -> None:
         self.duration_s = seconds
@@ -141,6 +147,7 @@ class RunState:
     def _apply_step(sv: StepView, step: dict[str, Any]) -> None:
         sv.status, sv.attempt, sv.stale = step["status"], step["attempt"], step["stale"]
         sv.truncated = step["truncated"]
+        sv.refresh_flag()
         sv.color = status_color(step["status"], step["stale"], sv.truncated)
         sv.llm_text = llm_summary(step)
         sv.stale_reason = step["stale_reason"] or ""
@@ -160,6 +167,7 @@ class RunState:
             sv.stale = False
         if status in ("pending", "running"):
             sv.truncated = False
+        sv.refresh_flag()
         sv.color = status_color(status, sv.stale, sv.truncated)
         self._recount()
 

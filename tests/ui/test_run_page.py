@@ -349,12 +349,13 @@ async def test_changing_a_selection_on_a_completed_run_flags_the_dependent_stale
     assert response.status_code == 200, response.text
     await wait_run(user, run_id, "completed")
     await user.open(f"/runs/{run_id}")
-    await user.should_not_see(marker="stale-polish")
+    await user.should_not_see(marker="flag-polish")
 
     user.find(marker="pill-draft").click()
     user.find(marker="select-draft-2").click()
 
-    await user.should_see(marker="stale-polish", retries=RETRIES)
+    await user.should_see(marker="flag-polish", retries=RETRIES)
+    assert text_of(user, "flag-polish") == "stale"
     await wait_prop(user, "pill-dot-polish", "color", "purple-5")
     assert "1 stale" in text_of(user, "step-counts")
     expand(user, "card-polish")
@@ -369,7 +370,7 @@ async def test_changing_a_selection_on_a_completed_run_flags_the_dependent_stale
     user.find(marker="rerun-polish").click()
     await confirm(user, "polish", "draft")
     await wait_shown(user, "output-polish", "used:call1-alt2")
-    await user.should_not_see(marker="stale-polish", retries=RETRIES)
+    await user.should_not_see(marker="flag-polish", retries=RETRIES)
     await wait_prop(user, "pill-dot-polish", "color", "green-6")
     polish = await api_step(user, run_id, "polish")
     assert (polish["stale"], polish["attempt"], polish["output"]) == (False, 2, "used:call1-alt2")

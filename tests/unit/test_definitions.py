@@ -674,7 +674,7 @@ def test_call_error_is_a_value_error() -> None:
 
 @pytest.mark.parametrize("name", ["errors", "reload"])
 def test_names_the_api_uses_for_its_own_paths_are_refused(tmp_path: Path, mod: str, name: str) -> None:
-    err, path = load_error(tmp_path, f"name: {name}\n" + steps_yaml(mod))
+    err, _ = load_error(tmp_path, f"name: {name}\n" + steps_yaml(mod))
 
     assert (err.field, err.line) == ("name", 1)
     assert f"/api/workflows/{name}" in str(err)

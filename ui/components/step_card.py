@@ -39,10 +39,10 @@ class StepCard:
             title = ui.label(sv.label).classes("font-medium")
             title.props["title"] = key
             ui.badge().bind_text_from(sv, "status").bind_background_color_from(sv, "color").mark(f"status-{key}")
-            ui.badge("stale", color="purple-5").bind_visibility_from(sv, "stale").mark(f"stale-{key}")
-            cut = ui.badge("cut off", color=STATUS_COLORS["truncated"]).bind_visibility_from(sv, "truncated")
-            cut.props["title"] = "An output was cut off at the token limit (finish reason 'length')"
-            cut.mark(f"truncated-{key}")
+            # Stale (built on an earlier choice) and cut off (at the token limit) share one badge.
+            ui.badge().bind_text_from(sv, "flag").bind_background_color_from(sv, "flag_color").bind_visibility_from(
+                sv, "flag", backward=bool
+            ).mark(f"flag-{key}")
             ui.label().bind_text_from(sv, "meta").classes("ml-auto text-xs text-grey-7 whitespace-nowrap")
         self.body: ui.column | None = None
 
