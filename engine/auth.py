@@ -9,6 +9,7 @@ Neither a password nor a token is ever logged, stored or shown after it was crea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import re
@@ -164,6 +165,7 @@ class Guard:
 
     def __init__(self) -> None:
         self.failures: dict[str, list[float]] = defaultdict(list)
+        self.reported: dict[str, float] = {}  # key -> end of the lock last written to the audit trail
 
     def wait_s(self, *keys: str) -> float:
         """Seconds until these keys may try again (0 when they may now)."""
@@ -171,20 +173,38 @@ class Guard:
         wait = 0.0
         for key in keys:
             recent = [t for t in self.failures.get(key, []) if now - t < FAILURE_MEMORY_S]
-            self.failures[key] = recent
+            if recent:
+                self.failures[key] = recent
+            else:
+                self.failures.pop(key, None)  # memory stays bounded by the recent failures
             if len(recent) >= FAILURES_BEFORE_LOCK:
                 lock = min(FIRST_LOCK_S * 2 ** (len(recent) - FAILURES_BEFORE_LOCK), MAX_LOCK_S)
                 wait = max(wait, recent[-1] + lock - now)
         return max(wait, 0.0)
 
-    def failed(self, *keys: str) -> None:
+    def failed(self, *keys: str) -> float:
+        """Count a failure now; returns its time (to take it back if the attempt turns out right)."""
         now = time.monotonic()
         for key in keys:
             self.failures[key].append(now)
+        return now
+
+    def take_back(self, at: float, *keys: str) -> None:
+        for key in keys:
+            with contextlib.suppress(KeyError, ValueError):
+                self.failures[key].remove(at)
 
     def succeeded(self, *keys: str) -> None:
         for key in keys:
             self.failures.pop(key, None)
+
+    def first_report(self, key: str, wait_s: float) -> bool:
+        """Whether a lock is new to the audit trail (one entry per lock, not one per refused request)."""
+        now = time.monotonic()
+        if self.reported.get(key, 0.0) > now:
+            return False
+        self.reported[key] = now + wait_s
+        return True
 
 
 guard = Guard()
@@ -199,20 +219,25 @@ class LockedOut(Exception):
 async def sign_in(name: str, password: str, address: str) -> Principal | None:
     """The user if the password is right; None if not; LockedOut while the guard holds."""
     keys = (f"name:{name.lower()}", f"address:{address}")
+    user = await User.filter(name=name).first() if _NAME_RE.match(name) else None
+    # A name that is no account may be a password typed in the wrong field: it is never recorded.
+    who = user.name if user is not None else "unknown name"
     wait = guard.wait_s(*keys)
     if wait > 0:
-        await audit("sign_in_locked", name[:200], f"locked for {wait:.0f} s", address)
+        if guard.first_report(keys[1], wait):
+            await audit("sign_in_locked", who, f"locked for {wait:.0f} s", address)
         raise LockedOut(wait)
-    user = await User.filter(name=name).first() if _NAME_RE.match(name) else None
+    # Counted before the (slow) check, so that many attempts sent at once cannot all get through it.
+    attempt = guard.failed(*keys)
     digest = user.password_hash if user else await asyncio.to_thread(_dummy_hash)
     ok = await asyncio.to_thread(_verify, digest, password[:MAX_PASSWORD_CHARS])
     if not ok or user is None or user.disabled:
-        guard.failed(*keys)
         reason = "disabled account" if user is not None and user.disabled and ok else "wrong name or password"
-        await audit("sign_in_failed", name[:200], reason, address)
+        await audit("sign_in_failed", who, reason, address)
         return None
     # Only the name is forgiven: an address that guessed wrong stays counted, so signing in to one
     # account of one's own does not reset a run of guesses at others.
+    guard.take_back(attempt, keys[1])
     guard.succeeded(keys[0])
     await audit("sign_in", user.name, None, address)
     return Principal(user.name, user.role, "session")

@@ -427,7 +427,8 @@ class RunDriver:
         if self.stop_reason == SHUTDOWN and self.engine.settings.on_orphan == "resume":
             # The run is re-queued as a whole (`_finish`): this attempt ends failed, the step pending.
             if ctx.llm is not None or ctx.partial_text() is not None:
-                await _write(lambda: transitions.save_partial(ref, _partial(ctx), _llm(ctx)), f"{s.defn.key}: save")
+                saving = lambda: transitions.save_partial(ref, _partial(ctx), _llm(ctx), final=True)  # noqa: E731
+                await _write(saving, f"{s.defn.key}: save")
             return
         if self.stop_reason in (SHUTDOWN, BROKEN):
             why = self.engine.stop_reason if self.stop_reason == SHUTDOWN else "the engine could not record an outcome"

@@ -97,6 +97,7 @@ class Engine:
         if self._remove_listener:
             self._remove_listener()
         self.threads.shutdown()
+        await providers.close_all()  # the model clients' connections belong to this loop
 
     def wake(self) -> None:
         self._wake.set()

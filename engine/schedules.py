@@ -11,6 +11,7 @@ Nothing is missed silently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,7 +23,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from engine import operations, transitions
 from engine.cron import MAX_SLOTS, fire_times, latest_fire_time, trigger
 from engine.definitions import ScheduleDef, WorkflowDef
-from engine.errors import NotFound
+from engine.errors import NotFound, StepdeckError
 from engine.registry import workflows
 from engine.store import fetch
 from engine.transitions import utcnow
@@ -164,27 +165,34 @@ class Schedules:
     async def catch_up(self, defn: WorkflowDef, sched: ScheduleDef, state: ScheduleState, now: datetime) -> None:
         """Fire times since the last one recorded (or since the schedule appeared or resumed), up to now.
 
-        Those from before this process started were missed while no server ran: recorded as missed
-        (`skip`), or the latest of them run (`once`). Those since, a reload replaced the job before it
-        could fire: they are started, as the job would have.
+        Those from before this process started (less the misfire grace) were missed while no server
+        ran: recorded as missed (`skip`), or the latest of them run (`once`). Of those since, the
+        latest is started, as the job would have (a reload replaced the job before it could fire),
+        the earlier ones recorded as missed.
         """
         t = trigger(sched.cron, sched.timezone)
         since = await self._since(defn, sched, state)
         latest = latest_fire_time(t, now, now - since) if now > since else None
         if latest is None or latest <= since:
             return
-        down = list(fire_times(t, since, min(now, self.started_at)))
+        # Fire times before this process started (less the grace APScheduler would have given them)
+        # were due while no server ran; later ones, a reload replaced the job before it could fire.
+        boundary = min(now, self.started_at - timedelta(seconds=MISFIRE_GRACE_S))
+        down = list(fire_times(t, since, boundary))
         if len(down) >= MAX_SLOTS:  # a long downtime: list the newest day one by one, count the rest
-            recent_from = min(now, self.started_at) - timedelta(days=1)
-            down = list(fire_times(t, recent_from, min(now, self.started_at)))
+            down = list(fire_times(t, max(since, boundary - timedelta(days=1)), boundary))
             summary = f"one of many fire times missed since {since.isoformat()} while no server was running"
         else:
             summary = None
-        running = list(fire_times(t, max(since, self.started_at), now)) if now > self.started_at else []
-        to_run = running[-1:] if running else []
+        running = list(fire_times(t, max(since, boundary), now)) if now > boundary else []
+        to_run = running[-1:]
         if sched.catch_up == "once" and down and not to_run:
             to_run = [down[-1]]
+        late = running[:-1]  # a reload replaced the job while several fire times passed: recorded
         missed = [w for w in down if w not in to_run]
+        if late:
+            fires = [transitions.ScheduledFire(defn.name, sched.name, _utc(w)) for w in late]
+            await transitions.record_fires(fires, "missed", "the server could not start it in time")
         if missed:
             fires = [transitions.ScheduledFire(defn.name, sched.name, _utc(w)) for w in missed]
             detail = summary or "no server was running at this time"
@@ -229,11 +237,23 @@ class Schedules:
         if not event.job_id.startswith(JOB_PREFIX):
             return
         workflow, _, name = event.job_id.removeprefix(JOB_PREFIX).partition(":")
-        fire = transitions.ScheduledFire(workflow, name, _utc(event.scheduled_run_time))
-        detail = f"the server could not start it within {MISFIRE_GRACE_S} s of its time"
-        task = asyncio.get_running_loop().create_task(transitions.record_fire(fire, "missed", detail))
+        task = asyncio.get_running_loop().create_task(self._missed(workflow, name, _utc(event.scheduled_run_time)))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    async def _missed(self, workflow: str, name: str, scheduled: datetime) -> bool:
+        """Record a fire time APScheduler could not run in time, and those it coalesced into it."""
+        detail = f"the server could not start it within {MISFIRE_GRACE_S} s of its time"
+        times = [scheduled]
+        with contextlib.suppress(StepdeckError, StopIteration):
+            defn, sched = self._find(workflow, name)
+            state = await ScheduleState.filter(workflow=workflow, name=name).first()
+            if state is not None:
+                since = await self._since(defn, sched, state)
+                times = [*fire_times(trigger(sched.cron, sched.timezone), since, scheduled), scheduled]
+        fires = [transitions.ScheduledFire(workflow, name, _utc(w)) for w in dict.fromkeys(times)]
+        await transitions.record_fires(fires, "missed", detail)
+        return True
 
     # --- people's actions -------------------------------------------------------------------------
 

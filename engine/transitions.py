@@ -661,15 +661,23 @@ async def keep_partial_output(
     return result.ok
 
 
-async def save_partial(ref: AttemptRef, partial_output: str | None, llm: dict[str, Any] | None) -> None:
-    """Checkpoint what a running attempt has produced so far (streamed text, LLM usage); no status changes."""
+async def save_partial(
+    ref: AttemptRef, partial_output: str | None, llm: dict[str, Any] | None, *, final: bool = False
+) -> None:
+    """Checkpoint what a running attempt has produced so far (streamed text, LLM usage); no status changes.
+
+    `final`: the attempt is about to end without a result of its own (re-queued at shutdown): its
+    usage rows are written now, since the tokens were spent.
+    """
+    now = utcnow()
     await run_batch(
         [
             Stmt(
                 "UPDATE attempts SET partial_output = COALESCE(?, partial_output), llm = COALESCE(?, llm)"
                 " WHERE id = ? AND status = ?",
                 (partial_output, llm, ref.attempt_id, AttemptStatus.RUNNING),
-            )
+            ),
+            *(_llm_stmts(ref, llm, AttemptStatus.FAILED, now) if final else []),
         ]
     )
 

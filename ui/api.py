@@ -303,9 +303,11 @@ async def me(request: Request) -> dict[str, Any]:
 
 
 @protected.get(
-    "/audit", response_model=list[AuditOut], responses=ERRORS, summary="Sign-ins, token use, account changes"
+    "/audit", response_model=list[AuditOut], responses=ACTIONS, summary="Sign-ins, token use, account changes"
 )
-async def audit_trail(limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, Any]]:
+async def audit_trail(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, Any]]:
+    if not security.principal(request).can_act:
+        raise Forbidden("the audit trail is for operators")
     return [
         {
             "id": e.id,

@@ -82,16 +82,26 @@ async def bind_problem(settings: Settings) -> str | None:
 def storage_secret(path: Path) -> str:
     """The secret that signs session cookies: made on first start, kept readable by the owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        if path.stat().st_mode & 0o077:
-            os.chmod(path, 0o600)
-            log.warning("%s was readable by others; its permissions are now 0600", path)
-        return path.read_text(encoding="utf-8").strip()
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        file.write(secrets.token_urlsafe(48))
-    return path.read_text(encoding="utf-8").strip()
+    if not path.exists():
+        # Written whole to a temporary file, then linked into place: a second server starting at the
+        # same moment either finds the complete file or loses the race to link, never an empty one.
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(secrets.token_urlsafe(48))
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+        log.warning("%s was readable by others; its permissions are now 0600", path)
+    secret = path.read_text(encoding="utf-8").strip()
+    if not secret:
+        raise RuntimeError(f"{path} is empty: delete it and start again (a new secret is made)")
+    return secret
 
 
 class _Cache:
@@ -129,14 +139,18 @@ def principal(request: Request) -> Principal:
     return found if isinstance(found, Principal) else LOCAL
 
 
+SIGNED_OUT = Principal("signed out", "viewer", "session")
+
+
 def current() -> Principal:
-    """Who uses this page (in page functions and their event handlers)."""
+    """Who uses this page (in page functions and their event handlers). The local user only while
+    sign-in is known to be off; a tab whose browser signed out (in another tab) may no longer act."""
     try:
         name = app.storage.user.get(SESSION_KEY)
     except (RuntimeError, AssertionError):  # no storage: sign-in is off in this process
-        return LOCAL
+        name = None
     if not name:
-        return LOCAL
+        return LOCAL if cache.enabled is not None and not cache.enabled[1] else SIGNED_OUT
     cached = cache.users.get(name)
     return cached[1] if cached and cached[1] is not None else Principal(name, "viewer", "session")
 
@@ -148,9 +162,11 @@ def may_act() -> bool:
 
 async def acting() -> str:
     """The actor of an action taken on a page, after checking the account may still act (Forbidden if not)."""
-    who = current()
-    if who.via == "local":
+    if not await cache.sign_in_enabled():
         return "ui"  # sign-in is off: the dashboard on this machine
+    who = current()
+    if who is SIGNED_OUT or who.via == "local":
+        raise Forbidden("this browser signed out: sign in again to act")
     fresh = await cache.user(who.name)
     if fresh is None:
         raise Forbidden(f"the account {who.name} was disabled or removed: sign in again")
@@ -225,9 +241,14 @@ class Gate:
 
     async def _principal(self, scope: Scope, headers: Headers) -> Principal | None:
         if not await cache.sign_in_enabled():
+            # No account (the last one was removed while serving the network): this machine only.
+            client = scope.get("client")
+            if self.any_host and not (client and is_loopback(client[0])):
+                return None
             return LOCAL
         authorization = headers.get("authorization", "")
-        if authorization.lower().startswith("bearer "):
+        # Tokens are for the API; pages and their websocket belong to a signed-in browser.
+        if authorization.lower().startswith("bearer ") and scope["path"].startswith(("/api/", "/openapi.json")):
             client = scope.get("client")
             return await auth.token_principal(authorization[7:].strip(), client[0] if client else None)
         name = self._session_user(scope)

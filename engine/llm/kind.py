@@ -8,6 +8,7 @@ timed out, cancelled).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -82,12 +83,14 @@ class LlmRecord:
                 "first_token_ms": round(call.first_token_s * 1000, 1) if call.first_token_s is not None else None,
             }
         )
-        for choice in call.choices:
+        for position, choice in enumerate(call.choices):
             alt = self.alternatives[first_index + choice.index]
             tokens, exact = call.choice_tokens(choice)
             alt.calls += 1
             alt.continuations += continuation
-            alt.prompt_tokens += call.prompt_tokens or 0
+            # A call with n choices reads its prompt once: its tokens go to the first choice only,
+            # so that the alternatives' prompt tokens add up to what was billed.
+            alt.prompt_tokens += (call.prompt_tokens or 0) if position == 0 else 0
             alt.completion_tokens += tokens
             alt.peak_call_tokens = max(alt.peak_call_tokens, tokens)
             alt.exact = alt.exact and exact and call.prompt_tokens is not None
@@ -217,6 +220,8 @@ async def run_llm(step: StepDef, ctx: StepContext, env: KindEnv) -> Any:
             )
     finally:
         checkpoints.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await checkpoints
         ctx.flush_stream()
     cut = [a for a in record.alternatives if a.truncated]
     for alt in cut:

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import logging
 import random
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -161,9 +162,17 @@ def _key(settings: Settings) -> tuple[Any, ...]:
     )
 
 
+_building = threading.Lock()  # two steps starting together build one client, not two
+
+
 def for_settings(settings: Settings) -> Provider:
     """The provider of these settings, one per configuration and process (clients keep connections)."""
     key = _key(settings)
+    with _building:
+        return _build(key, settings)
+
+
+def _build(key: tuple[Any, ...], settings: Settings) -> Provider:
     if key[0] == SIMULATED:
         if key not in _providers:
             _providers[key] = SimulatedProvider(settings.llm_sim_tokens_per_s)

@@ -125,6 +125,8 @@ class _PromptEnvironment(ImmutableSandboxedEnvironment):
 
     def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
         if operator == "*":
+            if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right.bit_length() > 33_000:
+                raise _LimitExceeded("a product of more than about 10,000 digits is too large")
             for seq, times in ((left, right), (right, left)):
                 if (
                     isinstance(seq, (str, list, tuple))

@@ -697,3 +697,19 @@ def test_serving_the_network_needs_an_account_then_sign_in(tmp_path: Path) -> No
         assert sign_in(client, "olga", PASSWORDS["alice"]).status_code == 303
         assert client.get("/api/me").json() == {"name": "olga", "role": "operator", "via": "session", "token": None}
         assert client.get("/api/runs").status_code == 200
+        # The last account removed while serving the network: this machine only, not everyone.
+        assert ws.cli("users", "remove", "olga").returncode == 0
+        time.sleep(2.5)  # the gate trusts what it read about accounts for 2 s
+        assert httpx.get(f"{server.base_url}/api/runs", timeout=5).status_code == 200  # from 127.0.0.1
+        address = _outside_address()
+        remote = httpx.get(f"http://{address}:{server.port}/api/runs", timeout=5)
+        assert remote.status_code == 401, f"a client at {address} was let in without an account"
+
+
+def _outside_address() -> str:
+    """An address of this machine that is not loopback (a client there is "on the network")."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface
+        address: str = probe.getsockname()[0]
+    assert not address.startswith("127."), "this test needs a network interface besides loopback"
+    return address

@@ -288,6 +288,9 @@ async def test_alternatives_in_one_request_when_the_server_honours_n(
     rows = await usage_rows(run["id"])
     assert [(r["alternative"], r["completion_tokens"], r["truncated"]) for r in rows] == [(k, 20, 0) for k in range(3)]
     assert step["usage"]["completion_tokens"] == 60
+    # One request reads the prompt once: its tokens are counted once, on the first alternative.
+    assert [r["prompt_tokens"] for r in rows][1:] == [0, 0]
+    assert rows[0]["prompt_tokens"] == step["usage"]["prompt_tokens"] > 0
 
 
 async def test_alternatives_are_asked_for_separately_when_the_server_ignores_n(

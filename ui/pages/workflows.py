@@ -11,6 +11,7 @@ from typing import Any
 from nicegui import run, ui
 
 from engine.definitions import DefinitionError, StepDef, WorkflowDef
+from engine.errors import StepdeckError
 from engine.registry import workflows
 from engine.schedules import Schedules
 from ui import security
@@ -135,6 +136,11 @@ def catalog_view() -> None:
 
 async def reload_definitions(view: ui.refreshable[[], None], schedules: SchedulesView) -> None:
     try:
+        await security.acting()  # reloading imports step modules and may start scheduled runs
+    except StepdeckError as exc:
+        ui.notify(str(exc), type="warning")
+        return
+    try:
         # Reading files and importing step modules is blocking work: off the event loop.
         catalog = await run.io_bound(workflows.reload)
     except Exception as exc:
@@ -158,6 +164,7 @@ def register(schedules: Schedules) -> None:
                 ui.label(f"Definitions from {workflows.directory}").classes("text-grey-7")
                 ui.space()
                 reload = ui.button("Reload definitions", icon="refresh").props("outline").mark("reload-definitions")
+                reload.set_enabled(security.may_act())
             schedules_view = SchedulesView(schedules)
             await schedules_view.refresh()
             reload.on_click(lambda: reload_definitions(view, schedules_view))
