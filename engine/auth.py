@@ -58,6 +58,7 @@ class Principal:
     role: str
     via: str  # session | token | local
     token: str | None = None  # the token's name, for the audit trail
+    epoch: str | None = None  # changes with the password or a re-created account: older sessions end
 
     @property
     def can_act(self) -> bool:
@@ -240,7 +241,7 @@ async def sign_in(name: str, password: str, address: str) -> Principal | None:
     guard.take_back(attempt, keys[1])
     guard.succeeded(keys[0])
     await audit("sign_in", user.name, None, address)
-    return Principal(user.name, user.role, "session")
+    return Principal(user.name, user.role, "session", epoch=_epoch(user))
 
 
 def _verify(digest: str, password: str) -> bool:
@@ -255,7 +256,12 @@ async def principal_of(name: str, via: str = "session") -> Principal | None:
     user = await User.filter(name=name).first()
     if user is None or user.disabled:
         return None
-    return Principal(user.name, user.role, via)
+    return Principal(user.name, user.role, via, epoch=_epoch(user))
+
+
+def _epoch(user: User) -> str:
+    """Tells sessions of this account and password from earlier ones (a digest: it reveals neither)."""
+    return hashlib.sha256(f"{user.id}:{user.password_hash}".encode()).hexdigest()[:16]
 
 
 # --- tokens --------------------------------------------------------------------------------------

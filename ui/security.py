@@ -44,6 +44,7 @@ MAX_BODY_BYTES = 1024 * 1024  # requests carry inputs and choices, never files
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 OPEN_PATHS = {"/api/health", "/login", "/logout", "/favicon.ico"}
 SESSION_KEY = "stepdeck_user"
+EPOCH_KEY = "stepdeck_epoch"
 CACHE_S = 2.0  # how long an account's state (exists, enabled, role) is trusted without a new read
 CSP = (
     "default-src 'self'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
@@ -110,7 +111,8 @@ class _Cache:
     def __init__(self) -> None:
         self.enabled: tuple[float, bool] | None = None
         self.users: dict[str, tuple[float, Principal | None]] = {}
-        self.sessions: dict[str, str] = {}  # browser id -> signed-in name (websockets have no user storage)
+        # browser id -> (signed-in name, account epoch): websockets have no user storage to read
+        self.sessions: dict[str, tuple[str, str | None]] = {}
 
     async def sign_in_enabled(self) -> bool:
         now = time.monotonic()
@@ -146,13 +148,23 @@ def current() -> Principal:
     """Who uses this page (in page functions and their event handlers). The local user only while
     sign-in is known to be off; a tab whose browser signed out (in another tab) may no longer act."""
     try:
-        name = app.storage.user.get(SESSION_KEY)
+        name, epoch = app.storage.user.get(SESSION_KEY), app.storage.user.get(EPOCH_KEY)
     except (RuntimeError, AssertionError):  # no storage: sign-in is off in this process
-        name = None
+        name = epoch = None
     if not name:
         return LOCAL if cache.enabled is not None and not cache.enabled[1] else SIGNED_OUT
     cached = cache.users.get(name)
-    return cached[1] if cached and cached[1] is not None else Principal(name, "viewer", "session")
+    if cached and cached[1] is not None and cached[1].epoch == epoch:
+        return cached[1]
+    return SIGNED_OUT if cached else Principal(name, "viewer", "session")
+
+
+def _stored_epoch() -> str | None:
+    try:
+        epoch = app.storage.user.get(EPOCH_KEY)
+    except (RuntimeError, AssertionError):
+        return None
+    return str(epoch) if epoch else None
 
 
 def may_act() -> bool:
@@ -168,8 +180,8 @@ async def acting() -> str:
     if who is SIGNED_OUT or who.via == "local":
         raise Forbidden("this browser signed out: sign in again to act")
     fresh = await cache.user(who.name)
-    if fresh is None:
-        raise Forbidden(f"the account {who.name} was disabled or removed: sign in again")
+    if fresh is None or fresh.epoch != _stored_epoch():
+        raise Forbidden(f"the account {who.name} was disabled, removed or given a new password: sign in again")
     if not fresh.can_act:
         raise Forbidden(f"{who.name} is a viewer: only operators can start, cancel, retry, resume or select")
     return fresh.actor
@@ -251,24 +263,27 @@ class Gate:
         if authorization.lower().startswith("bearer ") and scope["path"].startswith(("/api/", "/openapi.json")):
             client = scope.get("client")
             return await auth.token_principal(authorization[7:].strip(), client[0] if client else None)
-        name = self._session_user(scope)
-        return await cache.user(name) if name else None
+        session = self._session_user(scope)
+        if session is None:
+            return None
+        who = await cache.user(session[0])
+        return who if who is not None and who.epoch == session[1] else None
 
     @staticmethod
-    def _session_user(scope: Scope) -> str | None:
+    def _session_user(scope: Scope) -> tuple[str, str | None] | None:
+        """The signed-in name of this browser and the account epoch it signed in under."""
         browser = (scope.get("session") or {}).get("id")
         if not browser:
             return None
         if scope["type"] == "http":
             try:
-                name = app.storage.user.get(SESSION_KEY)
+                name, epoch = app.storage.user.get(SESSION_KEY), app.storage.user.get(EPOCH_KEY)
             except (RuntimeError, AssertionError):
-                name = None
+                name = epoch = None
             if name:
-                cache.sessions[browser] = name
+                cache.sessions[browser] = (str(name), str(epoch) if epoch else None)
             else:
                 cache.sessions.pop(browser, None)
-            return str(name) if name else None
         return cache.sessions.get(browser)
 
 
@@ -405,6 +420,7 @@ async def login_submit(request: Request) -> Response:
         page = login_html(next_path, "Wrong name or password.", name)
         return Response(page, status_code=401, media_type="text/html")
     app.storage.user[SESSION_KEY] = who.name
+    app.storage.user[EPOCH_KEY] = who.epoch
     cache.users.pop(who.name, None)
     return RedirectResponse(next_path, status_code=303)
 
@@ -413,6 +429,7 @@ async def logout(request: Request) -> Response:
     who = principal(request)
     with contextlib.suppress(RuntimeError, AssertionError):
         app.storage.user.pop(SESSION_KEY, None)
+        app.storage.user.pop(EPOCH_KEY, None)
     browser = request.session.get("id") if "session" in request.scope else None
     if browser:
         cache.sessions.pop(browser, None)

@@ -409,7 +409,18 @@ def test_removed_user_loses_session_and_tokens_within_seconds(deck: Deck) -> Non
         assert token.get("/api/me").status_code == 401
         wait_until(lambda: session.get("/api/me").status_code == 401, "the removed account's session to end")
         assert session.get("/api/runs").status_code == 401
+        # An account made again under the same name (same password) does not revive the old session.
+        done = deck.ws.cli("users", "add", "remy", "--role", "viewer", input=PASSWORDS["remy"] + "\n")
+        assert done.returncode == 0, done.stderr
+        time.sleep(SETTLE_S / 2)
+        assert session.get("/api/me").status_code == 401
     assert entries(deck, "user_removed", detail="remy")
+    # A new password ends the sessions signed in with the old one.
+    with deck.session("remy") as session:
+        assert session.get("/api/me").json()["name"] == "remy"
+        done = deck.ws.cli("users", "passwd", "remy", input="remy-New-Pa55word-1\n")
+        assert done.returncode == 0, done.stderr
+        wait_until(lambda: session.get("/api/me").status_code == 401, "the session of the old password to end")
 
 
 # --- origins ---------------------------------------------------------------------------------------------------
