@@ -60,6 +60,14 @@ class EventSpec:
 Part = tuple[list[Stmt], Sequence[EventSpec]]
 
 
+def _step_event(
+    run_id: int, key: str, attempt: int, from_status: StepStatus, to_status: StepStatus, message: str | None = None
+) -> EventSpec:
+    return EventSpec(
+        "step", run_id, step_key=key, attempt=attempt, from_status=from_status, to_status=to_status, message=message
+    )
+
+
 def _publish(result: BatchResult, events: Sequence[EventSpec], first_event: int, now: datetime) -> None:
     for offset, event in enumerate(events):
         rows = result.rows[first_event + offset]
@@ -498,14 +506,7 @@ def _start_part(start: StepStart, now: datetime) -> Part:
             (start.run_id, start.step_id, start.number, AttemptStatus.RUNNING, start.consumed, [], start.owner, now),
         ),
     ]
-    event = EventSpec(
-        "step",
-        start.run_id,
-        step_key=start.key,
-        attempt=start.number,
-        from_status=StepStatus.PENDING,
-        to_status=StepStatus.RUNNING,
-    )
+    event = _step_event(start.run_id, start.key, start.number, StepStatus.PENDING, StepStatus.RUNNING)
     return stmts, [event]
 
 
@@ -588,9 +589,7 @@ async def complete_step_and_start(
         _step_from_running(ref, to, now),
         *_llm_stmts(ref, llm, AttemptStatus.COMPLETED, now),
     ]
-    event = EventSpec(
-        "step", ref.run_id, step_key=ref.key, attempt=ref.number, from_status=StepStatus.RUNNING, to_status=to
-    )
+    event = _step_event(ref.run_id, ref.key, ref.number, StepStatus.RUNNING, to)
     results = await _commit_parts([(stmts, [event]), *(_start_part(s, now) for s in starts)], now)
     if isinstance(results[0], Exception):
         raise results[0]
@@ -620,15 +619,7 @@ async def fail_step(
         _step_from_running(ref, StepStatus.FAILED, now),
         *_llm_stmts(ref, llm, AttemptStatus.FAILED, now),
     ]
-    event = EventSpec(
-        "step",
-        ref.run_id,
-        step_key=ref.key,
-        attempt=ref.number,
-        from_status=StepStatus.RUNNING,
-        to_status=StepStatus.FAILED,
-        message=error,
-    )
+    event = _step_event(ref.run_id, ref.key, ref.number, StepStatus.RUNNING, StepStatus.FAILED, error)
     if (await _commit(stmts, [event], now)).ok:
         return True
     await record_late_result(ref, f"failed: {error}", llm)
@@ -776,11 +767,7 @@ async def select_alternative(sel: Selection, actor: str) -> bool:
         )
     ]
     if sel.step_from != step_to:
-        events.append(
-            EventSpec(
-                "step", sel.run_id, step_key=sel.key, attempt=sel.number, from_status=sel.step_from, to_status=step_to
-            )
-        )
+        events.append(_step_event(sel.run_id, sel.key, sel.number, sel.step_from, step_to))
     if sel.stale_keys:
         reason = (
             f"upstream step {sel.key!r} changed its selection from alternative "

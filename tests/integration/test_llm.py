@@ -653,20 +653,25 @@ async def test_the_bundled_article_workflow_completes_offline_on_the_simulated_p
 # --- streaming to viewers ------------------------------------------------------------------------------------
 
 
+async def run_watching_tokens(workflow: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run the workflow to its end while subscribed to the hub; returns the run and its `tokens` changes."""
+    sub = hub.subscribe()
+    try:
+        run = await run_to_end(workflow)
+        changes = await drain(sub)
+    finally:
+        sub.close()
+    return run, [c.data for c in changes if c.run_id == run["id"] and c.kind == "tokens"]
+
+
 async def test_streamed_text_reaches_subscribers_in_throttled_batches_that_add_up_to_the_output(
     eng: Engine, server: LLMServer, define: Define
 ) -> None:
     server.reply_tokens, server.chunk_delay_s = 2000, 0.0003
     define("stream", [llm()], inputs=TOPIC)
-    sub = hub.subscribe()
-    try:
-        run = await run_to_end("stream")
-        changes = await drain(sub)
-    finally:
-        sub.close()
+    run, tokens = await run_watching_tokens("stream")
     step = run["steps"][0]
     assert step["output"] == words(0, 2000)
-    tokens = [c.data for c in changes if c.run_id == run["id"] and c.kind == "tokens"]
     assert all(t["alternative"] == 0 and t["attempt"] == 1 and not t["reset"] for t in tokens)
     assert streamed(tokens, 0) == step["output"]
     assert 2 <= len(tokens) <= step["duration_s"] / 0.1 + 3, (len(tokens), step["duration_s"])
@@ -676,13 +681,7 @@ async def test_each_alternative_streams_to_subscribers_on_its_own(
     eng: Engine, server: LLMServer, define: Define
 ) -> None:
     define("stream-alts", [llm(alternatives=3, select="auto")], inputs=TOPIC)
-    sub = hub.subscribe()
-    try:
-        run = await run_to_end("stream-alts")
-        changes = await drain(sub)
-    finally:
-        sub.close()
-    tokens = [c.data for c in changes if c.run_id == run["id"] and c.kind == "tokens"]
+    run, tokens = await run_watching_tokens("stream-alts")
     assert [streamed(tokens, k) for k in range(3)] == run["steps"][0]["alternatives"]
 
 
@@ -691,13 +690,7 @@ async def test_a_retried_stream_tells_subscribers_to_drop_what_the_failed_call_s
 ) -> None:
     server.fail_next("disconnect")  # two tokens, then the connection drops
     define("stream-retry", [llm()], inputs=TOPIC)
-    sub = hub.subscribe()
-    try:
-        run = await run_to_end("stream-retry")
-        changes = await drain(sub)
-    finally:
-        sub.close()
-    tokens = [c.data for c in changes if c.run_id == run["id"] and c.kind == "tokens"]
+    run, tokens = await run_watching_tokens("stream-retry")
     resets = [t for t in tokens if t["reset"]]
     assert [(t["offset"], t["text"]) for t in resets] == [(0, "")]
     text = ""

@@ -91,6 +91,17 @@ MODULES = {"procsteps": STEPS_MODULE}
 ACTIVE = {"queued", "running"}
 
 
+@contextlib.contextmanager
+def step_a_running(ws: Workspace, tmp_path: Path) -> Iterator[tuple[Server, int]]:
+    """A server with a run of proc-gated whose step a is running (held at its gate)."""
+    gates = tmp_path / "gates"
+    gates.mkdir()
+    with serving(ws) as server:
+        run_id = server.start_run("proc-gated", {"gate_dir": str(gates)})
+        server.wait_step(run_id, "a", "running")
+        yield server, run_id
+
+
 def workspace(directory: Path) -> Workspace:
     return Workspace(directory, WORKFLOWS, MODULES)
 
@@ -394,11 +405,7 @@ def assert_interrupted_at_a(ws: Workspace, run_id: int) -> None:
 
 def test_sigterm_mid_step_leaves_the_run_failed_as_interrupted(tmp_path: Path) -> None:
     ws = workspace(tmp_path / "ws")
-    gates = tmp_path / "gates"
-    gates.mkdir()
-    with serving(ws) as server:
-        run_id = server.start_run("proc-gated", {"gate_dir": str(gates)})
-        server.wait_step(run_id, "a", "running")
+    with step_a_running(ws, tmp_path) as (server, run_id):
         code = server.stop(signal.SIGTERM, timeout_s=15)
         assert code is not None, f"the server ignored SIGTERM for 15 s:\n{server.log_tail()}"
         assert_interrupted_at_a(ws, run_id)
@@ -407,11 +414,7 @@ def test_sigterm_mid_step_leaves_the_run_failed_as_interrupted(tmp_path: Path) -
 def test_sigterm_with_an_open_event_stream_still_stops_the_server(tmp_path: Path) -> None:
     """A viewer must not keep the server (and so its runs) alive: SIGTERM still ends it promptly."""
     ws = workspace(tmp_path / "ws")
-    gates = tmp_path / "gates"
-    gates.mkdir()
-    with serving(ws) as server:
-        run_id = server.start_run("proc-gated", {"gate_dir": str(gates)})
-        server.wait_step(run_id, "a", "running")
+    with step_a_running(ws, tmp_path) as (server, run_id):
         streaming = threading.Event()
 
         def watch() -> None:
@@ -436,11 +439,7 @@ def test_sigterm_with_an_open_event_stream_still_stops_the_server(tmp_path: Path
 
 def test_sweep_fails_the_runs_of_a_killed_server(tmp_path: Path) -> None:
     ws = workspace(tmp_path / "ws")
-    gates = tmp_path / "gates"
-    gates.mkdir()
-    with serving(ws) as server:
-        run_id = server.start_run("proc-gated", {"gate_dir": str(gates)})
-        server.wait_step(run_id, "a", "running")
+    with step_a_running(ws, tmp_path) as (server, run_id):
         assert server.stop(signal.SIGKILL) == -signal.SIGKILL
     assert ws.sql("SELECT status FROM runs WHERE id = ?", (run_id,)) == [{"status": "running"}]
 

@@ -18,6 +18,7 @@ from nicegui import ElementFilter, app, run, ui
 from nicegui.testing import User
 
 from tests import stepfns
+from ui.live import live
 
 DEMO = """\
 name: ui-demo
@@ -91,6 +92,22 @@ def stepdeck_env(tmp_path: Path, workflows_dir: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("STEPDECK_SHUTDOWN_GRACE_S", "0")  # a test's app stops now, not after blocked steps
     monkeypatch.setenv("STEPDECK_ALLOWED_HOSTS", "test")  # the `user` fixture's requests go to http://test
     monkeypatch.setenv("STEPDECK_SECRET_FILE", str(tmp_path / "secret.key"))
+    for name in (
+        "STEPDECK_LLM_PROVIDER",
+        "STEPDECK_LLM_BASE_URL",
+        "STEPDECK_LLM_API_KEY",
+        "OPENAI_BASE_URL",
+        "OPENAI_API_KEY",
+    ):
+        monkeypatch.delenv(name, raising=False)  # LLM steps on the simulated provider, whatever the machine has
+    # Workaround (reported): the process-wide `live` keeps the views of runs and the subscriptions of
+    # pages after the app stops, and the `user` fixture drops its clients without running their delete
+    # handlers: this test's run 1 would be shown with the previous test's run 1, and the previous
+    # test's (deleted) pages would be called for this test's changes.
+    live.states.clear()
+    live.viewers.clear()
+    for event in (live.step_changed, live.run_event, live.runs_changed):
+        event.callbacks.clear()
     stepfns.reset()
     yield
     stepfns.RELEASE.set()  # never leave a blocked step thread behind

@@ -12,7 +12,6 @@ from nicegui.testing import User
 
 from tests.ui.conftest import eventually, table_rows
 from tests.ui.test_run_page import expand, start_run, text_of, the, wait_prop, wait_run, wait_shown, wait_step
-from ui.live import live
 from ui.theme import STATUS_COLORS
 
 WORKFLOWS = {
@@ -42,21 +41,10 @@ WORKFLOWS = {
 
 
 @pytest.fixture(autouse=True)
-def llm_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    workflows_dir = tmp_path / "llm-workflows"
-    workflows_dir.mkdir()
+def llm_env(workflows_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, text in WORKFLOWS.items():
         (workflows_dir / f"{name}.yaml").write_text(textwrap.dedent(text))
-    for name in ("STEPDECK_LLM_BASE_URL", "STEPDECK_LLM_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("STEPDECK_DB", f"sqlite://{tmp_path / 'llm-page.db'}")
-    monkeypatch.setenv("STEPDECK_WORKFLOWS", str(workflows_dir))
-    monkeypatch.setenv("STEPDECK_SHUTDOWN_GRACE_S", "0")
     monkeypatch.setenv("STEPDECK_LLM_SIM_TOKENS_PER_S", "40")  # slow enough to watch it stream
-    live.states.clear()
-    live.viewers.clear()
-    for event in (live.step_changed, live.run_event, live.runs_changed):
-        event.callbacks.clear()
 
 
 async def test_tokens_appear_in_the_step_card_while_the_model_streams(user: User) -> None:
@@ -85,7 +73,7 @@ async def test_tokens_appear_in_the_step_card_while_the_model_streams(user: User
 
 async def test_a_truncated_output_has_its_own_colour_badge_and_header_warning(user: User) -> None:
     await user.open("/")
-    user.find(marker="llm-simulated")  # the frame says the provider is simulated, on every page
+    await user.should_see(marker="llm-simulated")  # the frame says the provider is simulated, on every page
     run_id = await start_run(user, "cut-llm")
     run = await wait_run(user, run_id, "completed")
     short = next(s for s in run["steps"] if s["key"] == "short")
@@ -102,7 +90,7 @@ async def test_a_truncated_output_has_its_own_colour_badge_and_header_warning(us
     expand(user, "card-short")
     await wait_shown(user, "truncation-short", "max_tokens=5")
     assert "5 / 5 tokens · finish: length" in text_of(user, "llm-short")
-    user.find(marker="llm-simulated")
+    await user.should_see(marker="llm-simulated")
 
 
 async def test_every_page_names_the_simulated_provider(user: User) -> None:

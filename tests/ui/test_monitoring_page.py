@@ -12,7 +12,6 @@ from nicegui.testing import User
 
 from engine import operations, queries
 from tests.ui.conftest import eventually, table_rows
-from ui.live import live
 from ui.pages import monitoring as monitoring_page
 
 WORKFLOW = "llm-tokens"
@@ -42,12 +41,7 @@ RETRIES = 100  # `should_see` waits 0.1 s between tries: up to 10 s
 def llm_env(workflows_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An LLM workflow and a fast simulated provider for the app `user` starts (autouse: set up before it)."""
     (workflows_dir / f"{WORKFLOW}.yaml").write_text(LLM_TOKENS, encoding="utf-8")
-    for name in ("STEPDECK_LLM_PROVIDER", "STEPDECK_LLM_BASE_URL", "STEPDECK_LLM_API_KEY", "OPENAI_API_KEY"):
-        monkeypatch.delenv(name, raising=False)  # simulated, whatever the machine has configured
     monkeypatch.setenv("STEPDECK_LLM_SIM_TOKENS_PER_S", "5000")
-    # Page subscriptions of earlier tests' apps outlive them on the process-wide `live` (see test_run_page.py).
-    for event in (live.step_changed, live.run_event, live.runs_changed):
-        event.callbacks.clear()
 
 
 async def run_workflow(topic: str) -> int:

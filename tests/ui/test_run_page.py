@@ -16,7 +16,6 @@ from nicegui.testing import User
 
 from tests import stepfns
 from tests.conftest import wait_for
-from ui.live import live
 
 WORKFLOWS = {
     "gated-pair": """
@@ -88,14 +87,6 @@ def run_page_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
     monkeypatch.setenv("STEPDECK_SHUTDOWN_GRACE_S", "0")
     stepfns.reset()
     stepfns.GATES.clear()
-    # Workaround (reported): the process-wide `live` keeps the views of runs and the subscriptions of
-    # pages after the app stops, and the `user` fixture drops its clients without running their delete
-    # handlers: this test's run 1 would be shown with the previous test's run 1, and the previous
-    # test's (deleted) pages would be called for this test's changes.
-    live.states.clear()
-    live.viewers.clear()
-    for event in (live.step_changed, live.run_event, live.runs_changed):
-        event.callbacks.clear()
     yield
     for gate in list(stepfns.GATES.values()):  # no blocked step thread outlives its test
         gate.set()
