@@ -1,4 +1,5 @@
-"""Shared fixtures: a fresh, migrated SQLite file per test; an engine on it; workflow helpers."""
+"""Shared fixtures: a fresh, migrated SQLite file per test (a copy of one migrated once); an engine on it;
+workflow helpers."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from engine.executor import Engine
 from engine.registry import workflows
 from engine.settings import Settings
 from engine.store import fetch
-from models.db import close_db, migrate, open_db
+from models.db import close_db, open_db
 from tests import stepfns
+from tests.dbtemplate import migrated_copy
 from ui import errors
 from ui.api import router
 
@@ -28,8 +30,7 @@ from ui.api import router
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[str]:
     """URL of a fresh SQLite file with the schema applied through migrations, connected."""
-    url = f"sqlite://{tmp_path / 'stepdeck.db'}"
-    await migrate(url)
+    url = f"sqlite://{migrated_copy(tmp_path / 'stepdeck.db')}"
     await open_db(url)
     try:
         yield url

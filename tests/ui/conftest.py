@@ -18,6 +18,7 @@ from nicegui import ElementFilter, app, run, ui
 from nicegui.testing import User
 
 from tests import stepfns
+from tests.dbtemplate import migrated_copy
 from ui.live import live
 
 DEMO = """\
@@ -86,7 +87,8 @@ def stepdeck_env(tmp_path: Path, workflows_dir: Path, monkeypatch: pytest.Monkey
     scope, so this runs before `user` executes main.py, which reads them."""
     for name in ("STEPDECK_HOST", "STEPDECK_PORT", "STEPDECK_STALE_AFTER_S", "STEPDECK_HEARTBEAT_INTERVAL_S"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("STEPDECK_DB", f"sqlite://{tmp_path / 'ui.db'}")
+    # Migrated already (a copy of the session's template): the app finds nothing to apply.
+    monkeypatch.setenv("STEPDECK_DB", f"sqlite://{migrated_copy(tmp_path / 'ui.db')}")
     monkeypatch.setenv("STEPDECK_WORKFLOWS", str(workflows_dir))
     monkeypatch.setenv("STEPDECK_POLL_INTERVAL_S", "0.2")
     monkeypatch.setenv("STEPDECK_SHUTDOWN_GRACE_S", "0")  # a test's app stops now, not after blocked steps
