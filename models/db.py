@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -98,18 +96,6 @@ async def open_db(db_url: str) -> None:
 
 async def close_db() -> None:
     await Tortoise.close_connections()
-
-
-@contextlib.asynccontextmanager
-async def connected(db_url: str, *, apply_migrations: bool = True) -> AsyncIterator[None]:
-    """Migrate (optionally), connect, and always close: aiosqlite threads would keep a script alive."""
-    if apply_migrations:
-        await migrate(db_url)
-    await open_db(db_url)
-    try:
-        yield
-    finally:
-        await close_db()
 
 
 # For the `tortoise` command line (makemigrations, history): `tortoise -c models.db.TORTOISE_ORM ...`

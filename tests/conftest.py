@@ -15,12 +15,12 @@ import pytest
 from fastapi import FastAPI
 
 from engine import audit, queries
+from engine.db import close_database, open_database
 from engine.definitions import WorkflowDef, parse_definition
 from engine.executor import Engine
 from engine.registry import workflows
 from engine.settings import Settings
 from engine.store import fetch
-from models.db import close_db, open_db
 from tests import stepfns
 from tests.dbtemplate import migrated_copy
 from ui import errors
@@ -31,11 +31,11 @@ from ui.api import router
 async def db(tmp_path: Path) -> AsyncIterator[str]:
     """URL of a fresh SQLite file with the schema applied through migrations, connected."""
     url = f"sqlite://{migrated_copy(tmp_path / 'stepdeck.db')}"
-    await open_db(url)
+    await open_database(url)
     try:
         yield url
     finally:
-        await close_db()
+        await close_database()
 
 
 @pytest.fixture

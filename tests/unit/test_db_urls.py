@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.db import connected
 from engine.store import fetch
-from models.db import connected, sqlite_path, tortoise_config, with_sqlite_pragmas
+from models.db import sqlite_path, tortoise_config, with_sqlite_pragmas
 
 
 @pytest.mark.parametrize(

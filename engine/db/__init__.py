@@ -1,0 +1,76 @@
+"""The database of this process: the one documented place that opens, holds and closes it.
+
+Two ways in, for two jobs: Tortoise ORM (models/, migrations, accounts and their audit) and the
+engine's own connections (`current()`: every run, step, attempt and event statement, reads for pages
+and the API). `open_database` opens both; `close_database` closes both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from urllib.parse import parse_qsl, urlsplit
+
+from engine.db.base import Database
+from engine.db.sqlite import SqliteDatabase
+from models.db import close_db, is_sqlite, migrate, open_db, prepare_location, sqlite_path, with_sqlite_pragmas
+
+_current: Database | None = None
+
+
+class DatabaseNotOpen(RuntimeError):
+    """Something read or wrote before the database was opened (or after it was closed)."""
+
+
+def current() -> Database:
+    """The open database of this process."""
+    if _current is None:
+        raise DatabaseNotOpen("the database is not open (engine.db.open_database was not called)")
+    return _current
+
+
+def _engine_database(url: str) -> Database:
+    if not is_sqlite(url):
+        raise ValueError(f"unsupported database URL {url!r}: use sqlite://PATH")
+    path = sqlite_path(url)
+    if path is None:
+        raise ValueError("an in-memory SQLite database cannot be shared by the engine's connections: use a file")
+    pragmas = dict(parse_qsl(urlsplit(with_sqlite_pragmas(url)).query))
+    return SqliteDatabase(str(path), pragmas)
+
+
+async def open_database(url: str) -> Database:
+    """Connect this process to the (migrated) database at `url`; call on the event loop that uses it."""
+    global _current
+    if _current is not None:
+        await close_database()
+    prepare_location(url)
+    await open_db(url)
+    try:
+        _current = _engine_database(url)
+    except BaseException:
+        await close_db()
+        raise
+    return _current
+
+
+async def close_database() -> None:
+    global _current
+    database, _current = _current, None
+    try:
+        if database is not None:
+            await database.close()
+    finally:
+        await close_db()
+
+
+@contextlib.asynccontextmanager
+async def connected(url: str, *, apply_migrations: bool = True) -> AsyncIterator[Database]:
+    """Migrate (optionally), connect, and always close: worker threads would keep a script alive."""
+    if apply_migrations:
+        await migrate(url)
+    database = await open_database(url)
+    try:
+        yield database
+    finally:
+        await close_database()

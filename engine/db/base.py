@@ -1,0 +1,96 @@
+"""What every database backend of the engine takes and gives: statements, batches, results.
+
+A batch is a short list of statements run in one transaction. A statement marked `guard` must change
+at least one row (a `many` statement: one per parameter row), or the whole batch is rolled back: that
+is how a compare-and-set (`UPDATE … WHERE id = ? AND status = ?`) and its event rows commit together
+or not at all. SQL is written once, portably, with `?` placeholders; a backend turns them into its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """A parameter taken from an earlier statement of the same batch: its first returned value."""
+
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stmt:
+    """One statement of a batch; `many` runs it once per parameter row."""
+
+    sql: str
+    params: Sequence[Any] = ()
+    guard: bool = False
+    many: Sequence[Sequence[Any]] | None = None
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What a batch did: `ok` is False when a guard matched no row (nothing was committed)."""
+
+    ok: bool
+    failed_guard: int | None = None
+    rowcounts: list[int] = field(default_factory=list)
+    rows: list[list[tuple[Any, ...]]] = field(default_factory=list)
+
+
+# Called on the event loop once the batch has committed, in commit order across every batch of the
+# process (so that what it publishes reaches listeners in the order of the event ids).
+OnCommit = Callable[[BatchResult], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    stmts: Sequence[Stmt]
+    on_commit: OnCommit | None = None
+
+
+class GuardFailed(Exception):
+    def __init__(self, index: int) -> None:
+        super().__init__(f"guard {index} matched no row")
+        self.index = index
+
+
+class StoreIntegrityError(Exception):
+    """A unique or foreign-key constraint refused the batch (nothing was committed)."""
+
+
+def guard_holds(stmt: Stmt, count: int, rows: list[tuple[Any, ...]]) -> bool:
+    """A guarded `many` must change every row it names; a single statement at least one."""
+    if stmt.many is not None:
+        return count >= len(stmt.many)
+    return count >= 1 or bool(rows)
+
+
+Outcome = BatchResult | Exception
+
+
+class Database(Protocol):
+    """The engine's connection to its database: atomic batches of writes, and reads.
+
+    Reads never queue behind writes (they use connections of their own), and a read started after a
+    batch committed sees it.
+    """
+
+    kind: str  # "sqlite" or "postgresql"
+
+    async def run_batches(self, batches: Sequence[Batch]) -> list[Outcome]:
+        """Independent batches, each all-or-nothing, committed together where the backend can."""
+        ...
+
+    def run_batches_blocking(self, batches: Sequence[Batch]) -> list[Outcome]:
+        """`run_batches` from a worker thread (never the event loop): the work that ran there commits
+        its own outcome, without a round trip through the loop."""
+        ...
+
+    async def fetch(self, sql: str, params: Sequence[Any] = (), *, engine: bool = False) -> list[dict[str, Any]]:
+        """Rows of a read query as dicts; `engine` reads use a connection no viewer can hold up."""
+        ...
+
+    async def close(self) -> None: ...

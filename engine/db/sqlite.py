@@ -1,0 +1,344 @@
+"""The engine's SQLite backend: one writer connection with group commit, and reader connections.
+
+Writes. Every batch is queued; whoever commits (the *leader*) takes everything queued at that moment
+and commits it in one transaction (`BEGIN IMMEDIATE` … `COMMIT`, one WAL append), each batch under
+its own savepoint only when the transaction holds more than one. The leader is the calling thread
+when it is a worker thread (a sync step function commits its own outcome where it ran: no round trip
+through the event loop), else a dedicated writer thread. After each commit, the batches' `on_commit`
+callbacks run on the event loop in commit order, then the waiting coroutines resume.
+
+Reads. A small pool of read-only connections for pages and the API, and one for the engine, each in
+a thread of its own: WAL lets them read while the writer writes, so a viewer never queues in front
+of the engine's commits, and the engine's reads never wait behind a viewer's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from engine.db.base import (
+    Batch,
+    BatchResult,
+    GuardFailed,
+    Outcome,
+    Ref,
+    Stmt,
+    StoreIntegrityError,
+    guard_holds,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_GROUP = 64  # batches in one transaction at most (bounds how long one commit holds the lock)
+READERS = 2
+
+
+def encode(value: Any) -> Any:
+    """A Python value as a SQLite parameter, in the formats Tortoise reads back."""
+    if isinstance(value, datetime):
+        return value.isoformat(" ")
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return value
+
+
+def _bind(params: Sequence[Any], rows: list[list[tuple[Any, ...]]]) -> list[Any]:
+    return [encode(rows[v.index][0][0] if isinstance(v, Ref) else v) for v in params]
+
+
+def _run_stmts(conn: sqlite3.Connection, stmts: Sequence[Stmt]) -> BatchResult:
+    if log.isEnabledFor(logging.DEBUG):
+        for stmt in stmts:
+            log.debug("%s %r", stmt.sql, stmt.many if stmt.many else stmt.params)
+    result = BatchResult(ok=True)
+    for index, stmt in enumerate(stmts):
+        if stmt.many is not None:
+            cur = conn.executemany(stmt.sql, [_bind(row, result.rows) for row in stmt.many])
+            rows: list[tuple[Any, ...]] = []
+        else:
+            cur = conn.execute(stmt.sql, _bind(stmt.params, result.rows))
+            rows = cur.fetchall()
+        count = cur.rowcount if cur.rowcount >= 0 else len(rows)
+        if stmt.guard and not guard_holds(stmt, count, rows):
+            raise GuardFailed(index)
+        result.rowcounts.append(count)
+        result.rows.append(rows)
+    return result
+
+
+def _run_alone(conn: sqlite3.Connection, stmts: Sequence[Stmt]) -> Outcome:
+    """The only batch of its transaction: a failure rolls the whole transaction back."""
+    try:
+        result = _run_stmts(conn, stmts)
+    except GuardFailed as exc:
+        conn.execute("ROLLBACK")
+        return BatchResult(ok=False, failed_guard=exc.index)
+    except sqlite3.IntegrityError as exc:
+        conn.execute("ROLLBACK")
+        return StoreIntegrityError(str(exc))
+    except Exception as exc:
+        if not conn.in_transaction:
+            raise  # the transaction is gone (disk full, I/O): the caller sees the database's error
+        conn.execute("ROLLBACK")
+        return exc
+    conn.execute("COMMIT")
+    return result
+
+
+def _run_savepointed(conn: sqlite3.Connection, stmts: Sequence[Stmt]) -> Outcome:
+    """One batch among several in a transaction, under a savepoint so that it can fail alone."""
+    conn.execute("SAVEPOINT batch")
+    try:
+        result = _run_stmts(conn, stmts)
+    except Exception as exc:
+        if not conn.in_transaction:
+            raise  # the transaction itself ended: every batch of the group fails
+        conn.execute("ROLLBACK TO batch")
+        conn.execute("RELEASE batch")
+        if isinstance(exc, GuardFailed):
+            return BatchResult(ok=False, failed_guard=exc.index)
+        return StoreIntegrityError(str(exc)) if isinstance(exc, sqlite3.IntegrityError) else exc
+    conn.execute("RELEASE batch")
+    return result
+
+
+def run_group(conn: sqlite3.Connection, batches: Sequence[Sequence[Stmt]]) -> list[Outcome]:
+    """Independent batches in one transaction: one commit (one WAL append) for all of them."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if len(batches) == 1:
+            return [_run_alone(conn, batches[0])]
+        outcomes = [_run_savepointed(conn, stmts) for stmts in batches]
+        conn.execute("COMMIT")
+        return outcomes
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def query(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    log.debug("%s %r", sql, params)
+    cur = conn.execute(sql, [encode(v) for v in params])
+    rows = cur.fetchall()
+    if not rows:
+        return []
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in rows]
+
+
+def connect(path: str, pragmas: Mapping[str, str], *, read_only: bool) -> sqlite3.Connection:
+    busy_ms = int(pragmas.get("busy_timeout", "10000"))
+    conn = sqlite3.connect(path, timeout=busy_ms / 1000, isolation_level=None, check_same_thread=False)
+    for name, value in pragmas.items():
+        if name == "journal_mode" and read_only:
+            continue  # the writer sets it; it is a property of the file
+        conn.execute(f"PRAGMA {name} = {value}")
+    if read_only:
+        conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+def _settle(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+    if future.done():
+        return  # its caller gave up (cancelled): the work was done all the same
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
+class _ReaderPool:
+    """Threads with a read-only connection each, taking read jobs from one queue."""
+
+    def __init__(self, open_conn: Callable[[], sqlite3.Connection], size: int, name: str) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._jobs: queue.SimpleQueue[tuple[str, Sequence[Any], asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, args=(open_conn,), name=f"{name}-{i}", daemon=True) for i in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self, open_conn: Callable[[], sqlite3.Connection]) -> None:
+        conn: sqlite3.Connection | None = None
+        try:
+            while (job := self._jobs.get()) is not None:
+                sql, params, future = job
+                rows: list[dict[str, Any]] | None = None
+                error: BaseException | None = None
+                try:
+                    conn = conn or open_conn()
+                    rows = query(conn, sql, params)
+                except BaseException as exc:
+                    error = exc
+                self._call(_settle, future, rows, error)
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    async def fetch(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        future: asyncio.Future[list[dict[str, Any]]] = self._loop.create_future()
+        self._jobs.put((sql, params, future))
+        return await future
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+@dataclass(eq=False, slots=True)
+class _Ticket:
+    """Batches waiting to be committed, and how their submitter learns the outcome."""
+
+    batches: Sequence[Batch]
+    future: asyncio.Future[list[Outcome]] | None = None  # a coroutine on the event loop waits
+    outcomes: list[Outcome] | None = None
+    error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.outcomes is not None or self.error is not None
+
+
+class SqliteDatabase:
+    kind = "sqlite"
+
+    def __init__(self, path: str, pragmas: Mapping[str, str], *, readers: int = READERS) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.path = path
+        self._pragmas = dict(pragmas)
+        self._writer = connect(path, self._pragmas, read_only=False)
+        self._writer_lock = threading.Lock()  # uncontended in a commit (one leader at a time); see `pragma`
+        self._cv = threading.Condition()
+        self._queue: list[_Ticket] = []
+        self._busy = False  # some thread leads: it commits until the queue is empty or hands over
+        self._wake: queue.SimpleQueue[bool | None] = queue.SimpleQueue()
+        self._drainer = threading.Thread(target=self._drain, name="stepdeck-db-writer", daemon=True)
+        self._drainer.start()
+        self._readers = _ReaderPool(self._open_reader, readers, "stepdeck-db-read")
+        self._engine_reader = _ReaderPool(self._open_reader, 1, "stepdeck-db-engine-read")
+
+    def _open_reader(self) -> sqlite3.Connection:
+        return connect(self.path, self._pragmas, read_only=True)
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def fetch(self, sql: str, params: Sequence[Any] = (), *, engine: bool = False) -> list[dict[str, Any]]:
+        return await (self._engine_reader if engine else self._readers).fetch(sql, params)
+
+    # --- writes -------------------------------------------------------------------------------
+
+    async def run_batches(self, batches: Sequence[Batch]) -> list[Outcome]:
+        future: asyncio.Future[list[Outcome]] = self._loop.create_future()
+        with self._cv:
+            self._queue.append(_Ticket(batches, future))
+            if not self._busy:
+                self._busy = True
+                self._wake.put(True)
+        return await future
+
+    def run_batches_blocking(self, batches: Sequence[Batch]) -> list[Outcome]:
+        ticket = _Ticket(batches)
+        with self._cv:
+            self._queue.append(ticket)
+            lead = not self._busy
+            self._busy = True
+            while not lead and not ticket.done:
+                self._cv.wait()
+        if lead:
+            self._lead(until=ticket)
+        if ticket.error is not None:
+            raise ticket.error
+        assert ticket.outcomes is not None
+        return ticket.outcomes
+
+    def _drain(self) -> None:
+        while self._wake.get():
+            self._lead(until=None)
+
+    def _lead(self, until: _Ticket | None) -> None:
+        """Commit rounds until the queue is empty, or (a worker thread) until `until` is done, then
+        hand the rest to the writer thread."""
+        while True:
+            with self._cv:
+                if until is not None and until.done:
+                    if self._queue:
+                        self._wake.put(True)  # the writer thread leads on; `busy` stays set
+                    else:
+                        self._busy = False
+                    return
+                group = self._queue[:MAX_GROUP]
+                del self._queue[:MAX_GROUP]
+                if not group:
+                    self._busy = False
+                    return
+            self._commit(group)
+            with self._cv:
+                self._cv.notify_all()
+
+    def pragma(self, name: str, value: str) -> None:
+        """Set a PRAGMA on the writer connection between commits (e.g. `query_only`, to see how the engine
+        copes with a database that refuses every write)."""
+        if not name.isidentifier() or not value.replace("-", "").isalnum():
+            raise ValueError(f"not a pragma: {name} = {value}")
+        with self._writer_lock:
+            self._writer.execute(f"PRAGMA {name} = {value}")
+
+    def _commit(self, group: list[_Ticket]) -> None:
+        try:
+            with self._writer_lock:
+                outcomes = run_group(self._writer, [b.stmts for t in group for b in t.batches])
+        except BaseException as exc:
+            for ticket in group:
+                ticket.error = exc
+        else:
+            start = 0
+            for ticket in group:
+                ticket.outcomes = outcomes[start : start + len(ticket.batches)]
+                start += len(ticket.batches)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
+            self._loop.call_soon_threadsafe(_deliver, group)
+
+    async def close(self) -> None:
+        """Finish what is queued, then close every connection."""
+        for _ in range(500):  # a commit waits at most for the busy timeout; do not hang on a stuck one
+            with self._cv:
+                if not self._busy:
+                    break
+            await asyncio.sleep(0.01)
+        self._wake.put(None)
+        await asyncio.to_thread(self._drainer.join, 5)
+        self._readers.close()
+        self._engine_reader.close()
+        self._writer.close()
+
+
+def _deliver(group: list[_Ticket]) -> None:
+    """On the event loop, in commit order: the batches' `on_commit` callbacks, then their waiters."""
+    for ticket in group:
+        if ticket.outcomes is not None:
+            for batch, outcome in zip(ticket.batches, ticket.outcomes, strict=True):
+                if batch.on_commit is not None and isinstance(outcome, BatchResult) and outcome.ok:
+                    try:
+                        batch.on_commit(outcome)
+                    except Exception:
+                        log.exception("a commit callback failed; the commit stands")
+        if ticket.future is not None:
+            _settle(ticket.future, ticket.outcomes, ticket.error)
