@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.hub import Change, hub
+from engine.hub import Change, ChangeKind, TokenDelta, hub
 
 MAX_LOG_LINES = 1000
 PROGRESS_MIN_INTERVAL_S = 0.1  # viewers get at most ~10 progress notices a second per step
@@ -31,6 +31,7 @@ class StepContext:
     message: str | None = None
     # Set when the run is cancelled or the step timed out: a sync function should check it and stop.
     cancelled: threading.Event = field(default_factory=threading.Event)
+    abandoned: bool = False  # it ignored its cancellation and was left running (async steps)
     _last_progress_at: float = 0.0
     # LLM steps: what the model has streamed so far, per alternative, and its record (usage, calls).
     llm: Any = None
@@ -47,8 +48,16 @@ class StepContext:
         now = time.monotonic()
         if now - self._last_progress_at >= PROGRESS_MIN_INTERVAL_S or self.fraction >= 1.0:
             self._last_progress_at = now
-            data = {"attempt": self.attempt, "fraction": self.fraction, "message": self.message}
-            hub.publish(Change(self.run_id, "progress", step_key=self.step_key, data=data))
+            hub.publish(
+                Change(
+                    self.run_id,
+                    ChangeKind.PROGRESS,
+                    step_key=self.step_key,
+                    attempt=self.attempt,
+                    fraction=self.fraction,
+                    message=self.message,
+                )
+            )
 
     def log(self, message: str) -> None:
         """Append a log line to the attempt (kept with it) and show it live."""
@@ -57,7 +66,7 @@ class StepContext:
             self.logs.append(line)
         elif len(self.logs) == MAX_LOG_LINES:
             self.logs.append(f"… further log lines dropped (limit {MAX_LOG_LINES})")
-        hub.publish(Change(self.run_id, "log", step_key=self.step_key, data={"attempt": self.attempt, "line": line}))
+        hub.publish(Change(self.run_id, ChangeKind.LOG, step_key=self.step_key, attempt=self.attempt, line=line))
 
     @property
     def is_cancelled(self) -> bool:
@@ -86,9 +95,7 @@ class StepContext:
         self._streams[index] = [text] if text else []
         self._lengths[index] = len(text)
         self._unsent.pop(index, None)
-        hub.publish(
-            Change(self.run_id, "tokens", step_key=self.step_key, data=self._tokens(index, length, "", reset=True))
-        )
+        hub.publish(self._tokens(index, length, "", reset=True))
 
     def flush_stream(self) -> None:
         """Send viewers what they have not seen yet."""
@@ -98,11 +105,11 @@ class StepContext:
         self._last_tokens_at = time.monotonic()
         unsent, self._unsent = self._unsent, {}
         for index, (offset, chunks) in unsent.items():
-            data = self._tokens(index, offset, "".join(chunks))
-            hub.publish(Change(self.run_id, "tokens", step_key=self.step_key, data=data))
+            hub.publish(self._tokens(index, offset, "".join(chunks)))
 
-    def _tokens(self, index: int, offset: int, text: str, reset: bool = False) -> dict[str, Any]:
-        return {"attempt": self.attempt, "alternative": index, "offset": offset, "text": text, "reset": reset}
+    def _tokens(self, index: int, offset: int, text: str, reset: bool = False) -> Change:
+        delta = TokenDelta(index, offset, text, reset)
+        return Change(self.run_id, ChangeKind.TOKENS, step_key=self.step_key, attempt=self.attempt, tokens=delta)
 
     def stream_length(self, index: int) -> int:
         return self._lengths.get(index, 0)

@@ -12,21 +12,95 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 
+class ChangeKind(StrEnum):
+    RUN = "run"  # a run's status changed (persisted event)
+    STEP = "step"  # a step's status changed (persisted event)
+    ACTION = "action"  # a person or a policy acted (start, rerun, select, cancel; persisted event)
+    STALE = "stale"  # a completed step was flagged stale (persisted event)
+    LATE_RESULT = "late_result"  # an attempt's result arrived after it had ended (persisted event)
+    PROGRESS = "progress"  # a running step reported progress (ephemeral)
+    LOG = "log"  # a running step logged a line (ephemeral; the line is kept with the attempt)
+    TOKENS = "tokens"  # a model streamed text (ephemeral; the text is kept with the attempt)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenDelta:
+    """Streamed text of one alternative: `text` starts at `offset`; `reset` drops what came after it."""
+
+    alternative: int
+    offset: int
+    text: str
+    reset: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One change: a persisted event (`event_id` set) or an ephemeral notice (progress, log)."""
+    """One change: a persisted event (`event_id` set) or an ephemeral notice (progress, log, tokens)."""
 
     run_id: int
-    kind: str  # run | step | action | stale | late_result | progress | log | created
+    kind: ChangeKind
     step_key: str | None = None
     event_id: int | None = None
-    data: dict[str, Any] = field(default_factory=dict)
+    attempt: int | None = None
+    from_status: str | None = None  # a RunStatus or StepStatus value
+    to_status: str | None = None
+    actor: str | None = None
+    message: str | None = None  # also a progress message
+    at: str | None = None  # ISO time of a persisted event
+    fraction: float | None = None  # progress
+    line: str | None = None  # log
+    tokens: TokenDelta | None = None
+    truncated: bool | None = None  # a step change: the attempt's output was cut off at the token limit
+
+    def to_json(self) -> dict[str, Any]:
+        """The change in the shape of the API's events (SSE `data:`), with the fields its kind has."""
+        data: dict[str, Any] = {
+            "id": self.event_id,
+            "run_id": self.run_id,
+            "step": self.step_key,
+            "kind": self.kind.value,
+            "attempt": self.attempt,
+            "from_status": self.from_status,
+            "to_status": self.to_status,
+            "actor": self.actor,
+            "message": self.message,
+            "at": self.at,
+        }
+        if self.kind == ChangeKind.PROGRESS:
+            data["fraction"] = self.fraction
+        elif self.kind == ChangeKind.LOG:
+            data["line"] = self.line
+        elif self.kind == ChangeKind.TOKENS and self.tokens is not None:
+            data.update(
+                alternative=self.tokens.alternative,
+                offset=self.tokens.offset,
+                text=self.tokens.text,
+                reset=self.tokens.reset,
+            )
+        return data
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> Change:
+        """A persisted event as read back from the table (`queries.event_json`)."""
+        return cls(
+            run_id=event["run_id"],
+            kind=ChangeKind(event["kind"]),
+            step_key=event["step"],
+            event_id=event["id"],
+            attempt=event["attempt"],
+            from_status=event["from_status"],
+            to_status=event["to_status"],
+            actor=event["actor"],
+            message=event["message"],
+            at=event["at"],
+        )
 
 
 Listener = Callable[[Change], None]

@@ -15,7 +15,7 @@ from typing import Any
 from starlette.requests import Request
 
 from engine import queries
-from engine.hub import Change, hub
+from engine.hub import hub
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +34,6 @@ def server_stopping() -> bool:
 def format_sse(data: dict[str, Any], kind: str, event_id: int | None = None) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-def change_json(change: Change) -> dict[str, Any]:
-    """A hub change in the shape of `queries.event_json` (plus its ephemeral fields)."""
-    data = dict(change.data)
-    return {
-        "id": change.event_id,
-        "run_id": change.run_id,
-        "step": change.step_key,
-        "kind": change.kind,
-        **{k: data.pop(k, None) for k in ("attempt", "from_status", "to_status", "actor", "message")},
-        **data,
-    }
 
 
 async def event_stream(request: Request, run_id: int, after: int, *, follow: bool) -> AsyncIterator[str]:
@@ -79,7 +66,7 @@ async def event_stream(request: Request, run_id: int, after: int, *, follow: boo
                 if change.event_id <= last:
                     continue
                 last = change.event_id
-            yield format_sse(change_json(change), change.kind, change.event_id)
+            yield format_sse(change.to_json(), change.kind, change.event_id)
     finally:
         if sub is not None:
             sub.close()

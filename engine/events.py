@@ -1,0 +1,139 @@
+"""Event rows: written in the same transaction as the change they record, published once committed.
+
+Every persisted change of a run (a status, a person's action, a stale flag, a late result) is one
+row of `events`; its id orders the run's timeline and resumes event streams. `batch` builds a
+transition's batch with its event rows and the callback that publishes them on the hub, which the
+database runs in commit order (so listeners see the event ids in order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from engine.db.base import Batch, BatchResult, Ref, Stmt
+from engine.hub import Change, ChangeKind, hub
+from models.status import StepStatus
+
+_COLUMNS = "run_id, step_key, attempt, kind, from_status, to_status, actor, message, created_at"
+EVENT_SQL = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    """An event row to write with a transition, and to publish once committed."""
+
+    kind: ChangeKind
+    run_id: int | Ref
+    step_key: str | None = None
+    attempt: int | None = None
+    from_status: str | None = None
+    to_status: str | None = None
+    actor: str | None = None
+    message: str | None = None
+    truncated: bool | None = None  # published only: a completing step's output was cut off
+
+    def stmt(self, now: datetime) -> Stmt:
+        params = (self.run_id, self.step_key, self.attempt, self.kind.value, self.from_status, self.to_status)
+        return Stmt(EVENT_SQL, (*params, self.actor, self.message, now))
+
+
+def step_event(
+    run_id: int,
+    key: str,
+    attempt: int,
+    from_status: StepStatus,
+    to_status: StepStatus,
+    message: str | None = None,
+    truncated: bool | None = None,
+) -> EventSpec:
+    return EventSpec(
+        ChangeKind.STEP, run_id, key, attempt, from_status, to_status, message=message, truncated=truncated
+    )
+
+
+def steps_events_stmt(
+    run_id: int,
+    from_status: StepStatus,
+    to_status: StepStatus,
+    message: str,
+    now: datetime,
+    *,
+    where_status: StepStatus,
+) -> Stmt:
+    """Step events for every step of the run now in `where_status`, in declared order, written in bulk
+    (their ids, keys and attempts are returned, for `Stopped`)."""
+    return Stmt(
+        f"INSERT INTO events ({_COLUMNS}) SELECT run_id, key, attempt, 'step', ?, ?, NULL, ?, ? FROM steps"
+        " WHERE run_id = ? AND status = ? ORDER BY position RETURNING id, step_key, attempt",
+        (from_status, to_status, message, now, run_id, where_status),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """Step events written in bulk by statement `index` (`steps_events_stmt`), published before the rest."""
+
+    index: int
+    from_status: StepStatus
+    to_status: StepStatus
+    message: str
+
+
+def _run_id(run_id: int | Ref, result: BatchResult) -> int:
+    return run_id if isinstance(run_id, int) else int(result.rows[run_id.index][0][0])
+
+
+def publish(result: BatchResult, events: Sequence[EventSpec], first_event: int, now: datetime) -> None:
+    at = now.isoformat()
+    for offset, event in enumerate(events):
+        rows = result.rows[first_event + offset]
+        hub.publish(
+            Change(
+                run_id=_run_id(event.run_id, result),
+                kind=event.kind,
+                step_key=event.step_key,
+                event_id=rows[0][0] if rows else None,
+                attempt=event.attempt,
+                from_status=event.from_status,
+                to_status=event.to_status,
+                actor=event.actor,
+                message=event.message,
+                at=at,
+                truncated=event.truncated,
+            )
+        )
+
+
+def _publish_stopped(rows: list[tuple[Any, ...]], run_id: int, stopped: Stopped, now: datetime) -> None:
+    at = now.isoformat()
+    for event_id, key, attempt in rows:
+        hub.publish(
+            Change(
+                run_id,
+                ChangeKind.STEP,
+                step_key=key,
+                event_id=event_id,
+                attempt=attempt,
+                from_status=stopped.from_status,
+                to_status=stopped.to_status,
+                message=stopped.message,
+                at=at,
+            )
+        )
+
+
+def batch(stmts: Sequence[Stmt], events: Sequence[EventSpec], now: datetime, stopped: Sequence[Stopped] = ()) -> Batch:
+    """A transition's statements followed by its event rows, published on the hub once committed."""
+    first = len(stmts)
+
+    def on_commit(result: BatchResult) -> None:
+        if stopped:
+            run_id = _run_id(events[0].run_id, result)
+            for s in stopped:
+                _publish_stopped(result.rows[s.index], run_id, s, now)
+        publish(result, events, first, now)
+
+    return Batch([*stmts, *(e.stmt(now) for e in events)], on_commit if events or stopped else None)

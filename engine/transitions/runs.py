@@ -1,0 +1,389 @@
+"""Transitions of runs: create, claim, finish, fail or re-queue after an interruption, cancel, rerun,
+release, and a person's selection (which may re-queue a waiting run)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from engine import events
+from engine.db.base import Ref, Stmt
+from engine.events import EventSpec, Stopped
+from engine.hub import ChangeKind
+from engine.records import ScheduledFire, fire_stmt, utcnow
+from engine.store import run_batches
+from models.status import RUN_TRANSITIONS, STEP_TRANSITIONS, AttemptStatus, RunStatus, StepStatus
+
+ACTION, RUN, STALE = ChangeKind.ACTION, ChangeKind.RUN, ChangeKind.STALE
+
+
+async def _commit(
+    stmts: list[Stmt], evs: Sequence[EventSpec], stopped: Sequence[Stopped] = (), now: datetime | None = None
+) -> bool:
+    """One transition: its statements and event rows in one transaction; True if every guard held."""
+    result = (await run_batches([events.batch(stmts, evs, now or utcnow(), stopped)]))[0]
+    if isinstance(result, Exception):
+        raise result
+    return result.ok
+
+
+@dataclass(frozen=True, slots=True)
+class NewStep:
+    key: str
+    label: str
+    kind: str
+    needs: list[str]
+
+
+async def create_run(
+    workflow: str, definition: dict[str, Any], inputs: dict[str, Any], steps: Sequence[NewStep], actor: str
+) -> int:
+    """Insert a QUEUED run with its PENDING steps; returns the run id."""
+    run_id = await _create_run(workflow, definition, inputs, steps, actor, None)
+    assert run_id is not None  # nothing but a fire time can be taken already
+    return run_id
+
+
+async def create_scheduled_run(
+    definition: dict[str, Any], inputs: dict[str, Any], steps: Sequence[NewStep], fire: ScheduledFire
+) -> int | None:
+    """`create_run` for a fire time of a schedule, claiming the fire time in the same commit: None when
+    it was claimed already (a double firing), and then nothing is written."""
+    return await _create_run(fire.workflow, definition, inputs, steps, f"schedule:{fire.schedule}", fire)
+
+
+async def _create_run(
+    workflow: str,
+    definition: dict[str, Any],
+    inputs: dict[str, Any],
+    steps: Sequence[NewStep],
+    actor: str,
+    fire: ScheduledFire | None,
+) -> int | None:
+    now = utcnow()
+    run = Stmt(
+        "INSERT INTO runs (workflow, definition, inputs, status, actor, recoveries, schedule, scheduled_for,"
+        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?) RETURNING id",
+        (
+            workflow,
+            definition,
+            inputs,
+            RunStatus.QUEUED,
+            actor,
+            fire.schedule if fire else None,
+            fire.fire_time if fire else None,
+            now,
+            now,
+        ),
+        guard=True,
+    )
+    step_rows = Stmt(
+        "INSERT INTO steps (run_id, key, label, position, kind, needs, status, attempt, stale, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, 0, FALSE, ?)",
+        many=[(Ref(0), s.key, s.label, i, s.kind, s.needs, StepStatus.PENDING, now) for i, s in enumerate(steps)],
+    )
+    stmts = [run, step_rows]
+    message = f"started a run of {workflow!r}"
+    if fire is not None:
+        stmts.append(fire_stmt(fire, "started", Ref(0), None, now))
+        message += f" for its fire time {fire.fire_time.isoformat()}"
+    evs = [
+        EventSpec(ACTION, Ref(0), actor=actor, message=message),
+        EventSpec(RUN, Ref(0), to_status=RunStatus.QUEUED, actor=actor),
+    ]
+    result = (await run_batches([events.batch(stmts, evs, now)]))[0]
+    if isinstance(result, Exception):
+        raise result
+    if not result.ok:
+        return None
+    return int(result.rows[0][0][0])
+
+
+async def claim_run(run_id: int, owner: str) -> bool:
+    """QUEUED → RUNNING for `owner`; applies only to QUEUED rows, returns False otherwise."""
+    now = utcnow()
+    claim = Stmt(
+        "UPDATE runs SET status = ?, owner = ?, heartbeat_at = ?, started_at = COALESCE(started_at, ?),"
+        " finished_at = NULL, error = NULL, updated_at = ? WHERE id = ? AND status = ?",
+        (RunStatus.RUNNING, owner, now, now, now, run_id, RunStatus.QUEUED),
+        guard=True,
+    )
+    event = EventSpec(RUN, run_id, from_status=RunStatus.QUEUED, to_status=RunStatus.RUNNING, message=owner)
+    return await _commit([claim], [event], now=now)
+
+
+async def finish_run(run_id: int, owner: str, to: RunStatus, error: str | None = None) -> bool:
+    """RUNNING → WAITING/COMPLETED/FAILED by its owner; applies only to RUNNING rows it owns.
+
+    Also guarded on the steps: never while one of them runs, and a selection committed meanwhile
+    cannot leave a run WAITING with no waiting step, or COMPLETED with an unfinished one. The driver
+    then re-reads and goes on.
+    """
+    assert to in (RunStatus.WAITING, RunStatus.COMPLETED, RunStatus.FAILED)
+    now = utcnow()
+    finished_at = None if to == RunStatus.WAITING else now
+    steps_guard = " AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = ? AND s.status = ?)"
+    params: list[Any] = [run_id, StepStatus.RUNNING]
+    if to == RunStatus.WAITING:
+        steps_guard += " AND EXISTS (SELECT 1 FROM steps s WHERE s.run_id = ? AND s.status = ?)"
+        params += [run_id, StepStatus.WAITING]
+    elif to == RunStatus.COMPLETED:
+        steps_guard += " AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = ? AND s.status != ?)"
+        params += [run_id, StepStatus.COMPLETED]
+    update = Stmt(
+        "UPDATE runs SET status = ?, error = ?, owner = NULL, heartbeat_at = NULL, finished_at = ?, updated_at = ?"
+        " WHERE id = ? AND status = ? AND owner = ?" + steps_guard,
+        (to, error, finished_at, now, run_id, RunStatus.RUNNING, owner, *params),
+        guard=True,
+    )
+    event = EventSpec(RUN, run_id, from_status=RunStatus.RUNNING, to_status=to, message=error)
+    return await _commit([update], [event], now=now)
+
+
+def _running_guard(run_id: int, owner: str | None, heartbeat_at: Any) -> tuple[str, tuple[Any, ...]]:
+    """WHERE clause for a RUNNING run, owned by `owner` and with the heartbeat read, when given."""
+    sql = "WHERE id = ? AND status = ?" + (" AND owner = ?" if owner else "")
+    params: tuple[Any, ...] = (run_id, RunStatus.RUNNING, *((owner,) if owner else ()))
+    if heartbeat_at is not ...:
+        if heartbeat_at is None:
+            sql += " AND heartbeat_at IS NULL"
+        else:
+            sql += " AND heartbeat_at = ?"
+            params += (heartbeat_at,)
+    return sql, params
+
+
+def _stop_running_steps(
+    run_id: int, step_to: StepStatus, attempt_to: AttemptStatus, reason: str, now: datetime
+) -> list[Stmt]:
+    """Statements moving a run's RUNNING attempts and steps to a final status, with step events."""
+    return [
+        events.steps_events_stmt(run_id, StepStatus.RUNNING, step_to, reason, now, where_status=StepStatus.RUNNING),
+        Stmt(
+            "UPDATE attempts SET status = ?, error = COALESCE(error, ?), finished_at = ?"
+            " WHERE run_id = ? AND status = ?",
+            (attempt_to, reason, now, run_id, AttemptStatus.RUNNING),
+        ),
+        Stmt(
+            "UPDATE steps SET status = ?, updated_at = ? WHERE run_id = ? AND status = ?",
+            (step_to, now, run_id, StepStatus.RUNNING),
+        ),
+    ]
+
+
+async def fail_running_run(
+    run_id: int, reason: str, *, owner: str | None = None, actor: str | None = None, heartbeat_at: Any = ...
+) -> bool:
+    """RUNNING → FAILED with its running steps and attempts (interruption, orphan, shutdown).
+
+    Applies only to a RUNNING run, owned by `owner` when given and, when `heartbeat_at` is given
+    (the sweep), still with the heartbeat that was judged stale; returns False otherwise.
+    """
+    now = utcnow()
+    guard_sql, guard_params = _running_guard(run_id, owner, heartbeat_at)
+    stmts = [
+        Stmt(
+            "UPDATE runs SET status = ?, error = ?, owner = NULL, heartbeat_at = NULL, finished_at = ?,"
+            f" updated_at = ? {guard_sql}",
+            (RunStatus.FAILED, reason, now, now, *guard_params),
+            guard=True,
+        ),
+        *_stop_running_steps(run_id, StepStatus.FAILED, AttemptStatus.FAILED, reason, now),
+    ]
+    evs = [
+        EventSpec(RUN, run_id, from_status=RunStatus.RUNNING, to_status=RunStatus.FAILED, actor=actor, message=reason)
+    ]
+    return await _commit(stmts, evs, [Stopped(1, StepStatus.RUNNING, StepStatus.FAILED, reason)], now)
+
+
+async def requeue_interrupted(
+    run_id: int, reason: str, *, owner: str | None = None, heartbeat_at: Any = ..., count: bool = True
+) -> bool:
+    """RUNNING → QUEUED after an interruption (policy `resume`): the running attempts are failed
+    with `reason` and kept in history, their steps go back to PENDING (two events each: running →
+    failed → pending), so the next claim runs them as new attempts. `count` adds one to the run's
+    recoveries (a crash; a graceful shutdown does not count).
+
+    Same guards as `fail_running_run`; returns False otherwise.
+    """
+    now = utcnow()
+    guard_sql, guard_params = _running_guard(run_id, owner, heartbeat_at)
+    running = StepStatus.RUNNING
+    stmts = [
+        Stmt(
+            "UPDATE runs SET status = ?, error = NULL, owner = NULL, heartbeat_at = NULL,"
+            f" recoveries = recoveries + ?, updated_at = ? {guard_sql}",
+            (RunStatus.QUEUED, 1 if count else 0, now, *guard_params),
+            guard=True,
+        ),
+        events.steps_events_stmt(run_id, running, StepStatus.FAILED, reason, now, where_status=running),
+        events.steps_events_stmt(run_id, StepStatus.FAILED, StepStatus.PENDING, "re-queued", now, where_status=running),
+        Stmt(
+            "UPDATE attempts SET status = ?, error = COALESCE(error, ?), finished_at = ?"
+            " WHERE run_id = ? AND status = ?",
+            (AttemptStatus.FAILED, reason, now, run_id, AttemptStatus.RUNNING),
+        ),
+        Stmt(
+            "UPDATE steps SET status = ?, updated_at = ? WHERE run_id = ? AND status = ?",
+            (StepStatus.PENDING, now, run_id, running),
+        ),
+    ]
+    evs = [EventSpec(RUN, run_id, from_status=RunStatus.RUNNING, to_status=RunStatus.QUEUED, message=reason)]
+    stopped = [
+        Stopped(1, running, StepStatus.FAILED, reason),
+        Stopped(2, StepStatus.FAILED, StepStatus.PENDING, "re-queued"),
+    ]
+    return await _commit(stmts, evs, stopped, now)
+
+
+async def cancel_run(run_id: int, from_status: RunStatus, actor: str) -> bool:
+    """QUEUED/RUNNING/WAITING → CANCELLED with running steps and attempts; guard on `from_status`."""
+    if RunStatus.CANCELLED not in RUN_TRANSITIONS[from_status]:
+        return False
+    now = utcnow()
+    reason = f"cancelled by {actor}"
+    stmts = [
+        Stmt(
+            "UPDATE runs SET status = ?, error = ?, owner = NULL, heartbeat_at = NULL, finished_at = ?, updated_at = ?"
+            " WHERE id = ? AND status = ?",
+            (RunStatus.CANCELLED, reason, now, now, run_id, from_status),
+            guard=True,
+        ),
+        *_stop_running_steps(run_id, StepStatus.CANCELLED, AttemptStatus.CANCELLED, reason, now),
+    ]
+    evs = [
+        EventSpec(ACTION, run_id, actor=actor, message="cancelled the run"),
+        EventSpec(RUN, run_id, from_status=from_status, to_status=RunStatus.CANCELLED, actor=actor),
+    ]
+    return await _commit(stmts, evs, [Stopped(1, StepStatus.RUNNING, StepStatus.CANCELLED, reason)], now)
+
+
+@dataclass(frozen=True, slots=True)
+class StepReset:
+    step_id: int
+    key: str
+    from_status: StepStatus
+
+
+async def rerun_steps(
+    run_id: int, run_from: RunStatus, root_key: str, resets: Sequence[StepReset], actor: str, action: str
+) -> bool:
+    """Run (not running) → QUEUED, and each named step → PENDING with its stale flag cleared.
+
+    Guards: the run is still in `run_from` and every step still has the status it was read with.
+    Steps already PENDING are guarded but get no event (nothing changes for them).
+    """
+    if RunStatus.QUEUED not in RUN_TRANSITIONS[run_from] or any(
+        r.from_status != StepStatus.PENDING and StepStatus.PENDING not in STEP_TRANSITIONS[r.from_status]
+        for r in resets
+    ):
+        return False
+    now = utcnow()
+    stmts = [
+        Stmt(
+            "UPDATE runs SET status = ?, error = NULL, finished_at = NULL, owner = NULL, heartbeat_at = NULL,"
+            " recoveries = 0, updated_at = ? WHERE id = ? AND status = ?",  # a person took over: a fresh count
+            (RunStatus.QUEUED, now, run_id, run_from),
+            guard=True,
+        ),
+        Stmt(
+            "UPDATE steps SET status = ?, stale = FALSE, stale_reason = NULL, updated_at = ?"
+            " WHERE id = ? AND status = ?",
+            many=[(StepStatus.PENDING, now, r.step_id, r.from_status) for r in resets],
+            guard=True,
+        ),
+    ]
+    evs = [
+        EventSpec(ACTION, run_id, step_key=root_key, actor=actor, message=action),
+        *(
+            EventSpec(ChangeKind.STEP, run_id, step_key=r.key, from_status=r.from_status, to_status=StepStatus.PENDING)
+            for r in resets
+            if r.from_status != StepStatus.PENDING
+        ),
+        EventSpec(RUN, run_id, from_status=run_from, to_status=RunStatus.QUEUED, actor=actor),
+    ]
+    return await _commit(stmts, evs, now=now)
+
+
+async def release_run(run_id: int, owner: str, why: str) -> bool:
+    """RUNNING → QUEUED for a run claimed but never driven (its engine is stopping); applies only
+    to a RUNNING run owned by `owner` with no step started since the claim."""
+    now = utcnow()
+    update = Stmt(
+        "UPDATE runs SET status = ?, owner = NULL, heartbeat_at = NULL, updated_at = ?"
+        " WHERE id = ? AND status = ? AND owner = ?"
+        " AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = ? AND s.status = ?)",
+        (RunStatus.QUEUED, now, run_id, RunStatus.RUNNING, owner, run_id, StepStatus.RUNNING),
+        guard=True,
+    )
+    event = EventSpec(RUN, run_id, from_status=RunStatus.RUNNING, to_status=RunStatus.QUEUED, message=why)
+    return await _commit([update], [event], now=now)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    run_id: int
+    step_id: int
+    key: str
+    attempt_id: int
+    number: int
+    index: int
+    previous_index: int | None
+    step_from: StepStatus  # WAITING or COMPLETED, as read
+    run_from: RunStatus  # as read; a WAITING run is re-queued
+    stale_keys: Sequence[str]  # completed or waiting dependents built on the previous choice
+
+
+async def select_alternative(sel: Selection, actor: str) -> bool:
+    """Set the selected alternative of the current attempt; WAITING → COMPLETED; flag stale dependents.
+
+    Guards: the attempt is COMPLETED and current, the step and run still have the statuses read.
+    """
+    now = utcnow()
+    step_to = StepStatus.COMPLETED
+    stmts = [
+        Stmt(
+            "UPDATE attempts SET selected_index = ? WHERE id = ? AND status = ?",
+            (sel.index, sel.attempt_id, AttemptStatus.COMPLETED),
+            guard=True,
+        ),
+        Stmt(
+            "UPDATE steps SET status = ?, updated_at = ? WHERE id = ? AND status = ? AND attempt = ?",
+            (step_to, now, sel.step_id, sel.step_from, sel.number),
+            guard=True,
+        ),
+        Stmt("UPDATE runs SET updated_at = ? WHERE id = ? AND status = ?", (now, sel.run_id, sel.run_from), guard=True),
+    ]
+    was = f" (was {sel.previous_index + 1})" if sel.previous_index is not None else ""
+    message = f"selected alternative {sel.index + 1}{was}"
+    evs = [EventSpec(ACTION, sel.run_id, step_key=sel.key, attempt=sel.number, actor=actor, message=message)]
+    if sel.step_from != step_to:
+        evs.append(events.step_event(sel.run_id, sel.key, sel.number, sel.step_from, step_to))
+    if sel.stale_keys:
+        reason = (
+            f"upstream step {sel.key!r} changed its selection from alternative "
+            f"{(sel.previous_index or 0) + 1} to {sel.index + 1} ({actor}, {now:%Y-%m-%d %H:%M:%S} UTC);"
+            " re-run to refresh"
+        )
+        stmts.append(
+            Stmt(
+                "UPDATE steps SET stale = TRUE, stale_reason = ?, updated_at = ?"
+                " WHERE run_id = ? AND key = ? AND status IN (?, ?)",
+                many=[
+                    (reason, now, sel.run_id, key, StepStatus.COMPLETED, StepStatus.WAITING) for key in sel.stale_keys
+                ],
+            )
+        )
+        evs.extend(EventSpec(STALE, sel.run_id, step_key=key, message=reason) for key in sel.stale_keys)
+    if sel.run_from == RunStatus.WAITING:
+        stmts.append(
+            Stmt(
+                "UPDATE runs SET status = ?, updated_at = ? WHERE id = ? AND status = ?",
+                (RunStatus.QUEUED, now, sel.run_id, RunStatus.WAITING),
+                guard=True,
+            )
+        )
+        evs.append(EventSpec(RUN, sel.run_id, from_status=RunStatus.WAITING, to_status=RunStatus.QUEUED, actor=actor))
+    return await _commit(stmts, evs, now=now)

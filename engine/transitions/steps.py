@@ -1,0 +1,205 @@
+"""Transitions of steps and their attempts: start, complete (starting successors in the same
+commit), fail."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from engine import events
+from engine.db.base import Batch, BatchResult, Outcome, Stmt
+from engine.records import AttemptRef, llm_stmts, record_late_result, utcnow
+from engine.store import run_batches, run_batches_blocking
+from models.status import AttemptStatus, RunStatus, StepStatus
+
+
+@dataclass(frozen=True, slots=True)
+class StepStart:
+    """What starting a step needs: a new attempt `number`, and what it consumed from its needs."""
+
+    run_id: int
+    step_id: int
+    key: str
+    number: int
+    needs: Sequence[str]
+    consumed: dict[str, Any]
+    owner: str
+
+
+def _start_batch(start: StepStart, now: datetime) -> Batch:
+    # Readiness is checked by the database too: every need must be COMPLETED when the step starts, and
+    # the run RUNNING in the hands of the engine that starts it.
+    needs_done = ""
+    params: list[Any] = [StepStatus.RUNNING, start.number, now, start.step_id, StepStatus.PENDING]
+    params += [start.run_id, RunStatus.RUNNING, start.owner]
+    if start.needs:
+        marks = ", ".join("?" for _ in start.needs)
+        needs_done = (
+            f" AND NOT EXISTS (SELECT 1 FROM steps n WHERE n.run_id = ? AND n.key IN ({marks}) AND n.status != ?)"
+        )
+        params += [start.run_id, *start.needs, StepStatus.COMPLETED]
+    stmts = [
+        Stmt(
+            "UPDATE steps SET status = ?, attempt = ?, updated_at = ? WHERE id = ? AND status = ?"
+            " AND EXISTS (SELECT 1 FROM runs WHERE runs.id = ? AND runs.status = ? AND runs.owner = ?)" + needs_done,
+            params,
+            guard=True,
+        ),
+        Stmt(
+            "INSERT INTO attempts (run_id, step_id, number, status, consumed, logs, owner, started_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (start.run_id, start.step_id, start.number, AttemptStatus.RUNNING, start.consumed, [], start.owner, now),
+        ),
+    ]
+    event = events.step_event(start.run_id, start.key, start.number, StepStatus.PENDING, StepStatus.RUNNING)
+    return events.batch(stmts, [event], now)
+
+
+def _started_attempt(result: Outcome) -> int | None:
+    if isinstance(result, BatchResult) and result.ok:
+        return int(result.rows[1][0][0])
+    return None
+
+
+async def start_step(start: StepStart) -> int | None:
+    """PENDING → RUNNING with a new attempt; returns its id.
+
+    Applies only to a PENDING step whose needs are all COMPLETED, of a RUNNING run owned by
+    `start.owner`; returns None otherwise.
+    """
+    return _started_attempt((await run_batches([_start_batch(start, utcnow())]))[0])
+
+
+def _step_from_running(ref: AttemptRef, to: StepStatus, now: datetime) -> Stmt:
+    return Stmt(
+        "UPDATE steps SET status = ?, updated_at = ? WHERE id = ? AND status = ? AND attempt = ?",
+        (to, now, ref.step_id, StepStatus.RUNNING, ref.number),
+        guard=True,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """What a step's attempt produced, to be written as its completion."""
+
+    ref: AttemptRef
+    outputs: list[Any]
+    selected_index: int | None  # None: a person must pick one (the step waits)
+    logs: list[str]
+    progress: float | None
+    progress_message: str | None
+    llm: dict[str, Any] | None = None
+
+
+def _completion_batches(c: Completion, starts: Sequence[StepStart], now: datetime) -> list[Batch]:
+    to = StepStatus.COMPLETED if c.selected_index is not None else StepStatus.WAITING
+    stmts = [
+        Stmt(
+            "UPDATE attempts SET status = ?, outputs = ?, selected_index = ?, logs = ?, progress = ?,"
+            " progress_message = ?, finished_at = ? WHERE id = ? AND status = ?",
+            (
+                AttemptStatus.COMPLETED,
+                c.outputs,
+                c.selected_index,
+                c.logs,
+                c.progress,
+                c.progress_message,
+                now,
+                c.ref.attempt_id,
+                AttemptStatus.RUNNING,
+            ),
+            guard=True,
+        ),
+        _step_from_running(c.ref, to, now),
+        *llm_stmts(c.ref, c.llm, AttemptStatus.COMPLETED, now),
+    ]
+    truncated = bool(c.llm and c.llm.get("truncated"))
+    event = events.step_event(c.ref.run_id, c.ref.key, c.ref.number, StepStatus.RUNNING, to, truncated=truncated)
+    return [events.batch(stmts, [event], now), *(_start_batch(s, now) for s in starts)]
+
+
+def _completion_outcome(results: list[Outcome], starts: int) -> tuple[bool, list[int | None]]:
+    if isinstance(results[0], Exception):
+        raise results[0]
+    if not results[0].ok:
+        return False, [None] * starts
+    return True, [_started_attempt(r) for r in results[1:]]
+
+
+async def complete_step(
+    ref: AttemptRef,
+    outputs: list[Any],
+    selected_index: int | None,
+    logs: list[str],
+    progress: float | None,
+    progress_message: str | None,
+) -> bool:
+    """Attempt RUNNING → COMPLETED; step RUNNING → COMPLETED (or WAITING when nothing is selected).
+
+    Applies only while both are RUNNING and the attempt is still the step's current one; a result
+    that arrives later is recorded as a late-result event instead and changes nothing.
+    """
+    done, _ = await complete_step_and_start(ref, outputs, selected_index, logs, progress, progress_message, ())
+    return done
+
+
+async def complete_step_and_start(
+    ref: AttemptRef,
+    outputs: list[Any],
+    selected_index: int | None,
+    logs: list[str],
+    progress: float | None,
+    progress_message: str | None,
+    starts: Sequence[StepStart],
+    llm: dict[str, Any] | None = None,
+) -> tuple[bool, list[int | None]]:
+    """`complete_step`, then `start_step` for each of `starts`, sharing one commit.
+
+    Each is its own guarded transition (a start whose guard fails changes nothing); the starts see
+    the completion, so a successor starts only once this step is COMPLETED.
+    """
+    c = Completion(ref, outputs, selected_index, logs, progress, progress_message, llm)
+    results = await run_batches(_completion_batches(c, starts, utcnow()))
+    done, started = _completion_outcome(results, len(starts))
+    if not done:
+        await record_late_result(ref, "completed", llm)
+    return done, started
+
+
+def complete_step_and_start_blocking(c: Completion, starts: Sequence[StepStart]) -> tuple[bool, list[int | None]]:
+    """`complete_step_and_start` from the worker thread the step ran in (one commit, no trip through
+    the event loop). A completion that came too late changes nothing; the caller records it."""
+    return _completion_outcome(run_batches_blocking(_completion_batches(c, starts, utcnow())), len(starts))
+
+
+async def fail_step(
+    ref: AttemptRef,
+    error: str,
+    detail: str | None,
+    logs: list[str],
+    partial_output: str | None = None,
+    llm: dict[str, Any] | None = None,
+) -> bool:
+    """Attempt and step RUNNING → FAILED with the error; same guards and late handling as completion."""
+    now = utcnow()
+    stmts = [
+        Stmt(
+            "UPDATE attempts SET status = ?, error = ?, error_detail = ?, logs = ?, partial_output = ?, finished_at = ?"
+            " WHERE id = ? AND status = ?",
+            (AttemptStatus.FAILED, error, detail, logs, partial_output, now, ref.attempt_id, AttemptStatus.RUNNING),
+            guard=True,
+        ),
+        _step_from_running(ref, StepStatus.FAILED, now),
+        *llm_stmts(ref, llm, AttemptStatus.FAILED, now),
+    ]
+    truncated = bool(llm and llm.get("truncated"))
+    event = events.step_event(ref.run_id, ref.key, ref.number, StepStatus.RUNNING, StepStatus.FAILED, error, truncated)
+    result = (await run_batches([events.batch(stmts, [event], now)]))[0]
+    if isinstance(result, Exception):
+        raise result
+    if result.ok:
+        return True
+    await record_late_result(ref, f"failed: {error}", llm)
+    return False
