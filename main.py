@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(serve)
     serve.add_argument("--host", default=None, help=f"address to bind ({ENV_NAMES['host']}, default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help=f"port ({ENV_NAMES['port']}, default 8080)")
+    serve.add_argument(
+        "--no-engine",
+        action="store_true",
+        help="serve the dashboard and API only; runs are executed by another process on the same database",
+    )
     run = commands.add_parser(
         "run",
         help="run a workflow headless, printing progress; exit 0 only if it completes",
@@ -88,7 +93,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return from_env().with_overrides(**overrides)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, *, engine: bool = True) -> None:
     from nicegui import ui
 
     from engine.executor import Engine
@@ -107,7 +112,7 @@ def serve(settings: Settings) -> None:
     catalog = workflows.load(settings.workflows_dir)
     for error in catalog.errors:
         logging.getLogger("stepdeck").warning("definition not loaded: %s", error)
-    mount(settings, Engine(settings))
+    mount(settings, Engine(settings) if engine else None)
     ui.run(
         host=settings.host,
         port=settings.port,
@@ -127,7 +132,7 @@ def serve(settings: Settings) -> None:
 
 
 async def _bind_problem(settings: Settings) -> str | None:
-    from models.db import connected
+    from engine.db import connected
     from ui.security import bind_problem
 
     async with connected(settings.db_url):
@@ -148,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        serve(settings)
+        serve(settings, engine=not args.no_engine)
         return 0
 
     from ui import cli

@@ -1,36 +1,119 @@
-"""Engine overhead per step, on a SQLite file under the default settings.
+"""Engine cost per step against the floor of the same durable writes, in-process and served.
 
-    uv run python -m bench.engine [--steps 1000] [--runs 200] [--run-steps 10] [--kind sync|async]
+    uv run python -m bench.engine [--steps 1000] [--runs 200] [--run-steps 10] [--reps 3] [--no-served]
 
-Shapes: one run of N sequential no-op python steps, and R concurrent runs of M steps. The steps do
-nothing, so wall time divided by steps is the engine's own cost per step: claim, two guarded
-transitions with their events, the thread hop of a sync function, readiness, the run's finish.
+Every figure is measured side by side in one run, the shapes interleaved `--reps` times (medians
+reported): absolute times on a shared machine are noise, ratios are not.
+
+- floor: per step, one thread round trip that commits what a step needs at the least — 2 guarded
+  UPDATEs (attempt, step) and 2 event INSERTs — on a SQLite file in WAL with synchronous=NORMAL.
+- in-process: an engine in this process; R runs started with `operations.start_run`, wall time from
+  the first start to the last completion, divided by the steps. Steps are sync no-op functions.
+- served: `main.py serve` as a subprocess; runs started with `POST /api/runs`, completion read from
+  the database file. Also the CPU a `POST /api/runs` costs, on `serve --no-engine` (nothing else runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import sqlite3
+import statistics
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from engine import operations
+from engine.db import connected
 from engine.definitions import WorkflowDef, parse_definition
 from engine.executor import Engine
 from engine.settings import Settings
 from engine.store import fetch
-from models.db import connected
+from models.db import migrate
+from tests.dbtemplate import migrated_copy
+from tests.integration.served import Server, Workspace
+
+NOOP = "bench.steps:noop"
 
 
-def sequential(name: str, steps: int, call: str) -> WorkflowDef:
+def sequential(name: str, steps: int, call: str = NOOP) -> WorkflowDef:
     data = {"name": name, "steps": [{"key": f"s{i}", "call": call} for i in range(steps)]}
     return parse_definition(data, f"<bench {name}>")
 
 
-async def _wait_all_done(run_ids: list[int], timeout_s: float) -> None:
+def workflow_yaml(name: str, steps: int) -> str:
+    body = "".join(f"  - key: s{i}\n    call: benchsteps:noop\n" for i in range(steps))
+    return f"name: {name}\nsteps:\n{body}"
+
+
+BENCH_STEPS = "def noop(ctx):\n    return 'ok'\n"
+
+
+# --- the floor -------------------------------------------------------------------------------------
+
+
+async def floor_ms_per_step(path: Path, steps: int) -> float:
+    """One thread round trip per step, committing 2 guarded UPDATEs and 2 event INSERTs."""
+    await migrate(f"sqlite://{path}")
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    now = "2026-01-01 00:00:00+00:00"
+    conn.execute(
+        "INSERT INTO runs (workflow, definition, inputs, status, actor, recoveries, created_at, updated_at)"
+        " VALUES ('floor', '{}', '{}', 'running', 'bench', 0, ?, ?)",
+        (now, now),
+    )
+    for i in range(steps):
+        conn.execute(
+            "INSERT INTO steps (run_id, key, label, position, kind, needs, status, attempt, stale, updated_at)"
+            " VALUES (1, ?, ?, ?, 'python', '[]', 'running', 1, 0, ?)",
+            (f"s{i}", f"s{i}", i, now),
+        )
+        conn.execute(
+            "INSERT INTO attempts (run_id, step_id, number, status, consumed, logs, started_at)"
+            " VALUES (1, ?, 1, 'running', '{}', '[]', ?)",
+            (i + 1, now),
+        )
+
+    def one_step(i: int) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        a = conn.execute(
+            "UPDATE attempts SET status = 'completed', outputs = '[\"ok\"]', finished_at = ?"
+            " WHERE id = ? AND status = ?",
+            (now, i + 1, "running"),
+        )
+        s = conn.execute("UPDATE steps SET status = 'completed' WHERE id = ? AND status = ?", (i + 1, "running"))
+        assert a.rowcount == 1 and s.rowcount == 1
+        for kind in ("step", "step"):
+            conn.execute(
+                "INSERT INTO events (run_id, step_key, attempt, kind, from_status, to_status, created_at)"
+                " VALUES (1, ?, 1, ?, 'running', 'completed', ?) RETURNING id",
+                (f"s{i}", kind, now),
+            ).fetchall()
+        conn.execute("COMMIT")
+
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(1) as hop:
+        t0 = time.perf_counter()
+        for i in range(steps):
+            await loop.run_in_executor(hop, one_step, i)
+        elapsed = time.perf_counter() - t0
+    conn.close()
+    return elapsed / steps * 1000
+
+
+# --- in-process ------------------------------------------------------------------------------------
+
+
+async def wait_done(run_ids: list[int], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     marks = ", ".join("?" for _ in run_ids)
+    counts: dict[str, int] = {}
     while time.monotonic() < deadline:
         rows = await fetch(f"SELECT status, count(*) AS n FROM runs WHERE id IN ({marks}) GROUP BY status", run_ids)
         counts = {r["status"]: r["n"] for r in rows}
@@ -38,60 +121,135 @@ async def _wait_all_done(run_ids: list[int], timeout_s: float) -> None:
             return
         if counts.get("failed"):
             raise SystemExit(f"runs failed: {counts}")
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.005)
     raise SystemExit(f"timeout: {counts}")
 
 
-async def shape(label: str, engine: Engine, defn: WorkflowDef, runs: int) -> dict[str, float]:
+async def in_process_ms_per_step(defn: WorkflowDef, runs: int) -> float:
     t0 = time.perf_counter()
     run_ids = [await operations.start_run(defn, {}, "bench") for _ in range(runs)]
-    t1 = time.perf_counter()
-    await _wait_all_done(run_ids, timeout_s=600)
-    t2 = time.perf_counter()
-    steps = runs * len(defn.steps)
-    wall = t2 - t0
-    figures = {
-        "steps": steps,
-        "wall_s": wall,
-        "steps_per_s": steps / wall,
-        "ms_per_step": wall / steps * 1000,
-        "ms_per_step_excluding_creation": (t2 - t1) / steps * 1000,
-        "creation_s": t1 - t0,
-    }
-    print(
-        f"{label:<34} {steps:>6} steps  {wall:7.2f} s  {figures['steps_per_s']:8.0f} steps/s  "
-        f"{figures['ms_per_step']:.3f} ms/step (excluding run creation {figures['ms_per_step_excluding_creation']:.3f})"
-    )
-    return figures
+    await wait_done(run_ids, timeout_s=900)
+    return (time.perf_counter() - t0) / (runs * len(defn.steps)) * 1000
 
 
-async def main() -> None:
+# --- served ----------------------------------------------------------------------------------------
+
+
+def _all_completed(ws: Workspace, first_id: int, runs: int) -> bool:
+    rows = ws.sql("SELECT status, count(*) AS n FROM runs WHERE id >= ? GROUP BY status", (first_id,))
+    counts = {r["status"]: r["n"] for r in rows}
+    if counts.get("failed"):
+        raise SystemExit(f"runs failed: {counts}")
+    return bool(counts.get("completed", 0) == runs)
+
+
+def served_ms_per_step(server: Server, ws: Workspace, workflow: str, runs: int, steps: int) -> float:
+    t0 = time.perf_counter()
+    ids = [server.start_run(workflow) for _ in range(runs)]
+    deadline = time.monotonic() + 900
+    while not _all_completed(ws, ids[0], runs):
+        if time.monotonic() > deadline:
+            raise SystemExit("served runs did not complete in time")
+        time.sleep(0.005)
+    return (time.perf_counter() - t0) / (runs * steps) * 1000
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def post_cpu_ms(server: Server, workflow: str, count: int) -> float:
+    """CPU of the server process per `POST /api/runs` (the server runs no engine)."""
+    assert server.proc is not None
+    for _ in range(20):  # warm up: imports, caches
+        server.start_run(workflow)
+    before = _cpu_s(server.proc.pid)
+    for _ in range(count):
+        server.start_run(workflow)
+    return (_cpu_s(server.proc.pid) - before) / count * 1000
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+def _median_line(label: str, samples: list[float], floor: float) -> str:
+    m = statistics.median(samples)
+    spread = f"{min(samples):.3f} to {max(samples):.3f}"
+    return f"  {label:<42} {m:7.3f} ms/step  ({spread})   {m / floor:5.2f} x the floor"
+
+
+async def run_in_process(args: argparse.Namespace, tmp: Path, served: Callable[[str], float] | None) -> None:
+    url = f"sqlite://{migrated_copy(tmp / 'engine.db')}"
+    samples: dict[str, list[float]] = {}
+    seq, par = sequential("seq", args.steps), sequential("par", args.run_steps)
+    shapes = [
+        (f"1 run x {args.steps} sequential steps", seq, 1),
+        (f"{args.runs} runs x {args.run_steps} steps", par, args.runs),
+    ]
+    async with connected(url, apply_migrations=False):
+        engine = Engine(Settings(db_url=url))
+        await engine.start()
+        await in_process_ms_per_step(sequential("warm", 50), 2)
+        for rep in range(args.reps):
+            samples.setdefault("floor", []).append(await floor_ms_per_step(tmp / f"floor{rep}.db", args.steps))
+            for label, defn, runs in shapes:
+                samples.setdefault(f"in-process: {label}", []).append(await in_process_ms_per_step(defn, runs))
+            if served is not None:
+                for label, _, _ in shapes:
+                    samples.setdefault(f"served:     {label}", []).append(await asyncio.to_thread(served, label))
+            print(f"  (repetition {rep + 1} of {args.reps} done)", flush=True)
+        await engine.stop()
+    floor = statistics.median(samples.pop("floor"))
+    print("\nfloor (one thread hop per step: 2 guarded UPDATEs + 2 event INSERTs, WAL, synchronous=NORMAL)")
+    print(f"  {floor:.3f} ms/step")
+    print("engine (sync no-op python steps; medians of the repetitions, lowest and highest in brackets)")
+    for label, values in samples.items():
+        print(_median_line(label, values, floor))
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1000, help="steps of the sequential run")
     parser.add_argument("--runs", type=int, default=200, help="concurrent runs")
     parser.add_argument("--run-steps", type=int, default=10, help="steps of each concurrent run")
-    parser.add_argument("--kind", choices=["sync", "async"], default="sync", help="no-op step functions")
+    parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions of every shape")
+    parser.add_argument("--no-served", action="store_true", help="skip the served process")
+    parser.add_argument("--posts", type=int, default=300, help="POST /api/runs timed for their CPU")
     args = parser.parse_args()
-    call = "bench.steps:noop" if args.kind == "sync" else "bench.steps:anoop"
-    with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite://{Path(tmp) / 'bench.db'}"
-        settings = Settings(db_url=url)
-        async with connected(url):
-            engine = Engine(settings)
-            await engine.start()
-            print(
-                f"SQLite file, default settings ({settings.max_concurrent_runs} runs / "
-                f"{settings.max_concurrent_steps} steps at once), {args.kind} no-op steps"
-            )
-            await shape(f"1 run x {args.steps} sequential steps", engine, sequential("seq", args.steps, call), 1)
-            await shape(
-                f"{args.runs} concurrent runs x {args.run_steps} steps",
-                engine,
-                sequential("par", args.run_steps, call),
-                args.runs,
-            )
-            await engine.stop()
+    with tempfile.TemporaryDirectory(prefix="stepdeck-bench-engine-") as name:
+        tmp = Path(name)
+        if args.no_served:
+            asyncio.run(run_in_process(args, tmp, None))
+            return
+        workflows = {"seq": workflow_yaml("seq", args.steps), "par": workflow_yaml("par", args.run_steps)}
+        ws = Workspace(tmp / "served", workflows, {"benchsteps": BENCH_STEPS})
+        migrated_copy(ws.db_path)
+        server = Server(ws)
+        server.start()
+        lock = threading.Lock()
+
+        def served(label: str) -> float:
+            with lock:
+                if label.startswith("1 run"):
+                    return served_ms_per_step(server, ws, "seq", 1, args.steps)
+                return served_ms_per_step(server, ws, "par", args.runs, args.run_steps)
+
+        try:
+            asyncio.run(run_in_process(args, tmp, served))
+        finally:
+            server.close()
+        api = Workspace(tmp / "api", {"par": workflow_yaml("par", args.run_steps)}, {"benchsteps": BENCH_STEPS})
+        migrated_copy(api.db_path)
+        no_engine = Server(api, extra_args=["--no-engine"])
+        no_engine.start()
+        try:
+            cpu = post_cpu_ms(no_engine, "par", args.posts)
+        finally:
+            no_engine.close()
+        print(f"POST /api/runs ({args.run_steps}-step workflow) on serve --no-engine: {cpu:.2f} ms of CPU per request")
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()

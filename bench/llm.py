@@ -32,12 +32,12 @@ from pathlib import Path
 import openai
 import orjson
 
-from bench.engine import _wait_all_done
+from bench.engine import wait_done
 from engine import operations
+from engine.db import connected
 from engine.definitions import WorkflowDef, parse_definition
 from engine.executor import Engine
 from engine.settings import Secret, Settings
-from models.db import connected
 
 
 def chain(steps: int) -> WorkflowDef:
@@ -109,11 +109,11 @@ async def main() -> None:
             defn = chain(args.steps)
             per_step, server_per_request = [], []
             try:
-                await _wait_all_done([await operations.start_run(chain(5), {}, "bench")], 60)  # warm-up
+                await wait_done([await operations.start_run(chain(5), {}, "bench")], 60)  # warm-up
                 for _ in range(args.runs):
                     before = server_stats(base_url)
                     started = time.perf_counter()
-                    await _wait_all_done([await operations.start_run(defn, {}, "bench")], 600)
+                    await wait_done([await operations.start_run(defn, {}, "bench")], 600)
                     per_step.append((time.perf_counter() - started) / args.steps)
                     after = server_stats(base_url)
                     requests = after["completion_requests"] - before["completion_requests"]

@@ -3,7 +3,7 @@
 Readiness comes from status alone: a step runs when it is PENDING and all its needs are COMPLETED,
 never because an output or an alternative is (or is not) present. Every exit path (success,
 error, timeout, cancellation, shutdown, a bug of ours) ends in a true state, written through
-`engine/transitions.py`.
+`engine/transitions`. How one step executes is in `engine/step_runner.py`.
 """
 
 from __future__ import annotations
@@ -11,16 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import traceback
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from engine import transitions
-from engine.context import StepContext, executing
+from engine import step_runner, transitions
+from engine.context import StepContext
 from engine.definitions import StepDef, WorkflowDef
-from engine.kinds import KINDS, KindEnv
-from engine.outputs import clean_text, normalize_outputs
+from engine.step_runner import StopReason, write
 from engine.store import fetch
 from models.status import RunStatus, StepStatus
 
@@ -29,25 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SHUTDOWN = "shutdown"
-CANCELLED = "cancelled"
-LOST = "lost"
-BROKEN = "broken"  # the database refused to record an outcome, even after retries
-WRITE_RETRY_DELAYS_S = (0.1, 0.5, 2.0)
-T = TypeVar("T")
-
-
-async def _write(make: Callable[[], Awaitable[T]], what: str) -> T:
-    """A transition, retried a few times on database errors (locked, I/O) before giving up."""
-    for delay in (*WRITE_RETRY_DELAYS_S, None):
-        try:
-            return await make()
-        except Exception as exc:
-            if delay is None:
-                raise
-            log.warning("%s failed (%s: %s); retrying in %s s", what, type(exc).__name__, exc, delay)
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable")
+FINISH_ATTEMPTS = 1000  # decisions the steps kept overturning before the run is failed as a bug of ours
+SHUTDOWN, CANCELLED, LOST, BROKEN = StopReason.SHUTDOWN, StopReason.CANCELLED, StopReason.LOST, StopReason.BROKEN
 
 
 @dataclass(slots=True)
@@ -73,12 +53,13 @@ class StepState:
 class RunDriver:
     engine: Engine
     run_id: int
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
     dirty: bool = False
     steps: dict[str, StepState] = field(default_factory=dict)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     contexts: dict[str, StepContext] = field(default_factory=dict)
-    _dependents: dict[str, list[str]] = field(default_factory=dict)
+    dependents: dict[str, list[str]] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
     _signal: asyncio.Future[None] | None = None  # resolved by outside changes to wake the loop
     _running_at_stop: list[str] = field(default_factory=list)
     broken: BaseException | None = None
@@ -99,7 +80,7 @@ class RunDriver:
         self.draining = True
         self._signal_loop()
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: StopReason) -> None:
         """Stop in-flight work: `cancelled` (already written by the operation), `shutdown`, or `lost`
         (another process failed or took the run). Lost steps are told to stop but not cancelled: a
         result they still return is then recorded as a late result instead of vanishing (their
@@ -114,12 +95,16 @@ class RunDriver:
                 task.cancel()
         self._signal_loop()
 
+    @property
+    def stopping(self) -> bool:
+        return self.stop_reason is not None or self.draining
+
     # --- the run ---------------------------------------------------------------------------------
 
     async def drive(self) -> None:
         try:
             self.defn, self.inputs = await self._load()
-            for _ in range(1000):
+            for _ in range(FINISH_ATTEMPTS):
                 await self._loop()
                 if await self._finish():
                     break
@@ -138,17 +123,17 @@ class RunDriver:
     async def _fail_quietly(self, reason: str) -> None:
         """Fail the run; if even that cannot be written, leave it to the sweep (it stops beating)."""
         try:
-            await _write(lambda: self._fail(reason), f"run {self.run_id}: failing it")
+            await write(lambda: self._fail(reason), f"run {self.run_id}: failing it")
         except Exception:
             log.exception("run %s: could not record its failure; the sweep will fail it", self.run_id)
 
     async def _load(self) -> tuple[WorkflowDef, dict[str, Any]]:
-        rows = await fetch("SELECT definition, inputs FROM runs WHERE id = ?", (self.run_id,))
+        rows = await fetch("SELECT definition, inputs FROM runs WHERE id = ?", (self.run_id,), engine=True)
         defn = WorkflowDef.from_snapshot(_json(rows[0]["definition"]))
-        self._dependents = {s.key: [] for s in defn.steps}
+        self.dependents = {s.key: [] for s in defn.steps}
         for s in defn.steps:
             for need in s.needs:
-                self._dependents[need].append(s.key)
+                self.dependents[need].append(s.key)
         await self._refresh(defn)
         return defn, _json(rows[0]["inputs"])
 
@@ -158,6 +143,7 @@ class RunDriver:
             "SELECT s.id, s.key, s.status, s.attempt, a.outputs, a.selected_index, a.error FROM steps s"
             " LEFT JOIN attempts a ON a.step_id = s.id AND a.number = s.attempt WHERE s.run_id = ?",
             (self.run_id,),
+            engine=True,
         )
         by_key = {r["key"]: r for r in rows}
         for s in defn.steps:
@@ -187,11 +173,17 @@ class RunDriver:
                 ready.append(s)
         return ready
 
+    def spawn(self, s: StepState, started: tuple[int, int] | None = None) -> asyncio.Task[None]:
+        """A task executing step `s` (`started`: its attempt was started already, with a slot taken)."""
+        task = asyncio.create_task(step_runner.execute(self, s, started), name=f"run{self.run_id}:{s.defn.key}")
+        self.tasks[s.defn.key] = task
+        return task
+
     async def _loop(self) -> None:
         candidates = list(self.steps)
         while self.stop_reason is None:
             for s in self._ready(candidates):
-                self.tasks[s.defn.key] = asyncio.create_task(self._execute(s), name=f"run{self.run_id}:{s.defn.key}")
+                self.spawn(s)
             if not self.tasks:
                 return
             if self._signal is None or self._signal.done():
@@ -202,7 +194,7 @@ class RunDriver:
                 if task in done:
                     del self.tasks[key]
                     self.contexts.pop(key, None)
-                    candidates.extend(self._dependents[key])
+                    candidates.extend(self.dependents[key])
             if self.dirty:
                 await self._refresh()
                 candidates = list(self.steps)
@@ -216,9 +208,9 @@ class RunDriver:
         if self.stop_reason in (CANCELLED, LOST):
             return True  # the operation that cancelled the run wrote its state
         if self.stop_reason == SHUTDOWN:
-            reason = self._interrupted_reason(self.engine.stop_reason)
+            reason = self.interrupted_reason(self.engine.stop_reason)
             if self.engine.settings.on_orphan == "resume":
-                requeued = await _write(
+                requeued = await write(
                     lambda: transitions.requeue_interrupted(self.run_id, reason, owner=self.engine.owner, count=False),
                     f"run {self.run_id}: re-queueing",
                 )
@@ -227,7 +219,7 @@ class RunDriver:
             await self._fail_quietly(reason)
             return True
         if self.stop_reason == BROKEN:
-            error = f"{type(self.broken).__name__}: {self.broken}"
+            error = f"{type(self.broken).__name__}: {step_runner.describe(self.broken)}"
             await self._fail_quietly(f"engine error: could not record a step's outcome ({error})")
             return True
         steps = list(self.steps.values())
@@ -245,7 +237,7 @@ class RunDriver:
             why = f"released: {self.engine.stop_reason} before its next step could start"
             outcome, done = (
                 RunStatus.QUEUED,
-                await _write(
+                await write(
                     lambda: transitions.release_run(self.run_id, self.engine.owner, why), f"run {self.run_id}: release"
                 ),
             )
@@ -255,18 +247,18 @@ class RunDriver:
             outcome, done = RunStatus.FAILED, await self._finish_as(RunStatus.FAILED, error)
         if done:
             return True
-        rows = await fetch("SELECT status, owner FROM runs WHERE id = ?", (self.run_id,))
+        rows = await fetch("SELECT status, owner FROM runs WHERE id = ?", (self.run_id,), engine=True)
         still_ours = rows and rows[0]["status"] == RunStatus.RUNNING and rows[0]["owner"] == self.engine.owner
         if still_ours:
             log.info("run %s: steps changed before it could be marked %s; going on", self.run_id, outcome.value)
         return not still_ours
 
     async def _finish_as(self, to: RunStatus, error: str | None = None) -> bool:
-        return await _write(
+        return await write(
             lambda: transitions.finish_run(self.run_id, self.engine.owner, to, error), f"run {self.run_id}: finishing"
         )
 
-    def _interrupted_reason(self, why: str) -> str:
+    def interrupted_reason(self, why: str) -> str:
         running = self._running_at_stop or [k for k, s in self.steps.items() if s.status == StepStatus.RUNNING]
         where = f" while step {', '.join(repr(k) for k in running)} was running" if running else ""
         return f"interrupted: {why}{where} ({self.engine.owner})"
@@ -274,36 +266,9 @@ class RunDriver:
     async def _fail(self, reason: str) -> None:
         await transitions.fail_running_run(self.run_id, reason, owner=self.engine.owner)
 
-    # --- one step ----------------------------------------------------------------------------------
+    # --- step starts ------------------------------------------------------------------------------
 
-    async def _execute(self, s: StepState, started: tuple[int, int] | None = None) -> None:
-        """Run one step; `started` (attempt id, number) when a predecessor started it for us.
-
-        A predecessor that starts us also took our step slot; it is released when our task ends
-        (a done-callback, so also when we are cancelled before running at all).
-        """
-        slots = self.engine.step_slots
-        try:
-            if started is None:
-                async with slots:
-                    if self.stop_reason is not None or self.draining:
-                        return  # waited for a slot while the run was stopped or drained
-                    start = self._start_of(s)
-                    attempt_id = await _write(lambda: transitions.start_step(start), f"{s.defn.key}: start")
-                    if attempt_id is None:
-                        self.notice_outside_change()
-                        return
-                    self._mark_running(s, start.number)
-                    await self._attempt(s, attempt_id, start.number)
-            else:
-                await self._attempt(s, *started)
-        except Exception as exc:
-            # Not the step's failure (that is recorded by _attempt): the database refused our writes.
-            log.exception("run %s: could not record the outcome of step %r", self.run_id, s.defn.key)
-            self.broken = exc
-            self.stop(BROKEN)
-
-    def _start_of(self, s: StepState, done: tuple[str, int, int | None] | None = None) -> transitions.StepStart:
+    def start_of(self, s: StepState, done: tuple[str, int, int | None] | None = None) -> transitions.StepStart:
         """The start of `s`, recording what it consumes; `done` is a need completing in the same commit."""
         d = s.defn
         consumed = {n: {"attempt": self.steps[n].attempt, "index": self.steps[n].selected_index} for n in d.needs}
@@ -311,144 +276,26 @@ class RunDriver:
             consumed[done[0]] = {"attempt": done[1], "index": done[2]}
         return transitions.StepStart(self.run_id, s.id, d.key, s.attempt + 1, d.needs, consumed, self.engine.owner)
 
-    @staticmethod
-    def _mark_running(s: StepState, number: int) -> None:
-        s.status, s.attempt, s.outputs, s.selected_index, s.error = StepStatus.RUNNING, number, None, None, None
-
-    def _claim_successors(self, s: StepState) -> list[StepState]:
-        """Dependents that this step's completion makes ready, each with a step slot taken for it."""
-        if self.stop_reason is not None or self.draining:
+    def successors_to_start(self, s: StepState, number: int, index: int | None) -> list[tuple[StepState, Any]]:
+        """Dependents that the completion of `s` makes ready, each with a step slot taken for it and its
+        start. Safe to call from the worker thread the step ran in: it only reads the driver's state, and
+        the database checks readiness again when the starts commit."""
+        if index is None or self.stopping:
             return []
         chosen = []
-        for key in self._dependents[s.defn.key]:
-            d = self.steps[key]
-            if d.status != StepStatus.PENDING or key in self.tasks or self.engine.step_slots.locked():
+        key = s.defn.key
+        for dependent in self.dependents[key]:
+            d = self.steps[dependent]
+            if d.status != StepStatus.PENDING or dependent in self.tasks:
                 continue
-            if all(n == s.defn.key or self.steps[n].status == StepStatus.COMPLETED for n in d.defn.needs):
-                self.engine.step_slots._value -= 1  # taken synchronously: no await between check and take
-                chosen.append(d)
+            if all(n == key or self.steps[n].status == StepStatus.COMPLETED for n in d.defn.needs):
+                if not self.engine.step_slots.try_take():
+                    break
+                chosen.append((d, self.start_of(d, done=(key, number, index))))
         return chosen
 
-    async def _attempt(self, s: StepState, attempt_id: int, number: int) -> None:
-        d = s.defn
-        ref = transitions.AttemptRef(self.run_id, s.id, d.key, attempt_id, number)
-        ctx = StepContext(
-            run_id=self.run_id,
-            step_key=d.key,
-            attempt=number,
-            alternatives=d.alternatives,
-            inputs=self.inputs,
-            outputs={n: self.steps[n].output for n in d.needs},
-        )
-        self.contexts[d.key] = ctx
-        executing[(self.run_id, d.key)] = ctx
-
-        async def checkpoint(text: str, llm: dict[str, Any] | None) -> None:
-            await transitions.save_partial(ref, text, llm)
-
-        env = KindEnv(self.engine.threads, self.engine.settings, checkpoint)
-        timeout = asyncio.timeout(d.timeout_s)
-        try:
-            async with timeout:
-                result = await KINDS[d.kind](d, ctx, env)
-            outputs = normalize_outputs(result, d.alternatives)
-        except asyncio.CancelledError as exc:
-            ctx.cancelled.set()
-            task = asyncio.current_task()
-            if self.stop_reason is None and task is not None and not task.cancelling():
-                # Raised by the step itself, not a stop of ours: a failure like any other exception.
-                await asyncio.shield(self._failed(s, ref, ctx, exc))
-                return
-            await asyncio.shield(self._stopped(s, ref, ctx))
-            return
-        except TimeoutError as exc:
-            ctx.cancelled.set()
-            if not timeout.expired():
-                await asyncio.shield(self._failed(s, ref, ctx, exc))
-                return
-            error = f"timed out after {d.timeout_s:g} s"
-            failing = _write(
-                lambda: transitions.fail_step(ref, error, None, ctx.logs, _partial(ctx), _llm(ctx)), f"{d.key}: timeout"
-            )
-            if await asyncio.shield(failing):
-                s.status, s.error = StepStatus.FAILED, error
-            return
-        except Exception as exc:
-            await asyncio.shield(self._failed(s, ref, ctx, exc))
-            return
-        finally:
-            if executing.get((self.run_id, d.key)) is ctx:
-                del executing[(self.run_id, d.key)]
-        await asyncio.shield(self._completed(s, ref, ctx, outputs))
-
-    async def _completed(self, s: StepState, ref: transitions.AttemptRef, ctx: StepContext, outputs: list[Any]) -> None:
-        """Write the completion; successors it makes ready start in the same commit (saves a round trip)."""
-        index = 0 if s.defn.select == "auto" else None
-        successors = self._claim_successors(s) if index is not None else []
-        starts = [self._start_of(n, done=(s.defn.key, ref.number, index)) for n in successors]
-        try:
-            done, attempt_ids = await _write(
-                lambda: transitions.complete_step_and_start(
-                    ref, outputs, index, ctx.logs, ctx.fraction, ctx.message, starts, _llm(ctx)
-                ),
-                f"{s.defn.key}: completion",
-            )
-        except BaseException:
-            for _ in successors:
-                self.engine.step_slots.release()
-            raise
-        if done:
-            s.status = StepStatus.COMPLETED if index is not None else StepStatus.WAITING
-            s.outputs, s.selected_index = outputs, index
-        else:
-            self.notice_outside_change()
-        for successor, attempt_id, start in zip(successors, attempt_ids, starts, strict=True):
-            if attempt_id is None:
-                self.engine.step_slots.release()
-                self.notice_outside_change()
-                continue
-            self._mark_running(successor, start.number)
-            task = asyncio.create_task(
-                self._execute(successor, (attempt_id, start.number)), name=f"run{self.run_id}:{start.key}"
-            )
-            task.add_done_callback(lambda _: self.engine.step_slots.release())
-            self.tasks[start.key] = task
-
-    async def _failed(self, s: StepState, ref: transitions.AttemptRef, ctx: StepContext, exc: BaseException) -> None:
-        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        detail = "".join(traceback.format_exception(exc))
-        failing = lambda: transitions.fail_step(ref, error, detail, ctx.logs, _partial(ctx), _llm(ctx))  # noqa: E731
-        if await _write(failing, f"{s.defn.key}: failure"):
-            s.status, s.error = StepStatus.FAILED, error
-        else:
-            self.notice_outside_change()
-
-    async def _stopped(self, s: StepState, ref: transitions.AttemptRef, ctx: StepContext) -> None:
-        if self.stop_reason == SHUTDOWN and self.engine.settings.on_orphan == "resume":
-            # The run is re-queued as a whole (`_finish`): this attempt ends failed, the step pending.
-            if ctx.llm is not None or ctx.partial_text() is not None:
-                saving = lambda: transitions.save_partial(ref, _partial(ctx), _llm(ctx), final=True)  # noqa: E731
-                await _write(saving, f"{s.defn.key}: save")
-            return
-        if self.stop_reason in (SHUTDOWN, BROKEN):
-            why = self.engine.stop_reason if self.stop_reason == SHUTDOWN else "the engine could not record an outcome"
-            reason = self._interrupted_reason(why)
-            failing = lambda: transitions.fail_step(ref, reason, None, ctx.logs, _partial(ctx), _llm(ctx))  # noqa: E731
-            if await _write(failing, f"{s.defn.key}: interrupt"):
-                s.status, s.error = StepStatus.FAILED, reason
-        else:
-            # The cancel operation already ended the attempt: keep what it had produced.
-            await transitions.keep_partial_output(ref, _partial(ctx), ctx.logs, _llm(ctx))
-            s.status = StepStatus.CANCELLED
-
-
-def _partial(ctx: StepContext) -> str | None:
-    text = ctx.partial_text()
-    return clean_text(text) if text is not None else None
-
-
-def _llm(ctx: StepContext) -> dict[str, Any] | None:
-    return ctx.llm.to_json() if ctx.llm is not None else None
+    def mark_running(self, s: StepState, number: int) -> None:
+        s.status, s.attempt, s.outputs, s.selected_index, s.error = StepStatus.RUNNING, number, None, None, None
 
 
 def _json(value: Any) -> Any:

@@ -16,11 +16,13 @@ import secrets
 import socket
 from collections.abc import Callable
 
-from engine import maintenance, transitions
-from engine.driver import CANCELLED, LOST, SHUTDOWN, RunDriver
-from engine.hub import Change, hub
+from engine import maintenance, records, transitions
+from engine.driver import RunDriver
+from engine.hub import Change, ChangeKind, hub
 from engine.llm import providers
 from engine.settings import Settings
+from engine.slots import StepSlots
+from engine.step_runner import StopReason
 from engine.store import fetch
 from engine.threads import DaemonPool
 from models.status import RunStatus
@@ -41,7 +43,7 @@ class Engine:
         self.owner = owner or make_owner_id()
         self.claim_queued = claim_queued
         self.threads = DaemonPool()
-        self.step_slots = asyncio.Semaphore(settings.max_concurrent_steps)
+        self.step_slots = StepSlots(settings.max_concurrent_steps)
         self.drivers: dict[int, RunDriver] = {}
         self._driver_tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -82,7 +84,7 @@ class Engine:
         if self._driver_tasks and grace_s > 0:
             await asyncio.wait(self._driver_tasks, timeout=grace_s)
         for driver in list(self.drivers.values()):
-            driver.stop(SHUTDOWN)
+            driver.stop(StopReason.SHUTDOWN)
         if self._driver_tasks:
             await asyncio.wait(self._driver_tasks, timeout=10)
         for task in list(self._driver_tasks):
@@ -117,15 +119,14 @@ class Engine:
     # --- internals ---------------------------------------------------------------------------------
 
     def _on_change(self, change: Change) -> None:
-        to_status = change.data.get("to_status")
-        if change.kind == "run" and to_status == RunStatus.QUEUED:
+        if change.kind == ChangeKind.RUN and change.to_status == RunStatus.QUEUED:
             self._wake.set()
         driver = self.drivers.get(change.run_id)
         if driver is None:
             return
-        if change.kind == "run" and to_status == RunStatus.CANCELLED:
-            driver.stop(CANCELLED)
-        elif change.kind == "action":
+        if change.kind == ChangeKind.RUN and change.to_status == RunStatus.CANCELLED:
+            driver.stop(StopReason.CANCELLED)
+        elif change.kind == ChangeKind.ACTION:
             driver.notice_outside_change()
 
     def _spawn(self, run_id: int) -> None:
@@ -146,7 +147,9 @@ class Engine:
         free = self.settings.max_concurrent_runs - len(self.drivers)
         if free <= 0:
             return
-        rows = await fetch("SELECT id FROM runs WHERE status = ? ORDER BY id LIMIT ?", (RunStatus.QUEUED, free))
+        rows = await fetch(
+            "SELECT id FROM runs WHERE status = ? ORDER BY id LIMIT ?", (RunStatus.QUEUED, free), engine=True
+        )
         for row in rows:
             if self._stopping:
                 return
@@ -172,7 +175,7 @@ class Engine:
         while not self._stopping:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
             try:
-                await transitions.beat(self.owner, list(self.drivers))
+                await records.beat(self.owner, list(self.drivers))
                 await self._drop_lost_runs()
             except Exception:
                 log.exception("heartbeat failed; retrying")
@@ -183,11 +186,11 @@ class Engine:
             return
         ids = list(self.drivers)
         marks = ", ".join("?" for _ in ids)
-        rows = await fetch(f"SELECT id, status, owner FROM runs WHERE id IN ({marks})", ids)
+        rows = await fetch(f"SELECT id, status, owner FROM runs WHERE id IN ({marks})", ids, engine=True)
         for row in rows:
             driver = self.drivers.get(row["id"])
             if driver and (row["status"] != RunStatus.RUNNING or row["owner"] != self.owner):
-                driver.stop(CANCELLED if row["status"] == RunStatus.CANCELLED else LOST)
+                driver.stop(StopReason.CANCELLED if row["status"] == RunStatus.CANCELLED else StopReason.LOST)
 
 
 async def _import_in_thread(module: str) -> None:

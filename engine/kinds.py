@@ -27,6 +27,9 @@ class KindEnv:
     settings: Settings
     # Saves streamed text (and the LLM record) on the running attempt, so a crash leaves it visible.
     checkpoint: Callable[[str, dict[str, Any] | None], Awaitable[None]]
+    # Called in the worker thread with a sync function's return value: it completes the attempt right
+    # there (see `engine/step_runner.py`), and its result is what the kind returns.
+    finish: Callable[[Any], Any] | None = None
 
 
 KindRunner = Callable[[StepDef, StepContext, KindEnv], Awaitable[Any]]
@@ -44,16 +47,27 @@ def _callable(call: str, workflows_dir: Path | None) -> Callable[..., Any]:
     return fn
 
 
+def completes_in_thread(step: StepDef, settings: Settings) -> bool:
+    """A python step whose function is sync: it runs, and can complete, in a worker thread."""
+    return (
+        step.kind == "python" and step.call is not None and not _is_async(_callable(step.call, settings.workflows_dir))
+    )
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn)
+
+
 async def run_python(step: StepDef, ctx: StepContext, env: KindEnv) -> Any:
     """Call `module:function`; a sync function runs in a thread so it cannot stall the event loop."""
     assert step.call is not None
     fn = _callable(step.call, env.settings.workflows_dir)
     threads = env.threads
     try:
-        if inspect.iscoroutinefunction(fn):
+        if _is_async(fn):
             return await fn(ctx)
         loop = asyncio.get_running_loop()
-        call = functools.partial(contextvars.copy_context().run, _capture, fn, ctx)
+        call = functools.partial(contextvars.copy_context().run, _capture, fn, ctx, env.finish)
         result = await loop.run_in_executor(threads, call)
         if isinstance(result, _Raised):
             raise result.exc
@@ -77,11 +91,14 @@ class _Raised:
         self.exc = exc
 
 
-def _capture(fn: Callable[..., Any], ctx: StepContext) -> Any:
+def _capture(fn: Callable[..., Any], ctx: StepContext, finish: Callable[[Any], Any] | None) -> Any:
     try:
-        return fn(ctx)
+        result = fn(ctx)
     except BaseException as exc:
         return _Raised(exc)
+    if finish is None or inspect.isawaitable(result):
+        return result
+    return finish(result)
 
 
 KINDS: dict[str, KindRunner] = {"python": run_python, "llm": run_llm}

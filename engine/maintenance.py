@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from engine import transitions
+from engine import records, transitions
 from engine.settings import Settings
 from engine.store import Stmt, fetch, run_batch
 from models.status import RunStatus, StepStatus
@@ -98,7 +98,7 @@ def orphan_reason(
 async def find_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
     rows = await fetch("SELECT id, owner, heartbeat_at, recoveries FROM runs WHERE status = ?", (RunStatus.RUNNING,))
     verdicts = []
-    now = transitions.utcnow()
+    now = records.utcnow()
     for row in rows:
         steps = await fetch(
             "SELECT key FROM steps WHERE run_id = ? AND status = ? ORDER BY position", (row["id"], StepStatus.RUNNING)
@@ -154,7 +154,7 @@ async def prune_finished(retention_days: float, *, batch: int = PRUNE_BATCH) -> 
     returns how many. Never touches an active or waiting run. No-op when retention_days is 0."""
     if retention_days <= 0:
         return 0
-    cutoff = transitions.utcnow() - timedelta(days=retention_days)
+    cutoff = records.utcnow() - timedelta(days=retention_days)
     terminal = [RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED]
     deleted = 0
     while True:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from engine import transitions
+from engine import records, transitions
 from engine.definitions import WorkflowDef
 from engine.errors import Conflict, InvalidInput, NotFound
 from engine.inputs import InputError, validate_inputs
@@ -49,7 +49,7 @@ async def start_scheduled_run(defn: WorkflowDef, schedule: str, fire_time: datet
     except InputError as exc:
         raise InvalidInput(str(exc), exc.problems) from None
     steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs)) for s in defn.steps]
-    fire = transitions.ScheduledFire(defn.name, schedule, fire_time.astimezone(UTC))
+    fire = records.ScheduledFire(defn.name, schedule, fire_time.astimezone(UTC))
     return await transitions.create_scheduled_run(_snapshot(defn), values, steps, fire)
 
 

@@ -17,9 +17,9 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from engine import maintenance
+from engine.records import utcnow
 from engine.schedules import Schedules
 from engine.settings import Settings
-from engine.transitions import utcnow
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,13 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from engine import operations, transitions
+from engine import operations, records
 from engine.cron import MAX_SLOTS, fire_times, latest_fire_time, trigger
 from engine.definitions import ScheduleDef, WorkflowDef
 from engine.errors import NotFound, StepdeckError
+from engine.records import utcnow
 from engine.registry import workflows
 from engine.store import fetch
-from engine.transitions import utcnow
 from models.tables import ScheduleState
 
 log = logging.getLogger(__name__)
@@ -191,12 +191,12 @@ class Schedules:
         late = running[:-1]  # a reload replaced the job while several fire times passed: recorded
         missed = [w for w in down if w not in to_run]
         if late:
-            fires = [transitions.ScheduledFire(defn.name, sched.name, _utc(w)) for w in late]
-            await transitions.record_fires(fires, "missed", "the server could not start it in time")
+            fires = [records.ScheduledFire(defn.name, sched.name, _utc(w)) for w in late]
+            await records.record_fires(fires, "missed", "the server could not start it in time")
         if missed:
-            fires = [transitions.ScheduledFire(defn.name, sched.name, _utc(w)) for w in missed]
+            fires = [records.ScheduledFire(defn.name, sched.name, _utc(w)) for w in missed]
             detail = summary or "no server was running at this time"
-            await transitions.record_fires(fires, "missed", detail)
+            await records.record_fires(fires, "missed", detail)
             log.warning("schedule %s/%s: %d fire time(s) missed while down", defn.name, sched.name, len(missed))
         for when in to_run:
             run_id = await operations.start_scheduled_run(defn, sched.name, when)
@@ -224,8 +224,8 @@ class Schedules:
             # Fire times APScheduler coalesced into this one (the loop was blocked, the machine asleep).
             skipped = [w for w in fire_times(t, await self._since(defn, sched, state), slot) if w < slot]
             if skipped:
-                fires = [transitions.ScheduledFire(workflow, name, _utc(w)) for w in skipped]
-                await transitions.record_fires(fires, "missed", "the server could not start it in time")
+                fires = [records.ScheduledFire(workflow, name, _utc(w)) for w in skipped]
+                await records.record_fires(fires, "missed", "the server could not start it in time")
         run_id = await operations.start_scheduled_run(defn, name, slot)
         if run_id is not None:
             log.info("schedule %s/%s fired for %s: run %s", workflow, name, slot.isoformat(), run_id)
@@ -251,8 +251,8 @@ class Schedules:
             if state is not None:
                 since = await self._since(defn, sched, state)
                 times = [*fire_times(trigger(sched.cron, sched.timezone), since, scheduled), scheduled]
-        fires = [transitions.ScheduledFire(workflow, name, _utc(w)) for w in dict.fromkeys(times)]
-        await transitions.record_fires(fires, "missed", detail)
+        fires = [records.ScheduledFire(workflow, name, _utc(w)) for w in dict.fromkeys(times)]
+        await records.record_fires(fires, "missed", detail)
         return True
 
     # --- people's actions -------------------------------------------------------------------------

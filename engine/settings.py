@@ -59,6 +59,7 @@ class Settings:
     max_concurrent_steps: int = 32
     poll_interval_s: float = 1.0  # how often an idle engine looks for queued runs made elsewhere
     shutdown_grace_s: float = 5.0  # how long in-flight steps may finish when the server stops
+    cancel_grace_s: float = 5.0  # how long a cancelled or timed-out step may take to stop before it is abandoned
     retention_days: float = 0.0  # finished runs older than this are deleted; 0 keeps them forever
     allowed_hosts: str = ""  # extra names (comma-separated) a server on 127.0.0.1 answers to; "*" for any
     secret_file: Path = Path("data/secret.key")  # signs session cookies; made on first start (mode 0600)
@@ -92,6 +93,7 @@ ENV_NAMES = {
     "max_concurrent_steps": "STEPDECK_MAX_STEPS",
     "poll_interval_s": "STEPDECK_POLL_INTERVAL_S",
     "shutdown_grace_s": "STEPDECK_SHUTDOWN_GRACE_S",
+    "cancel_grace_s": "STEPDECK_CANCEL_GRACE_S",
     "retention_days": "STEPDECK_RETENTION_DAYS",
     "allowed_hosts": "STEPDECK_ALLOWED_HOSTS",
     "secret_file": "STEPDECK_SECRET_FILE",
@@ -140,7 +142,7 @@ def _checked(s: Settings) -> Settings:
     for name in positive:
         if getattr(s, name) <= 0:
             raise SettingsError(f"{ENV_NAMES[name]} must be greater than 0, got {getattr(s, name)}")
-    for name in ("shutdown_grace_s", "retention_days", "llm_retries", "llm_retry_base_s"):
+    for name in ("shutdown_grace_s", "cancel_grace_s", "retention_days", "llm_retries", "llm_retry_base_s"):
         if getattr(s, name) < 0:
             raise SettingsError(f"{ENV_NAMES[name]} must not be negative, got {getattr(s, name)}")
     for name in ("max_tokens", "max_concurrent_runs", "max_concurrent_steps"):

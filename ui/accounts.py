@@ -14,8 +14,9 @@ from typing import TextIO
 
 from engine import auth
 from engine.auth import AuthError
+from engine.db import connected
 from engine.settings import Settings
-from models.db import connected, migrate
+from models.db import migrate
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 

@@ -13,17 +13,20 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
-from engine import maintenance, operations, queries, transitions
+from engine import maintenance, operations, queries
 from engine.audit import audit
+from engine.db import connected
 from engine.errors import StepdeckError
 from engine.executor import Engine
-from engine.hub import Change, hub
+from engine.hub import Change, ChangeKind, hub
+from engine.records import utcnow
 from engine.registry import workflows
 from engine.settings import Settings
-from models.db import connected, migrate
+from models.db import migrate
+from models.status import RunStatus
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WAITING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-SETTLED = {"completed", "failed", "cancelled", "waiting"}
+SETTLED = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.WAITING}
 
 
 def parse_assignments(pairs: Sequence[str]) -> dict[str, str]:
@@ -55,20 +58,20 @@ class ProgressPrinter:
         print(f"[{time.monotonic() - self.started:6.1f}s] {text}", file=self.out, flush=True)
 
     def show(self, change: Change) -> None:
-        d = change.data
-        if change.kind == "step":
-            attempt = f" (attempt {d.get('attempt')})" if d.get("attempt") else ""
-            why = f": {d['message']}" if d.get("message") else ""
-            self.line(f"{change.step_key}{attempt}: {d.get('to_status')}{why}")
-        elif change.kind == "progress":
-            self.line(f"{change.step_key}: {round(100 * (d.get('fraction') or 0))}% {d.get('message') or ''}")
-        elif change.kind == "log":
-            self.line(f"{change.step_key} | {d.get('line')}")
-        elif change.kind == "run":
-            why = f": {d['message']}" if d.get("message") and d.get("to_status") == "failed" else ""
-            self.line(f"run {change.run_id}: {d.get('to_status')}{why}")
-        elif change.kind in ("late_result", "stale"):
-            self.line(f"{change.step_key}: {d.get('message')}")
+        c = change
+        if c.kind == ChangeKind.STEP:
+            attempt = f" (attempt {c.attempt})" if c.attempt else ""
+            why = f": {c.message}" if c.message else ""
+            self.line(f"{c.step_key}{attempt}: {c.to_status}{why}")
+        elif c.kind == ChangeKind.PROGRESS:
+            self.line(f"{c.step_key}: {round(100 * (c.fraction or 0))}% {c.message or ''}")
+        elif c.kind == ChangeKind.LOG:
+            self.line(f"{c.step_key} | {c.line}")
+        elif c.kind == ChangeKind.RUN:
+            why = f": {c.message}" if c.message and c.to_status == RunStatus.FAILED else ""
+            self.line(f"run {c.run_id}: {c.to_status}{why}")
+        elif c.kind in (ChangeKind.LATE_RESULT, ChangeKind.STALE):
+            self.line(f"{c.step_key}: {c.message}")
 
 
 async def _follow_local(run_id: int, sub: Any, printer: ProgressPrinter) -> str:
@@ -77,8 +80,8 @@ async def _follow_local(run_id: int, sub: Any, printer: ProgressPrinter) -> str:
         change = await sub.get(timeout_s=1.0)
         if change is not None:
             printer.show(change)
-            if change.kind == "run" and change.data.get("to_status") in SETTLED:
-                return str(change.data["to_status"])
+            if change.kind == ChangeKind.RUN and change.to_status in SETTLED:
+                return str(change.to_status)
             continue
         status = (await queries.run_detail(run_id))["status"]
         if status in SETTLED:
@@ -92,13 +95,13 @@ async def _follow_remote(run_id: int, printer: ProgressPrinter, after: int, stal
     while True:
         for event in await queries.events_after(run_id, last):
             last = event["id"]
-            printer.show(Change(run_id, event["kind"], event["step"], event["id"], event))
+            printer.show(Change.from_event(event))
             if event["kind"] == "run" and event["to_status"] in SETTLED:
                 return str(event["to_status"])
         run = await queries.run_detail(run_id)
         beat = run["heartbeat_at"]
         if run["status"] == "running" and beat:
-            age_s = (transitions.utcnow() - datetime.fromisoformat(beat)).total_seconds()
+            age_s = (utcnow() - datetime.fromisoformat(beat)).total_seconds()
             if age_s > stale_after_s:
                 printer.line(f"the engine driving run {run_id} stopped responding ({age_s:.0f} s without heartbeat)")
                 return "failed"

@@ -171,12 +171,12 @@ class RunState:
         sv.color = status_color(status, sv.stale, sv.truncated)
         self._recount()
 
-    def apply_tokens(self, key: str, data: dict[str, Any]) -> None:
+    def apply_tokens(self, key: str, change: Change) -> None:
         """Streamed text from the hub; a gap (this view started mid-stream) is filled from the step itself."""
-        if key not in self.steps:
+        if key not in self.steps or change.tokens is None:
             return
-        attempt, index = int(data.get("attempt") or 0), int(data.get("alternative") or 0)
-        offset, text = int(data.get("offset") or 0), str(data.get("text") or "")
+        attempt, index = change.attempt or 0, change.tokens.alternative
+        offset, text = change.tokens.offset, change.tokens.text
         known_attempt, texts = self.streams.get(key, (attempt, {}))
         if known_attempt != attempt:
             texts = {}
@@ -294,21 +294,19 @@ class LiveRuns:
         state = self.states.get(change.run_id)
         if state is None:
             return
-        status = change.data.get("to_status")
+        status = change.to_status
         if change.kind == "step" and status and change.step_key:
             state.apply_step_status(change.step_key, status)
         elif change.kind == "run" and status:
             state.apply_run_status(status)
         elif change.kind == "progress" and change.step_key in state.steps:
             sv = state.steps[change.step_key]
-            sv.progress = float(change.data.get("fraction") or 0.0)
-            sv.progress_message = str(change.data.get("message") or "")
+            sv.progress = float(change.fraction or 0.0)
+            sv.progress_message = str(change.message or "")
         elif change.kind == "tokens" and change.step_key:
-            state.apply_tokens(change.step_key, change.data)
+            state.apply_tokens(change.step_key, change)
             return  # not a timeline entry; the text is bound to the card
-        self.run_event.emit(
-            change.run_id, {"kind": change.kind, "step": change.step_key, "id": change.event_id, **change.data}
-        )
+        self.run_event.emit(change.run_id, change.to_json())
         if change.event_id is not None:
             self._dirty.add(change.run_id)
             if self._flush is None or self._flush.done():

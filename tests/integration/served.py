@@ -130,9 +130,17 @@ class Workspace:
 class Server:
     """`main.py serve` on a workspace, on a free port; `host=None` leaves the bind address to the default."""
 
-    def __init__(self, ws: Workspace, *, host: str | None = "127.0.0.1", log_name: str = "server.log") -> None:
+    def __init__(
+        self,
+        ws: Workspace,
+        *,
+        host: str | None = "127.0.0.1",
+        log_name: str = "server.log",
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.ws = ws
         self.host = host
+        self.extra_args = extra_args or []
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = ws.dir / log_name
@@ -143,7 +151,7 @@ class Server:
     # --- process ---------------------------------------------------------------------------------
 
     def start(self, wait_s: float = 30.0) -> None:
-        cmd = [sys.executable, "main.py", "serve", "--port", str(self.port)]
+        cmd = [sys.executable, "main.py", "serve", "--port", str(self.port), *self.extra_args]
         if self.host is not None:
             cmd += ["--host", self.host]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from engine import audit, operations, transitions
+from engine import audit, operations, records, transitions
 from engine.executor import Engine
 from engine.store import Stmt, fetch, run_batch
 from engine.transitions import NewStep, StepStart
@@ -35,10 +35,10 @@ async def run_with_steps(status: RunStatus) -> Planted:
         return made
     assert await transitions.claim_run(run_id, OWNER)
 
-    async def start(key: str, needs: list[str]) -> transitions.AttemptRef:
+    async def start(key: str, needs: list[str]) -> records.AttemptRef:
         attempt_id = await transitions.start_step(StepStart(run_id, made.ids[key], key, 1, needs, {}, OWNER))
         assert attempt_id is not None
-        return transitions.AttemptRef(run_id, made.ids[key], key, attempt_id, 1)
+        return records.AttemptRef(run_id, made.ids[key], key, attempt_id, 1)
 
     ref = await start("a", [])
     if status == RunStatus.RUNNING:

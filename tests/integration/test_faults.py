@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from tortoise import connections
 
-from engine import driver, maintenance, operations, queries, transitions
+from engine import maintenance, operations, queries, records, step_runner, transitions
+from engine.db import current
+from engine.db.sqlite import SqliteDatabase
 from engine.errors import Conflict
 from engine.executor import Engine
 from engine.hub import hub
@@ -23,14 +25,16 @@ from tests.conftest import run_status, step_of, wait_for, wait_run
 Define = Callable[..., Any]
 
 
-async def _query_only(on: bool) -> None:
-    # A real SQLite refusal of every write ("attempt to write a readonly database").
-    await connections.get("default").execute_script(f"PRAGMA query_only = {'ON' if on else 'OFF'}")
+def _query_only(on: bool) -> None:
+    # A real SQLite refusal of every write ("attempt to write a readonly database") by the engine's writer.
+    database = current()
+    assert isinstance(database, SqliteDatabase)
+    database.pragma("query_only", "ON" if on else "OFF")
 
 
 @pytest.fixture
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(driver, "WRITE_RETRY_DELAYS_S", (0.01, 0.01))
+    monkeypatch.setattr(step_runner, "WRITE_RETRY_DELAYS_S", (0.01, 0.01))
 
 
 @pytest.mark.usefixtures("quick_retries")
@@ -40,10 +44,10 @@ async def test_a_database_refusing_the_outcome_ends_in_a_failed_run_not_a_busy_o
     define("fragile", [{"key": "a", "call": "tests.stepfns:blocking"}, {"key": "b", "call": "tests.stepfns:noop"}])
     run_id = await operations.start_run("fragile", {}, "tester")
     await wait_for(lambda: _step_is(run_id, "a", "running"), 5, "step a running")
-    await _query_only(True)
+    _query_only(True)
     stepfns.RELEASE.set()  # the step finishes, but its completion cannot be written
     await wait_for(lambda: _no_driver(engine, run_id), 5, "the driver to give up")
-    await _query_only(False)
+    _query_only(False)
     # Its driver is gone and its heartbeat stops: the sweep (here, as the engine's own job) fails it.
     await asyncio.sleep(settings.stale_after_s + 0.2)
     failed = await maintenance.recover_orphans(settings, engine.owner)
@@ -65,22 +69,22 @@ async def test_a_database_refusing_one_write_for_a_moment_is_retried(
     calls = 0
 
     async def refuse_once(*args: Any, **kwargs: Any) -> Any:
+        # The completion in the step's thread was refused; the engine writes it again from the event
+        # loop, where it is refused once more, then the database takes writes again.
         nonlocal calls
         if args[0].key != "a":
             return await original(*args, **kwargs)
         calls += 1
-        if calls == 1:
-            await _query_only(True)
-            try:
-                return await original(*args, **kwargs)
-            finally:
-                await _query_only(False)
-        return await original(*args, **kwargs)
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            _query_only(False)
 
     monkeypatch.setattr(transitions, "complete_step_and_start", refuse_once)
+    _query_only(True)
     stepfns.RELEASE.set()
     assert await wait_run(run_id, "completed", "failed") == "completed"
-    assert calls == 2  # refused once, then written
+    assert calls == 2  # refused on the loop once (after the thread), then written
 
 
 async def test_a_batch_the_database_refuses_fails_alone_in_a_group_commit(db: str) -> None:
@@ -117,7 +121,7 @@ async def test_step_slots_come_back_after_a_storm_of_cancellations(
     for run_id in runs:
         await wait_run(run_id, "cancelled", "completed", "failed")
     await engine.wait_idle()
-    assert engine.step_slots._value == settings.max_concurrent_steps
+    assert engine.step_slots.free == settings.max_concurrent_steps
 
 
 async def test_events_of_a_cancel_reach_viewers_in_id_order(engine: Engine, define: Define) -> None:
@@ -142,7 +146,7 @@ async def test_the_sweep_does_not_fail_a_run_that_beat_after_it_was_judged(db: s
     judged = (await queries.run_detail(run_id))["heartbeat_at"]
     raw = await connections.get("default").execute_query_dict("SELECT heartbeat_at FROM runs WHERE id = ?", [run_id])
     await asyncio.sleep(0.01)
-    assert await transitions.beat("otherhost:1:x", [run_id]) == 1  # alive after all
+    assert await records.beat("otherhost:1:x", [run_id]) == 1  # alive after all
     assert judged is not None
     failed = await transitions.fail_running_run(run_id, "stale", heartbeat_at=raw[0]["heartbeat_at"])
     assert failed is False

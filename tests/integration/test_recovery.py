@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from engine import maintenance, operations, queries, transitions
+from engine import maintenance, operations, queries, records, transitions
 from engine.maintenance import MAX_RECOVERIES, orphan_action
 from engine.settings import Settings
 from engine.store import Stmt, fetch, run_batch
@@ -62,7 +62,7 @@ async def _orphaned_mid_step(define: Define, owner: str | None = None) -> int:
     ids = {r["key"]: r["id"] for r in await _step_ids(run_id)}
     a = await transitions.start_step(transitions.StepStart(run_id, ids["a"], "a", 1, (), {}, owner))
     assert a is not None
-    ref = transitions.AttemptRef(run_id, ids["a"], "a", a, 1)
+    ref = records.AttemptRef(run_id, ids["a"], "a", a, 1)
     assert await transitions.complete_step(ref, ["a done"], 0, [], None, None)
     b = await transitions.start_step(transitions.StepStart(run_id, ids["b"], "b", 1, ("a",), {}, owner))
     assert b is not None

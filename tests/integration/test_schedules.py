@@ -24,9 +24,9 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from engine import operations
 from engine.definitions import Catalog, WorkflowDef
 from engine.executor import Engine
+from engine.records import utcnow
 from engine.registry import workflows
 from engine.schedules import MISFIRE_GRACE_S, Schedules, job_id
-from engine.transitions import utcnow
 from models.tables import Run, ScheduleFire, ScheduleState
 from tests.conftest import attempts_of, step_of, wait_for, wait_run
 from tests.integration.served import ROOT, clean_env
@@ -198,12 +198,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from engine.registry import workflows
 from engine.schedules import Schedules
-from models.db import close_db, open_db
+from engine.db import close_database, open_database
 
 
 async def main(db_url: str, directory: str, now: str, go: str) -> None:
     workflows.load(Path(directory))
-    await open_db(db_url)
+    await open_database(db_url)
     try:
         schedules = Schedules(AsyncIOScheduler(timezone="UTC"))
         print("ready", flush=True)
@@ -213,7 +213,7 @@ async def main(db_url: str, directory: str, now: str, go: str) -> None:
         ids = await asyncio.gather(*(schedules.fire("report", "nightly", now=when) for _ in range(5)))
         print(json.dumps(ids), flush=True)
     finally:
-        await close_db()
+        await close_database()
 
 
 asyncio.run(main(*sys.argv[1:]))

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from engine import transitions
+from engine import records, transitions
+from engine.records import AttemptRef
 from engine.store import Stmt, fetch, run_batch
-from engine.transitions import AttemptRef, NewStep, Selection, StepReset, StepStart
+from engine.transitions import NewStep, Selection, StepReset, StepStart
 from models.status import RUN_TRANSITIONS, STEP_TRANSITIONS, AttemptStatus, RunStatus, StepStatus
 
 OWNER = "testhost:101:aaaa"
@@ -621,11 +622,11 @@ async def test_keep_partial_output_applies_to_a_stopped_attempt_only() -> None:
     made = await run_in(RunStatus.RUNNING)
     ref = made.refs["a"]
     before = await snapshot(made.run_id)
-    assert await transitions.keep_partial_output(ref, "partial", ["l"]) is False  # still running
+    assert await records.keep_partial_output(ref, "partial", ["l"]) is False  # still running
     assert await snapshot(made.run_id) == before
     assert await transitions.cancel_run(made.run_id, RunStatus.RUNNING, "alice")
     events_before = (await snapshot(made.run_id))["events"]
-    assert await transitions.keep_partial_output(ref, "partial", ["l1", "l2"]) is True
+    assert await records.keep_partial_output(ref, "partial", ["l1", "l2"]) is True
     attempt = await attempt_row(ref.attempt_id)
     assert (attempt["status"], attempt["partial_output"], attempt["logs"]) == ("cancelled", "partial", '["l1", "l2"]')
     assert (await snapshot(made.run_id))["events"] == events_before  # writes no status, no event
@@ -634,14 +635,14 @@ async def test_keep_partial_output_applies_to_a_stopped_attempt_only() -> None:
 async def test_keep_partial_output_never_touches_a_completed_attempt() -> None:
     made = await run_in(RunStatus.COMPLETED)
     before = await snapshot(made.run_id)
-    assert await transitions.keep_partial_output(made.refs["a"], "partial", ["x"]) is False
+    assert await records.keep_partial_output(made.refs["a"], "partial", ["x"]) is False
     assert await snapshot(made.run_id) == before
 
 
 async def test_record_late_result_writes_an_event_and_no_status() -> None:
     made = await run_in(RunStatus.COMPLETED)
     before = await snapshot(made.run_id)
-    await transitions.record_late_result(made.refs["b"], "completed")
+    await records.record_late_result(made.refs["b"], "completed")
     after = await snapshot(made.run_id)
     assert {k: v for k, v in after.items() if k != "events"} == {k: v for k, v in before.items() if k != "events"}
     assert len(after["events"]) == len(before["events"]) + 1
@@ -733,7 +734,7 @@ async def test_beat_refreshes_only_the_running_runs_its_owner_drives() -> None:
     await run_batch([Stmt("UPDATE runs SET heartbeat_at = ? WHERE id IN (?, ?, ?)", (old, *ids))])
     before_theirs, before_done = await snapshot(theirs.run_id), await snapshot(done.run_id)
     events_mine = (await snapshot(mine.run_id))["events"]
-    assert await transitions.beat(OWNER, [mine.run_id, theirs.run_id, done.run_id]) == 1
+    assert await records.beat(OWNER, [mine.run_id, theirs.run_id, done.run_id]) == 1
     assert (await run_row(undriven.run_id))["heartbeat_at"] == old
     mine_row = await run_row(mine.run_id)
     assert mine_row["heartbeat_at"] > old

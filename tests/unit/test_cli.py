@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import main
-from engine.hub import Change
+from engine.hub import Change, ChangeKind, TokenDelta
 from engine.settings import ENV_NAMES, Settings
 from ui.cli import ProgressPrinter, parse_assignments
 
@@ -157,7 +156,7 @@ def test_a_bad_setting_exits_2_naming_the_variable(
 ) -> None:
     for name, value in env.items():
         no_stepdeck_env.setenv(name, value)
-    no_stepdeck_env.setattr(main, "serve", lambda settings: pytest.fail("served despite a bad setting"))
+    no_stepdeck_env.setattr(main, "serve", lambda settings, engine: pytest.fail("served despite a bad setting"))
     assert main.main(["serve"]) == 2
     assert named in capsys.readouterr().err
 
@@ -165,7 +164,7 @@ def test_a_bad_setting_exits_2_naming_the_variable(
 def test_a_bad_port_flag_exits_2_naming_the_setting(
     no_stepdeck_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    no_stepdeck_env.setattr(main, "serve", lambda settings: pytest.fail("served on port 0"))
+    no_stepdeck_env.setattr(main, "serve", lambda settings, engine: pytest.fail("served on port 0"))
     assert main.main(["serve", "--port", "0"]) == 2
     assert "PORT" in capsys.readouterr().err
 
@@ -178,7 +177,7 @@ def test_a_bad_port_flag_exits_2_naming_the_setting(
 )
 def test_serve_is_the_default_command(no_stepdeck_env: pytest.MonkeyPatch, argv: list[str], port: int) -> None:
     served: list[Settings] = []
-    no_stepdeck_env.setattr(main, "serve", served.append)
+    no_stepdeck_env.setattr(main, "serve", lambda settings, engine: served.append(settings))
     assert main.main(argv) == 0
     assert [(s.host, s.port) for s in served] == [("127.0.0.1", port)]
 
@@ -195,18 +194,18 @@ def printed(*changes: Change) -> list[str]:
     return [line.split("] ", 1)[1] for line in out.getvalue().splitlines()]
 
 
-def step(key: str, to: str, attempt: int = 1, **extra: Any) -> Change:
-    return Change(1, "step", key, 10, {"attempt": attempt, "to_status": to, **extra})
+def step(key: str, to: str, attempt: int = 1, message: str | None = None) -> Change:
+    return Change(1, ChangeKind.STEP, key, 10, attempt=attempt, to_status=to, message=message)
 
 
 def test_progress_lines_name_the_step_attempt_and_status() -> None:
     assert printed(
-        Change(7, "run", None, 1, {"to_status": "running"}),
+        Change(7, ChangeKind.RUN, None, 1, to_status="running"),
         step("draft", "running"),
-        Change(7, "progress", "draft", None, {"fraction": 0.5, "message": "half"}),
-        Change(7, "log", "draft", None, {"line": "hello"}),
+        Change(7, ChangeKind.PROGRESS, "draft", None, fraction=0.5, message="half"),
+        Change(7, ChangeKind.LOG, "draft", None, line="hello"),
         step("draft", "failed", 2, message="boom"),
-        Change(7, "run", None, 2, {"to_status": "failed", "message": "step 'draft' failed: boom"}),
+        Change(7, ChangeKind.RUN, None, 2, to_status="failed", message="step 'draft' failed: boom"),
     ) == [
         "run 7: running",
         "draft (attempt 1): running",
@@ -217,5 +216,6 @@ def test_progress_lines_name_the_step_attempt_and_status() -> None:
     ]
 
 
-def test_progress_lines_ignore_kinds_they_do_not_know() -> None:
-    assert printed(Change(1, "created", None, None, {})) == []
+def test_progress_lines_leave_out_what_is_not_progress() -> None:
+    assert printed(Change(1, ChangeKind.TOKENS, "draft", None, tokens=TokenDelta(0, 0, "text"))) == []
+    assert printed(Change(1, ChangeKind.ACTION, None, 3, actor="alice", message="cancelled the run")) == []

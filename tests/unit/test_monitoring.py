@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from engine import transitions
+from engine import records, transitions
 from engine.monitoring import (
     RECENT_RUNS,
     Bin,
@@ -166,7 +166,7 @@ async def _llm_run(workflow: str, steps: dict[str, tuple[int, list[tuple[int, bo
                 for i, (peak, truncated) in enumerate(alternatives)
             ],
         }
-        ref = transitions.AttemptRef(run_id, ids[key], key, attempt_id, 1)
+        ref = records.AttemptRef(run_id, ids[key], key, attempt_id, 1)
         done, _ = await transitions.complete_step_and_start(
             ref, ["x"] * len(alternatives), 0, [], None, None, (), llm=llm
         )

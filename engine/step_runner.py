@@ -1,0 +1,392 @@
+"""How one step executes within its run's driver: start it, run its kind, write its outcome.
+
+Every exit of a step's execution ends in a true state: completed (its successors started in the same
+commit), failed with the reason (an error, a timeout, a step that would not stop), or stopped with
+the run. A sync python step completes in the worker thread it ran in (`ThreadFinish`), so it costs
+one thread round trip, not two. A step that ignores its cancellation is abandoned after a grace
+period: its slot is freed and its attempt ends, though its task may go on in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from engine import kinds, transitions
+from engine.context import StepContext, executing
+from engine.outputs import clean_text, normalize_outputs
+from engine.records import AttemptRef, keep_partial_output, record_late_result, save_partial
+from models.status import StepStatus
+
+if TYPE_CHECKING:
+    from engine.driver import RunDriver, StepState
+
+log = logging.getLogger(__name__)
+
+WRITE_RETRY_DELAYS_S = (0.1, 0.5, 2.0)
+T = TypeVar("T")
+
+
+class StopReason(StrEnum):
+    SHUTDOWN = "shutdown"  # the engine is stopping
+    CANCELLED = "cancelled"  # a person cancelled the run (the operation wrote its state)
+    LOST = "lost"  # another process failed or took the run
+    BROKEN = "broken"  # the database refused to record an outcome, even after retries
+
+
+async def write(make: Callable[[], Awaitable[T]], what: str) -> T:
+    """A transition, retried a few times on database errors (locked, I/O) before giving up."""
+    for delay in (*WRITE_RETRY_DELAYS_S, None):
+        try:
+            return await make()
+        except Exception as exc:
+            if delay is None:
+                raise
+            log.warning("%s failed (%s: %s); retrying in %s s", what, type(exc).__name__, describe(exc), delay)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def describe(exc: BaseException | None) -> str:
+    """An exception's text, even when its `__str__` itself raises."""
+    try:
+        return str(exc)
+    except Exception as inner:
+        return f"(its message could not be read: {type(inner).__name__})"
+
+
+async def execute(driver: RunDriver, s: StepState, started: tuple[int, int] | None = None) -> None:
+    """Run one step; `started` (attempt id, number) when a predecessor started it for us.
+
+    A predecessor that starts us also took our step slot; it is released when our task ends (a
+    done-callback, so also when we are cancelled before running at all).
+    """
+    slots = driver.engine.step_slots
+    try:
+        if started is None:
+            await slots.take()
+            try:
+                if driver.stopping:
+                    return  # waited for a slot while the run was stopped or drained
+                start = driver.start_of(s)
+                attempt_id = await write(lambda: transitions.start_step(start), f"{s.defn.key}: start")
+                if attempt_id is None:
+                    driver.notice_outside_change()
+                    return
+                driver.mark_running(s, start.number)
+                await _attempt(driver, s, attempt_id, start.number)
+            finally:
+                slots.release()
+        else:
+            await _attempt(driver, s, *started)
+    except Exception as exc:
+        # Not the step's failure (that is recorded by _attempt): the database refused our writes.
+        log.exception("run %s: could not record the outcome of step %r", driver.run_id, s.defn.key)
+        driver.broken = exc
+        driver.stop(StopReason.BROKEN)
+
+
+@dataclass(slots=True)
+class Finished:
+    """What a sync step's worker thread did after the function returned."""
+
+    handled: bool  # False: the thread left the completion to the event loop (`result` is the return value)
+    result: Any = None
+    error: Exception | None = None  # the return value cannot be stored (the step fails)
+    outputs: list[Any] | None = None
+    successors: list[tuple[StepState, transitions.StepStart]] = field(default_factory=list)
+    done: bool = False  # the completion committed
+    started: list[int | None] = field(default_factory=list)  # attempt ids of the successors started with it
+    commit_error: Exception | None = None  # the database refused the commit: the loop writes it again
+
+
+class ThreadFinish:
+    """Completes a sync step's attempt in the worker thread it ran in: the outputs are checked and the
+    completion (with the starts of the successors it makes ready) committed right there.
+
+    A timeout or a stop on the event loop and a completion in the thread can race: `take_over` settles
+    which one writes. Once the thread has started committing, the loop waits for its outcome.
+    """
+
+    def __init__(self, driver: RunDriver, s: StepState, ref: AttemptRef, ctx: StepContext) -> None:
+        self.driver, self.s, self.ref, self.ctx = driver, s, ref, ctx
+        self._lock = threading.Lock()
+        self._state = "open"  # → finishing (the thread writes) | abandoned (the loop writes)
+        self._loop = asyncio.get_running_loop()
+        self._outcome: asyncio.Future[Finished] = self._loop.create_future()
+
+    def __call__(self, result: Any) -> Finished:
+        with self._lock:
+            if self._state != "open" or self.ctx.cancelled.is_set():
+                self._state = "abandoned"
+                return Finished(handled=False, result=result)
+            self._state = "finishing"
+        finished = self._complete(result)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(_resolve, self._outcome, finished)
+        return finished
+
+    def _complete(self, result: Any) -> Finished:
+        d, ctx = self.s.defn, self.ctx
+        try:
+            outputs = normalize_outputs(result, d.alternatives)
+        except Exception as exc:
+            return Finished(handled=True, error=exc)
+        index = 0 if d.select == "auto" else None
+        successors = self.driver.successors_to_start(self.s, self.ref.number, index)
+        completion = transitions.Completion(self.ref, outputs, index, ctx.logs, ctx.fraction, ctx.message)
+        try:
+            done, started = transitions.complete_step_and_start_blocking(completion, [st for _, st in successors])
+        except Exception as exc:
+            return Finished(handled=True, outputs=outputs, successors=successors, commit_error=exc)
+        return Finished(handled=True, outputs=outputs, successors=successors, done=done, started=started)
+
+    def take_over(self) -> bool:
+        """On a timeout or a stop: True when the thread is committing (await `outcome()`), else the
+        thread will not write and the loop does."""
+        with self._lock:
+            if self._state == "finishing":
+                return True
+            self._state = "abandoned"
+            return False
+
+    async def outcome(self) -> Finished:
+        return await asyncio.shield(self._outcome)
+
+
+def _resolve(future: asyncio.Future[Finished], finished: Finished) -> None:
+    if not future.done():
+        future.set_result(finished)
+
+
+_abandoned: set[asyncio.Task[Any]] = set()  # steps that ignored their cancellation, still running
+
+
+async def _cancellable(coro: Awaitable[T], ctx: StepContext, grace_s: float) -> T:
+    """Await a step's coroutine in a task of its own; when we are cancelled (a stop or the timeout),
+    cancel it and wait up to `grace_s` for it to end. One that ignores its cancellation is abandoned
+    (`ctx.abandoned`): we stop waiting, it may run on."""
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=grace_s)
+            if not task.done():
+                ctx.abandoned = True
+                _abandoned.add(task)
+                task.add_done_callback(_abandoned.discard)
+                log.error(
+                    "run %s: step %r did not stop within %g s of being cancelled; abandoned (it may still run)",
+                    ctx.run_id,
+                    ctx.step_key,
+                    grace_s,
+                )
+        raise
+
+
+ABANDONED = "did not stop when cancelled (its task may still be running)"
+
+
+async def _attempt(driver: RunDriver, s: StepState, attempt_id: int, number: int) -> None:
+    d = s.defn
+    engine = driver.engine
+    ref = AttemptRef(driver.run_id, s.id, d.key, attempt_id, number)
+    ctx = StepContext(
+        run_id=driver.run_id,
+        step_key=d.key,
+        attempt=number,
+        alternatives=d.alternatives,
+        inputs=driver.inputs,
+        outputs={n: driver.steps[n].output for n in d.needs},
+    )
+    driver.contexts[d.key] = ctx
+    executing[(driver.run_id, d.key)] = ctx
+
+    async def checkpoint(text: str, llm: dict[str, Any] | None) -> None:
+        await save_partial(ref, text, llm)
+
+    finish = ThreadFinish(driver, s, ref, ctx) if kinds.completes_in_thread(d, engine.settings) else None
+    env = kinds.KindEnv(engine.threads, engine.settings, checkpoint, finish)
+    timeout = asyncio.timeout(d.timeout_s)
+    try:
+        async with timeout:
+            run = kinds.KINDS[d.kind](d, ctx, env)
+            result = await (run if finish is not None else _cancellable(run, ctx, engine.settings.cancel_grace_s))
+        if isinstance(result, Finished) and not result.handled:
+            result = result.result  # the thread left the completion to us
+        if not isinstance(result, Finished):
+            result = normalize_outputs(result, d.alternatives)
+    except asyncio.CancelledError as exc:
+        ctx.cancelled.set()
+        if finish is not None and finish.take_over():
+            await asyncio.shield(_after_thread_outcome(driver, s, ref, ctx, finish))
+            return
+        task = asyncio.current_task()
+        if driver.stop_reason is None and task is not None and not task.cancelling():
+            # Raised by the step itself, not a stop of ours: a failure like any other exception.
+            await asyncio.shield(_failed(driver, s, ref, ctx, exc))
+            return
+        await asyncio.shield(_stopped(driver, s, ref, ctx))
+        return
+    except TimeoutError as exc:
+        ctx.cancelled.set()
+        if finish is not None and finish.take_over():
+            await asyncio.shield(_after_thread_outcome(driver, s, ref, ctx, finish))
+            return
+        if not timeout.expired():
+            await asyncio.shield(_failed(driver, s, ref, ctx, exc))
+            return
+        error = f"timed out after {d.timeout_s:g} s" + (f" and {ABANDONED}" if ctx.abandoned else "")
+        failing = write(
+            lambda: transitions.fail_step(ref, error, None, ctx.logs, _partial(ctx), _llm(ctx)), f"{d.key}: timeout"
+        )
+        if await asyncio.shield(failing):
+            s.status, s.error = StepStatus.FAILED, error
+        return
+    except BaseException as exc:
+        # Any exception of the step is its failure, BaseException subclasses of its own included.
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(exc, kinds.StepExit):
+            exc = kinds.StepExit(f"the step raised {type(exc).__name__}({describe(exc)})")
+        await asyncio.shield(_failed(driver, s, ref, ctx, exc))
+        return
+    finally:
+        if executing.get((driver.run_id, d.key)) is ctx:
+            del executing[(driver.run_id, d.key)]
+    # Outside the try: a stop arriving while the outcome is written must not write it a second time.
+    if isinstance(result, Finished):
+        await asyncio.shield(_after_thread(driver, s, ref, ctx, result))
+    else:
+        await asyncio.shield(_completed(driver, s, ref, ctx, result))
+
+
+async def _after_thread_outcome(
+    driver: RunDriver, s: StepState, ref: AttemptRef, ctx: StepContext, finish: ThreadFinish
+) -> None:
+    """Wait for the committing thread, then act on what it did. Shielded as a whole by the caller: a
+    second cancellation while waiting must not drop the slots the thread took for the successors."""
+    await _after_thread(driver, s, ref, ctx, await finish.outcome())
+
+
+async def _after_thread(driver: RunDriver, s: StepState, ref: AttemptRef, ctx: StepContext, f: Finished) -> None:
+    """On the event loop, what the worker thread's completion did."""
+    if not f.handled:
+        await _completed(driver, s, ref, ctx, normalize_outputs(f.result, s.defn.alternatives))
+        return
+    if f.error is not None:
+        await _failed(driver, s, ref, ctx, f.error)
+        return
+    assert f.outputs is not None
+    if f.commit_error is not None or not f.done:
+        for _ in f.successors:
+            driver.engine.step_slots.release()
+        if f.commit_error is not None:  # nothing was written: write it from here, with retries
+            log.warning(
+                "run %s: %s: completion failed in its thread (%s); retrying",
+                ref.run_id,
+                ref.key,
+                describe(f.commit_error),
+            )
+            await _completed(driver, s, ref, ctx, f.outputs)
+        else:
+            await record_late_result(ref, "completed")
+            driver.notice_outside_change()
+        return
+    index = 0 if s.defn.select == "auto" else None
+    s.status = StepStatus.COMPLETED if index is not None else StepStatus.WAITING
+    s.outputs, s.selected_index = f.outputs, index
+    _start_successors(driver, f.successors, f.started)
+
+
+def _start_successors(
+    driver: RunDriver, successors: list[tuple[StepState, transitions.StepStart]], attempt_ids: list[int | None]
+) -> None:
+    """Tasks for the successors started in a completion's commit (each holds the slot taken for it)."""
+    slots = driver.engine.step_slots
+    for (successor, start), attempt_id in zip(successors, attempt_ids, strict=True):
+        if attempt_id is None:
+            slots.release()
+            driver.notice_outside_change()
+            continue
+        driver.mark_running(successor, start.number)
+        if driver.stop_reason is not None:
+            slots.release()  # stopped meanwhile: the stop's transition ends its attempt with the run
+            continue
+        driver.spawn(successor, (attempt_id, start.number)).add_done_callback(lambda _: slots.release())
+
+
+async def _completed(driver: RunDriver, s: StepState, ref: AttemptRef, ctx: StepContext, outputs: list[Any]) -> None:
+    """Write the completion; successors it makes ready start in the same commit (saves a round trip)."""
+    index = 0 if s.defn.select == "auto" else None
+    successors = driver.successors_to_start(s, ref.number, index)
+    starts = [start for _, start in successors]
+    try:
+        done, attempt_ids = await write(
+            lambda: transitions.complete_step_and_start(
+                ref, outputs, index, ctx.logs, ctx.fraction, ctx.message, starts, _llm(ctx)
+            ),
+            f"{s.defn.key}: completion",
+        )
+    except BaseException:
+        for _ in successors:
+            driver.engine.step_slots.release()
+        raise
+    if done:
+        s.status = StepStatus.COMPLETED if index is not None else StepStatus.WAITING
+        s.outputs, s.selected_index = outputs, index
+    else:
+        driver.notice_outside_change()
+    _start_successors(driver, successors, attempt_ids)
+
+
+async def _failed(driver: RunDriver, s: StepState, ref: AttemptRef, ctx: StepContext, exc: BaseException) -> None:
+    text = describe(exc)
+    error = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    try:
+        detail: str | None = "".join(traceback.format_exception(exc))
+    except Exception:
+        detail = None
+    failing = lambda: transitions.fail_step(ref, error, detail, ctx.logs, _partial(ctx), _llm(ctx))  # noqa: E731
+    if await write(failing, f"{s.defn.key}: failure"):
+        s.status, s.error = StepStatus.FAILED, error
+    else:
+        driver.notice_outside_change()
+
+
+async def _stopped(driver: RunDriver, s: StepState, ref: AttemptRef, ctx: StepContext) -> None:
+    if ctx.abandoned:
+        ctx.log(f"the step {ABANDONED}")
+    reason = driver.stop_reason
+    if reason == StopReason.SHUTDOWN and driver.engine.settings.on_orphan == "resume":
+        # The run is re-queued as a whole (`_finish`): this attempt ends failed, the step pending.
+        if ctx.llm is not None or ctx.partial_text() is not None:
+            saving = lambda: save_partial(ref, _partial(ctx), _llm(ctx), final=True)  # noqa: E731
+            await write(saving, f"{s.defn.key}: save")
+        return
+    if reason in (StopReason.SHUTDOWN, StopReason.BROKEN):
+        why = driver.engine.stop_reason if reason == StopReason.SHUTDOWN else "the engine could not record an outcome"
+        error = driver.interrupted_reason(why) + (f"; the step {ABANDONED}" if ctx.abandoned else "")
+        failing = lambda: transitions.fail_step(ref, error, None, ctx.logs, _partial(ctx), _llm(ctx))  # noqa: E731
+        if await write(failing, f"{s.defn.key}: interrupt"):
+            s.status, s.error = StepStatus.FAILED, error
+    else:
+        # The cancel operation already ended the attempt: keep what it had produced.
+        await keep_partial_output(ref, _partial(ctx), ctx.logs, _llm(ctx))
+        s.status = StepStatus.CANCELLED
+
+
+def _partial(ctx: StepContext) -> str | None:
+    text = ctx.partial_text()
+    return clean_text(text) if text is not None else None
+
+
+def _llm(ctx: StepContext) -> dict[str, Any] | None:
+    return ctx.llm.to_json() if ctx.llm is not None else None
