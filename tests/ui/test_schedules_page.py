@@ -13,8 +13,8 @@ from nicegui.testing import User
 
 from engine import queries
 from engine.cron import trigger
+from engine.records import utcnow
 from engine.schedules import Schedules
-from engine.transitions import utcnow
 from models.tables import Run, ScheduleState
 from tests.ui.conftest import eventually
 
