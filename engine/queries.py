@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.errors import NotFound
+from engine.readmodel import StepRow
 from engine.store import fetch
 from models.status import RunStatus, StepStatus
 
@@ -253,3 +254,58 @@ async def events_after(run_id: int, after_id: int = 0, limit: int = 1000) -> lis
 
 async def run_exists(run_id: int) -> bool:
     return bool(await fetch("SELECT id FROM runs WHERE id = ?", (run_id,)))
+
+
+_ROW_SQL = (
+    "SELECT s.key, s.label, s.kind, s.status, s.attempt, s.stale, a.status AS attempt_status, a.started_at,"
+    " a.finished_at, a.llm FROM steps s LEFT JOIN attempts a ON a.step_id = s.id AND a.number = s.attempt"
+)
+
+
+async def step_rows(run_id: int, keys: Sequence[str] | None = None) -> list[StepRow]:
+    """What a run page shows of each step without opening it (all steps in order, or just `keys`)."""
+    if keys is None:
+        rows = await fetch(_ROW_SQL + " WHERE s.run_id = ? ORDER BY s.position", (run_id,))
+    else:
+        marks = ", ".join("?" for _ in keys)
+        rows = await fetch(_ROW_SQL + f" WHERE s.run_id = ? AND s.key IN ({marks})", (run_id, *keys))
+    return [_step_row(r) for r in rows]
+
+
+def _step_row(r: dict[str, Any]) -> StepRow:
+    status = StepStatus(r["status"])
+    has_attempt = r["attempt_status"] is not None and status != StepStatus.PENDING
+    ended = status in (StepStatus.WAITING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED)
+    truncated = False
+    if has_attempt and r["llm"] is not None and status in (StepStatus.WAITING, StepStatus.COMPLETED):
+        truncated = bool(_json(r["llm"]).get("truncated"))
+    started = _dt(r["started_at"]) if has_attempt else None
+    finished = _dt(r["finished_at"]) if has_attempt and ended else None
+    return StepRow(
+        key=r["key"],
+        label=r["label"],
+        kind=r["kind"],
+        status=status,
+        attempt=r["attempt"],
+        stale=bool(r["stale"]),
+        truncated=truncated,
+        started_at=started.timestamp() if started else None,
+        finished_at=finished.timestamp() if finished else None,
+    )
+
+
+async def step_details(run_id: int, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The full detail (outputs, alternatives, error, logs, LLM record) of some steps of a run, by key."""
+    if not keys:
+        return {}
+    marks = ", ".join("?" for _ in keys)
+    rows = await fetch(_STEP_SQL + f" WHERE s.run_id = ? AND s.key IN ({marks})", (run_id, *keys))
+    return {r["key"]: step_json(r) for r in rows}
+
+
+async def run_header(run_id: int) -> dict[str, Any]:
+    """The run without its steps; NotFound if there is no such run."""
+    rows = await fetch(f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.id = ?", (run_id,))
+    if not rows:
+        raise NotFound(f"run {run_id} does not exist")
+    return _run_json(rows[0])

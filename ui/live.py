@@ -1,10 +1,11 @@
-"""Live view-models of runs, fed by the engine's hub and bound by pages.
+"""Live view-models of runs, fed by the engine's hub, that cost what changed, not what exists.
 
-One `RunView` per run that some tab is looking at, shared by all those tabs: elements bind to its
-fields (NiceGUI bindings push a change to every bound element of every tab), so there is no
-polling per tab. A status change is applied at once from the hub's change; what else a change
-implies (outputs, alternatives, errors, counts) is re-read from the database, coalesced per run.
-Tabs that close only drop their bindings: nothing here can affect a run.
+One `RunState` per run that some tab is looking at, shared by all those tabs. A hub change updates
+only the step it names: its row's status and the run's counts are applied at once (incrementally),
+and what else it implies (stale and cut-off flags, times, the run's error) is re-read for the changed
+steps only, in one query per run and batch. Batches go to the tabs every `PUSH_DELAY_S` as one patch.
+Card bodies are re-read only by the tabs that have them open. A tab's listener is dropped when its
+client disconnects; nothing here can affect a run.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from nicegui import Event, background_tasks
@@ -19,55 +22,23 @@ from nicegui.binding import bindable_dataclass
 
 from engine import queries
 from engine.context import executing
-from engine.hub import Change, hub
-from ui.theme import STATUS_COLORS, status_color
+from engine.hub import Change, ChangeKind, hub
+from engine.readmodel import StepRow
+from models.status import RunStatus, StepStatus
+from ui.theme import status_color
 
 log = logging.getLogger(__name__)
 
-REFRESH_DELAY_S = 0.05  # changes arriving within this window share one re-read
+PUSH_DELAY_S = 0.1  # changes arriving within this window reach the tabs as one patch
 STREAM_TAIL_CHARS = 4000  # a card shows the end of the text a model is streaming (the rest follows at the end)
-
-
-@bindable_dataclass
-class StepView:
-    key: str
-    label: str
-    status: str = "pending"
-    color: str = "grey-5"
-    attempt: int = 0
-    stale: bool = False
-    stale_reason: str = ""
-    progress: float = 0.0
-    progress_message: str = ""
-    error: str = ""
-    started_at: str = ""
-    completed_at: str = ""
-    duration_s: float = 0.0
-    meta: str = ""  # "attempt 2 · 1.3 s", shown in the card header
-    version: int = 0  # bumped whenever what the step's card body shows has changed
-    truncated: bool = False  # an output of the current attempt was cut off at the token limit
-    flag: str = ""  # "stale", "cut off" or both: one badge in the card header (300 cards, few elements)
-    flag_color: str = STATUS_COLORS["stale"]
-    llm_text: str = ""  # "simulated · 293 / 1,024 tokens · stop"
-    stream_text: str = ""  # the end of what the model has streamed so far (while running)
-
-    def refresh_flag(self) -> None:
-        self.flag = " · ".join([*(["stale"] if self.stale else []), *(["cut off"] if self.truncated else [])])
-        self.flag_color = STATUS_COLORS["stale" if self.stale else "truncated"]
-
-    def set_duration(self, seconds: float) -> None:
-        self.duration_s = seconds
-        self.refresh_meta()
-
-    def refresh_meta(self) -> None:
-        parts = [f"attempt {self.attempt}"] if self.attempt else []
-        if self.started_at and self.status != "pending":
-            parts.append(f"{self.duration_s:.1f} s" if self.duration_s < 120 else f"{self.duration_s / 60:.1f} min")
-        self.meta = " · ".join(parts)
+ACTIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING)
+ENDED_RUN = (RunStatus.FAILED, RunStatus.CANCELLED)
 
 
 @bindable_dataclass
 class RunView:
+    """The run page's header, bound by its elements."""
+
     id: int
     workflow: str
     status: str = "queued"
@@ -82,98 +53,149 @@ class RunView:
     counts_text: str = ""
     needs_choice: bool = False
     choice_text: str = ""
+    choice_key: str = ""  # the first step waiting for a choice (the banner jumps to it)
     truncated_text: str = ""  # which steps' outputs were cut off at the token limit
     active: bool = False  # queued or running: Cancel applies
     resumable: bool = False  # failed or cancelled: Resume applies
     rerunnable: bool = False  # not queued/running: Retry / Resume from here apply
 
 
-def _body_signature(step: dict[str, Any]) -> tuple[Any, ...]:
-    return (
-        step["status"],
-        step["attempt"],
-        step["selected_index"],
-        len(step["alternatives"]),
-        step["error"],
-        step["stale"],
-        step["partial_output"] is not None,
-        step["truncated"],
-        (step["usage"] or {}).get("total_tokens"),
-    )
+@bindable_dataclass
+class StepLive:
+    """What an open card shows that changes between re-reads: progress and streamed text."""
+
+    progress: float = 0.0
+    progress_message: str = ""
+    stream_text: str = ""
+
+
+@dataclass(slots=True)
+class Patch:
+    """What changed in a run since the last push: rows to redraw, steps whose bodies are out of date,
+    and the events for the timeline and log lines."""
+
+    rows: list[StepRow] = field(default_factory=list)
+    bodies: set[str] = field(default_factory=set)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+Listener = Callable[[Patch], None]
+
+
+def shown_status(row: StepRow, run_status: str) -> str:
+    """A step's status as a page shows it: pending steps of a run that ended will not run."""
+    if row.status == StepStatus.PENDING and run_status in ENDED_RUN:
+        return "not run"
+    return row.status.value
 
 
 class RunState:
-    """A run's view plus its steps' views and the last detail read (for card bodies)."""
+    """A run's header view, its step rows in order, and counts kept incrementally."""
 
-    def __init__(self, detail: dict[str, Any]) -> None:
-        self.view = RunView(id=detail["id"], workflow=detail["workflow"])
-        self.steps: dict[str, StepView] = {}
-        self.order: list[str] = []
-        self.detail = detail
-        self.signatures: dict[str, tuple[Any, ...]] = {}
+    def __init__(self, header: dict[str, Any], rows: list[StepRow]) -> None:
+        self.header = header
+        self.view = RunView(id=header["id"], workflow=header["workflow"])
+        self.rows: dict[str, StepRow] = {r.key: r for r in rows}
+        self.order = [r.key for r in rows]
+        self.position = {key: i for i, key in enumerate(self.order)}
+        self.counts: Counter[StepStatus] = Counter(r.status for r in rows)
+        self.stale = {r.key for r in rows if r.stale}
+        self.truncated = {r.key for r in rows if r.truncated}
+        self.live: dict[str, StepLive] = {}
         self.streams: dict[str, tuple[int, dict[int, str]]] = {}  # key -> (attempt, text per alternative)
-        self.apply(detail)
-        for key, ctx in list(executing.items()):  # steps streaming right now in this process
-            if key[0] == self.view.id and key[1] in self.steps:
-                self.streams[key[1]] = (ctx.attempt, ctx.streams())
-                self._show_stream(key[1])
-
-    def step_detail(self, key: str) -> dict[str, Any]:
-        return next(s for s in self.detail["steps"] if s["key"] == key)
-
-    def apply(self, detail: dict[str, Any]) -> list[str]:
-        """Take a fresh read; returns the keys whose card body changed."""
-        self.detail = detail
-        v = self.view
-        v.status, v.color, v.error = detail["status"], status_color(detail["status"]), detail["error"] or ""
-        v.created_at, v.started_at = detail["created_at"] or "", detail["started_at"] or ""
-        v.finished_at = detail["finished_at"] or ""
-        changed = []
-        for step in detail["steps"]:
-            sv = self.steps.get(step["key"])
-            if sv is None:
-                sv = self.steps[step["key"]] = StepView(key=step["key"], label=step["label"])
-                self.order.append(step["key"])
-            self._apply_step(sv, step)
-            signature = _body_signature(step)
-            if self.signatures.get(step["key"]) != signature:
-                self.signatures[step["key"]] = signature
-                sv.version += 1
-                changed.append(step["key"])
+        self.progress: dict[str, tuple[float, str]] = {}
+        self.listeners: set[Listener] = set()
+        self.dirty: set[str] = set()  # steps to re-read at the next push
+        self.header_dirty = False
+        self.pending = Patch()
+        self._apply_header(header)
         self._recount()
-        return changed
+        for (run_id, key), ctx in list(executing.items()):  # steps streaming right now in this process
+            if run_id == self.view.id and key in self.rows:
+                self.streams[key] = (ctx.attempt, ctx.streams())
 
-    @staticmethod
-    def _apply_step(sv: StepView, step: dict[str, Any]) -> None:
-        sv.status, sv.attempt, sv.stale = step["status"], step["attempt"], step["stale"]
-        sv.truncated = step["truncated"]
-        sv.refresh_flag()
-        sv.color = status_color(step["status"], step["stale"], sv.truncated)
-        sv.llm_text = llm_summary(step)
-        sv.stale_reason = step["stale_reason"] or ""
-        sv.error = step["error"] or ""
-        sv.progress = step["progress"] or 0.0
-        sv.progress_message = step["progress_message"] or ""
-        sv.started_at, sv.completed_at = step["started_at"] or "", step["completed_at"] or ""
-        sv.set_duration(step["duration_s"] or 0.0)
+    # --- what the tabs read -----------------------------------------------------------------------
 
-    def apply_step_status(self, key: str, status: str) -> None:
-        """A status from the hub, before the re-read catches up (this is what makes pills change fast)."""
-        sv = self.steps.get(key)
+    def step_live(self, key: str) -> StepLive:
+        """The bindable live part of one step (made when a tab opens its card)."""
+        sv = self.live.get(key)
         if sv is None:
+            fraction, message = self.progress.get(key, (0.0, ""))
+            sv = self.live[key] = StepLive(progress=fraction, progress_message=message)
+            self._show_stream(key)
+        return sv
+
+    def row_json(self, row: StepRow) -> list[Any]:
+        """A step row as the run page's component takes it (a short list keeps 2,000 rows small)."""
+        flags = [*(["stale"] if row.stale else []), *(["cut off"] if row.truncated else [])]
+        return [
+            row.key,
+            row.label,
+            shown_status(row, self.view.status),
+            status_color(row.status, row.stale, row.truncated),
+            " · ".join(flags),
+            row.attempt,
+            row.started_at,
+            row.finished_at,
+        ]
+
+    # --- changes ------------------------------------------------------------------------------------
+
+    def _apply_header(self, header: dict[str, Any]) -> None:
+        v = self.view
+        v.status, v.color, v.error = header["status"], status_color(header["status"]), header["error"] or ""
+        v.created_at, v.started_at = header["created_at"] or "", header["started_at"] or ""
+        v.finished_at = header["finished_at"] or ""
+
+    def apply_rows(self, rows: Iterable[StepRow]) -> None:
+        """Fresh reads of some steps."""
+        for row in rows:
+            old = self.rows.get(row.key)
+            if old is None:
+                continue
+            self.counts[old.status] -= 1
+            self.counts[row.status] += 1
+            self.rows[row.key] = row
+            (self.stale.add if row.stale else self.stale.discard)(row.key)
+            (self.truncated.add if row.truncated else self.truncated.discard)(row.key)
+            self.pending.rows.append(row)
+
+    def apply_step_status(self, key: str, status: StepStatus, attempt: int | None) -> None:
+        """A status from the hub, shown before the re-read of the step catches up."""
+        row = self.rows.get(key)
+        if row is None:
             return
-        sv.status = status
-        if status != "completed":
-            sv.stale = False
-        if status in ("pending", "running"):
-            sv.truncated = False
-        sv.refresh_flag()
-        sv.color = status_color(status, sv.stale, sv.truncated)
-        self._recount()
+        self.counts[row.status] -= 1
+        self.counts[status] += 1
+        row.status = status
+        if attempt is not None:
+            row.attempt = attempt
+        if status != StepStatus.COMPLETED:
+            row.stale = False
+            self.stale.discard(key)
+        if status in (StepStatus.PENDING, StepStatus.RUNNING):
+            row.truncated = False
+            self.truncated.discard(key)
+            row.finished_at = None
+        self.pending.rows.append(row)
+        self.dirty.add(key)
+
+    def apply_run_status(self, status: str) -> None:
+        was_ended = self.view.status in ENDED_RUN
+        self.view.status, self.view.color = status, status_color(status)
+        self.header_dirty = True
+        if was_ended != (status in ENDED_RUN):  # pending steps read "not run" only while the run has ended
+            self.pending.rows.extend(r for r in self.rows.values() if r.status == StepStatus.PENDING)
+
+    def apply_progress(self, key: str, fraction: float, message: str) -> None:
+        self.progress[key] = (fraction, message)
+        sv = self.live.get(key)
+        if sv is not None:
+            sv.progress, sv.progress_message = fraction, message
 
     def apply_tokens(self, key: str, change: Change) -> None:
         """Streamed text from the hub; a gap (this view started mid-stream) is filled from the step itself."""
-        if key not in self.steps or change.tokens is None:
+        if key not in self.rows or change.tokens is None:
             return
         attempt, index = change.attempt or 0, change.tokens.alternative
         offset, text = change.tokens.offset, change.tokens.text
@@ -191,6 +213,9 @@ class RunState:
         self._show_stream(key)
 
     def _show_stream(self, key: str) -> None:
+        sv = self.live.get(key)
+        if sv is None:
+            return
         _, texts = self.streams.get(key, (0, {}))
         if len(texts) <= 1:
             text = next(iter(texts.values()), "")
@@ -198,28 +223,50 @@ class RunState:
             text = "\n\n".join(
                 f"[alternative {i + 1}] {t[-STREAM_TAIL_CHARS // len(texts) :]}" for i, t in sorted(texts.items())
             )
-        self.steps[key].stream_text = text if len(text) <= STREAM_TAIL_CHARS else "…" + text[-STREAM_TAIL_CHARS:]
-
-    def apply_run_status(self, status: str) -> None:
-        self.view.status, self.view.color = status, status_color(status)
-        self._recount()
+        sv.stream_text = text if len(text) <= STREAM_TAIL_CHARS else "…" + text[-STREAM_TAIL_CHARS:]
 
     def _recount(self) -> None:
+        """The header's counts from the kept counters: O(statuses), not O(steps)."""
         v = self.view
-        counts = Counter(s.status for s in self.steps.values())
-        stale = sum(1 for s in self.steps.values() if s.stale)
-        v.total, v.completed = len(self.steps), counts["completed"]
+        counts = {status.value: n for status, n in self.counts.items() if n > 0}
+        v.total, v.completed = len(self.rows), counts.get(StepStatus.COMPLETED, 0)
         v.fraction = v.completed / v.total if v.total else 0.0
         parts = [f"{n} {status}" for status, n in sorted(counts.items())]
-        v.counts_text = ", ".join(parts + ([f"{stale} stale"] if stale else []))
-        waiting = [s.label for s in self.steps.values() if s.status == "waiting"]
+        v.counts_text = ", ".join(parts + ([f"{len(self.stale)} stale"] if self.stale else []))
+        waiting: list[str] = []
+        if counts.get(StepStatus.WAITING) and v.status not in ENDED_RUN:
+            waiting = [k for k, r in self.rows.items() if r.status == StepStatus.WAITING]  # in declared order
         v.needs_choice = bool(waiting)
-        v.choice_text = f"A choice is needed: {', '.join(waiting)}" if waiting else ""
-        cut = [s.label for s in self.steps.values() if s.truncated]
-        v.truncated_text = f"Cut off at the token limit: {', '.join(cut)}" if cut else ""
-        v.active = v.status in ("queued", "running")
-        v.resumable = v.status in ("failed", "cancelled")
+        v.choice_key = waiting[0] if waiting else ""
+        v.choice_text = f"A choice is needed: {', '.join(self.rows[k].label for k in waiting)}" if waiting else ""
+        cut = sorted(self.truncated, key=self.position.__getitem__)
+        v.truncated_text = f"Cut off at the token limit: {', '.join(self.rows[k].label for k in cut)}" if cut else ""
+        v.active = v.status in ACTIVE_RUN
+        v.resumable = v.status in ENDED_RUN
         v.rerunnable = not v.active
+
+    async def catch_up(self) -> None:
+        """Re-read what the changes since the last push imply, then hand the patch to every tab."""
+        run_id = self.view.id
+        if self.dirty:
+            keys, self.dirty = sorted(self.dirty), set()
+            self.apply_rows(await queries.step_rows(run_id, keys))
+            self.pending.bodies.update(keys)
+        if self.header_dirty:
+            self.header_dirty = False
+            self.header = {**self.header, **await queries.run_header(run_id)}
+            self._apply_header(self.header)
+        self._recount()
+        patch, self.pending = self.pending, Patch()
+        if not (patch.rows or patch.bodies or patch.events):
+            return
+        unique = {id(r): r for r in patch.rows}
+        patch.rows = list(unique.values())
+        for listener in list(self.listeners):
+            try:
+                listener(patch)
+            except Exception:
+                log.exception("a view of run %s failed to take a change", run_id)
 
 
 def llm_summary(step: dict[str, Any]) -> str:
@@ -238,17 +285,15 @@ def llm_summary(step: dict[str, Any]) -> str:
 
 
 class LiveRuns:
-    """The views of every run some tab is looking at, and events for what bindings cannot carry."""
+    """The states of every run some tab is looking at, and an event for the runs list."""
 
     def __init__(self) -> None:
         self.states: dict[int, RunState] = {}
         self.viewers: Counter[int] = Counter()
-        self.step_changed: Event[int, str] = Event()  # (run id, step key): its card body must re-render
-        self.run_event: Event[int, dict[str, Any]] = Event()  # (run id, event json): timeline, log lines
         self.runs_changed: Event[int] = Event()  # a run was created or changed status (runs list)
-        self._dirty: set[int] = set()
-        self._flush: asyncio.Task[None] | None = None
-        self._remove: Any = None
+        self._due: set[int] = set()
+        self._push: asyncio.Task[None] | None = None
+        self._remove: Callable[[], None] | None = None
 
     def start(self) -> None:
         if self._remove is None:
@@ -259,18 +304,21 @@ class LiveRuns:
         if self._remove is not None:
             self._remove()
             self._remove = None
-        if self._flush is not None and not self._flush.done():
-            self._flush.cancel()
+        if self._push is not None and not self._push.done():
+            self._push.cancel()
         self.states.clear()
         self.viewers.clear()
-        self._dirty.clear()
+        self._due.clear()
 
     async def open(self, run_id: int) -> RunState:
         """The live state of a run for one more viewer (NotFound if there is no such run)."""
         state = self.states.get(run_id)
         if state is None:
-            state = RunState(await queries.run_detail(run_id))
-            self.states[run_id] = state
+            header = await queries.run_header(run_id)
+            rows = await queries.step_rows(run_id)
+            state = self.states.get(run_id)  # another tab may have opened it meanwhile
+            if state is None:
+                state = self.states[run_id] = RunState(header, rows)
         self.viewers[run_id] += 1
         return state
 
@@ -280,46 +328,53 @@ class LiveRuns:
             del self.viewers[run_id]
             self.states.pop(run_id, None)
 
-    async def refresh(self, run_id: int) -> None:
-        """Re-read a viewed run now (after an action of this tab, so it shows without waiting)."""
+    async def refresh(self, run_id: int, keys: Iterable[str] | None = None) -> None:
+        """Re-read a viewed run's header and steps now (after an action of a tab, so it shows at once)."""
         state = self.states.get(run_id)
         if state is None:
             return
-        for key in state.apply(await queries.run_detail(run_id)):
-            self.step_changed.emit(run_id, key)
+        state.dirty.update(keys if keys is not None else state.order)
+        state.header_dirty = True
+        await state.catch_up()
 
     def _on_change(self, change: Change) -> None:
-        if change.kind in ("run", "step"):
+        if change.kind in (ChangeKind.RUN, ChangeKind.STEP):
             self.runs_changed.emit(change.run_id)  # the runs list shows statuses and step progress
         state = self.states.get(change.run_id)
         if state is None:
             return
-        status = change.to_status
-        if change.kind == "step" and status and change.step_key:
-            state.apply_step_status(change.step_key, status)
-        elif change.kind == "run" and status:
-            state.apply_run_status(status)
-        elif change.kind == "progress" and change.step_key in state.steps:
-            sv = state.steps[change.step_key]
-            sv.progress = float(change.fraction or 0.0)
-            sv.progress_message = str(change.message or "")
-        elif change.kind == "tokens" and change.step_key:
-            state.apply_tokens(change.step_key, change)
+        key = change.step_key
+        if change.kind == ChangeKind.STEP and change.to_status and key:
+            state.apply_step_status(key, StepStatus(change.to_status), change.attempt)
+        elif change.kind == ChangeKind.RUN and change.to_status:
+            state.apply_run_status(change.to_status)
+        elif change.kind == ChangeKind.PROGRESS and key:
+            state.apply_progress(key, float(change.fraction or 0.0), str(change.message or ""))
+            return
+        elif change.kind == ChangeKind.TOKENS and key:
+            state.apply_tokens(key, change)
             return  # not a timeline entry; the text is bound to the card
-        self.run_event.emit(change.run_id, change.to_json())
-        if change.event_id is not None:
-            self._dirty.add(change.run_id)
-            if self._flush is None or self._flush.done():
-                self._flush = background_tasks.create(self._refresh_dirty(), name="live-refresh")
+        elif key and change.event_id is not None:
+            state.dirty.add(key)  # a selection, a stale flag, a rerun: re-read the step
+        if change.kind == ChangeKind.RUN and change.event_id is not None:
+            state.header_dirty = True
+        state.pending.events.append(change.to_json())
+        self._due.add(change.run_id)
+        if self._push is None or self._push.done():
+            self._push = background_tasks.create(self._push_due(), name="live-push")
 
-    async def _refresh_dirty(self) -> None:
-        await asyncio.sleep(REFRESH_DELAY_S)
-        while self._dirty:
-            run_id = self._dirty.pop()
-            try:
-                await self.refresh(run_id)
-            except Exception:
-                log.exception("refreshing the view of run %s failed", run_id)
+    async def _push_due(self) -> None:
+        while self._due:
+            await asyncio.sleep(PUSH_DELAY_S)
+            due, self._due = self._due, set()
+            for run_id in due:
+                state = self.states.get(run_id)
+                if state is None:
+                    continue
+                try:
+                    await state.catch_up()
+                except Exception:
+                    log.exception("refreshing the view of run %s failed", run_id)
 
 
 live = LiveRuns()

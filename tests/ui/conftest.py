@@ -108,8 +108,7 @@ def stepdeck_env(tmp_path: Path, workflows_dir: Path, monkeypatch: pytest.Monkey
     # test's (deleted) pages would be called for this test's changes.
     live.states.clear()
     live.viewers.clear()
-    for event in (live.step_changed, live.run_event, live.runs_changed):
-        event.callbacks.clear()
+    live.runs_changed.callbacks.clear()
     stepfns.reset()
     yield
     stepfns.RELEASE.set()  # never leave a blocked step thread behind

@@ -1,5 +1,6 @@
-"""One step of the run page: a card whose header is bound to live state and whose body (outputs,
-alternatives, errors, logs, history) is built when first opened and rebuilt when the step changes."""
+"""The body of one step card on the run page (outputs, alternatives, errors, logs, history): built
+when its card is open and on screen, rebuilt when the step changes. The card's header is drawn by
+the page's component from the step's row."""
 
 from __future__ import annotations
 
@@ -17,83 +18,59 @@ from ui.theme import STATUS_COLORS, STATUS_ICONS, status_color
 Action = Callable[[str], Awaitable[None]]
 
 
-class StepCard:
+class StepBody:
+    """The body of one open step card: a NiceGUI element placed into its card by the run page's
+    component (`data-step`). Built when the card is open and on screen, deleted when it is not."""
+
     def __init__(
-        self, state: RunState, key: str, *, select: Callable[[str, int], Awaitable[None]], rerun: Action
+        self,
+        state: RunState,
+        step: dict[str, Any],
+        *,
+        select: Callable[[str, int], Awaitable[None]],
+        rerun: Action,
     ) -> None:
-        self.state, self.key = state, key
+        self.state, self.key = state, step["key"]
         self.select, self.rerun = select, rerun
-        self.sv = sv = state.steps[key]
-        self.built = False
+        self.sv = state.step_live(self.key)
         self.log: ui.log | None = None
-        self.expansion = (
-            ui.expansion(on_value_change=self._toggled)
-            .classes("w-full rounded-md border border-grey-4")
-            .style("scroll-margin-top: 130px")
-            .mark(f"card-{key}")
-        )
-        # Few elements per header (a 300-step run has 300 headers in every tab); the body is built
-        # when the card is first opened.
-        with self.expansion.add_slot("header"), ui.row().classes("w-full items-center no-wrap gap-2"):
-            ui.icon("circle", size="14px").bind_text_color_from(sv, "color")
-            title = ui.label(sv.label).classes("font-medium")
-            title.props["title"] = key
-            ui.badge().bind_text_from(sv, "status").bind_background_color_from(sv, "color").mark(f"status-{key}")
-            # Stale (built on an earlier choice) and cut off (at the token limit) share one badge.
-            ui.badge().bind_text_from(sv, "flag").bind_background_color_from(sv, "flag_color").bind_visibility_from(
-                sv, "flag", backward=bool
-            ).mark(f"flag-{key}")
-            ui.label().bind_text_from(sv, "meta").classes("ml-auto text-xs text-grey-7 whitespace-nowrap")
-        self.body: ui.column | None = None
-
-    # --- opening and refreshing ---------------------------------------------------------------
-
-    def open(self) -> None:
-        self.expansion.open()
-
-    def close(self) -> None:
-        self.expansion.close()
-
-    def _toggled(self, event: Any) -> None:
-        if event.value and not self.built:
-            self.render()
-
-    def changed(self) -> None:
-        """The step's details changed: rebuild the body if it is built (opened once)."""
-        if self.built:
-            self.render()
+        self.element = ui.element("div").classes("w-full column gap-2").props(f'data-step="{self.key}"')
+        self.element.mark(f"body-{self.key}")
+        self.render(step)
 
     def append_log(self, line: str) -> None:
         if self.log is not None:
+            self.log.set_visibility(True)
             self.log.push(line)
 
-    def render(self) -> None:
-        self.built = True
-        step = self.state.step_detail(self.key)
+    def delete(self) -> None:
+        self.element.delete()
+
+    def render(self, step: dict[str, Any]) -> None:
+        self.step = step
         sv = self.sv
-        if self.body is None:
-            with self.expansion:
-                self.body = ui.column().classes("w-full gap-2")
-        self.body.clear()
-        with self.body:
-            with ui.row().classes("items-center gap-2 w-full").bind_visibility_from(sv, "status", value="running"):
-                ui.linear_progress(show_value=False).bind_value_from(sv, "progress").classes("w-48")
-                ui.label().bind_text_from(sv, "progress_message").classes("text-sm text-grey-8")
+        self.element.clear()
+        with self.element:
+            if step["status"] == "running":
+                with ui.row().classes("items-center gap-2 w-full"):
+                    ui.linear_progress(show_value=False).bind_value_from(sv, "progress").classes("w-48")
+                    ui.label().bind_text_from(sv, "progress_message").classes("text-sm text-grey-8")
             if step["kind"] == "llm":
                 self._llm(step)
-            with ui.row().classes("items-center gap-2 w-full").bind_visibility_from(sv, "stale"):
-                ui.icon("history", color="purple-5")
-                ui.label().bind_text_from(sv, "stale_reason").classes("text-sm text-purple-8").mark(
-                    f"stale-reason-{self.key}"
-                )
+            if step["stale"]:
+                with ui.row().classes("items-center gap-2 w-full"):
+                    ui.icon("history", color="purple-5")
+                    ui.label(step["stale_reason"] or "").classes("text-sm text-purple-8").mark(
+                        f"stale-reason-{self.key}"
+                    )
             self._times(step)
             if step["status"] == "failed" and step["error"]:
-                ui.label(step["error"]).classes("text-red-8 font-mono text-sm whitespace-pre-wrap").mark(
+                ui.label(step["error"]).classes("text-red-8 font-mono text-sm whitespace-pre-wrap break-all").mark(
                     f"error-{self.key}"
                 )
                 traceback_view(step["error_detail"])
             elif step["status"] == "cancelled" and step["error"]:
-                ui.label(step["error"]).classes("text-brown-8 text-sm")
+                ui.label(step["error"]).classes("text-brown-8 text-sm break-all")
             self._outputs(step)
             if step["partial_output"]:
                 with ui.expansion("Partial output (before it stopped)").classes("w-full"):
@@ -103,7 +80,7 @@ class StepCard:
                 self.log.push(line)
             self.log.set_visibility(bool(step["logs"]) or step["status"] == "running")
             self._actions(step)
-            self._history()
+            self._history(step)
 
     def _llm(self, step: dict[str, Any]) -> None:
         """Provider, tokens against the limit, truncation, and the text as the model streams it."""
@@ -113,7 +90,7 @@ class StepCard:
                 badge = ui.badge("simulated", color="amber-8").props("outline")
                 badge.props["title"] = "Generated by the built-in simulated provider, not by a model"
                 badge.mark(f"simulated-{self.key}")
-            ui.label().bind_text_from(sv, "llm_text").classes("text-xs text-grey-8").mark(f"llm-{self.key}")
+            ui.label(llm_summary(step)).classes("text-xs text-grey-8").mark(f"llm-{self.key}")
         if step["truncated"]:
             llm = step["llm"]
             cut = [a for a in llm["alternatives"] if a["truncated"]]
@@ -130,11 +107,11 @@ class StepCard:
                     f"{llm['max_tokens']:,}{more} (policy: {llm['on_truncation']}). Raise max_tokens on the step, "
                     "or set on_truncation: continue."
                 ).classes("text-sm")
-        stream = ui.label().bind_text_from(sv, "stream_text")
-        stream.classes("w-full whitespace-pre-wrap text-sm max-h-72 overflow-y-auto rounded bg-grey-1 p-2")
-        stream.bind_visibility_from(sv, "status", backward=lambda status: status == "running").mark(
-            f"stream-{self.key}"
-        )
+        if step["status"] == "running":
+            stream = ui.label().bind_text_from(sv, "stream_text")
+            stream.classes("w-full whitespace-pre-wrap break-all text-sm max-h-72 overflow-y-auto rounded p-2")
+            stream.classes("bg-grey-1 dark:bg-neutral-800")
+            stream.mark(f"stream-{self.key}")
 
     def _times(self, step: dict[str, Any]) -> None:
         started = (step["started_at"] or "")[:19].replace("T", " ")
@@ -226,8 +203,8 @@ class StepCard:
                     "flat no-caps"
                 ).mark(f"rerun-{self.key}")
 
-    def _history(self) -> None:
-        if self.sv.attempt < 2 and self.sv.status != "pending":
+    def _history(self, step: dict[str, Any]) -> None:
+        if step["attempt"] < 2 and step["status"] != "pending":
             return
         history = ui.expansion("Attempt history", icon="history").classes("w-full").mark(f"history-{self.key}")
         loaded = False

@@ -3,20 +3,20 @@ and the run's timeline. Everything acts through engine operations; nothing here 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from nicegui import ui
+from nicegui import background_tasks, ui
 
 from engine import operations, queries
 from engine.errors import NotFound, StepdeckError
 from engine.registry import workflows
+from models.status import StepStatus
 from ui import security
-from ui.components.step_card import StepCard
-from ui.components.step_nav import StepNav
-from ui.live import RunState, live
+from ui.components.run_steps import RunSteps
+from ui.components.step_card import StepBody
+from ui.live import Patch, RunState, live
 from ui.theme import frame
 
 
@@ -47,31 +47,61 @@ async def _confirm(title: str, lines: list[tuple[str, list[str]]], ok: str) -> b
     return bool(result)
 
 
+MAX_BODIES = 60  # open cards whose bodies a tab keeps at once (those on screen)
+
+
 class RunPage:
-    def __init__(self, state: RunState) -> None:
+    def __init__(self, state: RunState, initial: str = "") -> None:
         self.state = state
         self.run_id = state.view.id
-        self.cards: dict[str, StepCard] = {}
+        self.initial = initial if initial in state.rows else ""
+        self.bodies: dict[str, StepBody] = {}
+        self.wanted: list[str] = []
+        self.client = ui.context.client
 
     def build(self) -> None:
-        self._header()
-        StepNav(self.state, self.jump, self.expand_all, self.collapse_all)
-        with ui.column().classes("w-full gap-2").mark("step-cards"):
-            for key in self.state.order:
-                self.cards[key] = StepCard(self.state, key, select=self.select, rerun=self.rerun)
-        # What needs a person is open from the start: a choice to make, a failure to look at.
-        for key in self.state.order:
-            if self.state.steps[key].status in ("waiting", "failed"):
-                self.cards[key].open()
-        self._timeline()
-        live.step_changed.subscribe(self._step_changed)
-        live.run_event.subscribe(self._run_event)
-        ui.timer(1.0, self._tick)  # durations of running steps tick; the database is not read
+        state = self.state
+        self.root = ui.element("div").classes("w-full column gap-2 no-wrap").props('id="run-root"').mark("run-root")
+        self._mark_root()
+        with self.root:
+            self._header()
+            # What needs a person is open from the start: a choice to make, a failure to look at.
+            opened = [k for k in state.order if state.rows[k].status in (StepStatus.WAITING, StepStatus.FAILED)]
+            if self.initial and self.initial not in opened:
+                opened.append(self.initial)
+            self.steps = RunSteps(
+                [state.row_json(state.rows[k]) for k in state.order],
+                initial=self.initial,
+                opened=opened,
+                on_bodies=self._bodies,
+            ).mark("run-steps")
+            self._timeline()
+        state.listeners.add(self._patch)
+        self.client.on_connect(self._connected)
+        self.client.on_disconnect(self._disconnected)
+
+    def _mark_root(self) -> None:
+        v = self.state.view
+        self.root.props["data-run-status"] = v.status
+        self.root.props["data-completed"] = str(v.completed)
+
+    def _connected(self) -> None:
+        """The tab connected (again): it has the rows now; after a reconnect, send them afresh."""
+        if self._patch not in self.state.listeners:
+            self.state.listeners.add(self._patch)
+            self.steps.reset([self.state.row_json(self.state.rows[k]) for k in self.state.order])
+            self._mark_root()
+            self.root.update()
+        self.steps.sent()
+
+    def _disconnected(self) -> None:
+        """A closed (or cut off) tab stops costing at once: no more patches for it."""
+        self.state.listeners.discard(self._patch)
 
     # --- header ---------------------------------------------------------------------------------
 
     def _header(self) -> None:
-        v, detail = self.state.view, self.state.detail
+        v, header = self.state.view, self.state.header
         with ui.card().classes("w-full").mark("run-header"):
             with ui.row().classes("w-full items-center gap-3"):
                 ui.label(f"Run {v.id}").classes("text-h5")
@@ -83,7 +113,7 @@ class RunPage:
             ui.linear_progress(show_value=False).bind_value_from(v, "fraction").classes("w-full")
             with ui.row().classes("w-full gap-4 text-sm text-grey-8"):
                 ui.label().bind_text_from(v, "counts_text").mark("run-counts")
-                ui.label(f"started by {detail['actor']}")
+                ui.label(f"started by {header['actor']}")
                 ui.label().bind_text_from(
                     v,
                     "started_at",
@@ -94,12 +124,13 @@ class RunPage:
                 )
             with (
                 ui.row()
-                .classes("items-center gap-2 p-2 rounded bg-amber-1 w-full")
+                .classes("items-center gap-2 p-2 rounded bg-amber-1 w-full cursor-pointer")
                 .bind_visibility_from(v, "needs_choice")
+                .on("click", lambda: self.jump(v.choice_key) if v.choice_key else None)
                 .mark("choice-needed")
             ):
                 ui.icon("front_hand", color="amber-9")
-                ui.label().bind_text_from(v, "choice_text").classes("font-medium")
+                ui.label().bind_text_from(v, "choice_text").classes("font-medium text-black")
             with (
                 ui.row()
                 .classes("items-center gap-2 p-2 rounded bg-orange-1 w-full")
@@ -107,12 +138,12 @@ class RunPage:
                 .mark("truncation-warning")
             ):
                 ui.icon("content_cut", color="orange-9")
-                ui.label().bind_text_from(v, "truncated_text").classes("font-medium")
+                ui.label().bind_text_from(v, "truncated_text").classes("font-medium text-black")
             ui.label().bind_text_from(v, "error").bind_visibility_from(v, "error", backward=bool).classes(
-                "text-red-8 whitespace-pre-wrap"
+                "text-red-8 whitespace-pre-wrap break-all"
             ).mark("run-error")
             with ui.expansion("Inputs", icon="input").classes("w-full"):
-                ui.code(json.dumps(detail["inputs"], ensure_ascii=False, indent=2), language="json").classes("w-full")
+                ui.code(json.dumps(header["inputs"], ensure_ascii=False, indent=2), language="json").classes("w-full")
 
     def _actions(self) -> None:
         v = self.state.view
@@ -124,47 +155,58 @@ class RunPage:
         ).mark("resume-run")
         ui.button("Run again", icon="replay", on_click=self.run_again).props("flat no-caps").mark("run-again")
 
-    # --- navigation -------------------------------------------------------------------------------
+    # --- steps ------------------------------------------------------------------------------------
 
     def jump(self, key: str) -> None:
-        card = self.cards[key]
-        card.open()
-        # Scroll now, and again once the card has opened and its body arrived (it grows; near the
-        # end of the page the first scroll would leave the card partly below the fold).
-        ui.run_javascript(
-            f"const el = getHtmlElement({card.expansion.id});"
-            'const go = () => el.scrollIntoView({behavior: "smooth", block: "start"});'
-            "go(); setTimeout(go, 450);"
-        )
+        """Open a step's card and scroll to it (the component does both; the URL follows)."""
+        self.steps.jump(key)
 
-    def expand_all(self) -> None:
-        for card in self.cards.values():
-            card.open()
-
-    def collapse_all(self) -> None:
-        for card in self.cards.values():
-            card.close()
-
-    # --- live -------------------------------------------------------------------------------------
-
-    def _step_changed(self, run_id: int, key: str) -> None:
-        if run_id == self.run_id and key in self.cards:
-            self.cards[key].changed()
-
-    def _run_event(self, run_id: int, event: dict[str, Any]) -> None:
-        if run_id != self.run_id:
+    async def _bodies(self, keys: list[str]) -> None:
+        """The open cards on screen changed: build the bodies they lack, drop the others."""
+        keys = [k for k in keys if k in self.state.rows][:MAX_BODIES]
+        self.wanted = keys
+        for key in [k for k in self.bodies if k not in keys]:
+            self.bodies.pop(key).delete()
+        missing = [k for k in keys if k not in self.bodies]
+        if not missing:
             return
-        if event["kind"] == "log" and event.get("step") in self.cards:
-            self.cards[event["step"]].append_log(str(event.get("line", "")))
+        details = await queries.step_details(self.run_id, missing)
+        for key in missing:
+            if key in details and key in self.wanted and key not in self.bodies:
+                with self.steps:
+                    self.bodies[key] = StepBody(self.state, details[key], select=self.select, rerun=self.rerun)
+
+    def _patch(self, patch: Patch) -> None:
+        """A batch of changes of the run: redraw the changed rows, re-read the open bodies they touch."""
+        if patch.rows:
+            self.steps.patch([self.state.row_json(r) for r in patch.rows])
+        v = self.state.view
+        if self.root.props.get("data-run-status") != v.status or self.root.props.get("data-completed") != str(
+            v.completed
+        ):
+            self._mark_root()
+            self.root.update()
+        stale = [k for k in patch.bodies if k in self.bodies]
+        if stale:
+            background_tasks.create(self._rebuild(stale), name="run-page-bodies")
+        for event in patch.events:
+            self._run_event(event)
+
+    async def _rebuild(self, keys: list[str]) -> None:
+        details = await queries.step_details(self.run_id, keys)
+        for key in keys:
+            body = self.bodies.get(key)
+            if body is not None and key in details:
+                body.render(details[key])
+
+    def _run_event(self, event: dict[str, Any]) -> None:
+        if event["kind"] == "log":
+            body = self.bodies.get(event.get("step") or "")
+            if body is not None:
+                body.append_log(str(event.get("line", "")))
         elif event.get("id") is not None and self.timeline_rows is not None:
             self.timeline_rows.rows.append(_timeline_row(event))
             self.timeline_rows.update()
-
-    def _tick(self) -> None:
-        now = dt.datetime.now(dt.UTC)
-        for sv in self.state.steps.values():
-            if sv.status == "running" and sv.started_at:
-                sv.set_duration((now - dt.datetime.fromisoformat(sv.started_at)).total_seconds())
 
     # --- actions ------------------------------------------------------------------------------------
 
@@ -172,7 +214,7 @@ class RunPage:
         if await _act(
             lambda actor: operations.select(self.run_id, key, index, actor), f"Selected alternative {index + 1}"
         ):
-            await live.refresh(self.run_id)
+            await live.refresh(self.run_id, [key])
 
     async def rerun(self, key: str) -> None:
         plan = await operations.rerun_plan(self.run_id, key)
@@ -185,7 +227,7 @@ class RunPage:
             "Re-run",
         )
         if ok and await _act(lambda actor: operations.rerun_from(self.run_id, key, actor), "Re-run queued"):
-            await live.refresh(self.run_id)
+            await live.refresh(self.run_id, [key])
 
     async def cancel(self) -> None:
         question: list[tuple[str, list[str]]] = [("Work in progress stops; partial output is kept.", [])]
@@ -206,7 +248,7 @@ class RunPage:
         except NotFound as exc:
             ui.notify(str(exc), type="warning")
             return
-        open_run_dialog(defn, initial=self.state.detail["inputs"])
+        open_run_dialog(defn, initial=self.state.header["inputs"])
 
     # --- timeline -----------------------------------------------------------------------------------
 
@@ -254,7 +296,7 @@ def _timeline_row(event: dict[str, Any]) -> dict[str, Any]:
 
 def register() -> None:
     @ui.page("/runs/{run_id}")
-    async def run_page(run_id: str) -> None:
+    async def run_page(run_id: str, step: str = "") -> None:
         state = None
         if run_id.isdigit() and len(run_id) < 18:
             try:
@@ -267,4 +309,4 @@ def register() -> None:
                 ui.link("All runs", "/")
                 return
             ui.context.client.on_delete(lambda: live.close(int(run_id)))
-            RunPage(state).build()
+            RunPage(state, step).build()
