@@ -42,6 +42,8 @@ class Run(Model):
         indexes = (
             Index(fields=("status", "heartbeat_at"), name="runs_status_heartbeat"),
             Index(fields=("workflow", "id"), name="runs_workflow_id"),
+            Index(fields=("status", "id"), name="runs_status_id"),  # the runs list by status, newest first
+            Index(fields=("finished_at",), name="runs_finished_at"),  # the prune
         )
 
 
@@ -136,6 +138,7 @@ class LlmUsage(Model):
         indexes = (
             Index(fields=("workflow", "step_key", "created_at"), name="llm_usage_step_time"),
             Index(fields=("created_at",), name="llm_usage_time"),
+            Index(fields=("run_id",), name="llm_usage_run_id"),  # deleting a run
         )
 
 
@@ -245,3 +248,4 @@ class ScheduleFire(Model):
     class Meta:
         table = "schedule_fires"
         unique_together = (("workflow", "schedule", "fire_time"),)
+        indexes = (Index(fields=("run_id",), name="schedule_fires_run_id"),)  # deleting a run

@@ -87,9 +87,20 @@ def _where(f: RunFilter) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+SEARCH_COUNT_CAP = 1000  # a text search counts its matches up to this many (it cannot use an index)
+
+
 async def count_runs(f: RunFilter) -> int:
+    """Runs matching the filter; with a text search, at most SEARCH_COUNT_CAP + 1 (read as "more than
+    the cap"), so a search never scans 100k rows on every refresh."""
     where, params = _where(f)
-    rows = await fetch(f"SELECT COUNT(*) AS n FROM runs r{where}", params)
+    if f.search.strip():
+        rows = await fetch(
+            f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM runs r{where} LIMIT ?) AS matched",
+            [*params, SEARCH_COUNT_CAP + 1],
+        )
+    else:
+        rows = await fetch(f"SELECT COUNT(*) AS n FROM runs r{where}", params)
     return int(rows[0]["n"])
 
 

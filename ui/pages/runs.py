@@ -142,7 +142,9 @@ class RunsTable:
         self.visible_ids = {r.id for r in rows}
         self.table.rows = [table_row(r, now) for r in rows]
         self.table.pagination = {"page": page, "rowsPerPage": per_page, "rowsNumber": total}
-        if total:
+        if total > run_list.SEARCH_COUNT_CAP and f.search.strip():
+            self.empty.text = f"More than {run_list.SEARCH_COUNT_CAP:,} runs match; narrow the search to see them all."
+        elif total:
             self.empty.text = ""
         elif f.active:
             self.empty.text = "No runs match these filters."
