@@ -6,7 +6,10 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from fastapi import FastAPI
 from nicegui import app
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine.db import close_database, open_database
 from engine.executor import Engine, make_owner_id
@@ -27,6 +30,7 @@ def mount(settings: Settings, engine: Engine | None) -> None:
     errors.install(app)
     security.install(settings)
     app.include_router(router)
+    _api_fast_path(settings)
     maintenance = Maintenance(settings, engine.owner if engine is not None else make_owner_id())
     if engine is not None:
         app.on_startup(engine.start)
@@ -56,3 +60,46 @@ def _open_database_in_lifespan(db_url: str) -> None:
             await close_database()
 
     app.router.lifespan_context = lifespan
+
+
+def _api_app(settings: Settings) -> FastAPI:
+    """The JSON API on its own, behind the same gate, without the dashboard's middleware."""
+    api = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    api.state.settings = settings
+    errors.install(api)
+    api.include_router(router)
+    api.add_middleware(GZipMiddleware, minimum_size=1000)
+    api.add_middleware(security.Gate, settings=settings)
+    return api
+
+
+class ApiFastPath:
+    """API requests that carry no session cookie (a token, or this machine while it has no accounts)
+    go straight to the API: NiceGUI's session and per-browser storage middleware would otherwise cost
+    most of a request's CPU and make a new (empty) user storage for every such request. Requests from
+    a signed-in browser (a session cookie) take the dashboard's way, where their session is read."""
+
+    def __init__(self, dashboard: ASGIApp, api: ASGIApp) -> None:
+        self.dashboard, self.api = dashboard, api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/api/") and not _has_session_cookie(scope):
+            await self.api(scope, receive, send)
+        else:
+            await self.dashboard(scope, receive, send)
+
+
+def _has_session_cookie(scope: Scope) -> bool:
+    return any(name == b"cookie" and b"session=" in value for name, value in scope["headers"])
+
+
+def _api_fast_path(settings: Settings) -> None:
+    """Put `ApiFastPath` outside every middleware, NiceGUI's session middleware included (which ui.run
+    adds last, so the outermost place is only known when Starlette builds the stack)."""
+    api = _api_app(settings)
+    build = app.build_middleware_stack
+
+    def build_with_fast_path() -> ASGIApp:
+        return ApiFastPath(build(), api)
+
+    app.build_middleware_stack = build_with_fast_path  # type: ignore[method-assign]
