@@ -11,7 +11,7 @@ import pytest
 from nicegui.testing import User
 
 from tests.ui.conftest import eventually, table_rows
-from tests.ui.test_run_page import expand, start_run, text_of, the, wait_prop, wait_run, wait_shown, wait_step
+from tests.ui.test_run_page import expand, show, start_run, text_of, the, wait_row, wait_run, wait_shown, wait_step
 from ui.theme import STATUS_COLORS
 
 WORKFLOWS = {
@@ -52,7 +52,7 @@ async def test_tokens_appear_in_the_step_card_while_the_model_streams(user: User
     run_id = await start_run(user, "slow-llm")
     await wait_step(user, run_id, "write", "running")
     await user.open(f"/runs/{run_id}")
-    expand(user, "card-write")
+    await show(user, "write")  # its card open and on screen
 
     def streamed() -> str:
         return str(getattr(the(user, "stream-write"), "text", ""))
@@ -82,12 +82,10 @@ async def test_a_truncated_output_has_its_own_colour_badge_and_header_warning(us
     assert run["truncated_steps"] == ["short"]
 
     await user.open(f"/runs/{run_id}")
-    await wait_prop(user, "pill-dot-short", "color", STATUS_COLORS["truncated"])
-    await wait_prop(user, "pill-dot-after", "color", STATUS_COLORS["completed"])
-    assert text_of(user, "flag-short") == "cut off"
-    await user.should_not_see(marker="flag-after")
+    await wait_row(run_id, "short", status="completed", color=STATUS_COLORS["truncated"], flag="cut off")
+    await wait_row(run_id, "after", status="completed", color=STATUS_COLORS["completed"], flag="")
     await wait_shown(user, "truncation-warning", "Cut off at the token limit: Too short")
-    expand(user, "card-short")
+    await show(user, "short")
     await wait_shown(user, "truncation-short", "max_tokens=5")
     assert "5 / 5 tokens · finish: length" in text_of(user, "llm-short")
     await user.should_see(marker="llm-simulated")

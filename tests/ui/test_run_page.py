@@ -1,9 +1,17 @@
-"""The run page (`/runs/{id}`) with NiceGUI's simulated user: live pills, expand/collapse, alternatives,
+"""The run page (`/runs/{id}`) with NiceGUI's simulated user: live step rows, card bodies, alternatives,
 retry, resume, stale flags and cancel. The app is `main.py` on a fresh SQLite file; runs are started
-through the JSON API, acted on through the page, and checked on the page and through the API."""
+through the JSON API, acted on through the page, and checked on the page and through the API.
+
+The step navigator and the cards' headers are drawn in the browser by one component (run_steps.js)
+from a row per step; without a browser these tests read the rows the page hands that component (its
+live state and the patches it sends), and do what the browser does when cards are open on screen
+(`RunSteps.show`) to get their bodies, which are NiceGUI elements. What only a browser does (clicks
+on pills, keys, scrolling) is tested in tests/e2e/test_run_page_browser.py."""
 
 from __future__ import annotations
 
+import json
+import re
 import textwrap
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -16,6 +24,8 @@ from nicegui.testing import User
 
 from tests import stepfns
 from tests.conftest import wait_for
+from ui.components.run_steps import RunSteps
+from ui.live import RunState, live
 
 WORKFLOWS = {
     "gated-pair": """
@@ -143,18 +153,6 @@ def text_of(user: User, marker: str) -> str:
     return str(getattr(element, "text", "") or element.props.get("label", ""))
 
 
-async def wait_prop(user: User, marker: str, name: str, value: Any) -> None:
-    """Poll an element's prop (e.g. a pill dot's colour) until it has `value`; the page is never reloaded."""
-
-    async def check() -> bool:
-        return bool(the(user, marker).props.get(name) == value)
-
-    try:
-        await wait_for(check, TIMEOUT_S, f"{marker}.{name} == {value!r}")
-    except AssertionError:
-        raise AssertionError(f"{marker}.{name} is {the(user, marker).props.get(name)!r}, expected {value!r}") from None
-
-
 async def wait_text(user: User, marker: str, text: str) -> None:
     async def check() -> bool:
         return text_of(user, marker) == text
@@ -176,7 +174,7 @@ def texts_in(user: User, marker: str) -> list[str]:
 
 
 async def wait_shown(user: User, marker: str, text: str) -> None:
-    """Poll until the element marked `marker` shows `text` (cards re-render when the engine's changes arrive)."""
+    """Poll until the element marked `marker` shows `text` (bodies re-render when the engine's changes arrive)."""
 
     async def check() -> bool:
         return any(text in t for t in texts_in(user, marker))
@@ -201,51 +199,140 @@ async def confirm(user: User, *expected: str) -> None:
     user.find(marker="confirm-ok").click()
 
 
+# --- the step rows (what the page's component draws pills, cells and card headers from) ---------------
+
+# The fields of a row as run_steps.js reads them (ui.live.RunState.row_json).
+ROW_FIELDS = ("key", "label", "status", "color", "flag", "attempt", "started", "finished")
+
+
+def steps_of(user: User) -> RunSteps:
+    """The page's step component (navigator and cards)."""
+    element = the(user, "run-steps")
+    assert isinstance(element, RunSteps), f"run-steps is a {type(element).__name__}"
+    return element
+
+
+def state_of(run_id: int) -> RunState:
+    state = live.states.get(run_id)
+    assert state is not None, f"no live view of run {run_id}: is its page open?"
+    return state
+
+
+def row(run_id: int, key: str) -> dict[str, Any]:
+    """The row of a step as the page hands it to its component: status, colour, flag, attempt."""
+    state = state_of(run_id)
+    return dict(zip(ROW_FIELDS, state.row_json(state.rows[key]), strict=True))
+
+
+async def wait_row(run_id: int, key: str, **expected: Any) -> dict[str, Any]:
+    """Poll a step's row until the named fields have these values (the page is never reloaded)."""
+
+    async def check() -> dict[str, Any] | None:
+        now = row(run_id, key)
+        return now if all(now[name] == value for name, value in expected.items()) else None
+
+    try:
+        found: dict[str, Any] = await wait_for(check, TIMEOUT_S, f"row {key!r} to have {expected}")
+    except AssertionError:
+        raise AssertionError(f"row {key!r} is {row(run_id, key)}, expected {expected}") from None
+    return found
+
+
+def sent_rows(user: User, steps: RunSteps) -> list[dict[str, Any]]:
+    """Every row the server sent to this component since the page opened (its `patch` calls, in order),
+    read from what the client's outbox emitted."""
+    assert user.client is not None
+    call = re.compile(rf'return runMethod\({steps.id}, "patch", (.*)\)$', re.DOTALL)
+    sent: list[dict[str, Any]] = []
+    for _, _, (_, kind, data) in user.client.outbox.message_history:
+        match = call.match(data.get("code", "")) if kind == "run_javascript" else None
+        if match:
+            (rows,) = json.loads(match.group(1))
+            sent.extend(dict(zip(ROW_FIELDS, r, strict=True)) for r in rows)
+    return sent
+
+
+async def show(user: User, *keys: str) -> None:
+    """What the browser reports when exactly these cards are open and on screen: their bodies are built
+    (and the bodies of other cards dropped)."""
+    await steps_of(user).show(list(keys))
+
+
+def bodies(user: User) -> set[str]:
+    """The steps whose card bodies the page has built."""
+    with user.client or nullcontext():
+        return {
+            m[len("body-") :] for e in ElementFilter(local_scope=False) for m in e._markers if m.startswith("body-")
+        }
+
+
 # --- tests -------------------------------------------------------------------------------------------
 
 
-async def test_pills_change_colour_as_steps_complete_without_reload(user: User) -> None:
+async def test_rows_change_colour_as_steps_complete_without_reload(user: User) -> None:
     run_id = await start_run(user, "gated-pair")
     await wait_step(user, run_id, "first", "running")
     client = await user.open(f"/runs/{run_id}")
-    first_dot, second_dot = the(user, "pill-dot-first"), the(user, "pill-dot-second")
-    await wait_prop(user, "pill-dot-first", "color", "blue-6")  # running
-    assert second_dot.props.get("color") == "grey-5"  # pending
-    assert text_of(user, "status-first") == "running"
+    steps, root = steps_of(user), the(user, "run-root")
+    await wait_row(run_id, "first", status="running", color="blue-6")
+    assert row(run_id, "second") | {"started": None} == {
+        "key": "second",
+        "label": "Second step",
+        "status": "pending",
+        "color": "grey-5",
+        "flag": "",
+        "attempt": 0,
+        "started": None,
+        "finished": None,
+    }
+    assert root.props["data-run-status"] == "running"
 
     stepfns.gate("first").set()
-    await wait_prop(user, "pill-dot-first", "color", "green-6")
-    await wait_prop(user, "pill-dot-second", "color", "blue-6")
-    assert text_of(user, "status-first") == "completed"
+    await wait_row(run_id, "first", status="completed", color="green-6", attempt=1)
+    await wait_row(run_id, "second", status="running", color="blue-6")
 
     stepfns.gate("second").set()
-    await wait_prop(user, "pill-dot-second", "color", "green-6")
+    await wait_row(run_id, "second", status="completed", color="green-6")
     await wait_text(user, "run-status", "completed")
-    await wait_text(user, "step-counts", "2 completed")
-    # The same page and the same elements: the change came through bindings, not a reload.
+    await wait_text(user, "run-counts", "2 completed")
+    assert (root.props["data-run-status"], root.props["data-completed"]) == ("completed", "2")
+
+    # The component was told: the last rows it got are the completed ones (patches, not a new page).
+    async def told() -> bool:
+        last = {r["key"]: (r["status"], r["color"]) for r in sent_rows(user, steps)}
+        return last == {"first": ("completed", "green-6"), "second": ("completed", "green-6")}
+
+    await wait_for(told, TIMEOUT_S, "the component to get the completed rows")
+    # The same page and the same elements: the change came through patches, not a reload.
     assert user.client is client
-    assert the(user, "pill-dot-first") is first_dot
-    assert the(user, "pill-dot-second") is second_dot
+    assert steps_of(user) is steps
+    assert the(user, "run-root") is root
 
 
-async def test_expand_all_and_collapse_all(user: User) -> None:
+async def test_bodies_are_built_for_the_open_cards_on_screen_and_dropped_otherwise(user: User) -> None:
     run_id = await start_run(user, "trio")
     await wait_run(user, run_id, "completed")
     await user.open(f"/runs/{run_id}")
-    keys = ("up", "mid", "down")
-    cards = [the(user, f"card-{k}") for k in keys]
-    assert [c.props.get("model-value") for c in cards] == [False] * 3
+    assert bodies(user) == set(), "nothing is open on a completed run: no body is built"
+    steps = steps_of(user)
 
-    user.find(marker="expand-all").click()
-    assert [c.props.get("model-value") for c in cards] == [True] * 3
-    for key in keys:  # opened cards show their bodies
+    await show(user, "up", "mid", "down")  # as after "Expand all"
+    assert bodies(user) == {"up", "mid", "down"}
+    for key in ("up", "mid", "down"):
         await wait_shown(user, f"output-{key}", f"{key} call 1")
+    body = the(user, "body-mid")
+    assert body.parent_slot is not None and body.parent_slot.parent is steps, "a body is placed by the component"
+    assert body.props["data-step"] == "mid"
 
-    user.find(marker="collapse-all").click()
-    assert [c.props.get("model-value") for c in cards] == [False] * 3
+    await show(user, "down")  # as after "Collapse all" and a click on the last pill
+    assert bodies(user) == {"down"}
+    await user.should_not_see(marker="output-up")
+    assert the(user, "body-down") is not None
 
-    user.find(marker="pill-down").click()  # a pill opens its card (and scrolls to it in a browser)
-    assert [c.props.get("model-value") for c in cards] == [False, False, True]
+    await show(user, "down", "no-such-step")  # what the browser says is checked
+    assert bodies(user) == {"down"}
+    await show(user)
+    assert bodies(user) == set()
 
 
 async def test_select_an_alternative_on_a_waiting_step_and_the_run_continues(user: User) -> None:
@@ -254,9 +341,10 @@ async def test_select_an_alternative_on_a_waiting_step_and_the_run_continues(use
     await user.open(f"/runs/{run_id}")
     await user.should_see(marker="choice-needed")
     await wait_shown(user, "choice-needed", "A choice is needed: Drafts")
-    assert the(user, "pill-dot-draft").props.get("color") == "amber-8"
+    assert state_of(run_id).view.choice_key == "draft"
+    assert row(run_id, "draft")["color"] == "amber-8"
 
-    user.find(marker="pill-draft").click()
+    await show(user, "draft")  # open from the start: a choice is waiting
     for i in range(3):
         await wait_shown(user, f"alternative-draft-{i}", f"call1-alt{i}")
     user.find(marker="select-draft-1").click()
@@ -268,8 +356,8 @@ async def test_select_an_alternative_on_a_waiting_step_and_the_run_continues(use
     await user.should_not_see(marker="choice-needed")
     await user.should_see(marker="selected-draft-1", retries=RETRIES)
     await user.should_not_see(marker="selected-draft-0")
-    await wait_prop(user, "pill-dot-polish", "color", "green-6")
-    expand(user, "card-polish")
+    await wait_row(run_id, "polish", status="completed", color="green-6")
+    await show(user, "polish")
     await wait_shown(user, "output-polish", "used:call1-alt1")
 
 
@@ -277,8 +365,9 @@ async def test_retry_a_failed_step_makes_a_new_attempt_and_keeps_the_old_one_in_
     run_id = await start_run(user, "flaky")
     await wait_run(user, run_id, "failed")
     await user.open(f"/runs/{run_id}")
-    await wait_prop(user, "pill-dot-flaky", "color", "red-6")
-    user.find(marker="pill-flaky").click()
+    await wait_row(run_id, "flaky", status="failed", color="red-6")
+    assert row(run_id, "after")["status"] == "not run"
+    await show(user, "flaky")
     await user.should_see(marker="error-flaky")
     assert "transient failure" in text_of(user, "error-flaky")
 
@@ -289,9 +378,9 @@ async def test_retry_a_failed_step_makes_a_new_attempt_and_keeps_the_old_one_in_
     steps = {s["key"]: s for s in run["steps"]}
     assert (steps["prepare"]["attempt"], steps["flaky"]["attempt"], steps["after"]["attempt"]) == (1, 2, 1)
     assert steps["flaky"]["output"] == "succeeded on call 2"
-    await wait_prop(user, "pill-dot-flaky", "color", "green-6")
-    await wait_text(user, "status-flaky", "completed")
-    await wait_shown(user, "card-flaky", "attempt 2")
+    await wait_row(run_id, "flaky", status="completed", color="green-6", attempt=2)
+    await wait_row(run_id, "after", status="completed", attempt=1)
+    await wait_shown(user, "body-flaky", "attempt 2")
     await wait_shown(user, "output-flaky", "succeeded on call 2")
     await user.should_not_see(marker="error-flaky")
 
@@ -306,7 +395,7 @@ async def test_resume_from_a_middle_step_keeps_upstream_outputs(user: User) -> N
     run_id = await start_run(user, "trio")
     await wait_run(user, run_id, "completed")
     await user.open(f"/runs/{run_id}")
-    user.find(marker="expand-all").click()
+    await show(user, "up", "mid", "down")
     await wait_shown(user, "output-up", "up call 1")
 
     user.find(marker="rerun-mid").click()
@@ -328,7 +417,8 @@ async def test_resume_from_a_middle_step_keeps_upstream_outputs(user: User) -> N
     await wait_shown(user, "output-mid", "mid call 2")
     await wait_shown(user, "output-down", "down call 2")
     await wait_shown(user, "output-up", "up call 1")
-    with user.scope(marker="card-up"):
+    assert [row(run_id, k)["attempt"] for k in ("up", "mid", "down")] == [1, 2, 2]
+    with user.scope(marker="body-up"):
         await user.should_see("attempt 1")
         await user.should_not_see("attempt 2")
 
@@ -340,16 +430,14 @@ async def test_changing_a_selection_on_a_completed_run_flags_the_dependent_stale
     assert response.status_code == 200, response.text
     await wait_run(user, run_id, "completed")
     await user.open(f"/runs/{run_id}")
-    await user.should_not_see(marker="flag-polish")
+    assert row(run_id, "polish")["flag"] == ""
 
-    user.find(marker="pill-draft").click()
+    await show(user, "draft")
     user.find(marker="select-draft-2").click()
 
-    await user.should_see(marker="flag-polish", retries=RETRIES)
-    assert text_of(user, "flag-polish") == "stale"
-    await wait_prop(user, "pill-dot-polish", "color", "purple-5")
-    assert "1 stale" in text_of(user, "step-counts")
-    expand(user, "card-polish")
+    await wait_row(run_id, "polish", flag="stale", color="purple-5", status="completed")
+    assert "1 stale" in text_of(user, "run-counts")
+    await show(user, "polish")
     await user.should_see(marker="stale-reason-polish", retries=RETRIES)
     reason = text_of(user, "stale-reason-polish")
     assert "'draft'" in reason
@@ -361,8 +449,9 @@ async def test_changing_a_selection_on_a_completed_run_flags_the_dependent_stale
     user.find(marker="rerun-polish").click()
     await confirm(user, "polish", "draft")
     await wait_shown(user, "output-polish", "used:call1-alt2")
-    await user.should_not_see(marker="flag-polish", retries=RETRIES)
-    await wait_prop(user, "pill-dot-polish", "color", "green-6")
+    await wait_row(run_id, "polish", flag="", color="green-6", attempt=2)
+    await user.should_not_see(marker="stale-reason-polish", retries=RETRIES)
+    assert "stale" not in text_of(user, "run-counts")
     polish = await api_step(user, run_id, "polish")
     assert (polish["stale"], polish["attempt"], polish["output"]) == (False, 2, "used:call1-alt2")
 
@@ -379,6 +468,8 @@ async def test_cancel_a_running_run(user: User) -> None:
     run = await wait_run(user, run_id, "cancelled")
     assert run["steps"][0]["status"] == "cancelled"
     await wait_text(user, "run-status", "cancelled")
-    await wait_prop(user, "pill-dot-first", "color", "brown-5")
+    await wait_row(run_id, "first", status="cancelled", color="brown-5")
+    await wait_row(run_id, "second", status="not run")  # a pending step of a run that ended
+    assert the(user, "run-root").props["data-run-status"] == "cancelled"
     await user.should_not_see(marker="cancel-run")
     await user.should_see(marker="resume-run")
