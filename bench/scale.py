@@ -54,7 +54,7 @@ def fill(path: Path, runs: int) -> None:
             status = STATUSES[run_id % len(STATUSES)]
             inputs = json.dumps({"topic": f"topic {run_id % 997}", "words": run_id % 900})
             run_rows.append((run_id, WORKFLOWS[run_id % 4], definition, inputs, status, "alice", at, at, at, at))
-            events = [
+            events: list[tuple[int, str | None, int | None, str, str, str, str]] = [
                 (run_id, None, None, "run", "queued", "running", at),
                 (run_id, None, None, "run", "running", status, at),
             ]

@@ -152,15 +152,49 @@ async def run_detail(run_id: int) -> dict[str, Any]:
     return {**_run_json(rows[0]), **_summary(steps), "steps": steps}
 
 
+ERROR_SUMMARY_CHARS = 500
+_SUMMARY_SQL = (
+    "SELECT s.run_id, s.key, s.label, s.kind, s.needs, s.status, s.attempt, s.stale, a.status AS attempt_status,"
+    " a.started_at, a.finished_at, substr(a.error, 1, ?) AS error, a.llm"
+    " FROM steps s LEFT JOIN attempts a ON a.step_id = s.id AND a.number = s.attempt"
+)
+
+
+def step_summary_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A step's state without what it produced: bounded in size whatever it output or logged."""
+    status = StepStatus(row["status"])
+    has_attempt = row["attempt_status"] is not None and status != StepStatus.PENDING
+    ended = status in (StepStatus.WAITING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED)
+    started_at = row["started_at"] if has_attempt else None
+    completed_at = row["finished_at"] if has_attempt and ended else None
+    produced = status in (StepStatus.WAITING, StepStatus.COMPLETED)
+    llm = _json(row["llm"]) if has_attempt and produced and row["llm"] is not None else None
+    return {
+        "key": row["key"],
+        "label": row["label"],
+        "kind": row["kind"],
+        "needs": _json(row["needs"]),
+        "status": status.value,
+        "attempt": row["attempt"],
+        "stale": bool(row["stale"]),
+        "truncated": bool(llm and llm.get("truncated")),
+        "error": row["error"] if has_attempt and status in (StepStatus.FAILED, StepStatus.CANCELLED) else None,
+        "started_at": _iso(started_at),
+        "completed_at": _iso(completed_at),
+        "duration_s": _duration_s(started_at, completed_at),
+    }
+
+
 async def list_runs(
     *,
     status: str | None = None,
     workflow: str | None = None,
     limit: int = 50,
     offset: int = 0,
-    include_steps: bool = True,
+    include_steps: bool = False,
 ) -> list[dict[str, Any]]:
-    """Runs, newest first, filtered by status and workflow; steps included unless asked not to."""
+    """Runs, newest first, filtered by status and workflow, as summaries: step states (with
+    `include_steps`), never outputs or logs, so a page of runs stays small whatever they produced."""
     where, params = [], []
     if status:
         where.append("r.status = ?")
@@ -179,11 +213,12 @@ async def list_runs(
         return runs
     marks = ", ".join("?" for _ in runs)
     step_rows = await fetch(
-        _STEP_SQL + f" WHERE s.run_id IN ({marks}) ORDER BY s.run_id, s.position", [r["id"] for r in runs]
+        _SUMMARY_SQL + f" WHERE s.run_id IN ({marks}) ORDER BY s.run_id, s.position",
+        [ERROR_SUMMARY_CHARS, *(r["id"] for r in runs)],
     )
     by_run: dict[int, list[dict[str, Any]]] = {}
     for row in step_rows:
-        by_run.setdefault(row["run_id"], []).append(step_json(row))
+        by_run.setdefault(row["run_id"], []).append(step_summary_json(row))
     for run in runs:
         steps = by_run.get(run["id"], [])
         run.update(_summary(steps))

@@ -187,3 +187,10 @@ def exits(ctx: Any) -> str:
 async def interrupts(ctx: Any) -> str:
     """An async step that raises KeyboardInterrupt."""
     raise KeyboardInterrupt
+
+
+def verbose(ctx: Any) -> str:
+    """200 KB of logs and a 200 KB output: what a chatty step leaves on its attempt."""
+    for i in range(200):
+        ctx.log(f"line {i} " + "x" * 1000)
+    return "y" * 200_000

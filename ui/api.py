@@ -26,6 +26,7 @@ from ui.api_models import (
     PlanOut,
     ReloadOut,
     RunOut,
+    RunSummaryOut,
     StepOut,
     WorkflowOut,
     workflow_json,
@@ -141,13 +142,18 @@ async def start_run(body: StartRunIn, actor: Operator) -> dict[str, Any]:
     return await queries.run_detail(run_id)
 
 
-@protected.get("/runs", response_model=list[RunOut], responses=ERRORS, summary="Runs, newest first")
+@protected.get(
+    "/runs",
+    response_model=list[RunSummaryOut],
+    responses=ERRORS,
+    summary="Runs, newest first, as summaries (a run's outputs and logs come from GET /api/runs/{id})",
+)
 async def list_runs(
     status: Annotated[RunStatus | None, Query(description="only runs in this status")] = None,
     workflow: Annotated[str | None, Query(max_length=200, description="only runs of this workflow")] = None,
     limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-    include_steps: Annotated[bool, Query(description="include each run's steps")] = True,
+    include_steps: Annotated[bool, Query(description="include each run's steps (their states, not outputs)")] = False,
 ) -> list[dict[str, Any]]:
     return await queries.list_runs(
         status=status.value if status else None,

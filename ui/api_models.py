@@ -55,6 +55,23 @@ class StepOut(BaseModel):
     llm: dict[str, Any] | None  # the full record: per-alternative usage and every call made
 
 
+class StepSummaryOut(BaseModel):
+    """A step in the runs list: its state, not what it produced (outputs and logs come per run)."""
+
+    key: str
+    label: str
+    kind: str
+    needs: list[str]
+    status: str
+    attempt: int
+    stale: bool
+    truncated: bool
+    error: str | None  # the first ERROR_SUMMARY_CHARS characters of a failed or cancelled step's error
+    started_at: str | None
+    completed_at: str | None
+    duration_s: float | None
+
+
 class AttemptOut(BaseModel):
     model_config = ConfigDict(extra="allow")
     id: int
@@ -110,7 +127,33 @@ class RunOut(BaseModel):
     needs_choice: list[str]
     stale_steps: list[str]
     truncated_steps: list[str]  # steps whose current output was cut off at the token limit
-    steps: list[StepOut] | None = None  # None when the list was asked without steps
+    steps: list[StepOut] | None = None
+
+
+class RunSummaryOut(BaseModel):
+    """A run in the runs list: bounded in size whatever its steps produced or logged."""
+
+    model_config = ConfigDict(extra="allow")
+    id: int
+    workflow: str
+    status: str
+    error: str | None
+    inputs: dict[str, Any]
+    actor: str
+    owner: str | None
+    heartbeat_at: str | None
+    recoveries: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    updated_at: str
+    duration_s: float | None
+    progress: Progress
+    step_counts: dict[str, int]
+    needs_choice: list[str]
+    stale_steps: list[str]
+    truncated_steps: list[str]
+    steps: list[StepSummaryOut] | None = None  # with ?include_steps=true
 
 
 class PlanOut(BaseModel):

@@ -252,8 +252,11 @@ async def test_list_runs_filters_by_status_and_workflow_and_pages(api: httpx.Asy
 
     everything = (await api.get("/api/runs")).json()
     assert [r["id"] for r in everything] == [ok2, bad, ok1]  # newest first
-    assert all(set(r) >= RUN_FIELDS for r in everything)
-    assert [s["key"] for s in everything[0]["steps"]] == ["a", "b"]
+    assert all(set(r) >= RUN_FIELDS - {"steps"} for r in everything)
+    assert all(r.get("steps") is None for r in everything)  # summaries by default
+    with_steps = (await api.get("/api/runs", params={"include_steps": "true"})).json()
+    assert [s["key"] for s in with_steps[0]["steps"]] == ["a", "b"]
+    assert with_steps[1]["steps"][0]["status"] == "failed" and with_steps[1]["steps"][0]["error"]
 
     failed = await api.get("/api/runs", params={"status": "failed"})
     assert failed.status_code == 200
@@ -271,7 +274,7 @@ async def test_list_runs_filters_by_status_and_workflow_and_pages(api: httpx.Asy
     last_page = (await api.get("/api/runs", params={"limit": 2, "offset": 2})).json()
     assert [r["id"] for r in first_page + second_page + last_page] == [ok2, bad, ok1]
 
-    light = (await api.get("/api/runs", params={"include_steps": "false"})).json()
+    light = (await api.get("/api/runs", params={"include_steps": "false"})).json()  # the default, said
     assert [r["id"] for r in light] == [ok2, bad, ok1]
     assert all(not r.get("steps") for r in light), light
     assert light[0]["status"] == "completed"
@@ -754,3 +757,19 @@ async def test_inputs_with_a_lone_surrogate_are_refused_with_a_message(api: http
     response = await api.post("/api/runs", content=unknown, headers={"Content-Type": "application/json"})
     assert response.status_code == 422
     assert (await api.get("/api/runs?workflow=echo-surrogate")).json() == []
+
+
+async def test_the_runs_list_stays_small_whatever_the_steps_produced_or_logged(
+    api: httpx.AsyncClient, define: Define
+) -> None:
+    define("api-verbose", [{"key": "talk", "call": "tests.stepfns:verbose"}])
+    run_ids = [await start(api, "api-verbose") for _ in range(3)]
+    for run_id in run_ids:
+        await wait_run(run_id, "completed", "failed")
+    detail = await api.get(f"/api/runs/{run_ids[0]}")
+    assert len(detail.content) > 400_000  # the run itself has it all
+    for params in ({}, {"include_steps": "true"}):
+        listed = await api.get("/api/runs", params=params)
+        assert listed.status_code == 200
+        assert len(listed.content) < 10_000, (params, len(listed.content))
+        assert [r["progress"] for r in listed.json()] == [{"completed": 1, "total": 1}] * 3
