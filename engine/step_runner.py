@@ -118,7 +118,9 @@ class ThreadFinish:
     def __init__(self, driver: RunDriver, s: StepState, ref: AttemptRef, ctx: StepContext) -> None:
         self.driver, self.s, self.ref, self.ctx = driver, s, ref, ctx
         self._lock = threading.Lock()
-        self._state = "open"  # → finishing (the thread writes) | abandoned (the loop writes)
+        self._state = "open"  # → finishing (the thread writes) → finished | abandoned (the loop writes)
+        self._finished: Finished | None = None
+        self._waited = False  # the loop took over while the thread was committing: tell it when done
         self._loop = asyncio.get_running_loop()
         self._outcome: asyncio.Future[Finished] = self._loop.create_future()
 
@@ -129,8 +131,12 @@ class ThreadFinish:
                 return Finished(handled=False, result=result)
             self._state = "finishing"
         finished = self._complete(result)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            self._loop.call_soon_threadsafe(_resolve, self._outcome, finished)
+        with self._lock:
+            self._state, self._finished = "finished", finished
+            waited = self._waited
+        if waited:  # otherwise the loop gets it as the thread's return value: one wake-up, not two
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                self._loop.call_soon_threadsafe(_resolve, self._outcome, finished)
         return finished
 
     def _complete(self, result: Any) -> Finished:
@@ -149,10 +155,15 @@ class ThreadFinish:
         return Finished(handled=True, outputs=outputs, successors=successors, done=done, started=started)
 
     def take_over(self) -> bool:
-        """On a timeout or a stop: True when the thread is committing (await `outcome()`), else the
-        thread will not write and the loop does."""
+        """On a timeout or a stop: True when the thread is committing or has committed (await
+        `outcome()`), else the thread will not write and the loop does."""
         with self._lock:
+            if self._state == "finished":
+                assert self._finished is not None
+                _resolve(self._outcome, self._finished)
+                return True
             if self._state == "finishing":
+                self._waited = True
                 return True
             self._state = "abandoned"
             return False
@@ -263,7 +274,10 @@ async def _attempt(driver: RunDriver, s: StepState, attempt_id: int, number: int
             del executing[(driver.run_id, d.key)]
     # Outside the try: a stop arriving while the outcome is written must not write it a second time.
     if isinstance(result, Finished):
-        await asyncio.shield(_after_thread(driver, s, ref, ctx, result))
+        if _committed(result):
+            _took_effect(driver, s, result)  # the common case, with nothing left to write: no task, no wait
+        else:
+            await asyncio.shield(_after_thread(driver, s, ref, ctx, result))
     else:
         await asyncio.shield(_completed(driver, s, ref, ctx, result))
 
@@ -300,6 +314,15 @@ async def _after_thread(driver: RunDriver, s: StepState, ref: AttemptRef, ctx: S
             await record_late_result(ref, "completed")
             driver.notice_outside_change()
         return
+    _took_effect(driver, s, f)
+
+
+def _committed(f: Finished) -> bool:
+    return f.handled and f.error is None and f.commit_error is None and f.done
+
+
+def _took_effect(driver: RunDriver, s: StepState, f: Finished) -> None:
+    """The thread committed the completion (and the starts of the successors it made ready)."""
     index = 0 if s.defn.select == "auto" else None
     s.status = StepStatus.COMPLETED if index is not None else StepStatus.WAITING
     s.outputs, s.selected_index = f.outputs, index
