@@ -1,7 +1,6 @@
-"""Read side: runs, steps, attempts and events as plain JSON-ready dicts (for the API and pages).
-
-What a step shows comes from its status and its current attempt only: a step reset to PENDING by a
-rerun shows no output, alternatives or error, even though its earlier attempts keep theirs.
+"""Read side: runs and steps as the typed read model (`engine/readmodel.py`), and summaries,
+attempts and events as JSON-ready dicts, for the dashboard, the API and the command line. Reads run
+on the database's reader connections: never behind the engine's writes.
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.errors import NotFound
-from engine.readmodel import StepRow
+from engine.readmodel import ENDED, PRODUCED, RunDetail, StepDetail, StepRow, run_json, summary
 from engine.store import fetch
 from models.status import RunStatus, StepStatus
 
@@ -45,58 +44,59 @@ _RUN_COLUMNS = (
 )
 
 
+def _run(row: dict[str, Any], steps: tuple[StepDetail, ...] = ()) -> RunDetail:
+    created, updated = _dt(row["created_at"]), _dt(row["updated_at"])
+    assert created is not None and updated is not None
+    return RunDetail(
+        id=row["id"],
+        workflow=row["workflow"],
+        status=RunStatus(row["status"]),
+        error=row["error"],
+        inputs=_json(row["inputs"]),
+        actor=row["actor"],
+        owner=row["owner"],
+        heartbeat_at=_dt(row["heartbeat_at"]),
+        recoveries=row["recoveries"],
+        created_at=created,
+        started_at=_dt(row["started_at"]),
+        finished_at=_dt(row["finished_at"]),
+        updated_at=updated,
+        steps=steps,
+    )
+
+
 def _run_json(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "workflow": row["workflow"],
-        "status": row["status"],
-        "error": row["error"],
-        "inputs": _json(row["inputs"]),
-        "actor": row["actor"],
-        "owner": row["owner"],
-        "heartbeat_at": _iso(row["heartbeat_at"]),
-        "recoveries": row["recoveries"],
-        "created_at": _iso(row["created_at"]),
-        "started_at": _iso(row["started_at"]),
-        "finished_at": _iso(row["finished_at"]),
-        "updated_at": _iso(row["updated_at"]),
-        "duration_s": _duration_s(row["started_at"], row["finished_at"]),
-    }
+    return run_json(_run(row))
 
 
-def step_json(row: dict[str, Any]) -> dict[str, Any]:
+def step_detail(row: dict[str, Any]) -> StepDetail:
     """A step with what its current attempt shows, by the step's status."""
     status = StepStatus(row["status"])
     has_attempt = row["attempt_status"] is not None and status != StepStatus.PENDING
     outputs = _json(row["outputs"]) if has_attempt and row["outputs"] is not None else None
-    produced = status in (StepStatus.WAITING, StepStatus.COMPLETED) and outputs is not None
-    selected = row["selected_index"] if produced else None
-    ended = status in (StepStatus.WAITING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED)
-    started_at = row["started_at"] if has_attempt else None
-    completed_at = row["finished_at"] if has_attempt and ended else None
-    return {
-        "key": row["key"],
-        "label": row["label"],
-        "kind": row["kind"],
-        "needs": _json(row["needs"]),
-        "status": status.value,
-        "attempt": row["attempt"],
-        "output": outputs[selected] if produced and selected is not None and outputs is not None else None,
-        "alternatives": outputs if produced else [],
-        "selected_index": selected,
-        "partial_output": row["partial_output"] if has_attempt and not produced else None,
-        "error": row["error"] if has_attempt and status in (StepStatus.FAILED, StepStatus.CANCELLED) else None,
-        "error_detail": row["error_detail"] if has_attempt and status == StepStatus.FAILED else None,
-        "stale": bool(row["stale"]),
-        "stale_reason": row["stale_reason"],
-        "started_at": _iso(started_at),
-        "completed_at": _iso(completed_at),
-        "duration_s": _duration_s(started_at, completed_at),
-        "progress": row["progress"] if has_attempt else None,
-        "progress_message": row["progress_message"] if has_attempt else None,
-        "logs": _json(row["logs"]) if has_attempt and row["logs"] is not None else [],
-        **llm_fields(_json(row["llm"]) if has_attempt and row["llm"] is not None else None),
-    }
+    produced = status in PRODUCED and outputs is not None
+    failed = has_attempt and status in (StepStatus.FAILED, StepStatus.CANCELLED)
+    return StepDetail(
+        key=row["key"],
+        label=row["label"],
+        kind=row["kind"],
+        needs=tuple(_json(row["needs"])),
+        status=status,
+        attempt=row["attempt"],
+        alternatives=tuple(outputs) if produced and outputs is not None else (),
+        selected_index=row["selected_index"] if produced else None,
+        partial_output=row["partial_output"] if has_attempt and not produced else None,
+        error=row["error"] if failed else None,
+        error_detail=row["error_detail"] if has_attempt and status == StepStatus.FAILED else None,
+        stale=bool(row["stale"]),
+        stale_reason=row["stale_reason"],
+        started_at=_dt(row["started_at"]) if has_attempt else None,
+        completed_at=_dt(row["finished_at"]) if has_attempt and status in ENDED else None,
+        progress=row["progress"] if has_attempt else None,
+        progress_message=row["progress_message"] if has_attempt else None,
+        logs=tuple(_json(row["logs"])) if has_attempt and row["logs"] is not None else (),
+        llm=_json(row["llm"]) if has_attempt and row["llm"] is not None else None,
+    )
 
 
 def llm_fields(llm: dict[str, Any] | None) -> dict[str, Any]:
@@ -130,26 +130,16 @@ _STEP_SQL = (
 )
 
 
-def _summary(steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    counts: dict[str, int] = {}
-    for s in steps:
-        counts[s["status"]] = counts.get(s["status"], 0) + 1
-    return {
-        "progress": {"completed": counts.get(StepStatus.COMPLETED, 0), "total": len(steps)},
-        "step_counts": counts,
-        "needs_choice": [s["key"] for s in steps if s["status"] == StepStatus.WAITING],
-        "stale_steps": [s["key"] for s in steps if s["stale"]],
-        "truncated_steps": [s["key"] for s in steps if s["truncated"]],
-    }
+_summary = summary
 
 
-async def run_detail(run_id: int) -> dict[str, Any]:
+async def run_detail(run_id: int) -> RunDetail:
     """The run with its steps in declared order; NotFound if there is no such run."""
     rows = await fetch(f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.id = ?", (run_id,))
     if not rows:
         raise NotFound(f"run {run_id} does not exist")
-    steps = [step_json(r) for r in await fetch(_STEP_SQL + " WHERE s.run_id = ? ORDER BY s.position", (run_id,))]
-    return {**_run_json(rows[0]), **_summary(steps), "steps": steps}
+    steps = await fetch(_STEP_SQL + " WHERE s.run_id = ? ORDER BY s.position", (run_id,))
+    return _run(rows[0], tuple(step_detail(r) for r in steps))
 
 
 ERROR_SUMMARY_CHARS = 500
@@ -329,13 +319,13 @@ def _step_row(r: dict[str, Any]) -> StepRow:
     )
 
 
-async def step_details(run_id: int, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
+async def step_details(run_id: int, keys: Sequence[str]) -> dict[str, StepDetail]:
     """The full detail (outputs, alternatives, error, logs, LLM record) of some steps of a run, by key."""
     if not keys:
         return {}
     marks = ", ".join("?" for _ in keys)
     rows = await fetch(_STEP_SQL + f" WHERE s.run_id = ? AND s.key IN ({marks})", (run_id, *keys))
-    return {r["key"]: step_json(r) for r in rows}
+    return {r["key"]: step_detail(r) for r in rows}
 
 
 async def run_header(run_id: int) -> dict[str, Any]:

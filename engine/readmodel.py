@@ -1,18 +1,167 @@
-"""Typed rows of the read side, shared by the live views and the pages.
+"""The typed read model: what a run and its steps show, read once and used by the dashboard, the
+JSON API and the command line alike (`engine/queries.py` builds it; `to_json` is the API's shape).
 
-`StepRow` is what a run page shows of a step without opening it: one per step, kept current from
-the hub's changes and re-read (for the changed steps only) when a change implies more than a status.
+What a step shows comes from its status and its current attempt only: a step reset to PENDING by a
+rerun shows no output, alternatives or error, even though its earlier attempts keep theirs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from models.status import StepStatus
+from models.status import RunStatus, StepStatus
+
+PRODUCED = (StepStatus.WAITING, StepStatus.COMPLETED)
+ENDED = (StepStatus.WAITING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED)
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def duration_s(start: datetime | None, end: datetime | None) -> float | None:
+    return round((end - start).total_seconds(), 3) if start is not None and end is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class StepDetail:
+    """A step with what its current attempt shows, by the step's status."""
+
+    key: str
+    label: str
+    kind: str
+    needs: tuple[str, ...]
+    status: StepStatus
+    attempt: int
+    alternatives: tuple[Any, ...]  # the current attempt's outputs once produced (waiting or completed)
+    selected_index: int | None
+    partial_output: str | None  # what a stopped attempt had produced
+    error: str | None
+    error_detail: str | None
+    stale: bool
+    stale_reason: str | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    progress: float | None
+    progress_message: str | None
+    logs: tuple[str, ...]
+    llm: dict[str, Any] | None  # the current attempt's LLM record (usage, calls, truncation)
+
+    @property
+    def output(self) -> Any:
+        if self.selected_index is None or self.selected_index >= len(self.alternatives):
+            return None
+        return self.alternatives[self.selected_index]
+
+    @property
+    def truncated(self) -> bool:
+        return bool(self.llm and self.llm.get("truncated"))
+
+    @property
+    def duration_s(self) -> float | None:
+        return duration_s(self.started_at, self.completed_at)
+
+    def to_json(self) -> dict[str, Any]:
+        llm = self.llm
+        return {
+            "key": self.key,
+            "label": self.label,
+            "kind": self.kind,
+            "needs": list(self.needs),
+            "status": self.status.value,
+            "attempt": self.attempt,
+            "output": self.output,
+            "alternatives": list(self.alternatives),
+            "selected_index": self.selected_index,
+            "partial_output": self.partial_output,
+            "error": self.error,
+            "error_detail": self.error_detail,
+            "stale": self.stale,
+            "stale_reason": self.stale_reason,
+            "started_at": iso(self.started_at),
+            "completed_at": iso(self.completed_at),
+            "duration_s": self.duration_s,
+            "progress": self.progress,
+            "progress_message": self.progress_message,
+            "logs": list(self.logs),
+            "usage": llm["usage"] if llm else None,
+            "max_tokens": llm["max_tokens"] if llm else None,
+            "finish_reason": llm["finish_reason"] if llm else None,
+            "truncated": self.truncated,
+            "provider": llm["provider"] if llm else None,
+            "model": llm["model"] if llm else None,
+            "llm": llm,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RunDetail:
+    """A run with its steps in declared order."""
+
+    id: int
+    workflow: str
+    status: RunStatus
+    error: str | None
+    inputs: dict[str, Any]
+    actor: str
+    owner: str | None
+    heartbeat_at: datetime | None
+    recoveries: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    steps: tuple[StepDetail, ...]
+
+    def step(self, key: str) -> StepDetail:
+        return next(s for s in self.steps if s.key == key)
+
+    def to_json(self) -> dict[str, Any]:
+        steps = [s.to_json() for s in self.steps]
+        return {**run_json(self), **summary(steps), "steps": steps}
+
+
+def run_json(run: RunDetail) -> dict[str, Any]:
+    """The run's own fields (without its steps)."""
+    return {
+        "id": run.id,
+        "workflow": run.workflow,
+        "status": run.status.value,
+        "error": run.error,
+        "inputs": run.inputs,
+        "actor": run.actor,
+        "owner": run.owner,
+        "heartbeat_at": iso(run.heartbeat_at),
+        "recoveries": run.recoveries,
+        "created_at": iso(run.created_at),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "updated_at": iso(run.updated_at),
+        "duration_s": duration_s(run.started_at, run.finished_at),
+    }
+
+
+def summary(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Progress, per-status counts and the steps that need a look, from steps as JSON."""
+    counts: dict[str, int] = {}
+    for s in steps:
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    return {
+        "progress": {"completed": counts.get(StepStatus.COMPLETED, 0), "total": len(steps)},
+        "step_counts": counts,
+        "needs_choice": [s["key"] for s in steps if s["status"] == StepStatus.WAITING],
+        "stale_steps": [s["key"] for s in steps if s["stale"]],
+        "truncated_steps": [s["key"] for s in steps if s["truncated"]],
+    }
 
 
 @dataclass(slots=True)
 class StepRow:
+    """What a run page shows of a step without opening it: one per step, kept current from the hub's
+    changes and re-read (for the changed steps only) when a change implies more than a status."""
+
     key: str
     label: str
     kind: str

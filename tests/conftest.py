@@ -126,7 +126,7 @@ async def wait_run(run_id: int, *statuses: str, timeout_s: float = 10.0) -> str:
 
 
 async def step_of(run_id: int, key: str) -> dict[str, Any]:
-    run = await queries.run_detail(run_id)
+    run = (await queries.run_detail(run_id)).to_json()
     return next(s for s in run["steps"] if s["key"] == key)
 
 

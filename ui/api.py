@@ -137,9 +137,9 @@ async def get_workflow(name: str) -> dict[str, Any]:
 
 
 @protected.post("/runs", status_code=201, response_model=RunOut, responses=ACTIONS, summary="Start a run of a workflow")
-async def start_run(body: StartRunIn, actor: Operator) -> dict[str, Any]:
+async def start_run(body: StartRunIn, actor: Operator) -> JSONResponse:
     run_id = await operations.start_run(body.workflow, body.inputs, actor)
-    return await queries.run_detail(run_id)
+    return JSONResponse((await queries.run_detail(run_id)).to_json(), status_code=201)
 
 
 @protected.get(
@@ -165,24 +165,24 @@ async def list_runs(
 
 
 @protected.get("/runs/{run_id}", response_model=RunOut, responses=ERRORS, summary="A run with its steps")
-async def get_run(run_id: str) -> dict[str, Any]:
-    return await queries.run_detail(parse_run_id(run_id))
+async def get_run(run_id: str) -> JSONResponse:
+    return JSONResponse((await queries.run_detail(parse_run_id(run_id))).to_json())
 
 
 @protected.post("/runs/{run_id}/cancel", response_model=RunOut, responses=ACTIONS, summary="Cancel a run")
-async def cancel_run(run_id: str, actor: Operator) -> dict[str, Any]:
+async def cancel_run(run_id: str, actor: Operator) -> JSONResponse:
     rid = parse_run_id(run_id)
     await operations.cancel_run(rid, actor)
-    return await queries.run_detail(rid)
+    return JSONResponse((await queries.run_detail(rid)).to_json())
 
 
 @protected.post(
     "/runs/{run_id}/resume", response_model=RunOut, responses=ACTIONS, summary="Resume from the first unfinished step"
 )
-async def resume_run(run_id: str, actor: Operator) -> dict[str, Any]:
+async def resume_run(run_id: str, actor: Operator) -> JSONResponse:
     rid = parse_run_id(run_id)
     await operations.resume_run(rid, actor)
-    return await queries.run_detail(rid)
+    return JSONResponse((await queries.run_detail(rid)).to_json())
 
 
 @protected.get(
@@ -202,10 +202,10 @@ async def rerun_plan(run_id: str, key: str) -> dict[str, Any]:
     responses=ACTIONS,
     summary="Re-run this step and its dependents (retry / resume from here)",
 )
-async def rerun_step(run_id: str, key: str, actor: Operator) -> dict[str, Any]:
+async def rerun_step(run_id: str, key: str, actor: Operator) -> JSONResponse:
     rid = parse_run_id(run_id)
     await operations.rerun_from(rid, key, actor)
-    return await queries.run_detail(rid)
+    return JSONResponse((await queries.run_detail(rid)).to_json())
 
 
 @protected.post(
@@ -214,18 +214,18 @@ async def rerun_step(run_id: str, key: str, actor: Operator) -> dict[str, Any]:
     responses=ACTIONS,
     summary="Select an alternative of the step's current attempt",
 )
-async def select(run_id: str, key: str, body: SelectIn, actor: Operator) -> dict[str, Any]:
+async def select(run_id: str, key: str, body: SelectIn, actor: Operator) -> JSONResponse:
     rid = parse_run_id(run_id)
     await operations.select(rid, key, body.index, actor)
-    return await queries.run_detail(rid)
+    return JSONResponse((await queries.run_detail(rid)).to_json())
 
 
 @protected.get("/runs/{run_id}/steps/{key}", response_model=StepOut, responses=ERRORS, summary="One step of a run")
-async def get_step(run_id: str, key: str) -> dict[str, Any]:
+async def get_step(run_id: str, key: str) -> JSONResponse:
     run = await queries.run_detail(parse_run_id(run_id))
-    for step in run["steps"]:
-        if step["key"] == key:
-            return step  # type: ignore[no-any-return]
+    for step in run.steps:
+        if step.key == key:
+            return JSONResponse(step.to_json())
     raise NotFound(f"run {run_id} has no step {key!r}")
 
 

@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any, TextIO
 
 from engine import maintenance, operations, queries
@@ -19,11 +18,12 @@ from engine.db import connected
 from engine.errors import StepdeckError
 from engine.executor import Engine
 from engine.hub import Change, ChangeKind, hub
+from engine.readmodel import RunDetail, duration_s
 from engine.records import utcnow
 from engine.registry import workflows
 from engine.settings import Settings
 from models.db import migrate
-from models.status import RunStatus
+from models.status import RunStatus, StepStatus
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_WAITING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 SETTLED = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.WAITING}
@@ -83,9 +83,9 @@ async def _follow_local(run_id: int, sub: Any, printer: ProgressPrinter) -> str:
             if change.kind == ChangeKind.RUN and change.to_status in SETTLED:
                 return str(change.to_status)
             continue
-        status = (await queries.run_detail(run_id))["status"]
+        status = (await queries.run_detail(run_id)).status
         if status in SETTLED:
-            return str(status)
+            return status.value
 
 
 async def _follow_remote(run_id: int, printer: ProgressPrinter, after: int, stale_after_s: float) -> str:
@@ -99,30 +99,30 @@ async def _follow_remote(run_id: int, printer: ProgressPrinter, after: int, stal
             if event["kind"] == "run" and event["to_status"] in SETTLED:
                 return str(event["to_status"])
         run = await queries.run_detail(run_id)
-        beat = run["heartbeat_at"]
-        if run["status"] == "running" and beat:
-            age_s = (utcnow() - datetime.fromisoformat(beat)).total_seconds()
+        beat = run.heartbeat_at
+        if run.status == RunStatus.RUNNING and beat is not None:
+            age_s = (utcnow() - beat).total_seconds()
             if age_s > stale_after_s:
                 printer.line(f"the engine driving run {run_id} stopped responding ({age_s:.0f} s without heartbeat)")
                 return "failed"
         await asyncio.sleep(0.3)
 
 
-async def _ask_choice(run: dict[str, Any], out: TextIO) -> tuple[str, int] | None:
+async def _ask_choice(run: RunDetail, out: TextIO) -> tuple[str, int] | None:
     """Show the alternatives of the first waiting step and ask which to select (a terminal only).
 
     The question is asked in a daemon thread so Ctrl-C still reaches the event loop."""
-    step = next(s for s in run["steps"] if s["status"] == "waiting")
-    count = len(step["alternatives"])
-    print(f"\nStep {step['key']!r} ({step['label']}) produced {count} alternatives:", file=out)
-    for i, alt in enumerate(step["alternatives"]):
+    step = next(s for s in run.steps if s.status == StepStatus.WAITING)
+    count = len(step.alternatives)
+    print(f"\nStep {step.key!r} ({step.label}) produced {count} alternatives:", file=out)
+    for i, alt in enumerate(step.alternatives):
         print(f"  [{i}] {_clip(alt)}", file=out)
     while True:
         answer = await _read_line(f"Select 0-{count - 1} (Enter leaves the run waiting): ")
         if answer is None or not answer.strip():
             return None
         if answer.strip().isdigit() and int(answer) < count:
-            return step["key"], int(answer)
+            return step.key, int(answer)
         print(f"please answer a number from 0 to {count - 1}", file=out)
 
 
@@ -147,32 +147,33 @@ async def _read_line(prompt: str) -> str | None:
     return await future
 
 
-def _how_to_continue(run: dict[str, Any], settings: Settings, out: TextIO) -> None:
-    for key in run["needs_choice"]:
-        step = next(s for s in run["steps"] if s["key"] == key)
-        count = len(step["alternatives"])
-        print(f"\nRun {run['id']} is waiting for a choice at step {key!r} ({count} alternatives):", file=out)
-        for i, alt in enumerate(step["alternatives"]):
+def _how_to_continue(run: RunDetail, settings: Settings, out: TextIO) -> None:
+    waiting = [s for s in run.steps if s.status == StepStatus.WAITING]
+    for step in waiting:
+        count = len(step.alternatives)
+        print(f"\nRun {run.id} is waiting for a choice at step {step.key!r} ({count} alternatives):", file=out)
+        for i, alt in enumerate(step.alternatives):
             print(f"  [{i}] {_clip(alt, 160)}", file=out)
-    key = run["needs_choice"][0]
+    key = waiting[0].key
     base = f"http://{settings.host}:{settings.port}"
     print(
-        f"\nTo continue, pick one in the dashboard ({base}/runs/{run['id']}) or with the API while the server runs:\n"
-        f"  curl -X POST {base}/api/runs/{run['id']}/steps/{key}/select "
+        f"\nTo continue, pick one in the dashboard ({base}/runs/{run.id}) or with the API while the server runs:\n"
+        f"  curl -X POST {base}/api/runs/{run.id}/steps/{key}/select "
         "-H 'Content-Type: application/json' -d '{\"index\": 0}'",
         file=out,
     )
 
 
-def _summary(run: dict[str, Any], out: TextIO) -> None:
-    if run["status"] == "completed":
-        has_dependents = {n for s in run["steps"] for n in s["needs"]}
-        for step in run["steps"]:
-            if step["key"] not in has_dependents:
-                print(f"\n{step['label']} ({step['key']}):\n{_clip(step['output'], 4000, one_line=False)}", file=out)
-    duration = f" in {run['duration_s']:.1f} s" if run.get("duration_s") is not None else ""
-    error = f": {run['error']}" if run.get("error") else ""
-    print(f"\nrun {run['id']} {run['status']}{duration}{error}", file=out)
+def _summary(run: RunDetail, out: TextIO) -> None:
+    if run.status == RunStatus.COMPLETED:
+        has_dependents = {n for s in run.steps for n in s.needs}
+        for step in run.steps:
+            if step.key not in has_dependents:
+                print(f"\n{step.label} ({step.key}):\n{_clip(step.output, 4000, one_line=False)}", file=out)
+    took = duration_s(run.started_at, run.finished_at)
+    duration = f" in {took:.1f} s" if took is not None else ""
+    error = f": {run.error}" if run.error else ""
+    print(f"\nrun {run.id} {run.status.value}{duration}{error}", file=out)
 
 
 async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], out: TextIO = sys.stdout) -> int:
@@ -224,7 +225,7 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
                 except StepdeckError as exc:
                     print(f"error: {exc}", file=sys.stderr)
             _summary(run, out)
-            return EXIT_OK if run["status"] == "completed" else EXIT_FAILED
+            return EXIT_OK if run.status == RunStatus.COMPLETED else EXIT_FAILED
         finally:
             with contextlib.suppress(Exception):
                 await engine.stop("the headless run was interrupted", grace_s=0)

@@ -55,7 +55,7 @@ async def test_cancel_stops_an_async_step_at_once_and_keeps_its_logs(engine: Eng
     assert await operations.cancel_run(run_id, "alice") is True
     await wait_for(lambda: no_driver(engine, run_id), 2, "the driver to stop")
     assert time.monotonic() - started < 2
-    run = await queries.run_detail(run_id)
+    run = (await queries.run_detail(run_id)).to_json()
     assert (run["status"], run["error"]) == ("cancelled", "cancelled by alice")
     assert [s["status"] for s in run["steps"]] == ["cancelled", "pending"]
     [attempt] = await attempts_of(run_id, "slow")
@@ -110,7 +110,7 @@ async def test_a_step_that_exceeds_its_timeout_fails_with_a_timeout_error(engine
     run_id = await operations.start_run("t-async", {}, "tester")
     assert await wait_run(run_id, "completed", "failed", timeout_s=5) == "failed"
     assert time.monotonic() - started < 2
-    run = await queries.run_detail(run_id)
+    run = (await queries.run_detail(run_id)).to_json()
     assert run["error"] == "step 'slow' failed: timed out after 0.3 s"
     slow = run["steps"][0]
     assert (slow["status"], slow["error"]) == ("failed", "timed out after 0.3 s")
@@ -137,7 +137,9 @@ async def test_a_timeout_error_raised_by_the_step_itself_is_not_our_timeout(engi
     step = await step_of(run_id, "api")
     assert step["error"] == "TimeoutError: the upstream API timed out"
     assert "timed out after" not in step["error"]
-    assert (await queries.run_detail(run_id))["error"] == "step 'api' failed: TimeoutError: the upstream API timed out"
+    assert (await queries.run_detail(run_id)).to_json()[
+        "error"
+    ] == "step 'api' failed: TimeoutError: the upstream API timed out"
     assert stepfns.CALLS["own_timeout"] == 1
 
 
@@ -159,7 +161,7 @@ async def test_a_raising_step_fails_with_its_error_and_traceback(engine: Engine,
     define("err", [{"key": "x", "call": "tests.stepfns:boom"}, {"key": "y", "call": "tests.stepfns:noop"}])
     run_id = await operations.start_run("err", {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "failed"
-    run = await queries.run_detail(run_id)
+    run = (await queries.run_detail(run_id)).to_json()
     assert run["error"] == "step 'x' failed: ValueError: the step exploded"
     x, y = run["steps"]
     assert (x["status"], x["error"]) == ("failed", "ValueError: the step exploded")
@@ -184,7 +186,7 @@ async def test_independent_branches_complete_when_another_branch_fails(engine: E
     )
     run_id = await operations.start_run("branches", {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "failed"
-    run = await queries.run_detail(run_id)
+    run = (await queries.run_detail(run_id)).to_json()
     assert {s["key"]: s["status"] for s in run["steps"]} == {
         "bad": "failed",
         "good": "completed",
@@ -207,7 +209,7 @@ async def test_retry_of_a_failed_step_completes_the_run_in_a_second_attempt(engi
     plan = await operations.rerun_from(run_id, "flaky", "alice")
     assert plan.rerun == ["flaky", "use"]
     assert await wait_run(run_id, "completed", "failed") == "completed"
-    run = await queries.run_detail(run_id)
+    run = (await queries.run_detail(run_id)).to_json()
     assert run["error"] is None
     flaky, use = run["steps"]
     assert (flaky["attempt"], flaky["output"], flaky["error"]) == (2, "succeeded on call 2", None)
@@ -317,7 +319,7 @@ async def test_a_join_whose_needs_finish_together_is_started_once(engine: Engine
     for run_id in runs:
         await wait_run(run_id, "completed", "failed")
         await wait_for(lambda r=run_id: no_driver(engine, r), 2, "the driver to stop")  # type: ignore[misc]
-        outcomes[run_id] = (await queries.run_detail(run_id))["error"]
+        outcomes[run_id] = (await queries.run_detail(run_id)).to_json()["error"]
     assert outcomes == dict.fromkeys(runs)
     for run_id in runs:
         assert len(await attempts_of(run_id, "join")) == 1
@@ -369,7 +371,7 @@ async def test_engine_shutdown_mid_step_fails_the_run_as_interrupted(
         started = time.monotonic()
         await eng.stop()
         assert time.monotonic() - started < 2
-    run = await queries.run_detail(run_id)
+    run = (await queries.run_detail(run_id)).to_json()
     assert run["status"] == "failed"
     assert run["error"].startswith("interrupted:")
     assert run["finished_at"] is not None
@@ -391,7 +393,7 @@ async def test_the_interrupted_run_error_names_the_step_that_was_running(setting
         run_id = await operations.start_run("shut-name", {}, "tester")
         await wait_for(lambda: calls("sleepy"), 5, "the step to start")
         await eng.stop()
-    error = (await queries.run_detail(run_id))["error"]
+    error = (await queries.run_detail(run_id)).to_json()["error"]
     assert error.startswith("interrupted:")
     assert "'work'" in error, error
 
@@ -434,8 +436,8 @@ async def test_a_running_run_keeps_a_fresh_heartbeat(engine: Engine, define: Def
         return bool(await heartbeat() != first)
 
     await wait_for(moved, 2, "the heartbeat to be refreshed")  # heartbeat_interval_s is 0.2 in tests
-    run = await queries.run_detail(run_id)
+    run = (await queries.run_detail(run_id)).to_json()
     assert (run["status"], run["owner"]) == ("running", engine.owner)
     stepfns.RELEASE.set()
     assert await wait_run(run_id, "completed", "failed") == "completed"
-    assert (await queries.run_detail(run_id))["heartbeat_at"] is None
+    assert (await queries.run_detail(run_id)).to_json()["heartbeat_at"] is None

@@ -53,7 +53,7 @@ async def test_a_database_refusing_the_outcome_ends_in_a_failed_run_not_a_busy_o
     failed = await maintenance.recover_orphans(settings, engine.owner)
     assert [v.run_id for v in failed] == [run_id]
     assert await run_status(run_id) == "failed"
-    run = await queries.run_detail(run_id)
+    run = (await queries.run_detail(run_id)).to_json()
     assert "driver in this engine stopped" in run["error"]
     assert all(s["status"] != "running" for s in run["steps"])
 
@@ -143,7 +143,7 @@ async def test_the_sweep_does_not_fail_a_run_that_beat_after_it_was_judged(db: s
     define("one", [{"key": "a", "call": "tests.stepfns:noop"}])
     run_id = await operations.start_run("one", {}, "tester")
     assert await transitions.claim_run(run_id, "otherhost:1:x")
-    judged = (await queries.run_detail(run_id))["heartbeat_at"]
+    judged = (await queries.run_detail(run_id)).to_json()["heartbeat_at"]
     raw = await connections.get("default").execute_query_dict("SELECT heartbeat_at FROM runs WHERE id = ?", [run_id])
     await asyncio.sleep(0.01)
     assert await records.beat("otherhost:1:x", [run_id]) == 1  # alive after all

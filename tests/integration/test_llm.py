@@ -112,7 +112,7 @@ def llm(key: str = "write", prompt: str = "Write about {{ inputs.topic }}.", **f
 async def run_to_end(name: str, inputs: dict[str, Any] | None = None, timeout_s: float = 10.0) -> dict[str, Any]:
     run_id = await operations.start_run(name, inputs or {}, "tester")
     await wait_run(run_id, *ENDED, timeout_s=timeout_s)
-    return await queries.run_detail(run_id)
+    return (await queries.run_detail(run_id)).to_json()
 
 
 async def usage_rows(run_id: int) -> list[dict[str, Any]]:

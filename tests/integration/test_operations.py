@@ -196,7 +196,7 @@ async def test_changing_a_completed_selection_flags_consumers_stale_until_rerun(
     assert (await step_of(run_id, "end"))["output"] == "used:used:call1-alt0"
 
     assert await operations.select(run_id, "gen", 1, "bob") is True
-    run = await queries.run_detail(run_id)
+    run = (await queries.run_detail(run_id)).to_json()
     assert run["status"] == "completed"
     steps = {s["key"]: s for s in run["steps"]}
     assert (steps["gen"]["selected_index"], steps["gen"]["stale"]) == (1, False)
@@ -218,7 +218,7 @@ async def test_changing_a_completed_selection_flags_consumers_stale_until_rerun(
 
     await operations.rerun_from(run_id, "mid", "bob")
     assert await wait_run(run_id, "completed", "failed") == "completed"
-    run = await queries.run_detail(run_id)
+    run = (await queries.run_detail(run_id)).to_json()
     steps = {s["key"]: s for s in run["steps"]}
     assert [(steps[k]["stale"], steps[k]["stale_reason"]) for k in ("mid", "end")] == [(False, None), (False, None)]
     assert steps["end"]["output"] == "used:used:call1-alt1"
@@ -395,7 +395,7 @@ async def test_cancel_of_a_queued_run_leaves_its_steps_pending_and_it_can_be_res
     define("q", [{"key": "a", "call": "tests.stepfns:noop"}, {"key": "b", "call": "tests.stepfns:noop"}])
     run_id = await operations.start_run("q", {}, "tester")
     assert await operations.cancel_run(run_id, "alice") is True
-    run = await queries.run_detail(run_id)
+    run = (await queries.run_detail(run_id)).to_json()
     assert (run["status"], run["error"]) == ("cancelled", "cancelled by alice")
     assert [s["status"] for s in run["steps"]] == ["pending", "pending"]
     async with engine_running(settings):
@@ -429,10 +429,10 @@ async def test_cancel_of_a_finished_run_is_a_conflict_and_changes_nothing(engine
     for name, status in (("fin", "completed"), ("fin-bad", "failed")):
         run_id = await operations.start_run(name, {}, "tester")
         assert await wait_run(run_id, "completed", "failed") == status
-        before = (await queries.run_detail(run_id), await events_of(run_id))
+        before = ((await queries.run_detail(run_id)).to_json(), await events_of(run_id))
         with pytest.raises(Conflict, match=f"already {status}"):
             await operations.cancel_run(run_id, "alice")
-        assert (await queries.run_detail(run_id), await events_of(run_id)) == before
+        assert ((await queries.run_detail(run_id)).to_json(), await events_of(run_id)) == before
 
 
 async def test_resume_after_cancelling_a_running_step_runs_it_again(engine: Engine, define: Define) -> None:

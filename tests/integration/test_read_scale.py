@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine.store import fetch, run_batch
 from engine.db.base import Stmt
+from engine.store import fetch, run_batch
 from ui import run_list
 from ui.run_list import RunFilter
 

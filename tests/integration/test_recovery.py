@@ -92,7 +92,7 @@ async def test_resume_requeues_an_orphan_and_the_interrupted_step_runs_again(
     assert [a["status"] for a in history] == ["failed", "completed"]
     assert "interrupted" in history[0]["error"]
     assert (await step_of(run_id, "a"))["attempt"] == 1  # its output was kept, not recomputed
-    assert (await queries.run_detail(run_id))["recoveries"] == 1
+    assert (await queries.run_detail(run_id)).to_json()["recoveries"] == 1
 
 
 async def test_resume_gives_up_after_the_limit_with_a_reason(settings: Settings, define: Define) -> None:
@@ -102,7 +102,7 @@ async def test_resume_gives_up_after_the_limit_with_a_reason(settings: Settings,
     handled = await maintenance.recover_orphans(resume, "thishost:1:me")
     assert [(v.run_id, v.action) for v in handled] == [(run_id, "fail")]
     assert await run_status(run_id) == "failed"
-    error = (await queries.run_detail(run_id))["error"]
+    error = (await queries.run_detail(run_id)).to_json()["error"]
     assert "not re-queued again" in error
     assert f"at most {MAX_RECOVERIES} times" in error
     assert "'b'" in error
@@ -112,7 +112,7 @@ async def test_fail_policy_fails_an_orphan_naming_the_step(settings: Settings, d
     run_id = await _orphaned_mid_step(define)
     handled = await maintenance.recover_orphans(settings, "thishost:1:me")
     assert [v.action for v in handled] == ["fail"]
-    run = await queries.run_detail(run_id)
+    run = (await queries.run_detail(run_id)).to_json()
     assert run["status"] == "failed"
     assert "step 'b' was running" in run["error"]
     assert all(s["status"] != "running" for s in run["steps"])
@@ -151,7 +151,7 @@ async def test_shutdown_under_resume_requeues_a_step_cut_off_after_the_grace(
     history = await attempts_of(run_id, "a")
     assert [a["status"] for a in history] == ["failed"]
     assert "interrupted" in history[0]["error"]
-    assert (await queries.run_detail(run_id))["recoveries"] == 0  # a shutdown is not a crash
+    assert (await queries.run_detail(run_id)).to_json()["recoveries"] == 0  # a shutdown is not a crash
 
 
 async def _status_is(run_id: int, key: str, status: str) -> bool:
@@ -165,7 +165,7 @@ async def test_resume_fails_rather_than_requeues_a_run_whose_engine_may_be_alive
     resume = dataclasses.replace(settings, on_orphan="resume")
     handled = await maintenance.recover_orphans(resume, "thishost:1:me")
     assert [(v.run_id, v.action) for v in handled] == [(run_id, "fail")]
-    assert "may still be running it" in (await queries.run_detail(run_id))["error"]
+    assert "may still be running it" in (await queries.run_detail(run_id)).to_json()["error"]
 
 
 async def test_draining_starts_no_step_that_was_waiting_for_a_slot(settings: Settings, define: Define) -> None:

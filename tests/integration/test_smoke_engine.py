@@ -18,7 +18,7 @@ async def test_linear_run_completes_with_outputs_passed_downstream(engine: Engin
     )
     run_id = await operations.start_run("lin", {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "completed"
-    run = await queries.run_detail(run_id)
+    run = (await queries.run_detail(run_id)).to_json()
     assert [s["key"] for s in run["steps"]] == ["gen", "use"]
     assert run["steps"][0]["alternatives"] == ["call1-alt0", "call1-alt1"]
     assert run["steps"][0]["selected_index"] == 0

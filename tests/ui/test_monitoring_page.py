@@ -48,7 +48,7 @@ async def run_workflow(topic: str) -> int:
     run_id = await operations.start_run(WORKFLOW, {"topic": topic}, "test")
 
     async def completed() -> bool:
-        run = await queries.run_detail(run_id)
+        run = (await queries.run_detail(run_id)).to_json()
         assert run["status"] not in ("failed", "cancelled"), run
         return bool(run["status"] == "completed")
 

@@ -26,7 +26,7 @@ def choose(user: User, marker: str, value: str) -> None:
 
 
 async def run_in(run_id: int, *statuses: str) -> dict[str, Any] | None:
-    run = await queries.run_detail(run_id)
+    run = (await queries.run_detail(run_id)).to_json()
     return run if run["status"] in statuses else None
 
 
@@ -113,7 +113,7 @@ async def test_start_run_from_dialog(user: User, monkeypatch: pytest.MonkeyPatch
     await eventually(lambda: went_to, "navigation to the new run")
     run_id = int(went_to[0].removeprefix("/runs/"))
     assert went_to == [f"/runs/{run_id}"]
-    run = await queries.run_detail(run_id)
+    run = (await queries.run_detail(run_id)).to_json()
     assert run["workflow"] == "ui-demo"
     assert run["actor"] == "ui"
     assert run["inputs"] == {"topic": "bees", "count": 7, "tone": "formal", "payload": {"depth": 2}, "loud": True}
@@ -153,6 +153,6 @@ async def test_bad_input_keeps_the_dialog_open_and_starts_nothing(user: User, mo
     await user.should_not_see("not valid JSON")
     user.find("start-run").click()
     await eventually(lambda: went_to, "navigation to the new run")
-    run = await queries.run_detail(int(went_to[0].removeprefix("/runs/")))
+    run = (await queries.run_detail(int(went_to[0].removeprefix("/runs/")))).to_json()
     assert run["inputs"] == {"topic": "bees", "count": 12, "tone": "friendly", "payload": [1, 2], "loud": False}
     assert await run_list.count_runs(RunFilter()) == 1

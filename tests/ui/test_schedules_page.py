@@ -97,7 +97,7 @@ async def test_shows_next_fire_time_and_the_last_run_with_link_and_status(user: 
     assert run_id is not None
 
     async def completed() -> bool:
-        return bool((await queries.run_detail(run_id))["status"] == "completed")
+        return bool((await queries.run_detail(run_id)).to_json()["status"] == "completed")
 
     await eventually(completed, "the scheduled run to complete")
     await user.open("/workflows")
