@@ -219,9 +219,14 @@ def poll(what: str, probe: Callable[[], T | None], timeout_s: float, interval_s:
 
 
 def all_runs(server: Server) -> list[dict[str, Any]]:
+    """Every run in full (steps with their outputs and errors), as `GET /api/runs/{id}` shows it."""
     r = server.client.get("/api/runs", params={"limit": 200})
     assert r.status_code == 200, r.text
-    runs: list[dict[str, Any]] = r.json()
+    runs: list[dict[str, Any]] = []
+    for summary in r.json():
+        detail = server.client.get(f"/api/runs/{summary['id']}")
+        assert detail.status_code == 200, detail.text
+        runs.append(detail.json())
     return runs
 
 
