@@ -269,12 +269,11 @@ class RunState:
                 log.exception("a view of run %s failed to take a change", run_id)
 
 
-def llm_summary(step: dict[str, Any]) -> str:
-    """One line on an LLM step's current attempt: provider, model, tokens against the limit, finish."""
-    llm = step.get("llm")
+def llm_summary(llm: dict[str, Any] | None) -> str:
+    """One line on an LLM attempt: provider, model, tokens against the limit, finish."""
     if not llm:
         return ""
-    parts = [llm["provider"], llm["model"]]
+    parts = [llm["provider"]] if llm["model"] in (None, "", llm["provider"]) else [llm["provider"], llm["model"]]
     peak = max((a["peak_call_tokens"] for a in llm["alternatives"]), default=0)
     parts.append(f"{peak:,} / {llm['max_tokens']:,} tokens")
     if len(llm["alternatives"]) > 1:

@@ -67,7 +67,8 @@ async def test_tokens_appear_in_the_step_card_while_the_model_streams(user: User
     output = run["steps"][0]["output"]
     assert output.startswith(later.rstrip())
     await wait_shown(user, "output-write", output.split()[-1])
-    await eventually(lambda: "simulated · simulated ·" in text_of(user, "llm-write"), "the usage line")
+    await eventually(lambda: text_of(user, "llm-write").startswith("simulated · "), "the usage line")
+    assert "simulated · simulated" not in text_of(user, "llm-write"), "a provider named like its model is said once"
     await user.should_not_see(marker="stream-write")  # the live text gives way to the output
 
 

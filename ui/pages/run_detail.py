@@ -175,7 +175,7 @@ class RunPage:
             if key in details and key in self.wanted and key not in self.bodies:
                 with self.steps:
                     self.bodies[key] = StepBody(
-                        self.state, details[key].to_json(), select=self.select, rerun=self.rerun
+                        self.state, details[key], select=self.select, rerun=self.rerun
                     )
 
     def _patch(self, patch: Patch) -> None:
@@ -199,7 +199,7 @@ class RunPage:
         for key in keys:
             body = self.bodies.get(key)
             if body is not None and key in details:
-                body.render(details[key].to_json())
+                body.render(details[key])
 
     def _run_event(self, event: dict[str, Any]) -> None:
         if event["kind"] == "log":
