@@ -174,9 +174,7 @@ class RunPage:
         for key in missing:
             if key in details and key in self.wanted and key not in self.bodies:
                 with self.steps:
-                    self.bodies[key] = StepBody(
-                        self.state, details[key], select=self.select, rerun=self.rerun
-                    )
+                    self.bodies[key] = StepBody(self.state, details[key], select=self.select, rerun=self.rerun)
 
     def _patch(self, patch: Patch) -> None:
         """A batch of changes of the run: redraw the changed rows, re-read the open bodies they touch."""
