@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.integration.served import ROOT, Server, Workspace, serving
 
@@ -25,9 +25,13 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 DESKTOP = {"width": 1280, "height": 900}
+WIDE = {"width": 1400, "height": 900}
 NARROW = {"width": 390, "height": 844}
 
 STEP_COUNT = 50
+LONG_RUN = 300  # steps of the long runs (the overview strip, jumps, liveness)
+FAILING_AT = (120, 250)  # the steps of the long mixed run that fail
+LONG_TOKEN = "x" * 300  # the unbroken word in their error
 
 # Step functions of the served process, imported from its workflows directory.
 E2E_STEPS = '''
@@ -47,6 +51,22 @@ async def gated(ctx):
     while not gate.exists():
         await asyncio.sleep(0.002)
     return f"{ctx.step_key} released"
+
+
+def boom(ctx):
+    raise ValueError("x" * 300)
+
+
+async def gated_boom(ctx):
+    """Fails once the file <inputs.gate_dir>/<step key> exists."""
+    await gated(ctx)
+    raise ValueError(f"{ctx.step_key} failed on purpose")
+
+
+async def gated_pick(ctx):
+    """Offers its alternatives once the file <inputs.gate_dir>/<step key> exists."""
+    await gated(ctx)
+    return [f"{ctx.step_key} option {i + 1}" for i in range(ctx.alternatives)]
 '''
 
 
@@ -61,6 +81,56 @@ def many_steps(name: str, count: int) -> str:
     )
     return f"name: {name}\nsteps:\n{steps}"
 
+
+def mixed_steps(name: str, count: int, failing: tuple[int, ...]) -> str:
+    """`count` independent quick steps (keys s01…, labels 'Step 01'…); those numbered in `failing` raise
+    an error whose message is one 300-character word."""
+    steps = "".join(
+        f"  - key: s{i:02d}\n    label: {step_label(i)}\n"
+        f"    call: e2e_steps:{'boom' if i in failing else 'quick'}\n    needs: []\n"
+        for i in range(1, count + 1)
+    )
+    return f"name: {name}\nsteps:\n{steps}"
+
+
+def gated_steps(name: str, count: int) -> str:
+    """A gated first step (key `gate`, waits for the file <gate_dir>/gate) and then `count - 1` quick steps
+    in sequence."""
+    steps = "".join(f"  - key: s{i:02d}\n    call: e2e_steps:quick\n" for i in range(2, count + 1))
+    return (
+        f"name: {name}\ninputs:\n  gate_dir:\n    type: string\nsteps:\n"
+        f"  - key: gate\n    call: e2e_steps:gated\n{steps}"
+    )
+
+
+def choice_at_the_end(name: str, before: int) -> str:
+    """`before` quick steps in sequence, then a step with two alternatives waiting for a person (key `pick`)."""
+    steps = "".join(
+        f"  - key: s{i:02d}\n    label: {step_label(i)}\n    call: e2e_steps:quick\n" for i in range(1, before + 1)
+    )
+    pick = "  - key: pick\n    label: Pick one\n    call: e2e_steps:gated_pick\n    alternatives: 2\n"
+    return f"name: {name}\ninputs:\n  gate_dir:\n    type: string\nsteps:\n{steps}{pick}"
+
+
+# Bravo fails and charlie waits for a choice, each when the test lets it (both start at once).
+LIVE_ATTENTION = """
+name: live-attention
+inputs:
+  gate_dir:
+    type: string
+steps:
+  - key: alpha
+    label: Alpha
+    call: e2e_steps:quick
+  - key: bravo
+    label: Bravo
+    call: e2e_steps:gated_boom
+  - key: charlie
+    label: Charlie
+    call: e2e_steps:gated_pick
+    alternatives: 2
+    needs: [alpha]
+"""
 
 GATED_TRIO = """
 name: gated-trio
@@ -104,24 +174,68 @@ def browser() -> Iterator[Browser]:
             chromium.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """One served Stepdeck for the module, with a 50-step workflow and a gated one."""
+    """One served Stepdeck for the module, with the workflows of the run page's tests."""
     ws = Workspace(
         tmp_path_factory.mktemp("e2e"),
-        workflows={"fifty": many_steps("fifty", STEP_COUNT), "gated-trio": GATED_TRIO},
+        workflows={
+            "fifty": many_steps("fifty", STEP_COUNT),
+            "gated-trio": GATED_TRIO,
+            "long": many_steps("long", LONG_RUN),
+            "long-mixed": mixed_steps("long-mixed", LONG_RUN, FAILING_AT),
+            "long-gated": gated_steps("long-gated", LONG_RUN),
+            "choice-at-the-end": choice_at_the_end("choice-at-the-end", 60),
+            "live-attention": LIVE_ATTENTION,
+        },
         modules={"e2e_steps": E2E_STEPS},
     )
     with serving(ws) as served:
         yield served
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def fifty_run(server: Server) -> int:
     """A completed run of the 50-step workflow."""
     run_id = server.start_run("fifty")
     server.wait_run(run_id, "completed")
     return run_id
+
+
+@pytest.fixture(scope="session")
+def long_run(server: Server) -> int:
+    """A completed run of 300 quick steps."""
+    run_id = server.start_run("long")
+    server.wait_run(run_id, "completed", timeout_s=120)
+    return run_id
+
+
+@pytest.fixture(scope="session")
+def mixed_run(server: Server) -> int:
+    """A failed run of 300 independent steps, of which s120 and s250 failed (a 300-character word in the error)."""
+    run_id = server.start_run("long-mixed")
+    run = server.wait_run(run_id, "failed", timeout_s=120)
+    failed = [s["key"] for s in run["steps"] if s["status"] == "failed"]
+    assert failed == [f"s{i:02d}" for i in FAILING_AT], failed
+    return run_id
+
+
+def _page(browser: Browser, size: dict[str, int]) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": size["width"], "height": size["height"]})
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def wide(browser: Browser) -> Iterator[Page]:
+    yield from _page(browser, WIDE)
+
+
+@pytest.fixture
+def narrow(browser: Browser) -> Iterator[Page]:
+    yield from _page(browser, NARROW)
 
 
 @pytest.fixture

@@ -1,232 +1,190 @@
-"""The run page in real Chromium: the sticky step navigator, pill jumps, live pill colours, and
-screenshots at desktop and narrow widths (saved under $STEPDECK_ARTIFACTS or tests/e2e/artifacts/).
-
-NiceGUI's `.mark()` names do not reach the DOM: elements are found by their text and Quasar classes.
-"""
+"""The run page's step navigator and cards in real Chromium: the sticky bar, pill jumps, deep links,
+the keys (j/k/n/o/?), Expand all / Collapse all (screenshots under $STEPDECK_ARTIFACTS or
+tests/e2e/artifacts/)."""
 
 from __future__ import annotations
 
-import re
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
-from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Page, expect
 
-from tests.e2e.conftest import DESKTOP, NARROW, STEP_COUNT, step_label
+from tests.e2e.conftest import FAILING_AT, STEP_COUNT, WIDE
+from tests.e2e.run_page import (
+    PILL_SHOWN,
+    assert_card_in_view,
+    assert_current,
+    body,
+    box,
+    card,
+    open_run,
+    pill,
+    pill_shown,
+    screenshot,
+    settled_box,
+    topmost_inside,
+)
 from tests.integration.served import Server
 
-LAST = step_label(STEP_COUNT)
-RUNNING_CLASS = re.compile(r"\btext-blue-6\b")
-COMPLETED_CLASS = re.compile(r"\btext-green-6\b")
-
-
-def _page(browser: Browser, size: dict[str, int]) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": size["width"], "height": size["height"]})
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
-
-
-@pytest.fixture
-def desktop(browser: Browser) -> Iterator[Page]:
-    yield from _page(browser, DESKTOP)
-
-
-@pytest.fixture
-def narrow(browser: Browser) -> Iterator[Page]:
-    yield from _page(browser, NARROW)
-
-
-# --- locating things on the page --------------------------------------------------------------------
-
-
-def open_run(page: Page, server: Server, run_id: int) -> Locator:
-    """Open the run page; returns the sticky navigation bar (the sticky element holding 'Expand all')."""
-    page.goto(f"{server.base_url}/runs/{run_id}")
-    nav = page.locator(".sticky", has_text="Expand all")
-    expect(nav).to_be_visible(timeout=10_000)
-    return nav
-
-
-def pill(nav: Locator, label: str) -> Locator:
-    return nav.locator("button", has_text=label)
-
-
-def pill_dot(nav: Locator, label: str) -> Locator:
-    return pill(nav, label).locator("i.q-icon")
-
-
-def card(page: Page, label: str, key: str) -> Locator:
-    """The step card (an expansion item) whose header shows the label and the key."""
-    # The label of a card's header carries the step key as its title.
-    return (
-        page.locator(f'.q-expansion-item:has(.q-item__label [title="{key}"], [title="{key}"])')
-        .filter(has_text=label)
-        .first
-    )
-
-
-def box(locator: Locator) -> dict[str, float]:
-    b = locator.bounding_box()
-    assert b is not None, f"{locator} is not rendered"
-    return {"x": b["x"], "y": b["y"], "width": b["width"], "height": b["height"]}
-
-
-def settled_box(locator: Locator, timeout_s: float = 5.0) -> dict[str, float]:
-    """The bounding box once it stops moving (smooth scrolling and the expansion's animation are over)."""
-    deadline = time.monotonic() + timeout_s
-    last = box(locator)
-    still = 0
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = box(locator)
-        still = still + 1 if now == last else 0
-        if still >= 3:
-            return now
-        last = now
-    raise AssertionError(f"{locator} kept moving for {timeout_s} s (last box {last})")
-
-
-def topmost_inside(page: Page, locator: Locator, x: float, y: float) -> bool:
-    """Whether the element drawn at viewport point (x, y) belongs to `locator` (nothing covers it there)."""
-    handle = locator.element_handle()
-    assert handle is not None
-    result: Any = page.evaluate("([el, x, y]) => el.contains(document.elementFromPoint(x, y))", [handle, x, y])
-    return bool(result)
-
-
-def screenshot(page: Page, directory: Path, name: str) -> Path:
-    path = directory / name
-    page.screenshot(path=str(path))
-    assert path.is_file() and path.stat().st_size > 0, f"no screenshot at {path}"
-    return path
-
-
-# --- tests ----------------------------------------------------------------------------------------------
+LAST = f"s{STEP_COUNT:02d}"
 
 
 def test_navigation_bar_stays_at_the_top_after_scrolling_to_the_bottom(
-    desktop: Page, server: Server, fifty_run: int, artifacts: Path
+    wide: Page, server: Server, fifty_run: int, artifacts: Path
 ) -> None:
-    page = desktop
+    page = wide
     nav = open_run(page, server, fifty_run)
-    expect(card(page, LAST, "s50")).to_be_attached()
+    expect(card(page, "s01")).to_be_in_viewport()
+    expect(card(page, LAST)).not_to_be_in_viewport()
     screenshot(page, artifacts, "run-page-desktop.png")
     header = box(page.locator(".q-header"))
 
     page.evaluate("window.scrollTo(0, document.documentElement.scrollHeight)")
     page.wait_for_function("window.innerHeight + window.scrollY >= document.documentElement.scrollHeight - 2")
-    expect(card(page, LAST, "s50")).to_be_in_viewport()
+    expect(card(page, LAST)).to_be_in_viewport()
     screenshot(page, artifacts, "run-page-desktop-bottom.png")
 
     bar = settled_box(nav)
     assert page.evaluate("window.scrollY") > 1000, "the 50-step page did not scroll"
     # Right below the fixed header, inside the viewport, and drawn on top of the cards scrolling under it.
     assert header["y"] + header["height"] - 1 <= bar["y"] <= header["y"] + header["height"] + 12, (bar, header)
-    assert bar["y"] + bar["height"] <= DESKTOP["height"]
+    assert bar["y"] + bar["height"] <= WIDE["height"]
     assert topmost_inside(page, nav, bar["x"] + 40, bar["y"] + bar["height"] / 2), "the bar is covered"
-    expect(nav.get_by_text("Expand all")).to_be_in_viewport()
-    expect(pill(nav, step_label(1))).to_be_in_viewport()
-
-
-def test_clicking_the_last_pill_brings_its_card_into_view(desktop: Page, server: Server, fifty_run: int) -> None:
-    page = desktop
-    nav = open_run(page, server, fifty_run)
-    last_card = card(page, LAST, "s50")
-    expect(last_card).to_be_attached()
-    expect(last_card).not_to_be_in_viewport()
-
-    pill(nav, LAST).click()  # Playwright scrolls the pill row to the pill first, as a person would
-
-    expect(last_card).to_have_class(re.compile(r"q-expansion-item--expanded"))
-    expect(last_card).to_contain_text("s50 done")  # the body was built on opening
-    where = settled_box(last_card)
-    bar = box(nav)
-    header_row = last_card.locator(".q-item").first
-    head = box(header_row)
-    assert bar["y"] + bar["height"] <= head["y"], f"the card's header {head} is under the sticky bar {bar}"
-    assert topmost_inside(page, header_row, head["x"] + 60, head["y"] + head["height"] / 2)
-    scroll_y, max_scroll_y = page.evaluate("[window.scrollY, document.documentElement.scrollHeight - innerHeight]")
-    assert where["y"] >= 0 and where["y"] + where["height"] <= DESKTOP["height"], (
-        f"the opened card {where} does not fit in the {DESKTOP['height']} px viewport after the scroll "
-        f"(the page stopped at scrollY {scroll_y} of {max_scroll_y})"
+    expect(page.get_by_test_id("expand-all")).to_be_in_viewport()
+    expect(page.get_by_test_id("overview")).to_be_in_viewport()
+    # The navigator marks the step in view (the first card below it), and its pill is in the strip.
+    marked = page.locator(".run-pill-current")
+    expect(marked).to_have_count(1)
+    key = (marked.get_attribute("data-testid") or "")[len("pill-") :]
+    page.wait_for_function(PILL_SHOWN, arg=key, timeout=5_000)
+    head = box(page.get_by_test_id(f"card-header-{key}"))
+    assert bar["y"] + bar["height"] - 46 <= head["y"] <= bar["y"] + bar["height"] + 60, (
+        f"{key} is marked current, but its card is at {head}, not the first below the navigator {bar}"
     )
 
 
-def test_narrow_window_stacks_cards_and_keeps_the_pills_scrollable(
-    narrow: Page, server: Server, fifty_run: int, artifacts: Path
-) -> None:
-    page = narrow
+def test_clicking_the_last_pill_brings_its_card_into_view(wide: Page, server: Server, fifty_run: int) -> None:
+    page = wide
     nav = open_run(page, server, fifty_run)
-    expect(card(page, LAST, "s50")).to_be_attached()
-    screenshot(page, artifacts, "run-page-narrow.png")
+    expect(card(page, LAST)).not_to_be_in_viewport()
+    assert not pill_shown(page, LAST)
 
-    page_width = page.evaluate("document.documentElement.scrollWidth")
-    assert page_width <= NARROW["width"], f"the page scrolls sideways: {page_width} px wide in {NARROW['width']} px"
-    first, second = box(card(page, step_label(1), "s01")), box(card(page, step_label(2), "s02"))
-    assert second["y"] >= first["y"] + first["height"] - 1, "cards do not stack"
-    assert first["x"] >= 0 and first["x"] + first["width"] <= NARROW["width"]
+    # As a person would: scroll the pill strip to its end, then click the last pill.
+    page.get_by_test_id("pills").evaluate("strip => { strip.scrollLeft = strip.scrollWidth; }")
+    pill(page, LAST).click()
 
-    pills = nav.locator(".overflow-x-auto")
-    row = box(pills)
-    scroll_width, client_width = pills.evaluate("e => [e.scrollWidth, e.clientWidth]")
-    assert row["width"] >= 100, f"the pill row is {row['width']:.0f} px wide at {NARROW['width']} px: no pill shows"
-    assert scroll_width > client_width, "50 pills should overflow the row and scroll horizontally"
-    pill(nav, LAST).click()
-    expect(card(page, LAST, "s50")).to_be_in_viewport()
-
-
-def test_a_pill_changes_colour_live_when_its_step_completes(
-    desktop: Page, server: Server, tmp_path: Path, artifacts: Path
-) -> None:
-    page = desktop
-    gate_dir = tmp_path / "gates"
-    gate_dir.mkdir()
-    run_id = server.start_run("gated-trio", {"gate_dir": str(gate_dir)})
-    server.wait_step(run_id, "bravo", "running")
-    nav = open_run(page, server, run_id)
-    dot = pill_dot(nav, "Bravo")
-    expect(dot).to_have_class(RUNNING_CLASS)
-    expect(pill_dot(nav, "Charlie")).to_have_class(re.compile(r"\btext-grey-5\b"))
-    run_badge = page.locator(".q-page-container .q-badge").first  # the run status, above the steps
-    expect(run_badge).to_have_text("running")
-    screenshot(page, artifacts, "run-page-desktop-running.png")
-    page.evaluate("window.stepdeckNoReload = true")
-
-    (gate_dir / "bravo").touch()
-
-    expect(dot).to_have_class(COMPLETED_CLASS, timeout=5_000)
-    expect(pill_dot(nav, "Charlie")).to_have_class(COMPLETED_CLASS, timeout=5_000)
-    expect(run_badge).to_have_text("completed")
-    assert page.evaluate("window.stepdeckNoReload === true"), "the page was reloaded"
-    assert server.run(run_id)["status"] == "completed"
+    last_card = card(page, LAST)
+    expect(last_card).to_have_attribute("data-open", "true")
+    expect(body(page, LAST)).to_contain_text(f"{LAST} done")  # the body was built on opening
+    assert_card_in_view(page, nav, LAST)
+    where = settled_box(last_card)
+    scroll_y, max_scroll_y = page.evaluate("[window.scrollY, document.documentElement.scrollHeight - innerHeight]")
+    assert where["y"] >= 0 and where["y"] + where["height"] <= WIDE["height"], (
+        f"the opened card {where} does not fit in the {WIDE['height']} px viewport after the scroll "
+        f"(the page stopped at scrollY {scroll_y} of {max_scroll_y})"
+    )
+    assert_current(page, LAST)  # the URL follows (replaceState: no new history entry, no reload)
 
 
-def test_a_tab_that_lost_its_connection_catches_up_without_reload(
-    desktop: Page, server: Server, tmp_path: Path
-) -> None:
-    page = desktop
-    gate_dir = tmp_path / "gates"
-    gate_dir.mkdir()
-    run_id = server.start_run("gated-trio", {"gate_dir": str(gate_dir)})
-    server.wait_step(run_id, "bravo", "running")
-    nav = open_run(page, server, run_id)
-    expect(pill_dot(nav, "Bravo")).to_have_class(RUNNING_CLASS)
-    page.evaluate("window.stepdeckNoReload = true")
+def test_a_deep_link_opens_its_step_scrolled_into_view(wide: Page, server: Server, long_run: int) -> None:
+    page = wide
+    nav = open_run(page, server, long_run, "?step=s200")
+    target = card(page, "s200")
+    expect(target).to_have_attribute("data-open", "true")
+    expect(body(page, "s200")).to_contain_text("s200 done")
+    expect(body(page, "s200")).to_contain_text("attempt 1 · started")
+    assert_card_in_view(page, nav, "s200")
+    expect(body(page, "s200").get_by_text("s200 done")).to_be_in_viewport()
+    assert_current(page, "s200")
+    # Only that card was opened: its neighbours are drawn closed.
+    expect(card(page, "s201")).to_have_attribute("data-open", "false")
+    expect(page.locator('[data-testid^=card-][data-open="true"]')).to_have_count(1)
 
-    page.context.set_offline(True)  # the websocket drops, as with a sleeping laptop or a flaky LAN
-    page.wait_for_timeout(1_500)
-    (gate_dir / "bravo").touch()
-    server.wait_run(run_id, "completed")  # the run goes on without its viewer
-    page.wait_for_timeout(500)
-    # Still the old colour: the tab really is cut off (otherwise this test would prove nothing).
-    expect(pill_dot(nav, "Bravo")).to_have_class(RUNNING_CLASS)
-    page.context.set_offline(False)
 
-    expect(pill_dot(nav, "Bravo")).to_have_class(COMPLETED_CLASS, timeout=15_000)
-    expect(pill_dot(nav, "Charlie")).to_have_class(COMPLETED_CLASS, timeout=5_000)
-    assert page.evaluate("window.stepdeckNoReload === true"), "the page was reloaded to catch up"
+def test_n_jumps_to_the_next_failed_step_and_the_pill_strip_follows(wide: Page, server: Server, mixed_run: int) -> None:
+    page = wide
+    nav = open_run(page, server, mixed_run)
+    first, second = (f"s{i:02d}" for i in FAILING_AT)
+    assert not pill_shown(page, first), f"{first}'s pill is in view already: following it would prove nothing"
+    expect(card(page, first)).to_have_count(0)
+
+    page.keyboard.press("n")
+    assert_current(page, first)
+    expect(pill(page, first)).to_have_attribute("data-status", "failed")
+    expect(card(page, first)).to_have_attribute("data-open", "true")
+    expect(body(page, first)).to_contain_text("ValueError")
+    assert_card_in_view(page, nav, first)
+
+    page.keyboard.press("n")
+    assert_current(page, second)
+    assert not pill_shown(page, first)
+    assert_card_in_view(page, nav, second)
+
+    page.keyboard.press("n")  # round again to the first
+    assert_current(page, first)
+    assert_card_in_view(page, nav, first)
+
+    page.get_by_test_id("next-failed").click()  # the button does the same for failed steps only
+    assert_current(page, second)
+
+
+def test_j_and_k_move_the_current_step_and_o_opens_and_closes_it(wide: Page, server: Server, fifty_run: int) -> None:
+    page = wide
+    nav = open_run(page, server, fifty_run, "?step=s05")
+    assert_current(page, "s05")
+    assert_card_in_view(page, nav, "s05")  # near the top too: the page scrolled exactly to it
+
+    page.keyboard.press("j")
+    assert_current(page, "s06")
+    page.keyboard.press("j")
+    assert_current(page, "s07")
+    page.keyboard.press("k")
+    assert_current(page, "s06")
+    for _ in range(25):
+        page.keyboard.press("j")
+    assert_current(page, "s31")
+    assert_card_in_view(page, nav, "s31")
+    expect(card(page, "s31")).to_have_attribute("data-open", "false")  # moving does not open
+
+    page.keyboard.press("o")
+    expect(card(page, "s31")).to_have_attribute("data-open", "true")
+    expect(body(page, "s31")).to_contain_text("s31 done")
+    page.keyboard.press("o")
+    expect(card(page, "s31")).to_have_attribute("data-open", "false")
+    expect(body(page, "s31")).to_have_count(0)
+    assert_current(page, "s31")
+
+
+def test_question_mark_shows_the_keys(wide: Page, server: Server, fifty_run: int) -> None:
+    page = wide
+    open_run(page, server, fifty_run)
+    keys = page.get_by_test_id("keys-help")
+    expect(keys).to_have_count(0)
+    page.keyboard.press("?")
+    expect(keys).to_be_visible()
+    for text in ("next step", "previous step", "next step that needs attention", "open or close the current step"):
+        expect(keys).to_contain_text(text)
+    page.keyboard.press("Escape")
+    expect(keys).to_be_hidden()
+
+
+def test_expand_all_then_collapse_all(wide: Page, server: Server, fifty_run: int) -> None:
+    page = wide
+    open_run(page, server, fifty_run)
+    cards = page.locator("[data-testid^=card-][data-open]")
+    opened = page.locator('[data-testid^=card-][data-open="true"]')
+    expect(opened).to_have_count(0)
+
+    page.get_by_test_id("expand-all").click()
+    expect(page.locator('[data-testid^=card-][data-open="false"]')).to_have_count(0)
+    expect(body(page, "s01")).to_contain_text("s01 done")
+    expect(body(page, "s02")).to_contain_text("s02 done")
+    assert cards.count() >= 3
+    page.evaluate("window.scrollTo(0, document.documentElement.scrollHeight)")
+    expect(card(page, LAST)).to_have_attribute("data-open", "true")  # cards drawn later are open too
+    expect(body(page, LAST)).to_contain_text(f"{LAST} done")
+
+    page.get_by_test_id("collapse-all").click()
+    expect(opened).to_have_count(0)
+    expect(page.locator(".run-card-body")).to_have_count(0)
+    page.evaluate("window.scrollTo(0, 0)")
+    expect(card(page, "s01")).to_have_attribute("data-open", "false")

@@ -262,24 +262,23 @@ def test_payloads_in_outputs_and_inputs_render_inert(
         xss_server.wait_step(run_id, key, status)
 
     page.goto(f"{xss_server.base_url}/runs/{run_id}")
-    nav = page.locator(".sticky", has_text="Expand all")
-    expect(nav).to_be_visible(timeout=10_000)
-    nav.get_by_text("Expand all").click()
+    expect(page.get_by_test_id("step-nav")).to_be_visible(timeout=10_000)
+    page.get_by_test_id("expand-all").click()
 
-    echo_card = page.locator(".q-expansion-item", has=page.locator('[title="echo"]')).first
+    echo_card = page.get_by_test_id("card-echo")
     expect(echo_card.locator(".nicegui-markdown")).to_contain_text("Payload end marker")
     expect(echo_card.get_by_text("click me")).to_be_visible()
     expect(echo_card.get_by_text("styled block")).to_be_visible()
     # The JSON output, the failure's message and its log show the payload as text.
-    data_card = page.locator(".q-expansion-item", has=page.locator('[title="data"]')).first
+    data_card = page.get_by_test_id("card-data")
     expect(data_card).to_contain_text("<script>window.__pwned=1</script>")
-    boom_card = page.locator(".q-expansion-item", has=page.locator('[title="boom"]')).first
+    boom_card = page.get_by_test_id("card-boom")
     expect(boom_card).to_contain_text("<script>window.__pwned=1</script>")
     boom_card.get_by_role("button", name=re.compile("Traceback")).click()
     expect(boom_card.locator(".nicegui-code").filter(has_text="ValueError")).to_contain_text("onerror=")
 
     # Every alternative, and the side-by-side comparison (a diff table of the raw texts).
-    alts_card = page.locator(".q-expansion-item", has=page.locator('[title="alts"]')).first
+    alts_card = page.get_by_test_id("card-alts")
     for label, shows in (("Alternative 1", "Alternative one"), ("Alternative 2", "alternative two")):
         alts_card.get_by_role("tab", name=re.compile(label)).click()
         expect(alts_card.locator(".q-tab-panel .nicegui-markdown").filter(has_text=shows)).to_be_visible()
@@ -375,16 +374,16 @@ def test_sign_in_through_the_form_leads_to_a_live_page_and_sign_out_locks_it_aga
         expect(page).to_have_url(f"{server.base_url}/runs/{run_id}")
         header = page.locator(".q-header")
         expect(header).to_contain_text("alice · operator")
-        nav = page.locator(".sticky", has_text="Expand all")
-        bravo = nav.locator("button", has_text="Bravo").locator("i.q-icon")
-        expect(bravo).to_have_class(re.compile(r"\btext-blue-6\b"))
+        bravo = page.get_by_test_id("pill-bravo")
+        expect(bravo).to_have_attribute("data-status", "running")
         page.evaluate("window.stepdeckNoReload = true")
 
         (gate_dir / "bravo").touch()  # the step completes; only the websocket can tell the page
 
-        expect(bravo).to_have_class(re.compile(r"\btext-green-6\b"), timeout=10_000)
+        expect(bravo).to_have_attribute("data-status", "completed", timeout=10_000)
         run_header = page.locator(".q-card", has_text=f"Run {run_id}").first
         expect(run_header.locator(".q-badge").first).to_have_text("completed")
+        expect(page.locator("#run-root")).to_have_attribute("data-run-status", "completed")
         assert page.evaluate("window.stepdeckNoReload === true"), "the page was reloaded"
 
         header.locator("button", has_text="logout").click()  # the "Sign out" button (its icon's name)

@@ -13,7 +13,7 @@ export default {
   components: { VNode },
   template: `
   <div class="run-steps w-full" :data-total="rows.length">
-    <div class="run-steps-nav sticky z-20 w-full rounded-md shadow-sm bg-white dark:bg-neutral-900 px-2 py-1"
+    <div class="run-steps-nav sticky z-20 w-full rounded-md shadow-sm px-2 py-1"
          :style="{top: top + 'px'}" data-testid="step-nav">
       <div class="row items-center gap-1 w-full">
         <q-btn flat dense no-caps size="sm" icon="unfold_more" label="Expand all" @click="expandAll" data-testid="expand-all"/>
@@ -40,7 +40,8 @@ export default {
     <q-virtual-scroll ref="list" scroll-target="body" :items="rows" :virtual-scroll-item-size="46" :virtual-scroll-slice-size="12"
                       :virtual-scroll-sticky-size-start="stickyStart" @virtual-scroll="onScroll"
                       v-slot="{ item, index }" class="run-steps-list w-full" data-testid="step-cards">
-      <div :key="item[0]" class="run-card rounded-md border border-grey-4 mb-2 w-full" :id="'step-' + item[0]"
+      <div :key="item[0]" class="run-card-slot pb-2 w-full">
+      <div class="run-card rounded-md w-full" :id="'step-' + item[0]"
            :data-testid="'card-' + item[0]" :data-status="item[2]" :data-open="isOpen(item[0]) ? 'true' : 'false'">
         <div class="run-card-header row items-center no-wrap gap-2 px-3 py-2 cursor-pointer"
              @click="toggle(item[0])" :data-testid="'card-header-' + item[0]">
@@ -58,6 +59,7 @@ export default {
           <v-node v-if="bodyOf(item[0])" :vnode="bodyOf(item[0])"/>
           <div v-else class="text-grey-6 text-sm py-2">Loading…</div>
         </div>
+      </div>
       </div>
     </q-virtual-scroll>
     <q-dialog v-model="help">
@@ -119,11 +121,15 @@ export default {
     this.timer = setInterval(() => { if (this.rows.some((r) => r[STATUS] === "running")) this.now = Date.now() / 1000; }, 1000);
     // The virtual list renders cards on its own schedule: look at which open cards it shows.
     this.watcher = setInterval(() => this.announce(), 250);
+    // The overview's marker is drawn in a colour for the page's background.
+    this.theme = new MutationObserver(() => this.draw());
+    this.theme.observe(document.body, { attributes: true, attributeFilter: ["class"] });
     this.$nextTick(() => {
       this.measure();
       this.draw();
-      if (this.initial) this.jump(this.initial, false);
       this.announce();
+      // The list gets the navigator's height (its sticky offset) with the next render: jump after it.
+      if (this.initial) this.$nextTick(() => this.jump(this.initial));
     });
   },
   beforeUpdate() {
@@ -142,6 +148,7 @@ export default {
     document.removeEventListener("keydown", this.onKey);
     clearInterval(this.timer);
     clearInterval(this.watcher);
+    this.theme?.disconnect();
   },
   methods: {
     // --- from the server ---
@@ -175,10 +182,22 @@ export default {
       const children = this.$slots.default ? this.$slots.default() : [];
       return children.find((v) => v && v.props && v.props["data-step"] === key) || null;
     },
-    onScroll(details) {
-      const row = this.rows[details.index];
-      if (row && details.direction !== undefined) this.current = row[KEY];
+    onScroll() {
+      this.follow();
       this.announce();
+    },
+    // When a person scrolls the current card off screen, the first card in view becomes current.
+    follow() {
+      const top = this.stickyStart, bottom = window.innerHeight;
+      const seen = (el) => { const r = el.getBoundingClientRect(); return r.bottom > top + 1 && r.top < bottom; };
+      const cards = [...this.$el.querySelectorAll(".run-card")];
+      const shown = cards.find((el) => el.id === "step-" + this.current);
+      if (shown && seen(shown)) return;
+      const first = cards.find(seen);
+      if (!first || first.id === "step-" + this.current) return;
+      this.current = first.id.slice(5);
+      const i = this.index.get(this.current);
+      if (i !== undefined) this.$refs.pills?.scrollTo(i, "center");
     },
     // Tell the server which open cards are on screen (their bodies are built; others are dropped).
     announce() {

@@ -33,7 +33,10 @@ CSS = """
 .run-pill-current { border-color: currentColor; font-weight: 600; }
 .run-steps-pills { overflow-x: auto; overflow-y: hidden; max-width: 100%; }
 .run-steps-pills > .q-virtual-scroll__content { display: flex; flex-wrap: nowrap; }
-.run-card { overflow: hidden; }
+.run-steps-nav { background: #fff; }
+.body--dark .run-steps-nav { background: var(--q-dark, #1d1d1d); }
+.run-card { overflow: hidden; border: 1px solid #e0e0e0; }
+.body--dark .run-card { border-color: #424242; }
 .run-card-label { overflow-wrap: anywhere; min-width: 0; }
 .run-card-body { contain: content; overflow-wrap: anywhere; min-width: 0; }
 .run-steps-strip { height: auto; }

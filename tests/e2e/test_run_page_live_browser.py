@@ -1,0 +1,160 @@
+"""The run page kept live in real Chromium: statuses change without a reload, a step that fails or
+waits opens its card, the choice banner jumps to its step, a watched 300-step run's page keeps up with
+the engine, and a tab that lost its connection catches up."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from playwright.sync_api import Page, expect
+
+from tests.e2e.conftest import LONG_RUN
+from tests.e2e.run_page import (
+    CELL_COLOURS,
+    assert_card_in_view,
+    assert_current,
+    body,
+    card,
+    colour,
+    epoch_s,
+    gate_dir,
+    open_run,
+    pill,
+    screenshot,
+)
+from tests.integration.served import Server
+from ui.theme import STATUS_COLORS
+
+
+def test_a_pill_changes_colour_live_when_its_step_completes(
+    wide: Page, server: Server, tmp_path: Path, artifacts: Path
+) -> None:
+    page = wide
+    gates = gate_dir(tmp_path)
+    run_id = server.start_run("gated-trio", {"gate_dir": str(gates)})
+    server.wait_step(run_id, "bravo", "running")
+    open_run(page, server, run_id)
+    bravo, charlie = pill(page, "bravo"), pill(page, "charlie")
+    expect(bravo).to_have_attribute("data-status", "running")
+    expect(bravo.locator(".run-dot")).to_have_class(re.compile(rf"\bbg-{STATUS_COLORS['running']}\b"))
+    expect(charlie).to_have_attribute("data-status", "pending")
+    expect(page.get_by_test_id("status-bravo")).to_have_text("running")
+    root = page.locator("#run-root")
+    expect(root).to_have_attribute("data-run-status", "running")
+    expect(root).to_have_attribute("data-completed", "1")
+    screenshot(page, artifacts, "run-page-desktop-running.png")
+    page.evaluate("window.stepdeckNoReload = true")
+
+    (gates / "bravo").touch()
+
+    expect(bravo).to_have_attribute("data-status", "completed", timeout=5_000)
+    expect(bravo.locator(".run-dot")).to_have_class(re.compile(rf"\bbg-{STATUS_COLORS['completed']}\b"))
+    expect(charlie).to_have_attribute("data-status", "completed", timeout=5_000)
+    expect(page.get_by_test_id("status-charlie")).to_have_text("completed")
+    expect(page.get_by_test_id("step-counts")).to_have_text("3 completed")
+    expect(root).to_have_attribute("data-run-status", "completed")
+    expect(root).to_have_attribute("data-completed", "3")
+    assert page.evaluate("window.stepdeckNoReload === true"), "the page was reloaded"
+    assert server.run(run_id)["status"] == "completed"
+
+
+def test_a_step_that_fails_or_waits_live_opens_its_card(wide: Page, server: Server, tmp_path: Path) -> None:
+    page = wide
+    gates = gate_dir(tmp_path)
+    run_id = server.start_run("live-attention", {"gate_dir": str(gates)})
+    server.wait_step(run_id, "bravo", "running")
+    server.wait_step(run_id, "charlie", "running")
+    open_run(page, server, run_id)
+    for key in ("alpha", "bravo", "charlie"):
+        expect(card(page, key)).to_have_attribute("data-open", "false")
+    page.evaluate("window.stepdeckNoReload = true")
+
+    (gates / "charlie").touch()
+    expect(card(page, "charlie")).to_have_attribute("data-open", "true", timeout=5_000)
+    expect(body(page, "charlie")).to_contain_text("Pick one of 2 alternatives")
+    expect(card(page, "charlie")).to_have_attribute("data-status", "waiting")
+
+    (gates / "bravo").touch()
+    expect(card(page, "bravo")).to_have_attribute("data-open", "true", timeout=5_000)
+    expect(body(page, "bravo")).to_contain_text("bravo failed on purpose")
+    expect(card(page, "alpha")).to_have_attribute("data-open", "false")  # nothing else opened
+    assert page.evaluate("window.stepdeckNoReload === true"), "the page was reloaded"
+
+
+def test_the_choice_banner_jumps_to_the_waiting_step(wide: Page, server: Server, tmp_path: Path) -> None:
+    page = wide
+    gates = gate_dir(tmp_path)
+    (gates / "pick").touch()
+    run_id = server.start_run("choice-at-the-end", {"gate_dir": str(gates)})
+    server.wait_run(run_id, "waiting")
+    nav = open_run(page, server, run_id)
+    expect(card(page, "pick")).to_have_count(0)  # 60 steps above it: far below the fold
+
+    page.get_by_text("A choice is needed: Pick one").click()
+
+    expect(card(page, "pick")).to_have_attribute("data-open", "true")
+    expect(body(page, "pick")).to_contain_text("Pick one of 2 alternatives")
+    assert_card_in_view(page, nav, "pick")
+    assert_current(page, "pick")
+
+
+def test_a_watched_300_step_run_reaches_completed_soon_after_the_api(
+    wide: Page, server: Server, tmp_path: Path
+) -> None:
+    page = wide
+    gates = gate_dir(tmp_path)
+    run_id = server.start_run("long-gated", {"gate_dir": str(gates)})
+    server.wait_step(run_id, "gate", "running")
+    open_run(page, server, run_id)
+    root = page.locator("#run-root")
+    expect(root).to_have_attribute("data-run-status", "running")
+    # When the page's hook turns completed, by the browser's clock (the server's, on this machine).
+    root.evaluate(
+        """root => {
+            window.completedAt = null;
+            const check = () => {
+                if (window.completedAt !== null || root.dataset.runStatus !== 'completed') return;
+                window.completedAt = Date.now();
+            };
+            new MutationObserver(check).observe(root, {attributes: true});
+            check();
+        }"""
+    )
+
+    (gates / "gate").touch()
+    run = server.wait_run(run_id, "completed", timeout_s=120)
+    page.wait_for_function("window.completedAt !== null", timeout=30_000)
+    lag_s = page.evaluate("window.completedAt") / 1000 - epoch_s(run["finished_at"])
+    print(f"\nrun page of a watched {LONG_RUN}-step run: completed {lag_s:.3f} s after the run finished")
+    assert lag_s <= 5.0, f"the page showed completed {lag_s:.2f} s after the run finished (API finished_at)"
+    expect(root).to_have_attribute("data-completed", str(LONG_RUN))
+    expect(page.get_by_test_id("step-counts")).to_have_text(f"{LONG_RUN} completed")
+    expect(page.get_by_test_id("status-gate")).to_have_text("completed")
+    cells = page.get_by_test_id("overview").evaluate(CELL_COLOURS)
+    assert set(cells) == {colour("completed")}, f"cells not completed-green: {sorted(set(cells))}"
+
+
+def test_a_tab_that_lost_its_connection_catches_up_without_reload(wide: Page, server: Server, tmp_path: Path) -> None:
+    page = wide
+    gates = gate_dir(tmp_path)
+    run_id = server.start_run("gated-trio", {"gate_dir": str(gates)})
+    server.wait_step(run_id, "bravo", "running")
+    open_run(page, server, run_id)
+    bravo = pill(page, "bravo")
+    expect(bravo).to_have_attribute("data-status", "running")
+    page.evaluate("window.stepdeckNoReload = true")
+
+    page.context.set_offline(True)  # the websocket drops, as with a sleeping laptop or a flaky LAN
+    page.wait_for_timeout(1_500)
+    (gates / "bravo").touch()
+    server.wait_run(run_id, "completed")  # the run goes on without its viewer
+    page.wait_for_timeout(500)
+    # Still the old status: the tab really is cut off (otherwise this test would prove nothing).
+    expect(bravo).to_have_attribute("data-status", "running")
+    page.context.set_offline(False)
+
+    expect(bravo).to_have_attribute("data-status", "completed", timeout=15_000)
+    expect(pill(page, "charlie")).to_have_attribute("data-status", "completed", timeout=5_000)
+    expect(page.locator("#run-root")).to_have_attribute("data-run-status", "completed")
+    assert page.evaluate("window.stepdeckNoReload === true"), "the page was reloaded to catch up"
