@@ -64,20 +64,34 @@ def _provider_chip() -> None:
         return
     info = providers.describe(settings)
     if info["simulated"]:
-        chip = ui.badge("LLM: simulated", color="amber-8").props("rounded").classes("text-sm px-3 py-1")
+        # A phone shows the short form; the full hint is the title on both.
+        chip = ui.badge(color="amber-8").props("rounded").classes("text-sm px-3 py-1 no-wrap").mark("llm-simulated")
         chip.props["title"] = SIMULATED_HINT
-        chip.mark("llm-simulated")
+        with chip:
+            ui.label("LLM: simulated").classes("gt-xs")
+            ui.label("sim").classes("xs")
     else:
         host = (info["base_url"] or "").split("//")[-1]
-        label = ui.label(f"LLM: {info['model'] or 'model per step'} · {host}").classes("text-xs text-slate-300")
-        label.mark("llm-provider")
+        label = ui.label(f"LLM: {info['model'] or 'model per step'} · {host}")
+        label.classes("text-xs text-slate-300 gt-xs ellipsis").style("max-width: 28rem").mark("llm-provider")
+        label.props["title"] = label.text
 
 
-def _remembered_dark() -> bool:
+def _remembered_dark() -> bool | None:
+    """The person's choice (dark or light), or None to follow the system's preference."""
     try:
-        return bool(app.storage.user.get("dark", False))
-    except (RuntimeError, AssertionError):  # no user storage (no storage secret): light
-        return False
+        value = app.storage.user.get("dark")
+    except (RuntimeError, AssertionError):  # no user storage (no storage secret): the system's
+        return None
+    return value if isinstance(value, bool) else None
+
+
+# The dark-mode button cycles: the system's preference → dark → light → the system's preference.
+DARK_CYCLE: dict[bool | None, tuple[bool | None, str, str]] = {
+    None: (True, "brightness_auto", "Theme: as the system (click for dark)"),
+    True: (False, "dark_mode", "Theme: dark (click for light)"),
+    False: (None, "light_mode", "Theme: light (click to follow the system)"),
+}
 
 
 def _account() -> None:
@@ -97,11 +111,11 @@ def frame(title: str) -> Iterator[None]:
     ui.page_title(f"{title} · Stepdeck")
     with (
         ui.header(elevated=True)
-        .classes("items-center gap-4 px-4 bg-slate-800 no-wrap")
+        .classes("items-center gap-3 sm:gap-4 px-2 sm:px-4 bg-slate-800 no-wrap")
         .style(f"height: {HEADER_HEIGHT_PX}px")
         .mark("header")
     ):
-        ui.link("Stepdeck", "/").classes("text-white text-lg font-bold no-underline")
+        ui.link("Stepdeck", "/").classes("text-white text-lg font-bold no-underline gt-xs")
         for label, target in NAV:
             ui.link(label, target).classes("text-slate-200 no-underline hover:text-white").mark(f"nav-{label}")
         ui.space()
@@ -109,10 +123,16 @@ def frame(title: str) -> Iterator[None]:
         _account()
 
         def toggle() -> None:
-            dark.value = not dark.value
+            dark.value = DARK_CYCLE[dark.value][0]
             with contextlib.suppress(RuntimeError, AssertionError):
                 app.storage.user["dark"] = dark.value  # remembered per browser (and so per person)
+            _, icon, hint = DARK_CYCLE[dark.value]
+            button.props(f"icon={icon}")
+            tip.text = hint
 
-        ui.button(icon="dark_mode", on_click=toggle).props("flat round dense color=white").tooltip("Dark mode")
+        _, icon, hint = DARK_CYCLE[dark.value]
+        button = ui.button(icon=icon, on_click=toggle).props("flat round dense color=white").mark("dark-toggle")
+        with button:
+            tip = ui.tooltip(hint)
     with ui.column().classes("w-full max-w-screen-xl mx-auto p-4 gap-4"):
         yield

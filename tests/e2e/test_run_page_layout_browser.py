@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from tests.e2e.conftest import FAILING_AT, LONG_RUN, LONG_TOKEN, NARROW, STEP_COUNT, WIDE
 from tests.e2e.run_page import (
@@ -110,8 +110,8 @@ def test_a_long_unbroken_word_in_an_error_never_scrolls_the_page_sideways(
 
 def test_screenshots_light_and_dark(wide: Page, server: Server, mixed_run: int, artifacts: Path) -> None:
     """The long mixed run opened at its first failure, at 1400 and 390 px, light and dark (look at them).
-    Dark mode is switched with the header's toggle at 1400 px and remembered for the browser (at 390 px
-    the toggle is off screen)."""
+    Dark mode is switched with the header's toggle at 390 px (it fits on a phone) and remembered for the
+    browser."""
     page = wide
     key = f"s{FAILING_AT[0]:02d}"
 
@@ -133,10 +133,30 @@ def test_screenshots_light_and_dark(wide: Page, server: Server, mixed_run: int, 
 
     shoot(WIDE, "run-page-1400-light.png")
     shoot(NARROW, "run-page-390-light.png")
-    resize(WIDE)
-    page.locator(".q-header button", has_text="dark_mode").click()
+    toggle = page.locator(".q-header button", has_text="brightness_auto")  # follows the system: light here
+    where = box(toggle)
+    assert where["x"] >= 0 and where["x"] + where["width"] <= NARROW["width"], f"the theme toggle is at {where}"
+    toggle.click()
     expect(page.locator("body")).to_have_class(re.compile(r"\bbody--dark\b"))
     shoot(WIDE, "run-page-1400-dark.png")
     expect(page.locator("body")).to_have_class(re.compile(r"\bbody--dark\b"))
     shoot(NARROW, "run-page-390-dark.png")
     expect(page.locator("body")).to_have_class(re.compile(r"\bbody--dark\b"))
+
+
+def test_the_system_dark_preference_is_followed_until_a_choice_is_made(
+    browser: Browser, server: Server, fifty_run: int
+) -> None:
+    context = browser.new_context(viewport={"width": WIDE["width"], "height": WIDE["height"]}, color_scheme="dark")
+    try:
+        page = context.new_page()
+        open_run(page, server, fifty_run)
+        expect(page.locator("body")).to_have_class(re.compile(r"\bbody--dark\b"))
+        page.locator(".q-header button", has_text="brightness_auto").click()  # → dark, remembered
+        page.locator(".q-header button", has_text="dark_mode").click()  # → light, remembered
+        expect(page.locator("body")).not_to_have_class(re.compile(r"\bbody--dark\b"))
+        page.reload()
+        open_run(page, server, fifty_run)
+        expect(page.locator("body")).not_to_have_class(re.compile(r"\bbody--dark\b"))
+    finally:
+        context.close()

@@ -96,7 +96,9 @@ async def test_every_page_names_the_simulated_provider(user: User) -> None:
     for page in ("/", "/workflows", "/monitoring"):
         await user.open(page)
         chip = the(user, "llm-simulated")
-        assert "simulated" in str(getattr(chip, "text", ""))
+        shown = [str(getattr(e, "text", "")) for e in chip.descendants()]
+        assert "LLM: simulated" in shown, shown  # the short form "sim" stands in for it on a phone
+        assert "simulated provider" in str(chip.props["title"])
     response = await user.http_client.get("/api/llm")
     assert response.json()["provider"] == "simulated"
     assert response.json()["simulated"] is True
