@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.errors import NotFound
-from engine.readmodel import ENDED, PRODUCED, RunDetail, StepDetail, StepRow, run_json, summary
+from engine.readmodel import ENDED, PRODUCED, RunDetail, StepDetail, StepRow, cut_off, run_json, summary
 from engine.store import fetch
 from models.status import RunStatus, StepStatus
 
@@ -145,7 +145,7 @@ async def run_detail(run_id: int) -> RunDetail:
 ERROR_SUMMARY_CHARS = 500
 _SUMMARY_SQL = (
     "SELECT s.run_id, s.key, s.label, s.kind, s.needs, s.status, s.attempt, s.stale, a.status AS attempt_status,"
-    " a.started_at, a.finished_at, substr(a.error, 1, ?) AS error, a.llm"
+    " a.started_at, a.finished_at, substr(a.error, 1, ?) AS error, a.llm, a.selected_index"
     " FROM steps s LEFT JOIN attempts a ON a.step_id = s.id AND a.number = s.attempt"
 )
 
@@ -167,7 +167,7 @@ def step_summary_json(row: dict[str, Any]) -> dict[str, Any]:
         "status": status.value,
         "attempt": row["attempt"],
         "stale": bool(row["stale"]),
-        "truncated": bool(llm and llm.get("truncated")),
+        "truncated": cut_off(llm, row["selected_index"]),
         "error": row["error"] if has_attempt and status in (StepStatus.FAILED, StepStatus.CANCELLED) else None,
         "started_at": _iso(started_at),
         "completed_at": _iso(completed_at),
@@ -283,7 +283,8 @@ async def run_exists(run_id: int) -> bool:
 
 _ROW_SQL = (
     "SELECT s.key, s.label, s.kind, s.status, s.attempt, s.stale, a.status AS attempt_status, a.started_at,"
-    " a.finished_at, a.llm FROM steps s LEFT JOIN attempts a ON a.step_id = s.id AND a.number = s.attempt"
+    " a.finished_at, a.llm, a.selected_index"
+    " FROM steps s LEFT JOIN attempts a ON a.step_id = s.id AND a.number = s.attempt"
 )
 
 
@@ -303,7 +304,7 @@ def _step_row(r: dict[str, Any]) -> StepRow:
     ended = status in (StepStatus.WAITING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED)
     truncated = False
     if has_attempt and r["llm"] is not None and status in (StepStatus.WAITING, StepStatus.COMPLETED):
-        truncated = bool(_json(r["llm"]).get("truncated"))
+        truncated = cut_off(_json(r["llm"]), r["selected_index"])
     started = _dt(r["started_at"]) if has_attempt else None
     finished = _dt(r["finished_at"]) if has_attempt and ended else None
     return StepRow(

@@ -17,6 +17,17 @@ PRODUCED = (StepStatus.WAITING, StepStatus.COMPLETED)
 ENDED = (StepStatus.WAITING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED)
 
 
+def cut_off(llm: dict[str, Any] | None, selected_index: int | None) -> bool:
+    """Whether what a step offers was cut off at the token limit: the chosen alternative once one is
+    chosen among several (an unselected one cut short does not flag the step), else any of them."""
+    if not llm or not llm.get("truncated"):
+        return False
+    alternatives = llm.get("alternatives") or []
+    if selected_index is None or len(alternatives) < 2:
+        return True
+    return any(a.get("index") == selected_index and a.get("truncated") for a in alternatives)
+
+
 def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -57,7 +68,7 @@ class StepDetail:
 
     @property
     def truncated(self) -> bool:
-        return bool(self.llm and self.llm.get("truncated"))
+        return cut_off(self.llm, self.selected_index)
 
     @property
     def duration_s(self) -> float | None:

@@ -1,0 +1,55 @@
+"""The runs list, Workflows and Monitoring in Chromium at 1400 and 390 px, light and dark: nothing
+scrolls sideways, the header's controls are on screen, and each view is saved as a screenshot (look
+at them)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.e2e.conftest import NARROW, WIDE
+from tests.e2e.run_page import box, page_width, screenshot
+from tests.integration.served import Server
+
+PAGES = [("runs", "/", "Runs"), ("workflows", "/workflows", "Workflows"), ("monitoring", "/monitoring", "Monitoring")]
+
+
+def header_fits(page: Page, width: int) -> None:
+    """Every link and button of the header is inside the window."""
+    controls = page.locator(".q-header a, .q-header button")
+    assert controls.count() >= 4
+    for i in range(controls.count()):
+        control = controls.nth(i)
+        if not control.is_visible():
+            continue
+        where = box(control)
+        assert where["x"] >= 0 and where["x"] + where["width"] <= width + 0.5, f"header control {i} is at {where}"
+
+
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+@pytest.mark.parametrize("size", [WIDE, NARROW], ids=["1400", "390"])
+def test_pages_fit_the_window_light_and_dark(
+    browser: Browser, server: Server, fifty_run: int, mixed_run: int, artifacts: Path, size: dict[str, int], dark: bool
+) -> None:
+    context = browser.new_context(
+        viewport={"width": size["width"], "height": size["height"]}, color_scheme="dark" if dark else "light"
+    )
+    try:
+        page = context.new_page()
+        for name, path, title in PAGES:
+            page.goto(f"{server.base_url}{path}")
+            expect(page).to_have_title(re.compile(title))
+            page.wait_for_load_state("networkidle")
+            body = page.locator("body")
+            if dark:
+                expect(body).to_have_class(re.compile(r"\bbody--dark\b"))
+            else:
+                expect(body).not_to_have_class(re.compile(r"\bbody--dark\b"))
+            header_fits(page, size["width"])
+            assert page_width(page) <= size["width"], f"{path} scrolls sideways: {page_width(page)} px"
+            screenshot(page, artifacts, f"{name}-{size['width']}-{'dark' if dark else 'light'}.png")
+    finally:
+        context.close()
