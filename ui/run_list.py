@@ -8,6 +8,7 @@ steps. Reads only, portable SQL (SQLite and PostgreSQL) through `engine.store.fe
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -45,6 +46,10 @@ class RunRow:
     completed: int
     total: int
     waiting: int
+    actor: str = ""
+    inputs: dict[str, Any] | None = None
+    stale: int = 0  # steps whose output is older than what it was made from
+    cut_off: int = 0  # steps whose output (the chosen one) was cut off at the token limit
 
     def duration_s(self, now: datetime | None = None) -> float | None:
         """Seconds from start to finish, or to `now` while the run has not finished."""
@@ -120,7 +125,8 @@ async def page_runs(f: RunFilter, *, page: int, rows_per_page: int) -> list[RunR
     per_page = max(1, min(rows_per_page, MAX_ROWS_PER_PAGE))
     where, params = _where(f)
     runs = await fetch(
-        f"SELECT r.id, r.workflow, r.status, r.created_at, r.started_at, r.finished_at FROM runs r{where}"
+        "SELECT r.id, r.workflow, r.status, r.created_at, r.started_at, r.finished_at, r.actor, r.inputs"
+        f" FROM runs r{where}"
         " ORDER BY r.id DESC LIMIT ? OFFSET ?",
         [*params, per_page, (max(1, page) - 1) * per_page],
     )
@@ -130,11 +136,22 @@ async def page_runs(f: RunFilter, *, page: int, rows_per_page: int) -> list[RunR
     counts = await fetch(
         "SELECT run_id, COUNT(*) AS total,"
         " SUM(CASE WHEN status = ? THEN 1 ELSE 0 END) AS completed,"
-        " SUM(CASE WHEN status = ? THEN 1 ELSE 0 END) AS waiting"
+        " SUM(CASE WHEN status = ? THEN 1 ELSE 0 END) AS waiting,"
+        " SUM(CASE WHEN stale THEN 1 ELSE 0 END) AS stale"
         f" FROM steps WHERE run_id IN ({marks}) GROUP BY run_id",
         [StepStatus.COMPLETED.value, StepStatus.WAITING.value, *(r["id"] for r in runs)],
     )
     by_run = {c["run_id"]: c for c in counts}
+    # Cut off: the current attempt's offered output (the chosen alternative once chosen) hit the limit.
+    cut = await fetch(
+        "SELECT u.run_id, COUNT(DISTINCT u.step_key) AS n FROM llm_usage u"
+        " JOIN attempts a ON a.id = u.attempt_id JOIN steps s ON s.id = a.step_id AND s.attempt = a.number"
+        f" WHERE u.run_id IN ({marks}) AND u.truncated AND s.status IN (?, ?)"
+        " AND (a.selected_index IS NULL OR a.selected_index = u.alternative)"
+        " GROUP BY u.run_id",
+        [*(r["id"] for r in runs), StepStatus.COMPLETED.value, StepStatus.WAITING.value],
+    )
+    cut_by_run = {c["run_id"]: int(c["n"]) for c in cut}
     rows = []
     for r in runs:
         c = by_run.get(r["id"], {})
@@ -149,9 +166,23 @@ async def page_runs(f: RunFilter, *, page: int, rows_per_page: int) -> list[RunR
                 completed=int(c.get("completed") or 0),
                 total=int(c.get("total") or 0),
                 waiting=int(c.get("waiting") or 0),
+                actor=str(r["actor"] or ""),
+                inputs=_inputs(r["inputs"]),
+                stale=int(c.get("stale") or 0),
+                cut_off=cut_by_run.get(r["id"], 0),
             )
         )
     return rows
+
+
+def _inputs(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value) if isinstance(value, str | bytes) else None
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 async def workflow_names() -> list[str]:

@@ -53,3 +53,25 @@ def test_pages_fit_the_window_light_and_dark(
             screenshot(page, artifacts, f"{name}-{size['width']}-{'dark' if dark else 'light'}.png")
     finally:
         context.close()
+
+
+def test_a_row_opens_its_run_and_back_keeps_the_filters(
+    wide: Page, server: Server, fifty_run: int, mixed_run: int
+) -> None:
+    page = wide
+    page.goto(f"{server.base_url}/?status=failed")
+    rows = page.locator(".runs-table tbody tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text(f"#{mixed_run}")
+    rows.first.locator("td").nth(1).click()  # the workflow's cell, not the link
+    expect(page).to_have_url(f"{server.base_url}/runs/{mixed_run}")
+    page.go_back()
+    expect(page).to_have_url(re.compile(r"/\?status=failed$"))
+    expect(page.locator(".runs-table tbody tr")).to_have_count(1)
+
+    # Typing a search writes it into the URL: a reload keeps it.
+    page.get_by_label("Search").fill("fifty")
+    expect(page).to_have_url(re.compile(r"q=fifty"))
+    expect(page.get_by_text("No runs match these filters.")).to_be_visible()
+    page.reload()
+    expect(page.get_by_label("Search")).to_have_value("fifty")

@@ -57,7 +57,60 @@ async def test_lists_runs_with_status_and_progress(user: User) -> None:
         "choice": False,
     }
     assert rows[1]["duration"].endswith(" s")
-    assert rows[1]["started"][:2] == "20"
+    assert rows[1]["started"] == "just now"  # relative; the absolute time (viewer's zone) is on hover
+    assert rows[1]["started_at"][:2] == "20"
+    assert rows[1]["actor"] == "test"
+    assert rows[1]["inputs"].startswith("topic=bees · count=3")
+
+
+def test_relative_times_and_inputs_on_one_line() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from ui.pages.runs import ago, inputs_text
+
+    now = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
+    assert ago(None, now) == "not started"
+    assert ago(now - timedelta(seconds=10), now) == "just now"
+    assert ago(now - timedelta(minutes=3, seconds=20), now) == "3 min ago"
+    assert ago(now - timedelta(hours=5), now) == "5 h ago"
+    assert ago(now - timedelta(days=2, hours=1), now) == "2 d ago"
+    assert inputs_text({"topic": "Bees", "words": 300}) == "topic=Bees · words=300"
+    long = inputs_text({"topic": "x" * 500})
+    assert len(long) == 80 and long.endswith("…")
+
+
+async def test_filters_come_from_the_url(user: User) -> None:
+    """A filtered list can be linked to and reloaded (the page writes its filters into the URL)."""
+    first = await operations.start_run("ui-demo", {"topic": "honey bees"}, "test")
+    await operations.start_run("ui-demo", {"topic": "wasps"}, "test")
+    gated = await operations.start_run("gated", {}, "test")
+    await eventually(lambda: run_in(first, "completed"), f"run {first} to complete")
+
+    await user.open("/?status=completed&q=honey")
+    assert [r["id"] for r in table_rows(user, "runs-table")] == [first]
+    (status,) = user.find("filter-status").elements
+    assert status.value == "completed"  # type: ignore[attr-defined]
+    (search,) = user.find("filter-search").elements
+    assert search.value == "honey"  # type: ignore[attr-defined]
+
+    await user.open("/?workflow=gated")
+    assert [r["id"] for r in table_rows(user, "runs-table")] == [gated]
+    await user.open("/?status=bogus")  # an unknown status is ignored, not an error
+    assert len(table_rows(user, "runs-table")) == 3
+
+
+async def test_stale_steps_show_in_the_runs_list(user: User) -> None:
+    run_id = await operations.start_run("ui-demo", {"topic": "bees"}, "test")
+    await eventually(lambda: run_in(run_id, "completed"), f"run {run_id} to complete")
+    await user.open("/")
+    assert (row_of(user, run_id) or {})["stale"] == 0
+    run = (await queries.run_detail(run_id)).to_json()
+    first = run["steps"][0]["key"]
+    from models.tables import Step
+
+    await Step.filter(run_id=run_id).exclude(key=first).update(stale=True, stale_reason="made from an older output")
+    rows = await run_list.page_runs(RunFilter(), page=1, rows_per_page=10)
+    assert next(r for r in rows if r.id == run_id).stale == len(run["steps"]) - 1
 
 
 async def test_status_change_shows_without_reload(user: User) -> None:

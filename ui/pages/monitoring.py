@@ -91,8 +91,10 @@ class StatusCounts:
             for status, n in counts.items():
                 badge = self.badges.get(status)
                 if badge is None:
-                    badge = self.badges[status] = ui.badge(color=status_color(status)).props("rounded")
-                    badge.classes("text-sm px-3 py-1").mark(f"count-{status}")
+                    # Each count opens the runs list filtered to that status.
+                    with ui.link(target=f"/?status={status}").classes("no-underline").mark(f"count-link-{status}"):
+                        badge = self.badges[status] = ui.badge(color=status_color(status)).props("rounded")
+                    badge.classes("text-sm px-3 py-1 cursor-pointer").mark(f"count-{status}")
                 badge.text = f"{status}: {n}"
 
 

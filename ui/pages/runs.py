@@ -6,9 +6,11 @@ at most twice a second per tab; nothing polls the database.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from nicegui import events, ui
 
@@ -24,13 +26,17 @@ from ui.throttle import Throttle
 ROWS_PER_PAGE = 25
 REFRESH_INTERVAL_S = 0.5
 
+# Columns a phone has no room for are hidden below 600 px (Quasar's `gt-xs`).
+WIDE_ONLY = {"classes": "gt-xs", "headerClasses": "gt-xs"}
 COLUMNS: list[dict[str, Any]] = [
     {"name": "id", "label": "Run", "field": "id", "align": "left"},
     {"name": "workflow", "label": "Workflow", "field": "workflow", "align": "left"},
     {"name": "status", "label": "Status", "field": "status", "align": "left"},
     {"name": "progress", "label": "Progress", "field": "progress", "align": "left"},
-    {"name": "started", "label": "Started (UTC)", "field": "started", "align": "left"},
-    {"name": "duration", "label": "Duration", "field": "duration", "align": "right"},
+    {"name": "inputs", "label": "Inputs", "field": "inputs", "align": "left", **WIDE_ONLY},
+    {"name": "actor", "label": "Started by", "field": "actor", "align": "left", **WIDE_ONLY},
+    {"name": "started", "label": "Started", "field": "started", "align": "left", **WIDE_ONLY},
+    {"name": "duration", "label": "Duration", "field": "duration", "align": "right", **WIDE_ONLY},
 ]
 
 # Slots render in the browser from row fields: a page of 100 rows stays one element, not hundreds.
@@ -38,15 +44,52 @@ RUN_CELL = """
 <q-td :props="props">
   <a :href="'/runs/' + props.row.id" class="text-primary font-medium no-underline">#{{ props.row.id }}</a>
 </q-td>"""
-STATUS_CELL = """
+STATUS_CELL = f"""
 <q-td :props="props">
   <q-badge :color="props.row.color" :label="props.row.status" rounded />
+  <q-badge v-if="props.row.stale" color="{STATUS_COLORS["stale"]}" outline class="q-ml-xs"
+           :label="props.row.stale + ' stale'" :title="props.row.stale + ' step(s) older than their inputs'" />
+  <q-badge v-if="props.row.cut_off" color="{STATUS_COLORS["truncated"]}" outline class="q-ml-xs"
+           :label="'✂ ' + props.row.cut_off + ' cut off'" title="output cut off at the token limit" />
 </q-td>"""
 PROGRESS_CELL = f"""
 <q-td :props="props">
   {{{{ props.row.progress }}}}
   <q-badge v-if="props.row.choice" color="{STATUS_COLORS["waiting"]}" label="choice needed" outline class="q-ml-sm" />
 </q-td>"""
+# The time relative to now (from the server) with the absolute time in the viewer's zone on hover.
+STARTED_CELL = """
+<q-td :props="props">
+  <span :title="props.row.started_at ? new Date(props.row.started_at).toLocaleString() : ''">{{ props.row.started }}</span>
+</q-td>"""
+INPUTS_CELL = """
+<q-td :props="props" class="ellipsis" style="max-width: 16rem" :title="props.row.inputs">{{ props.row.inputs }}</q-td>"""
+# A click anywhere on a row opens the run (links and badges inside keep their own behaviour).
+ROW_CLICK = "(evt, row) => { if (!evt.target.closest('a')) window.location.href = '/runs/' + row.id; }"
+INPUTS_CHARS = 80
+
+
+def ago(moment: datetime | None, now: datetime) -> str:
+    """ "3 min ago", "2 h ago", "5 d ago"; the absolute time is shown on hover."""
+    if moment is None:
+        return "not started"
+    seconds = max(0.0, (now - moment).total_seconds())
+    if seconds < 45:
+        return "just now"
+    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)} {unit} ago"
+    return "just now"
+
+
+def inputs_text(inputs: dict[str, Any] | None) -> str:
+    """The run's inputs on one line: `topic=Bees · words=300`, cut to a table cell."""
+    parts = []
+    for key, value in (inputs or {}).items():
+        shown = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        parts.append(f"{key}={shown}")
+    text = " · ".join(parts)
+    return text if len(text) <= INPUTS_CHARS else text[: INPUTS_CHARS - 1] + "…"
 
 
 def format_duration(seconds: float | None) -> str:
@@ -69,7 +112,12 @@ def table_row(run: RunRow, now: datetime) -> dict[str, Any]:
         "color": status_color(run.status),
         "progress": f"{run.completed}/{run.total} steps",
         "choice": run.waiting > 0,
-        "started": run.started_at.strftime("%Y-%m-%d %H:%M:%S") if run.started_at else "not started",
+        "stale": run.stale,
+        "cut_off": run.cut_off,
+        "inputs": inputs_text(run.inputs),
+        "actor": run.actor,
+        "started": ago(run.started_at, now),
+        "started_at": run.started_at.isoformat() if run.started_at else None,
         "duration": format_duration(run.duration_s(now)),
     }
 
@@ -77,8 +125,8 @@ def table_row(run: RunRow, now: datetime) -> dict[str, Any]:
 class RunsTable:
     """One tab's runs table: its filter, its page, and the re-read that keeps them current."""
 
-    def __init__(self) -> None:
-        self.filter = RunFilter()
+    def __init__(self, initial: RunFilter | None = None) -> None:
+        self.filter = initial or RunFilter()
         self.page = 1
         self.rows_per_page = ROWS_PER_PAGE
         self.total = 0
@@ -93,11 +141,15 @@ class RunsTable:
             )
             .classes("w-full")
             .props(":rows-per-page-options=[10,25,50,100] flat bordered")
+            .classes("runs-table")
             .mark("runs-table")
         )
+        self.table.on("rowClick", js_handler=ROW_CLICK)
         self.table.add_slot("body-cell-id", RUN_CELL)
         self.table.add_slot("body-cell-status", STATUS_CELL)
         self.table.add_slot("body-cell-progress", PROGRESS_CELL)
+        self.table.add_slot("body-cell-started", STARTED_CELL)
+        self.table.add_slot("body-cell-inputs", INPUTS_CELL)
         self.table.on("request", self.on_request)
         self.empty = ui.label().classes("text-grey-7 self-center").mark("runs-empty")
         self.throttle = Throttle(self.refresh, REFRESH_INTERVAL_S, name="runs page refresh")
@@ -112,6 +164,7 @@ class RunsTable:
     async def set_filter(self, **changes: Any) -> None:
         self.filter = replace(self.filter, **changes)
         self.page = 1
+        ui.navigate.history.replace(filter_url(self.filter))  # Back and reload keep the filters
         await self.refresh()
 
     def affects(self, run_id: int) -> bool:
@@ -169,22 +222,40 @@ def new_run_button() -> None:
                 ui.menu_item(name, on_click=lambda n=name: open_run_dialog(workflows.get(n))).mark(f"new-run-{name}")
 
 
+def filter_url(f: RunFilter) -> str:
+    query = {k: v for k, v in (("status", f.status), ("workflow", f.workflow), ("q", f.search.strip())) if v}
+    return "/?" + urlencode(query) if query else "/"
+
+
 def register() -> None:
+    ui.add_css(".runs-table tbody tr { cursor: pointer; }", shared=True)
+
     @ui.page("/")
-    async def runs_page() -> None:
+    async def runs_page(status: str = "", workflow: str = "", q: str = "") -> None:
+        initial = RunFilter(
+            status=status if status in {s.value for s in RunStatus} else None,
+            workflow=workflow or None,
+            search=q[:200],
+        )
         with frame("Runs"):
             known = sorted(set(workflows.definitions) | set(await run_list.workflow_names()))
+            if initial.workflow and initial.workflow not in known:
+                known.append(initial.workflow)
             with ui.row().classes("w-full items-end gap-4"):
                 new_run_button()
-                status = ui.select([s.value for s in RunStatus], label="Status", clearable=True)
-                status.classes("w-40").mark("filter-status")
-                workflow = ui.select(known, label="Workflow", clearable=True).classes("w-56").mark("filter-workflow")
-                search = ui.input("Search", placeholder="#id, workflow or input text")
+                status_select = ui.select(
+                    [s.value for s in RunStatus], label="Status", clearable=True, value=initial.status
+                )
+                status_select.classes("w-40").mark("filter-status")
+                workflow_select = ui.select(known, label="Workflow", clearable=True, value=initial.workflow)
+                workflow_select.classes("w-56").mark("filter-workflow")
+                search = ui.input("Search", placeholder="#id, workflow or input text", value=initial.search)
                 search.props("clearable debounce=300").classes("w-72").mark("filter-search")
-            runs = RunsTable()
-            status.on_value_change(lambda e: runs.set_filter(status=e.value or None))
-            workflow.on_value_change(lambda e: runs.set_filter(workflow=e.value or None))
+            runs = RunsTable(initial)
+            status_select.on_value_change(lambda e: runs.set_filter(status=e.value or None))
+            workflow_select.on_value_change(lambda e: runs.set_filter(workflow=e.value or None))
             search.on_value_change(lambda e: runs.set_filter(search=e.value or ""))
             await runs.refresh()
             # Subscribed inside the page: NiceGUI drops the subscription when the tab closes.
             live.runs_changed.subscribe(runs.on_run_changed)
+            ui.timer(30, runs.throttle.trigger)  # "3 min ago" stays true
