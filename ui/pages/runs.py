@@ -60,10 +60,14 @@ PROGRESS_CELL = f"""
 # The time relative to now (from the server) with the absolute time in the viewer's zone on hover.
 STARTED_CELL = """
 <q-td :props="props">
-  <span :title="props.row.started_at ? new Date(props.row.started_at).toLocaleString() : ''">{{ props.row.started }}</span>
+  <span :title="props.row.started_at ? new Date(props.row.started_at).toLocaleString() : ''">
+    {{ props.row.started }}
+  </span>
 </q-td>"""
 INPUTS_CELL = """
-<q-td :props="props" class="ellipsis" style="max-width: 16rem" :title="props.row.inputs">{{ props.row.inputs }}</q-td>"""
+<q-td :props="props" class="ellipsis" style="max-width: 16rem" :title="props.row.inputs">
+  {{ props.row.inputs }}
+</q-td>"""
 # A click anywhere on a row opens the run (links and badges inside keep their own behaviour).
 ROW_CLICK = "(evt, row) => { if (!evt.target.closest('a')) window.location.href = '/runs/' + row.id; }"
 INPUTS_CHARS = 80
