@@ -134,5 +134,5 @@ def frame(title: str) -> Iterator[None]:
         button = ui.button(icon=icon, on_click=toggle).props("flat round dense color=white").mark("dark-toggle")
         with button:
             tip = ui.tooltip(hint)
-    with ui.column().classes("w-full max-w-screen-xl mx-auto p-4 gap-4"):
+    with ui.column().classes("w-full max-w-screen-xl mx-auto p-2 sm:p-4 gap-4"):
         yield

@@ -54,7 +54,7 @@ STATUS_CELL = f"""
 </q-td>"""
 PROGRESS_CELL = f"""
 <q-td :props="props">
-  {{{{ props.row.progress }}}}
+  {{{{ props.row.done }}}}/{{{{ props.row.total }}}}<span class="gt-xs"> steps</span>
   <q-badge v-if="props.row.choice" color="{STATUS_COLORS["waiting"]}" label="choice needed" outline class="q-ml-sm" />
 </q-td>"""
 # The time relative to now (from the server) with the absolute time in the viewer's zone on hover.
@@ -115,6 +115,8 @@ def table_row(run: RunRow, now: datetime) -> dict[str, Any]:
         "status": run.status,
         "color": status_color(run.status),
         "progress": f"{run.completed}/{run.total} steps",
+        "done": run.completed,
+        "total": run.total,
         "choice": run.waiting > 0,
         "stale": run.stale,
         "cut_off": run.cut_off,
@@ -144,7 +146,7 @@ class RunsTable:
                 pagination={"page": 1, "rowsPerPage": ROWS_PER_PAGE, "rowsNumber": 0},
             )
             .classes("w-full")
-            .props(":rows-per-page-options=[10,25,50,100] flat bordered")
+            .props(':rows-per-page-options=[10,25,50,100] flat bordered :dense="$q.screen.lt.sm"')
             .classes("runs-table")
             .mark("runs-table")
         )
