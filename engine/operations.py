@@ -217,6 +217,9 @@ async def select(run_id: int, step_key: str, index: int, actor: str) -> bool:
         status = StepStatus(row["status"])
         if status not in (StepStatus.WAITING, StepStatus.COMPLETED) or row["outputs"] is None:
             raise Conflict(f"step {step_key!r} is {status.value}: there is nothing to select")
+        if status == StepStatus.WAITING and run.status in (RunStatus.FAILED, RunStatus.CANCELLED):
+            # Its alternatives are kept for a resume; choosing now would complete a step of a stopped run.
+            raise Conflict(f"run {run_id} is {run.status.value}: resume it to choose among the alternatives")
         outputs = json.loads(row["outputs"]) if isinstance(row["outputs"], str) else row["outputs"]
         if not 0 <= index < len(outputs):
             raise InvalidInput(

@@ -131,7 +131,10 @@ class RunDetail:
 
     def to_json(self) -> dict[str, Any]:
         steps = [s.to_json() for s in self.steps]
-        return {**run_json(self), **summary(steps), "steps": steps}
+        shown = summary(steps)
+        if self.status in (RunStatus.FAILED, RunStatus.CANCELLED):
+            shown["needs_choice"] = []  # a stopped run asks for nothing until it is resumed
+        return {**run_json(self), **shown, "steps": steps}
 
 
 def run_json(run: RunDetail) -> dict[str, Any]:

@@ -83,9 +83,12 @@ Listener = Callable[[Patch], None]
 
 
 def shown_status(row: StepRow, run_status: str) -> str:
-    """A step's status as a page shows it: pending steps of a run that ended will not run."""
+    """A step's status as a page shows it: pending steps of a run that ended will not run, and a
+    choice in a run that ended is not asked for."""
     if row.status == StepStatus.PENDING and run_status in ENDED_RUN:
         return "not run"
+    if row.status == StepStatus.WAITING and run_status in ENDED_RUN:
+        return "not chosen"  # its alternatives wait for a resume, not for a choice now
     return row.status.value
 
 

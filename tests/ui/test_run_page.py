@@ -22,6 +22,8 @@ import pytest
 from nicegui import ElementFilter, ui
 from nicegui.testing import User
 
+from engine import operations, queries
+from engine.errors import Conflict
 from tests import stepfns
 from tests.conftest import wait_for
 from ui.components.run_steps import RunSteps
@@ -359,6 +361,29 @@ async def test_select_an_alternative_on_a_waiting_step_and_the_run_continues(use
     await wait_row(run_id, "polish", status="completed", color="green-6")
     await show(user, "polish")
     await wait_shown(user, "output-polish", "used:call1-alt1")
+
+
+async def test_a_cancelled_run_asks_for_no_choice_and_refuses_one(user: User) -> None:
+    run_id = await start_run(user, "pick")
+    await wait_run(user, run_id, "waiting")
+    await user.open(f"/runs/{run_id}")
+    await show(user, "draft")
+    await user.should_see(marker="choose-draft")
+
+    await operations.cancel_run(run_id, "alice")  # from elsewhere: the open page follows
+    await wait_text(user, "run-status", "cancelled")
+    await wait_row(run_id, "draft", status="not chosen")
+    await wait_row(run_id, "polish", status="not run")
+    await user.should_not_see(marker="choice-needed", retries=RETRIES)  # bindings refresh on their own beat
+    await wait_shown(user, "stopped-draft", "resume it to choose")
+    await user.should_not_see(marker="choose-draft", retries=RETRIES)
+    assert not the(user, "select-draft-1").enabled, "a choice on a cancelled run is not offered"
+    await user.should_see(marker="resume-run")
+
+    with pytest.raises(Conflict, match="resume it to choose"):
+        await operations.select(run_id, "draft", 1, "alice")
+    run = (await queries.run_detail(run_id)).to_json()
+    assert (run["status"], run["needs_choice"], run["steps"][0]["status"]) == ("cancelled", [], "waiting")
 
 
 async def test_retry_a_failed_step_makes_a_new_attempt_and_keeps_the_old_one_in_history(user: User) -> None:

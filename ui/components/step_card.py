@@ -14,7 +14,7 @@ from engine.readmodel import PRODUCED, StepDetail
 from models.status import StepStatus
 from ui import security
 from ui.components.output_view import diff_view, output_view, traceback_view
-from ui.live import RunState, llm_summary
+from ui.live import ENDED_RUN, RunState, llm_summary
 from ui.theme import STATUS_COLORS, STATUS_ICONS, status_color
 
 Action = Callable[[str], Awaitable[None]]
@@ -39,6 +39,11 @@ class StepBody:
         self.element = ui.element("div").classes("w-full column gap-2").props(f'data-step="{self.key}"')
         self.element.mark(f"body-{self.key}")
         self.render(step)
+
+    @property
+    def stopped(self) -> bool:
+        """The run failed or was cancelled: a choice waits for a resume."""
+        return self.state.view.status in ENDED_RUN
 
     def append_log(self, line: str) -> None:
         if self.log is not None:
@@ -130,10 +135,18 @@ class StepBody:
 
     def _outputs(self, step: StepDetail) -> None:
         alternatives = step.alternatives
-        if step.status is StepStatus.WAITING:
+        if step.status is StepStatus.WAITING and self.stopped:
+            with ui.row().classes("items-center gap-2 p-2 rounded bg-grey-2 w-full").mark(f"stopped-{self.key}"):
+                ui.icon("pause_circle", color="grey-8")
+                ui.label(f"The run is {self.state.view.status}: resume it to choose among these alternatives.").classes(
+                    "text-sm text-black"
+                )
+        elif step.status is StepStatus.WAITING:
             with ui.row().classes("items-center gap-2 p-2 rounded bg-amber-1 w-full").mark(f"choose-{self.key}"):
                 ui.icon(STATUS_ICONS["waiting"], color=status_color("waiting"))
-                ui.label(f"Pick one of {len(alternatives)} alternatives to continue the run.").classes("text-sm")
+                ui.label(f"Pick one of {len(alternatives)} alternatives to continue the run.").classes(
+                    "text-sm text-black"
+                )
         if len(alternatives) > 1 or step.status is StepStatus.WAITING:
             cut = {a["index"] for a in (step.llm or {}).get("alternatives", ()) if a["truncated"]}
             with ui.tabs().classes("w-full").props("dense align=left no-caps") as tabs:
@@ -166,7 +179,12 @@ class StepBody:
                 on_click=lambda i=index: self.select(self.key, i),
             ).props("dense no-caps" + (" flat" if selected else ""))
             button.mark(f"select-{self.key}-{index}")
-            button.set_enabled(not selected and step.status in PRODUCED and security.may_act())
+            button.set_enabled(
+                not selected
+                and step.status in PRODUCED
+                and not (step.status is StepStatus.WAITING and self.stopped)
+                and security.may_act()
+            )
             llm = step.llm
             if llm and index < len(llm["alternatives"]):
                 alt = llm["alternatives"][index]

@@ -16,7 +16,7 @@ from models.status import StepStatus
 from ui import security
 from ui.components.run_steps import RunSteps
 from ui.components.step_card import StepBody
-from ui.live import Patch, RunState, live
+from ui.live import ENDED_RUN, Patch, RunState, live
 from ui.theme import frame
 
 
@@ -181,12 +181,14 @@ class RunPage:
         if patch.rows:
             self.steps.patch([self.state.row_json(r) for r in patch.rows])
         v = self.state.view
-        if self.root.props.get("data-run-status") != v.status or self.root.props.get("data-completed") != str(
-            v.completed
-        ):
+        was = self.root.props.get("data-run-status")
+        if was != v.status or self.root.props.get("data-completed") != str(v.completed):
             self._mark_root()
             self.root.update()
         stale = [k for k in patch.bodies if k in self.bodies]
+        if (was in ENDED_RUN) != (v.status in ENDED_RUN):  # a choice is offered, or no longer
+            waiting = [k for k in self.bodies if self.state.rows[k].status == StepStatus.WAITING]
+            stale += [k for k in waiting if k not in stale]
         if stale:
             background_tasks.create(self._rebuild(stale), name="run-page-bodies")
         for event in patch.events:
