@@ -377,7 +377,8 @@ async def test_a_cancelled_run_asks_for_no_choice_and_refuses_one(user: User) ->
     await user.should_not_see(marker="choice-needed", retries=RETRIES)  # bindings refresh on their own beat
     await wait_shown(user, "stopped-draft", "resume it to choose")
     await user.should_not_see(marker="choose-draft", retries=RETRIES)
-    assert not the(user, "select-draft-1").enabled, "a choice on a cancelled run is not offered"
+    select = the(user, "select-draft-1")
+    assert isinstance(select, ui.button) and not select.enabled, "a choice on a cancelled run is not offered"
     await user.should_see(marker="resume-run")
 
     with pytest.raises(Conflict, match="resume it to choose"):
