@@ -67,7 +67,38 @@ async def gated_pick(ctx):
     """Offers its alternatives once the file <inputs.gate_dir>/<step key> exists."""
     await gated(ctx)
     return [f"{ctx.step_key} option {i + 1}" for i in range(ctx.alternatives)]
+
+
+def overlay(ctx):
+    """Markdown a model could write to draw over the page."""
+    return (
+        "# A heading of the output\\n\\nBefore the overlay.\\n\\n"
+        '<div style="position:fixed;top:0;left:0;width:100%;height:100%;background:red;z-index:99999" '
+        'class="fixed inset-0">overlay</div>\\n\\nAfter the overlay.'
+    )
+
+
+def huge(ctx):
+    """About 2 MB of text in numbered lines."""
+    return "\\n".join(f"line {i:06d} " + "lorem ipsum dolor sit amet " * 2 for i in range(32_000))
+
+
+def nested(ctx):
+    return {"title": "Nested", "sections": [{"name": f"s{i}", "words": i * 100} for i in range(3)]}
 '''
+
+OUTPUTS = """
+name: outputs
+steps:
+  - key: overlay
+    call: e2e_steps:overlay
+  - key: below
+    call: e2e_steps:quick
+  - key: huge
+    call: e2e_steps:huge
+  - key: nested
+    call: e2e_steps:nested
+"""
 
 
 def step_label(i: int) -> str:
@@ -187,6 +218,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             "long-gated": gated_steps("long-gated", LONG_RUN),
             "choice-at-the-end": choice_at_the_end("choice-at-the-end", 60),
             "live-attention": LIVE_ATTENTION,
+            "outputs": OUTPUTS,
         },
         modules={"e2e_steps": E2E_STEPS},
     )

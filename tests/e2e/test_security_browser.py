@@ -309,14 +309,12 @@ def test_payloads_in_outputs_and_inputs_render_inert(
         "the remote images to be requested or blocked by img-src",
     )
     assert remote.requests == [], f"the page contacted the remote host: {remote.requests}"
-    # A form that posts elsewhere (phishing): form-action 'self'. Clicked from script, because a
-    # blocked navigation never "finishes" for Playwright's click.
-    echo_card.get_by_text("submit form").evaluate("button => button.click()")
-    wait_until(
-        lambda: remote.requests or any(v.startswith(f"form-action {remote.url}/") for v in watched.violations()),
-        "the form's submission to be sent or blocked by form-action",
-    )
-    assert remote.requests == [], f"the form reached the remote host: {remote.requests}"
+    # A form that posts elsewhere (phishing) is not rendered at all: its text stays, no form or control.
+    expect(echo_card.get_by_text("submit form")).to_be_visible()
+    expect(echo_card.locator(".nicegui-markdown").locator("form, input, button, textarea, select")).to_have_count(0)
+    # Nothing in an output can position or restyle itself outside its box.
+    expect(rendered.locator("[style]")).to_have_count(0)
+    assert remote.requests == [], f"the page contacted the remote host: {remote.requests}"
     page.screenshot(path=str(artifacts / "xss-run-page.png"), full_page=True)
     assert watched.pwned() is None, f"a payload ran on the run page: window.__pwned = {watched.pwned()!r}"
 

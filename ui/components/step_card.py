@@ -167,7 +167,7 @@ class StepBody:
             if len(alternatives) > 1:
                 self._compare(alternatives)
         elif step.output is not None or step.status is StepStatus.COMPLETED:
-            output_view(step.output, mark=f"output-{self.key}")
+            output_view(step.output, mark=f"output-{self.key}", name=f"run-{self.state.view.id}-{self.key}")
 
     def _alternative(self, index: int, value: Any, step: StepDetail) -> None:
         selected = index == step.selected_index
@@ -192,7 +192,9 @@ class StepBody:
                 if alt["truncated"]:
                     note += " · cut off at the limit"
                 ui.label(note).classes("text-xs text-grey-7").mark(f"alt-usage-{self.key}-{index}")
-        output_view(value, mark=f"alternative-{self.key}-{index}")
+        output_view(
+            value, mark=f"alternative-{self.key}-{index}", name=f"run-{self.state.view.id}-{self.key}-{index + 1}"
+        )
 
     def _compare(self, alternatives: tuple[Any, ...]) -> None:
         with ui.expansion("Compare alternatives", icon="compare").classes("w-full"):

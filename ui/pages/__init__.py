@@ -6,7 +6,12 @@ from engine.scheduler import Maintenance
 
 
 def register_pages(maintenance: Maintenance) -> None:
+    from nicegui import ui
+
+    from ui.components import output_view
     from ui.pages import monitoring, run_detail, runs, workflows
+
+    ui.add_css(output_view.CSS, shared=True)
 
     runs.register()
     run_detail.register()
