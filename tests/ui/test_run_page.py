@@ -30,6 +30,12 @@ from ui.components.run_steps import RunSteps
 from ui.live import RunState, live
 
 WORKFLOWS = {
+    "logs": """
+        name: logs
+        steps:
+          - key: chatty
+            call: tests.stepfns:progress_and_logs
+    """,
     "gated-pair": """
         name: gated-pair
         steps:
@@ -499,3 +505,19 @@ async def test_cancel_a_running_run(user: User) -> None:
     assert the(user, "run-root").props["data-run-status"] == "cancelled"
     await user.should_not_see(marker="cancel-run")
     await user.should_see(marker="resume-run")
+
+
+async def test_a_step_log_has_a_heading_a_search_and_a_download(user: User) -> None:
+    run_id = await start_run(user, "logs")
+    await wait_run(user, run_id, "completed")
+    await user.open(f"/runs/{run_id}")
+    await show(user, "chatty")
+    await wait_shown(user, "log-chatty", "Log · 3 lines")
+    lines = the(user, "log-chatty-lines")
+    assert [c.text for c in lines.default_slot.children] == ["line 1", "line 2", "line 3"]  # type: ignore[attr-defined]
+
+    (search,) = [e for e in the(user, "log-chatty").descendants() if isinstance(e, ui.input)]
+    with user:
+        search.value = "2"
+    await wait_shown(user, "log-chatty", "Log · 1 of 3 lines")
+    assert [c.text for c in lines.default_slot.children] == ["line 2"]  # type: ignore[attr-defined]

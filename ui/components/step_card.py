@@ -13,6 +13,7 @@ from engine import queries
 from engine.readmodel import PRODUCED, StepDetail
 from models.status import StepStatus
 from ui import security
+from ui.components.log_view import LogView
 from ui.components.output_view import diff_view, output_view, traceback_view
 from ui.live import ENDED_RUN, RunState, llm_summary
 from ui.theme import STATUS_COLORS, STATUS_ICONS, status_color
@@ -35,7 +36,7 @@ class StepBody:
         self.state, self.key = state, step.key
         self.select, self.rerun = select, rerun
         self.sv = state.step_live(self.key)
-        self.log: ui.log | None = None
+        self.log: LogView | None = None
         self.element = ui.element("div").classes("w-full column gap-2").props(f'data-step="{self.key}"')
         self.element.mark(f"body-{self.key}")
         self.render(step)
@@ -47,7 +48,6 @@ class StepBody:
 
     def append_log(self, line: str) -> None:
         if self.log is not None:
-            self.log.set_visibility(True)
             self.log.push(line)
 
     def delete(self) -> None:
@@ -80,10 +80,12 @@ class StepBody:
             if step.partial_output:
                 with ui.expansion("Partial output (before it stopped)").classes("w-full"):
                     output_view(step.partial_output)
-            self.log = ui.log(max_lines=1000).classes("w-full h-32 text-xs").mark(f"log-{self.key}")
-            for line in step.logs:
-                self.log.push(line)
-            self.log.set_visibility(bool(step.logs) or step.status is StepStatus.RUNNING)
+            self.log = LogView(
+                step.logs,
+                name=f"run-{self.state.view.id}-{self.key}-attempt-{step.attempt}",
+                mark=f"log-{self.key}",
+                live=step.status is StepStatus.RUNNING,
+            )
             self._actions(step)
             self._history(step)
 
