@@ -109,7 +109,7 @@ async def _read_run(run_id: int) -> _Run:
     if not rows:
         raise NotFound(f"run {run_id} does not exist")
     steps = await fetch(
-        "SELECT s.id, s.key, s.status, s.attempt, a.id AS attempt_id, a.status AS attempt_status, a.outputs,"
+        "SELECT s.id, s.key, s.status, s.attempt, s.stale, a.id AS attempt_id, a.status AS attempt_status, a.outputs,"
         " a.selected_index FROM steps s LEFT JOIN attempts a ON a.step_id = s.id AND a.number = s.attempt"
         " WHERE s.run_id = ? ORDER BY s.position",
         (run_id,),
@@ -142,9 +142,11 @@ class RerunPlan:
     reason: str | None  # why it is not allowed
 
 
-def _plan(run: _Run, key: str) -> RerunPlan:
-    _step(run, key)
-    chosen = {key, *run.defn.dependents(key)}
+def _plan(run: _Run, key: str, *also: str) -> RerunPlan:
+    chosen: set[str] = set()
+    for start in (key, *also):
+        _step(run, start)
+        chosen |= {start, *run.defn.dependents(start)}
     # Failed or cancelled steps elsewhere are retried too: the run cannot complete without them.
     for other, row in run.steps.items():
         if row["status"] in (StepStatus.FAILED, StepStatus.CANCELLED) and other not in chosen:
@@ -170,7 +172,36 @@ async def rerun_from(run_id: int, step_key: str, actor: str) -> RerunPlan:
     calls takes effect, the others get a Conflict.
     """
     run = await _read_run(run_id)
-    plan = _plan(run, step_key)
+    return await _apply(run, _plan(run, step_key), actor, f"rerun from step {step_key!r}")
+
+
+def _stale_roots(run: _Run) -> list[str]:
+    """The stale steps no other stale step leads to: re-running from them refreshes every stale step."""
+    stale = [k for k, row in run.steps.items() if row["stale"]]  # in declared order
+    below = {d for k in stale for d in run.defn.dependents(k)}
+    return [k for k in stale if k not in below]
+
+
+async def refresh_stale_plan(run_id: int) -> RerunPlan:
+    """Preview of `refresh_stale`: the stale steps and what depends on them run again."""
+    run = await _read_run(run_id)
+    roots = _stale_roots(run)
+    if not roots:
+        raise Conflict(f"run {run_id} has no stale step")
+    return _plan(run, *roots)
+
+
+async def refresh_stale(run_id: int, actor: str) -> RerunPlan:
+    """Re-run every stale step (and what depends on them), keeping everything else as it is."""
+    run = await _read_run(run_id)
+    roots = _stale_roots(run)
+    if not roots:
+        raise Conflict(f"run {run_id} has no stale step")
+    return await _apply(run, _plan(run, *roots), actor, "refresh stale steps")
+
+
+async def _apply(run: _Run, plan: RerunPlan, actor: str, what: str) -> RerunPlan:
+    run_id, step_key = run.id, plan.step
     if not plan.allowed:
         raise Conflict(plan.reason or "rerun not allowed")
     resets = [
@@ -180,7 +211,7 @@ async def rerun_from(run_id: int, step_key: str, actor: str) -> RerunPlan:
     ]
     if len(resets) != len(plan.rerun):
         raise Conflict(f"run {run_id} still has running steps; run `main.py check` or wait for the sweep")
-    action = f"rerun from step {step_key!r}: " + ", ".join(plan.rerun)
+    action = f"{what}: " + ", ".join(plan.rerun)
     if not await transitions.rerun_steps(run_id, run.status, step_key, resets, actor, action):
         now = await _read_run(run_id)
         raise Conflict(f"run {run_id} changed meanwhile (now {now.status.value}); the rerun was not applied twice")
@@ -201,6 +232,16 @@ async def resume_run(run_id: int, actor: str) -> RerunPlan:
 
 
 # --- select ------------------------------------------------------------------------------------------
+
+
+async def selection_stales(run_id: int, step_key: str) -> list[str]:
+    """The steps a new choice on this (completed) step would flag stale: its dependents that ran on
+    the current one. Empty for a step that waits for its first choice."""
+    run = await _read_run(run_id)
+    if StepStatus(_step(run, step_key)["status"]) != StepStatus.COMPLETED:
+        return []
+    built_on_it = (StepStatus.COMPLETED, StepStatus.WAITING)
+    return [k for k in run.defn.dependents(step_key) if run.steps[k]["status"] in built_on_it]
 
 
 async def select(run_id: int, step_key: str, index: int, actor: str) -> bool:

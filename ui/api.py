@@ -209,6 +209,18 @@ async def rerun_step(run_id: str, key: str, actor: Operator) -> JSONResponse:
 
 
 @protected.post(
+    "/runs/{run_id}/refresh-stale",
+    response_model=RunOut,
+    responses=ACTIONS,
+    summary="Re-run the run's stale steps (and what depends on them); 409 when none is stale",
+)
+async def refresh_stale(run_id: str, actor: Operator) -> JSONResponse:
+    rid = parse_run_id(run_id)
+    await operations.refresh_stale(rid, actor)
+    return JSONResponse((await queries.run_detail(rid)).to_json())
+
+
+@protected.post(
     "/runs/{run_id}/steps/{key}/select",
     response_model=RunOut,
     responses=ACTIONS,

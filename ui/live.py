@@ -58,6 +58,7 @@ class RunView:
     active: bool = False  # queued or running: Cancel applies
     resumable: bool = False  # failed or cancelled: Resume applies
     rerunnable: bool = False  # not queued/running: Retry / Resume from here apply
+    refreshable: bool = False  # stopped with stale steps: "Refresh stale steps" applies
 
 
 @bindable_dataclass
@@ -247,6 +248,7 @@ class RunState:
         v.active = v.status in ACTIVE_RUN
         v.resumable = v.status in ENDED_RUN
         v.rerunnable = not v.active
+        v.refreshable = v.rerunnable and bool(self.stale)
 
     async def catch_up(self) -> None:
         """Re-read what the changes since the last push imply, then hand the patch to every tab."""

@@ -465,7 +465,18 @@ async def test_changing_a_selection_on_a_completed_run_flags_the_dependent_stale
     assert row(run_id, "polish")["flag"] == ""
 
     await show(user, "draft")
+    # A changed choice asks first, naming what will become stale; Back changes nothing.
+    user.find(marker="select-draft-1").click()
+    await user.should_see(marker="confirm-dialog", retries=RETRIES)
+    with user.scope(marker="confirm-dialog"):
+        await user.should_see("will be marked stale")
+        await user.should_see("Polish")
+    user.find(marker="confirm-back").click()
+    await user.should_not_see(marker="confirm-dialog", retries=RETRIES)
+    assert (await api_step(user, run_id, "draft"))["selected_index"] == 0
     user.find(marker="select-draft-2").click()
+    await confirm(user, "will be marked stale")
+    await user.should_see("1 step marked stale", retries=RETRIES)
 
     await wait_row(run_id, "polish", flag="stale", color="purple-5", status="completed")
     assert "1 stale" in text_of(user, "run-counts")
@@ -486,6 +497,27 @@ async def test_changing_a_selection_on_a_completed_run_flags_the_dependent_stale
     assert "stale" not in text_of(user, "run-counts")
     polish = await api_step(user, run_id, "polish")
     assert (polish["stale"], polish["attempt"], polish["output"]) == (False, 2, "used:call1-alt2")
+
+
+async def test_refresh_stale_steps_reruns_only_the_stale_ones(user: User) -> None:
+    run_id = await start_run(user, "pick")
+    await wait_run(user, run_id, "waiting")
+    await user.http_client.post(f"/api/runs/{run_id}/steps/draft/select", json={"index": 0})
+    await wait_run(user, run_id, "completed")
+    refused = await user.http_client.post(f"/api/runs/{run_id}/refresh-stale")
+    assert refused.status_code == 409 and "no stale step" in refused.json()["message"]
+    await user.http_client.post(f"/api/runs/{run_id}/steps/draft/select", json={"index": 1})
+    await user.open(f"/runs/{run_id}")
+    await wait_row(run_id, "polish", flag="stale")
+    await user.should_see(marker="refresh-stale", retries=RETRIES)
+
+    user.find(marker="refresh-stale").click()
+    await confirm(user, "polish", "draft")  # re-run, and kept
+    await wait_row(run_id, "polish", flag="", attempt=2, status="completed")
+    draft = await api_step(user, run_id, "draft")
+    assert (draft["attempt"], draft["selected_index"]) == (1, 1), "the chosen step itself is kept"
+    assert (await api_step(user, run_id, "polish"))["output"] == "used:call1-alt1"
+    await user.should_not_see(marker="refresh-stale", retries=RETRIES)
 
 
 async def test_cancel_a_running_run(user: User) -> None:

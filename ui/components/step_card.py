@@ -225,8 +225,8 @@ class StepBody:
                 ui.button("Retry", icon="replay", on_click=lambda: self.rerun(self.key)).props("no-caps").mark(
                     f"retry-{self.key}"
                 )
-            else:
-                ui.button("Resume from here", icon="play_arrow", on_click=lambda: self.rerun(self.key)).props(
+            elif step.status in (StepStatus.COMPLETED, StepStatus.CANCELLED):  # where it does something
+                ui.button("Re-run from here", icon="play_arrow", on_click=lambda: self.rerun(self.key)).props(
                     "flat no-caps"
                 ).mark(f"rerun-{self.key}")
 

@@ -32,7 +32,9 @@ async def _act(what: Callable[[str], Awaitable[Any]], done: str) -> bool:
     return True
 
 
-async def _confirm(title: str, lines: list[tuple[str, list[str]]], ok: str) -> bool:
+async def _confirm(
+    title: str, lines: list[tuple[str, list[str]]], ok: str, *, back: str = "Back", destructive: bool = False
+) -> bool:
     with ui.dialog() as dialog, ui.card().classes("min-w-96").mark("confirm-dialog"):
         ui.label(title).classes("text-h6")
         for heading, items in lines:
@@ -40,8 +42,10 @@ async def _confirm(title: str, lines: list[tuple[str, list[str]]], ok: str) -> b
                 ui.label(heading).classes("font-medium mt-2")
                 ui.label(", ".join(items)).classes("text-sm")
         with ui.row().classes("w-full justify-end"):
-            ui.button("Cancel", on_click=lambda: dialog.submit(False)).props("flat no-caps")
-            ui.button(ok, on_click=lambda: dialog.submit(True)).props("no-caps").mark("confirm-ok")
+            ui.button(back, on_click=lambda: dialog.submit(False)).props("flat no-caps").mark("confirm-back")
+            ui.button(ok, on_click=lambda: dialog.submit(True)).props(
+                "no-caps" + (" color=negative" if destructive else "")
+            ).mark("confirm-ok")
     result = await dialog
     dialog.delete()
     return bool(result)
@@ -153,6 +157,9 @@ class RunPage:
         ui.button("Resume", icon="play_arrow", on_click=self.resume).props("no-caps").bind_visibility_from(
             v, "resumable"
         ).mark("resume-run")
+        ui.button("Refresh stale steps", icon="history", on_click=self.refresh_stale).props(
+            "no-caps color=purple-6"
+        ).bind_visibility_from(v, "refreshable").mark("refresh-stale")
         ui.button("Run again", icon="replay", on_click=self.run_again).props("flat no-caps").mark("run-again")
 
     # --- steps ------------------------------------------------------------------------------------
@@ -213,10 +220,37 @@ class RunPage:
     # --- actions ------------------------------------------------------------------------------------
 
     async def select(self, key: str, index: int) -> None:
-        if await _act(
-            lambda actor: operations.select(self.run_id, key, index, actor), f"Selected alternative {index + 1}"
-        ):
+        stales = await operations.selection_stales(self.run_id, key)
+        done = f"Selected alternative {index + 1}"
+        if stales:
+            labels = [self.state.rows[k].label for k in stales if k in self.state.rows]
+            ok = await _confirm(
+                f"Change the choice of {self.state.rows[key].label!r} to alternative {index + 1}?",
+                [
+                    ("Made from the current choice, these steps will be marked stale:", labels),
+                    ("Refresh them afterwards with “Refresh stale steps” (or re-run a step).", []),
+                ],
+                "Change choice",
+            )
+            if not ok:
+                return
+            done += f"; {len(stales)} step{'s' if len(stales) != 1 else ''} marked stale"
+        if await _act(lambda actor: operations.select(self.run_id, key, index, actor), done):
             await live.refresh(self.run_id, [key])
+
+    async def refresh_stale(self) -> None:
+        try:
+            plan = await operations.refresh_stale_plan(self.run_id)
+        except StepdeckError as exc:
+            ui.notify(str(exc), type="warning")
+            return
+        ok = await _confirm(
+            "Refresh the stale steps?",
+            [("Will run again (new attempts):", plan.rerun), ("Kept as they are:", plan.keep)],
+            "Refresh",
+        )
+        if ok and await _act(lambda actor: operations.refresh_stale(self.run_id, actor), "Stale steps queued"):
+            await live.refresh(self.run_id)
 
     async def rerun(self, key: str) -> None:
         plan = await operations.rerun_plan(self.run_id, key)
@@ -233,7 +267,9 @@ class RunPage:
 
     async def cancel(self) -> None:
         question: list[tuple[str, list[str]]] = [("Work in progress stops; partial output is kept.", [])]
-        if not await _confirm(f"Cancel run {self.run_id}?", question, "Cancel run"):
+        if not await _confirm(
+            f"Cancel run {self.run_id}?", question, "Cancel run", back="Keep running", destructive=True
+        ):
             return
         if await _act(lambda actor: operations.cancel_run(self.run_id, actor), "Run cancelled"):
             await live.refresh(self.run_id)
