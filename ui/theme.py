@@ -21,7 +21,9 @@ STATUS_COLORS = {
     "failed": "red-6",
     "cancelled": "brown-5",
     "stale": "purple-5",
-    "truncated": "orange-9",  # an output cut off at the token limit
+    # An output cut off at the token limit: a dark cyan, unlike waiting's amber for every kind of
+    # colour vision, and always shown with its scissors icon.
+    "truncated": "cyan-9",
 }
 STATUS_ICONS = {
     "queued": "schedule",
@@ -31,6 +33,10 @@ STATUS_ICONS = {
     "completed": "check_circle",
     "failed": "error",
     "cancelled": "cancel",
+    "not run": "remove_circle_outline",  # pending in a run that ended
+    "not chosen": "pan_tool",  # waiting in a run that ended
+    "stale": "history",
+    "truncated": "content_cut",
 }
 
 NAV = [("Runs", "/"), ("Workflows", "/workflows"), ("Monitoring", "/monitoring")]

@@ -24,7 +24,7 @@ from tests.e2e.run_page import (
     screenshot,
 )
 from tests.integration.served import Server
-from ui.theme import STATUS_COLORS
+from ui.theme import STATUS_COLORS, STATUS_ICONS
 
 
 def test_a_pill_changes_colour_live_when_its_step_completes(
@@ -37,7 +37,8 @@ def test_a_pill_changes_colour_live_when_its_step_completes(
     open_run(page, server, run_id)
     bravo, charlie = pill(page, "bravo"), pill(page, "charlie")
     expect(bravo).to_have_attribute("data-status", "running")
-    expect(bravo.locator(".run-dot")).to_have_class(re.compile(rf"\bbg-{STATUS_COLORS['running']}\b"))
+    expect(bravo.locator(".q-icon")).to_have_class(re.compile(rf"\btext-{STATUS_COLORS['running']}\b"))
+    expect(bravo.locator(".q-icon")).to_have_text(STATUS_ICONS["running"])  # colour always with an icon
     expect(charlie).to_have_attribute("data-status", "pending")
     expect(page.get_by_test_id("status-bravo")).to_have_text("running")
     root = page.locator("#run-root")
@@ -49,7 +50,8 @@ def test_a_pill_changes_colour_live_when_its_step_completes(
     (gates / "bravo").touch()
 
     expect(bravo).to_have_attribute("data-status", "completed", timeout=5_000)
-    expect(bravo.locator(".run-dot")).to_have_class(re.compile(rf"\bbg-{STATUS_COLORS['completed']}\b"))
+    expect(bravo.locator(".q-icon")).to_have_class(re.compile(rf"\btext-{STATUS_COLORS['completed']}\b"))
+    expect(bravo.locator(".q-icon")).to_have_text(STATUS_ICONS["completed"])
     expect(charlie).to_have_attribute("data-status", "completed", timeout=5_000)
     expect(page.get_by_test_id("status-charlie")).to_have_text("completed")
     expect(page.get_by_test_id("step-counts")).to_have_text("3 completed")

@@ -33,7 +33,7 @@ export default {
         <button :key="item[0]" type="button" class="run-pill rounded-full px-2 shrink-0 text-xs"
                 :class="{'run-pill-current': item[0] === current}" :title="item[1]" :data-testid="'pill-' + item[0]"
                 :data-status="item[2]" @click="jump(item[0])">
-          <span class="run-dot" :class="'bg-' + item[3]"></span>{{ short(item[1]) }}
+          <q-icon :name="iconOf(item)" :class="'text-' + item[3]" size="15px" class="q-mr-xs"/>{{ short(item[1]) }}
         </button>
       </q-virtual-scroll>
     </div>
@@ -45,12 +45,12 @@ export default {
            :data-testid="'card-' + item[0]" :data-status="item[2]" :data-open="isOpen(item[0]) ? 'true' : 'false'">
         <div class="run-card-header row items-center no-wrap gap-2 px-3 py-2 cursor-pointer"
              @click="toggle(item[0])" :data-testid="'card-header-' + item[0]">
-          <span class="run-dot" :class="'bg-' + item[3]"></span>
+          <q-icon :name="iconOf(item)" :class="'text-' + item[3]" size="18px"/>
           <span class="font-medium run-card-label" :title="item[0]">{{ item[1] }}</span>
           <span class="q-badge flex inline items-center no-wrap q-badge--single-line text-white"
                 :class="'bg-' + item[3]" :data-testid="'status-' + item[0]">{{ item[2] }}</span>
           <span v-if="item[4]" class="q-badge flex inline items-center no-wrap q-badge--single-line text-white"
-                :class="'bg-' + (item[4].startsWith('stale') ? 'purple-5' : 'orange-9')"
+                :class="'bg-' + (item[4].startsWith('stale') ? flagColors['stale'] : flagColors['cut off'])"
                 :data-testid="'flag-' + item[0]">{{ item[4] }}</span>
           <span class="ml-auto text-xs text-grey-7 whitespace-nowrap">{{ meta(item) }}</span>
           <q-icon :name="isOpen(item[0]) ? 'expand_less' : 'expand_more'" size="20px" class="text-grey-7"/>
@@ -72,6 +72,8 @@ export default {
   props: {
     steps: Array,
     colors: Object,
+    icons: Object,
+    flagColors: Object,
     top: { type: Number, default: 52 },
     initial: { type: String, default: "" },
     opened: { type: Array, default: () => [] },
@@ -151,6 +153,13 @@ export default {
     this.theme?.disconnect();
   },
   methods: {
+    // The icon that goes with a row's colour: its flag's (cut off, stale), else its status's.
+    iconOf(row) {
+      const flag = row[FLAG] || "";
+      if (flag.includes("cut off")) return this.icons.truncated;
+      if (flag.includes("stale")) return this.icons.stale;
+      return this.icons[row[STATUS]] || "circle";
+    },
     // --- from the server ---
     patch(rows) {
       const index = this.index;

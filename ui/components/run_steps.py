@@ -10,7 +10,7 @@ from typing import Any
 from nicegui import ui
 from nicegui.element import Element
 
-from ui.theme import HEADER_HEIGHT_PX
+from ui.theme import HEADER_HEIGHT_PX, STATUS_COLORS, STATUS_ICONS
 
 # The status colours (ui.theme.STATUS_COLORS) as the overview strip's canvas draws them.
 QUASAR_HEX = {
@@ -22,11 +22,10 @@ QUASAR_HEX = {
     "red-6": "#f44336",
     "brown-5": "#8d6e63",
     "purple-5": "#ab47bc",
-    "orange-9": "#ef6c00",
+    "cyan-9": "#00838f",
 }
 
 CSS = """
-.run-dot { display: inline-block; width: 10px; height: 10px; border-radius: 50%; flex: none; margin-right: 4px; }
 .run-pill { display: inline-flex; align-items: center; height: 24px; margin: 2px; white-space: nowrap;
             background: #eeeeee; border: 1px solid transparent; }
 .body--dark .run-pill { background: #333; color: #eee; }
@@ -55,6 +54,8 @@ class RunSteps(Element, component="run_steps.js"):
         super().__init__()
         self._props["steps"] = rows
         self._props["colors"] = QUASAR_HEX
+        self._props["icons"] = STATUS_ICONS  # colour always comes with an icon
+        self._props["flagColors"] = {"stale": STATUS_COLORS["stale"], "cut off": STATUS_COLORS["truncated"]}
         self._props["top"] = HEADER_HEIGHT_PX
         self._props["initial"] = initial
         self._props["opened"] = opened or []

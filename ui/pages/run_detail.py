@@ -17,7 +17,7 @@ from ui import security
 from ui.components.run_steps import RunSteps
 from ui.components.step_card import StepBody
 from ui.live import ENDED_RUN, Patch, RunState, live
-from ui.theme import frame
+from ui.theme import STATUS_COLORS, frame
 
 
 async def _act(what: Callable[[str], Awaitable[Any]], done: str) -> bool:
@@ -137,11 +137,11 @@ class RunPage:
                 ui.label().bind_text_from(v, "choice_text").classes("font-medium text-black")
             with (
                 ui.row()
-                .classes("items-center gap-2 p-2 rounded bg-orange-1 w-full")
+                .classes("items-center gap-2 p-2 rounded bg-cyan-1 w-full")
                 .bind_visibility_from(v, "truncated_text", backward=bool)
                 .mark("truncation-warning")
             ):
-                ui.icon("content_cut", color="orange-9")
+                ui.icon("content_cut", color=STATUS_COLORS["truncated"])
                 ui.label().bind_text_from(v, "truncated_text").classes("font-medium text-black")
             ui.label().bind_text_from(v, "error").bind_visibility_from(v, "error", backward=bool).classes(
                 "text-red-8 whitespace-pre-wrap break-all"
