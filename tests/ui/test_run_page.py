@@ -305,6 +305,15 @@ async def test_rows_change_colour_as_steps_complete_without_reload(user: User) -
     await wait_text(user, "run-counts", "2 completed")
     assert (root.props["data-run-status"], root.props["data-completed"]) == ("completed", "2")
 
+    async def duration() -> str:
+        shown = text_of(user, "run-duration")
+        return shown if shown.startswith("took ") else ""
+
+    took = await wait_for(duration, TIMEOUT_S, "the run's duration")
+    assert re.fullmatch(r"took \d+\.\d s", took), took  # the run's total duration once it finished
+    link = the(user, "workflow-link")
+    assert isinstance(link, ui.link) and link.props["href"] == "/workflows#workflow-gated-pair"
+
     # The component was told: the last rows it got are the completed ones (patches, not a new page).
     async def told() -> bool:
         last = {r["key"]: (r["status"], r["color"]) for r in sent_rows(user, steps)}

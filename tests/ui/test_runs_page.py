@@ -66,7 +66,8 @@ async def test_lists_runs_with_status_and_progress(user: User) -> None:
 def test_relative_times_and_inputs_on_one_line() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from ui.pages.runs import ago, inputs_text
+    from ui.format import ago
+    from ui.pages.runs import inputs_text
 
     now = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
     assert ago(None, now) == "not started"

@@ -254,9 +254,8 @@ class StepBody:
             current = " (current)" if a["current"] else ""
             title = f"Attempt {a['number']}{current} — {a['status']}"
             with ui.expansion(title).classes("w-full").mark(f"attempt-{self.key}-{a['number']}"):
-                ui.label(f"started {(a['started_at'] or '')[:19]} · {a['duration_s'] or 0:.1f} s").classes(
-                    "text-xs text-grey-7"
-                )
+                started = (a["started_at"] or "")[:19].replace("T", " ")
+                ui.label(f"started {started} UTC · {a['duration_s'] or 0:.1f} s").classes("text-xs text-grey-7")
                 if a["error"]:
                     ui.label(a["error"]).classes("text-red-8 text-sm")
                 if a["llm"]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from nicegui import background_tasks, ui
 
@@ -16,6 +18,7 @@ from models.status import StepStatus
 from ui import security
 from ui.components.run_steps import RunSteps
 from ui.components.step_card import StepBody
+from ui.format import format_duration
 from ui.live import ENDED_RUN, Patch, RunState, live
 from ui.theme import STATUS_COLORS, frame
 
@@ -109,12 +112,15 @@ class RunPage:
         with ui.card().classes("w-full").mark("run-header"):
             with ui.row().classes("w-full items-center gap-3"):
                 ui.label(f"Run {v.id}").classes("text-h5")
-                ui.link(v.workflow, "/workflows").classes("text-lg")
+                ui.link(v.workflow, f"/workflows#workflow-{quote(v.workflow)}").classes("text-lg").mark("workflow-link")
                 ui.badge().bind_text_from(v, "status").bind_background_color_from(v, "color").mark("run-status")
                 ui.space()
                 if security.may_act():
                     self._actions()
-            ui.linear_progress(show_value=False).bind_value_from(v, "fraction").classes("w-full")
+            # instant-feedback: the bar shows where the run is on load, not an animation up from zero.
+            ui.linear_progress(show_value=False).bind_value_from(v, "fraction").classes("w-full").props(
+                "instant-feedback"
+            )
             with ui.row().classes("w-full gap-4 text-sm text-grey-8"):
                 ui.label().bind_text_from(v, "counts_text").mark("run-counts")
                 ui.label(f"started by {header['actor']}")
@@ -125,6 +131,9 @@ class RunPage:
                 )
                 ui.label().bind_text_from(
                     v, "finished_at", backward=lambda s: f"finished {s[:19].replace('T', ' ')} UTC" if s else ""
+                )
+                ui.label().bind_text_from(v, "finished_at", backward=lambda s: _took(v.started_at, s)).mark(
+                    "run-duration"
                 )
             with (
                 ui.row()
@@ -313,6 +322,14 @@ class RunPage:
                     ).classes("w-full")
 
             box.on_value_change(load)
+
+
+def _took(started: str, finished: str) -> str:
+    """The run's total duration once it finished ("took 3 min 05 s")."""
+    if not started or not finished:
+        return ""
+    seconds = (datetime.fromisoformat(finished) - datetime.fromisoformat(started)).total_seconds()
+    return f"took {format_duration(max(0.0, seconds))}"
 
 
 def _timeline_row(event: dict[str, Any]) -> dict[str, Any]:

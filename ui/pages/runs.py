@@ -18,6 +18,7 @@ from engine.registry import workflows
 from models.status import RunStatus
 from ui import run_list, security
 from ui.components.run_form import open_run_dialog
+from ui.format import ago, format_duration
 from ui.live import live
 from ui.run_list import RunFilter, RunRow
 from ui.theme import STATUS_COLORS, frame, status_color
@@ -73,19 +74,6 @@ ROW_CLICK = "(evt, row) => { if (!evt.target.closest('a')) window.location.href 
 INPUTS_CHARS = 80
 
 
-def ago(moment: datetime | None, now: datetime) -> str:
-    """ "3 min ago", "2 h ago", "5 d ago"; the absolute time is shown on hover."""
-    if moment is None:
-        return "not started"
-    seconds = max(0.0, (now - moment).total_seconds())
-    if seconds < 45:
-        return "just now"
-    for unit, size in (("d", 86_400), ("h", 3_600), ("min", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)} {unit} ago"
-    return "just now"
-
-
 def inputs_text(inputs: dict[str, Any] | None) -> str:
     """The run's inputs on one line: `topic=Bees · words=300`, cut to a table cell."""
     parts = []
@@ -94,18 +82,6 @@ def inputs_text(inputs: dict[str, Any] | None) -> str:
         parts.append(f"{key}={shown}")
     text = " · ".join(parts)
     return text if len(text) <= INPUTS_CHARS else text[: INPUTS_CHARS - 1] + "…"
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return ""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 def table_row(run: RunRow, now: datetime) -> dict[str, Any]:

@@ -88,7 +88,8 @@ def prompts(defn: WorkflowDef) -> None:
 
 
 def definition_card(defn: WorkflowDef) -> None:
-    with ui.card().classes("w-full").mark(f"workflow-{defn.name}"):
+    # Its id is the link target of runs of this workflow (/workflows#workflow-NAME).
+    with ui.card().classes("w-full scroll-mt-16").props(f'id="workflow-{defn.name}"').mark(f"workflow-{defn.name}"):
         with ui.row().classes("w-full items-center"):
             ui.label(defn.name).classes("text-h6")
             ui.space()
