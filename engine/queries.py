@@ -335,3 +335,9 @@ async def run_header(run_id: int) -> dict[str, Any]:
     if not rows:
         raise NotFound(f"run {run_id} does not exist")
     return _run_json(rows[0])
+
+
+async def step_needs(run_id: int) -> dict[str, list[str]]:
+    """Each step's `needs` (the run's graph as it was defined when it started)."""
+    rows = await fetch("SELECT key, needs FROM steps WHERE run_id = ? ORDER BY position", (run_id,))
+    return {r["key"]: list(_json(r["needs"]) or []) for r in rows}

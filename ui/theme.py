@@ -39,6 +39,14 @@ STATUS_ICONS = {
     "truncated": "content_cut",
 }
 
+# Mermaid draws its lines black: in dark mode they must read on the dark background.
+THEME_CSS = """
+.body--dark .sd-mermaid .flowchart-link, .body--dark .sd-mermaid .edgePath .path { stroke: #cfd8dc !important; }
+.body--dark .sd-mermaid marker path, .body--dark .sd-mermaid .arrowheadPath {
+  fill: #cfd8dc !important; stroke: #cfd8dc !important; }
+.body--dark .sd-mermaid .edgeLabel { color: #eceff1; background: transparent; }
+"""
+
 NAV = [("Runs", "/"), ("Workflows", "/workflows"), ("Monitoring", "/monitoring")]
 HEADER_HEIGHT_PX = 52  # fixed, so that sticky bars can sit exactly below it
 

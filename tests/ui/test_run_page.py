@@ -562,3 +562,32 @@ async def test_a_step_log_has_a_heading_a_search_and_a_download(user: User) -> N
         search.value = "2"
     await wait_shown(user, "log-chatty", "Log · 1 of 3 lines")
     assert [c.text for c in lines.default_slot.children] == ["line 2"]  # type: ignore[attr-defined]
+
+
+async def test_the_graph_and_gantt_panels_follow_the_run(user: User) -> None:
+    run_id = await start_run(user, "gated-pair")
+    await wait_step(user, run_id, "first", "running")
+    await user.open(f"/runs/{run_id}")
+    expand(user, "run-graph")
+    expand(user, "run-gantt")
+    graph = the(user, "run-graph-chart")
+    assert isinstance(graph, ui.mermaid)
+    assert "First step · running" in graph.content and "Second step · pending" in graph.content
+    assert "s0 --> s1" in graph.content  # second needs first
+    gantt = the(user, "run-gantt-chart")
+    assert isinstance(gantt, ui.echart)
+    assert gantt.options["yAxis"]["data"] == ["First step"]  # only started steps have a bar
+
+    stepfns.gate("first").set()
+    stepfns.gate("second").set()
+    await wait_run(user, run_id, "completed")
+
+    async def redrawn() -> bool:
+        return "First step · completed" in graph.content and "Second step · completed" in graph.content
+
+    await wait_for(redrawn, TIMEOUT_S, "the graph to show both steps completed")
+
+    async def charted() -> bool:
+        return bool(gantt.options.get("yAxis", {}).get("data") == ["First step", "Second step"])
+
+    await wait_for(charted, TIMEOUT_S, "the Gantt chart to show both steps")

@@ -36,4 +36,4 @@ def mermaid_source(defn: WorkflowDef) -> str:
 
 
 def dag(defn: WorkflowDef) -> ui.mermaid:
-    return ui.mermaid(mermaid_source(defn)).classes("w-full overflow-x-auto").mark(f"dag-{defn.name}")
+    return ui.mermaid(mermaid_source(defn)).classes("w-full overflow-x-auto sd-mermaid").mark(f"dag-{defn.name}")

@@ -10,8 +10,9 @@ def register_pages(maintenance: Maintenance) -> None:
 
     from ui.components import output_view
     from ui.pages import monitoring, run_detail, runs, workflows
+    from ui.theme import THEME_CSS
 
-    ui.add_css(output_view.CSS, shared=True)
+    ui.add_css(output_view.CSS + THEME_CSS, shared=True)
 
     runs.register()
     run_detail.register()

@@ -16,6 +16,7 @@ from engine.errors import NotFound, StepdeckError
 from engine.registry import workflows
 from models.status import StepStatus
 from ui import security
+from ui.components.run_graphs import RunGraphs
 from ui.components.run_steps import RunSteps
 from ui.components.step_card import StepBody
 from ui.format import format_duration
@@ -58,7 +59,8 @@ MAX_BODIES = 60  # open cards whose bodies a tab keeps at once (those on screen)
 
 
 class RunPage:
-    def __init__(self, state: RunState, initial: str = "") -> None:
+    def __init__(self, state: RunState, needs: dict[str, list[str]], initial: str = "") -> None:
+        self.needs = needs
         self.state = state
         self.run_id = state.view.id
         self.initial = initial if initial in state.rows else ""
@@ -82,6 +84,7 @@ class RunPage:
                 opened=opened,
                 on_bodies=self._bodies,
             ).mark("run-steps")
+            self.graphs = RunGraphs(state, self.needs)
             self._timeline()
         state.listeners.add(self._patch)
         self.client.on_connect(self._connected)
@@ -196,6 +199,7 @@ class RunPage:
         """A batch of changes of the run: redraw the changed rows, re-read the open bodies they touch."""
         if patch.rows:
             self.steps.patch([self.state.row_json(r) for r in patch.rows])
+            self.graphs.changed()
         v = self.state.view
         was = self.root.props.get("data-run-status")
         if was != v.status or self.root.props.get("data-completed") != str(v.completed):
@@ -364,4 +368,4 @@ def register() -> None:
                 ui.link("All runs", "/")
                 return
             ui.context.client.on_delete(lambda: live.close(int(run_id)))
-            RunPage(state, step).build()
+            RunPage(state, await queries.step_needs(int(run_id)), step).build()
