@@ -202,7 +202,7 @@ class _PromptEnvironment(ImmutableSandboxedEnvironment):
             if is_format_map:
                 if kwargs or len(args) != 1:
                     raise TypeError("format_map() takes exactly one argument")
-                args, kwargs = (), args[0]
+                return str(_CappedFormatter(self).vformat(template, (), args[0]))
             return str(_CappedFormatter(self).vformat(template, args, kwargs))
 
         return functools.update_wrapper(wrapper, value)
