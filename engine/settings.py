@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from models.db import DEFAULT_DB_URL
 
@@ -155,7 +156,12 @@ def _checked(s: Settings) -> Settings:
     if s.llm_provider not in LLM_PROVIDERS:
         raise SettingsError(f"STEPDECK_LLM_PROVIDER must be one of {', '.join(LLM_PROVIDERS)}, got {s.llm_provider!r}")
     if s.llm_base_url and not s.llm_base_url.startswith(("http://", "https://")):
-        raise SettingsError(f"STEPDECK_LLM_BASE_URL must start with http:// or https://, got {s.llm_base_url!r}")
+        raise SettingsError("STEPDECK_LLM_BASE_URL must start with http:// or https://")
+    if "@" in urlsplit(s.llm_base_url).netloc:
+        # The client would send these as Basic auth instead of the key, and log them with every request.
+        raise SettingsError(
+            "STEPDECK_LLM_BASE_URL must not contain a user name or password: put the key in STEPDECK_LLM_API_KEY"
+        )
     if s.stale_after_s <= s.heartbeat_interval_s:
         raise SettingsError(
             f"STEPDECK_STALE_AFTER_S ({s.stale_after_s}) must exceed STEPDECK_HEARTBEAT_INTERVAL_S "

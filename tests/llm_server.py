@@ -46,6 +46,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any
     received_at: float  # time.time()
+    query: str = ""  # the query string, without the "?"
 
 
 @dataclass(frozen=True)
@@ -267,8 +268,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         owner = self.server.owner
         body = self._read_body() if method == "POST" else None
-        path = self.path.split("?", 1)[0].rstrip("/")
-        owner._record(RecordedRequest(method, path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()))
+        path, _, query = self.path.partition("?")
+        path = path.rstrip("/")
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        owner._record(RecordedRequest(method, path, headers, body, time.time(), query))
         try:
             if method == "POST" and path == "/v1/chat/completions":
                 self._completion(body)

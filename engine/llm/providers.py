@@ -17,10 +17,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from engine.llm.redact import KeyScrubber, has_userinfo, install_log_redaction, redact_url, split_query
 from engine.settings import Settings
 
 if TYPE_CHECKING:  # imported when a real endpoint is used: `openai` takes a second to import
@@ -100,15 +100,6 @@ class Provider(Protocol):
     def refuses_n(self) -> None: ...
 
     async def call(self, request: Request, n: int, sink: Sink, first_index: int = 0) -> Call: ...
-
-
-def redact_url(url: str) -> str:
-    """A URL without user info, query or fragment: safe to show."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def provider_name(settings: Settings) -> str:
@@ -204,13 +195,27 @@ class OpenAIProvider:
     def __init__(self, base_url: str, api_key: str, retries: int, retry_base_s: float) -> None:
         import openai
 
+        install_log_redaction()  # the HTTP client logs every request's URL at INFO
+        if has_userinfo(base_url):
+            raise ProviderError(
+                f"STEPDECK_LLM_BASE_URL ({redact_url(base_url)}) has a user name or password in it: "
+                "put the key in STEPDECK_LLM_API_KEY instead"
+            )
         self.base_url = redact_url(base_url)
         self._key = api_key
+        self.scrub = KeyScrubber(api_key)
+        # Query parameters (an Azure api-version, a signature) go on every request as parameters; left in
+        # the base URL, the client would splice the path after them.
+        base_url, query = split_query(base_url)
         self.retries = retries
         self.retry_base_s = retry_base_s
         # Retries are ours (so they are bounded, logged and recorded); the client must not add its own.
         self._client = openai.AsyncOpenAI(
-            base_url=base_url, api_key=api_key or "none", max_retries=0, timeout=openai.Timeout(600.0)
+            base_url=base_url,
+            api_key=api_key or "none",
+            max_retries=0,
+            timeout=openai.Timeout(600.0),
+            default_query=query or None,
         )
         self._supports_n: bool | None = None  # learnt from the first call with n > 1
         self._max_tokens_field = "max_tokens"
@@ -224,9 +229,6 @@ class OpenAIProvider:
 
     async def close(self) -> None:
         await self._client.close()
-
-    def scrub(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
 
     async def call(self, request: Request, n: int, sink: Sink, first_index: int = 0) -> Call:
         """One call with retries; with n > 1 on a server that ignores `n`, fewer choices come back."""
