@@ -22,7 +22,7 @@ from engine.llm import templates
 # Extra step fields each kind accepts; those that are not StepDef attributes land in StepDef.config.
 KIND_FIELDS: dict[str, frozenset[str]] = {
     "python": frozenset({"call"}),
-    "llm": frozenset({"prompt", "system", "model", "max_tokens", "temperature", "on_truncation"}),
+    "llm": frozenset({"prompt", "system", "model", "max_tokens", "temperature", "on_truncation", "parallel_requests"}),
 }
 TRUNCATION_POLICIES = ("warn", "fail", "continue")
 MAX_TOKENS_LIMIT = 10_000_000
@@ -302,6 +302,9 @@ def _check_llm(
         isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2
     ):
         raise fail("temperature", f"expected a number from 0 to 2, got {temperature!r}")
+    parallel = raw.get("parallel_requests")
+    if parallel is not None and (isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1):
+        raise fail("parallel_requests", f"expected a positive integer, got {parallel!r}")
     policy = raw.get("on_truncation", "warn")
     if policy not in TRUNCATION_POLICIES:
         raise fail("on_truncation", f"expected one of {', '.join(TRUNCATION_POLICIES)}, got {policy!r}")

@@ -320,7 +320,7 @@ async def test_alternatives_are_asked_for_separately_when_the_server_ignores_n(
 async def test_alternatives_are_asked_for_separately_when_the_server_refuses_n(
     eng: Engine, server: LLMServer, define: Define
 ) -> None:
-    server.fail_next(400)  # some servers answer a request with n > 1 with a 400 instead of ignoring n
+    server.refuse_n = True  # some servers answer a request with n > 1 with a 400 about `n` instead of ignoring it
     define("alts-refused-n", [llm(alternatives=3, select="auto")], inputs=TOPIC)
     run = await run_to_end("alts-refused-n")
     assert run["status"] == "completed", run["error"]
