@@ -18,6 +18,7 @@ from engine.context import StepContext
 from engine.definitions import StepDef
 from engine.llm import providers
 from engine.llm.calls import estimate_prompt, settle_usage
+from engine.llm.prices import Price, price_of
 from engine.llm.providers import SIMULATED, Call, Choice, Request
 from engine.llm.templates import render
 from engine.outputs import clean_text
@@ -69,6 +70,7 @@ class LlmRecord:
     alternatives: list[AlternativeRecord]
     calls: list[dict[str, Any]] = field(default_factory=list)
     context_length: int | None = None  # the model's context window, where the server tells it
+    price: dict[str, float] | None = None  # USD per 1M prompt / completion tokens, from the price file
     requested_max_tokens: int | None = None  # the step's max_tokens when it was clamped to the context window
 
     @property
@@ -157,9 +159,17 @@ class LlmRecord:
         data["simulated"] = self.provider == SIMULATED
         data["estimated"] = self.estimated
         data["limit"] = self.limit
+        usage = data["usage"]
+        data["cost"] = self._cost(usage["prompt_tokens"], usage["completion_tokens"])
         for alt in data["alternatives"]:
             alt["latency_s"] = round(alt["latency_s"], 4)
+            alt["cost"] = self._cost(alt["prompt_tokens"], alt["completion_tokens"])
         return data
+
+    def _cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        if self.price is None:
+            return None
+        return Price(self.price["prompt"], self.price["completion"]).cost(prompt_tokens, completion_tokens)
 
 
 class _CallSink:
@@ -276,6 +286,7 @@ async def run_llm(step: StepDef, ctx: StepContext, env: KindEnv) -> Any:
             f"prompt): asking for at most {max_tokens}"
         )
     request = Request(model, messages, max_tokens, config.get("temperature"), step.timeout_s)
+    price = price_of(settings.llm_prices, model)
     n = step.alternatives
     record = ctx.llm = LlmRecord(
         provider.name,
@@ -287,6 +298,7 @@ async def run_llm(step: StepDef, ctx: StepContext, env: KindEnv) -> Any:
         [AlternativeRecord(i) for i in range(n)],
         context_length=context_length,
         requested_max_tokens=requested if max_tokens != requested else None,
+        price={"prompt": price.prompt, "completion": price.completion} if price is not None else None,
     )
     checkpoints = asyncio.create_task(_checkpoints(ctx, env), name=f"checkpoint:{ctx.run_id}:{ctx.step_key}")
     try:

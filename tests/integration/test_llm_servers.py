@@ -1,0 +1,311 @@
+"""LLM steps against servers that behave like the real ones (issue 14): the loopback server
+(tests/llm_server.py) set up as llama-cpp-python (no usage in streams, `n` ignored, a running stream
+cut when another request queues, any model name echoed) or llama.cpp's `llama-server` (usage per
+choice, `max_tokens` capped at the context size), with the real `openai` client, a real SQLite file and
+a running engine."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from engine import operations, queries
+from engine.executor import Engine
+from engine.llm import providers
+from engine.settings import Secret, Settings
+from engine.store import fetch
+from tests.conftest import attempts_of, engine_running, wait_for, wait_run
+from tests.llm_server import LLMServer
+
+Define = Callable[..., Any]
+MODEL = "stepdeck-test"
+TOPIC = {"topic": {"type": "string", "default": "tide pools"}}
+ENDED = ("completed", "failed", "cancelled", "waiting")
+
+pytestmark = pytest.mark.usefixtures("audit_clean")
+
+
+@pytest.fixture
+def server() -> Iterator[LLMServer]:
+    with LLMServer(reply_tokens=20) as srv:
+        yield srv
+    assert srv.errors == [], "the test server's handlers raised"
+
+
+@pytest.fixture
+def llm_settings(settings: Settings, server: LLMServer) -> Settings:
+    return settings.with_overrides(
+        llm_base_url=server.base_url,
+        llm_api_key=Secret("sk-x"),
+        llm_model=MODEL,
+        llm_retry_base_s=0.01,
+        llm_checkpoint_s=0.2,
+    )
+
+
+@pytest.fixture
+async def eng(llm_settings: Settings) -> AsyncIterator[Engine]:
+    await asyncio.to_thread(importlib.import_module, "openai")
+    async with engine_running(llm_settings) as engine:
+        yield engine
+    await providers.close_all()
+
+
+def llm(key: str = "write", prompt: str = "Write about {{ inputs.topic }}.", **fields: Any) -> dict[str, Any]:
+    return {"key": key, "kind": "llm", "prompt": prompt, **fields}
+
+
+async def run_to_end(name: str, timeout_s: float = 20.0) -> dict[str, Any]:
+    run_id = await operations.start_run(name, {}, "tester")
+    await wait_run(run_id, *ENDED, timeout_s=timeout_s)
+    return (await queries.run_detail(run_id)).to_json()
+
+
+def words(start: int, stop: int, prefix: str = "") -> str:
+    return "".join(f"{prefix}w{i} " for i in range(start, stop))
+
+
+def bodies(server: LLMServer) -> list[dict[str, Any]]:
+    return [r.body for r in server.completion_requests]
+
+
+# --- 1. a stream that ends without a finish reason -------------------------------------------------------
+
+
+async def test_a_stream_cut_without_a_finish_reason_is_retried_and_the_step_completes(
+    eng: Engine, server: LLMServer, define: Define
+) -> None:
+    server.fail_next("cut")  # a role chunk, then [DONE]
+    define("cut-once", [llm()], inputs=TOPIC)
+    run = await run_to_end("cut-once")
+    assert run["status"] == "completed", run["error"]
+    step = run["steps"][0]
+    assert step["output"] == words(0, 20)
+    assert step["finish_reason"] == "stop"
+    assert len(server.completion_requests) == 2
+    assert any("ended without a finish reason" in line and "retry 1 of 3" in line for line in step["logs"])
+
+
+async def test_a_stream_cut_on_every_try_fails_the_step_with_a_clear_message_and_lists_the_call(
+    eng: Engine, server: LLMServer, define: Define
+) -> None:
+    server.fail_next("cut", "cut", "cut", "cut")
+    define("cut-always", [llm()], inputs=TOPIC)
+    run = await run_to_end("cut-always")
+    assert run["status"] == "failed"
+    step = run["steps"][0]
+    assert "ended without a finish reason" in step["error"]
+    assert "the server cut it short (gave up after 4 tries)" in step["error"]
+    [attempt] = await attempts_of(run["id"], "write")
+    [call] = attempt["llm"]["calls"]
+    assert call["retries"] == 3
+    assert "gave up after 4 tries" in call["error"]
+
+
+async def test_missing_alternatives_go_one_at_a_time_to_a_server_that_ignores_n_and_cuts_streams(
+    eng: Engine, server: LLMServer, define: Define
+) -> None:
+    # llama-cpp-python: `n` ignored, and a running stream cut when another request queues.
+    server.support_n, server.cut_on_queue, server.chunk_delay_s, server.reply_tokens = False, True, 0.01, 5
+    define("alts-llama-cpp", [llm(alternatives=3, select="auto")], inputs=TOPIC)
+    run = await run_to_end("alts-llama-cpp")
+    assert run["status"] == "completed", run["error"]
+    step = run["steps"][0]
+    assert step["alternatives"] == [words(0, 5)] * 3
+    assert [a["finish_reason"] for a in step["llm"]["alternatives"]] == ["stop"] * 3
+    assert [b.get("n") for b in bodies(server)] == [3, None, None]
+    assert (server.cut, server.max_streaming) == (0, 1)
+
+
+async def test_parallel_requests_lets_a_step_ask_for_its_missing_alternatives_at_once(
+    eng: Engine, server: LLMServer, define: Define
+) -> None:
+    server.support_n, server.chunk_delay_s, server.reply_tokens = False, 0.05, 10
+    define("alts-parallel", [llm(alternatives=3, select="auto", parallel_requests=2)], inputs=TOPIC)
+    run = await run_to_end("alts-parallel")
+    assert run["status"] == "completed", run["error"]
+    assert run["steps"][0]["alternatives"] == [words(0, 10)] * 3
+    assert server.max_streaming == 2
+
+
+# --- 2. usage the server does not report -----------------------------------------------------------------
+
+
+async def test_usage_missing_from_the_stream_is_estimated_never_zero_and_marked(
+    eng: Engine, server: LLMServer, define: Define
+) -> None:
+    server.stream_usage = "none"  # llama-cpp-python sends no usage in streams, even when asked
+    define("no-usage", [llm()], inputs=TOPIC)
+    run = await run_to_end("no-usage")
+    assert run["status"] == "completed", run["error"]
+    usage = run["steps"][0]["usage"]
+    assert usage["estimated"] is True
+    assert usage["prompt_tokens"] > 0
+    assert usage["completion_tokens"] >= 20
+    [row] = await fetch(
+        "SELECT prompt_tokens, completion_tokens, estimated FROM llm_usage WHERE run_id = ?", (run["id"],)
+    )
+    assert row["prompt_tokens"] > 0
+    assert row["estimated"] == 1
+
+
+async def test_a_server_that_refuses_stream_options_is_asked_without_them_from_then_on(
+    eng: Engine, server: LLMServer, define: Define
+) -> None:
+    server.refuse_stream_options = True
+    define("no-stream-options", [llm()], inputs=TOPIC)
+    first = await run_to_end("no-stream-options")
+    second = await run_to_end("no-stream-options")
+    assert (first["status"], second["status"]) == ("completed", "completed"), first["error"]
+    assert ["stream_options" in b for b in bodies(server)] == [True, False, False]
+    assert first["steps"][0]["usage"]["estimated"] is True
+    assert first["steps"][0]["usage"]["prompt_tokens"] > 0
+
+
+async def test_usage_reported_in_the_stream_is_exact_and_not_marked(
+    eng: Engine, server: LLMServer, define: Define
+) -> None:
+    define("usage-end", [llm()], inputs=TOPIC)
+    run = await run_to_end("usage-end")
+    usage = run["steps"][0]["usage"]
+    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["estimated"]) == (4, 20, False)
+    assert bodies(server)[0]["stream_options"] == {"include_usage": True}
+
+
+# --- 3. usage per choice --------------------------------------------------------------------------------
+
+
+async def test_one_usage_record_per_choice_is_summed_and_attributed(
+    eng: Engine, server: LLMServer, define: Define
+) -> None:
+    server.stream_usage, server.reply_tokens = "per_choice", 5  # llama-server with n: one record per choice
+    define("usage-per-choice", [llm(alternatives=3, select="auto")], inputs=TOPIC)
+    run = await run_to_end("usage-per-choice")
+    assert run["status"] == "completed", run["error"]
+    step = run["steps"][0]
+    assert step["usage"]["completion_tokens"] == 15
+    assert step["usage"]["estimated"] is False
+    alternatives = step["llm"]["alternatives"]
+    assert [(a["completion_tokens"], a["prompt_tokens"], a["exact"]) for a in alternatives] == [(5, 4, True)] * 3
+    rows = await fetch("SELECT completion_tokens FROM llm_usage WHERE run_id = ? ORDER BY alternative", (run["id"],))
+    assert [r["completion_tokens"] for r in rows] == [5, 5, 5]
+
+
+# --- 4. `n` turned off only by an error about `n` ----------------------------------------------------------
+
+
+async def test_an_unrelated_400_does_not_turn_n_off(eng: Engine, server: LLMServer, define: Define) -> None:
+    server.strict_models = True
+    define("wrong-model", [llm(alternatives=3, select="auto", model="no-such-model")], inputs=TOPIC)
+    define("right-model", [llm(alternatives=3, select="auto")], inputs=TOPIC)
+    wrong = await run_to_end("wrong-model")
+    assert wrong["status"] == "failed"
+    assert "model 'no-such-model' not found" in wrong["steps"][0]["error"]
+    assert [b.get("n") for b in bodies(server)] == [3]  # not asked again one by one
+    server.reset()
+    right = await run_to_end("right-model")
+    assert right["status"] == "completed", right["error"]
+    assert [b.get("n") for b in bodies(server)] == [3]
+
+
+async def test_a_refusal_of_n_is_remembered_for_that_model_only(eng: Engine, server: LLMServer, define: Define) -> None:
+    server.refuse_n, server.models = True, (MODEL, "other")
+    define("refused-n", [llm(alternatives=2, select="auto")], inputs=TOPIC)
+    define("other-model", [llm(alternatives=2, select="auto", model="other")], inputs=TOPIC)
+    assert (await run_to_end("refused-n"))["status"] == "completed"
+    assert [b.get("n") for b in bodies(server)] == [2, None, None]
+    server.reset()
+    assert (await run_to_end("refused-n"))["status"] == "completed"
+    assert [b.get("n") for b in bodies(server)] == [None, None]  # learnt: straight to one per alternative
+    server.reset()
+    assert (await run_to_end("other-model"))["status"] == "completed"
+    assert [b.get("n") for b in bodies(server)] == [2, None, None]  # another model is asked with n first
+
+
+# --- 5. failed and cancelled calls in the attempt's calls --------------------------------------------------
+
+
+async def test_a_call_that_fails_after_its_retries_is_listed_in_the_attempts_calls(
+    settings: Settings, define: Define
+) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dead = settings.with_overrides(
+        llm_base_url=f"http://127.0.0.1:{port}/v1", llm_api_key=Secret("sk-x"), llm_model=MODEL, llm_retry_base_s=0.01
+    )
+    await asyncio.to_thread(importlib.import_module, "openai")
+    async with engine_running(dead):
+        define("dead", [llm()], inputs=TOPIC)
+        run = await run_to_end("dead")
+    await providers.close_all()
+    assert run["status"] == "failed"
+    [attempt] = await attempts_of(run["id"], "write")
+    [call] = attempt["llm"]["calls"]
+    assert call["retries"] == 3
+    assert "cannot reach the model endpoint" in call["error"]
+    assert call["latency_ms"] > 0
+    assert call["alternatives"] == [0]
+
+
+async def test_a_cancelled_call_is_recorded_with_its_real_latency_and_first_token(
+    eng: Engine, server: LLMServer, define: Define
+) -> None:
+    server.reply_tokens, server.chunk_delay_s = 2000, 0.01
+    define("cancel-mid", [llm()], inputs=TOPIC)
+    run_id = await operations.start_run("cancel-mid", {}, "tester")
+
+    async def streamed() -> bool:  # the checkpointed text: at least 5 tokens have arrived
+        return (len(server.completion_requests) > 0) and len(await streamed_text()) >= 5
+
+    async def streamed_text() -> list[str]:
+        [attempt] = await attempts_of(run_id, "write")
+        return str(attempt.get("partial_output") or "").split()
+
+    await wait_for(streamed, timeout_s=20)
+    await operations.cancel_run(run_id, "tester")
+    await wait_run(run_id, "cancelled")
+    [attempt] = await attempts_of(run_id, "write")
+    [call] = attempt["llm"]["calls"]
+    assert call["error"] == "cancelled"
+    assert call["latency_ms"] > 0
+    assert call["first_token_ms"] is not None
+    assert call["completion_tokens"] >= 5
+
+
+# --- 6. the context window ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["props", "models"])
+async def test_max_tokens_is_clamped_to_the_context_window_and_the_truncation_names_it(
+    eng: Engine, server: LLMServer, define: Define, via: str
+) -> None:
+    server.context_size, server.context_via, server.reply_tokens = 64, via, 500
+    define("ctx", [llm(on_truncation="fail")], inputs=TOPIC)  # no max_tokens: 16,384 by default
+    run = await run_to_end("ctx")
+    assert run["status"] == "failed"
+    step = run["steps"][0]
+    [body] = bodies(server)
+    assert body["max_tokens"] < 64
+    assert step["llm"]["context_length"] == 64
+    assert step["llm"]["requested_max_tokens"] == 16384
+    assert step["max_tokens"] == body["max_tokens"]
+    assert "cut off at the token limit (the model's context window (64 tokens;" in step["error"]
+    assert any("max_tokens=16384 does not fit the model's context window (64 tokens" in line for line in step["logs"])
+
+
+async def test_a_server_that_tells_no_context_window_gets_max_tokens_as_set(
+    eng: Engine, server: LLMServer, define: Define
+) -> None:
+    server.list_models = False
+    define("no-ctx", [llm(max_tokens=5, on_truncation="fail")], inputs=TOPIC)
+    run = await run_to_end("no-ctx")
+    assert run["steps"][0]["error"].startswith(
+        "TruncatedOutput: the output was cut off at the token limit (max_tokens=5, finish_reason 'length')"
+    )
+    assert run["steps"][0]["llm"]["context_length"] is None
