@@ -10,7 +10,7 @@ import asyncio
 import importlib
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -283,7 +283,7 @@ async def test_a_cancelled_call_is_recorded_with_its_real_latency_and_first_toke
 
 @pytest.mark.parametrize("via", ["props", "models"])
 async def test_max_tokens_is_clamped_to_the_context_window_and_the_truncation_names_it(
-    eng: Engine, server: LLMServer, define: Define, via: str
+    eng: Engine, server: LLMServer, define: Define, via: Literal["props", "models"]
 ) -> None:
     server.context_size, server.context_via, server.reply_tokens = 64, via, 500
     define("ctx", [llm(on_truncation="fail")], inputs=TOPIC)  # no max_tokens: 16,384 by default
