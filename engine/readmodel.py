@@ -7,7 +7,8 @@ rerun shows no output, alternatives or error, even though its earlier attempts k
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -114,13 +115,27 @@ class RunDetail:
     finished_at: datetime | None
     updated_at: datetime
     steps: tuple[StepDetail, ...]
+    # LLM cost per step key over all its attempts: {"usd": float | None, "estimated": bool}
+    costs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def step(self, key: str) -> StepDetail:
         return next(s for s in self.steps if s.key == key)
 
+    @property
+    def cost(self) -> dict[str, Any] | None:
+        """The run's LLM cost (None without LLM usage; usd None when no model used has a price)."""
+        return total_cost(self.costs.values()) if self.costs else None
+
     def to_json(self) -> dict[str, Any]:
-        steps = [s.to_json() for s in self.steps]
-        return {**run_json(self), **summary(steps), "steps": steps}
+        steps = [{**s.to_json(), "cost": self.costs.get(s.key)} for s in self.steps]
+        return {**run_json(self), **summary(steps), "cost": self.cost, "steps": steps}
+
+
+def total_cost(costs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The sum of costs; estimated if any part was."""
+    parts = list(costs)
+    priced = [c["usd"] for c in parts if c.get("usd") is not None]
+    return {"usd": sum(priced) if priced else None, "estimated": any(c.get("estimated") for c in parts)}
 
 
 def run_json(run: RunDetail) -> dict[str, Any]:
