@@ -10,6 +10,7 @@ import asyncio
 import importlib
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
@@ -20,6 +21,7 @@ from engine.llm import providers
 from engine.settings import Secret, Settings
 from engine.store import fetch
 from tests.conftest import attempts_of, engine_running, wait_for, wait_run
+from tests.integration.test_llm import api_client
 from tests.llm_server import LLMServer
 
 Define = Callable[..., Any]
@@ -309,3 +311,42 @@ async def test_a_server_that_tells_no_context_window_gets_max_tokens_as_set(
         "TruncatedOutput: the output was cut off at the token limit (max_tokens=5, finish_reason 'length')"
     )
     assert run["steps"][0]["llm"]["context_length"] is None
+
+
+# --- cost ------------------------------------------------------------------------------------------------
+
+
+async def test_cost_per_alternative_attempt_step_and_run_in_the_api(
+    settings: Settings, server: LLMServer, define: Define, tmp_path: Path
+) -> None:
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("models:\n  stepdeck-test: {prompt: 2.0, completion: 10.0}\n")
+    priced = settings.with_overrides(
+        llm_base_url=server.base_url, llm_api_key=Secret("sk-x"), llm_model=MODEL, llm_prices=str(prices)
+    )
+    server.reply_tokens = 5
+    await asyncio.to_thread(importlib.import_module, "openai")
+    async with engine_running(priced), api_client(priced) as api:
+        define("priced", [llm("a", alternatives=2, select="auto"), llm("b", max_tokens=3)], inputs=TOPIC)
+        created = await api.post("/api/runs", json={"workflow": "priced", "inputs": {}})
+        run_id = created.json()["id"]
+        await wait_run(run_id, *ENDED)
+        run = (await api.get(f"/api/runs/{run_id}")).json()
+    await providers.close_all()
+    a, b = run["steps"]
+    # a: one request, n=2: 4 prompt tokens read once, 2 x 5 completion tokens; b: 4 prompt, 3 completion
+    assert [alt["cost"] for alt in a["llm"]["alternatives"]] == pytest.approx([(4 * 2 + 5 * 10) / 1e6, 50 / 1e6])
+    assert a["llm"]["cost"] == pytest.approx((4 * 2 + 10 * 10) / 1e6)
+    assert a["cost"] == {"usd": pytest.approx(a["llm"]["cost"]), "estimated": False}
+    assert b["cost"]["usd"] == pytest.approx((4 * 2 + 3 * 10) / 1e6)
+    assert run["cost"] == {"usd": pytest.approx(a["cost"]["usd"] + b["cost"]["usd"]), "estimated": False}
+    rows = await fetch("SELECT cost, estimated FROM llm_usage WHERE run_id = ? ORDER BY id", (run_id,))
+    assert sum(r["cost"] for r in rows) == pytest.approx(run["cost"]["usd"])
+
+
+async def test_a_model_without_a_price_has_no_cost_not_a_zero_one(eng: Engine, define: Define) -> None:
+    define("unpriced", [llm()], inputs=TOPIC)
+    run = await run_to_end("unpriced")
+    assert run["steps"][0]["llm"]["cost"] is None
+    assert run["steps"][0]["cost"] == {"usd": None, "estimated": False}
+    assert run["cost"] == {"usd": None, "estimated": False}
