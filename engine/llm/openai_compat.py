@@ -112,9 +112,8 @@ class OpenAIProvider:
         """GET a JSON document from the endpoint; None when it does not answer with one."""
         import openai
 
-        try:
-            async with self.limits.slot():
-                return await self._client.get(url, cast_to=object, options={"timeout": INFO_TIMEOUT_S})
+        try:  # outside the request limits: rare (remembered for minutes) and not what those limits count
+            return await self._client.get(url, cast_to=object, options={"timeout": INFO_TIMEOUT_S})
         except (openai.APIError, ValueError, OSError) as exc:
             log.debug("GET %s: %s", url, self.scrub(str(exc)))
             return None

@@ -17,6 +17,7 @@ import pytest
 
 from engine import operations, queries
 from engine.executor import Engine
+from engine.hub import Subscription, hub
 from engine.llm import providers
 from engine.settings import Secret, Settings
 from engine.store import fetch
@@ -350,3 +351,63 @@ async def test_a_model_without_a_price_has_no_cost_not_a_zero_one(eng: Engine, d
     assert run["steps"][0]["llm"]["cost"] is None
     assert run["steps"][0]["cost"] == {"usd": None, "estimated": False}
     assert run["cost"] == {"usd": None, "estimated": False}
+
+
+# --- request limits per endpoint ---------------------------------------------------------------------------
+
+
+async def test_the_endpoints_concurrency_limit_holds_across_runs(
+    settings: Settings, server: LLMServer, define: Define
+) -> None:
+    limited = settings.with_overrides(
+        llm_base_url=server.base_url, llm_api_key=Secret("sk-x"), llm_model=MODEL, llm_max_concurrent=2
+    )
+    server.reply_tokens, server.chunk_delay_s = 10, 0.02
+    await asyncio.to_thread(importlib.import_module, "openai")
+    async with engine_running(limited), api_client(limited) as api:
+        define("crowd", [llm()], inputs=TOPIC)
+        ids = [(await api.post("/api/runs", json={"workflow": "crowd", "inputs": {}})).json()["id"] for _ in range(6)]
+        statuses = [await wait_run(i, *ENDED, timeout_s=30) for i in ids]
+        runs = [(await api.get(f"/api/runs/{i}")).json() for i in ids]
+    await providers.close_all()
+    assert statuses == ["completed"] * 6
+    assert all(r["steps"][0]["output"] == words(0, 10) for r in runs)
+    assert server.max_streaming == 2  # never more, and the limit was reached: six runs wanted six at once
+    waited = [line for r in runs for line in r["steps"][0]["logs"] if "request limits" in line]
+    assert waited and all(line.endswith("requests in flight (the limit is 2)") for line in waited), waited
+
+
+async def test_a_request_past_the_per_minute_limit_waits_and_says_why(
+    settings: Settings, server: LLMServer, define: Define
+) -> None:
+    limited = settings.with_overrides(
+        llm_base_url=server.base_url, llm_api_key=Secret("sk-x"), llm_model=MODEL, llm_requests_per_minute=2
+    )
+    server.reply_tokens = 3
+    await asyncio.to_thread(importlib.import_module, "openai")
+    sub = hub.subscribe()
+    try:
+        async with engine_running(limited), api_client(limited) as api:
+            define("rpm", [llm()], inputs=TOPIC)
+            ids = [(await api.post("/api/runs", json={"workflow": "rpm", "inputs": {}})).json()["id"] for _ in range(3)]
+            held = await wait_for(lambda: held_back(sub), timeout_s=20, what="a request held back")
+            others = [i for i in ids if i != held]
+            assert [await wait_run(i, *ENDED) for i in others] == ["completed", "completed"]
+            assert len(server.completion_requests) == 2
+            assert (await api.post(f"/api/runs/{held}/cancel")).status_code == 200
+            await wait_run(held, "cancelled")
+            run = (await api.get(f"/api/runs/{held}")).json()
+    finally:
+        sub.close()
+    await providers.close_all()
+    assert len(server.completion_requests) == 2
+    logs = run["steps"][0]["logs"]
+    assert "waiting for the endpoint's request limits: 2 requests started in the last minute (the limit)" in logs
+
+
+async def held_back(sub: Subscription) -> int | None:
+    """The run whose step logged that it waits for the request limits, if one did."""
+    while (change := await sub.get(timeout_s=0.05)) is not None:
+        if change.kind == "log" and "request limits" in str(change.to_json().get("line")):
+            return change.run_id
+    return None
