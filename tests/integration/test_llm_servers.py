@@ -396,13 +396,16 @@ async def test_a_request_past_the_per_minute_limit_waits_and_says_why(
             assert len(server.completion_requests) == 2
             assert (await api.post(f"/api/runs/{held}/cancel")).status_code == 200
             await wait_run(held, "cancelled")
-            run = (await api.get(f"/api/runs/{held}")).json()
+            line = "waiting for the endpoint's request limits: 2 requests started in the last minute (the limit)"
+
+            async def logged() -> bool:  # the stopped step's logs are kept just after the cancel
+                return line in (await api.get(f"/api/runs/{held}")).json()["steps"][0]["logs"]
+
+            await wait_for(logged, timeout_s=10, what="the held step's logs")
     finally:
         sub.close()
     await providers.close_all()
     assert len(server.completion_requests) == 2
-    logs = run["steps"][0]["logs"]
-    assert "waiting for the endpoint's request limits: 2 requests started in the last minute (the limit)" in logs
 
 
 async def held_back(sub: Subscription) -> int | None:
