@@ -19,6 +19,8 @@ from engine import operations, queries
 from engine.executor import Engine
 from engine.hub import Subscription, hub
 from engine.llm import providers
+from engine.llm.model_check import model_warnings
+from engine.registry import workflows
 from engine.settings import Secret, Settings
 from engine.store import fetch
 from tests.conftest import attempts_of, engine_running, wait_for, wait_run
@@ -414,3 +416,41 @@ async def held_back(sub: Subscription) -> int | None:
         if change.kind == "log" and "request limits" in str(change.to_json().get("line")):
             return change.run_id
     return None
+
+
+# --- 7. model names checked against the endpoint's list -----------------------------------------------------
+
+
+async def test_a_model_the_endpoint_does_not_list_is_warned_about_at_start_and_still_runs(
+    llm_settings: Settings, server: LLMServer, define: Define, caplog: pytest.LogCaptureFixture
+) -> None:
+    define("typo", [llm(model="stepdeck-tset")], inputs=TOPIC)  # llama-cpp-python answers to any name
+    define("fine", [llm()], inputs=TOPIC)
+    await asyncio.to_thread(importlib.import_module, "openai")
+    async with engine_running(llm_settings):
+        await wait_for(
+            lambda: _logged(caplog, "workflow typo: step 'write': model 'stepdeck-tset' is not among the models"),
+            what="the warning",
+        )
+        run = await run_to_end("typo")
+    await providers.close_all()
+    assert run["status"] == "completed", run["error"]  # a warning, never a refusal
+    assert bodies(server)[0]["model"] == "stepdeck-tset"
+    assert not any("workflow fine:" in r.getMessage() for r in caplog.records)
+    assert any(r.path == "/v1/models" for r in server.requests)
+
+
+async def test_no_warning_where_the_endpoint_lists_no_models(
+    llm_settings: Settings, server: LLMServer, define: Define
+) -> None:
+    server.list_models = False
+    define("typo", [llm(model="stepdeck-tset")], inputs=TOPIC)
+    await asyncio.to_thread(importlib.import_module, "openai")
+    found = await model_warnings(llm_settings, [workflows.get("typo")])
+    await providers.close_all()
+    assert found == {}
+    assert [r.path for r in server.requests] == ["/v1/models"]
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    return any(text in r.getMessage() for r in caplog.records)
