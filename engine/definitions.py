@@ -27,7 +27,7 @@ KIND_FIELDS: dict[str, frozenset[str]] = {
 TRUNCATION_POLICIES = ("warn", "fail", "continue")
 MAX_TOKENS_LIMIT = 10_000_000
 STEP_FIELDS = ("key", "label", "kind", "needs", "alternatives", "select", "timeout_s", "description")
-WORKFLOW_FIELDS = ("name", "description", "inputs", "steps", "schedules")
+WORKFLOW_FIELDS = ("name", "description", "inputs", "steps", "schedules", "max_cost")
 SCHEDULE_FIELDS = ("name", "cron", "timezone", "inputs", "enabled", "catch_up", "description")
 CATCH_UP_POLICIES = ("skip", "once")
 SELECT_MODES = ("auto", "human")
@@ -143,6 +143,7 @@ class WorkflowDef:
     steps: tuple[StepDef, ...]
     source: str
     schedules: tuple[ScheduleDef, ...] = ()
+    max_cost: float | None = None  # USD of LLM cost per run; a step that would start past it waits for a person
 
     def step(self, key: str) -> StepDef:
         """Return the step with this key; KeyError if there is none."""
@@ -178,6 +179,7 @@ class WorkflowDef:
             "inputs": [dataclasses.asdict(i) for i in self.inputs],
             "steps": [dataclasses.asdict(s) for s in self.steps],
             "schedules": [dataclasses.asdict(s) for s in self.schedules],
+            "max_cost": self.max_cost,
         }
         # The round trip makes a deep, plain-JSON copy that cannot alias this definition's values.
         return json.loads(json.dumps(data))  # type: ignore[no-any-return]
@@ -190,7 +192,7 @@ class WorkflowDef:
         inputs = tuple(InputDef(**{**i, "options": tuple(i["options"])}) for i in data["inputs"])
         steps = tuple(StepDef(**{**s, "needs": tuple(s["needs"]), "config": dict(s["config"])}) for s in data["steps"])
         schedules = tuple(ScheduleDef(**s) for s in data.get("schedules", ()))
-        return cls(data["name"], data["description"], inputs, steps, data["source"], schedules)
+        return cls(data["name"], data["description"], inputs, steps, data["source"], schedules, data.get("max_cost"))
 
 
 @dataclasses.dataclass
@@ -421,7 +423,17 @@ def parse_definition(
         raise DefinitionError(source, f"cycle: {' -> '.join(cycle)}", step=cycle[0], field="needs", line=line)
     defn = WorkflowDef(wf_name, description, tuple(inputs), tuple(steps), source)
     schedules = _parse_schedules(data.get("schedules"), data, defn)
-    return dataclasses.replace(defn, schedules=schedules)
+    return dataclasses.replace(defn, schedules=schedules, max_cost=_parse_max_cost(data, source))
+
+
+def _parse_max_cost(data: Any, source: str) -> float | None:
+    value = data.get("max_cost")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        detail = f"expected a cost in USD greater than 0, got {value!r}"
+        raise DefinitionError(source, detail, field="max_cost", line=_line(data, "max_cost"))
+    return float(value)
 
 
 def _parse_schedules(raw: Any, data: Any, defn: WorkflowDef) -> tuple[ScheduleDef, ...]:

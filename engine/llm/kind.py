@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine.context import StepContext
 from engine.definitions import StepDef
-from engine.llm import providers
+from engine.llm import budget, providers
 from engine.llm.calls import estimate_prompt, settle_usage
 from engine.llm.prices import Price, price_of
 from engine.llm.providers import SIMULATED, Call, Choice, Request
@@ -71,6 +71,7 @@ class LlmRecord:
     calls: list[dict[str, Any]] = field(default_factory=list)
     context_length: int | None = None  # the model's context window, where the server tells it
     price: dict[str, float] | None = None  # USD per 1M prompt / completion tokens, from the price file
+    budget_hold: dict[str, Any] | None = None  # the budget this attempt was held for (it made no call)
     requested_max_tokens: int | None = None  # the step's max_tokens when it was clamped to the context window
 
     @property
@@ -270,6 +271,16 @@ async def run_llm(step: StepDef, ctx: StepContext, env: KindEnv) -> Any:
         raise LLMStepError("no model: set `model:` on the step, or STEPDECK_LLM_MODEL (or OPENAI_MODEL)")
     requested = int(config.get("max_tokens") or settings.max_tokens)
     on_truncation = config.get("on_truncation", "warn")
+    hold, passed = await budget.check_budget(
+        ctx.run_id, ctx.step_key, ctx.attempt, env.max_cost, settings.llm_daily_budget
+    )
+    if passed is not None:
+        ctx.log(f"{passed.reason}: running past it, as a person resumed this step")
+    if hold is not None:
+        ctx.llm = LlmRecord(
+            provider.name, model, provider.base_url, requested, None, on_truncation, [], budget_hold=hold.to_json()
+        )
+        raise budget.BudgetReached(hold)
     variables = template_variables(ctx.inputs, ctx.outputs)
     loop = asyncio.get_running_loop()
     messages = []

@@ -454,3 +454,66 @@ async def test_no_warning_where_the_endpoint_lists_no_models(
 
 async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
     return any(text in r.getMessage() for r in caplog.records)
+
+
+# --- the budget guard ------------------------------------------------------------------------------------------
+
+
+def priced_settings(settings: Settings, server: LLMServer, tmp_path: Path, **extra: Any) -> Settings:
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[models."stepdeck-test"]\nprompt = 10.0\ncompletion = 10.0\n')  # 24 tokens: $0.00024
+    return settings.with_overrides(
+        llm_base_url=server.base_url, llm_api_key=Secret("sk-x"), llm_model=MODEL, llm_prices=str(prices), **extra
+    )
+
+
+async def test_a_step_past_the_runs_max_cost_waits_for_a_person_who_can_let_it_run(
+    settings: Settings, server: LLMServer, define: Define, tmp_path: Path
+) -> None:
+    priced = priced_settings(settings, server, tmp_path)
+    await asyncio.to_thread(importlib.import_module, "openai")
+    async with engine_running(priced), api_client(priced) as api:
+        define("capped", [llm("a"), llm("b"), llm("c")], inputs=TOPIC, max_cost=0.0002)
+        run_id = (await api.post("/api/runs", json={"workflow": "capped", "inputs": {}})).json()["id"]
+        assert await wait_run(run_id, *ENDED) == "waiting"
+        run = (await api.get(f"/api/runs/{run_id}")).json()
+        a, b, c = run["steps"]
+        assert (a["status"], b["status"], c["status"]) == ("completed", "waiting", "pending")
+        reason = "budget reached: $0.0002 of $0.0002 (max_cost of this run)"
+        assert b["llm"]["budget_hold"] == {"scope": "run", "spent": pytest.approx(0.00024), "limit": 0.0002}
+        assert any(line.startswith(reason) for line in b["logs"]), b["logs"]
+        assert (b["alternatives"], b["output"], run["needs_choice"]) == ([], None, ["b"])
+        assert len(server.completion_requests) == 1  # b never called the model
+        # A person resumes b: it runs past the budget; c, the next step, is held in turn.
+        assert (await api.post(f"/api/runs/{run_id}/steps/b/rerun")).status_code == 200
+        assert await wait_run(run_id, *ENDED) == "waiting"
+        run = (await api.get(f"/api/runs/{run_id}")).json()
+    await providers.close_all()
+    a, b, c = run["steps"]
+    assert (b["status"], b["attempt"], c["status"]) == ("completed", 2, "waiting")
+    assert any("running past it, as a person resumed this step" in line for line in b["logs"])
+    assert c["llm"]["budget_hold"]["spent"] == pytest.approx(0.00048)
+    assert len(server.completion_requests) == 2
+
+
+async def test_a_step_past_the_daily_budget_waits_and_a_run_within_it_does_not(
+    settings: Settings, server: LLMServer, define: Define, tmp_path: Path
+) -> None:
+    priced = priced_settings(settings, server, tmp_path, llm_daily_budget=0.0003)
+    await asyncio.to_thread(importlib.import_module, "openai")
+    async with engine_running(priced), api_client(priced) as api:
+        define("daily", [llm()], inputs=TOPIC)
+        first = (await api.post("/api/runs", json={"workflow": "daily", "inputs": {}})).json()["id"]
+        second_status = third_status = None
+        assert await wait_run(first, *ENDED) == "completed"  # $0.00024 of $0.0003
+        second = (await api.post("/api/runs", json={"workflow": "daily", "inputs": {}})).json()["id"]
+        second_status = await wait_run(second, *ENDED)  # starts at $0.00024: still room
+        third = (await api.post("/api/runs", json={"workflow": "daily", "inputs": {}})).json()["id"]
+        third_status = await wait_run(third, *ENDED)
+        held = (await api.get(f"/api/runs/{third}")).json()["steps"][0]
+    await providers.close_all()
+    assert (second_status, third_status) == ("completed", "waiting")
+    assert any(
+        line.startswith("daily budget reached: $0.0005 of $0.0003 (STEPDECK_LLM_DAILY_BUDGET)") for line in held["logs"]
+    )
+    assert len(server.completion_requests) == 2

@@ -15,7 +15,7 @@ from nicegui.testing import User
 
 from tests.llm_server import LLMServer
 from tests.ui.conftest import eventually, table_rows
-from tests.ui.test_run_page import show, start_run, text_of, wait_run
+from tests.ui.test_run_page import confirm, show, start_run, text_of, wait_run
 
 WORKFLOW = """
     name: priced
@@ -29,9 +29,23 @@ WORKFLOW = """
 """
 
 
+CAPPED = """
+    name: capped
+    max_cost: 0.0001
+    steps:
+      - key: first
+        kind: llm
+        prompt: Write about tide pools.
+      - key: second
+        kind: llm
+        prompt: "Shorten: {{ steps.first.output }}"
+"""
+
+
 @pytest.fixture(autouse=True)
 def priced_endpoint(workflows_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[LLMServer]:
     (workflows_dir / "priced.yaml").write_text(textwrap.dedent(WORKFLOW))
+    (workflows_dir / "capped.yaml").write_text(textwrap.dedent(CAPPED))
     prices = tmp_path / "prices.toml"
     prices.write_text('[models."stepdeck-test"]\nprompt = 2.0\ncompletion = 10.0\n')
     with LLMServer(reply_tokens=20) as server:
@@ -77,3 +91,26 @@ async def test_monitoring_shows_the_cost_per_workflow_and_per_day_marked_estimat
     assert table[f"d:{datetime.now(UTC).date().isoformat()}"]["cost"] == expected
     assert "(estimated)" in text_of(user, "token-costs")
     assert "Includes estimated counts" in text_of(user, "token-summary")
+
+
+async def test_a_step_held_by_the_budget_says_why_on_its_card_and_resuming_it_runs_it(
+    user: User, priced_endpoint: LLMServer
+) -> None:
+    await user.open("/")
+    run_id = await start_run(user, "capped")
+    run = await wait_run(user, run_id, "waiting")
+    assert [s["status"] for s in run["steps"]] == ["completed", "waiting"]
+    await user.open(f"/runs/{run_id}")
+    await show(user, "second")
+    reason = await eventually(lambda: text_of(user, "budget-second") or None, "the budget notice on the card")
+    assert reason.startswith("budget reached: $")
+    assert reason.endswith(
+        "of $0.0001 (max_cost of this run). The step has not run: Resume from here runs it past the budget."
+    )
+    await user.should_not_see(marker="choose-second")  # not a choice between alternatives
+    assert len(priced_endpoint.completion_requests) == 1
+    user.find(marker="rerun-second").click()
+    await confirm(user, "second", "first")  # re-runs the held step, keeps the first
+    run = await wait_run(user, run_id, "completed")
+    assert len(priced_endpoint.completion_requests) == 2
+    assert any("running past it, as a person resumed this step" in line for line in run["steps"][1]["logs"])

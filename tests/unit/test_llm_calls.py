@@ -8,6 +8,8 @@ import asyncio
 
 import pytest
 
+from engine.definitions import DefinitionError, WorkflowDef, parse_definition
+from engine.llm.budget import DAY, RUN, Hold, approved, hold_for
 from engine.llm.calls import (
     Call,
     Choice,
@@ -148,3 +150,29 @@ def test_prices_from_toml_and_yaml_and_what_tokens_cost() -> None:
 def test_a_bad_price_file_is_refused_naming_the_file(text: str) -> None:
     with pytest.raises(PriceFileError, match=r"STEPDECK_LLM_PRICES: prices\.yaml"):
         parse_prices(text, "prices.yaml")
+
+
+def test_the_budget_guard_holds_past_the_runs_max_cost_first_then_the_days_budget() -> None:
+    assert hold_for(4.93, 4.93, 5.0, 0.0) is None
+    assert hold_for(5.0, 5.0, 5.0, 0.0) == Hold(RUN, 5.0, 5.0)
+    assert hold_for(1.0, 7.0, 5.0, 6.0) == Hold(DAY, 7.0, 6.0)
+    assert hold_for(9.0, 9.0, None, 0.0) is None
+    assert Hold(RUN, 4.93, 4.5).reason == "budget reached: $4.93 of $4.50 (max_cost of this run)"
+    assert Hold(DAY, 0.5, 0.25).reason == "daily budget reached: $0.5000 of $0.2500 (STEPDECK_LLM_DAILY_BUDGET)"
+
+
+def test_a_resumed_step_runs_past_the_budget_only_if_nothing_was_spent_since_it_was_held() -> None:
+    hold = Hold(RUN, 5.2, 5.0)
+    assert approved(hold, {"scope": "run", "spent": 5.2, "limit": 5.0})
+    assert not approved(hold, {"scope": "run", "spent": 5.1, "limit": 5.0})
+    assert not approved(hold, {"scope": "day", "spent": 5.2, "limit": 5.0})
+    assert not approved(hold, None)
+
+
+@pytest.mark.parametrize("value", [0, -1, "5", True, float("inf")])
+def test_a_bad_max_cost_is_refused_by_the_loader(value: object) -> None:
+    steps = [{"key": "a", "kind": "llm", "prompt": "hi"}]
+    with pytest.raises(DefinitionError, match="max_cost"):
+        parse_definition({"name": "w", "max_cost": value, "steps": steps}, "<test>")
+    defn = parse_definition({"name": "w", "max_cost": 2.5, "steps": steps}, "<test>")
+    assert WorkflowDef.from_snapshot(defn.to_snapshot()).max_cost == 2.5

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from engine.llm.budget import Hold
 from engine.llm.prices import usd
 from engine.monitoring import Cost, TokenReport
 
@@ -75,3 +76,12 @@ def alternative_note(alt: Mapping[str, Any]) -> str:
     if alt.get("cost") is None:
         return ""
     return f" · {usd(alt['cost'], bool(alt.get('estimated')))}"
+
+
+def budget_hold_text(llm: Mapping[str, Any] | None) -> str | None:
+    """Why a waiting LLM step was held by the budget guard, and what a person can do; None if it was not."""
+    hold = (llm or {}).get("budget_hold")
+    if not isinstance(hold, Mapping):
+        return None
+    reason = Hold(str(hold.get("scope")), float(hold.get("spent") or 0), float(hold.get("limit") or 0)).reason
+    return f"{reason}. The step has not run: Resume from here runs it past the budget."

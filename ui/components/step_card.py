@@ -11,7 +11,7 @@ from nicegui import ui
 
 from engine import queries
 from ui import security
-from ui.components.cost_view import alternative_note, llm_note
+from ui.components.cost_view import alternative_note, budget_hold_text, llm_note
 from ui.components.output_view import diff_view, output_view, traceback_view
 from ui.live import RunState, llm_summary
 from ui.theme import STATUS_COLORS, STATUS_ICONS, status_color
@@ -129,6 +129,12 @@ class StepBody:
 
     def _outputs(self, step: dict[str, Any]) -> None:
         alternatives = step["alternatives"]
+        held = budget_hold_text(step["llm"]) if step["status"] == "waiting" else None
+        if held:
+            with ui.row().classes("items-center gap-2 p-2 rounded bg-amber-1 w-full"):
+                ui.icon("savings", color="amber-9")
+                ui.label(held).classes("text-sm").mark(f"budget-{self.key}")
+            return
         if step["status"] == "waiting":
             with ui.row().classes("items-center gap-2 p-2 rounded bg-amber-1 w-full").mark(f"choose-{self.key}"):
                 ui.icon(STATUS_ICONS["waiting"], color=status_color("waiting"))
