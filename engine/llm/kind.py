@@ -240,15 +240,16 @@ async def _call(
 async def _all(calls: Iterable[Awaitable[T]], at_once: int | None = None) -> list[T]:
     """Await all, at most `at_once` at a time; on the first error the others are cancelled (and awaited)
     before it propagates."""
-    if at_once is not None:
+    pending = list(calls)
+    if at_once is not None and at_once < len(pending):
         gate = asyncio.Semaphore(at_once)
 
         async def gated(c: Awaitable[T]) -> T:
             async with gate:
                 return await c
 
-        calls = [gated(c) for c in calls]
-    tasks = [asyncio.ensure_future(c) for c in calls]
+        pending = [gated(c) for c in pending]
+    tasks = [asyncio.ensure_future(c) for c in pending]
     try:
         return list(await asyncio.gather(*tasks))
     except BaseException:
@@ -374,7 +375,10 @@ async def _first_calls(
     def at_once() -> int:
         return parallel_requests(configured, provider.supports_n(request.model), n)
 
-    if n == 1 or provider.supports_n(request.model) is False:
+    if n == 1:
+        await _call(provider, request, 1, ctx, rec)  # no task of its own: one call, on this one
+        return
+    if provider.supports_n(request.model) is False:
         await _all((single(i) for i in range(n)), at_once())
         return
     try:
