@@ -179,8 +179,9 @@ class WorkflowDef:
             "inputs": [dataclasses.asdict(i) for i in self.inputs],
             "steps": [dataclasses.asdict(s) for s in self.steps],
             "schedules": [dataclasses.asdict(s) for s in self.schedules],
-            "max_cost": self.max_cost,
         }
+        if self.max_cost is not None:
+            data["max_cost"] = self.max_cost
         # The round trip makes a deep, plain-JSON copy that cannot alias this definition's values.
         return json.loads(json.dumps(data))  # type: ignore[no-any-return]
 
