@@ -147,7 +147,8 @@ async def run_detail(run_id: int) -> RunDetail:
 async def step_costs(run_id: int) -> dict[str, dict[str, Any]]:
     """LLM cost per step of a run, over all attempts (retries cost too), from the usage rows."""
     rows = await fetch(
-        "SELECT step_key, SUM(cost) AS usd, MAX(estimated) AS estimated FROM llm_usage WHERE run_id = ?"
+        "SELECT step_key, SUM(cost) AS usd, MAX(CASE WHEN estimated THEN 1 ELSE 0 END) AS estimated"
+        " FROM llm_usage WHERE run_id = ?"
         " GROUP BY step_key",
         (run_id,),
     )
