@@ -140,8 +140,8 @@ async def run_detail(run_id: int) -> RunDetail:
     if not rows:
         raise NotFound(f"run {run_id} does not exist")
     steps = await fetch(_STEP_SQL + " WHERE s.run_id = ? ORDER BY s.position", (run_id,))
-    run = _run(rows[0], tuple(step_detail(r) for r in steps))
-    return dataclasses.replace(run, costs=await step_costs(run_id))
+    costs = await step_costs(run_id)
+    return _run(rows[0], tuple(dataclasses.replace(d, cost=costs.get(d.key)) for d in map(step_detail, steps)))
 
 
 async def step_costs(run_id: int) -> dict[str, dict[str, Any]]:

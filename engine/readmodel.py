@@ -8,7 +8,7 @@ rerun shows no output, alternatives or error, even though its earlier attempts k
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -49,6 +49,8 @@ class StepDetail:
     progress_message: str | None
     logs: tuple[str, ...]
     llm: dict[str, Any] | None  # the current attempt's LLM record (usage, calls, truncation)
+    # LLM cost over all the step's attempts: {"usd": float | None, "estimated": bool}; None without usage
+    cost: Mapping[str, Any] | None = None
 
     @property
     def output(self) -> Any:
@@ -94,6 +96,7 @@ class StepDetail:
             "provider": llm["provider"] if llm else None,
             "model": llm["model"] if llm else None,
             "llm": llm,
+            "cost": dict(self.cost) if self.cost is not None else None,
         }
 
 
@@ -115,8 +118,6 @@ class RunDetail:
     finished_at: datetime | None
     updated_at: datetime
     steps: tuple[StepDetail, ...]
-    # LLM cost per step key over all its attempts: {"usd": float | None, "estimated": bool}
-    costs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def step(self, key: str) -> StepDetail:
         return next(s for s in self.steps if s.key == key)
@@ -124,10 +125,11 @@ class RunDetail:
     @property
     def cost(self) -> dict[str, Any] | None:
         """The run's LLM cost (None without LLM usage; usd None when no model used has a price)."""
-        return total_cost(self.costs.values()) if self.costs else None
+        costs = [s.cost for s in self.steps if s.cost is not None]
+        return total_cost(costs) if costs else None
 
     def to_json(self) -> dict[str, Any]:
-        steps = [{**s.to_json(), "cost": self.costs.get(s.key)} for s in self.steps]
+        steps = [s.to_json() for s in self.steps]
         return {**run_json(self), **summary(steps), "cost": self.cost, "steps": steps}
 
 
