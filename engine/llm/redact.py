@@ -48,6 +48,8 @@ def _mask_url(match: re.Match[str]) -> str:
     except ValueError:
         return MASK
     netloc = parts.netloc
+    if "@" not in netloc and not parts.query and not parts.fragment:
+        return url  # nothing to hide: left exactly as written
     if "@" in netloc:
         netloc = f"{MASK}@{netloc.rpartition('@')[2]}"
     query = "&".join(f"{name}={MASK}" if value else name for name, value in parse_qsl(parts.query, True))
