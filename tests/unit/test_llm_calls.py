@@ -19,9 +19,9 @@ from engine.llm.calls import (
     interrupted,
     settle_usage,
 )
-from engine.llm.kind import clamp_max_tokens, parallel_requests
 from engine.llm.limits import RequestLimits
 from engine.llm.prices import Price, PriceFileError, parse_prices, usd
+from engine.llm.record import clamp_max_tokens, parallel_requests
 
 MESSAGES = [{"role": "user", "content": "Write about tide pools."}]
 
