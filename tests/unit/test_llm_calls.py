@@ -176,3 +176,12 @@ def test_a_bad_max_cost_is_refused_by_the_loader(value: object) -> None:
         parse_definition({"name": "w", "max_cost": value, "steps": steps}, "<test>")
     defn = parse_definition({"name": "w", "max_cost": 2.5, "steps": steps}, "<test>")
     assert WorkflowDef.from_snapshot(defn.to_snapshot()).max_cost == 2.5
+
+
+@pytest.mark.parametrize("value", [0, -2, "2", True, 1.5])
+def test_a_bad_parallel_requests_is_refused_by_the_loader(value: object) -> None:
+    step = {"key": "a", "kind": "llm", "prompt": "hi", "alternatives": 3}
+    with pytest.raises(DefinitionError, match="parallel_requests"):
+        parse_definition({"name": "w", "steps": [{**step, "parallel_requests": value}]}, "<test>")
+    defn = parse_definition({"name": "w", "steps": [{**step, "parallel_requests": 2}]}, "<test>")
+    assert defn.step("a").config["parallel_requests"] == 2
