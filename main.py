@@ -19,6 +19,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from engine.llm.redact import install_log_redaction
 from engine.settings import ENV_NAMES, Settings, SettingsError, from_env
 
 COMMANDS = ("serve", "run", "check", "sweep", "migrate", "users", "tokens")
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["serve", *argv]
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_redaction()  # no log line shows a URL's user info or query values (signatures, tokens)
     logging.getLogger("tortoise").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:

@@ -16,6 +16,11 @@ PROGRESS_MIN_INTERVAL_S = 0.1  # viewers get at most ~10 progress notices a seco
 TOKENS_MIN_INTERVAL_S = 0.1  # streamed text reaches viewers in batches, however fast the model is
 
 
+class WaitForPerson(Exception):
+    """The step cannot do its work until a person acts (a budget is reached): its attempt ends without
+    output and the step waits; "Resume from here" runs it again. The message says why, for people."""
+
+
 @dataclass(eq=False)
 class StepContext:
     """What a step function sees. Safe to use from the thread a sync step function runs in."""

@@ -22,12 +22,12 @@ from engine.llm import templates
 # Extra step fields each kind accepts; those that are not StepDef attributes land in StepDef.config.
 KIND_FIELDS: dict[str, frozenset[str]] = {
     "python": frozenset({"call"}),
-    "llm": frozenset({"prompt", "system", "model", "max_tokens", "temperature", "on_truncation"}),
+    "llm": frozenset({"prompt", "system", "model", "max_tokens", "temperature", "on_truncation", "parallel_requests"}),
 }
 TRUNCATION_POLICIES = ("warn", "fail", "continue")
 MAX_TOKENS_LIMIT = 10_000_000
 STEP_FIELDS = ("key", "label", "kind", "needs", "alternatives", "select", "timeout_s", "description")
-WORKFLOW_FIELDS = ("name", "description", "inputs", "steps", "schedules")
+WORKFLOW_FIELDS = ("name", "description", "inputs", "steps", "schedules", "max_cost")
 SCHEDULE_FIELDS = ("name", "cron", "timezone", "inputs", "enabled", "catch_up", "description")
 CATCH_UP_POLICIES = ("skip", "once")
 SELECT_MODES = ("auto", "human")
@@ -143,6 +143,7 @@ class WorkflowDef:
     steps: tuple[StepDef, ...]
     source: str
     schedules: tuple[ScheduleDef, ...] = ()
+    max_cost: float | None = None  # USD of LLM cost per run; a step that would start past it waits for a person
 
     def step(self, key: str) -> StepDef:
         """Return the step with this key; KeyError if there is none."""
@@ -179,6 +180,8 @@ class WorkflowDef:
             "steps": [dataclasses.asdict(s) for s in self.steps],
             "schedules": [dataclasses.asdict(s) for s in self.schedules],
         }
+        if self.max_cost is not None:
+            data["max_cost"] = self.max_cost
         # The round trip makes a deep, plain-JSON copy that cannot alias this definition's values.
         return json.loads(json.dumps(data))  # type: ignore[no-any-return]
 
@@ -190,7 +193,7 @@ class WorkflowDef:
         inputs = tuple(InputDef(**{**i, "options": tuple(i["options"])}) for i in data["inputs"])
         steps = tuple(StepDef(**{**s, "needs": tuple(s["needs"]), "config": dict(s["config"])}) for s in data["steps"])
         schedules = tuple(ScheduleDef(**s) for s in data.get("schedules", ()))
-        return cls(data["name"], data["description"], inputs, steps, data["source"], schedules)
+        return cls(data["name"], data["description"], inputs, steps, data["source"], schedules, data.get("max_cost"))
 
 
 @dataclasses.dataclass
@@ -302,6 +305,9 @@ def _check_llm(
         isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2
     ):
         raise fail("temperature", f"expected a number from 0 to 2, got {temperature!r}")
+    parallel = raw.get("parallel_requests")
+    if parallel is not None and (isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1):
+        raise fail("parallel_requests", f"expected a positive integer, got {parallel!r}")
     policy = raw.get("on_truncation", "warn")
     if policy not in TRUNCATION_POLICIES:
         raise fail("on_truncation", f"expected one of {', '.join(TRUNCATION_POLICIES)}, got {policy!r}")
@@ -418,7 +424,17 @@ def parse_definition(
         raise DefinitionError(source, f"cycle: {' -> '.join(cycle)}", step=cycle[0], field="needs", line=line)
     defn = WorkflowDef(wf_name, description, tuple(inputs), tuple(steps), source)
     schedules = _parse_schedules(data.get("schedules"), data, defn)
-    return dataclasses.replace(defn, schedules=schedules)
+    return dataclasses.replace(defn, schedules=schedules, max_cost=_parse_max_cost(data, source))
+
+
+def _parse_max_cost(data: Any, source: str) -> float | None:
+    value = data.get("max_cost")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf"):
+        detail = f"expected a cost in USD greater than 0, got {value!r}"
+        raise DefinitionError(source, detail, field="max_cost", line=_line(data, "max_cost"))
+    return float(value)
 
 
 def _parse_schedules(raw: Any, data: Any, defn: WorkflowDef) -> tuple[ScheduleDef, ...]:

@@ -20,6 +20,8 @@ from engine import maintenance, records, transitions
 from engine.driver import RunDriver
 from engine.hub import Change, ChangeKind, hub
 from engine.llm import providers
+from engine.llm.model_check import log_model_warnings
+from engine.registry import workflows
 from engine.settings import Settings
 from engine.slots import StepSlots
 from engine.step_runner import StopReason
@@ -59,6 +61,9 @@ class Engine:
         if providers.provider_name(self.settings) != providers.SIMULATED:
             # The model client takes about a second to import: not on the event loop at the first LLM step.
             self._loops.append(asyncio.create_task(_import_in_thread("openai"), name="stepdeck-import"))
+            # Models the definitions name that the endpoint does not list: a warning in the log, never a refusal.
+            check = log_model_warnings(self.settings, workflows.definitions.values())
+            self._loops.append(asyncio.create_task(check, name="stepdeck-model-check"))
         if recover:
             await maintenance.recover_orphans(self.settings, self.owner)
         self._remove_listener = hub.add_listener(self._on_change)

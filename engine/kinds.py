@@ -30,6 +30,7 @@ class KindEnv:
     # Called in the worker thread with a sync function's return value: it completes the attempt right
     # there (see `engine/step_runner.py`), and its result is what the kind returns.
     finish: Callable[[Any], Any] | None = None
+    max_cost: float | None = None  # the workflow's LLM budget per run (USD)
 
 
 KindRunner = Callable[[StepDef, StepContext, KindEnv], Awaitable[Any]]

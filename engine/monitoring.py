@@ -25,7 +25,7 @@ THREAD_ABOVE_ROWS = 5_000  # aggregate bigger windows in a thread, off the event
 
 _COLUMNS = (
     "run_id, workflow, step_key, provider, max_tokens, prompt_tokens, completion_tokens, peak_call_tokens,"
-    " truncated, created_at"
+    " truncated, created_at, estimated, cost"
 )
 
 
@@ -77,6 +77,16 @@ class DayTokens:
 
 
 @dataclass(frozen=True, slots=True)
+class Cost:
+    """LLM cost of a day or a workflow: usd None when no row had a price; estimated when any count was."""
+
+    key: str  # the day (ISO) or the workflow
+    usd: float | None
+    estimated: bool
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
 class RunTokens:
     run_id: int
     workflow: str
@@ -102,6 +112,10 @@ class TokenReport:
     tokens_by_run: tuple[RunTokens, ...]  # the newest RECENT_RUNS runs, oldest first
     prompt_tokens: int
     completion_tokens: int
+    estimated_rows: int = 0  # rows whose counts were estimated (the server reported none)
+    cost_by_day: tuple[Cost, ...] = ()
+    cost_by_workflow: tuple[Cost, ...] = ()
+    cost: Cost | None = None  # the whole window
 
     @property
     def empty(self) -> bool:
@@ -121,6 +135,8 @@ class UsageRow(NamedTuple):
     peak_call_tokens: int
     truncated: bool
     created_at: datetime
+    estimated: bool = False
+    cost: float | None = None
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -184,6 +200,8 @@ def parse_row(row: dict[str, Any]) -> UsageRow:
         int(row["peak_call_tokens"] or 0),
         bool(row["truncated"]),
         _utc(row["created_at"]),
+        bool(row.get("estimated")),
+        float(row["cost"]) if row.get("cost") is not None else None,
     )
 
 
@@ -233,13 +251,21 @@ def _day_rates(rows: Iterable[UsageRow], days: Sequence[date]) -> tuple[DayRate,
     )
 
 
+def cost_of(key: str, rows: Sequence[UsageRow]) -> Cost:
+    """The summed cost of rows (the priced ones), estimated when any row's counts were."""
+    priced = [r.cost for r in rows if r.cost is not None]
+    return Cost(key, sum(priced) if priced else None, any(r.estimated for r in rows), len(rows))
+
+
 def build_report(rows: Sequence[UsageRow], days: int, since: datetime, now: datetime, capped: bool) -> TokenReport:
     """Aggregate parsed rows (newest first) into the report; pure."""
     by_step: dict[tuple[str, str], list[UsageRow]] = defaultdict(list)
     by_workflow: dict[str, list[UsageRow]] = defaultdict(list)
     by_run: dict[int, list[UsageRow]] = defaultdict(list)
     day_tokens: dict[date, list[int]] = defaultdict(lambda: [0, 0])
+    by_day: dict[date, list[UsageRow]] = defaultdict(list)
     for r in rows:
+        by_day[r.created_at.date()].append(r)
         by_step[(r.workflow, r.step_key)].append(r)
         by_workflow[r.workflow].append(r)
         by_run[r.run_id].append(r)
@@ -271,6 +297,10 @@ def build_report(rows: Sequence[UsageRow], days: int, since: datetime, now: date
         ),
         prompt_tokens=sum(r.prompt_tokens for r in rows),
         completion_tokens=sum(r.completion_tokens for r in rows),
+        estimated_rows=sum(r.estimated for r in rows),
+        cost_by_day=tuple(cost_of(d.isoformat(), by_day.get(d, [])) for d in calendar),
+        cost_by_workflow=tuple(cost_of(w, by_workflow[w]) for w in sorted(by_workflow)),
+        cost=cost_of("all", rows) if rows else None,
     )
 
 

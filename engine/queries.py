@@ -5,6 +5,7 @@ on the database's reader connections: never behind the engine's writes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -139,7 +140,19 @@ async def run_detail(run_id: int) -> RunDetail:
     if not rows:
         raise NotFound(f"run {run_id} does not exist")
     steps = await fetch(_STEP_SQL + " WHERE s.run_id = ? ORDER BY s.position", (run_id,))
-    return _run(rows[0], tuple(step_detail(r) for r in steps))
+    costs = await step_costs(run_id)
+    return _run(rows[0], tuple(dataclasses.replace(d, cost=costs.get(d.key)) for d in map(step_detail, steps)))
+
+
+async def step_costs(run_id: int) -> dict[str, dict[str, Any]]:
+    """LLM cost per step of a run, over all attempts (retries cost too), from the usage rows."""
+    rows = await fetch(
+        "SELECT step_key, SUM(cost) AS usd, MAX(CASE WHEN estimated THEN 1 ELSE 0 END) AS estimated"
+        " FROM llm_usage WHERE run_id = ?"
+        " GROUP BY step_key",
+        (run_id,),
+    )
+    return {r["step_key"]: {"usd": r["usd"], "estimated": bool(r["estimated"])} for r in rows}
 
 
 ERROR_SUMMARY_CHARS = 500

@@ -7,6 +7,7 @@ rerun shows no output, alternatives or error, even though its earlier attempts k
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -59,6 +60,8 @@ class StepDetail:
     progress_message: str | None
     logs: tuple[str, ...]
     llm: dict[str, Any] | None  # the current attempt's LLM record (usage, calls, truncation)
+    # LLM cost over all the step's attempts: {"usd": float | None, "estimated": bool}; None without usage
+    cost: Mapping[str, Any] | None = None
 
     @property
     def output(self) -> Any:
@@ -104,6 +107,7 @@ class StepDetail:
             "provider": llm["provider"] if llm else None,
             "model": llm["model"] if llm else None,
             "llm": llm,
+            "cost": dict(self.cost) if self.cost is not None else None,
         }
 
 
@@ -129,12 +133,25 @@ class RunDetail:
     def step(self, key: str) -> StepDetail:
         return next(s for s in self.steps if s.key == key)
 
+    @property
+    def cost(self) -> dict[str, Any] | None:
+        """The run's LLM cost (None without LLM usage; usd None when no model used has a price)."""
+        costs = [s.cost for s in self.steps if s.cost is not None]
+        return total_cost(costs) if costs else None
+
     def to_json(self) -> dict[str, Any]:
         steps = [s.to_json() for s in self.steps]
         shown = summary(steps)
         if self.status in (RunStatus.FAILED, RunStatus.CANCELLED):
             shown["needs_choice"] = []  # a stopped run asks for nothing until it is resumed
-        return {**run_json(self), **shown, "steps": steps}
+        return {**run_json(self), **shown, "cost": self.cost, "steps": steps}
+
+
+def total_cost(costs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The sum of costs; estimated if any part was."""
+    parts = list(costs)
+    priced = [c["usd"] for c in parts if c.get("usd") is not None]
+    return {"usd": sum(priced) if priced else None, "estimated": any(c.get("estimated") for c in parts)}
 
 
 def run_json(run: RunDetail) -> dict[str, Any]:

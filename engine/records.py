@@ -34,8 +34,9 @@ class AttemptRef:
 
 _USAGE_SQL = (
     "INSERT INTO llm_usage (run_id, attempt_id, workflow, step_key, alternative, provider, model, max_tokens,"
-    " prompt_tokens, completion_tokens, peak_call_tokens, finish_reason, truncated, continuations, outcome, created_at)"
-    " SELECT id, ?, workflow, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM runs WHERE id = ?"
+    " prompt_tokens, completion_tokens, peak_call_tokens, finish_reason, truncated, continuations, outcome, created_at,"
+    " estimated, cost)"
+    " SELECT id, ?, workflow, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM runs WHERE id = ?"
     " ON CONFLICT (attempt_id, alternative) DO NOTHING"
 )
 
@@ -60,6 +61,8 @@ def llm_stmts(ref: AttemptRef, llm: dict[str, Any] | None, outcome: AttemptStatu
             alt["continuations"],
             outcome,
             now,
+            bool(alt.get("estimated")),
+            alt.get("cost"),
             ref.run_id,
         )
         for alt in llm["alternatives"]

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from models.db import DEFAULT_DB_URL
 
@@ -72,6 +73,10 @@ class Settings:
     llm_retry_base_s: float = 1.0  # first backoff; doubles per retry (a Retry-After header wins)
     llm_sim_tokens_per_s: float = 60.0  # the simulated provider's token rate
     llm_checkpoint_s: float = 2.0  # how often streamed text is saved on the running attempt
+    llm_max_concurrent: int = 0  # requests in flight to the endpoint at once; 0: no limit
+    llm_requests_per_minute: int = 0  # requests started per minute at the endpoint; 0: no limit
+    llm_prices: str = ""  # a TOML or YAML file: USD per 1M prompt and completion tokens, per model
+    llm_daily_budget: float = 0.0  # USD of LLM cost per UTC day; a step that would start past it waits; 0: none
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given (non-None) values, e.g. from command-line flags."""
@@ -105,6 +110,10 @@ ENV_NAMES = {
     "llm_retry_base_s": "STEPDECK_LLM_RETRY_BASE_S",
     "llm_sim_tokens_per_s": "STEPDECK_LLM_SIM_TOKENS_PER_S",
     "llm_checkpoint_s": "STEPDECK_LLM_CHECKPOINT_S",
+    "llm_max_concurrent": "STEPDECK_LLM_MAX_CONCURRENT",
+    "llm_requests_per_minute": "STEPDECK_LLM_REQUESTS_PER_MINUTE",
+    "llm_prices": "STEPDECK_LLM_PRICES",
+    "llm_daily_budget": "STEPDECK_LLM_DAILY_BUDGET",
 }
 # Read when the STEPDECK_ variable is not set: the names OpenAI's own tools use.
 FALLBACK_ENV_NAMES = {"llm_base_url": "OPENAI_BASE_URL", "llm_api_key": "OPENAI_API_KEY", "llm_model": "OPENAI_MODEL"}
@@ -142,7 +151,16 @@ def _checked(s: Settings) -> Settings:
     for name in positive:
         if getattr(s, name) <= 0:
             raise SettingsError(f"{ENV_NAMES[name]} must be greater than 0, got {getattr(s, name)}")
-    for name in ("shutdown_grace_s", "cancel_grace_s", "retention_days", "llm_retries", "llm_retry_base_s"):
+    for name in (
+        "shutdown_grace_s",
+        "cancel_grace_s",
+        "retention_days",
+        "llm_retries",
+        "llm_retry_base_s",
+        "llm_max_concurrent",
+        "llm_requests_per_minute",
+        "llm_daily_budget",
+    ):
         if getattr(s, name) < 0:
             raise SettingsError(f"{ENV_NAMES[name]} must not be negative, got {getattr(s, name)}")
     for name in ("max_tokens", "max_concurrent_runs", "max_concurrent_steps"):
@@ -155,7 +173,12 @@ def _checked(s: Settings) -> Settings:
     if s.llm_provider not in LLM_PROVIDERS:
         raise SettingsError(f"STEPDECK_LLM_PROVIDER must be one of {', '.join(LLM_PROVIDERS)}, got {s.llm_provider!r}")
     if s.llm_base_url and not s.llm_base_url.startswith(("http://", "https://")):
-        raise SettingsError(f"STEPDECK_LLM_BASE_URL must start with http:// or https://, got {s.llm_base_url!r}")
+        raise SettingsError("STEPDECK_LLM_BASE_URL must start with http:// or https://")
+    if "@" in urlsplit(s.llm_base_url).netloc:
+        # The client would send these as Basic auth instead of the key, and log them with every request.
+        raise SettingsError(
+            "STEPDECK_LLM_BASE_URL must not contain a user name or password: put the key in STEPDECK_LLM_API_KEY"
+        )
     if s.stale_after_s <= s.heartbeat_interval_s:
         raise SettingsError(
             f"STEPDECK_STALE_AFTER_S ({s.stale_after_s}) must exceed STEPDECK_HEARTBEAT_INTERVAL_S "

@@ -20,7 +20,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine import kinds, transitions
-from engine.context import StepContext, executing
+from engine.context import StepContext, WaitForPerson, executing
 from engine.outputs import clean_text, normalize_outputs
 from engine.records import AttemptRef, keep_partial_output, record_late_result, save_partial
 from models.status import StepStatus
@@ -226,7 +226,7 @@ async def _attempt(driver: RunDriver, s: StepState, attempt_id: int, number: int
         await save_partial(ref, text, llm)
 
     finish = ThreadFinish(driver, s, ref, ctx) if kinds.completes_in_thread(d, engine.settings) else None
-    env = kinds.KindEnv(engine.threads, engine.settings, checkpoint, finish)
+    env = kinds.KindEnv(engine.threads, engine.settings, checkpoint, finish, driver.defn.max_cost)
     timeout = asyncio.timeout(d.timeout_s)
     try:
         async with timeout:
@@ -262,6 +262,10 @@ async def _attempt(driver: RunDriver, s: StepState, attempt_id: int, number: int
         )
         if await asyncio.shield(failing):
             s.status, s.error = StepStatus.FAILED, error
+        return
+    except WaitForPerson as hold:
+        ctx.log(str(hold))
+        await asyncio.shield(_completed(driver, s, ref, ctx, [], hold=True))
         return
     except BaseException as exc:
         # Any exception of the step is its failure, BaseException subclasses of its own included.
@@ -346,9 +350,12 @@ def _start_successors(
         driver.spawn(successor, (attempt_id, start.number)).add_done_callback(lambda _: slots.release())
 
 
-async def _completed(driver: RunDriver, s: StepState, ref: AttemptRef, ctx: StepContext, outputs: list[Any]) -> None:
-    """Write the completion; successors it makes ready start in the same commit (saves a round trip)."""
-    index = 0 if s.defn.select == "auto" else None
+async def _completed(
+    driver: RunDriver, s: StepState, ref: AttemptRef, ctx: StepContext, outputs: list[Any], hold: bool = False
+) -> None:
+    """Write the completion; successors it makes ready start in the same commit (saves a round trip).
+    A hold (WaitForPerson) completes the attempt without output and leaves the step waiting."""
+    index = 0 if s.defn.select == "auto" and not hold else None
     successors = driver.successors_to_start(s, ref.number, index)
     starts = [start for _, start in successors]
     try:

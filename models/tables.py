@@ -131,6 +131,8 @@ class LlmUsage(Model):
     continuations = fields.IntField(default=0)
     outcome = fields.CharField(max_length=16)  # the attempt status when recorded
     created_at = fields.DatetimeField()
+    estimated = fields.BooleanField(default=False)  # counts estimated from the text: the server reported none
+    cost = fields.FloatField(null=True)  # USD from the price file; null when the model has no price
 
     class Meta:
         table = "llm_usage"

@@ -22,7 +22,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,9 +30,10 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 ReplyTokens = int | Callable[[dict[str, Any]], int]
-Failure = int | tuple[int, Mapping[str, str]] | Literal["disconnect", "malformed", "hang"]
+Failure = int | tuple[int, Mapping[str, str]] | Literal["disconnect", "malformed", "hang", "cut"]
+StreamUsage = Literal["end", "none", "per_choice"]
 
-_FAILURE_WORDS = ("disconnect", "malformed", "hang")
+_FAILURE_WORDS = ("disconnect", "malformed", "hang", "cut")
 _POLL_S = 0.02  # how often waits look for a closed client or a closing server
 _TOKEN = re.compile(r"(?:a\d+)?w\d+")
 
@@ -46,6 +47,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any
     received_at: float  # time.time()
+    query: str = ""  # the query string, without the "?"
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,9 @@ class Plan:
     def text(self, choice: int) -> str:
         return "".join(self.token(choice, i) for i in range(self.start, self.start + self.count))
 
-    def usage(self) -> dict[str, int]:
-        completion = self.count * self.n_choices
+    def usage(self, choices: int | None = None) -> dict[str, int]:
+        """Usage of the whole request, or (choices=1) of one choice, as llama-server reports each."""
+        completion = self.count * (self.n_choices if choices is None else choices)
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
@@ -97,8 +100,11 @@ def _positive_int(body: dict[str, Any], *keys: str) -> int | None:
     return None
 
 
-def plan_completion(body: dict[str, Any], reply_tokens: ReplyTokens, support_n: bool) -> Plan:
-    """Decide tokens, finish reason and prompt size of a chat completion request; raises BadRequest."""
+def plan_completion(
+    body: dict[str, Any], reply_tokens: ReplyTokens, support_n: bool, context_size: int | None = None
+) -> Plan:
+    """Decide tokens, finish reason and prompt size of a chat completion request; raises BadRequest.
+    With a context size, max_tokens is silently capped at what the context leaves (as llama.cpp does)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
         raise BadRequest("'messages' must be a non-empty list of objects")
@@ -112,6 +118,10 @@ def plan_completion(body: dict[str, Any], reply_tokens: ReplyTokens, support_n: 
             1 for m in messages if m.get("role") == "assistant" for w in _words(m.get("content")) if _TOKEN.fullmatch(w)
         )
     remaining = max(natural - start, 0)
+    prompt_tokens = sum(len(_words(m.get("content"))) for m in messages)
+    if context_size is not None:
+        room = max(context_size - prompt_tokens, 0)
+        max_tokens = room if max_tokens is None else min(max_tokens, room)
     truncated = max_tokens is not None and max_tokens < remaining
     return Plan(
         model=str(body.get("model") or "unknown"),
@@ -119,7 +129,7 @@ def plan_completion(body: dict[str, Any], reply_tokens: ReplyTokens, support_n: 
         start=start,
         count=max_tokens if truncated and max_tokens is not None else remaining,
         finish_reason="length" if truncated else "stop",
-        prompt_tokens=sum(len(_words(m.get("content"))) for m in messages),
+        prompt_tokens=prompt_tokens,
     )
 
 
@@ -166,6 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # each SSE chunk leaves at once
     server: _HTTPServer
+    interrupted = False  # set by a request that queues behind this one (cut_on_queue)
 
     def setup(self) -> None:
         super().setup()
@@ -267,8 +278,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         owner = self.server.owner
         body = self._read_body() if method == "POST" else None
-        path = self.path.split("?", 1)[0].rstrip("/")
-        owner._record(RecordedRequest(method, path, {k.lower(): v for k, v in self.headers.items()}, body, time.time()))
+        path, _, query = self.path.partition("?")
+        path = path.rstrip("/")
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        owner._record(RecordedRequest(method, path, headers, body, time.time(), query))
         try:
             if method == "POST" and path == "/v1/chat/completions":
                 self._completion(body)
@@ -277,11 +290,19 @@ class _Handler(BaseHTTPRequestHandler):
             elif method == "GET" and path == "/stats":  # for a benchmark that runs the server in its own process
                 stats = {"busy_s": owner.busy_s, "completion_requests": len(owner.completion_requests)}
                 self._send_json(200, {**stats, "completed": owner.completed, "aborted": owner.aborted})
-            elif method == "GET" and path == "/v1/models":
+            elif method == "GET" and path == "/v1/models" and owner.list_models:
                 models = [
                     {"id": m, "object": "model", "created": 0, "owned_by": "stepdeck-tests"} for m in owner.models
                 ]
+                if owner.context_size is not None and owner.context_via == "models":
+                    for m in models:  # as llama-server describes its model
+                        m["meta"] = {"n_ctx_train": owner.context_size, "n_vocab": 32000}
                 self._send_json(200, {"object": "list", "data": models})
+            elif (
+                method == "GET" and path == "/props" and owner.context_size is not None and owner.context_via == "props"
+            ):
+                props = {"default_generation_settings": {"n_ctx": owner.context_size}, "total_slots": 1}
+                self._send_json(200, props)
             else:
                 self._send_json(404, error_body(404, f"Unknown endpoint {method} {path}", "unknown_url"))
         except (_ClientGone, _ServerClosing):
@@ -301,13 +322,17 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 if not isinstance(body, dict):
                     raise BadRequest("the body must be a JSON object")
-                plan = plan_completion(body, owner.reply_tokens, owner.support_n)
+                refusal = owner._refusal(body)
+                if refusal is not None:
+                    raise BadRequest(refusal)
+                plan = plan_completion(body, owner.reply_tokens, owner.support_n, owner.context_size)
             except BadRequest as err:
                 self._send_json(400, error_body(400, str(err)))
                 return
             stream_options = body.get("stream_options") or {}
             if body.get("stream"):
-                self._stream(plan, bool(stream_options.get("include_usage")))
+                with owner._generating(self):
+                    self._stream(plan, bool(stream_options.get("include_usage")))
             else:
                 self._pause(plan.count * owner.chunk_delay_s)
                 self._send_json(200, owner._completion_json(plan))
@@ -322,14 +347,24 @@ class _Handler(BaseHTTPRequestHandler):
         """Stream the plan's chunks; with stop_after, cut the connection after that many token chunks."""
         owner = self.server.owner
         meta = owner._chunk_meta(plan)
-        extra: dict[str, Any] = {"usage": None} if include_usage else {}
+        usage_mode = owner.stream_usage if include_usage else "none"
+        extra: dict[str, Any] = {"usage": None} if usage_mode != "none" else {}
         self._start_stream()
+        if owner.cut_on_queue:
+            # llama-cpp-python sends the role first; a request queued behind this one ends it right there.
+            for k in range(plan.n_choices):
+                self._event({**meta, "choices": [_choice(k, {"role": "assistant", "content": ""}, None)], **extra})
         for step, i in enumerate(range(plan.start, plan.start + plan.count)):
             if step == stop_after:
                 self._cut()
                 return
-            if step:
+            if step or owner.cut_on_queue:
                 self._pause(owner.chunk_delay_s)
+            if self.interrupted:
+                self._chunk(b"data: [DONE]\n\n")
+                self._write(b"0\r\n\r\n", check=False)
+                owner._count("cut")
+                return
             for k in range(plan.n_choices):
                 delta = (
                     {"role": "assistant", "content": plan.token(k, i)} if step == 0 else {"content": plan.token(k, i)}
@@ -342,7 +377,9 @@ class _Handler(BaseHTTPRequestHandler):
         for k in range(plan.n_choices):
             delta = {} if plan.count else {"role": "assistant", "content": ""}
             self._event({**meta, "choices": [_choice(k, delta, plan.finish_reason)], **extra})
-        if include_usage:
+            if usage_mode == "per_choice":
+                self._event({**meta, "choices": [], "usage": plan.usage(choices=1)})
+        if usage_mode == "end":
             self._event({**meta, "choices": [], "usage": plan.usage()})
         self._chunk(b"data: [DONE]\n\n")
         self._write(b"0\r\n\r\n", check=False)
@@ -371,6 +408,19 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_head(200, {"Content-Type": "application/json", "Content-Length": str(len(data))})
                 self._write(data[: len(data) // 2])
                 self._cut()
+        elif failure == "cut":  # a role chunk, then [DONE]: no finish reason (a stream cut by the server)
+            self._start_stream()
+            self._event(
+                {
+                    "id": "chatcmpl-cut",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": "x",
+                    "choices": [_choice(0, {"role": "assistant", "content": ""}, None)],
+                }
+            )
+            self._chunk(b"data: [DONE]\n\n")
+            self._write(b"0\r\n\r\n")
         elif failure == "malformed":
             if streaming:
                 self._start_stream()
@@ -404,17 +454,29 @@ class LLMServer:
     ) -> None:
         # Settings: read at every request, so a test may change them while the server runs.
         self.reply_tokens: ReplyTokens = reply_tokens
-        self.support_n = support_n
+        self.support_n = support_n  # False: answer one choice whatever `n` asks (llama-cpp-python)
+        self.refuse_n = False  # True: a request with n > 1 gets a 400 about `n`
         self.chunk_delay_s = chunk_delay_s
         self.api_key = api_key
         self.models = models
+        self.list_models = True  # False: GET /v1/models answers 404
+        self.strict_models = False  # True: a model not in `models` gets a 400 (else any name is echoed)
+        self.stream_usage: StreamUsage = "end"  # none: no usage in streams even when asked (llama-cpp-python);
+        # per_choice: one usage record after each choice (llama-server with n)
+        self.refuse_stream_options = False  # True: a request with stream_options gets a 400
+        self.cut_on_queue = False  # True: a running stream ends (no finish reason) when another request queues
+        self.context_size: int | None = None  # caps max_tokens silently at what the context leaves
+        self.context_via: Literal["props", "models"] = "props"  # where the context size is told
         self.errors: list[str] = []  # tracebacks of unexpected handler errors
         self._lock = threading.Condition()
         self._stopping = threading.Event()
         self._failures: deque[Failure] = deque()
         self._requests: list[RecordedRequest] = []
-        self._counts = {"aborted": 0, "completed": 0}
+        self._counts = {"aborted": 0, "completed": 0, "cut": 0}
         self._busy_s = 0.0
+        self._streaming: list[_Handler] = []
+        self.max_streaming = 0  # the most streams served at once
+        self._generation = threading.Lock()  # cut_on_queue: one stream at a time, as one llama.cpp slot
         self._ids = itertools.count(1)
         self._connections: set[socket.socket] = set()
         self._httpd: _HTTPServer | None = None
@@ -485,8 +547,9 @@ class LLMServer:
         with self._lock:
             self._failures.clear()
             self._requests.clear()
-            self._counts = {"aborted": 0, "completed": 0}
+            self._counts = {"aborted": 0, "completed": 0, "cut": 0}
             self._busy_s = 0.0
+            self.max_streaming = 0
             self.errors.clear()
 
     @property
@@ -504,6 +567,12 @@ class LLMServer:
         """Completion requests the client closed before the server finished answering."""
         with self._lock:
             return self._counts["aborted"]
+
+    @property
+    def cut(self) -> int:
+        """Streams ended early, without a finish reason, because another request queued (cut_on_queue)."""
+        with self._lock:
+            return self._counts["cut"]
 
     @property
     def completed(self) -> int:
@@ -557,6 +626,36 @@ class LLMServer:
     def _add_busy(self, seconds: float) -> None:
         with self._lock:
             self._busy_s += seconds
+
+    def _refusal(self, body: dict[str, Any]) -> str | None:
+        """Why a request is refused with a 400 under the server's settings, or None."""
+        n = body.get("n")
+        if self.refuse_n and isinstance(n, int) and n > 1:
+            return "'n' is not supported: only n=1 is allowed"
+        if self.strict_models and body.get("model") not in self.models:
+            return f"model '{body.get('model')}' not found"
+        if self.refuse_stream_options and "stream_options" in body:
+            return "Unrecognized request argument supplied: stream_options"
+        return None
+
+    @contextlib.contextmanager
+    def _generating(self, handler: _Handler) -> Iterator[None]:
+        """One stream being served; with cut_on_queue, one at a time, and a newcomer ends the running one."""
+        with self._lock:
+            if self.cut_on_queue:
+                for running in self._streaming:
+                    running.interrupted = True
+            self._streaming.append(handler)
+            self.max_streaming = max(self.max_streaming, len(self._streaming))
+        try:
+            if self.cut_on_queue:
+                with self._generation:
+                    yield
+            else:
+                yield
+        finally:
+            with self._lock:
+                self._streaming.remove(handler)
 
     def _pop_failure(self) -> Failure | None:
         with self._lock:

@@ -21,6 +21,14 @@ class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    estimated: bool = False  # some counts were estimated from the text: the server reported none
+
+
+class Cost(BaseModel):
+    """LLM cost in USD from the price file (STEPDECK_LLM_PRICES); usd is null when the model has no price."""
+
+    usd: float | None
+    estimated: bool  # from estimated token counts
 
 
 class StepOut(BaseModel):
@@ -52,7 +60,8 @@ class StepOut(BaseModel):
     truncated: bool
     provider: str | None  # "simulated" when no model endpoint is configured
     model: str | None
-    llm: dict[str, Any] | None  # the full record: per-alternative usage and every call made
+    llm: dict[str, Any] | None  # the full record: per-alternative usage and cost, every call made
+    cost: Cost | None = None  # over all attempts of the step (None without LLM usage)
 
 
 class StepSummaryOut(BaseModel):
@@ -127,6 +136,7 @@ class RunOut(BaseModel):
     needs_choice: list[str]
     stale_steps: list[str]
     truncated_steps: list[str]  # steps whose current output was cut off at the token limit
+    cost: Cost | None = None  # LLM cost of the run (None without LLM usage)
     steps: list[StepOut] | None = None
 
 

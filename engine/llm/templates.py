@@ -10,6 +10,7 @@ a width of a billion in `center` or `%`). `range` is capped by the sandbox itsel
 from __future__ import annotations
 
 import functools
+import os
 import re
 import sys
 import time
@@ -21,14 +22,16 @@ from typing import Any
 import jinja2
 from jinja2 import StrictUndefined, nodes
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter
 from jinja2.utils import Namespace
 
 MAX_RENDER_CHARS = 1_000_000  # about 250,000 tokens: more than any model's context
 RENDER_TIME_LIMIT_S = 2.0
 VARIABLES = ("inputs", "steps")
 TEMPLATE_FILENAME = "<template>"
-_WIDTH_RE = re.compile(r"%[-+ #0]*(\d+)|\{[^{}]*:[^{}]*?(\d+)[^{}]*\}")
+MAX_RENDER_MEMORY_BYTES = 256 * 2**20  # growth of the process while one template renders
+_PERCENT_RE = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\*|\d+)?(?:\.(\*|\d*))?[hlL]?(.?)", re.DOTALL)
+_NUMBER_RE = re.compile(r"\d+")
 
 
 class TemplateError(Exception):
@@ -67,21 +70,46 @@ def _capped_filter(name: str, original: Callable[..., Any]) -> Callable[..., Any
         for value in (*rest, *kwargs.values()):
             _check_width(value)
         if name == "format" and isinstance(subject, str):
-            _check_format(subject)
+            _check_percent(subject, rest if rest else kwargs)
         _check_result(name, subject, rest, kwargs)
         return original(*args, **kwargs)
 
     return capped
 
 
-def _check_format(template: str) -> None:
-    total = 0
-    for match in _WIDTH_RE.finditer(template):
-        width = int(match.group(1) or match.group(2))
-        _check_width(width)
-        total += width
+def _check_percent(template: str, args: Any) -> None:
+    """Refuse a `%` format whose widths and precisions (`*` ones read from the arguments) pass the cap."""
+    values = list(args) if isinstance(args, tuple) else [] if isinstance(args, Mapping) else [args]
+    position, total = 0, 0
+    for match in _PERCENT_RE.finditer(template):
+        if match.group(3) == "%":
+            continue
+        for group in (match.group(1), match.group(2)):
+            if group == "*":
+                star = values[position] if position < len(values) else 0
+                position += 1
+                size = star if isinstance(star, int) and not isinstance(star, bool) else 0
+            else:
+                size = int(group) if group else 0
+            _check_width(abs(size))
+            total += abs(size)
+        position += 1
     if total > MAX_RENDER_CHARS:
         raise _too_big(total, "a formatted value")
+
+
+def _check_spec(spec: str) -> int:
+    """Refuse a `str.format` field spec (nested fields already filled in) whose width or precision passes the
+    cap; returns their sum."""
+    total = 0
+    for number in _NUMBER_RE.findall(spec):
+        if len(number) > 12:
+            raise _too_big(10 ** (len(number) - 1), "a formatted value")
+        _check_width(int(number))
+        total += int(number)
+    if total > MAX_RENDER_CHARS:
+        raise _too_big(total, "a formatted value")
+    return total
 
 
 def _text(value: Any) -> str:
@@ -99,9 +127,10 @@ def _check_result(name: str, subject: Any, args: tuple[Any, ...], kwargs: dict[s
         if size > MAX_RENDER_CHARS:
             raise _too_big(size, "a replaced value")
     elif name == "join":
-        items = [_text(i) for i in subject] if not isinstance(subject, str) else list(subject)
+        # Builtins only (no Python frame per item): the render's trace function would see a million calls.
+        items = subject if isinstance(subject, (str, list, tuple)) else list(subject)
         separator = _text(args[0]) if args else _text(kwargs.get("d", kwargs.get("sep", "")))
-        size = sum(len(i) for i in items) + len(separator) * max(len(items) - 1, 0)
+        size = sum(map(len, map(str, items))) + len(separator) * max(len(items) - 1, 0)
         if size > MAX_RENDER_CHARS:
             raise _too_big(size, "a joined value")
     elif name == "indent" and isinstance(subject, str):
@@ -110,6 +139,12 @@ def _check_result(name: str, subject: Any, args: tuple[Any, ...], kwargs: dict[s
         size = len(subject) + (subject.count("\n") + 1) * pad
         if size > MAX_RENDER_CHARS:
             raise _too_big(size, "an indented value")
+    elif name == "expandtabs" and isinstance(subject, str):
+        tabsize = args[0] if args else kwargs.get("tabsize", 8)
+        if isinstance(tabsize, int):
+            size = len(subject) + subject.count("\t") * max(tabsize, 0)
+            if size > MAX_RENDER_CHARS:
+                raise _too_big(size, "an expanded value")
 
 
 class _PromptEnvironment(ImmutableSandboxedEnvironment):
@@ -140,7 +175,7 @@ class _PromptEnvironment(ImmutableSandboxedEnvironment):
                 if digits > 10_000:
                     raise _LimitExceeded(f"a power with about {digits:,.0f} digits is too large")
         elif operator == "%" and isinstance(left, str):
-            _check_format(left)
+            _check_percent(left, right)
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
@@ -155,11 +190,34 @@ class _PromptEnvironment(ImmutableSandboxedEnvironment):
         return super().call(__context, __obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
-        if getattr(value, "__name__", "") in ("format", "format_map") and isinstance(
+        """`str.format` through a formatter that checks each field's spec once nested fields are filled in."""
+        if getattr(value, "__name__", "") not in ("format", "format_map") or not isinstance(
             getattr(value, "__self__", None), str
         ):
-            _check_format(value.__self__)
-        return super().wrap_str_format(value)
+            return None
+        template: str = value.__self__
+        is_format_map = value.__name__ == "format_map"
+
+        def wrapper(*args: Any, **kwargs: Any) -> str:
+            if is_format_map:
+                if kwargs or len(args) != 1:
+                    raise TypeError("format_map() takes exactly one argument")
+                return str(_CappedFormatter(self).vformat(template, (), args[0]))
+            return str(_CappedFormatter(self).vformat(template, args, kwargs))
+
+        return functools.update_wrapper(wrapper, value)
+
+
+class _CappedFormatter(SandboxedFormatter):
+    """One per call: the widths of all its fields add up against the cap."""
+
+    total = 0
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        self.total += _check_spec(format_spec)
+        if self.total > MAX_RENDER_CHARS:
+            raise _too_big(self.total, "a formatted value")
+        return super().format_field(value, format_spec)
 
 
 _env = _PromptEnvironment()
@@ -219,17 +277,40 @@ def _template_line(tb: TracebackType | None) -> int | None:
     return line
 
 
+def _rss_bytes() -> int | None:
+    """The process's resident memory (Linux); None where it cannot be read."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * _PAGE_BYTES
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_MEMORY_EVERY = 256  # trace events between two looks at the process's memory
+
+
 class _Guard:
-    """A trace function for the rendering thread: raises once the clock passes the deadline, or
-    when a variable of the template grows past the cap (`{% set x = x ~ x %}` in a loop)."""
+    """A trace function for the rendering thread: raises once the clock passes the deadline, when a
+    variable of the template grows past the cap (`{% set x = x ~ x %}` in a loop), or when the process
+    has grown by more than MAX_RENDER_MEMORY_BYTES since the render began (many values each under the
+    cap: `{% set ns.xs = ns.xs + ['a' * 999999 ~ i] %}`)."""
 
     def __init__(self, seconds: float) -> None:
         self.at = time.monotonic() + seconds
         self.seconds = seconds
+        self.events = 0
+        start = _rss_bytes()
+        self.memory_limit = None if start is None else start + MAX_RENDER_MEMORY_BYTES
 
     def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
         if time.monotonic() > self.at:
             raise _LimitExceeded(f"rendering took longer than {self.seconds:g} s")
+        self.events += 1
+        if self.memory_limit is not None and self.events % _MEMORY_EVERY == 0:
+            rss = _rss_bytes()
+            if rss is not None and rss > self.memory_limit:
+                raise _LimitExceeded(f"rendering used more than {MAX_RENDER_MEMORY_BYTES // 2**20} MB of memory")
         if frame.f_code.co_filename != TEMPLATE_FILENAME:
             return None
         if event == "line":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import logging
 import socket
@@ -51,6 +52,7 @@ class KeyEchoServer(LLMServer):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.reject_key = False
+        self.echo: Callable[[str], str] = lambda key: key  # how the 401 quotes the key
         self._presented = threading.local()
 
     def _authorized(self, header: str | None) -> bool:
@@ -58,7 +60,7 @@ class KeyEchoServer(LLMServer):
         return not self.reject_key
 
     def _auth_error(self) -> dict[str, Any]:
-        return error_body(401, f"Incorrect API key provided: {self._presented.key}.", "invalid_api_key")
+        return error_body(401, f"Incorrect API key provided: {self.echo(self._presented.key)}.", "invalid_api_key")
 
 
 @pytest.fixture
@@ -318,7 +320,7 @@ async def test_alternatives_are_asked_for_separately_when_the_server_ignores_n(
 async def test_alternatives_are_asked_for_separately_when_the_server_refuses_n(
     eng: Engine, server: LLMServer, define: Define
 ) -> None:
-    server.fail_next(400)  # some servers answer a request with n > 1 with a 400 instead of ignoring n
+    server.refuse_n = True  # some servers answer a request with n > 1 with a 400 about `n` instead of ignoring it
     define("alts-refused-n", [llm(alternatives=3, select="auto")], inputs=TOPIC)
     run = await run_to_end("alts-refused-n")
     assert run["status"] == "completed", run["error"]
@@ -598,6 +600,65 @@ async def test_the_api_key_appears_in_no_response_log_or_database_row(
     files = await asyncio.to_thread(files_containing, tmp_path, "stepdeck.db*", KEY)  # freed pages, the WAL
     assert "stepdeck.db" in files
     assert [name for name, found in files.items() if found] == []
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [str.upper, lambda key: key[:12] + "...", lambda key: key[4:].lower()],
+    ids=["upper-cased", "truncated", "lower-cased-tail"],
+)
+async def test_an_echo_of_the_key_in_another_case_or_cut_short_is_scrubbed(
+    eng: Engine, server: KeyEchoServer, define: Define, echo: Callable[[str], str]
+) -> None:
+    server.reject_key, server.echo = True, echo
+    define("secret-echo", [llm()], inputs=TOPIC)
+    run = await run_to_end("secret-echo")
+    assert run["status"] == "failed"
+    error = run["steps"][0]["error"]
+    assert "Incorrect API key provided: ***" in error
+    assert echo(KEY) not in error
+    assert not any(KEY.lower()[i : i + 8] in error.lower() for i in range(len(KEY) - 7)), error
+
+
+async def test_query_parameters_of_the_base_url_are_sent_as_parameters_and_never_logged(
+    settings: Settings, server: LLMServer, define: Define, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = f"{server.base_url}?sig=SIG-SECRET-42&api-version=2024"
+    llm_settings = settings.with_overrides(
+        llm_base_url=url, llm_api_key=Secret(KEY), llm_model=MODEL, llm_retry_base_s=0.01
+    )
+    await asyncio.to_thread(importlib.import_module, "openai")
+    async with engine_running(llm_settings):
+        define("query", [llm()], inputs=TOPIC)
+        run = await run_to_end("query")
+    await _close_clients()
+    assert run["status"] == "completed", run["error"]
+    [request] = server.completion_requests
+    assert request.path == "/v1/chat/completions"
+    assert request.query == "sig=SIG-SECRET-42&api-version=2024"
+    assert any("HTTP Request: POST" in r.getMessage() for r in caplog.records), "the client's INFO line was captured"
+    assert "SIG-SECRET-42" not in caplog.text
+    assert all("SIG-SECRET-42" not in r.getMessage() for r in caplog.records)
+    assert run["steps"][0]["output"] == words(0, 20)
+
+
+async def test_a_base_url_with_a_password_fails_the_step_without_showing_it(
+    settings: Settings, server: LLMServer, define: Define, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = server.base_url.replace("http://", "http://bob:hunter2-SECRET@")
+    # Settings made in code skip the environment's checks; the provider refuses the URL itself.
+    llm_settings = dataclasses.replace(settings, llm_base_url=url, llm_api_key=Secret(KEY), llm_model=MODEL)
+    await asyncio.to_thread(importlib.import_module, "openai")
+    async with engine_running(llm_settings):
+        define("userinfo", [llm()], inputs=TOPIC)
+        run = await run_to_end("userinfo")
+    await _close_clients()
+    assert run["status"] == "failed"
+    assert "has a user name or password in it: put the key in STEPDECK_LLM_API_KEY" in run["steps"][0]["error"]
+    assert "hunter2" not in run["steps"][0]["error"] + caplog.text
+    assert server.completion_requests == []
 
 
 def files_containing(directory: Path, pattern: str, text: str) -> dict[str, bool]:

@@ -290,3 +290,62 @@ def test_sync_client_and_subprocess_reach_it(server: LLMServer) -> None:
 
     assert text == "w0 w1 w2 w3 w4 "
     assert json.loads(listed.stdout)["data"][0]["id"] == "stepdeck-test"
+
+
+# --- behaving like the real servers (issue 14) ----------------------------------------------------------------
+
+
+async def test_like_llama_cpp_python_a_running_stream_is_cut_when_another_request_queues(
+    server: LLMServer, client: openai.AsyncOpenAI
+) -> None:
+    server.cut_on_queue, server.chunk_delay_s, server.reply_tokens = True, 0.05, 20
+    first = asyncio.create_task(stream_texts(client))
+    assert await asyncio.to_thread(server.wait_requests, 1)
+    second = asyncio.create_task(stream_texts(client))
+    (texts, finish, _), (texts2, finish2, _) = await asyncio.gather(first, second)
+    assert (texts, finish) == ({0: ""}, {})  # the role chunk, then [DONE]: no finish reason
+    assert finish2 == {0: "stop"} and texts2[0].startswith("w0 ")
+    assert server.cut == 1
+
+
+async def test_like_llama_cpp_python_no_usage_in_streams_n_ignored_any_model_echoed(
+    server: LLMServer, client: openai.AsyncOpenAI
+) -> None:
+    server.stream_usage, server.support_n = "none", False
+    texts, _, usage = await stream_texts(client, n=3, stream_options={"include_usage": True})
+    assert (list(texts), usage) == ([0], None)
+
+
+async def test_like_llama_server_one_usage_record_per_choice(server: LLMServer, client: openai.AsyncOpenAI) -> None:
+    server.stream_usage = "per_choice"
+    stream = await client.chat.completions.create(
+        model="m", messages=HELLO, stream=True, n=2, stream_options={"include_usage": True}
+    )
+    usages = [chunk.usage.completion_tokens async for chunk in stream if chunk.usage]
+    assert usages == [5, 5]
+
+
+async def test_like_llama_server_max_tokens_capped_at_the_context_size_told_by_props(
+    server: LLMServer, client: openai.AsyncOpenAI
+) -> None:
+    server.context_size, server.reply_tokens = 6, 50
+    texts, finish, _ = await stream_texts(client, max_tokens=16384)
+    assert (len(texts[0].split()), finish[0]) == (4, "length")  # 6 minus the 2 prompt tokens
+    props = await client.get(server.base_url.removesuffix("/v1") + "/props", cast_to=object)
+    assert props == {"default_generation_settings": {"n_ctx": 6}, "total_slots": 1}
+
+
+@pytest.mark.parametrize(
+    ("setting", "kwargs", "message"),
+    [
+        ("refuse_n", {"n": 2}, "'n' is not supported"),
+        ("strict_models", {"model": "nope"}, "model 'nope' not found"),
+        ("refuse_stream_options", {"stream_options": {"include_usage": True}}, "stream_options"),
+    ],
+)
+async def test_refusals_of_a_strict_server(
+    server: LLMServer, client: openai.AsyncOpenAI, setting: str, kwargs: dict[str, Any], message: str
+) -> None:
+    setattr(server, setting, True)
+    with pytest.raises(openai.BadRequestError, match=message):
+        await client.chat.completions.create(**{"model": "stepdeck-test", "messages": HELLO, "stream": True, **kwargs})

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine.definitions import DefinitionError, load_file
-from engine.llm.templates import MAX_RENDER_CHARS, TemplateError, render
+from engine.llm.templates import MAX_RENDER_CHARS, MAX_RENDER_MEMORY_BYTES, TemplateError, render
 
 VARIABLES = {"inputs": {"topic": "tide pools"}, "steps": {"outline": {"output": "1. Rocks"}}}
 
@@ -142,8 +142,69 @@ def test_the_rendered_text_is_capped() -> None:
     ids=["replace-filter", "replace-method", "join-filter", "join-method", "percent-format", "str-format", "indent"],
 )
 def test_a_huge_value_built_in_one_call_is_refused(source: str) -> None:
+    # A time limit no machine reaches: the size check must be what stops these, however loaded the machine.
     with pytest.raises(TemplateError, match=f"more than the limit of {MAX_RENDER_CHARS:,} characters"):
-        render(source, VARIABLES)
+        render(source, VARIABLES, time_limit_s=3600)
+
+
+# Widths and precisions that reach C code as arguments, nested fields or precisions: each would build
+# 1-2 GB in one call. They are refused before the call (a 1 GB address-space limit in a child process
+# turns a missed one into "out of memory", not this message).
+_BYPASS = """
+import resource, sys
+from engine.llm.templates import TemplateError, render
+resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+try:
+    render(sys.argv[1], {"inputs": {}, "steps": {}}, time_limit_s=3600)
+except TemplateError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ '%*d' % (2147483647, 1) }}",
+        "{{ '%.*f' % (999999999, 1.0) }}",
+        "{{ '{:{}}'.format('x', 2147483647) }}",
+        "{{ '{:.{}f}'.format(1.0, 999999999) }}",
+        "{{ '{x:{w}}'.format_map({'x': 'a', 'w': 2147483647}) }}",
+        "{{ '%.999999999f' % 1.0 }}",
+        "{{ '%.999999999f'|format(1.0) }}",
+        "{{ ('\t' * 1000).expandtabs(999999) }}",
+    ],
+    ids=["star-width", "star-precision", "nested-width", "nested-precision", "map", "precision", "filter", "tabs"],
+)
+def test_a_width_precision_or_expansion_past_the_cap_is_refused_before_it_runs(source: str) -> None:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", _BYPASS, source], cwd=root, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"more than the limit of {MAX_RENDER_CHARS:,} characters" in done.stdout, done.stdout
+
+
+def test_ordinary_widths_and_precisions_still_render() -> None:
+    source = "{{ '%5.1f|%-3s|%%' % (2.0, 'a') }}{{ '{:>4}|{:.{}f}'.format('x', 2.0, 2) }}{{ 'a\tb'.expandtabs(4) }}"
+    assert render(source, VARIABLES) == "  2.0|a  |%   x|2.00a   b"
+
+
+def test_many_values_each_under_the_cap_stop_at_the_memory_bound() -> None:
+    source = (
+        "{% set ns = namespace(xs=[]) %}{% for i in range(2000) %}"
+        "{% set ns.xs = ns.xs + ['a' * 999999 ~ i] %}{% endfor %}{{ ns.xs|length }}"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", _BYPASS.replace("2**30, 2**30", "2**31, 2**31"), source],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"rendering used more than {MAX_RENDER_MEMORY_BYTES // 2**20} MB of memory" in done.stdout, done.stdout
 
 
 _OUT_OF_MEMORY = """

@@ -128,6 +128,8 @@ def summary(report: TokenReport) -> str:
     )
     if "simulated" in report.providers:
         text += " Simulated outputs come from the built-in test provider, not from a model."
+    if report.estimated_rows:
+        text += f" Includes estimated counts ({report.estimated_rows:,} outputs: the server reported no usage)."
     if report.capped:
         text += f" Only the newest {MAX_ROWS:,} outputs of the window are counted."
     return text

@@ -17,6 +17,7 @@ from nicegui import background_tasks, events, ui
 from engine.monitoring import TokenReport, shared_token_report
 from engine.scheduler import JobState, Maintenance
 from ui import run_list
+from ui.components.cost_view import COST_COLUMNS, cost_rows, cost_summary
 from ui.components.token_charts import (
     distribution_options,
     set_options,
@@ -162,6 +163,9 @@ class TokenPanel:
             self.table = ui.table(columns=STEP_COLUMNS, rows=[], row_key="id").classes("w-full")
             self.table.props("flat bordered dense").mark("token-table")
             self.table.add_slot("body", STEP_ROW)
+            self.costs = ui.label().classes("text-sm text-grey-8").mark("token-costs")
+            self.cost_table = ui.table(columns=COST_COLUMNS, rows=[], row_key="id").classes("w-full")
+            self.cost_table.props("flat bordered dense").mark("cost-table")
             self.near = ui.column().classes("w-full gap-1").mark("near-limit")
             self.step = ui.select({}, label="Step", on_change=lambda _: self.draw_distribution())
             self.step.classes("w-96").mark("token-step")
@@ -202,6 +206,8 @@ class TokenPanel:
             return
         self.summary.text = summary(report)
         self.table.rows = [step_row(s) for s in report.steps]
+        self.costs.text = cost_summary(report)
+        self.cost_table.rows = cost_rows(report)
         self.draw_near_limit(report)
         options = {step_id(s): f"{step_id(s)}{'  (close to limit)' if s.close_to_limit else ''}" for s in report.steps}
         if self.step.value not in options:  # first time, or its step left the window: the first one near its limit

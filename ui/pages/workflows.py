@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from nicegui import run, ui
+from nicegui import app, background_tasks, run, ui
 
 from engine.definitions import DefinitionError, StepDef, WorkflowDef
 from engine.errors import StepdeckError
+from engine.llm.model_check import model_warnings
 from engine.registry import workflows
 from engine.schedules import Schedules
 from ui import security
@@ -156,6 +157,22 @@ async def reload_definitions(view: ui.refreshable[[], None], schedules: Schedule
     ui.notify(f"{len(catalog.definitions)} definition(s) loaded{broken}", type="warning" if broken else "positive")
 
 
+async def show_model_warnings(box: ui.column) -> None:
+    """Warn about models the definitions name that the endpoint does not list (never blocks anything)."""
+    settings = getattr(app.state, "settings", None)
+    if settings is None:
+        return
+    found = await model_warnings(settings, list(workflows.definitions.values()))
+    if box.is_deleted:
+        return
+    with box:
+        for workflow, lines in sorted(found.items()):
+            for line in lines:
+                with ui.row().classes("items-center gap-2 p-2 rounded bg-amber-1 w-full"):
+                    ui.icon("warning", color="amber-9")
+                    ui.label(f"{workflow}: {line}").classes("text-sm").mark(f"model-warning-{workflow}")
+
+
 def register(schedules: Schedules) -> None:
     @ui.page("/workflows")
     async def workflows_page() -> None:
@@ -170,4 +187,7 @@ def register(schedules: Schedules) -> None:
             await schedules_view.refresh()
             reload.on_click(lambda: reload_definitions(view, schedules_view))
             ui.label("Definitions").classes("text-h6")
+            model_notes = ui.column().classes("w-full gap-1").mark("model-warnings")
             view()
+            # The endpoint may take seconds to answer GET /v1/models: the page does not wait for it.
+            background_tasks.create(show_model_warnings(model_notes), name="workflows model check")
