@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 INPUT_TYPES = ("string", "text", "integer", "number", "boolean", "choice", "json")
 _STRING_TYPES = ("string", "text", "choice")
-_DECL_FIELDS = ("type", "description", "default", "required", "options")
+_DECL_FIELDS = ("type", "description", "default", "required", "options", "min", "max")
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INT_RE = re.compile(r"^[+-]?[0-9]+$")
 _TRUE = frozenset({"true", "yes", "1"})
@@ -32,6 +32,8 @@ class InputDef:
     default: Any
     description: str
     options: tuple[str, ...]
+    min: int | float | None = None  # integer and number inputs: the smallest value allowed
+    max: int | float | None = None  # and the largest
 
 
 class InputDeclError(ValueError):
@@ -85,11 +87,24 @@ def parse_input(name: Any, raw: Any) -> InputDef:
             raise InputDeclError("options must be unique", "options")
     elif options is not None:
         raise InputDeclError("only allowed for type choice", "options")
+    bounds: dict[str, int | float | None] = {}
+    for bound in ("min", "max"):
+        given = raw.get(bound)
+        if given is None:
+            bounds[bound] = None
+        elif type_ not in ("integer", "number"):
+            raise InputDeclError("only allowed for types integer and number", bound)
+        elif isinstance(given, bool) or not isinstance(given, int if type_ == "integer" else int | float):
+            raise InputDeclError(f"expected {'an integer' if type_ == 'integer' else 'a number'}", bound)
+        else:
+            bounds[bound] = given
+    if bounds["min"] is not None and bounds["max"] is not None and bounds["min"] > bounds["max"]:
+        raise InputDeclError(f"min {bounds['min']} is above max {bounds['max']}", "min")
     default = raw.get("default")
     required = raw.get("required", default is None)
     if not isinstance(required, bool):
         raise InputDeclError(f"expected true or false, got {type_name(required)}", "required")
-    defn = InputDef(name, type_, required, default, description, tuple(options or ()))
+    defn = InputDef(name, type_, required, default, description, tuple(options or ()), bounds["min"], bounds["max"])
     if default is not None:
         try:
             check_value(defn, default)
@@ -145,6 +160,10 @@ def check_value(defn: InputDef, value: Any, *, from_strings: bool = False) -> An
         raise ValueError(f"expected {'an integer' if defn.type == 'integer' else 'a number'}, got {type_name(value)}")
     elif not math.isfinite(value):
         raise ValueError(f"expected a finite number, got {value}")
+    elif defn.min is not None and value < defn.min:
+        raise ValueError(f"must be at least {defn.min}, got {value}")
+    elif defn.max is not None and value > defn.max:
+        raise ValueError(f"must be at most {defn.max}, got {value}")
     return value
 
 

@@ -177,6 +177,7 @@ async def run_llm(step: StepDef, ctx: StepContext, env: KindEnv) -> Any:
         context_length=context_length,
         requested_max_tokens=requested if max_tokens != requested else None,
         price={"prompt": price.prompt, "completion": price.completion} if price is not None else None,
+        messages=[dict(m) for m in messages],
     )
     checkpoints = asyncio.create_task(_checkpoints(ctx, env), name=f"checkpoint:{ctx.run_id}:{ctx.step_key}")
     try:

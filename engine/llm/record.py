@@ -48,6 +48,7 @@ class LlmRecord:
     price: dict[str, float] | None = None  # USD per 1M prompt / completion tokens, from the price file
     budget_hold: dict[str, Any] | None = None  # the budget this attempt was held for (it made no call)
     requested_max_tokens: int | None = None  # the step's max_tokens when it was clamped to the context window
+    messages: list[dict[str, str]] = field(default_factory=list)  # what the model was asked (rendered)
 
     @property
     def limit(self) -> str:

@@ -285,8 +285,8 @@ def test_payloads_in_outputs_and_inputs_render_inert(
     alts_card.get_by_role("tab", name=re.compile("Alternative 3")).click()
     expect(alts_card.get_by_text("alt link")).to_be_visible()
     alts_card.get_by_text("Compare alternatives").click()
-    diff = alts_card.locator("table.diff")
-    expect(diff).to_contain_text('<img src=x onerror="window.__pwned=12')  # as text: difflib escapes, ui.html doesn't
+    diff = alts_card.locator(".sd-diff")
+    expect(diff).to_contain_text('<img src=x onerror="window.__pwned=12')  # as text: the word diff escapes
     expect(diff.locator("img, script, iframe")).to_have_count(0)
 
     # The run header's inputs: the JSON of the inputs, payloads as text.

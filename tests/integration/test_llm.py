@@ -144,6 +144,8 @@ async def test_max_tokens_is_16384_by_default_and_the_steps_own_value_when_set(
     assert all(b["model"] == MODEL and b["stream"] is True and "n" not in b for b in sent)
     assert sent[0]["messages"] == [{"role": "user", "content": "Write about tide pools."}]
     plain, capped = run["steps"]
+    # What the model was asked is kept with the attempt and shown by the API.
+    assert plain["llm"]["messages"] == sent[0]["messages"]
     assert (plain["max_tokens"], capped["max_tokens"]) == (16384, 50)
     for step in (plain, capped):
         assert step["output"] == words(0, 20)

@@ -11,7 +11,18 @@ import pytest
 from nicegui.testing import User
 
 from tests.ui.conftest import eventually, table_rows
-from tests.ui.test_run_page import expand, show, start_run, text_of, the, wait_row, wait_run, wait_shown, wait_step
+from tests.ui.test_run_page import (
+    expand,
+    show,
+    start_run,
+    text_of,
+    texts_in,
+    the,
+    wait_row,
+    wait_run,
+    wait_shown,
+    wait_step,
+)
 from ui.theme import STATUS_COLORS
 
 WORKFLOWS = {
@@ -90,6 +101,11 @@ async def test_a_truncated_output_has_its_own_colour_badge_and_header_warning(us
     await wait_shown(user, "truncation-short", "max_tokens=5")
     assert "5 / 5 tokens · finish: length" in text_of(user, "llm-short")
     await user.should_see(marker="llm-simulated")
+    # What the model was asked: the prompt as rendered for this attempt, upstream output filled in.
+    await show(user, "after")
+    expand(user, "prompt-after")
+    await wait_shown(user, "prompt-after", "Summarise: ")
+    assert "{{" not in " ".join(texts_in(user, "prompt-after"))
 
 
 async def test_every_page_names_the_simulated_provider(user: User) -> None:

@@ -5,6 +5,7 @@ from typing import Any
 import pytest
 
 from engine.definitions import InputError, WorkflowDef, parse_definition, validate_inputs
+from engine.inputs import InputDeclError, check_value, parse_input
 
 
 def workflow(**inputs: Any) -> WorkflowDef:
@@ -191,3 +192,32 @@ def test_from_strings_reports_every_bad_value_and_fills_defaults() -> None:
         "tone": "'loud' is not one of: friendly, formal, playful",
         "words": "'lots' is not an integer",
     }
+
+
+def test_integer_and_number_inputs_take_min_and_max() -> None:
+    words = parse_input("words", {"type": "integer", "min": 1, "max": 5000, "default": 300})
+    assert (words.min, words.max) == (1, 5000)
+    assert check_value(words, 1) == 1 and check_value(words, 5000) == 5000
+    with pytest.raises(ValueError, match="at least 1, got -5"):
+        check_value(words, -5)
+    with pytest.raises(ValueError, match="at most 5000"):
+        check_value(words, 5001)
+    with pytest.raises(ValueError, match="at least 1"):
+        check_value(words, "0", from_strings=True)
+    ratio = parse_input("ratio", {"type": "number", "min": 0, "max": 1.5})
+    assert check_value(ratio, 0.5) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("decl", "field", "message"),
+    [
+        ({"type": "string", "min": 1}, "min", "only allowed for types integer and number"),
+        ({"type": "integer", "max": 2.5}, "max", "expected an integer"),
+        ({"type": "integer", "min": 10, "max": 1}, "min", "min 10 is above max 1"),
+        ({"type": "integer", "min": 10, "default": 3}, "default", "at least 10"),
+    ],
+)
+def test_bad_bounds_are_declaration_errors(decl: dict[str, object], field: str, message: str) -> None:
+    with pytest.raises(InputDeclError, match=message) as caught:
+        parse_input("n", decl)
+    assert caught.value.field == field

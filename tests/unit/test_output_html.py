@@ -22,3 +22,13 @@ def test_highlighted_code_and_plain_markup_stay() -> None:
     clean = clean_html(html)
     assert 'class="codehilite"' in clean and 'class="k"' in clean and "<b>bold</b>" in clean
     assert 'rel="noopener noreferrer nofollow"' in clean_html('<a href="https://example.com">x</a>')
+
+
+def test_the_word_diff_marks_words_and_escapes_everything() -> None:
+    from ui.components.output_view import word_diff
+
+    shown = word_diff("the quick brown fox", "the slow brown <b>fox</b>")
+    assert '<del class="sd-del">quick</del><ins class="sd-ins">slow</ins>' in shown
+    assert "&lt;b&gt;fox&lt;/b&gt;" in shown and "<b>" not in shown
+    assert shown.startswith("the ")
+    assert word_diff("same text", "same text") == "same text"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import html
 import json
+import re
 from typing import Any
 
 import nh3
@@ -35,6 +36,10 @@ CSS = """
 .sd-output .nicegui-markdown h6 { font-size: 1rem; font-weight: 600; margin: .4rem 0; }
 .sd-output img, .sd-output video { max-width: 100%; height: auto; }
 .sd-output pre, .sd-output table { max-width: 100%; overflow-x: auto; }
+.sd-del { background: #ffebee; color: #b71c1c; text-decoration: line-through; }
+.sd-ins { background: #e8f5e9; color: #1b5e20; text-decoration: none; }
+.body--dark .sd-del { background: #4a1c1c; color: #ffcdd2; }
+.body--dark .sd-ins { background: #1b3a1f; color: #c8e6c9; }
 .sd-raw { white-space: pre-wrap; overflow-wrap: anywhere; font-family: ui-monospace, monospace; font-size: 12px; }
 """
 
@@ -151,18 +156,34 @@ def traceback_view(detail: str | None) -> None:
             ui.code(detail, language="python").classes("w-full")
 
 
+_TOKENS = re.compile(r"\s+|[^\s]+")
+
+
+def word_diff(left: str, right: str) -> str:
+    """HTML of `right` against `left` word by word: removed words struck through, added ones marked,
+    everything escaped (the texts are outputs, never markup)."""
+    a, b = _TOKENS.findall(left), _TOKENS.findall(right)
+    parts: list[str] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if op == "equal":
+            parts.append(html.escape("".join(a[i1:i2])))
+            continue
+        if op in ("delete", "replace"):
+            parts.append(f'<del class="sd-del">{html.escape("".join(a[i1:i2]))}</del>')
+        if op in ("insert", "replace"):
+            parts.append(f'<ins class="sd-ins">{html.escape("".join(b[j1:j2]))}</ins>')
+    return "".join(parts)
+
+
+DIFF_MAX_CHARS = 200_000  # each side; a longer comparison is cut (the outputs themselves are not)
+
+
 def diff_view(left: Any, right: Any, left_title: str, right_title: str) -> None:
-    """Side-by-side line diff of two outputs (escaped by difflib; sanitized again by ui.html)."""
-    table = difflib.HtmlDiff(wrapcolumn=70).make_table(
-        as_text(left).splitlines(),
-        as_text(right).splitlines(),
-        html.escape(left_title),
-        html.escape(right_title),
-        context=False,
-    )
-    style = (
-        "<style>.sd-diff table.diff{font-family:monospace;font-size:12px;width:100%}"
-        ".sd-diff .diff_add{background:#cfc}.sd-diff .diff_chg{background:#ffa}"
-        ".sd-diff .diff_sub{background:#fcc}</style>"
-    )
-    ui.html(style + f'<div class="sd-diff">{table}</div>', sanitize=False).classes("w-full overflow-x-auto")
+    """What changed from one output to another, word by word, in one block."""
+    old, new = as_text(left)[:DIFF_MAX_CHARS], as_text(right)[:DIFF_MAX_CHARS]
+    with ui.column().classes("w-full gap-1 sd-output"):
+        with ui.row().classes("items-center gap-3 text-xs"):
+            ui.html(f'<del class="sd-del">{html.escape(left_title)}</del>', sanitize=False)
+            ui.icon("arrow_forward", size="14px")
+            ui.html(f'<ins class="sd-ins">{html.escape(right_title)}</ins>', sanitize=False)
+        ui.html(f'<div class="sd-diff sd-raw">{word_diff(old, new)}</div>', sanitize=False).classes("w-full")

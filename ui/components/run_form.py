@@ -96,7 +96,13 @@ class RunForm:
             element = ui.select(list(idef.options), label=label, value=value, clearable=not idef.required)
         elif idef.type in ("integer", "number"):
             precision = 0 if idef.type == "integer" else None
-            element = ui.number(label, value=value, precision=precision)
+            element = ui.number(label, value=value, precision=precision, min=idef.min, max=idef.max)
+            if idef.min is not None or idef.max is not None:
+                low, high = idef.min, idef.max
+                element.validation = {  # shown as it is typed; the engine checks again on Start
+                    f"at least {low}": lambda v: v is None or low is None or v >= low,
+                    f"at most {high}": lambda v: v is None or high is None or v <= high,
+                }
         elif idef.type == "text":
             element = ui.textarea(label, value=_initial_text(idef, value)).props("autogrow")
         elif idef.type == "json":

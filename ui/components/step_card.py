@@ -111,6 +111,11 @@ class StepBody:
             note = llm_note(llm)
             if note:
                 ui.label(note).classes("text-xs text-grey-8").mark(f"llm-cost-{self.key}")
+        if llm.get("messages"):
+            with ui.expansion("Prompt sent", icon="chat").classes("w-full text-sm").mark(f"prompt-{self.key}"):
+                for message in llm["messages"]:
+                    ui.label(message.get("role", "")).classes("text-xs font-medium text-grey-7 uppercase")
+                    ui.label(message.get("content", "")).classes("sd-raw w-full")
         if not step.truncated or step.status is StepStatus.FAILED:
             return  # a step failed for the cut says so in its error (policy `fail`): once is enough
         cut = [a for a in llm["alternatives"] if a["truncated"]]
