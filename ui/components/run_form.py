@@ -93,7 +93,10 @@ class RunForm:
                 self.error_labels[idef.name] = ui.label().classes("text-xs text-negative")
             return element
         if idef.type == "choice":
-            element = ui.select(list(idef.options), label=label, value=value, clearable=not idef.required)
+            # Cleared, an input with a default would silently take it: only one without can be cleared.
+            element = ui.select(
+                list(idef.options), label=label, value=value, clearable=not idef.required and idef.default is None
+            )
         elif idef.type in ("integer", "number"):
             precision = 0 if idef.type == "integer" else None
             element = ui.number(label, value=value, precision=precision, min=idef.min, max=idef.max)
