@@ -83,9 +83,31 @@ def huge(ctx):
     return "\\n".join(f"line {i:06d} " + "lorem ipsum dolor sit amet " * 2 for i in range(32_000))
 
 
+def drafts(ctx):
+    return [f"Draft {i + 1}: tide pools are small worlds, version {i + 1}." for i in range(ctx.alternatives)]
+
+
 def nested(ctx):
     return {"title": "Nested", "sections": [{"name": f"s{i}", "words": i * 100} for i in range(3)]}
 '''
+
+# A cut-off LLM output, then a choice among three drafts, then a step made from the choice.
+STATES = """
+name: states
+steps:
+  - key: short
+    label: Too short
+    kind: llm
+    prompt: Write a long story about tide pools.
+    max_tokens: 5
+  - key: draft
+    label: Drafts
+    call: e2e_steps:drafts
+    alternatives: 3
+  - key: polish
+    label: Polish
+    call: e2e_steps:quick
+"""
 
 OUTPUTS = """
 name: outputs
@@ -219,6 +241,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             "choice-at-the-end": choice_at_the_end("choice-at-the-end", 60),
             "live-attention": LIVE_ATTENTION,
             "outputs": OUTPUTS,
+            "states": STATES,
         },
         modules={"e2e_steps": E2E_STEPS},
     )
