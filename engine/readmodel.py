@@ -48,6 +48,9 @@ class StepDetail:
     progress_message: str | None
     logs: tuple[str, ...]
     llm: dict[str, Any] | None  # the current attempt's LLM record (usage, calls, truncation)
+    retries: int = 0  # automatic retries its policy allows
+    retries_used: int = 0  # automatic retries made since it started or a person reset it
+    retry_at: datetime | None = None  # RETRYING: when its next attempt is due
 
     @property
     def output(self) -> Any:
@@ -93,6 +96,9 @@ class StepDetail:
             "provider": llm["provider"] if llm else None,
             "model": llm["model"] if llm else None,
             "llm": llm,
+            "retries": self.retries,
+            "retries_used": self.retries_used,
+            "retry_at": iso(self.retry_at),
         }
 
 

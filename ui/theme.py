@@ -20,6 +20,7 @@ STATUS_COLORS = {
     "completed": "green-6",
     "failed": "red-6",
     "cancelled": "brown-5",
+    "retrying": "deep-orange-5",  # its attempt failed, the retry policy starts another at its due time
     "stale": "purple-5",
     "truncated": "orange-9",  # an output cut off at the token limit
 }
@@ -31,6 +32,7 @@ STATUS_ICONS = {
     "completed": "check_circle",
     "failed": "error",
     "cancelled": "cancel",
+    "retrying": "update",
 }
 
 NAV = [("Runs", "/"), ("Workflows", "/workflows"), ("Monitoring", "/monitoring")]
