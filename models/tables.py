@@ -267,6 +267,9 @@ class Notification(Model):
     event = fields.CharField(max_length=40)  # run.failed, run.waiting, step.truncated, budget.reached ...
     step_key = fields.CharField(max_length=100, null=True)
     detail = fields.TextField(null=True)
+    run_status = fields.CharField(max_length=16)  # as the transition left them
+    error = fields.TextField(null=True)
+    step_status = fields.CharField(max_length=16, null=True)
     fanned_out = fields.BooleanField(default=False)
     created_at = fields.DatetimeField()
 

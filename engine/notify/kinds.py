@@ -20,17 +20,21 @@ BUDGET_REACHED = "budget.reached"  # a spending limit stopped work (see `budget_
 EVENTS = (RUN_FAILED, RUN_WAITING, RUN_COMPLETED, RUN_CANCELLED, STEP_TRUNCATED, BUDGET_REACHED)
 DEFAULT_EVENTS = tuple(e for e in EVENTS if e != RUN_COMPLETED)
 
+# The run's (and step's) status and error as the transition leaves them: the statement comes after the
+# transition's updates in the same batch, so it reads what they wrote.
 _SQL = (
-    "INSERT INTO notifications (run_id, event, step_key, detail, fanned_out, created_at) VALUES (?, ?, ?, ?, FALSE, ?)"
+    "INSERT INTO notifications (run_id, event, step_key, detail, run_status, error, step_status, fanned_out,"
+    " created_at) SELECT r.id, ?, ?, ?, r.status, r.error,"
+    " (SELECT s.status FROM steps s WHERE s.run_id = r.id AND s.key = ?), FALSE, ? FROM runs r WHERE r.id = ?"
 )
 
 
 def outbox_stmt(
     run_id: int | Ref, event: str, now: datetime, *, step_key: str | None = None, detail: str | None = None
 ) -> Stmt:
-    """The outbox row of `event`, to be put in the batch of the transition that causes it."""
+    """The outbox row of `event`, to be put in the batch of the transition that causes it (after its updates)."""
     assert event in EVENTS, event
-    return Stmt(_SQL, (run_id, event, step_key, detail, now))
+    return Stmt(_SQL, (event, step_key, detail, step_key, now, run_id))
 
 
 def budget_reached_stmt(run_id: int, now: datetime, detail: str, step_key: str | None = None) -> Stmt:
