@@ -15,8 +15,10 @@ from engine.notify import payload
 from engine.notify.targets import WEBHOOK, Target
 
 log = logging.getLogger(__name__)
-# Apprise logs the URLs it sends to: keep its records out of our logs (targets carry tokens).
+# Apprise and httpx log the URLs they send to (httpx each request at INFO): keep those records out of our
+# logs, since target URLs carry tokens.
 logging.getLogger("apprise").setLevel(logging.CRITICAL + 1)
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,3 +138,60 @@ def test_twenty_flaky_runs_through_kills_under_resume_leave_no_orphan(tmp_path: 
     assert rows[0]["n"] == 0
     assert ws.sql("SELECT count(*) AS n FROM steps WHERE status IN ('running', 'retrying')")[0]["n"] == 0
     check_clean(ws)
+
+
+def test_a_notification_waits_for_a_receiver_that_is_down_across_a_server_restart(tmp_path: Path) -> None:
+    from tests.receiver import Receiver, event
+
+    receiver = Receiver()  # not started: connections are refused
+    token = "tok-0a1b2c3d4e5f"
+    env = {
+        **FAST,
+        "STEPDECK_WEBHOOK_URL": receiver.url(f"/hook/{token}"),
+        "STEPDECK_WEBHOOK_SECRET": "a-secret",
+        "STEPDECK_NOTIFY_RETRY_S": "0.2",
+    }
+    ws = Workspace(tmp_path / "ws", WORKFLOWS, {"retrysteps": STEPS}, env=env)
+    first = Server(ws, log_name="first.log")
+    second = Server(ws, log_name="second.log")
+    try:
+        first.start()
+        run_id = first.start_run("flaky", {"dir": str(tmp_path), "failures": 9})  # fails for good
+        first.wait_run(run_id, "failed", timeout_s=60)
+
+        def tried() -> list[dict[str, Any]]:
+            found = first.client.get("/api/notifications").json()
+            return [d for d in found if d["attempts"] >= 2 and d["status"] == "pending"]
+
+        (pending,) = poll("failed tries while the receiver is down", tried, 60)
+        assert pending["event"] == "run.failed" and pending["last_error"]
+        assert first.stop(signal.SIGTERM) is not None
+
+        receiver.start()
+        second.start()
+        (got,) = receiver.wait_for(event("run.failed"), timeout_s=60)
+        assert got.json["run"] == {
+            "id": run_id,
+            "workflow": "flaky",
+            "status": "failed",
+            "error": "step 'fetch' failed: RuntimeError: transient failure 3",
+        }
+
+        def delivered() -> dict[str, Any] | None:
+            found = second.client.get("/api/notifications").json()
+            return next((d for d in found if d["status"] == "delivered"), None)
+
+        done = poll("the delivery recorded", delivered, 30)
+        assert done["id"] == pending["id"] and done["attempts"] > pending["attempts"]
+        listing = second.client.get("/api/notifications").text
+        assert second.stop(signal.SIGTERM) is not None
+    finally:
+        first.close()
+        second.close()
+        receiver.stop()
+    assert len(receiver.received(event("run.failed"))) == 1
+    # The target's URL carries a token: it is neither shown nor logged nor stored.
+    assert token not in listing
+    assert token not in first.log_text() + second.log_text()
+    assert not ws.sql("SELECT id FROM deliveries WHERE target_label LIKE ? OR last_error LIKE ?", (f"%{token}%",) * 2)
+    check_clean(ws)
