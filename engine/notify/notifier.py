@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,6 +34,23 @@ LEASE_S = 120.0  # longer than any one send (its timeout), so a lease only lapse
 MAX_BACKOFF_S = 3600.0
 BATCH = 50
 WAKE_ON = frozenset({"waiting", "completed", "failed", "cancelled"})
+
+
+_listeners: list[Callable[[], None]] = []
+
+
+def add_listener(listener: Callable[[], None]) -> Callable[[], None]:
+    """Call `listener` (on the event loop) whenever deliveries were made or tried; returns its remover."""
+    _listeners.append(listener)
+    return lambda: _listeners.remove(listener)
+
+
+def _changed() -> None:
+    for listener in list(_listeners):
+        try:
+            listener()
+        except Exception:
+            log.exception("a deliveries listener failed")
 
 
 def backoff_s(first_s: float, attempts: int) -> float:
@@ -109,6 +127,8 @@ class Notifier:
                 made += len(targets)
             batches.append(stmts)
         await run_batches(batches)  # each alone: one fanned out by another process meanwhile changes nothing
+        if made:
+            _changed()
         return made
 
     @staticmethod
@@ -131,6 +151,8 @@ class Notifier:
         claimed = await self._lease([r["id"] for r in rows], now)
         tries = [self._deliver(client, r) for r in rows if r["id"] in claimed]
         await asyncio.gather(*tries)
+        if tries:
+            _changed()
         return len(tries)
 
     async def _lease(self, ids: list[int], now: datetime) -> set[int]:
