@@ -12,6 +12,7 @@ from nicegui import ui
 from engine import queries
 from ui import security
 from ui.components.output_view import diff_view, output_view, traceback_view
+from ui.components.retry_view import retry_note
 from ui.live import RunState, llm_summary
 from ui.theme import STATUS_COLORS, STATUS_ICONS, status_color
 
@@ -64,6 +65,7 @@ class StepBody:
                         f"stale-reason-{self.key}"
                     )
             self._times(step)
+            retry_note(step)
             if step["status"] == "failed" and step["error"]:
                 ui.label(step["error"]).classes("text-red-8 font-mono text-sm whitespace-pre-wrap break-all").mark(
                     f"error-{self.key}"
