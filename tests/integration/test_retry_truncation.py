@@ -18,7 +18,7 @@ Define = Callable[..., Any]
 __all__ = ["eng", "llm_settings", "server"]  # the fixtures, shared with test_llm
 
 pytestmark = pytest.mark.usefixtures("audit_clean")
-RETRY = {"retries": 2, "retry_delay_s": 0, "retry_on": ["truncated"], "retry_max_tokens_factor": 2}
+RETRY: dict[str, Any] = {"retries": 2, "retry_delay_s": 0, "retry_on": ["truncated"], "retry_max_tokens_factor": 2}
 
 
 @pytest.mark.parametrize("policy", ["warn", "fail"])
