@@ -154,3 +154,23 @@ async def test_an_apprise_target_gets_a_short_message_with_the_link(
     assert f"/runs/{run_id}" in message["message"] and "the step exploded" in message["message"]
     (delivery,) = await list_deliveries()
     assert (delivery["channel"], delivery["target"]) == ("apprise", "json://…")
+
+
+async def test_the_budget_guards_statement_sends_budget_reached_with_its_detail(
+    settings: Settings, define: Define, receiver: Receiver
+) -> None:
+    from engine.notify.kinds import budget_reached_stmt
+    from engine.records import utcnow
+    from engine.store import run_batch
+
+    define("spend", [{"key": "a", "call": "tests.stepfns:noop"}])
+    async with engine_running(with_targets(settings, webhook_urls=Secret(receiver.url()))):
+        run_id = await operations.start_run("spend", {}, "tester")
+        await wait_run(run_id, "completed")
+        # What the budget guard does: the statement goes in the batch of its own transition.
+        await run_batch([budget_reached_stmt(run_id, utcnow(), "$5.00 of $5.00 spent this month", "a")])
+        (got,) = await receiver.until(event("budget.reached"))
+    body = got.json
+    assert body["detail"] == "$5.00 of $5.00 spent this month"
+    assert body["step"] == {"key": "a", "label": "a", "status": "completed"}
+    assert verify(got.headers, got.raw)

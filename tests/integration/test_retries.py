@@ -5,7 +5,7 @@ scenario ends with a clean audit."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,6 +14,7 @@ from engine import operations, transitions
 from engine.executor import Engine
 from engine.settings import Settings
 from engine.store import fetch
+from tests import stepfns
 from tests.conftest import attempts_of, engine_running, events_of, step_of, wait_for, wait_run
 
 Define = Callable[..., Any]
@@ -183,3 +184,55 @@ async def test_the_sweeps_fail_drops_a_pending_retry(settings: Settings, define:
     assert [(e["to_status"], e["message"]) for e in dropped] == [
         ("failed", "interrupted: stale; its pending retry was dropped")
     ]
+
+
+async def test_check_finds_impossible_retry_states(db: str) -> None:
+    from engine import audit
+
+    run_id = await transitions.create_run("w", {}, {}, [transitions.NewStep("a", "A", "python", [], 1)], "t")
+    # Planted: a retrying step without a due time, in a run that is neither running nor queued, and
+    # without a failed attempt.
+    from engine.store import Stmt, run_batch
+
+    await run_batch(
+        [
+            Stmt("UPDATE runs SET status = 'completed', finished_at = updated_at WHERE id = ?", (run_id,)),
+            Stmt("UPDATE steps SET status = 'retrying' WHERE run_id = ?", (run_id,)),
+        ]
+    )
+    findings, _ = await audit.audit()
+    problems = {f.problem for f in findings if f.run_id == run_id}
+    assert {
+        "retrying step without a due time, or with one while not retrying",
+        "retrying step in a run that is neither running nor queued",
+        "retrying step whose current attempt did not fail",
+    } <= problems
+    await run_batch([Stmt("DELETE FROM runs WHERE id = ?", (run_id,))])  # the fixture's audit must be clean
+
+
+async def test_the_sweep_requeues_a_silent_engines_run_that_only_waits_for_a_retry(
+    settings: Settings, define: Define
+) -> None:
+    from engine import maintenance
+    from engine.store import Stmt, run_batch
+
+    define("silent", [{"key": "a", "call": "tests.stepfns:flaky", "retries": 1, "retry_delay_s": 0.5}], inputs=FAILURES)
+    stepfns.reset()
+    async with engine_running(settings):
+        run_id = await operations.start_run("silent", {"failures": 1}, "tester")
+        await wait_for(lambda: _retrying(run_id, "a"), 10, "the pending retry")
+    # Make it look like the run of an engine on another host that stopped answering (not provably gone).
+    await run_batch(
+        [
+            Stmt(
+                "UPDATE runs SET status = 'running', owner = 'elsewhere:1:x', heartbeat_at = ? WHERE id = ?",
+                (datetime(2020, 1, 1, tzinfo=UTC), run_id),
+            )
+        ]
+    )
+    (verdict,) = await maintenance.recover_orphans(settings, "here:2:y")
+    assert (verdict.action, verdict.retry_pending) == ("requeue", True)  # even under the `fail` policy
+    assert "re-queued with its pending retry" in verdict.reason
+    async with engine_running(settings):
+        await wait_run(run_id, "completed", timeout_s=20)
+    assert [a["status"] for a in await attempts_of(run_id, "a")] == ["failed", "completed"]
