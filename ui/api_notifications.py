@@ -9,8 +9,13 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from engine.notify.notifier import list_deliveries
+from ui.api_models import ErrorBody
 
 router = APIRouter()
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Sign-in is on and the request has no valid token or session"},
+    422: {"model": ErrorBody, "description": "Invalid request"},
+}
 
 
 class DeliveryOut(BaseModel):
@@ -32,6 +37,7 @@ class DeliveryOut(BaseModel):
 @router.get(
     "/notifications",
     response_model=list[DeliveryOut],
+    responses=RESPONSES,
     summary="Deliveries of notifications (webhooks, Apprise), newest first",
 )
 async def notifications(
