@@ -510,6 +510,7 @@ def parse_definition(
 
 
 _URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$", re.IGNORECASE)
+_ENV_URL_RE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")  # ${NAME}: the URL is read from the environment
 
 
 def _parse_notify(raw: Any, data: Any, source: str) -> tuple[NotifyDef, ...]:
@@ -530,9 +531,11 @@ def _parse_notify(raw: Any, data: Any, source: str) -> tuple[NotifyDef, ...]:
                 detail = f"unknown field {key!r} (allowed: {', '.join(NOTIFY_FIELDS)})"
                 raise DefinitionError(source, detail, field=f"{where}.{key}", line=_line(entry, key))
         url = entry.get("url")
-        if not isinstance(url, str) or not _URL_RE.match(url.strip()):
+        if isinstance(url, str) and _ENV_URL_RE.match(url.strip()):
+            pass  # kept as written: the URL (and its token) stays out of the definition and the database
+        elif not isinstance(url, str) or not _URL_RE.match(url.strip()):
             # The URL itself is not repeated: it may carry a token.
-            detail = "expected a URL: https://… for a webhook, or an Apprise URL such as ntfy://topic"
+            detail = "expected a URL (https://… for a webhook, an Apprise URL such as ntfy://topic) or ${ENV_VAR}"
             raise DefinitionError(source, detail, field=f"{where}.url", line=_line(entry, "url"))
         events = entry.get("events", list(DEFAULT_EVENTS))
         events = [events] if isinstance(events, str) else events

@@ -8,6 +8,7 @@ and a label with the scheme and host only.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -91,9 +92,23 @@ def env_targets(settings: Settings) -> list[Target]:
     return targets
 
 
-def workflow_targets(notify: Iterable[Mapping[str, Any]]) -> list[Target]:
-    """The targets of a workflow's `notify:` entries (as kept in a run's definition snapshot)."""
-    return [Target(n["url"], channel_of(n["url"]), tuple(n["events"])) for n in notify]
+_ENV_URL_RE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+def workflow_targets(notify: Iterable[Mapping[str, Any]], environ: Mapping[str, str] | None = None) -> list[Target]:
+    """The targets of a workflow's `notify:` entries (as kept in a run's definition snapshot); a `${NAME}`
+    entry is the URL in that environment variable of this process (left out while it is not set)."""
+    env = os.environ if environ is None else environ
+    targets = []
+    for n in notify:
+        url = n["url"]
+        named = _ENV_URL_RE.match(url)
+        if named:
+            url = env.get(named[1], "").strip()
+            if not _URL_RE.match(url):
+                continue
+        targets.append(Target(url, channel_of(url), tuple(n["events"])))
+    return targets
 
 
 def targets_for(event: str, targets: Sequence[Target]) -> list[Target]:

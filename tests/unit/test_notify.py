@@ -116,3 +116,14 @@ def test_the_readme_snippet_verifies_our_signature() -> None:
 def test_backoff_doubles_up_to_an_hour() -> None:
     assert [backoff_s(10, n) for n in (1, 2, 3, 4)] == [10, 20, 40, 80]
     assert backoff_s(10, 40) == 3600
+
+
+def test_a_workflow_target_can_name_an_environment_variable() -> None:
+    notify = [{"url": "${TEAM_HOOK}", "events": ["run.failed"]}, {"url": "${UNSET_HOOK}", "events": ["run.failed"]}]
+    (target,) = workflow_targets(notify, {"TEAM_HOOK": "https://hooks.example.com/T/B/secret"})
+    assert (target.url, target.label, target.channel) == (
+        "https://hooks.example.com/T/B/secret",
+        "https://hooks.example.com/…",
+        "webhook",
+    )
+    assert workflow_targets(notify, {}) == []  # not set in this process: nothing to send to

@@ -81,12 +81,14 @@ def test_notify_targets_with_their_events(tmp_path: Path) -> None:
           - https://hooks.example.com/stepdeck
           - url: ntfy://ops-alerts
             events: [run.completed, run.failed]
+          - url: ${TEAM_SLACK_URL}
         steps:
           - key: a
             call: mod_retry:ok
         """,
     )
-    hook, chat = defn.notify
+    hook, chat, from_env = defn.notify
+    assert from_env.url == "${TEAM_SLACK_URL}"  # the URL itself never enters the definition
     assert hook.url == "https://hooks.example.com/stepdeck" and "run.completed" not in hook.events  # opt-in
     assert chat.events == ("run.completed", "run.failed")
     assert WorkflowDef.from_snapshot(defn.to_snapshot()) == defn
