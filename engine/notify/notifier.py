@@ -66,7 +66,6 @@ class Notifier:
         self.owner = owner
         self.targets = env_targets(settings)
         self._wake = asyncio.Event()
-        self._remove_listener = hub.add_listener(self._on_change)
 
     def _on_change(self, change: Change) -> None:
         if (change.kind == ChangeKind.RUN and change.to_status in WAKE_ON) or change.truncated:
@@ -76,6 +75,7 @@ class Notifier:
         self._wake.set()
 
     async def run(self) -> None:
+        remove_listener = hub.add_listener(self._on_change)  # here: a task cancelled before it ran leaves none
         try:
             async with httpx.AsyncClient(follow_redirects=False) as client:
                 while True:
@@ -88,7 +88,7 @@ class Notifier:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
         finally:
-            self._remove_listener()
+            remove_listener()
 
     # --- fan-out --------------------------------------------------------------------------------------
 
