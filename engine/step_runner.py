@@ -396,8 +396,9 @@ async def _failed(driver: RunDriver, s: StepState, ref: AttemptRef, ctx: StepCon
 
 
 def _plan(driver: RunDriver, s: StepState, kind: FailureKind) -> retry.PendingRetry | None:
-    """The retry the step's policy makes of this failure; never while the run is being stopped."""
-    if driver.stopping:
+    """The retry the step's policy makes of this failure; never once the run is being stopped (cancelled,
+    interrupted, taken away). A failure while the engine drains is retried: its retry waits in the queue."""
+    if driver.stop_reason is not None:
         return None
     return retry.plan_retry(s.defn.retry_policy, s.retries_used, kind, utcnow())
 

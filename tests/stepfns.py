@@ -203,3 +203,12 @@ def flaky(ctx: Any) -> str:
     if CALLS[key] <= int(ctx.inputs.get("failures", 2)):
         raise RuntimeError(f"transient failure {CALLS[key]}")
     return f"succeeded on call {CALLS[key]}"
+
+
+def fail_when_released(ctx: Any) -> str:
+    """Blocks until RELEASE is set, then fails (a failure that comes while the engine is stopping)."""
+    CALLS["fail_when_released"] += 1
+    while not RELEASE.wait(0.01):
+        if ctx.is_cancelled:
+            return "noticed cancellation"
+    raise RuntimeError("failed while the engine drained")

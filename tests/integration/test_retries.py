@@ -236,3 +236,37 @@ async def test_the_sweep_requeues_a_silent_engines_run_that_only_waits_for_a_ret
     async with engine_running(settings):
         await wait_run(run_id, "completed", timeout_s=20)
     assert [a["status"] for a in await attempts_of(run_id, "a")] == ["failed", "completed"]
+
+
+async def test_a_failure_while_the_engine_drains_keeps_its_retry_for_the_next_engine(
+    settings: Settings, define: Define
+) -> None:
+    import asyncio
+    import dataclasses
+
+    define("drain", [{"key": "a", "call": "tests.stepfns:fail_when_released", "retries": 1, "retry_delay_s": 0}])
+    stepfns.reset()
+    async with engine_running(dataclasses.replace(settings, shutdown_grace_s=30)) as engine:
+        run_id = await operations.start_run("drain", {}, "tester")
+        await wait_for(lambda: _calls("fail_when_released"), 10, "the step to start")
+        stopping = asyncio.ensure_future(engine.stop())
+        await wait_for(lambda: _draining(engine, run_id), 10, "the engine to drain")
+        stepfns.RELEASE.set()
+        await stopping
+    rows = await fetch("SELECT status FROM runs WHERE id = ?", (run_id,))
+    assert rows[0]["status"] == "queued"
+    assert (await step_of(run_id, "a"))["status"] == "retrying"
+    stepfns.reset()  # the next attempt blocks again: cancel it from there
+    async with engine_running(settings) as engine:
+        await wait_for(lambda: _calls("fail_when_released"), 10, "the retry to start")
+        assert await operations.cancel_run(run_id, "alice")
+    assert [a["status"] for a in await attempts_of(run_id, "a")] == ["failed", "cancelled"]
+
+
+async def _calls(name: str) -> bool:
+    return stepfns.CALLS[name] >= 1
+
+
+async def _draining(engine: Engine, run_id: int) -> bool:
+    driver = engine.drivers.get(run_id)
+    return driver is not None and driver.draining
