@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,7 +33,8 @@ log = logging.getLogger(__name__)
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 LEASE_S = 120.0  # longer than any one send (its timeout), so a lease only lapses when its process died
 MAX_BACKOFF_S = 3600.0
-BATCH = 50
+BATCH = 200
+COALESCE_S = 0.05  # after a wake-up, let the transitions committing with it land: one round for a burst
 WAKE_ON = frozenset({"waiting", "completed", "failed", "cancelled"})
 
 
@@ -78,15 +80,23 @@ class Notifier:
         remove_listener = hub.add_listener(self._on_change)  # here: a task cancelled before it ran leaves none
         try:
             async with httpx.AsyncClient(follow_redirects=False) as client:
+                woken, delivered_at = False, 0.0
                 while True:
+                    if woken:
+                        await asyncio.sleep(COALESCE_S)
                     self._wake.clear()
                     try:
-                        await self.fan_out()
-                        await self.deliver_due(client)
+                        made = await self.fan_out()
+                        # Deliveries fall due by our fan-out, or by time and other processes (every poll interval).
+                        if made or time.monotonic() - delivered_at >= self.settings.poll_interval_s:
+                            delivered_at = time.monotonic()
+                            await self.deliver_due(client)
                     except Exception:
                         log.exception("notifications: a round failed; retrying")
+                    woken = False
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
+                        woken = True
         finally:
             remove_listener()
 
@@ -103,9 +113,13 @@ class Notifier:
         if not rows:
             return 0
         now = utcnow()
-        batches, made = [], 0
+        batches: list[list[Stmt]] = []
+        made, unwanted = 0, []
         for row in rows:
             targets = targets_for(row["event"], [*self.targets, *self._workflow_targets(row["definition"])])
+            if not targets:
+                unwanted.append(row["id"])
+                continue
             stmts = [
                 Stmt(
                     "UPDATE notifications SET fanned_out = TRUE WHERE id = ? AND fanned_out = FALSE",
@@ -113,19 +127,21 @@ class Notifier:
                     guard=True,
                 )
             ]
-            if targets:
-                stmts.append(
-                    Stmt(
-                        "INSERT INTO deliveries (notification_id, run_id, event, target_key, target_label, channel,"
-                        " status, attempts, next_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
-                        many=[
-                            (row["id"], row["run_id"], row["event"], t.key, t.label, t.channel, PENDING, now, now, now)
-                            for t in targets
-                        ],
-                    )
+            stmts.append(
+                Stmt(
+                    "INSERT INTO deliveries (notification_id, run_id, event, target_key, target_label, channel,"
+                    " status, attempts, next_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                    many=[
+                        (row["id"], row["run_id"], row["event"], t.key, t.label, t.channel, PENDING, now, now, now)
+                        for t in targets
+                    ],
                 )
-                made += len(targets)
+            )
+            made += len(targets)
             batches.append(stmts)
+        if unwanted:  # no target wants them: done, in one statement
+            marks = ", ".join("?" for _ in unwanted)
+            batches.append([Stmt(f"UPDATE notifications SET fanned_out = TRUE WHERE id IN ({marks})", unwanted)])
         await run_batches(batches)  # each alone: one fanned out by another process meanwhile changes nothing
         if made:
             _changed()
