@@ -174,3 +174,29 @@ async def test_the_budget_guards_statement_sends_budget_reached_with_its_detail(
     assert body["detail"] == "$5.00 of $5.00 spent this month"
     assert body["step"] == {"key": "a", "label": "a", "status": "completed"}
     assert verify(got.headers, got.raw)
+
+
+async def test_a_target_that_never_answers_holds_up_no_run(settings: Settings, define: Define) -> None:
+    import socket
+
+    define("busy", [{"key": "a", "call": "tests.stepfns:boom"}])
+    with socket.socket() as silent:  # accepts connections (the backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
+        hanging = with_targets(settings, webhook_urls=Secret(url), notify_timeout_s=600)
+        async with engine_running(hanging) as engine:
+            first = await operations.start_run("busy", {}, "tester")
+            await wait_run(first, "failed")
+            await wait_for(_sending, 10, "the first delivery to be on its way")
+            # Runs go on while the delivery waits for an answer that never comes.
+            later = [await operations.start_run("busy", {}, "tester") for _ in range(3)]
+            for run_id in later:
+                await wait_run(run_id, "failed")
+            assert not await _delivered()
+            assert engine.notifier is not None
+        assert {d["status"] for d in await list_deliveries()} == {"pending"}
+
+
+async def _sending() -> bool:
+    return bool(await fetch("SELECT id FROM deliveries WHERE lease_until IS NOT NULL"))
