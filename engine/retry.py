@@ -60,9 +60,12 @@ class PendingRetry:
 
     def message(self, kind: FailureKind) -> str:
         return (
-            f"{kind.value}: retrying in {self.delay_s:g} s"
+            f"retrying in {self.delay_s:g} s after {_WHAT[kind]}"
             f" (attempt {self.next_attempt} of {self.retries + 1}, due {self.due_at:%H:%M:%S} UTC)"
         )
+
+
+_WHAT = {FailureKind.ERROR: "an error", FailureKind.TIMEOUT: "a timeout", FailureKind.TRUNCATED: "a cut-off output"}
 
 
 def delay_s(policy: RetryPolicy, retries_used: int) -> float:
