@@ -68,6 +68,7 @@ class Notifier:
         self.owner = owner
         self.targets = env_targets(settings)
         self._wake = asyncio.Event()
+        self._sending: set[int] = set()  # deliveries leased by this process and not yet recorded
 
     def _on_change(self, change: Change) -> None:
         if (change.kind == ChangeKind.RUN and change.to_status in WAKE_ON) or change.truncated:
@@ -99,6 +100,14 @@ class Notifier:
                         woken = True
         finally:
             remove_listener()
+            if self._sending:  # stopped mid-send: the next engine may send them at once, not after the lease
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._release(sorted(self._sending)))
+
+    async def _release(self, ids: list[int]) -> None:
+        marks = ", ".join("?" for _ in ids)
+        sql = f"UPDATE deliveries SET lease_until = NULL WHERE status = ? AND id IN ({marks})"
+        await run_batch([Stmt(sql, (PENDING, *ids))])
 
     # --- fan-out --------------------------------------------------------------------------------------
 
@@ -183,6 +192,11 @@ class Notifier:
         return {i for i, r in zip(ids, results, strict=True) if not isinstance(r, Exception) and r.ok}
 
     async def _deliver(self, client: httpx.AsyncClient, row: dict[str, Any]) -> None:
+        self._sending.add(row["id"])
+        await self._send_and_record(client, row)
+        self._sending.discard(row["id"])  # not when cancelled: `run` releases what is left
+
+    async def _send_and_record(self, client: httpx.AsyncClient, row: dict[str, Any]) -> None:
         data, targets = await self._message(row["notification_id"])
         target = next((t for t in targets if t.key == row["target_key"]), None)
         if data is None or target is None:

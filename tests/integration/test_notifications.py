@@ -196,6 +196,8 @@ async def test_a_target_that_never_answers_holds_up_no_run(settings: Settings, d
             assert not await _delivered()
             assert engine.notifier is not None
         assert {d["status"] for d in await list_deliveries()} == {"pending"}
+        # Stopped mid-send: its lease is given back, so the next engine may send it at once.
+        assert not await _sending()
 
 
 async def _sending() -> bool:
