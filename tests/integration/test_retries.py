@@ -270,3 +270,18 @@ async def _calls(name: str) -> bool:
 async def _draining(engine: Engine, run_id: int) -> bool:
     driver = engine.drivers.get(run_id)
     return driver is not None and driver.draining
+
+
+async def test_cancelling_a_queued_run_drops_the_retry_it_waits_with(settings: Settings, define: Define) -> None:
+    define("queued-retry", [{"key": "a", "call": "tests.stepfns:boom", "retries": 1, "retry_delay_s": 600}])
+    async with engine_running(settings):
+        run_id = await operations.start_run("queued-retry", {}, "tester")
+        await wait_for(lambda: _retrying(run_id, "a"), 10, "the pending retry")
+    assert (await fetch("SELECT status FROM runs WHERE id = ?", (run_id,)))[0]["status"] == "queued"
+    assert await operations.cancel_run(run_id, "alice")
+    step = await step_of(run_id, "a")
+    assert (step["status"], step["retry_at"]) == ("cancelled", None)
+    events = [e for e in await events_of(run_id, "step") if e["from_status"] == "retrying"]
+    assert [(e["to_status"], e["message"]) for e in events] == [
+        ("cancelled", "cancelled by alice; its pending retry was dropped")
+    ]
