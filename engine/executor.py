@@ -21,6 +21,7 @@ from engine.driver import RunDriver
 from engine.hub import Change, ChangeKind, hub
 from engine.llm import providers
 from engine.llm.model_check import log_model_warnings
+from engine.notify.notifier import Notifier
 from engine.registry import workflows
 from engine.settings import Settings
 from engine.slots import StepSlots
@@ -54,6 +55,7 @@ class Engine:
         self._remove_listener: Callable[[], None] | None = None
         self._stopping = False
         self.stop_reason = "the server shut down"
+        self.notifier: Notifier | None = None
 
     async def start(self, *, recover: bool = True) -> None:
         """Recover orphans (runs of dead owners), then start claiming and heartbeating."""
@@ -70,6 +72,9 @@ class Engine:
         if self.claim_queued:
             self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="stepdeck-dispatch")
         self._loops.append(asyncio.create_task(self._heartbeat_loop(), name="stepdeck-heartbeat"))
+        # Notifications are delivered by the engines (servers, workers), from the outbox every engine writes.
+        self.notifier = Notifier(self.settings, self.owner)
+        self._loops.append(asyncio.create_task(self.notifier.run(), name="stepdeck-notify"))
 
     async def stop(self, why: str = "the server shut down", grace_s: float | None = None) -> None:
         """Stop claiming; give in-flight steps `grace_s` (default: the setting) to finish, then

@@ -35,6 +35,7 @@ class OrphanVerdict:
     recoveries: int = 0
     action: str = "fail"  # what recover_orphans did: fail | requeue
     owner_gone: bool = False  # its engine provably ended (not merely silent)
+    retry_pending: bool = False  # nothing was executing, a step waits for its retry's due time
 
 
 def orphan_action(policy: str, recoveries: int, owner_gone: bool = True, limit: int = MAX_RECOVERIES) -> str:
@@ -101,22 +102,39 @@ async def find_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
     now = records.utcnow()
     for row in rows:
         steps = await fetch(
-            "SELECT key FROM steps WHERE run_id = ? AND status = ? ORDER BY position", (row["id"], StepStatus.RUNNING)
+            "SELECT key, status FROM steps WHERE run_id = ? AND status IN (?, ?) ORDER BY position",
+            (row["id"], StepStatus.RUNNING, StepStatus.RETRYING),
         )
-        reason = orphan_reason(row, [s["key"] for s in steps], me, now, settings.stale_after_s)
+        running = [s["key"] for s in steps if s["status"] == StepStatus.RUNNING]
+        reason = orphan_reason(row, running, me, now, settings.stale_after_s)
         if reason:
             gone = owner_gone(row["owner"], me)
-            verdicts.append(OrphanVerdict(row["id"], reason, row["heartbeat_at"], row["recoveries"], owner_gone=gone))
+            pending = not running and any(s["status"] == StepStatus.RETRYING for s in steps)
+            verdicts.append(
+                OrphanVerdict(
+                    row["id"], reason, row["heartbeat_at"], row["recoveries"], owner_gone=gone, retry_pending=pending
+                )
+            )
     return verdicts
 
 
 async def recover_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
-    """Fail (or, under `resume`, re-queue) every orphaned run; returns those this call handled."""
+    """Fail (or, under `resume`, re-queue) every orphaned run; returns those this call handled.
+
+    A run whose engine died while nothing executed and a step waited for its retry is re-queued under
+    any policy: no work is repeated, and its retry fires at its due time on the next engine (the guard
+    on the owner stops the old one, should it still be alive).
+    """
     handled = []
     for verdict in await find_orphans(settings, me):
         action = orphan_action(settings.on_orphan, verdict.recoveries, verdict.owner_gone)
         reason = verdict.reason
-        if action == "requeue":
+        if verdict.retry_pending:
+            action, reason = "requeue", f"{reason}; re-queued with its pending retry"
+            done = await transitions.requeue_interrupted(
+                verdict.run_id, reason, heartbeat_at=verdict.heartbeat_at, count=False
+            )
+        elif action == "requeue":
             reason += f"; re-queued (recovery {verdict.recoveries + 1} of {MAX_RECOVERIES})"
             done = await transitions.requeue_interrupted(verdict.run_id, reason, heartbeat_at=verdict.heartbeat_at)
         else:
@@ -134,7 +152,13 @@ async def recover_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
             log.warning("run %s: %s", verdict.run_id, reason)
             handled.append(
                 OrphanVerdict(
-                    verdict.run_id, reason, verdict.heartbeat_at, verdict.recoveries, action, verdict.owner_gone
+                    verdict.run_id,
+                    reason,
+                    verdict.heartbeat_at,
+                    verdict.recoveries,
+                    action,
+                    verdict.owner_gone,
+                    verdict.retry_pending,
                 )
             )
     return handled

@@ -76,7 +76,7 @@ def step_detail(row: dict[str, Any]) -> StepDetail:
     has_attempt = row["attempt_status"] is not None and status != StepStatus.PENDING
     outputs = _json(row["outputs"]) if has_attempt and row["outputs"] is not None else None
     produced = status in PRODUCED and outputs is not None
-    failed = has_attempt and status in (StepStatus.FAILED, StepStatus.CANCELLED)
+    failed = has_attempt and status in (StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.RETRYING)
     return StepDetail(
         key=row["key"],
         label=row["label"],
@@ -88,7 +88,9 @@ def step_detail(row: dict[str, Any]) -> StepDetail:
         selected_index=row["selected_index"] if produced else None,
         partial_output=row["partial_output"] if has_attempt and not produced else None,
         error=row["error"] if failed else None,
-        error_detail=row["error_detail"] if has_attempt and status == StepStatus.FAILED else None,
+        error_detail=row["error_detail"]
+        if has_attempt and status in (StepStatus.FAILED, StepStatus.RETRYING)
+        else None,
         stale=bool(row["stale"]),
         stale_reason=row["stale_reason"],
         started_at=_dt(row["started_at"]) if has_attempt else None,
@@ -97,6 +99,9 @@ def step_detail(row: dict[str, Any]) -> StepDetail:
         progress_message=row["progress_message"] if has_attempt else None,
         logs=tuple(_json(row["logs"])) if has_attempt and row["logs"] is not None else (),
         llm=_json(row["llm"]) if has_attempt and row["llm"] is not None else None,
+        retries=row["retries"],
+        retries_used=row["retries_used"],
+        retry_at=_dt(row["retry_at"]) if status == StepStatus.RETRYING else None,
     )
 
 
@@ -125,7 +130,8 @@ def llm_fields(llm: dict[str, Any] | None) -> dict[str, Any]:
 
 _STEP_SQL = (
     "SELECT s.run_id, s.key, s.label, s.kind, s.needs, s.status, s.attempt, s.stale, s.stale_reason,"
-    " a.status AS attempt_status, a.outputs, a.selected_index, a.partial_output, a.error, a.error_detail,"
+    " s.retries, s.retries_used, s.retry_at, a.status AS attempt_status, a.outputs, a.selected_index,"
+    " a.partial_output, a.error, a.error_detail,"
     " a.started_at, a.finished_at, a.progress, a.progress_message, a.logs, a.llm"
     " FROM steps s LEFT JOIN attempts a ON a.step_id = s.id AND a.number = s.attempt"
 )
@@ -181,7 +187,9 @@ def step_summary_json(row: dict[str, Any]) -> dict[str, Any]:
         "attempt": row["attempt"],
         "stale": bool(row["stale"]),
         "truncated": cut_off(llm, row["selected_index"]),
-        "error": row["error"] if has_attempt and status in (StepStatus.FAILED, StepStatus.CANCELLED) else None,
+        "error": row["error"]
+        if has_attempt and status in (StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.RETRYING)
+        else None,
         "started_at": _iso(started_at),
         "completed_at": _iso(completed_at),
         "duration_s": _duration_s(started_at, completed_at),

@@ -31,6 +31,7 @@ from ui.api_models import (
     WorkflowOut,
     workflow_json,
 )
+from ui.api_notifications import router as notifications_router
 from ui.sse import event_stream
 
 # Declared so that the document (and the Authorize button of /docs) says how to authenticate; the gate
@@ -339,4 +340,5 @@ async def audit_trail(request: Request, limit: Annotated[int, Query(ge=1, le=100
     ]
 
 
+protected.include_router(notifications_router)
 router.include_router(protected)

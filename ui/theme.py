@@ -20,6 +20,7 @@ STATUS_COLORS = {
     "completed": "green-6",
     "failed": "red-6",
     "cancelled": "brown-5",
+    "retrying": "deep-orange-5",  # its attempt failed, the retry policy starts another at its due time
     "stale": "purple-5",
     # An output cut off at the token limit: a dark cyan, unlike waiting's amber for every kind of
     # colour vision, and always shown with its scissors icon.
@@ -37,6 +38,7 @@ STATUS_ICONS = {
     "not chosen": "pan_tool",  # waiting in a run that ended
     "stale": "history",
     "truncated": "content_cut",
+    "retrying": "update",
 }
 
 # Mermaid draws its lines black: in dark mode they must read on the dark background.

@@ -23,6 +23,7 @@ QUASAR_HEX = {
     "brown-5": "#8d6e63",
     "purple-5": "#ab47bc",
     "cyan-9": "#00838f",
+    "deep-orange-5": "#ff7043",
 }
 
 CSS = """

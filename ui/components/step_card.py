@@ -16,6 +16,7 @@ from ui import security
 from ui.components.cost_view import alternative_note, budget_hold_text, llm_note
 from ui.components.log_view import LogView
 from ui.components.output_view import diff_view, output_view, traceback_view
+from ui.components.retry_view import retry_note
 from ui.live import ENDED_RUN, RunState, llm_summary
 from ui.theme import STATUS_COLORS, STATUS_ICONS, status_color
 
@@ -70,6 +71,7 @@ class StepBody:
                     ui.icon("history", color="purple-5")
                     ui.label(step.stale_reason or "").classes("text-sm text-purple-8").mark(f"stale-reason-{self.key}")
             self._times(step)
+            retry_note(step)
             if step.status is StepStatus.FAILED and step.error:
                 ui.label(step.error).classes("text-red-8 font-mono text-sm whitespace-pre-wrap break-all").mark(
                     f"error-{self.key}"

@@ -18,6 +18,7 @@ from engine.monitoring import TokenReport, shared_token_report
 from engine.scheduler import JobState, Maintenance
 from ui import run_list
 from ui.components.cost_view import COST_COLUMNS, cost_rows, cost_summary
+from ui.components.notifications_view import notifications_section
 from ui.components.token_charts import (
     distribution_options,
     set_options,
@@ -120,6 +121,7 @@ def register(maintenance: Maintenance) -> None:
             first = background_tasks.create(tokens.refresh(), name="monitoring tokens first refresh")
             await asyncio.wait([first], timeout=FIRST_PAINT_S)
             live.runs_changed.subscribe(lambda _run_id: tokens.throttle.trigger())
+            await notifications_section(settings)
 
 
 STEP_COLUMNS: list[dict[str, Any]] = [
