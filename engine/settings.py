@@ -193,7 +193,8 @@ def _checked(s: Settings) -> Settings:
     if s.llm_provider not in LLM_PROVIDERS:
         raise SettingsError(f"STEPDECK_LLM_PROVIDER must be one of {', '.join(LLM_PROVIDERS)}, got {s.llm_provider!r}")
     if s.llm_base_url and not s.llm_base_url.startswith(("http://", "https://")):
-        raise SettingsError(f"STEPDECK_LLM_BASE_URL must start with http:// or https://, got {s.llm_base_url!r}")
+        # Never echoed: it may hold a key.
+        raise SettingsError("STEPDECK_LLM_BASE_URL must start with http:// or https://")
     if "@" in urlsplit(s.llm_base_url).netloc:
         # The client would send these as Basic auth instead of the key, and log them with every request.
         raise SettingsError(
