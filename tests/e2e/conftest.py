@@ -109,6 +109,23 @@ steps:
     call: e2e_steps:quick
 """
 
+# A gate, then a model that writes for a few seconds (the simulated provider streams 60 tokens/s).
+LIVE_LLM = """
+name: live-llm
+inputs:
+  gate_dir:
+    type: string
+steps:
+  - key: gate
+    label: Gate
+    call: e2e_steps:gated
+  - key: write
+    label: Write
+    kind: llm
+    prompt: Write a long story about tide pools.
+    max_tokens: 400
+"""
+
 OUTPUTS = """
 name: outputs
 steps:
@@ -242,6 +259,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             "live-attention": LIVE_ATTENTION,
             "outputs": OUTPUTS,
             "states": STATES,
+            "live-llm": LIVE_LLM,
         },
         modules={"e2e_steps": E2E_STEPS},
     )

@@ -160,3 +160,20 @@ def test_a_tab_that_lost_its_connection_catches_up_without_reload(wide: Page, se
     expect(pill(page, "charlie")).to_have_attribute("data-status", "completed", timeout=5_000)
     expect(page.locator("#run-root")).to_have_attribute("data-run-status", "completed")
     assert page.evaluate("window.stepdeckNoReload === true"), "the page was reloaded to catch up"
+
+
+def test_a_model_starting_to_write_opens_its_card_and_streams_there(wide: Page, server: Server, tmp_path: Path) -> None:
+    page = wide
+    gates = gate_dir(tmp_path)
+    run_id = server.start_run("live-llm", {"gate_dir": str(gates)})
+    server.wait_step(run_id, "gate", "running")
+    open_run(page, server, run_id)
+    write = card(page, "write")
+    expect(write).to_have_attribute("data-open", "false")
+
+    (gates / "gate").touch()
+
+    expect(write).to_have_attribute("data-status", "running", timeout=10_000)
+    expect(write).to_have_attribute("data-open", "true")
+    expect(body(page, "write")).to_contain_text("Simulated output", timeout=10_000)  # the text as it streams
+    assert server.run(run_id)["status"] == "running", "the text showed while the model was still writing"

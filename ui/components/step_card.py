@@ -243,7 +243,9 @@ class StepBody:
                 ui.button("Retry", icon="replay", on_click=lambda: self.rerun(self.key)).props("no-caps").mark(
                     f"retry-{self.key}"
                 )
-            elif step.status in (StepStatus.COMPLETED, StepStatus.CANCELLED):  # where it does something
+            elif step.status in (StepStatus.COMPLETED, StepStatus.CANCELLED) or (
+                step.status is StepStatus.WAITING and not step.alternatives  # held (a budget), not a choice
+            ):
                 ui.button("Re-run from here", icon="play_arrow", on_click=lambda: self.rerun(self.key)).props(
                     "flat no-caps"
                 ).mark(f"rerun-{self.key}")

@@ -75,13 +75,20 @@ class RunPage:
         with self.root:
             self._header()
             # What needs a person is open from the start: a choice to make, a failure to look at.
-            opened = [k for k in state.order if state.rows[k].status in (StepStatus.WAITING, StepStatus.FAILED)]
+            # And a model writing right now: its text shows as it streams.
+            opened = [
+                k
+                for k in state.order
+                if state.rows[k].status in (StepStatus.WAITING, StepStatus.FAILED)
+                or (state.rows[k].status is StepStatus.RUNNING and state.rows[k].kind == "llm")
+            ]
             if self.initial and self.initial not in opened:
                 opened.append(self.initial)
             self.steps = RunSteps(
                 [state.row_json(state.rows[k]) for k in state.order],
                 initial=self.initial,
                 opened=opened,
+                streaming=[k for k in state.order if state.rows[k].kind == "llm"],
                 on_bodies=self._bodies,
             ).mark("run-steps")
             self.graphs = RunGraphs(state, self.needs)
