@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.settings import ENV_NAMES, Settings, SettingsError, from_env
+from models.errors import DatabaseUnavailable
 
 COMMANDS = ("serve", "run", "check", "sweep", "migrate", "users", "tokens")
 T = TypeVar("T")
@@ -152,6 +153,14 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _dispatch(args, settings)
+    except DatabaseUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         serve(settings, engine=not args.no_engine)
         return 0

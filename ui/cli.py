@@ -233,7 +233,7 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
 
 async def check(settings: Settings, out: TextIO = sys.stdout) -> int:
     """Audit the database for impossible states; non-zero exit if any is found."""
-    async with connected(settings.db_url):
+    async with connected(settings.db_url, must_exist=True):
         findings, counts = await audit()
     looked = ", ".join(f"{n} {table}" for table, n in counts.items())
     for finding in findings:
@@ -247,7 +247,7 @@ async def check(settings: Settings, out: TextIO = sys.stdout) -> int:
 
 async def sweep(settings: Settings, out: TextIO = sys.stdout) -> int:
     """Fail runs whose engine is gone (dead process or heartbeat older than stale_after_s)."""
-    async with connected(settings.db_url):
+    async with connected(settings.db_url, must_exist=True):
         failed = await maintenance.recover_orphans(settings, me=f"sweep:{getpass.getuser()}")
     for verdict in failed:
         done = "re-queued" if verdict.action == "requeue" else "failed"
