@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from engine.json_limits import json_problem
+
 if TYPE_CHECKING:
     from engine.definitions import WorkflowDef
 
@@ -133,6 +135,8 @@ def check_value(defn: InputDef, value: Any, *, from_strings: bool = False) -> An
         if defn.type == "choice" and value not in defn.options:
             raise ValueError(f"{value!r} is not one of: {', '.join(defn.options)}")
     elif defn.type == "json":
+        if problem := json_problem(value):
+            raise ValueError(problem)
         try:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -145,6 +149,8 @@ def check_value(defn: InputDef, value: Any, *, from_strings: bool = False) -> An
         raise ValueError(f"expected {'an integer' if defn.type == 'integer' else 'a number'}, got {type_name(value)}")
     elif not math.isfinite(value):
         raise ValueError(f"expected a finite number, got {value}")
+    elif problem := json_problem(value):
+        raise ValueError(problem)
     return value
 
 
