@@ -33,6 +33,10 @@ STATUS_ICONS = {
     "cancelled": "cancel",
 }
 
+# NiceGUI answers 500 when a page is not built within its response_timeout (3 s by default): under a
+# burst of loads on a busy machine that is queueing, not failure. Pages wait longer instead.
+PAGE_TIMEOUT_S = 30.0
+
 NAV = [("Runs", "/"), ("Workflows", "/workflows"), ("Monitoring", "/monitoring")]
 HEADER_HEIGHT_PX = 52  # fixed, so that sticky bars can sit exactly below it
 

@@ -4,8 +4,14 @@ with a reason, and every page of the API keeps answering JSON. Real processes, r
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
+
+from engine.db import current
+from engine.db.sqlite import SqliteDatabase
 from tests.integration.served import Workspace, serving
 
 GOOD = """
@@ -134,3 +140,20 @@ def test_unknown_api_paths_answer_json(tmp_path: Path) -> None:
             assert r.status_code == 404, (path, r.status_code)
             assert r.headers["content-type"].startswith("application/json"), (path, r.text[:200])
             assert r.json()["error"] == "not_found"
+
+
+async def test_a_database_refusing_writes_gives_a_json_503_with_the_reason(
+    api: httpx.AsyncClient, define: Callable[..., Any]
+) -> None:
+    define("w", [{"key": "a", "call": "tests.stepfns:noop"}])
+    database = current()
+    assert isinstance(database, SqliteDatabase)
+    database.pragma("query_only", "ON")  # SQLite's own refusal: "attempt to write a readonly database"
+    try:
+        r = await api.post("/api/runs", json={"workflow": "w", "inputs": {}})
+    finally:
+        database.pragma("query_only", "OFF")
+    assert r.status_code == 503, r.text
+    assert r.json()["error"] == "storage"
+    assert "readonly" in r.json()["message"]
+    assert (await api.get("/api/runs")).json() == []

@@ -17,7 +17,7 @@ from ui import security
 from ui.components.run_steps import RunSteps
 from ui.components.step_card import StepBody
 from ui.live import Patch, RunState, live
-from ui.theme import frame
+from ui.theme import PAGE_TIMEOUT_S, frame
 
 
 async def _act(what: Callable[[str], Awaitable[Any]], done: str) -> bool:
@@ -297,7 +297,7 @@ def _timeline_row(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def register() -> None:
-    @ui.page("/runs/{run_id}")
+    @ui.page("/runs/{run_id}", response_timeout=PAGE_TIMEOUT_S)
     async def run_page(run_id: str, step: str = "") -> None:
         state = None
         if run_id.isdigit() and len(run_id) < 18:

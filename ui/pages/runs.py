@@ -18,7 +18,7 @@ from ui import run_list, security
 from ui.components.run_form import open_run_dialog
 from ui.live import live
 from ui.run_list import RunFilter, RunRow
-from ui.theme import STATUS_COLORS, frame, status_color
+from ui.theme import PAGE_TIMEOUT_S, STATUS_COLORS, frame, status_color
 from ui.throttle import Throttle
 
 ROWS_PER_PAGE = 25
@@ -170,7 +170,7 @@ def new_run_button() -> None:
 
 
 def register() -> None:
-    @ui.page("/")
+    @ui.page("/", response_timeout=PAGE_TIMEOUT_S)
     async def runs_page() -> None:
         with frame("Runs"):
             known = sorted(set(workflows.definitions) | set(await run_list.workflow_names()))
