@@ -17,6 +17,7 @@ import socket
 from collections.abc import Callable
 
 from engine import maintenance, records, transitions
+from engine.db import current
 from engine.driver import RunDriver
 from engine.hub import Change, ChangeKind, hub
 from engine.llm import providers
@@ -145,7 +146,7 @@ class Engine:
 
     async def _claim_some(self) -> None:
         free = self.settings.max_concurrent_runs - len(self.drivers)
-        if free <= 0:
+        if free <= 0 or current().check_file():
             return
         rows = await fetch(
             "SELECT id FROM runs WHERE status = ? ORDER BY id LIMIT ?", (RunStatus.QUEUED, free), engine=True
@@ -175,6 +176,7 @@ class Engine:
         while not self._stopping:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
             try:
+                current().check_file()  # a removed database file is reported even when nothing runs
                 await records.beat(self.owner, list(self.drivers))
                 await self._drop_lost_runs()
             except Exception:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -36,6 +37,7 @@ from engine.db.base import (
     StoreIntegrityError,
     guard_holds,
 )
+from models.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +236,20 @@ class SqliteDatabase:
         self._drainer.start()
         self._readers = _ReaderPool(self._open_reader, readers, "stepdeck-db-read")
         self._engine_reader = _ReaderPool(self._open_reader, 1, "stepdeck-db-engine-read")
+        self._file_id = _file_id(path)
+        self.lost: str | None = None
+
+    def check_file(self) -> str | None:
+        """Why the file this process opened is no longer the database at its path (removed or replaced,
+        as by deleting `data/` while serving), or None. Once lost, every write is refused: what would be
+        written to an unlinked file is lost at exit, silently."""
+        if self.lost is None:
+            now = _file_id(self.path)
+            if now != self._file_id:
+                how = "removed" if now is None else "replaced by another file"
+                self.lost = f"the database file {self.path} was {how} while this process was using it"
+                log.critical("%s: no more work is accepted; restart the process", self.lost)
+        return self.lost
 
     def _open_reader(self) -> sqlite3.Connection:
         return connect(self.path, self._pragmas, read_only=True)
@@ -303,6 +319,8 @@ class SqliteDatabase:
 
     def _commit(self, group: list[_Ticket]) -> None:
         try:
+            if lost := self.check_file():
+                raise DatabaseUnavailable(f"{lost}: no more work is accepted; restart the process")
             with self._writer_lock:
                 outcomes = run_group(self._writer, [b.stmts for t in group for b in t.batches])
         except BaseException as exc:
@@ -328,6 +346,14 @@ class SqliteDatabase:
         self._readers.close()
         self._engine_reader.close()
         self._writer.close()
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _deliver(group: list[_Ticket]) -> None:
