@@ -16,7 +16,7 @@ import secrets
 import socket
 from collections.abc import Callable
 
-from engine import maintenance, records, transitions
+from engine import forks, maintenance, records, transitions
 from engine.db import current
 from engine.driver import RunDriver
 from engine.hub import Change, ChangeKind, hub
@@ -57,6 +57,7 @@ class Engine:
     async def start(self, *, recover: bool = True) -> None:
         """Recover orphans (runs of dead owners), then start claiming and heartbeating."""
         hub.bind_loop(asyncio.get_running_loop())
+        forks.install()
         if providers.provider_name(self.settings) != providers.SIMULATED:
             # The model client takes about a second to import: not on the event loop at the first LLM step.
             self._loops.append(asyncio.create_task(_import_in_thread("openai"), name="stepdeck-import"))
