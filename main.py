@@ -129,6 +129,10 @@ def serve(settings: Settings, *, engine: bool = True) -> None:
         # Event streams end themselves on shutdown; this bounds any other long request.
         timeout_graceful_shutdown=5,
         storage_secret=storage_secret(settings.secret_file),
+        # The client's address (audit, sign-in lockout) comes from the socket; X-Forwarded-For only from a
+        # proxy named in STEPDECK_TRUSTED_PROXIES (uvicorn would otherwise believe any local process).
+        proxy_headers=bool(settings.trusted_proxies.strip()),
+        forwarded_allow_ips=settings.trusted_proxies.strip() or None,
     )
 
 

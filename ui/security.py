@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -419,20 +420,38 @@ async def login_submit(request: Request) -> Response:
     if who is None:
         page = login_html(next_path, "Wrong name or password.", name)
         return Response(page, status_code=401, media_type="text/html")
+    await _new_session(request)
     app.storage.user[SESSION_KEY] = who.name
     app.storage.user[EPOCH_KEY] = who.epoch
     cache.users.pop(who.name, None)
     return RedirectResponse(next_path, status_code=303)
 
 
-async def logout(request: Request) -> Response:
-    who = principal(request)
-    with contextlib.suppress(RuntimeError, AssertionError):
+async def _new_session(request: Request) -> None:
+    """Sign the browser's current session out and give it a new one. At sign-in, a session cookie
+    obtained before (cookies are shared by every port of a host) is then never signed in; at sign-out,
+    copies of the old cookie stay signed out."""
+    if "session" not in request.scope:
+        return
+    carried: dict[str, Any] = {}
+    with contextlib.suppress(RuntimeError, AssertionError):  # no user storage (no storage secret)
         app.storage.user.pop(SESSION_KEY, None)
         app.storage.user.pop(EPOCH_KEY, None)
-    browser = request.session.get("id") if "session" in request.scope else None
-    if browser:
-        cache.sessions.pop(browser, None)
+        carried = dict(app.storage.user)  # preferences (dark mode) follow the browser
+    old = request.session.get("id")
+    if old:
+        cache.sessions.pop(old, None)
+    fresh = str(uuid.uuid4())
+    request.session["id"] = fresh
+    # NiceGUI makes a session's user storage when a request of it arrives; this one arrived under the
+    # old id (the same call its middleware makes).
+    await app.storage._create_user_storage(fresh)
+    app.storage.user.update(carried)
+
+
+async def logout(request: Request) -> Response:
+    who = principal(request)
+    await _new_session(request)
     if who.via == "session":
         await auth.audit("sign_out", who.name, None, request.client.host if request.client else None)
     return RedirectResponse("/login", status_code=303)
@@ -443,4 +462,5 @@ def install(settings: Settings) -> None:
     app.add_middleware(Gate, settings=settings)
     app.add_route("/login", login_page, methods=["GET"], include_in_schema=False)
     app.add_route("/login", login_submit, methods=["POST"], include_in_schema=False)
-    app.add_route("/logout", logout, methods=["GET", "POST"], include_in_schema=False)
+    # A POST only: the gate refuses a cross-origin one, so another site cannot sign people out.
+    app.add_route("/logout", logout, methods=["POST"], include_in_schema=False)

@@ -89,9 +89,9 @@ def _account() -> None:
     if who.via != "session":
         return
     ui.label(f"{who.name} · {who.role}").classes("text-xs text-slate-300").mark("account")
-    ui.button(icon="logout", on_click=lambda: ui.navigate.to("/logout")).props("flat round dense color=white").tooltip(
-        "Sign out"
-    ).mark("sign-out")
+    # Sign-out is a POST (a link could be followed from another site): a plain form, no websocket needed.
+    with ui.element("form").props('method="post" action="/logout"').classes("m-0"):
+        ui.button(icon="logout").props("flat round dense color=white type=submit").tooltip("Sign out").mark("sign-out")
 
 
 @contextmanager
