@@ -31,9 +31,9 @@ from models.status import RunStatus
 log = logging.getLogger(__name__)
 
 
-def make_owner_id() -> str:
+def make_owner_id(*, headless: bool = False) -> str:
     """host:pid:boot — the boot part tells a restarted process from the one before it."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    return f"{socket.gethostname()}:{os.getpid()}:{maintenance.HEADLESS_BOOT if headless else ''}{secrets.token_hex(4)}"
 
 
 class Engine:

@@ -16,7 +16,7 @@ from engine import maintenance, operations, queries
 from engine.audit import audit
 from engine.db import connected
 from engine.errors import StepdeckError
-from engine.executor import Engine
+from engine.executor import Engine, make_owner_id
 from engine.hub import Change, ChangeKind, hub
 from engine.readmodel import RunDetail, duration_s
 from engine.records import utcnow
@@ -187,7 +187,7 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
         catalog = workflows.load(settings.workflows_dir)
         for error in catalog.errors:
             print(f"warning: {error}", file=sys.stderr)
-        engine = Engine(settings, claim_queued=False)
+        engine = Engine(settings, owner=make_owner_id(headless=True), claim_queued=False)
         await engine.start(recover=False)
         try:
             try:

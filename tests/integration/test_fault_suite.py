@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.served import Server, Workspace, serving
+from tests.integration.served import ROOT, Server, Workspace, serving
 
 WORK = """
 name: work
@@ -46,6 +48,11 @@ import asyncio
 async def nap(ctx):
     await asyncio.sleep(0.05)
     return f"{ctx.step_key} attempt {ctx.attempt}"
+
+
+async def long(ctx):
+    await asyncio.sleep(60)
+    return "late"
 
 
 def choices(ctx):
@@ -202,4 +209,29 @@ def test_racing_actions_never_answer_500_and_leave_the_database_clean(tmp_path: 
             for step in detail["steps"]:
                 if step["key"] != "b" and step["status"] == "completed":
                     assert step["output"] == f"{step['key']} attempt {step['attempt']}", (run["id"], step)
+    _check_clean(ws)
+
+
+def test_a_headless_run_killed_hard_is_failed_naming_the_headless_process(tmp_path: Path) -> None:
+    long = "steps:\n  - key: a\n    call: faultsteps:long\n"
+    ws = Workspace(tmp_path, workflows={"long": long}, modules={"faultsteps": MODULE})
+    assert ws.cli("migrate").returncode == 0
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", "run", "long"],
+        cwd=ROOT,
+        env=ws.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait("the step to run", lambda: ws.sql("SELECT 1 FROM steps WHERE status = 'running'"))
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    done = ws.cli("sweep")
+    assert done.returncode == 0, done.stderr
+    (run,) = ws.sql("SELECT status, error FROM runs")
+    assert run["status"] == "failed"
+    assert "the headless `main.py run` process stopped while step 'a' was running" in run["error"], run["error"]
+    assert "server" not in run["error"]
     _check_clean(ws)
