@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import array
 import contextlib
+import fcntl
 import logging
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -87,7 +90,36 @@ def check_url(db_url: str, *, must_exist: bool = False) -> None:
         _probe(path)
 
 
+def frozen_flags(fd: int) -> bool:
+    """True when the open file is immutable or append-only (`chattr +i`/`+a`; Linux, else False).
+    SQLite maps the `-shm` file into memory, and the kernel answers a write into the mapping of an
+    immutable file with SIGBUS, which kills the process: the file must be noticed before SQLite
+    touches it, so that the operation fails instead."""
+    flags = array.array("l", [0])
+    try:
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags, True)
+    except OSError:
+        return False
+    return bool(flags[0] & (_FS_IMMUTABLE_FL | _FS_APPEND_FL))
+
+
+_FS_IOC_GETFLAGS = 0x80086601  # Linux: _IOR('f', 1, long)
+_FS_IMMUTABLE_FL, _FS_APPEND_FL = 0x10, 0x20
+
+
 def _probe(path: Path) -> None:
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if frozen_flags(fd):
+                raise DatabaseUnavailable(
+                    f"the database file {name} is immutable or append-only (chattr): it cannot be used"
+                )
+        finally:
+            os.close(fd)
     # Tortoise deadlocks on its own connection lock when the file is not a database: ask SQLite first.
     try:
         with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)) as conn:

@@ -37,6 +37,7 @@ from engine.db.base import (
     StoreIntegrityError,
     guard_holds,
 )
+from models.db import frozen_flags
 from models.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,7 @@ class SqliteDatabase:
         self._engine_reader = _ReaderPool(self._open_reader, 1, "stepdeck-db-engine-read")
         self._file_id = _file_id(path)
         self.lost: str | None = None
+        self._frozen = _FrozenWatch(path)
 
     def check_file(self) -> str | None:
         """Why the file this process opened is no longer the database at its path (removed or replaced,
@@ -247,9 +249,12 @@ class SqliteDatabase:
             now = _file_id(self.path)
             if now != self._file_id:
                 how = "removed" if now is None else "replaced by another file"
-                self.lost = f"the database file {self.path} was {how} while this process was using it"
-                log.critical("%s: no more work is accepted; restart the process", self.lost)
-        return self.lost
+                self.lost = (
+                    f"the database file {self.path} was {how} while this process was using it: "
+                    "no more work is accepted; restart the process"
+                )
+                log.critical("%s", self.lost)
+        return self.lost or self._frozen.reason()
 
     def _open_reader(self) -> sqlite3.Connection:
         return connect(self.path, self._pragmas, read_only=True)
@@ -257,6 +262,8 @@ class SqliteDatabase:
     # --- reads --------------------------------------------------------------------------------
 
     async def fetch(self, sql: str, params: Sequence[Any] = (), *, engine: bool = False) -> list[dict[str, Any]]:
+        if frozen := self._frozen.reason():  # a reader writes its read mark into the shared memory too
+            raise DatabaseUnavailable(frozen)
         return await (self._engine_reader if engine else self._readers).fetch(sql, params)
 
     # --- writes -------------------------------------------------------------------------------
@@ -319,8 +326,8 @@ class SqliteDatabase:
 
     def _commit(self, group: list[_Ticket]) -> None:
         try:
-            if lost := self.check_file():
-                raise DatabaseUnavailable(f"{lost}: no more work is accepted; restart the process")
+            if problem := self.check_file():
+                raise DatabaseUnavailable(problem)
             with self._writer_lock:
                 outcomes = run_group(self._writer, [b.stmts for t in group for b in t.batches])
         except BaseException as exc:
@@ -346,6 +353,30 @@ class SqliteDatabase:
         self._readers.close()
         self._engine_reader.close()
         self._writer.close()
+        self._frozen.close()
+
+
+class _FrozenWatch:
+    """Whether a file of the database was made immutable or append-only (`chattr +i`, `+a`): see
+    `models.db.frozen_reason`. Its files are held open so that each check is one system call."""
+
+    def __init__(self, path: str) -> None:
+        self._fds: list[tuple[str, int]] = []
+        for name in (path, f"{path}-wal", f"{path}-shm"):
+            with contextlib.suppress(OSError):
+                self._fds.append((name, os.open(name, os.O_RDONLY | os.O_CLOEXEC)))
+
+    def reason(self) -> str | None:
+        for name, fd in self._fds:
+            if frozen_flags(fd):
+                return f"the database file {name} is immutable or append-only (chattr): it cannot be written"
+        return None
+
+    def close(self) -> None:
+        for _, fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = []
 
 
 def _file_id(path: str) -> tuple[int, int] | None:

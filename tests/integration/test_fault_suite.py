@@ -235,3 +235,23 @@ def test_a_headless_run_killed_hard_is_failed_naming_the_headless_process(tmp_pa
     assert "the headless `main.py run` process stopped while step 'a' was running" in run["error"], run["error"]
     assert "server" not in run["error"]
     _check_clean(ws)
+
+
+def test_an_immutable_database_fails_the_operations_not_the_process(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path, workflows={"work": WORK}, modules={"faultsteps": MODULE})
+    shm = Path(f"{ws.db_path}-shm")
+    with serving(ws) as server:
+        server.wait_run(server.start_run("work"), "completed")
+        if subprocess.run(["chattr", "+i", str(shm)], capture_output=True, check=False).returncode != 0:
+            pytest.skip("this machine does not allow chattr +i here (it needs CAP_LINUX_IMMUTABLE)")
+        try:
+            r = server.client.post("/api/runs", json={"workflow": "work", "inputs": {}})
+            assert r.status_code == 503, r.text
+            assert "immutable" in r.json()["message"]
+            assert server.client.get("/api/runs").status_code == 503
+            assert server.proc is not None and server.proc.poll() is None, "the server died"
+        finally:
+            subprocess.run(["chattr", "-i", str(shm)], check=True)
+        # Writable again: work is accepted again.
+        server.wait_run(server.start_run("work"), "completed")
+    _check_clean(ws)
