@@ -39,6 +39,11 @@ WORKFLOWS = {
           - key: a
             call: hostile:bad_str
     """,
+    "spawn": """
+        steps:
+          - key: a
+            call: hostile:spawns
+    """,
     "fork": """
         steps:
           - key: a
@@ -79,6 +84,15 @@ class Unprintable(Exception):
 
 def bad_str(ctx):
     raise Unprintable()
+
+
+def spawns(ctx):
+    import subprocess
+
+    # A program started without closing descriptors, as a careless step would: it inherits only
+    # what is not close-on-exec.
+    child = subprocess.Popen(["sleep", "30"], close_fds=False, start_new_session=True)
+    return f"parent of {child.pid}"
 
 
 def forks(ctx):
@@ -152,6 +166,26 @@ def test_a_step_that_forks_leaves_no_child_on_the_port(tmp_path: Path) -> None:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a restarted server binds
             s.bind(("127.0.0.1", port))
         assert _alive(child)
+    finally:
+        server.close()
+        if child is not None and _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_a_program_a_step_starts_does_not_inherit_the_listening_socket(tmp_path: Path) -> None:
+    ws = _ws(tmp_path)
+    server = Server(ws)
+    child: int | None = None
+    try:
+        server.start()
+        run = server.wait_run(server.start_run("spawn"), "completed", timeout_s=60)
+        child = int(run["steps"][0]["output"].removeprefix("parent of "))
+        port = server.port
+        assert server.stop(signal.SIGTERM) is not None
+        assert _alive(child)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
     finally:
         server.close()
         if child is not None and _alive(child):
