@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -10,6 +9,7 @@ from nicegui import app, ui
 
 from engine.llm import providers
 from ui import security
+from ui.security.sessions import user_storage
 
 # Quasar colour names; one place, so pills, badges, the runs table and the legend agree.
 STATUS_COLORS = {
@@ -78,10 +78,8 @@ def _provider_chip() -> None:
 
 
 def _remembered_dark() -> bool:
-    try:
-        return bool(app.storage.user.get("dark", False))
-    except (RuntimeError, AssertionError):  # no user storage (no storage secret): light
-        return False
+    storage = user_storage()  # None without user storage (no storage secret): light
+    return bool(storage.get("dark", False)) if storage is not None else False
 
 
 def _account() -> None:
@@ -114,8 +112,9 @@ def frame(title: str) -> Iterator[None]:
 
         def toggle() -> None:
             dark.value = not dark.value
-            with contextlib.suppress(RuntimeError, AssertionError):
-                app.storage.user["dark"] = dark.value  # remembered per browser (and so per person)
+            storage = user_storage()
+            if storage is not None:
+                storage["dark"] = dark.value  # remembered per browser (and so per person)
 
         ui.button(icon="dark_mode", on_click=toggle).props("flat round dense color=white").tooltip("Dark mode")
     with ui.column().classes("w-full max-w-screen-xl mx-auto p-4 gap-4"):
