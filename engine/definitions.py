@@ -543,7 +543,11 @@ def load_directory(path: Path) -> Catalog:
         catalog.errors.append(DefinitionError(str(path), detail))
         return catalog
     # Dot files are editor swap and lock files, not definitions.
-    files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
+    try:
+        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
+    except OSError as exc:
+        catalog.errors.append(DefinitionError(str(path), f"cannot list the directory: {exc}"))
+        return catalog
     for file in files:
         try:
             defn = load_file(file, path)

@@ -4,6 +4,7 @@ with a reason, and every page of the API keeps answering JSON. Real processes, r
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,16 @@ def test_hostile_definition_files_never_stop_the_server_or_a_reload(tmp_path: Pa
         assert {"good", "chain", "later"} <= set(reloaded.json()["workflows"])
         assert len(reloaded.json()["errors"]) == 3
         assert server.client.get("/api/health").status_code == 200
+        # The server's watcher re-reads the directory when a file changes, hostile files included.
+        (ws.workflows_dir / "deep2.yaml").write_text(deep)
+        (ws.workflows_dir / "watched.yaml").write_text(GOOD.replace("name: good", "name: watched"))
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if "watched" in [w["name"] for w in server.client.get("/api/workflows").json()]:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the watcher stopped re-reading the definitions")
         # The 1,000-step chain runs to the end.
         run_id = server.start_run("chain")
         assert server.wait_run(run_id, "completed", "failed", timeout_s=120)["status"] == "completed"

@@ -7,6 +7,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.integration.served import ROOT, Workspace
@@ -113,3 +114,21 @@ def test_check_with_a_database_it_cannot_use_says_why_and_creates_nothing(tmp_pa
         assert "Traceback" not in done.stderr, (url, done.stderr)
         assert "no problems" not in done.stdout
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_migrate_killed_while_it_writes_leaves_a_database_that_opens(tmp_path: Path) -> None:
+    for cycle in range(1, 4):  # after the first, second, third migration or so
+        ws = Workspace(tmp_path / f"kill-{cycle}")
+        wal = Path(f"{ws.db_path}-wal")
+        proc = subprocess.Popen([sys.executable, "main.py", "migrate"], cwd=ROOT, env=ws.env)
+        try:
+            deadline = time.monotonic() + 60
+            # Killed once it has written a little more each cycle: inside one migration or another.
+            while proc.poll() is None and time.monotonic() < deadline:
+                if wal.exists() and wal.stat().st_size > cycle * 40_000:
+                    break
+                time.sleep(0.001)
+        finally:
+            proc.kill()
+            proc.wait(timeout=30)
+        _assert_whole(ws)
