@@ -177,7 +177,8 @@ class Engine:
         while not self._stopping:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
             try:
-                current().check_file()  # a removed database file is reported even when nothing runs
+                if current().check_file():  # reported (once, loudly) even when nothing runs
+                    continue  # the beat could not be written; the reason was logged
                 await records.beat(self.owner, list(self.drivers))
                 await self._drop_lost_runs()
             except Exception:

@@ -7,6 +7,9 @@ transaction as the tables: on SQLite that first write takes the database's write
 process migrating the same file waits for the first and then finds the migration recorded. A database
 left half-applied by an older version is detected (the migration's objects already exist) and repaired
 by applying what is missing and recording the rest, with a warning that says so.
+
+Planning and state projection are Tortoise's own (`MigrationExecutor`, internals of the pinned 1.1.9:
+re-check them when the pin moves); only applying and recording are done here.
 """
 
 from __future__ import annotations

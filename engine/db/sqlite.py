@@ -240,6 +240,7 @@ class SqliteDatabase:
         self._file_id = _file_id(path)
         self.lost: str | None = None
         self._frozen = _FrozenWatch(path)
+        self._frozen_reported: str | None = None
 
     def check_file(self) -> str | None:
         """Why the file this process opened is no longer the database at its path (removed or replaced,
@@ -254,7 +255,16 @@ class SqliteDatabase:
                     "no more work is accepted; restart the process"
                 )
                 log.critical("%s", self.lost)
-        return self.lost or self._frozen.reason()
+        if self.lost:
+            return self.lost
+        frozen = self._frozen.reason()
+        if frozen != self._frozen_reported:  # said once when it starts, and when it ends
+            self._frozen_reported = frozen
+            if frozen:
+                log.error("%s: every read and write fails until it is writable again", frozen)
+            else:
+                log.warning("the database files are writable again")
+        return frozen
 
     def _open_reader(self) -> sqlite3.Connection:
         return connect(self.path, self._pragmas, read_only=True)
@@ -358,7 +368,7 @@ class SqliteDatabase:
 
 class _FrozenWatch:
     """Whether a file of the database was made immutable or append-only (`chattr +i`, `+a`): see
-    `models.db.frozen_reason`. Its files are held open so that each check is one system call."""
+    `models.db.frozen_flags`. Its files are held open so that each check is one system call."""
 
     def __init__(self, path: str) -> None:
         self._fds: list[tuple[str, int]] = []
