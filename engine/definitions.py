@@ -21,6 +21,7 @@ from engine.llm import templates
 from engine.notify.kinds import DEFAULT_EVENTS, EVENTS
 from engine.retry import DEFAULTS as RETRY_DEFAULTS
 from engine.retry import MAX_DELAY_S, MAX_RETRIES, MAX_TOKENS_FACTOR, RETRY_ON_DEFAULT, FailureKind, RetryPolicy
+from engine.yaml_limits import MAX_DEPTH, MAX_FILE_BYTES, YamlLimitError, check_expanded_size
 
 # Extra step fields each kind accepts; those that are not StepDef attributes land in StepDef.config.
 KIND_FIELDS: dict[str, frozenset[str]] = {
@@ -70,7 +71,28 @@ class _Mapping(dict[Any, Any]):
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and records line numbers, so errors can point into the file."""
+    """SafeLoader that rejects duplicate keys and records line numbers, so errors can point into the file.
+    Bounded: nesting depth and the node count with aliases expanded (engine/yaml_limits.py)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                detail = f"nested more than {MAX_DEPTH} levels deep"
+                raise YamlLimitError(None, None, detail, self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            check_expanded_size(node)
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: dict[Hashable, int] = {}
@@ -427,24 +449,28 @@ def _check_template(
 
 
 def _find_cycle(steps: Sequence[StepDef]) -> list[str] | None:
+    """The first cycle through `needs`, as keys from a step back to itself; iterative (a long chain
+    must not exhaust the interpreter's stack)."""
     needs = {step.key: step.needs for step in steps}
     done: set[str] = set()
-    path: list[str] = []
-
-    def visit(key: str) -> list[str] | None:
-        path.append(key)
-        for need in needs[key]:
-            if need in path:
+    for start in needs:
+        if start in done:
+            continue
+        path: list[str] = [start]
+        on_path = {start}
+        pending: list[Iterator[str]] = [iter(needs[start])]
+        while pending:
+            need = next(pending[-1], None)
+            if need is None:
+                pending.pop()
+                done.add(path[-1])
+                on_path.discard(path.pop())
+            elif need in on_path:
                 return [*path[path.index(need) :], need]
-            if need not in done and (cycle := visit(need)):
-                return cycle
-        path.pop()
-        done.add(key)
-        return None
-
-    for step in steps:
-        if step.key not in done and (cycle := visit(step.key)):
-            return cycle
+            elif need not in done:
+                path.append(need)
+                on_path.add(need)
+                pending.append(iter(needs[need]))
     return None
 
 
@@ -511,7 +537,8 @@ def parse_definition(
     cycle = _find_cycle(steps)
     if cycle:
         line = _line(raw_steps[keys.index(cycle[0])], "needs")
-        raise DefinitionError(source, f"cycle: {' -> '.join(cycle)}", step=cycle[0], field="needs", line=line)
+        shown = cycle if len(cycle) <= 12 else [*cycle[:10], f"… ({len(cycle) - 1} steps)", cycle[-1]]
+        raise DefinitionError(source, f"cycle: {' -> '.join(shown)}", step=cycle[0], field="needs", line=line)
     defn = WorkflowDef(wf_name, description, tuple(inputs), tuple(steps), source, notify=notify)
     schedules = _parse_schedules(data.get("schedules"), data, defn)
     return dataclasses.replace(defn, schedules=schedules, max_cost=_parse_max_cost(data, source))
@@ -633,7 +660,13 @@ def load_file(path: Path, workflows_dir: Path | None = None) -> WorkflowDef:
     """Load and validate one YAML definition; calls resolve from `workflows_dir` (default: the file's directory)."""
     source = str(path)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        if not path.is_file():
+            raise DefinitionError(source, "not a regular file")
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise DefinitionError(source, f"file too large: a definition holds at most {MAX_FILE_BYTES:,} bytes")
+        data = yaml.load(raw.decode("utf-8"), Loader=_Loader)
     except (OSError, UnicodeDecodeError) as exc:
         raise DefinitionError(source, f"cannot read file: {exc}") from None
     except yaml.MarkedYAMLError as exc:
@@ -653,12 +686,19 @@ def load_directory(path: Path) -> Catalog:
         catalog.errors.append(DefinitionError(str(path), detail))
         return catalog
     # Dot files are editor swap and lock files, not definitions.
-    files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
+    try:
+        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
+    except OSError as exc:
+        catalog.errors.append(DefinitionError(str(path), f"cannot list the directory: {exc}"))
+        return catalog
     for file in files:
         try:
             defn = load_file(file, path)
         except DefinitionError as exc:
             catalog.errors.append(exc)
+            continue
+        except Exception as exc:  # a bug or a bound we missed must still not stop the other files
+            catalog.errors.append(DefinitionError(str(file), f"could not be loaded: {type(exc).__name__}: {exc}"))
             continue
         if defn.name in catalog.definitions:
             detail = f"workflow name {defn.name!r} is already used by {catalog.definitions[defn.name].source}"

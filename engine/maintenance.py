@@ -75,6 +75,13 @@ def owner_gone(owner: str | None, me: str) -> bool:
     return owner_is_dead(owner) or same_process_restarted
 
 
+HEADLESS_BOOT = "run-"  # starts the boot part of the owner id of a headless `main.py run`
+
+
+def _is_headless(owner: str | None) -> bool:
+    return owner is not None and owner.rsplit(":", 1)[-1].startswith(HEADLESS_BOOT)
+
+
 def orphan_reason(
     row: dict[str, Any], running_steps: list[str], me: str, now: datetime, stale_after_s: float
 ) -> str | None:
@@ -88,7 +95,8 @@ def orphan_reason(
     where = f" while step {steps} was running" if steps else ""
     when = f"last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC" if beat else "no heartbeat"
     if owner_gone(owner, me):
-        return f"interrupted: the server stopped{where}; {when} from {owner or 'an unknown owner'}"
+        process = "the headless `main.py run` process" if _is_headless(owner) else "the server"
+        return f"interrupted: {process} stopped{where}; {when} from {owner or 'an unknown owner'}"
     if stale:
         return (
             f"interrupted: its engine stopped responding{where}; {when} from {owner}, more than {stale_after_s:g} s ago"

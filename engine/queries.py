@@ -6,12 +6,12 @@ on the database's reader connections: never behind the engine's writes.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from engine.errors import NotFound
+from engine.json_limits import load_stored
 from engine.readmodel import ENDED, PRODUCED, RunDetail, StepDetail, StepRow, cut_off, run_json, summary
 from engine.store import fetch
 from models.status import RunStatus, StepStatus
@@ -20,7 +20,8 @@ MAX_PAGE = 500
 
 
 def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, (str, bytes)) else value
+    # Bounded: a value stored before inputs and outputs were checked must not break every read.
+    return load_stored(value) if isinstance(value, (str, bytes)) else value
 
 
 def _dt(value: Any) -> datetime | None:

@@ -63,6 +63,7 @@ class Settings:
     cancel_grace_s: float = 5.0  # how long a cancelled or timed-out step may take to stop before it is abandoned
     retention_days: float = 0.0  # finished runs older than this are deleted; 0 keeps them forever
     allowed_hosts: str = ""  # extra names (comma-separated) a server on 127.0.0.1 answers to; "*" for any
+    trusted_proxies: str = ""  # addresses whose X-Forwarded-For is believed (comma-separated); none by default
     secret_file: Path = Path("data/secret.key")  # signs session cookies; made on first start (mode 0600)
     # LLM steps: an OpenAI-compatible endpoint, or the simulated provider when none is configured.
     llm_provider: str = "auto"  # auto: simulated unless a base URL or an API key is set
@@ -110,6 +111,7 @@ ENV_NAMES = {
     "cancel_grace_s": "STEPDECK_CANCEL_GRACE_S",
     "retention_days": "STEPDECK_RETENTION_DAYS",
     "allowed_hosts": "STEPDECK_ALLOWED_HOSTS",
+    "trusted_proxies": "STEPDECK_TRUSTED_PROXIES",
     "secret_file": "STEPDECK_SECRET_FILE",
     "llm_provider": "STEPDECK_LLM_PROVIDER",
     "llm_base_url": "STEPDECK_LLM_BASE_URL",

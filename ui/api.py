@@ -13,6 +13,7 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from engine import auth, operations, queries
+from engine.db import current
 from engine.errors import Forbidden, InvalidInput, NotFound
 from engine.llm import providers
 from engine.registry import workflows
@@ -99,9 +100,16 @@ def operator(request: Request) -> str:
 Operator = Annotated[str, Depends(operator)]
 
 
-@router.get("/health", summary="Liveness probe (open: it says nothing but that the server answers)")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get(
+    "/health",
+    summary="Liveness probe (open: it says nothing but that the server answers and has its database)",
+    responses={503: {"description": "The database file was removed or replaced while serving"}},
+)
+async def health() -> JSONResponse:
+    lost = current().check_file()
+    return JSONResponse(
+        {"status": "ok"} if lost is None else {"status": "database lost", "reason": lost}, 503 if lost else 200
+    )
 
 
 @protected.get(
