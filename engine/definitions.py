@@ -518,19 +518,21 @@ def parse_definition(
         detail = "expected a list of steps" if raw_steps else "missing or empty: a workflow needs at least one step"
         raise DefinitionError(source, detail, field="steps", line=_line(data, "steps"))
     steps: list[StepDef] = []
+    seen: dict[str, int] = {}  # key -> position: the duplicate check stays linear in the steps
+    input_names = [i.name for i in inputs]
     for index, raw_step in enumerate(raw_steps):
         previous = steps[-1].key if steps else None
-        step = _parse_step(
-            raw_step, index, previous, source, workflows_dir, resolve_calls, [i.name for i in inputs], retry_defaults
-        )
-        if step.key in (s.key for s in steps):
-            detail = f"duplicate step key {step.key!r} (also step #{[s.key for s in steps].index(step.key) + 1})"
+        step = _parse_step(raw_step, index, previous, source, workflows_dir, resolve_calls, input_names, retry_defaults)
+        if step.key in seen:
+            detail = f"duplicate step key {step.key!r} (also step #{seen[step.key] + 1})"
             raise DefinitionError(source, detail, step=step.key, field="key", line=_line(raw_step, "key"))
+        seen[step.key] = index
         steps.append(step)
     keys = [step.key for step in steps]
+    known_keys = set(keys)
     for step, raw_step in zip(steps, raw_steps, strict=True):
         for need in step.needs:
-            if need not in keys:
+            if need not in known_keys:
                 known = ", ".join(k for k in keys if k != step.key) or "none"
                 detail = f"unknown step {need!r} (known: {known})"
                 raise DefinitionError(source, detail, step=step.key, field="needs", line=_line(raw_step, "needs"))
