@@ -11,9 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.integration.served import ROOT, Server, Workspace, serving
+
+# What a browser test waits for comes; on a loaded machine it comes later. A generous wait changes
+# how long a failing test takes, never a verdict.
+expect.set_options(timeout=20_000)
 
 CHROMIUM = Path(os.environ.get("STEPDECK_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
