@@ -359,6 +359,20 @@ async def run_header(run_id: int) -> dict[str, Any]:
     return _run_json(rows[0])
 
 
+async def run_cost(run_id: int) -> dict[str, Any] | None:
+    """What the run's LLM calls cost over every attempt: {"usd", "estimated"}; None without LLM usage
+    (usd None when no model it used has a price)."""
+    rows = await fetch(
+        "SELECT COUNT(*) AS n, SUM(cost) AS usd, COUNT(cost) AS priced,"
+        " SUM(CASE WHEN estimated THEN 1 ELSE 0 END) AS estimated FROM llm_usage WHERE run_id = ?",
+        (run_id,),
+    )
+    row = rows[0] if rows else None
+    if not row or not row["n"]:
+        return None
+    return {"usd": float(row["usd"]) if row["priced"] else None, "estimated": bool(row["estimated"])}
+
+
 async def step_needs(run_id: int) -> dict[str, list[str]]:
     """Each step's `needs` (the run's graph as it was defined when it started)."""
     rows = await fetch("SELECT key, needs FROM steps WHERE run_id = ? ORDER BY position", (run_id,))

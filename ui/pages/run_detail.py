@@ -16,6 +16,7 @@ from engine.errors import NotFound, StepdeckError
 from engine.registry import workflows
 from models.status import StepStatus
 from ui import security
+from ui.components.cost_view import cost_text
 from ui.components.run_graphs import RunGraphs
 from ui.components.run_steps import RunSteps
 from ui.components.step_card import StepBody
@@ -134,6 +135,8 @@ class RunPage:
             with ui.row().classes("w-full gap-4 text-sm text-grey-8"):
                 ui.label().bind_text_from(v, "counts_text").mark("run-counts")
                 ui.label(f"started by {header['actor']}")
+                self.cost_label = ui.label().mark("run-cost")
+                background_tasks.create(self._show_cost(), name="run page cost")
                 ui.label().bind_text_from(
                     v,
                     "started_at",
@@ -167,6 +170,13 @@ class RunPage:
             ).mark("run-error")
             with ui.expansion("Inputs", icon="input").classes("w-full"):
                 ui.code(json.dumps(header["inputs"], ensure_ascii=False, indent=2), language="json").classes("w-full")
+
+    async def _show_cost(self) -> None:
+        """The run's LLM cost over every attempt (read when the page opens and when the run ends)."""
+        text = cost_text(await queries.run_cost(self.run_id)) or ""
+        if not self.cost_label.is_deleted:
+            self.cost_label.text = text
+            self.cost_label.set_visibility(bool(text))
 
     def _actions(self) -> None:
         v = self.state.view
@@ -212,6 +222,8 @@ class RunPage:
         if was != v.status or self.root.props.get("data-completed") != str(v.completed):
             self._mark_root()
             self.root.update()
+            if was != v.status:
+                background_tasks.create(self._show_cost(), name="run page cost")
         stale = [k for k in patch.bodies if k in self.bodies]
         if (was in ENDED_RUN) != (v.status in ENDED_RUN):  # a choice is offered, or no longer
             waiting = [k for k in self.bodies if self.state.rows[k].status == StepStatus.WAITING]
