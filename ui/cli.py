@@ -104,7 +104,7 @@ async def _follow_remote(run_id: int, printer: ProgressPrinter, after: int, stal
             age_s = (utcnow() - beat).total_seconds()
             if age_s > stale_after_s:
                 printer.line(f"the engine driving run {run_id} stopped responding ({age_s:.0f} s without heartbeat)")
-                return "failed"
+                return RunStatus.FAILED.value
         await asyncio.sleep(0.3)
 
 
@@ -211,7 +211,7 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
                 finally:
                     sub.close()
                 run = await queries.run_detail(run_id)
-                if status != "waiting":
+                if status != RunStatus.WAITING:
                     break
                 if not sys.stdin.isatty():
                     _how_to_continue(run, settings, out)

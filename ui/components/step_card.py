@@ -163,7 +163,7 @@ class StepBody:
                 )
         elif step.status is StepStatus.WAITING:
             with ui.row().classes("items-center gap-2 p-2 rounded bg-amber-1 w-full").mark(f"choose-{self.key}"):
-                ui.icon(STATUS_ICONS["waiting"], color=status_color("waiting"))
+                ui.icon(STATUS_ICONS[StepStatus.WAITING], color=status_color(StepStatus.WAITING))
                 ui.label(f"Pick one of {len(alternatives)} alternatives to continue the run.").classes(
                     "text-sm text-black"
                 )
