@@ -265,8 +265,8 @@ async def test_changing_a_completed_selection_while_the_run_is_queued_is_a_confl
 async def test_changing_a_selection_flags_a_waiting_consumer_of_the_old_choice(engine: Engine, define: Define) -> None:
     """A dependent still waiting for a choice has consumed the old selection too.
 
-    Its alternatives were made from the abandoned choice: once it is picked it must show as stale
-    (DESIGN: dependents that consumed the old choice are flagged stale until re-run).
+    Its alternatives were made from the abandoned choice: once it is picked it must show as stale (dependents
+    that consumed the old choice are flagged stale until re-run: README, "Alternatives and human choices").
     """
     define(
         "two-picks",
