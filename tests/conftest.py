@@ -26,6 +26,42 @@ from tests.dbtemplate import migrated_copy
 from ui import errors
 from ui.api import router
 
+# Tests that wait on the clock whatever the machine does (the next minute boundary): started first, so that the
+# other worker runs the rest of the suite meanwhile.
+WAIT_ON_THE_CLOCK = ("tests/integration/test_schedules_served.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(WAIT_ON_THE_CLOCK))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """The suite runs on two processes (pytest-xdist, `-n 2` in pyproject.toml), test by test, except that
+    the tests of a module with module-scoped fixtures (a served process, a browser) stay on one worker,
+    which sets them up once. (xdist's own `loadgroup` does not work with pytest 9: it renames node ids
+    through an attribute pytest no longer reads.)"""
+    if config.getvalue("dist") != "load":  # another mode asked for on the command line
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    root = config.rootpath
+    shared: dict[str, bool] = {}
+
+    def has_module_fixtures(module: str) -> bool:
+        if module not in shared:
+            path = root / module
+            texts = [path, *(d / "conftest.py" for d in path.parents if d == root or root in d.parents)]
+            shared[module] = any(f.is_file() and 'scope="module"' in f.read_text(encoding="utf-8") for f in texts)
+        return shared[module]
+
+    class Scheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return module if has_module_fixtures(module) else nodeid
+
+    config.option.loadscopereorder = False  # keep the collection's order: what waits on the clock first
+    return Scheduling(config, log)
+
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[str]:
