@@ -37,27 +37,37 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """The suite runs on two processes (pytest-xdist, `-n 2` in pyproject.toml), test by test, except that
-    the tests of a module with module-scoped fixtures (a served process, a browser) stay on one worker,
-    which sets them up once. (xdist's own `loadgroup` does not work with pytest 9: it renames node ids
+    tests sharing an expensive fixture (a served process, a browser) stay on one worker, which sets it up
+    once: the tests of a directory whose conftest has session-scoped fixtures (tests/e2e), and those of a
+    module with module-scoped ones. (xdist's own `loadgroup` does not work with pytest 9: it renames node ids
     through an attribute pytest no longer reads.)"""
     if config.getvalue("dist") != "load":  # another mode asked for on the command line
         return None
     from xdist.scheduler import LoadScopeScheduling
 
     root = config.rootpath
-    shared: dict[str, bool] = {}
+    tests = root / "tests"
+    groups: dict[str, str | None] = {}
 
-    def has_module_fixtures(module: str) -> bool:
-        if module not in shared:
+    def declares(path: Path, scope: str) -> bool:
+        return path.is_file() and f'scope="{scope}"' in path.read_text(encoding="utf-8")
+
+    def group_of(module: str) -> str | None:
+        if module not in groups:
             path = root / module
-            texts = [path, *(d / "conftest.py" for d in path.parents if d == root or root in d.parents)]
-            shared[module] = any(f.is_file() and 'scope="module"' in f.read_text(encoding="utf-8") for f in texts)
-        return shared[module]
+            below_tests = [d for d in path.parents if tests in d.parents]  # never tests/ itself: all of it
+            shared = [d for d in below_tests if declares(d / "conftest.py", "session")]
+            if shared:
+                groups[module] = str(shared[-1].relative_to(root))
+            elif declares(path, "module") or any(declares(d / "conftest.py", "module") for d in below_tests):
+                groups[module] = module
+            else:
+                groups[module] = None
+        return groups[module]
 
     class Scheduling(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::")[0]
-            return module if has_module_fixtures(module) else nodeid
+            return group_of(nodeid.split("::")[0]) or nodeid
 
     config.option.loadscopereorder = False  # keep the collection's order: what waits on the clock first
     return Scheduling(config, log)
