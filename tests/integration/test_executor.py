@@ -241,7 +241,7 @@ async def test_a_step_raising_cancelled_error_of_its_own_fails_and_nothing_stays
     define("own-cancel", [{"key": "x", "call": f"tests.stepfns:{call}"}])
     run_id = await operations.start_run("own-cancel", {}, "tester")
     assert await wait_run(run_id, "completed", "failed", "cancelled") == "failed"
-    await wait_for(lambda: no_driver(engine, run_id), 2, "the driver to stop")
+    await wait_for(lambda: no_driver(engine, run_id), PROMPT_S, "the driver to stop")
     assert await running_rows() == []
     x = await step_of(run_id, "x")
     assert x["status"] == "failed"
@@ -325,7 +325,7 @@ async def test_a_join_whose_needs_finish_together_is_started_once(engine: Engine
     outcomes = {}
     for run_id in runs:
         await wait_run(run_id, "completed", "failed")
-        await wait_for(lambda r=run_id: no_driver(engine, r), 2, "the driver to stop")  # type: ignore[misc]
+        await wait_for(lambda r=run_id: no_driver(engine, r), PROMPT_S, "the driver to stop")  # type: ignore[misc]
         outcomes[run_id] = (await queries.run_detail(run_id)).to_json()["error"]
     assert outcomes == dict.fromkeys(runs)
     for run_id in runs:
@@ -442,7 +442,7 @@ async def test_a_running_run_keeps_a_fresh_heartbeat(engine: Engine, define: Def
     async def moved() -> bool:
         return bool(await heartbeat() != first)
 
-    await wait_for(moved, 2, "the heartbeat to be refreshed")  # heartbeat_interval_s is 0.2 in tests
+    await wait_for(moved, PROMPT_S, "the heartbeat to be refreshed")  # heartbeat_interval_s is 0.2 in tests
     run = (await queries.run_detail(run_id)).to_json()
     assert (run["status"], run["owner"]) == ("running", engine.owner)
     stepfns.RELEASE.set()

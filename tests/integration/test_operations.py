@@ -440,7 +440,7 @@ async def test_resume_after_cancelling_a_running_step_runs_it_again(engine: Engi
     run_id = await operations.start_run("resume", {}, "tester")
     await wait_for(lambda: _status_is(run_id, "a", "running"), 5, "a running")
     assert await operations.cancel_run(run_id, "alice")
-    await wait_for(lambda: _no_driver(engine, run_id), 2, "the driver to stop")
+    await wait_for(lambda: _no_driver(engine, run_id), 10, "the driver to stop")
     plan = await operations.resume_run(run_id, "alice")
     assert plan.rerun == ["a", "b"]
     assert await wait_run(run_id, "completed", "failed") == "completed"
