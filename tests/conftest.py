@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -35,39 +36,37 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: not item.nodeid.startswith(WAIT_ON_THE_CLOCK))
 
 
+MODULE_FIXTURE = re.compile(r"@pytest\.fixture\([^)]*scope=\"module\"")
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """The suite runs on two processes (pytest-xdist, `-n 2` in pyproject.toml), test by test, except that
-    tests sharing an expensive fixture (a served process, a browser) stay on one worker, which sets it up
-    once: the tests of a directory whose conftest has session-scoped fixtures (tests/e2e), and those of a
-    module with module-scoped ones. (xdist's own `loadgroup` does not work with pytest 9: it renames node ids
-    through an attribute pytest no longer reads.)"""
+    the tests of a module with module-scoped fixtures (a served process, a browser; their own or from a
+    conftest) stay on one worker, which sets them up once. (A session-scoped fixture is set up once per
+    worker anyway. xdist's own `loadgroup` does not work with pytest 9: it renames node ids through an
+    attribute pytest no longer reads.)"""
     if config.getvalue("dist") != "load":  # another mode asked for on the command line
         return None
     from xdist.scheduler import LoadScopeScheduling
 
     root = config.rootpath
     tests = root / "tests"
-    groups: dict[str, str | None] = {}
+    shared: dict[str, bool] = {}
 
-    def declares(path: Path, scope: str) -> bool:
-        return path.is_file() and f'scope="{scope}"' in path.read_text(encoding="utf-8")
+    def declares_module_fixtures(path: Path) -> bool:
+        return path.is_file() and MODULE_FIXTURE.search(path.read_text(encoding="utf-8")) is not None
 
-    def group_of(module: str) -> str | None:
-        if module not in groups:
+    def has_module_fixtures(module: str) -> bool:
+        if module not in shared:
             path = root / module
-            below_tests = [d for d in path.parents if tests in d.parents]  # never tests/ itself: all of it
-            shared = [d for d in below_tests if declares(d / "conftest.py", "session")]
-            if shared:
-                groups[module] = str(shared[-1].relative_to(root))
-            elif declares(path, "module") or any(declares(d / "conftest.py", "module") for d in below_tests):
-                groups[module] = module
-            else:
-                groups[module] = None
-        return groups[module]
+            conftests = [d / "conftest.py" for d in path.parents if d == tests or tests in d.parents]
+            shared[module] = any(declares_module_fixtures(f) for f in [path, *conftests])
+        return shared[module]
 
     class Scheduling(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
-            return group_of(nodeid.split("::")[0]) or nodeid
+            module = nodeid.split("::")[0]
+            return module if has_module_fixtures(module) else nodeid
 
     config.option.loadscopereorder = False  # keep the collection's order: what waits on the clock first
     return Scheduling(config, log)
