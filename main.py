@@ -150,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["serve", *argv]
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from engine import logs
+
+    logs.configure()  # stepdeck.* lines end with their run, step, attempt and worker
     install_log_redaction()  # no log line shows a URL's user info or query values (signatures, tokens)
-    logging.getLogger("tortoise").setLevel(logging.WARNING)
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
         settings = settings_from(args)
     except SettingsError as exc:

@@ -1,4 +1,4 @@
-"""The context a step function receives (DESIGN.md, "Python step contract")."""
+"""The context a step function receives (ARCHITECTURE.md, "Stable interfaces": the Python step contract)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import secrets
 import socket
 from collections.abc import Callable
 
-from engine import forks, maintenance, records, transitions
+from engine import forks, logs, maintenance, records, transitions
 from engine.db import current
 from engine.driver import RunDriver
 from engine.hub import Change, ChangeKind, hub
@@ -31,7 +31,7 @@ from engine.store import fetch
 from engine.threads import DaemonPool
 from models.status import RunStatus
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
 
 def make_owner_id(*, headless: bool = False) -> str:
@@ -57,6 +57,7 @@ class Engine:
         self._stopping = False
         self.stop_reason = "the server shut down"
         self.notifier: Notifier | None = None
+        logs.install()  # its lines carry the worker, the run, the step and the attempt
 
     async def start(self, *, recover: bool = True) -> None:
         """Recover orphans (runs of dead owners), then start claiming and heartbeating."""
@@ -72,11 +73,21 @@ class Engine:
             await maintenance.recover_orphans(self.settings, self.owner)
         self._remove_listener = hub.add_listener(self._on_change)
         if self.claim_queued:
-            self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="stepdeck-dispatch")
-        self._loops.append(asyncio.create_task(self._heartbeat_loop(), name="stepdeck-heartbeat"))
+            self._dispatcher = asyncio.create_task(
+                self._dispatch_loop(), name="stepdeck-dispatch", context=logs.context_with(worker=self.owner)
+            )
+        self._loops.append(
+            asyncio.create_task(
+                self._heartbeat_loop(), name="stepdeck-heartbeat", context=logs.context_with(worker=self.owner)
+            )
+        )
         # Notifications are delivered by the engines (servers, workers), from the outbox every engine writes.
         self.notifier = Notifier(self.settings, self.owner)
-        self._loops.append(asyncio.create_task(self.notifier.run(), name="stepdeck-notify"))
+        self._loops.append(
+            asyncio.create_task(
+                self.notifier.run(), name="stepdeck-notify", context=logs.context_with(worker=self.owner)
+            )
+        )
 
     async def stop(self, why: str = "the server shut down", grace_s: float | None = None) -> None:
         """Stop claiming; give in-flight steps `grace_s` (default: the setting) to finish, then
@@ -144,7 +155,9 @@ class Engine:
     def _spawn(self, run_id: int) -> None:
         driver = RunDriver(self, run_id)
         self.drivers[run_id] = driver
-        task = asyncio.create_task(driver.drive(), name=f"stepdeck-run-{run_id}")
+        # The run's lines (its driver's, its steps', their threads') say which run and which worker.
+        fields = logs.context_with(run_id=run_id, worker=self.owner)
+        task = asyncio.create_task(driver.drive(), name=f"stepdeck-run-{run_id}", context=fields)
         self._driver_tasks.add(task)
 
         def done(t: asyncio.Task[None]) -> None:

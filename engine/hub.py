@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
 
 class ChangeKind(StrEnum):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import forks
+from engine import forks, logs
 from engine.calls import resolve_call
 from engine.context import StepContext
 from engine.definitions import StepDef
@@ -108,4 +108,14 @@ def _capture(fn: Callable[..., Any], ctx: StepContext, finish: Callable[[Any], A
     return finish(result)
 
 
-KINDS: dict[str, KindRunner] = {"python": run_python, "llm": run_llm}
+def _logging_the_step(runner: KindRunner) -> KindRunner:
+    """The step's key and attempt on the lines logged while it executes (its task, its worker thread)."""
+
+    async def run(step: StepDef, ctx: StepContext, env: KindEnv) -> Any:
+        logs.bind(step=step.key, attempt=ctx.attempt)
+        return await runner(step, ctx, env)
+
+    return run
+
+
+KINDS: dict[str, KindRunner] = {"python": _logging_the_step(run_python), "llm": _logging_the_step(run_llm)}

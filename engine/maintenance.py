@@ -21,7 +21,7 @@ from engine.settings import Settings
 from engine.store import Stmt, fetch, run_batch
 from models.status import RunStatus, StepStatus
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
 
 MAX_RECOVERIES = 3  # under `resume`, how often one run is re-queued before it is failed for good

@@ -21,7 +21,7 @@ from engine.records import utcnow
 from engine.schedules import Schedules
 from engine.settings import Settings
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
 SWEEP_JOB_ID = "stepdeck-sweep"
 PRUNE_JOB_ID = "stepdeck-prune"

@@ -29,7 +29,7 @@ from engine.registry import workflows
 from engine.store import fetch
 from models.tables import ScheduleState
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
 JOB_PREFIX = "schedule:"
 MISFIRE_GRACE_S = 300  # a fire time APScheduler reaches this late still runs (a busy or sleeping machine)

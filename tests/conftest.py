@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -25,6 +26,50 @@ from tests import stepfns
 from tests.dbtemplate import migrated_copy
 from ui import errors
 from ui.api import router
+
+# Tests that wait on the clock whatever the machine does (the next minute boundary): started first, so that the
+# other worker runs the rest of the suite meanwhile.
+WAIT_ON_THE_CLOCK = ("tests/integration/test_schedules_served.py",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(WAIT_ON_THE_CLOCK))
+
+
+MODULE_FIXTURE = re.compile(r"@pytest\.fixture\([^)]*scope=\"module\"")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """The suite runs on two processes (pytest-xdist, `-n 2` in pyproject.toml), test by test, except that
+    the tests of a module with module-scoped fixtures (a served process, a browser; their own or from a
+    conftest) stay on one worker, which sets them up once. (A session-scoped fixture is set up once per
+    worker anyway. xdist's own `loadgroup` does not work with pytest 9: it renames node ids through an
+    attribute pytest no longer reads.)"""
+    if config.getvalue("dist") != "load":  # another mode asked for on the command line
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    root = config.rootpath
+    tests = root / "tests"
+    shared: dict[str, bool] = {}
+
+    def declares_module_fixtures(path: Path) -> bool:
+        return path.is_file() and MODULE_FIXTURE.search(path.read_text(encoding="utf-8")) is not None
+
+    def has_module_fixtures(module: str) -> bool:
+        if module not in shared:
+            path = root / module
+            conftests = [d / "conftest.py" for d in path.parents if d == tests or tests in d.parents]
+            shared[module] = any(declares_module_fixtures(f) for f in [path, *conftests])
+        return shared[module]
+
+    class Scheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return module if has_module_fixtures(module) else nodeid
+
+    config.option.loadscopereorder = False  # keep the collection's order: what waits on the clock first
+    return Scheduling(config, log)
 
 
 @pytest.fixture

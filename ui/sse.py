@@ -17,7 +17,7 @@ from starlette.requests import Request
 from engine import queries
 from engine.hub import hub
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
 KEEPALIVE_S = 15.0
 POLL_S = 0.5  # how soon a stream notices the server is shutting down

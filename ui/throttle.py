@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from nicegui import background_tasks
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
 
 class Throttle:

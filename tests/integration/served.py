@@ -150,7 +150,8 @@ class Server:
 
     # --- process ---------------------------------------------------------------------------------
 
-    def start(self, wait_s: float = 30.0) -> None:
+    def start(self, wait_s: float = 90.0) -> None:
+        # A start that fails ends the process (seen at once); the wait only bounds a start on a starved machine.
         cmd = [sys.executable, "main.py", "serve", "--port", str(self.port), *self.extra_args]
         if self.host is not None:
             cmd += ["--host", self.host]

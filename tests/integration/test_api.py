@@ -1,4 +1,5 @@
-"""The JSON API (DESIGN.md, "Interfaces"): every route, the documented shapes, and JSON 4xx errors for bad input.
+"""The JSON API (ARCHITECTURE.md, "Stable interfaces"): every route, the documented shapes, JSON 4xx errors
+for bad input.
 
 Driven over ASGI on the real router, a real SQLite file and a running engine (the `api` fixture).
 """

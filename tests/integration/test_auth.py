@@ -1,7 +1,9 @@
 """Sign-in and the gate in front of everything, against real `main.py serve` processes.
 
-Accounts and tokens are made with the terminal commands (`users add`, `tokens add`), as an admin
-would; everything else goes over HTTP and websockets from outside. One server with accounts is shared
+The first account and token are made with the terminal commands (`users add`, `tokens add`), as an
+admin would, their output checked; the other accounts and tokens of the shared server directly through
+`engine.auth`, which those commands call (same rows, same audit entries, one process instead of eight).
+Everything else goes over HTTP and websockets from outside. One server with accounts is shared
 by most tests (each uses its own account, token or client address where it changes state the others
 rely on); a server without accounts checks the Host defence, and one on 0.0.0.0 the bind refusal.
 
@@ -11,6 +13,7 @@ purpose connect from their own loopback address (127.0.0.x), so they never lock 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -28,6 +31,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 from websockets.typing import Origin
 
+from engine import auth
+from engine.db import connected
 from tests.integration.served import Server, Workspace, free_port, serving
 
 STEPS_MODULE = """
@@ -87,6 +92,24 @@ def add_token(ws: Workspace, user: str, name: str) -> tuple[str, int]:
     told = re.match(rf"token (\d+) \({re.escape(name)}\) for {user}: shown once", done.stderr)
     assert told, done.stderr
     return token, int(told.group(1))
+
+
+def add_directly(
+    ws: Workspace, users: dict[str, str], tokens: tuple[tuple[str, str], ...]
+) -> dict[tuple[str, str], tuple[str, int]]:
+    """Accounts (with their PASSWORDS) and tokens made through `engine.auth` on the workspace's database."""
+
+    async def make() -> dict[tuple[str, str], tuple[str, int]]:
+        async with connected(ws.db_url):
+            for name, role in users.items():
+                await auth.add_user(name, PASSWORDS[name], role)
+            made = {}
+            for user, name in tokens:
+                token, row = await auth.add_token(user, name)
+                made[user, name] = (token, row.id)
+            return made
+
+    return asyncio.run(make())
 
 
 def browser(server: Server, address: str = "127.0.0.1") -> httpx.Client:
@@ -179,10 +202,10 @@ class Deck:
 @pytest.fixture(scope="module")
 def deck(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deck]:
     ws = Workspace(tmp_path_factory.mktemp("auth"), WORKFLOWS, {"authsteps": STEPS_MODULE})
-    # One after the other: on a small machine, commands side by side (each hashes with argon2) take longer.
-    for name, role in ROLES.items():
-        add_user(ws, name, role)
-    made = {(user, name): add_token(ws, user, name) for user, name in TOKENS}
+    first_user, first_token = next(iter(ROLES)), TOKENS[0]
+    add_user(ws, first_user, ROLES[first_user])
+    made = {first_token: add_token(ws, *first_token)}
+    made.update(add_directly(ws, {n: r for n, r in ROLES.items() if n != first_user}, TOKENS[1:]))
     server = Server(ws)
     try:
         server.start()

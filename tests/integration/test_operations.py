@@ -265,8 +265,8 @@ async def test_changing_a_completed_selection_while_the_run_is_queued_is_a_confl
 async def test_changing_a_selection_flags_a_waiting_consumer_of_the_old_choice(engine: Engine, define: Define) -> None:
     """A dependent still waiting for a choice has consumed the old selection too.
 
-    Its alternatives were made from the abandoned choice: once it is picked it must show as stale
-    (DESIGN: dependents that consumed the old choice are flagged stale until re-run).
+    Its alternatives were made from the abandoned choice: once it is picked it must show as stale (dependents
+    that consumed the old choice are flagged stale until re-run: README, "Alternatives and human choices").
     """
     define(
         "two-picks",
@@ -440,7 +440,7 @@ async def test_resume_after_cancelling_a_running_step_runs_it_again(engine: Engi
     run_id = await operations.start_run("resume", {}, "tester")
     await wait_for(lambda: _status_is(run_id, "a", "running"), 5, "a running")
     assert await operations.cancel_run(run_id, "alice")
-    await wait_for(lambda: _no_driver(engine, run_id), 2, "the driver to stop")
+    await wait_for(lambda: _no_driver(engine, run_id), 10, "the driver to stop")
     plan = await operations.resume_run(run_id, "alice")
     assert plan.rerun == ["a", "b"]
     assert await wait_run(run_id, "completed", "failed") == "completed"

@@ -1,6 +1,6 @@
 """Real processes: `main.py serve` over HTTP (selection, SSE, shutdown), and the terminal commands.
 
-Everything goes through the stable interfaces of DESIGN.md: STEPDECK_* variables, flags, the JSON API
+Everything goes through the stable interfaces (ARCHITECTURE.md): STEPDECK_* variables, flags, the JSON API
 and exit codes. One server is shared by the tests of this module that leave it running (each uses its
 own workflow run); tests that stop or kill a server get their own.
 """

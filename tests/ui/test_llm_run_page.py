@@ -55,10 +55,17 @@ WORKFLOWS = {
 def llm_env(workflows_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, text in WORKFLOWS.items():
         (workflows_dir / f"{name}.yaml").write_text(textwrap.dedent(text))
-    monkeypatch.setenv("STEPDECK_LLM_SIM_TOKENS_PER_S", "40")  # slow enough to watch it stream
+    # Tests that do not watch the text stream do not wait for it (an output is up to 400 words).
+    monkeypatch.setenv("STEPDECK_LLM_SIM_TOKENS_PER_S", "2000")
 
 
-async def test_tokens_appear_in_the_step_card_while_the_model_streams(user: User) -> None:
+@pytest.fixture
+def watchable_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A simulated model slow enough to watch it stream (named before `user`, which starts the app)."""
+    monkeypatch.setenv("STEPDECK_LLM_SIM_TOKENS_PER_S", "40")
+
+
+async def test_tokens_appear_in_the_step_card_while_the_model_streams(watchable_model: None, user: User) -> None:
     await user.open("/")
     run_id = await start_run(user, "slow-llm")
     await wait_step(user, run_id, "write", "running")
