@@ -28,7 +28,7 @@ from engine.records import utcnow
 from engine.settings import Settings
 from engine.store import Stmt, fetch, run_batch, run_batches
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 LEASE_S = 120.0  # longer than any one send (its timeout), so a lease only lapses when its process died

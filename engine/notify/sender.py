@@ -14,7 +14,7 @@ import httpx
 from engine.notify import payload
 from engine.notify.targets import WEBHOOK, Target
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 # Apprise and httpx log the URLs they send to (httpx each request at INFO): keep those records out of our
 # logs, since target URLs carry tokens.
 logging.getLogger("apprise").setLevel(logging.CRITICAL + 1)
