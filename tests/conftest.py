@@ -21,7 +21,7 @@ from engine.executor import Engine
 from engine.registry import workflows
 from engine.settings import Settings
 from engine.store import fetch
-from tests import stepfns
+from tests import pgdb, stepfns
 from tests.dbtemplate import migrated_copy
 from ui import errors
 from ui.api import router
@@ -29,13 +29,16 @@ from ui.api import router
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[str]:
-    """URL of a fresh SQLite file with the schema applied through migrations, connected."""
-    url = f"sqlite://{migrated_copy(tmp_path / 'stepdeck.db')}"
+    """URL of a fresh SQLite file (or PostgreSQL database, `STEPDECK_TEST_DB=postgres`) with the schema
+    applied through migrations, connected."""
+    url = await pgdb.create() if pgdb.ENABLED else f"sqlite://{migrated_copy(tmp_path / 'stepdeck.db')}"
     await open_database(url)
     try:
         yield url
     finally:
         await close_database()
+        if pgdb.ENABLED:
+            await pgdb.drop_url(url)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl, urlsplit
 
 from engine.db.base import Database
+from engine.db.postgres import PostgresDatabase, is_postgres
 from engine.db.sqlite import SqliteDatabase
 from models.db import close_db, is_sqlite, migrate, open_db, prepare_location, sqlite_path, with_sqlite_pragmas
 
@@ -30,8 +31,10 @@ def current() -> Database:
 
 
 def _engine_database(url: str) -> Database:
+    if is_postgres(url):
+        return PostgresDatabase(url)
     if not is_sqlite(url):
-        raise ValueError(f"unsupported database URL {url!r}: use sqlite://PATH")
+        raise ValueError(f"unsupported database URL {url!r}: use sqlite://PATH or postgresql://USER@HOST:PORT/DB")
     path = sqlite_path(url)
     if path is None:
         raise ValueError("an in-memory SQLite database cannot be shared by the engine's connections: use a file")
