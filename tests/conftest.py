@@ -27,6 +27,19 @@ from ui import errors
 from ui.api import router
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: about SQLite itself (its query plans); left out on PostgreSQL")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Left out (deselected, not skipped) when the suite runs on PostgreSQL.
+    if pgdb.ENABLED:
+        left_out = [item for item in items if item.get_closest_marker("sqlite_only")]
+        if left_out:
+            config.hook.pytest_deselected(items=left_out)
+            items[:] = [item for item in items if not item.get_closest_marker("sqlite_only")]
+
+
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[str]:
     """URL of a fresh SQLite file (or PostgreSQL database, `STEPDECK_TEST_DB=postgres`) with the schema

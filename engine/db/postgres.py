@@ -280,8 +280,8 @@ async def _run_in_savepoint(c: _Conn, batch: Batch, name: str) -> Outcome:
     return result
 
 
-async def _run_group(c: _Conn, batches: Sequence[Batch]) -> list[Outcome]:
-    await c.conn.execute("BEGIN")
+async def _run_group(c: _Conn, batches: Sequence[Batch], begin: str = "BEGIN") -> list[Outcome]:
+    await c.conn.execute(begin)
     try:
         if len(batches) == 1:
             outcomes: list[Outcome] = [await _run_alone(c, batches[0])]
@@ -325,6 +325,12 @@ class PostgresDatabase:
         self._writers = _Pool(self._dsn, writers)
         self._readers = _Pool(self._dsn, readers)
         self._engine_readers = _Pool(self._dsn, ENGINE_READERS)
+        self._begin = "BEGIN"
+
+    def refuse_writes(self, on: bool) -> None:
+        """Start the next write transactions READ ONLY (PostgreSQL then refuses each write), to see how
+        the engine copes with a database that refuses every write."""
+        self._begin = "BEGIN READ ONLY" if on else "BEGIN"
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -365,7 +371,7 @@ class PostgresDatabase:
             c = await self._writers.acquire()
             broken = True
             try:
-                outcomes = await _run_group(c, batches)
+                outcomes = await _run_group(c, batches, self._begin)
                 broken = False
                 return outcomes
             except asyncpg.DeadlockDetectedError:
