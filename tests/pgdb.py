@@ -14,12 +14,13 @@ import atexit
 import os
 import secrets
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
+from engine.db.postgres import _Conn, dsn
 from models.db import migrate
 
 ENABLED = os.environ.get("STEPDECK_TEST_DB", "sqlite").lower() in ("postgres", "postgresql")
@@ -100,3 +101,27 @@ async def drop_url(url: str) -> None:
 
 def drop(name: str) -> None:
     _in_thread(lambda: _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def create_empty() -> str:
+    """A new database with no tables (for a real process to migrate), dropped when the tests end; its URL."""
+    name = f"{PREFIX}{secrets.token_hex(6)}"
+    _in_thread(lambda: _admin(f'CREATE DATABASE "{name}"'))
+    atexit.register(drop, name)
+    return url_of(name)
+
+
+def sql(url: str, query: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """One statement (`?` placeholders) on the database at `url`, in a transaction of its own."""
+
+    async def work() -> list[dict[str, Any]]:
+        conn = _Conn(await asyncpg.connect(dsn(url), statement_cache_size=0))
+        try:
+            async with conn.conn.transaction():
+                stmt, args = await conn.bind(query, params)
+                return [dict(r) for r in await stmt.fetch(*args)]
+        finally:
+            await conn.conn.close()
+
+    rows: list[dict[str, Any]] = _in_thread(work)
+    return rows
