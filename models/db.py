@@ -10,6 +10,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from tortoise import Tortoise
 from tortoise.migrations.api import migrate as tortoise_migrate
 
+from models.schema import migration_lock
+
 DEFAULT_DB_URL = "sqlite://data/stepdeck.db"
 MODEL_MODULES = ["models.tables"]
 MIGRATIONS_MODULE = "models.migrations"
@@ -82,7 +84,8 @@ async def migrate(db_url: str) -> list[str]:
             applied.append(f"{app_label}.{name}")
 
     try:
-        await tortoise_migrate(config=tortoise_config(db_url), progress=progress)
+        async with migration_lock(db_url):  # PostgreSQL: one migrating process at a time
+            await tortoise_migrate(config=tortoise_config(db_url), progress=progress)
     finally:
         await Tortoise.close_connections()
     return applied

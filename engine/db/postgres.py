@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -41,6 +40,9 @@ from engine.db.base import (
     StoreIntegrityError,
     guard_holds,
 )
+from models.schema import dsn, is_postgres
+
+__all__ = ["PostgresDatabase", "dsn", "is_postgres"]
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +52,6 @@ ENGINE_READERS = 2
 DEADLOCK_RETRIES = 3
 
 LOCK_RUNS_SQL = "SELECT id FROM runs WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE"
-
-
-def is_postgres(url: str) -> bool:
-    return url.split(":", 1)[0] in ("postgres", "postgresql")
-
-
-def dsn(url: str) -> str:
-    """The URL as asyncpg takes it: Tortoise's own query parameters (pool sizes…) left out."""
-    parts = urlsplit(url)
-    return urlunsplit(("postgresql", parts.netloc, parts.path, "", ""))
 
 
 _translated: dict[str, str] = {}

@@ -164,6 +164,9 @@ class Server:
     # --- process ---------------------------------------------------------------------------------
 
     def start(self, wait_s: float = 30.0) -> None:
+        if pgdb.ENABLED:  # on PostgreSQL a server does not migrate: `migrate` is a step of its own there
+            done = self.ws.cli("migrate")
+            assert done.returncode == 0, done.stdout + done.stderr
         cmd = [sys.executable, "main.py", "serve", "--port", str(self.port), *self.extra_args]
         if self.host is not None:
             cmd += ["--host", self.host]

@@ -1,0 +1,57 @@
+"""The schema version of a database: which migrations it still lacks, and (on PostgreSQL, where several
+processes share one database) one migrating process at a time."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from tortoise import Tortoise
+from tortoise.connection import get_connection
+from tortoise.migrations.executor import MigrationExecutor
+
+# The key of the session-level advisory lock `migrate` holds on PostgreSQL ("stepdeck" in ASCII, as a
+# positive bigint): a second `migrate` waits for the first, then finds nothing left to apply.
+MIGRATION_LOCK_KEY = int.from_bytes(b"stepdeck", "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def is_postgres(url: str) -> bool:
+    return url.split(":", 1)[0] in ("postgres", "postgresql")
+
+
+def dsn(url: str) -> str:
+    """A PostgreSQL URL as asyncpg takes it: Tortoise's own query parameters (pool sizes…) left out."""
+    parts = urlsplit(url)
+    return urlunsplit(("postgresql", parts.netloc, parts.path, "", ""))
+
+
+@contextlib.asynccontextmanager
+async def migration_lock(db_url: str) -> AsyncIterator[None]:
+    """Held around migrations: on PostgreSQL an advisory lock on a connection of its own (released if the
+    process dies); on SQLite nothing (a single process owns the file)."""
+    if not is_postgres(db_url):
+        yield
+        return
+    conn = await asyncpg.connect(dsn(db_url))
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+        try:
+            yield
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+    finally:
+        await conn.close()
+
+
+async def pending_migrations(config: dict[str, Any]) -> list[str]:
+    """Migrations not yet applied to the database of a Tortoise `config` (`app.name`); changes nothing."""
+    await Tortoise.init(config=config, _enable_global_fallback=True)
+    try:
+        executor = MigrationExecutor(get_connection("default"), config["apps"])
+        plan = await executor.plan()
+    finally:
+        await Tortoise.close_connections()
+    return [f"{step.migration.app_label}.{step.migration.name}" for step in plan if not step.backward]
