@@ -25,7 +25,8 @@ from models.db import migrate
 
 ENABLED = os.environ.get("STEPDECK_TEST_DB", "sqlite").lower() in ("postgres", "postgresql")
 SERVER = os.environ.get("STEPDECK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-PREFIX = "stepdeck_test_"
+# Every database made here is named with this prefix (a CI run sets its own, to find what it leaves).
+PREFIX = os.environ.get("STEPDECK_TEST_PG_PREFIX", "stepdeck_test_")
 
 _lock = threading.Lock()
 _template: str | None = None

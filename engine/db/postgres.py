@@ -54,12 +54,12 @@ DEADLOCK_RETRIES = 3
 LOCK_RUNS_SQL = "SELECT id FROM runs WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE"
 
 
-_translated: dict[str, str] = {}
+_translated: dict[tuple[str, tuple[int, ...]], str] = {}
 
 
-def placeholders(sql: str) -> str:
-    """`?` → `$1…$n`, outside quoted literals and identifiers."""
-    cached = _translated.get(sql)
+def placeholders(sql: str, wide: tuple[int, ...] = ()) -> str:
+    """`?` → `$1…$n`, outside quoted literals and identifiers; those numbered in `wide` as `$n::bigint`."""
+    cached = _translated.get((sql, wide))
     if cached is not None:
         return cached
     out: list[str] = []
@@ -75,11 +75,11 @@ def placeholders(sql: str) -> str:
             out.append(ch)
         elif ch == "?":
             n += 1
-            out.append(f"${n}")
+            out.append(f"${n}::bigint" if n in wide else f"${n}")
         else:
             out.append(ch)
     result = "".join(out)
-    _translated[sql] = result
+    _translated[(sql, wide)] = result
     return result
 
 
@@ -157,21 +157,41 @@ class _Conn:
     """A connection and its prepared statements (with the types of their parameters)."""
 
     conn: asyncpg.Connection
-    prepared: dict[str, tuple[Any, list[Callable[[Any], Any]]]] = field(default_factory=dict)
+    prepared: dict[tuple[str, tuple[int, ...]], _Prepared] = field(default_factory=dict)
 
-    async def statement(self, sql: str) -> tuple[Any, list[Callable[[Any], Any]]]:
-        found = self.prepared.get(sql)
+    async def statement(self, sql: str, wide: tuple[int, ...] = ()) -> _Prepared:
+        found = self.prepared.get((sql, wide))
         if found is None:
-            stmt = await self.conn.prepare(placeholders(sql))
-            encoders = [_ENCODERS.get(t.name, _identity) for t in stmt.get_parameters()]
-            found = self.prepared[sql] = (stmt, encoders)
+            stmt = await self.conn.prepare(placeholders(sql, wide))
+            types = [t.name for t in stmt.get_parameters()]
+            found = self.prepared[(sql, wide)] = _Prepared(stmt, types, [_ENCODERS.get(t, _identity) for t in types])
         return found
 
     async def bind(self, sql: str, params: Sequence[Any]) -> tuple[Any, list[Any]]:
-        stmt, encoders = await self.statement(sql)
-        if len(params) != len(encoders):
-            raise ValueError(f"{len(params)} parameters for {len(encoders)} placeholders: {sql}")
-        return stmt, [enc(v) for enc, v in zip(encoders, params, strict=True)]
+        p = await self.statement(sql)
+        if len(params) != len(p.types):
+            raise ValueError(f"{len(params)} parameters for {len(p.types)} placeholders: {sql}")
+        # An integer too big for the column's type (an id of 2^40 from a URL): compared as a bigint, as
+        # SQLite would (it matches nothing), rather than refused by the driver.
+        wide = tuple(i + 1 for i, (t, v) in enumerate(zip(p.types, params, strict=True)) if _too_wide(t, v))
+        if wide:
+            p = await self.statement(sql, wide)
+        return p.stmt, [enc(v) for enc, v in zip(p.encoders, params, strict=True)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    stmt: Any  # asyncpg's PreparedStatement
+    types: list[str]
+    encoders: list[Callable[[Any], Any]]
+
+
+_INT_LIMITS = {"int2": 2**15, "int4": 2**31}
+
+
+def _too_wide(type_name: str, value: Any) -> bool:
+    limit = _INT_LIMITS.get(type_name)
+    return limit is not None and isinstance(value, int) and not -limit <= value < limit
 
 
 class _Pool:
