@@ -100,7 +100,7 @@ def serve(settings: Settings, *, engine: bool = True) -> None:
     from engine.executor import Engine
     from engine.registry import workflows
     from models.db import migrate, tortoise_config
-    from models.schema import is_postgres, pending_migrations
+    from models.schema import is_postgres, schema_mismatch
     from ui.app import mount
     from ui.security import storage_secret
 
@@ -109,11 +109,18 @@ def serve(settings: Settings, *, engine: bool = True) -> None:
     # On PostgreSQL, where several processes share the database, `migrate` is a step of its own: a
     # server only checks that the schema is the one its code expects.
     if is_postgres(settings.db_url):
-        pending = run_to_completion(pending_migrations(tortoise_config(settings.db_url)))
-        if pending:
+        missing, unknown = run_to_completion(schema_mismatch(tortoise_config(settings.db_url)))
+        if missing:
             print(
-                f"error: the database schema is not up to date (missing {', '.join(pending)});"
+                f"error: the database schema is not up to date (missing {', '.join(missing)});"
                 " run `uv run main.py migrate` first",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        if unknown:
+            print(
+                f"error: the database was migrated by a newer version of Stepdeck ({', '.join(unknown)});"
+                " run that version",
                 file=sys.stderr,
             )
             raise SystemExit(2)

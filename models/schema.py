@@ -46,12 +46,17 @@ async def migration_lock(db_url: str) -> AsyncIterator[None]:
         await conn.close()
 
 
-async def pending_migrations(config: dict[str, Any]) -> list[str]:
-    """Migrations not yet applied to the database of a Tortoise `config` (`app.name`); changes nothing."""
+async def schema_mismatch(config: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """How the database of a Tortoise `config` differs from the code's migrations (`app.name` each): those
+    it lacks, and those it has that this code does not know (a newer version migrated it). Changes nothing."""
     await Tortoise.init(config=config, _enable_global_fallback=True)
     try:
         executor = MigrationExecutor(get_connection("default"), config["apps"])
         plan = await executor.plan()
+        applied = await executor.recorder.applied_migrations()
+        known = set(executor.loader.disk_migrations)
     finally:
         await Tortoise.close_connections()
-    return [f"{step.migration.app_label}.{step.migration.name}" for step in plan if not step.backward]
+    missing = [f"{step.migration.app_label}.{step.migration.name}" for step in plan if not step.backward]
+    unknown = [f"{key.app_label}.{key.name}" for key in applied if key not in known]
+    return missing, unknown

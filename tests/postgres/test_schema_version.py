@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from models.db import tortoise_config
-from models.schema import pending_migrations
+from models.schema import schema_mismatch
 from tests.integration.served import ROOT, Workspace, free_port
 
 
@@ -49,6 +49,23 @@ def test_four_migrates_at_once_all_succeed_and_apply_each_migration_once(tmp_pat
     said = sorted("applied" if out.startswith("applied:") else out.strip() for out, _ in outputs)
     assert said == ["applied", "database is up to date", "database is up to date", "database is up to date"]
     assert {"runs", "steps", "attempts", "events", "users"} <= ws.tables()
-    assert asyncio.run(pending_migrations(tortoise_config(ws.db_url))) == []
+    assert asyncio.run(schema_mismatch(tortoise_config(ws.db_url))) == ([], [])
     applied = ws.sql("SELECT app, name, count(*) AS n FROM tortoise_migrations GROUP BY app, name")
     assert applied and all(row["n"] == 1 for row in applied)
+
+
+def test_serve_refuses_a_database_migrated_by_a_newer_version(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path, bundled=True)
+    assert ws.cli("migrate").returncode == 0
+    ws.sql("INSERT INTO tortoise_migrations (app, name, applied_at) VALUES ('models', '9999_future', now())")
+    done = subprocess.run(
+        [sys.executable, "main.py", "serve", "--port", str(free_port())],
+        cwd=ROOT,
+        env=ws.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "migrated by a newer version of Stepdeck (models.9999_future)" in done.stderr
