@@ -50,6 +50,7 @@ WRITERS = 4
 READERS = 3
 ENGINE_READERS = 2
 DEADLOCK_RETRIES = 3
+MAX_PREPARED = 500  # statements kept prepared per connection
 
 LOCK_RUNS_SQL = "SELECT id FROM runs WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE"
 
@@ -162,6 +163,8 @@ class _Conn:
     async def statement(self, sql: str, wide: tuple[int, ...] = ()) -> _Prepared:
         found = self.prepared.get((sql, wide))
         if found is None:
+            if len(self.prepared) >= MAX_PREPARED:  # e.g. `IN (?, ?, …)` of every length: start again
+                self.prepared.clear()
             stmt = await self.conn.prepare(placeholders(sql, wide))
             types = [t.name for t in stmt.get_parameters()]
             found = self.prepared[(sql, wide)] = _Prepared(stmt, types, [_ENCODERS.get(t, _identity) for t in types])
