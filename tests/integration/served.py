@@ -86,6 +86,8 @@ class Workspace:
     ) -> subprocess.CompletedProcess[str]:
         """Run `main.py ARGS` from the project root, stdin not a terminal (empty, or `input`: a password for
         `users add`); returns the finished process."""
+        if args[:1] == ("serve",):
+            self.migrate_for_serve()
         stdin: dict[str, Any] = {"stdin": subprocess.DEVNULL} if input is None else {"input": input}
         return subprocess.run(
             [sys.executable, "main.py", *args],
@@ -97,6 +99,12 @@ class Workspace:
             timeout=timeout_s,
             check=False,
         )
+
+    def migrate_for_serve(self) -> None:
+        """On PostgreSQL a server does not migrate (`migrate` is a step of its own there): do it first."""
+        if pgdb.ENABLED:
+            done = self.cli("migrate")
+            assert done.returncode == 0, done.stdout + done.stderr
 
     def add_user(self, name: str, password: str, role: str = "operator") -> None:
         """`main.py users add NAME --role ROLE`, the password piped on stdin as a script would."""
@@ -164,9 +172,7 @@ class Server:
     # --- process ---------------------------------------------------------------------------------
 
     def start(self, wait_s: float = 30.0) -> None:
-        if pgdb.ENABLED:  # on PostgreSQL a server does not migrate: `migrate` is a step of its own there
-            done = self.ws.cli("migrate")
-            assert done.returncode == 0, done.stdout + done.stderr
+        self.ws.migrate_for_serve()
         cmd = [sys.executable, "main.py", "serve", "--port", str(self.port), *self.extra_args]
         if self.host is not None:
             cmd += ["--host", self.host]
