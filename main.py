@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from engine.llm.redact import install_log_redaction
 from engine.settings import ENV_NAMES, Settings, SettingsError, from_env
+from models.errors import DatabaseUnavailable
 
 COMMANDS = ("serve", "run", "check", "sweep", "migrate", "users", "tokens")
 T = TypeVar("T")
@@ -149,6 +150,10 @@ def serve(settings: Settings, *, engine: bool = True) -> None:
         # Event streams end themselves on shutdown; this bounds any other long request.
         timeout_graceful_shutdown=5,
         storage_secret=storage_secret(settings.secret_file),
+        # The client's address (audit, sign-in lockout) comes from the socket; X-Forwarded-For only from a
+        # proxy named in STEPDECK_TRUSTED_PROXIES (uvicorn would otherwise believe any local process).
+        proxy_headers=bool(settings.trusted_proxies.strip()),
+        forwarded_allow_ips=settings.trusted_proxies.strip() or None,
     )
 
 
@@ -174,6 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _dispatch(args, settings)
+    except DatabaseUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         serve(settings, engine=not args.no_engine)
         return 0

@@ -79,6 +79,22 @@ CHECKS: list[tuple[str, str]] = [
         f" AND s.status NOT IN ('{S.COMPLETED}', '{S.WAITING}')",
     ),
     (
+        "retrying step without a due time, or with one while not retrying",
+        f"SELECT s.run_id, s.key, s.status AS detail FROM steps s"
+        f" WHERE (s.status = '{S.RETRYING}') != (s.retry_at IS NOT NULL)",
+    ),
+    (
+        "retrying step in a run that is neither running nor queued",
+        f"SELECT s.run_id, s.key, r.status AS detail FROM steps s JOIN runs r ON r.id = s.run_id"
+        f" WHERE s.status = '{S.RETRYING}' AND r.status NOT IN ('{R.RUNNING}', '{R.QUEUED}')",
+    ),
+    (
+        "retrying step whose current attempt did not fail",
+        f"SELECT s.run_id, s.key, COALESCE(a.status, 'no attempt') AS detail FROM steps s"
+        f" LEFT JOIN attempts a ON a.step_id = s.id AND a.number = s.attempt"
+        f" WHERE s.status = '{S.RETRYING}' AND (a.id IS NULL OR a.status != '{A.FAILED}')",
+    ),
+    (
         "unfinished run with a finish time",
         f"SELECT r.id AS run_id, NULL AS key, r.status AS detail FROM runs r"
         f" WHERE r.status IN ('{R.QUEUED}', '{R.RUNNING}') AND r.finished_at IS NOT NULL",

@@ -18,6 +18,10 @@ from engine.inputs import InputDef as InputDef
 from engine.inputs import InputError as InputError
 from engine.inputs import validate_inputs as validate_inputs
 from engine.llm import templates
+from engine.notify.kinds import DEFAULT_EVENTS, EVENTS
+from engine.retry import DEFAULTS as RETRY_DEFAULTS
+from engine.retry import MAX_DELAY_S, MAX_RETRIES, MAX_TOKENS_FACTOR, RETRY_ON_DEFAULT, FailureKind, RetryPolicy
+from engine.yaml_limits import MAX_DEPTH, MAX_FILE_BYTES, YamlLimitError, check_expanded_size
 
 # Extra step fields each kind accepts; those that are not StepDef attributes land in StepDef.config.
 KIND_FIELDS: dict[str, frozenset[str]] = {
@@ -26,8 +30,10 @@ KIND_FIELDS: dict[str, frozenset[str]] = {
 }
 TRUNCATION_POLICIES = ("warn", "fail", "continue")
 MAX_TOKENS_LIMIT = 10_000_000
-STEP_FIELDS = ("key", "label", "kind", "needs", "alternatives", "select", "timeout_s", "description")
-WORKFLOW_FIELDS = ("name", "description", "inputs", "steps", "schedules", "max_cost")
+RETRY_FIELDS = tuple(RETRY_DEFAULTS)
+STEP_FIELDS = ("key", "label", "kind", "needs", "alternatives", "select", "timeout_s", "description", *RETRY_FIELDS)
+WORKFLOW_FIELDS = ("name", "description", "inputs", "steps", "schedules", "max_cost", "notify", *RETRY_FIELDS)
+NOTIFY_FIELDS = ("url", "events")
 SCHEDULE_FIELDS = ("name", "cron", "timezone", "inputs", "enabled", "catch_up", "description")
 CATCH_UP_POLICIES = ("skip", "once")
 SELECT_MODES = ("auto", "human")
@@ -65,7 +71,28 @@ class _Mapping(dict[Any, Any]):
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and records line numbers, so errors can point into the file."""
+    """SafeLoader that rejects duplicate keys and records line numbers, so errors can point into the file.
+    Bounded: nesting depth and the node count with aliases expanded (engine/yaml_limits.py)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                detail = f"nested more than {MAX_DEPTH} levels deep"
+                raise YamlLimitError(None, None, detail, self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            check_expanded_size(node)
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: dict[Hashable, int] = {}
@@ -118,6 +145,31 @@ class StepDef:
     call: str | None = None
     description: str = ""
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    retries: int = 0
+    retry_delay_s: float = 10.0
+    retry_backoff: float = 2.0
+    retry_max_delay_s: float = 600.0
+    retry_on: tuple[str, ...] = RETRY_ON_DEFAULT
+    retry_max_tokens_factor: float = 1.0
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            self.retries,
+            self.retry_delay_s,
+            self.retry_backoff,
+            self.retry_max_delay_s,
+            self.retry_on,
+            self.retry_max_tokens_factor,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NotifyDef:
+    """A notification target of a workflow: a webhook (http/https) or an Apprise URL, and the events it gets."""
+
+    url: str
+    events: tuple[str, ...] = DEFAULT_EVENTS
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -144,6 +196,7 @@ class WorkflowDef:
     source: str
     schedules: tuple[ScheduleDef, ...] = ()
     max_cost: float | None = None  # USD of LLM cost per run; a step that would start past it waits for a person
+    notify: tuple[NotifyDef, ...] = ()
 
     def step(self, key: str) -> StepDef:
         """Return the step with this key; KeyError if there is none."""
@@ -179,6 +232,7 @@ class WorkflowDef:
             "inputs": [dataclasses.asdict(i) for i in self.inputs],
             "steps": [dataclasses.asdict(s) for s in self.steps],
             "schedules": [dataclasses.asdict(s) for s in self.schedules],
+            "notify": [dataclasses.asdict(n) for n in self.notify],
         }
         if self.max_cost is not None:
             data["max_cost"] = self.max_cost
@@ -191,9 +245,22 @@ class WorkflowDef:
         if data.get("version", SNAPSHOT_VERSION) != SNAPSHOT_VERSION:
             raise ValueError(f"unsupported definition snapshot version {data.get('version')!r}")
         inputs = tuple(InputDef(**{**i, "options": tuple(i["options"])}) for i in data["inputs"])
-        steps = tuple(StepDef(**{**s, "needs": tuple(s["needs"]), "config": dict(s["config"])}) for s in data["steps"])
+        steps = tuple(
+            StepDef(
+                **{
+                    **s,
+                    "needs": tuple(s["needs"]),
+                    "config": dict(s["config"]),
+                    "retry_on": tuple(s.get("retry_on", RETRY_ON_DEFAULT)),
+                }
+            )
+            for s in data["steps"]
+        )
         schedules = tuple(ScheduleDef(**s) for s in data.get("schedules", ()))
-        return cls(data["name"], data["description"], inputs, steps, data["source"], schedules, data.get("max_cost"))
+        notify = tuple(NotifyDef(n["url"], tuple(n["events"])) for n in data.get("notify", ()))
+        return cls(
+            data["name"], data["description"], inputs, steps, data["source"], schedules, data.get("max_cost"), notify
+        )
 
 
 @dataclasses.dataclass
@@ -221,6 +288,7 @@ def _parse_step(
     workflows_dir: Path | None,
     resolve_calls: bool,
     input_names: Sequence[str] = (),
+    retry_defaults: Mapping[str, Any] = RETRY_DEFAULTS,
 ) -> StepDef:
     position = f"#{index + 1}"
     if not isinstance(raw, Mapping):
@@ -273,9 +341,45 @@ def _parse_step(
                 raise fail("call", str(exc)) from None
     if kind == "llm":
         _check_llm(raw, needs, input_names, fail)
+    retry = parse_retry(raw, retry_defaults, fail)
     attributes = {f.name for f in dataclasses.fields(StepDef)}
     config = {name: value for name, value in raw.items() if name in KIND_FIELDS[kind] and name not in attributes}
-    return StepDef(key, label, kind, needs, alternatives, select, float(timeout_s), call, description, config)
+    return StepDef(key, label, kind, needs, alternatives, select, float(timeout_s), call, description, config, **retry)
+
+
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def parse_retry(
+    raw: Mapping[str, Any], defaults: Mapping[str, Any], fail: Callable[[str, str], DefinitionError]
+) -> dict[str, Any]:
+    """The retry fields of a step (or of the workflow, as defaults for its steps) over `defaults`."""
+    out = dict(defaults)
+    retries = raw.get("retries", out["retries"])
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
+        raise fail("retries", f"expected an integer from 0 to {MAX_RETRIES}, got {retries!r}")
+    out["retries"] = retries
+    for name, low, high in (("retry_delay_s", 0.0, MAX_DELAY_S), ("retry_max_delay_s", 0.0, MAX_DELAY_S)):
+        value = raw.get(name, out[name])
+        if not _number(value) or not low <= value <= high:
+            raise fail(name, f"expected a number of seconds from 0 to {high:g}, got {value!r}")
+        out[name] = float(value)
+    backoff = raw.get("retry_backoff", out["retry_backoff"])
+    if not _number(backoff) or not 1 <= backoff <= 100:
+        raise fail("retry_backoff", f"expected a multiplier from 1 to 100, got {backoff!r}")
+    out["retry_backoff"] = float(backoff)
+    factor = raw.get("retry_max_tokens_factor", out["retry_max_tokens_factor"])
+    if not _number(factor) or not 1 <= factor <= MAX_TOKENS_FACTOR:
+        raise fail("retry_max_tokens_factor", f"expected a number from 1 to {MAX_TOKENS_FACTOR:g}, got {factor!r}")
+    out["retry_max_tokens_factor"] = float(factor)
+    on = raw.get("retry_on", out["retry_on"])
+    on = [on] if isinstance(on, str) else on
+    known = [k.value for k in FailureKind]
+    if not isinstance(on, list | tuple) or not all(isinstance(k, str) and k in known for k in on):
+        raise fail("retry_on", f"expected a list of {', '.join(known)}, got {raw.get('retry_on')!r}")
+    out["retry_on"] = tuple(dict.fromkeys(on))
+    return out
 
 
 def _check_llm(
@@ -345,24 +449,28 @@ def _check_template(
 
 
 def _find_cycle(steps: Sequence[StepDef]) -> list[str] | None:
+    """The first cycle through `needs`, as keys from a step back to itself; iterative (a long chain
+    must not exhaust the interpreter's stack)."""
     needs = {step.key: step.needs for step in steps}
     done: set[str] = set()
-    path: list[str] = []
-
-    def visit(key: str) -> list[str] | None:
-        path.append(key)
-        for need in needs[key]:
-            if need in path:
+    for start in needs:
+        if start in done:
+            continue
+        path: list[str] = [start]
+        on_path = {start}
+        pending: list[Iterator[str]] = [iter(needs[start])]
+        while pending:
+            need = next(pending[-1], None)
+            if need is None:
+                pending.pop()
+                done.add(path[-1])
+                on_path.discard(path.pop())
+            elif need in on_path:
                 return [*path[path.index(need) :], need]
-            if need not in done and (cycle := visit(need)):
-                return cycle
-        path.pop()
-        done.add(key)
-        return None
-
-    for step in steps:
-        if step.key not in done and (cycle := visit(step.key)):
-            return cycle
+            elif need not in done:
+                path.append(need)
+                on_path.add(need)
+                pending.append(iter(needs[need]))
     return None
 
 
@@ -399,30 +507,41 @@ def parse_definition(
             field = f"inputs.{input_name}" + (f".{exc.field}" if exc.field else "")
             line = (_line(decl, exc.field) if exc.field else None) or _line(raw_inputs, input_name)
             raise DefinitionError(source, str(exc), field=field, line=line) from None
+
+    def workflow_fail(field: str, detail: str) -> DefinitionError:
+        return DefinitionError(source, detail, field=field, line=_line(data, field))
+
+    retry_defaults = parse_retry(data, RETRY_DEFAULTS, workflow_fail)
+    notify = _parse_notify(data.get("notify"), data, source)
     raw_steps = data.get("steps")
     if not raw_steps or not isinstance(raw_steps, list):
         detail = "expected a list of steps" if raw_steps else "missing or empty: a workflow needs at least one step"
         raise DefinitionError(source, detail, field="steps", line=_line(data, "steps"))
     steps: list[StepDef] = []
+    seen: dict[str, int] = {}  # key -> position: the duplicate check stays linear in the steps
+    input_names = [i.name for i in inputs]
     for index, raw_step in enumerate(raw_steps):
         previous = steps[-1].key if steps else None
-        step = _parse_step(raw_step, index, previous, source, workflows_dir, resolve_calls, [i.name for i in inputs])
-        if step.key in (s.key for s in steps):
-            detail = f"duplicate step key {step.key!r} (also step #{[s.key for s in steps].index(step.key) + 1})"
+        step = _parse_step(raw_step, index, previous, source, workflows_dir, resolve_calls, input_names, retry_defaults)
+        if step.key in seen:
+            detail = f"duplicate step key {step.key!r} (also step #{seen[step.key] + 1})"
             raise DefinitionError(source, detail, step=step.key, field="key", line=_line(raw_step, "key"))
+        seen[step.key] = index
         steps.append(step)
     keys = [step.key for step in steps]
+    known_keys = set(keys)
     for step, raw_step in zip(steps, raw_steps, strict=True):
         for need in step.needs:
-            if need not in keys:
+            if need not in known_keys:
                 known = ", ".join(k for k in keys if k != step.key) or "none"
                 detail = f"unknown step {need!r} (known: {known})"
                 raise DefinitionError(source, detail, step=step.key, field="needs", line=_line(raw_step, "needs"))
     cycle = _find_cycle(steps)
     if cycle:
         line = _line(raw_steps[keys.index(cycle[0])], "needs")
-        raise DefinitionError(source, f"cycle: {' -> '.join(cycle)}", step=cycle[0], field="needs", line=line)
-    defn = WorkflowDef(wf_name, description, tuple(inputs), tuple(steps), source)
+        shown = cycle if len(cycle) <= 12 else [*cycle[:10], f"… ({len(cycle) - 1} steps)", cycle[-1]]
+        raise DefinitionError(source, f"cycle: {' -> '.join(shown)}", step=cycle[0], field="needs", line=line)
+    defn = WorkflowDef(wf_name, description, tuple(inputs), tuple(steps), source, notify=notify)
     schedules = _parse_schedules(data.get("schedules"), data, defn)
     return dataclasses.replace(defn, schedules=schedules, max_cost=_parse_max_cost(data, source))
 
@@ -435,6 +554,43 @@ def _parse_max_cost(data: Any, source: str) -> float | None:
         detail = f"expected a cost in USD greater than 0, got {value!r}"
         raise DefinitionError(source, detail, field="max_cost", line=_line(data, "max_cost"))
     return float(value)
+
+
+_URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$", re.IGNORECASE)
+_ENV_URL_RE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")  # ${NAME}: the URL is read from the environment
+
+
+def _parse_notify(raw: Any, data: Any, source: str) -> tuple[NotifyDef, ...]:
+    """`notify:` a list of targets, each a URL or `{url, events}`; http(s) URLs are webhooks, others Apprise."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        detail = f"expected a list of targets (a URL, or url and events), got {type_name(raw)}"
+        raise DefinitionError(source, detail, field="notify", line=_line(data, "notify"))
+    targets = []
+    for index, item in enumerate(raw):
+        entry = {"url": item} if isinstance(item, str) else item
+        where = f"notify[{index}]"
+        if not isinstance(entry, Mapping):
+            raise DefinitionError(source, f"expected a URL or a mapping, got {type_name(item)}", field=where)
+        for key in entry:
+            if key not in NOTIFY_FIELDS:
+                detail = f"unknown field {key!r} (allowed: {', '.join(NOTIFY_FIELDS)})"
+                raise DefinitionError(source, detail, field=f"{where}.{key}", line=_line(entry, key))
+        url = entry.get("url")
+        if isinstance(url, str) and _ENV_URL_RE.match(url.strip()):
+            pass  # kept as written: the URL (and its token) stays out of the definition and the database
+        elif not isinstance(url, str) or not _URL_RE.match(url.strip()):
+            # The URL itself is not repeated: it may carry a token.
+            detail = "expected a URL (https://… for a webhook, an Apprise URL such as ntfy://topic) or ${ENV_VAR}"
+            raise DefinitionError(source, detail, field=f"{where}.url", line=_line(entry, "url"))
+        events = entry.get("events", list(DEFAULT_EVENTS))
+        events = [events] if isinstance(events, str) else events
+        if not isinstance(events, list) or not events or not all(e in EVENTS for e in events):
+            detail = f"expected a list of events from {', '.join(EVENTS)}, got {entry.get('events')!r}"
+            raise DefinitionError(source, detail, field=f"{where}.events", line=_line(entry, "events"))
+        targets.append(NotifyDef(url.strip(), tuple(dict.fromkeys(events))))
+    return tuple(targets)
 
 
 def _parse_schedules(raw: Any, data: Any, defn: WorkflowDef) -> tuple[ScheduleDef, ...]:
@@ -506,7 +662,13 @@ def load_file(path: Path, workflows_dir: Path | None = None) -> WorkflowDef:
     """Load and validate one YAML definition; calls resolve from `workflows_dir` (default: the file's directory)."""
     source = str(path)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+        if not path.is_file():
+            raise DefinitionError(source, "not a regular file")
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise DefinitionError(source, f"file too large: a definition holds at most {MAX_FILE_BYTES:,} bytes")
+        data = yaml.load(raw.decode("utf-8"), Loader=_Loader)
     except (OSError, UnicodeDecodeError) as exc:
         raise DefinitionError(source, f"cannot read file: {exc}") from None
     except yaml.MarkedYAMLError as exc:
@@ -526,12 +688,19 @@ def load_directory(path: Path) -> Catalog:
         catalog.errors.append(DefinitionError(str(path), detail))
         return catalog
     # Dot files are editor swap and lock files, not definitions.
-    files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
+    try:
+        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
+    except OSError as exc:
+        catalog.errors.append(DefinitionError(str(path), f"cannot list the directory: {exc}"))
+        return catalog
     for file in files:
         try:
             defn = load_file(file, path)
         except DefinitionError as exc:
             catalog.errors.append(exc)
+            continue
+        except Exception as exc:  # a bug or a bound we missed must still not stop the other files
+            catalog.errors.append(DefinitionError(str(file), f"could not be loaded: {type(exc).__name__}: {exc}"))
             continue
         if defn.name in catalog.definitions:
             detail = f"workflow name {defn.name!r} is already used by {catalog.definitions[defn.name].source}"

@@ -9,14 +9,18 @@ error, timeout, cancellation, shutdown, a bug of ours) ends in a true state, wri
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from engine import step_runner, transitions
+from engine import retry, step_runner, transitions
 from engine.context import StepContext
 from engine.definitions import StepDef, WorkflowDef
+from engine.records import utcnow
 from engine.step_runner import StopReason, write
 from engine.store import fetch
 from models.status import RunStatus, StepStatus
@@ -41,6 +45,8 @@ class StepState:
     outputs: list[Any] | None = None
     selected_index: int | None = None
     error: str | None = None
+    retries_used: int = 0  # automatic retries in this series (reset by a person's rerun)
+    retry_at: datetime | None = None  # RETRYING: when its next attempt is due
 
     @property
     def output(self) -> Any:
@@ -64,6 +70,7 @@ class RunDriver:
     _running_at_stop: list[str] = field(default_factory=list)
     broken: BaseException | None = None
     draining: bool = False  # the engine is stopping: in-flight steps may finish, no new step starts
+    _halt: asyncio.Event = field(default_factory=asyncio.Event)  # ends waits for pending retries
 
     # --- outside signals (called from the engine's hub listener) --------------------------------
 
@@ -78,6 +85,7 @@ class RunDriver:
     def drain(self) -> None:
         """Start no new step; the run ends when its in-flight steps have (see `_finish`)."""
         self.draining = True
+        self._halt.set()  # a pending retry stays in the database: the next engine fires it
         self._signal_loop()
 
     def stop(self, reason: StopReason) -> None:
@@ -88,6 +96,7 @@ class RunDriver:
         if self.stop_reason is None:
             self.stop_reason = reason
             self._running_at_stop = [k for k, s in self.steps.items() if s.status == StepStatus.RUNNING]
+        self._halt.set()
         for ctx in self.contexts.values():
             ctx.cancelled.set()
         if reason != LOST:
@@ -140,7 +149,8 @@ class RunDriver:
     async def _refresh(self, defn: WorkflowDef | None = None) -> None:
         defn = defn or self.defn
         rows = await fetch(
-            "SELECT s.id, s.key, s.status, s.attempt, a.outputs, a.selected_index, a.error FROM steps s"
+            "SELECT s.id, s.key, s.status, s.attempt, s.retries_used, s.retry_at, a.outputs, a.selected_index,"
+            " a.error FROM steps s"
             " LEFT JOIN attempts a ON a.step_id = s.id AND a.number = s.attempt WHERE s.run_id = ?",
             (self.run_id,),
             engine=True,
@@ -158,6 +168,8 @@ class RunDriver:
                 outputs=_json(r["outputs"]) if r["outputs"] is not None else None,
                 selected_index=r["selected_index"],
                 error=r["error"],
+                retries_used=r["retries_used"],
+                retry_at=_datetime(r["retry_at"]),
             )
         self.dirty = False
 
@@ -167,6 +179,9 @@ class RunDriver:
         ready = []
         for key in dict.fromkeys(candidates):  # a join appears once per need that just finished
             s = self.steps[key]
+            if s.status == StepStatus.RETRYING and key not in self.tasks:
+                ready.append(s)  # its task waits for the due time, then starts the next attempt
+                continue
             if s.status != StepStatus.PENDING or key in self.tasks:
                 continue
             if all(self.steps[n].status == StepStatus.COMPLETED for n in s.defn.needs):
@@ -194,7 +209,7 @@ class RunDriver:
                 if task in done:
                     del self.tasks[key]
                     self.contexts.pop(key, None)
-                    candidates.extend(self.dependents[key])
+                    candidates.extend([key, *self.dependents[key]])  # itself: a retry may be pending
             if self.dirty:
                 await self._refresh()
                 candidates = list(self.steps)
@@ -207,6 +222,14 @@ class RunDriver:
         """Write the run's outcome; False when the steps changed meanwhile and driving must go on."""
         if self.stop_reason in (CANCELLED, LOST):
             return True  # the operation that cancelled the run wrote its state
+        retrying = [s.defn.key for s in self.steps.values() if s.status == StepStatus.RETRYING]
+        stopping = self.draining or self.stop_reason == SHUTDOWN
+        if retrying and stopping and not any(s.status == StepStatus.RUNNING for s in self.steps.values()):
+            # Nothing is cut off: the run waits in the queue, its retries due where they were.
+            why = f"released: {self.engine.stop_reason} with a retry pending for {', '.join(retrying)}"
+            released = lambda: transitions.release_run(self.run_id, self.engine.owner, why)  # noqa: E731
+            if await write(released, f"run {self.run_id}: release"):
+                return True
         if self.stop_reason == SHUTDOWN:
             reason = self.interrupted_reason(self.engine.stop_reason)
             if self.engine.settings.on_orphan == "resume":
@@ -223,6 +246,8 @@ class RunDriver:
             await self._fail_quietly(f"engine error: could not record a step's outcome ({error})")
             return True
         steps = list(self.steps.values())
+        if retrying and not self.draining:
+            return False  # its wait ended without starting it (someone changed it): look again
         failed = [s for s in steps if s.status in (StepStatus.FAILED, StepStatus.CANCELLED)]
         if failed:
             first = failed[0]
@@ -269,12 +294,26 @@ class RunDriver:
     # --- step starts ------------------------------------------------------------------------------
 
     def start_of(self, s: StepState, done: tuple[str, int, int | None] | None = None) -> transitions.StepStart:
-        """The start of `s`, recording what it consumes; `done` is a need completing in the same commit."""
+        """The start of `s`, recording what it consumes; `done` is a need completing in the same commit. A
+        RETRYING step starts its next attempt by the retry policy."""
         d = s.defn
         consumed = {n: {"attempt": self.steps[n].attempt, "index": self.steps[n].selected_index} for n in d.needs}
         if done is not None:
             consumed[done[0]] = {"attempt": done[1], "index": done[2]}
-        return transitions.StepStart(self.run_id, s.id, d.key, s.attempt + 1, d.needs, consumed, self.engine.owner)
+        start = transitions.StepStart(self.run_id, s.id, d.key, s.attempt + 1, d.needs, consumed, self.engine.owner)
+        if s.status == StepStatus.RETRYING:
+            label = retry.attempt_label(s.retries_used, d.retries)
+            return dataclasses.replace(start, from_status=StepStatus.RETRYING, message=f"retry: {label}")
+        return start
+
+    async def wait_until(self, due: datetime | None) -> bool:
+        """Wait for a pending retry's due time (at once when overdue); False when the run stopped or drained
+        meanwhile (the retry stays pending in the database)."""
+        delay = (due - utcnow()).total_seconds() if due is not None else 0.0
+        if delay > 0 and not self._halt.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._halt.wait(), delay)
+        return not self.stopping
 
     def successors_to_start(self, s: StepState, number: int, index: int | None) -> list[tuple[StepState, Any]]:
         """Dependents that the completion of `s` makes ready, each with a step slot taken for it and its
@@ -296,6 +335,13 @@ class RunDriver:
 
     def mark_running(self, s: StepState, number: int) -> None:
         s.status, s.attempt, s.outputs, s.selected_index, s.error = StepStatus.RUNNING, number, None, None, None
+        s.retry_at = None
+
+
+def _datetime(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value))
 
 
 def _json(value: Any) -> Any:

@@ -16,11 +16,13 @@ import secrets
 import socket
 from collections.abc import Callable
 
-from engine import maintenance, records, transitions
+from engine import forks, maintenance, records, transitions
+from engine.db import current
 from engine.driver import RunDriver
 from engine.hub import Change, ChangeKind, hub
 from engine.llm import providers
 from engine.llm.model_check import log_model_warnings
+from engine.notify.notifier import Notifier
 from engine.registry import workflows
 from engine.settings import Settings
 from engine.slots import StepSlots
@@ -32,9 +34,9 @@ from models.status import RunStatus
 log = logging.getLogger(__name__)
 
 
-def make_owner_id() -> str:
+def make_owner_id(*, headless: bool = False) -> str:
     """host:pid:boot — the boot part tells a restarted process from the one before it."""
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+    return f"{socket.gethostname()}:{os.getpid()}:{maintenance.HEADLESS_BOOT if headless else ''}{secrets.token_hex(4)}"
 
 
 class Engine:
@@ -54,10 +56,12 @@ class Engine:
         self._remove_listener: Callable[[], None] | None = None
         self._stopping = False
         self.stop_reason = "the server shut down"
+        self.notifier: Notifier | None = None
 
     async def start(self, *, recover: bool = True) -> None:
         """Recover orphans (runs of dead owners), then start claiming and heartbeating."""
         hub.bind_loop(asyncio.get_running_loop())
+        forks.install()
         if providers.provider_name(self.settings) != providers.SIMULATED:
             # The model client takes about a second to import: not on the event loop at the first LLM step.
             self._loops.append(asyncio.create_task(_import_in_thread("openai"), name="stepdeck-import"))
@@ -70,6 +74,9 @@ class Engine:
         if self.claim_queued:
             self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="stepdeck-dispatch")
         self._loops.append(asyncio.create_task(self._heartbeat_loop(), name="stepdeck-heartbeat"))
+        # Notifications are delivered by the engines (servers, workers), from the outbox every engine writes.
+        self.notifier = Notifier(self.settings, self.owner)
+        self._loops.append(asyncio.create_task(self.notifier.run(), name="stepdeck-notify"))
 
     async def stop(self, why: str = "the server shut down", grace_s: float | None = None) -> None:
         """Stop claiming; give in-flight steps `grace_s` (default: the setting) to finish, then
@@ -150,7 +157,7 @@ class Engine:
 
     async def _claim_some(self) -> None:
         free = self.settings.max_concurrent_runs - len(self.drivers)
-        if free <= 0:
+        if free <= 0 or current().check_file():
             return
         rows = await fetch(
             "SELECT id FROM runs WHERE status = ? ORDER BY id LIMIT ?", (RunStatus.QUEUED, free), engine=True
@@ -180,6 +187,8 @@ class Engine:
         while not self._stopping:
             await asyncio.sleep(self.settings.heartbeat_interval_s)
             try:
+                if current().check_file():  # reported (once, loudly) even when nothing runs
+                    continue  # the beat could not be written; the reason was logged
                 await records.beat(self.owner, list(self.drivers))
                 await self._drop_lost_runs()
             except Exception:

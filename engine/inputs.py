@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from engine.json_limits import json_problem
+
 if TYPE_CHECKING:
     from engine.definitions import WorkflowDef
 
@@ -148,6 +150,8 @@ def check_value(defn: InputDef, value: Any, *, from_strings: bool = False) -> An
         if defn.type == "choice" and value not in defn.options:
             raise ValueError(f"{value!r} is not one of: {', '.join(defn.options)}")
     elif defn.type == "json":
+        if problem := json_problem(value):
+            raise ValueError(problem)
         try:
             json.dumps(value, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -164,6 +168,8 @@ def check_value(defn: InputDef, value: Any, *, from_strings: bool = False) -> An
         raise ValueError(f"must be at least {defn.min}, got {value}")
     elif defn.max is not None and value > defn.max:
         raise ValueError(f"must be at most {defn.max}, got {value}")
+    elif problem := json_problem(value):
+        raise ValueError(problem)
     return value
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine import forks
 from engine.calls import resolve_call
 from engine.context import StepContext
 from engine.definitions import StepDef
@@ -66,7 +67,10 @@ async def run_python(step: StepDef, ctx: StepContext, env: KindEnv) -> Any:
     threads = env.threads
     try:
         if _is_async(fn):
-            return await fn(ctx)
+            try:
+                return await fn(ctx)
+            finally:
+                forks.leave_if_forked()
         loop = asyncio.get_running_loop()
         call = functools.partial(contextvars.copy_context().run, _capture, fn, ctx, env.finish)
         result = await loop.run_in_executor(threads, call)
@@ -97,6 +101,8 @@ def _capture(fn: Callable[..., Any], ctx: StepContext, finish: Callable[[Any], A
         result = fn(ctx)
     except BaseException as exc:
         return _Raised(exc)
+    finally:
+        forks.leave_if_forked()
     if finish is None or inspect.isawaitable(result):
         return result
     return finish(result)

@@ -35,6 +35,7 @@ class OrphanVerdict:
     recoveries: int = 0
     action: str = "fail"  # what recover_orphans did: fail | requeue
     owner_gone: bool = False  # its engine provably ended (not merely silent)
+    retry_pending: bool = False  # nothing was executing, a step waits for its retry's due time
 
 
 def orphan_action(policy: str, recoveries: int, owner_gone: bool = True, limit: int = MAX_RECOVERIES) -> str:
@@ -74,6 +75,13 @@ def owner_gone(owner: str | None, me: str) -> bool:
     return owner_is_dead(owner) or same_process_restarted
 
 
+HEADLESS_BOOT = "run-"  # starts the boot part of the owner id of a headless `main.py run`
+
+
+def _is_headless(owner: str | None) -> bool:
+    return owner is not None and owner.rsplit(":", 1)[-1].startswith(HEADLESS_BOOT)
+
+
 def orphan_reason(
     row: dict[str, Any], running_steps: list[str], me: str, now: datetime, stale_after_s: float
 ) -> str | None:
@@ -87,7 +95,8 @@ def orphan_reason(
     where = f" while step {steps} was running" if steps else ""
     when = f"last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC" if beat else "no heartbeat"
     if owner_gone(owner, me):
-        return f"interrupted: the server stopped{where}; {when} from {owner or 'an unknown owner'}"
+        process = "the headless `main.py run` process" if _is_headless(owner) else "the server"
+        return f"interrupted: {process} stopped{where}; {when} from {owner or 'an unknown owner'}"
     if stale:
         return (
             f"interrupted: its engine stopped responding{where}; {when} from {owner}, more than {stale_after_s:g} s ago"
@@ -101,22 +110,39 @@ async def find_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
     now = records.utcnow()
     for row in rows:
         steps = await fetch(
-            "SELECT key FROM steps WHERE run_id = ? AND status = ? ORDER BY position", (row["id"], StepStatus.RUNNING)
+            "SELECT key, status FROM steps WHERE run_id = ? AND status IN (?, ?) ORDER BY position",
+            (row["id"], StepStatus.RUNNING, StepStatus.RETRYING),
         )
-        reason = orphan_reason(row, [s["key"] for s in steps], me, now, settings.stale_after_s)
+        running = [s["key"] for s in steps if s["status"] == StepStatus.RUNNING]
+        reason = orphan_reason(row, running, me, now, settings.stale_after_s)
         if reason:
             gone = owner_gone(row["owner"], me)
-            verdicts.append(OrphanVerdict(row["id"], reason, row["heartbeat_at"], row["recoveries"], owner_gone=gone))
+            pending = not running and any(s["status"] == StepStatus.RETRYING for s in steps)
+            verdicts.append(
+                OrphanVerdict(
+                    row["id"], reason, row["heartbeat_at"], row["recoveries"], owner_gone=gone, retry_pending=pending
+                )
+            )
     return verdicts
 
 
 async def recover_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
-    """Fail (or, under `resume`, re-queue) every orphaned run; returns those this call handled."""
+    """Fail (or, under `resume`, re-queue) every orphaned run; returns those this call handled.
+
+    A run whose engine died while nothing executed and a step waited for its retry is re-queued under
+    any policy: no work is repeated, and its retry fires at its due time on the next engine (the guard
+    on the owner stops the old one, should it still be alive).
+    """
     handled = []
     for verdict in await find_orphans(settings, me):
         action = orphan_action(settings.on_orphan, verdict.recoveries, verdict.owner_gone)
         reason = verdict.reason
-        if action == "requeue":
+        if verdict.retry_pending:
+            action, reason = "requeue", f"{reason}; re-queued with its pending retry"
+            done = await transitions.requeue_interrupted(
+                verdict.run_id, reason, heartbeat_at=verdict.heartbeat_at, count=False
+            )
+        elif action == "requeue":
             reason += f"; re-queued (recovery {verdict.recoveries + 1} of {MAX_RECOVERIES})"
             done = await transitions.requeue_interrupted(verdict.run_id, reason, heartbeat_at=verdict.heartbeat_at)
         else:
@@ -134,7 +160,13 @@ async def recover_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
             log.warning("run %s: %s", verdict.run_id, reason)
             handled.append(
                 OrphanVerdict(
-                    verdict.run_id, reason, verdict.heartbeat_at, verdict.recoveries, action, verdict.owner_gone
+                    verdict.run_id,
+                    reason,
+                    verdict.heartbeat_at,
+                    verdict.recoveries,
+                    action,
+                    verdict.owner_gone,
+                    verdict.retry_pending,
                 )
             )
     return handled

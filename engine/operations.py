@@ -37,7 +37,7 @@ async def start_run(
         values = validate_inputs(defn, inputs, from_strings=from_strings)
     except InputError as exc:
         raise InvalidInput(str(exc), exc.problems) from None
-    steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs)) for s in defn.steps]
+    steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs), s.retries) for s in defn.steps]
     return await transitions.create_run(defn.name, _snapshot(defn), values, steps, actor)
 
 
@@ -48,7 +48,7 @@ async def start_scheduled_run(defn: WorkflowDef, schedule: str, fire_time: datet
         values = validate_inputs(defn, sched.inputs)
     except InputError as exc:
         raise InvalidInput(str(exc), exc.problems) from None
-    steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs)) for s in defn.steps]
+    steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs), s.retries) for s in defn.steps]
     fire = records.ScheduledFire(defn.name, schedule, fire_time.astimezone(UTC))
     return await transitions.create_scheduled_run(_snapshot(defn), values, steps, fire)
 

@@ -6,6 +6,8 @@ import json
 import math
 from typing import Any
 
+from engine.json_limits import MAX_JSON_DEPTH, json_problem
+
 MAX_OUTPUT_BYTES = 10 * 1024 * 1024
 
 
@@ -36,10 +38,16 @@ def clean_text(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
 
 
-def clean_json(value: Any, where: str = "output") -> Any:
+def clean_json(value: Any, where: str = "output", depth: int = 0) -> Any:
     """A JSON value with its strings cleaned; anything else raises OutputError naming where it is."""
-    if value is None or isinstance(value, (bool, int)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        if problem := json_problem(value, where):
+            raise OutputError(problem)
+        return value
+    if isinstance(value, (list, tuple, dict)) and depth >= MAX_JSON_DEPTH:
+        raise OutputError(f"{where}: nested more than {MAX_JSON_DEPTH} levels deep")
     if isinstance(value, float):
         if not math.isfinite(value):
             raise OutputError(f"{where}: {value} is not a finite number")
@@ -47,12 +55,12 @@ def clean_json(value: Any, where: str = "output") -> Any:
     if isinstance(value, str):
         return clean_text(value)
     if isinstance(value, (list, tuple)):
-        return [clean_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [clean_json(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for k, v in value.items():
             if not isinstance(k, str):
                 raise OutputError(f"{where}: dict keys must be strings, got {type(k).__name__} {k!r}")
-            out[clean_text(k)] = clean_json(v, f"{where}.{k}")
+            out[clean_text(k)] = clean_json(v, f"{where}.{k}", depth + 1)
         return out
     raise OutputError(f"{where}: {type(value).__name__} is not a JSON value (return text, numbers, lists or dicts)")

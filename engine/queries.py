@@ -6,12 +6,12 @@ on the database's reader connections: never behind the engine's writes.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from engine.errors import NotFound
+from engine.json_limits import load_stored
 from engine.readmodel import ENDED, PRODUCED, RunDetail, StepDetail, StepRow, cut_off, run_json, summary
 from engine.store import fetch
 from models.status import RunStatus, StepStatus
@@ -20,7 +20,8 @@ MAX_PAGE = 500
 
 
 def _json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, (str, bytes)) else value
+    # Bounded: a value stored before inputs and outputs were checked must not break every read.
+    return load_stored(value) if isinstance(value, (str, bytes)) else value
 
 
 def _dt(value: Any) -> datetime | None:
@@ -76,7 +77,7 @@ def step_detail(row: dict[str, Any]) -> StepDetail:
     has_attempt = row["attempt_status"] is not None and status != StepStatus.PENDING
     outputs = _json(row["outputs"]) if has_attempt and row["outputs"] is not None else None
     produced = status in PRODUCED and outputs is not None
-    failed = has_attempt and status in (StepStatus.FAILED, StepStatus.CANCELLED)
+    failed = has_attempt and status in (StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.RETRYING)
     return StepDetail(
         key=row["key"],
         label=row["label"],
@@ -88,7 +89,9 @@ def step_detail(row: dict[str, Any]) -> StepDetail:
         selected_index=row["selected_index"] if produced else None,
         partial_output=row["partial_output"] if has_attempt and not produced else None,
         error=row["error"] if failed else None,
-        error_detail=row["error_detail"] if has_attempt and status == StepStatus.FAILED else None,
+        error_detail=row["error_detail"]
+        if has_attempt and status in (StepStatus.FAILED, StepStatus.RETRYING)
+        else None,
         stale=bool(row["stale"]),
         stale_reason=row["stale_reason"],
         started_at=_dt(row["started_at"]) if has_attempt else None,
@@ -97,6 +100,9 @@ def step_detail(row: dict[str, Any]) -> StepDetail:
         progress_message=row["progress_message"] if has_attempt else None,
         logs=tuple(_json(row["logs"])) if has_attempt and row["logs"] is not None else (),
         llm=_json(row["llm"]) if has_attempt and row["llm"] is not None else None,
+        retries=row["retries"],
+        retries_used=row["retries_used"],
+        retry_at=_dt(row["retry_at"]) if status == StepStatus.RETRYING else None,
     )
 
 
@@ -125,7 +131,8 @@ def llm_fields(llm: dict[str, Any] | None) -> dict[str, Any]:
 
 _STEP_SQL = (
     "SELECT s.run_id, s.key, s.label, s.kind, s.needs, s.status, s.attempt, s.stale, s.stale_reason,"
-    " a.status AS attempt_status, a.outputs, a.selected_index, a.partial_output, a.error, a.error_detail,"
+    " s.retries, s.retries_used, s.retry_at, a.status AS attempt_status, a.outputs, a.selected_index,"
+    " a.partial_output, a.error, a.error_detail,"
     " a.started_at, a.finished_at, a.progress, a.progress_message, a.logs, a.llm"
     " FROM steps s LEFT JOIN attempts a ON a.step_id = s.id AND a.number = s.attempt"
 )
@@ -181,7 +188,9 @@ def step_summary_json(row: dict[str, Any]) -> dict[str, Any]:
         "attempt": row["attempt"],
         "stale": bool(row["stale"]),
         "truncated": cut_off(llm, row["selected_index"]),
-        "error": row["error"] if has_attempt and status in (StepStatus.FAILED, StepStatus.CANCELLED) else None,
+        "error": row["error"]
+        if has_attempt and status in (StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.RETRYING)
+        else None,
         "started_at": _iso(started_at),
         "completed_at": _iso(completed_at),
         "duration_s": _duration_s(started_at, completed_at),
@@ -348,6 +357,20 @@ async def run_header(run_id: int) -> dict[str, Any]:
     if not rows:
         raise NotFound(f"run {run_id} does not exist")
     return _run_json(rows[0])
+
+
+async def run_cost(run_id: int) -> dict[str, Any] | None:
+    """What the run's LLM calls cost over every attempt: {"usd", "estimated"}; None without LLM usage
+    (usd None when no model it used has a price)."""
+    rows = await fetch(
+        "SELECT COUNT(*) AS n, SUM(cost) AS usd, COUNT(cost) AS priced,"
+        " SUM(CASE WHEN estimated THEN 1 ELSE 0 END) AS estimated FROM llm_usage WHERE run_id = ?",
+        (run_id,),
+    )
+    row = rows[0] if rows else None
+    if not row or not row["n"]:
+        return None
+    return {"usd": float(row["usd"]) if row["priced"] else None, "estimated": bool(row["estimated"])}
 
 
 async def step_needs(run_id: int) -> dict[str, list[str]]:

@@ -62,6 +62,9 @@ class StepDetail:
     llm: dict[str, Any] | None  # the current attempt's LLM record (usage, calls, truncation)
     # LLM cost over all the step's attempts: {"usd": float | None, "estimated": bool}; None without usage
     cost: Mapping[str, Any] | None = None
+    retries: int = 0  # automatic retries its policy allows
+    retries_used: int = 0  # automatic retries made since it started or a person reset it
+    retry_at: datetime | None = None  # RETRYING: when its next attempt is due
 
     @property
     def output(self) -> Any:
@@ -108,6 +111,9 @@ class StepDetail:
             "model": llm["model"] if llm else None,
             "llm": llm,
             "cost": dict(self.cost) if self.cost is not None else None,
+            "retries": self.retries,
+            "retries_used": self.retries_used,
+            "retry_at": iso(self.retry_at),
         }
 
 

@@ -63,6 +63,7 @@ class Settings:
     cancel_grace_s: float = 5.0  # how long a cancelled or timed-out step may take to stop before it is abandoned
     retention_days: float = 0.0  # finished runs older than this are deleted; 0 keeps them forever
     allowed_hosts: str = ""  # extra names (comma-separated) a server on 127.0.0.1 answers to; "*" for any
+    trusted_proxies: str = ""  # addresses whose X-Forwarded-For is believed (comma-separated); none by default
     secret_file: Path = Path("data/secret.key")  # signs session cookies; made on first start (mode 0600)
     # LLM steps: an OpenAI-compatible endpoint, or the simulated provider when none is configured.
     llm_provider: str = "auto"  # auto: simulated unless a base URL or an API key is set
@@ -77,6 +78,15 @@ class Settings:
     llm_requests_per_minute: int = 0  # requests started per minute at the endpoint; 0: no limit
     llm_prices: str = ""  # a TOML or YAML file: USD per 1M prompt and completion tokens, per model
     llm_daily_budget: float = 0.0  # USD of LLM cost per UTC day; a step that would start past it waits; 0: none
+    # Notifications: webhook and Apprise URLs carry tokens, so they are secrets (never shown or logged).
+    webhook_urls: Secret = Secret()  # noqa: RUF009 (immutable; comma-separated)
+    webhook_secret: Secret = Secret()  # noqa: RUF009 (signs webhook bodies, HMAC-SHA256)
+    notify_urls: Secret = Secret()  # noqa: RUF009 (Apprise URLs, comma- or space-separated)
+    notify_events: str = ""  # events the targets above get; default: all but run.completed
+    public_url: str = ""  # where people open the dashboard, for links in notifications
+    notify_retry_s: float = 10.0  # first delay before a failed delivery is tried again; doubles, at most an hour
+    notify_give_up_s: float = 86400.0  # a delivery still failing this long after its event is given up
+    notify_timeout_s: float = 10.0  # per request to a target
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given (non-None) values, e.g. from command-line flags."""
@@ -101,6 +111,7 @@ ENV_NAMES = {
     "cancel_grace_s": "STEPDECK_CANCEL_GRACE_S",
     "retention_days": "STEPDECK_RETENTION_DAYS",
     "allowed_hosts": "STEPDECK_ALLOWED_HOSTS",
+    "trusted_proxies": "STEPDECK_TRUSTED_PROXIES",
     "secret_file": "STEPDECK_SECRET_FILE",
     "llm_provider": "STEPDECK_LLM_PROVIDER",
     "llm_base_url": "STEPDECK_LLM_BASE_URL",
@@ -114,6 +125,14 @@ ENV_NAMES = {
     "llm_requests_per_minute": "STEPDECK_LLM_REQUESTS_PER_MINUTE",
     "llm_prices": "STEPDECK_LLM_PRICES",
     "llm_daily_budget": "STEPDECK_LLM_DAILY_BUDGET",
+    "webhook_urls": "STEPDECK_WEBHOOK_URL",
+    "webhook_secret": "STEPDECK_WEBHOOK_SECRET",
+    "notify_urls": "STEPDECK_NOTIFY",
+    "notify_events": "STEPDECK_NOTIFY_EVENTS",
+    "public_url": "STEPDECK_PUBLIC_URL",
+    "notify_retry_s": "STEPDECK_NOTIFY_RETRY_S",
+    "notify_give_up_s": "STEPDECK_NOTIFY_GIVE_UP_S",
+    "notify_timeout_s": "STEPDECK_NOTIFY_TIMEOUT_S",
 }
 # Read when the STEPDECK_ variable is not set: the names OpenAI's own tools use.
 FALLBACK_ENV_NAMES = {"llm_base_url": "OPENAI_BASE_URL", "llm_api_key": "OPENAI_API_KEY", "llm_model": "OPENAI_MODEL"}
@@ -147,6 +166,9 @@ def _checked(s: Settings) -> Settings:
         "poll_interval_s",
         "llm_sim_tokens_per_s",
         "llm_checkpoint_s",
+        "notify_retry_s",
+        "notify_give_up_s",
+        "notify_timeout_s",
     )
     for name in positive:
         if getattr(s, name) <= 0:
@@ -173,12 +195,21 @@ def _checked(s: Settings) -> Settings:
     if s.llm_provider not in LLM_PROVIDERS:
         raise SettingsError(f"STEPDECK_LLM_PROVIDER must be one of {', '.join(LLM_PROVIDERS)}, got {s.llm_provider!r}")
     if s.llm_base_url and not s.llm_base_url.startswith(("http://", "https://")):
+        # Never echoed: it may hold a key.
         raise SettingsError("STEPDECK_LLM_BASE_URL must start with http:// or https://")
     if "@" in urlsplit(s.llm_base_url).netloc:
         # The client would send these as Basic auth instead of the key, and log them with every request.
         raise SettingsError(
             "STEPDECK_LLM_BASE_URL must not contain a user name or password: put the key in STEPDECK_LLM_API_KEY"
         )
+    if s.public_url and not s.public_url.startswith(("http://", "https://")):
+        raise SettingsError(f"STEPDECK_PUBLIC_URL must start with http:// or https://, got {s.public_url!r}")
+    from engine.notify.targets import TargetError, env_targets
+
+    try:
+        env_targets(s)
+    except TargetError as exc:
+        raise SettingsError(str(exc)) from None
     if s.stale_after_s <= s.heartbeat_interval_s:
         raise SettingsError(
             f"STEPDECK_STALE_AFTER_S ({s.stale_after_s}) must exceed STEPDECK_HEARTBEAT_INTERVAL_S "

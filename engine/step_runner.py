@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import traceback
@@ -19,10 +20,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from engine import kinds, transitions
+from engine import kinds, retry, transitions
 from engine.context import StepContext, WaitForPerson, executing
+from engine.definitions import MAX_TOKENS_LIMIT
+from engine.llm.kind import TruncatedOutput
 from engine.outputs import clean_text, normalize_outputs
-from engine.records import AttemptRef, keep_partial_output, record_late_result, save_partial
+from engine.records import AttemptRef, keep_partial_output, record_late_result, save_partial, utcnow
+from engine.retry import FailureKind
 from models.status import StepStatus
 
 if TYPE_CHECKING:
@@ -71,6 +75,8 @@ async def execute(driver: RunDriver, s: StepState, started: tuple[int, int] | No
     slots = driver.engine.step_slots
     try:
         if started is None:
+            if s.status == StepStatus.RETRYING and not await driver.wait_until(s.retry_at):
+                return  # stopped or drained first: the retry stays pending in the database
             await slots.take()
             try:
                 if driver.stopping:
@@ -210,6 +216,10 @@ ABANDONED = "did not stop when cancelled (its task may still be running)"
 async def _attempt(driver: RunDriver, s: StepState, attempt_id: int, number: int) -> None:
     d = s.defn
     engine = driver.engine
+    if d.kind == "llm" and s.retries_used and d.retry_max_tokens_factor != 1.0:
+        base = int(d.config.get("max_tokens") or engine.settings.max_tokens)
+        raised = retry.max_tokens_for(base, d.retry_policy, s.retries_used, MAX_TOKENS_LIMIT)
+        d = dataclasses.replace(d, config={**d.config, "max_tokens": raised})
     ref = AttemptRef(driver.run_id, s.id, d.key, attempt_id, number)
     ctx = StepContext(
         run_id=driver.run_id,
@@ -257,11 +267,7 @@ async def _attempt(driver: RunDriver, s: StepState, attempt_id: int, number: int
             await asyncio.shield(_failed(driver, s, ref, ctx, exc))
             return
         error = f"timed out after {d.timeout_s:g} s" + (f" and {ABANDONED}" if ctx.abandoned else "")
-        failing = write(
-            lambda: transitions.fail_step(ref, error, None, ctx.logs, _partial(ctx), _llm(ctx)), f"{d.key}: timeout"
-        )
-        if await asyncio.shield(failing):
-            s.status, s.error = StepStatus.FAILED, error
+        await asyncio.shield(_fail(driver, s, ref, ctx, error, None, FailureKind.TIMEOUT))
         return
     except WaitForPerson as hold:
         ctx.log(str(hold))
@@ -354,7 +360,14 @@ async def _completed(
     driver: RunDriver, s: StepState, ref: AttemptRef, ctx: StepContext, outputs: list[Any], hold: bool = False
 ) -> None:
     """Write the completion; successors it makes ready start in the same commit (saves a round trip).
-    A hold (WaitForPerson) completes the attempt without output and leaves the step waiting."""
+
+    A hold (WaitForPerson) completes the attempt without output and leaves the step waiting. An output
+    cut off at the token limit is retried instead when the step's `retry_on` lists `truncated` and
+    retries are left (the last attempt completes under its `on_truncation` policy)."""
+    if not hold and ctx.llm is not None and ctx.llm.truncated and _plan(driver, s, FailureKind.TRUNCATED) is not None:
+        error = f"the output was cut off at the token limit (max_tokens={ctx.llm.max_tokens})"
+        await _fail(driver, s, ref, ctx, error, None, FailureKind.TRUNCATED)
+        return
     index = 0 if s.defn.select == "auto" and not hold else None
     successors = driver.successors_to_start(s, ref.number, index)
     starts = [start for _, start in successors]
@@ -384,11 +397,42 @@ async def _failed(driver: RunDriver, s: StepState, ref: AttemptRef, ctx: StepCon
         detail: str | None = "".join(traceback.format_exception(exc))
     except Exception:
         detail = None
-    failing = lambda: transitions.fail_step(ref, error, detail, ctx.logs, _partial(ctx), _llm(ctx))  # noqa: E731
-    if await write(failing, f"{s.defn.key}: failure"):
-        s.status, s.error = StepStatus.FAILED, error
-    else:
+    kind = FailureKind.TRUNCATED if isinstance(exc, TruncatedOutput) else FailureKind.ERROR
+    if not await _fail(driver, s, ref, ctx, error, detail, kind):
         driver.notice_outside_change()
+
+
+def _plan(driver: RunDriver, s: StepState, kind: FailureKind) -> retry.PendingRetry | None:
+    """The retry the step's policy makes of this failure; never once the run is being stopped (cancelled,
+    interrupted, taken away). A failure while the engine drains is retried: its retry waits in the queue."""
+    if driver.stop_reason is not None:
+        return None
+    return retry.plan_retry(s.defn.retry_policy, s.retries_used, kind, utcnow())
+
+
+async def _fail(
+    driver: RunDriver,
+    s: StepState,
+    ref: AttemptRef,
+    ctx: StepContext,
+    error: str,
+    detail: str | None,
+    kind: FailureKind,
+) -> bool:
+    """Write the attempt's failure: the step fails, or waits for its retry when the policy retries it."""
+    pending = _plan(driver, s, kind)
+    planned = (pending, kind) if pending is not None else None
+    failing = lambda: transitions.fail_step(  # noqa: E731
+        ref, error, detail, ctx.logs, _partial(ctx), _llm(ctx), retry=planned
+    )
+    if not await write(failing, f"{s.defn.key}: failure"):
+        return False
+    s.error = error
+    if pending is None:
+        s.status = StepStatus.FAILED
+    else:
+        s.status, s.retry_at, s.retries_used = StepStatus.RETRYING, pending.due_at, pending.retries_used
+    return True
 
 
 async def _stopped(driver: RunDriver, s: StepState, ref: AttemptRef, ctx: StepContext) -> None:

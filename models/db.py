@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import array
+import contextlib
+import fcntl
 import logging
+import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from tortoise import Tortoise
+from tortoise.connection import connections
 from tortoise.migrations.api import migrate as tortoise_migrate
 
-from models.schema import migration_lock
+from models.errors import DatabaseUnavailable
+from models.migrator import apply_pending
+from models.schema import is_postgres, migration_lock
 
 DEFAULT_DB_URL = "sqlite://data/stepdeck.db"
 MODEL_MODULES = ["models.tables"]
@@ -67,6 +75,65 @@ def tortoise_config(db_url: str) -> dict[str, Any]:
     }
 
 
+def check_url(db_url: str, *, must_exist: bool = False) -> None:
+    """Refuse a URL this process cannot use, before anything is created; `must_exist` for commands
+    that inspect a database (`check`, `sweep`), which must not create an empty one."""
+    if is_postgres(db_url):
+        return  # a server: whether it answers is found out on connecting
+    if not is_sqlite(db_url):
+        scheme = urlsplit(db_url).scheme or db_url.partition(":")[0]
+        raise DatabaseUnavailable(
+            f"unsupported database URL (scheme {scheme!r}): use sqlite://PATH or postgresql://USER@HOST:PORT/DB"
+        )
+    path = sqlite_path(db_url)
+    if path is None:
+        raise DatabaseUnavailable(
+            "an in-memory SQLite database cannot be shared by the engine's connections: use a file path"
+        )
+    if must_exist and not path.is_file():
+        raise DatabaseUnavailable(f"no database at {path}: check the path, or create it with `main.py migrate`")
+    if path.exists():
+        _probe(path)
+
+
+def frozen_flags(fd: int) -> bool:
+    """True when the open file is immutable or append-only (`chattr +i`/`+a`; Linux, else False).
+    SQLite maps the `-shm` file into memory, and the kernel answers a write into the mapping of an
+    immutable file with SIGBUS, which kills the process: the file must be noticed before SQLite
+    touches it, so that the operation fails instead."""
+    flags = array.array("l", [0])
+    try:
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags, True)
+    except OSError:
+        return False
+    return bool(flags[0] & (_FS_IMMUTABLE_FL | _FS_APPEND_FL))
+
+
+_FS_IOC_GETFLAGS = 0x80086601  # Linux: _IOR('f', 1, long)
+_FS_IMMUTABLE_FL, _FS_APPEND_FL = 0x10, 0x20
+
+
+def _probe(path: Path) -> None:
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if frozen_flags(fd):
+                raise DatabaseUnavailable(
+                    f"the database file {name} is immutable or append-only (chattr): it cannot be used"
+                )
+        finally:
+            os.close(fd)
+    # Tortoise deadlocks on its own connection lock when the file is not a database: ask SQLite first.
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)) as conn:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseUnavailable(f"cannot read the database at {path}: {exc}") from exc
+
+
 def prepare_location(db_url: str) -> None:
     """Create the directory of a SQLite file on first use, so a fresh clone needs no set-up."""
     path = sqlite_path(db_url)
@@ -76,7 +143,20 @@ def prepare_location(db_url: str) -> None:
 
 async def migrate(db_url: str) -> list[str]:
     """Apply pending migrations; returns the names of those applied. Leaves Tortoise closed."""
+    check_url(db_url)
+    if is_postgres(db_url):
+        return await _migrate_postgres(db_url)
     prepare_location(db_url)
+    config = tortoise_config(db_url)
+    await Tortoise.init(config=config, init_connections=False)
+    try:
+        return await apply_pending(connections.get("default"), config["apps"])
+    finally:
+        await Tortoise.close_connections()
+
+
+async def _migrate_postgres(db_url: str) -> list[str]:
+    """PostgreSQL: Tortoise's executor (each migration's DDL in a transaction), one process at a time."""
     applied: list[str] = []
 
     def progress(event: str, app_label: str, name: str) -> None:
@@ -84,7 +164,7 @@ async def migrate(db_url: str) -> list[str]:
             applied.append(f"{app_label}.{name}")
 
     try:
-        async with migration_lock(db_url):  # PostgreSQL: one migrating process at a time
+        async with migration_lock(db_url):
             await tortoise_migrate(config=tortoise_config(db_url), progress=progress)
     finally:
         await Tortoise.close_connections()

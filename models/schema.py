@@ -13,6 +13,8 @@ from tortoise import Tortoise
 from tortoise.connection import get_connection
 from tortoise.migrations.executor import MigrationExecutor
 
+from models.errors import DatabaseUnavailable
+
 # The key of the session-level advisory lock `migrate` holds on PostgreSQL ("stepdeck" in ASCII, as a
 # positive bigint): a second `migrate` waits for the first, then finds nothing left to apply.
 MIGRATION_LOCK_KEY = int.from_bytes(b"stepdeck", "big") & 0x7FFF_FFFF_FFFF_FFFF
@@ -28,6 +30,20 @@ def dsn(url: str) -> str:
     return urlunsplit(("postgresql", parts.netloc, parts.path, "", ""))
 
 
+def where(url: str) -> str:
+    """The server and database of a URL, without its credentials (for messages)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+
+
+async def connect(db_url: str) -> Any:
+    """A connection of its own to the PostgreSQL database at `db_url`; DatabaseUnavailable saying why not."""
+    try:
+        return await asyncpg.connect(dsn(db_url), timeout=30)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise DatabaseUnavailable(f"cannot reach the PostgreSQL database at {where(db_url)}: {exc}") from exc
+
+
 @contextlib.asynccontextmanager
 async def migration_lock(db_url: str) -> AsyncIterator[None]:
     """Held around migrations: on PostgreSQL an advisory lock on a connection of its own (released if the
@@ -35,7 +51,7 @@ async def migration_lock(db_url: str) -> AsyncIterator[None]:
     if not is_postgres(db_url):
         yield
         return
-    conn = await asyncpg.connect(dsn(db_url))
+    conn = await connect(db_url)
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
         try:
@@ -49,6 +65,9 @@ async def migration_lock(db_url: str) -> AsyncIterator[None]:
 async def schema_mismatch(config: dict[str, Any]) -> tuple[list[str], list[str]]:
     """How the database of a Tortoise `config` differs from the code's migrations (`app.name` each): those
     it lacks, and those it has that this code does not know (a newer version migrated it). Changes nothing."""
+    url = config["connections"]["default"]
+    if is_postgres(url):
+        await (await connect(url)).close()  # an unreachable server: DatabaseUnavailable, said plainly
     await Tortoise.init(config=config, _enable_global_fallback=True)
     try:
         executor = MigrationExecutor(get_connection("default"), config["apps"])

@@ -25,6 +25,7 @@ class StepStatus(StrEnum):
     COMPLETED = "completed"  # its current attempt completed and an output is selected
     FAILED = "failed"  # its current attempt failed (error, timeout, interruption)
     CANCELLED = "cancelled"  # its current attempt was cancelled with the run
+    RETRYING = "retrying"  # its current attempt failed and the retry policy starts a new one at `retry_at`
 
 
 class AttemptStatus(StrEnum):
@@ -37,6 +38,8 @@ class AttemptStatus(StrEnum):
 RUN_ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
 RUN_TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 STEP_FINISHED = frozenset({StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED})
+# A step whose run may not finish yet: executing, or due to execute again (a pending retry).
+STEP_UNSETTLED = frozenset({StepStatus.RUNNING, StepStatus.RETRYING})
 ATTEMPT_TERMINAL = frozenset({AttemptStatus.COMPLETED, AttemptStatus.FAILED, AttemptStatus.CANCELLED})
 
 # Which status may follow which. Terminal run states are left only by a person's rerun
@@ -54,11 +57,15 @@ RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
 
 STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
     StepStatus.PENDING: frozenset({StepStatus.RUNNING}),
-    StepStatus.RUNNING: frozenset({StepStatus.WAITING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED}),
+    StepStatus.RUNNING: frozenset(
+        {StepStatus.WAITING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.RETRYING}
+    ),
     StepStatus.WAITING: frozenset({StepStatus.COMPLETED, StepStatus.PENDING}),
     StepStatus.COMPLETED: frozenset({StepStatus.PENDING}),
     StepStatus.FAILED: frozenset({StepStatus.PENDING}),
     StepStatus.CANCELLED: frozenset({StepStatus.PENDING}),
+    # Fired at its due time (a new attempt), or ended with its run (cancelled, or failed by the sweep).
+    StepStatus.RETRYING: frozenset({StepStatus.RUNNING, StepStatus.CANCELLED, StepStatus.FAILED}),
 }
 
 ATTEMPT_TRANSITIONS: dict[AttemptStatus, frozenset[AttemptStatus]] = {

@@ -64,11 +64,15 @@ class Step(Model):
     attempt = fields.IntField(default=0)  # number of the current attempt, 0 before the first
     stale = fields.BooleanField(default=False)
     stale_reason = fields.TextField(null=True)
+    retries = fields.IntField(default=0)  # automatic retries its policy allows
+    retries_used = fields.IntField(default=0)  # automatic retries since it was started or reset by a person
+    retry_at = fields.DatetimeField(null=True)  # when RETRYING: the due time of its next attempt
     updated_at = fields.DatetimeField()
 
     class Meta:
         table = "steps"
         unique_together = (("run", "key"),)
+        indexes = (Index(fields=("status", "retry_at"), name="steps_status_retry_at"),)
 
 
 class Attempt(Model):
@@ -251,3 +255,59 @@ class ScheduleFire(Model):
         table = "schedule_fires"
         unique_together = (("workflow", "schedule", "fire_time"),)
         indexes = (Index(fields=("run_id",), name="schedule_fires_run_id"),)  # deleting a run
+
+
+class Notification(Model):
+    """The outbox: one row per notifiable event, written in the commit of the transition that caused it.
+    The notifier fans it out into one delivery per target that wants it."""
+
+    id = fields.IntField(primary_key=True)
+    run: fields.ForeignKeyRelation[Run] = fields.ForeignKeyField(
+        "models.Run", related_name="notifications", on_delete=fields.CASCADE
+    )
+    run_id: int
+    event = fields.CharField(max_length=40)  # run.failed, run.waiting, step.truncated, budget.reached ...
+    step_key = fields.CharField(max_length=100, null=True)
+    detail = fields.TextField(null=True)
+    run_status = fields.CharField(max_length=16)  # as the transition left them
+    error = fields.TextField(null=True)
+    step_status = fields.CharField(max_length=16, null=True)
+    fanned_out = fields.BooleanField(default=False)
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "notifications"
+        indexes = (
+            Index(fields=("fanned_out", "id"), name="notifications_fan_out"),
+            Index(fields=("run_id",), name="notifications_run_id"),
+        )
+
+
+class Delivery(Model):
+    """One notification to one target, retried with backoff until delivered or given up. The target is
+    kept as a fingerprint and a redacted label, never as its URL (URLs carry tokens)."""
+
+    id = fields.IntField(primary_key=True)
+    notification: fields.ForeignKeyRelation[Notification] = fields.ForeignKeyField(
+        "models.Notification", related_name="deliveries", on_delete=fields.CASCADE
+    )
+    notification_id: int
+    run_id = fields.IntField()
+    event = fields.CharField(max_length=40)
+    target_key = fields.CharField(max_length=64)  # sha256 fingerprint of the target URL
+    target_label = fields.CharField(max_length=300)  # scheme and host only
+    channel = fields.CharField(max_length=16)  # webhook | apprise
+    status = fields.CharField(max_length=16)  # pending | delivered | failed
+    attempts = fields.IntField(default=0)
+    next_at = fields.DatetimeField()
+    lease_until = fields.DatetimeField(null=True)  # a process is sending it until then
+    last_error = fields.TextField(null=True)
+    response_code = fields.IntField(null=True)
+    created_at = fields.DatetimeField()
+    delivered_at = fields.DatetimeField(null=True)
+    updated_at = fields.DatetimeField()
+
+    class Meta:
+        table = "deliveries"
+        unique_together = (("notification", "target_key"),)
+        indexes = (Index(fields=("status", "next_at"), name="deliveries_due"),)

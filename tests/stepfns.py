@@ -194,3 +194,21 @@ def verbose(ctx: Any) -> str:
     for i in range(200):
         ctx.log(f"line {i} " + "x" * 1000)
     return "y" * 200_000
+
+
+def flaky(ctx: Any) -> str:
+    """Fails `inputs.failures` times (default 2) per run, then succeeds: a flaky step that retries fix."""
+    key = f"flaky:{ctx.run_id}:{ctx.step_key}"
+    CALLS[key] += 1
+    if CALLS[key] <= int(ctx.inputs.get("failures", 2)):
+        raise RuntimeError(f"transient failure {CALLS[key]}")
+    return f"succeeded on call {CALLS[key]}"
+
+
+def fail_when_released(ctx: Any) -> str:
+    """Blocks until RELEASE is set, then fails (a failure that comes while the engine is stopping)."""
+    CALLS["fail_when_released"] += 1
+    while not RELEASE.wait(0.01):
+        if ctx.is_cancelled:
+            return "noticed cancellation"
+    raise RuntimeError("failed while the engine drained")

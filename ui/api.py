@@ -13,6 +13,7 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from engine import auth, operations, queries
+from engine.db import current
 from engine.errors import Forbidden, InvalidInput, NotFound
 from engine.llm import providers
 from engine.registry import workflows
@@ -31,6 +32,7 @@ from ui.api_models import (
     WorkflowOut,
     workflow_json,
 )
+from ui.api_notifications import router as notifications_router
 from ui.sse import event_stream
 
 # Declared so that the document (and the Authorize button of /docs) says how to authenticate; the gate
@@ -98,9 +100,16 @@ def operator(request: Request) -> str:
 Operator = Annotated[str, Depends(operator)]
 
 
-@router.get("/health", summary="Liveness probe (open: it says nothing but that the server answers)")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get(
+    "/health",
+    summary="Liveness probe (open: it says nothing but that the server answers and has its database)",
+    responses={503: {"description": "The database file was removed or replaced while serving"}},
+)
+async def health() -> JSONResponse:
+    lost = current().check_file()
+    return JSONResponse(
+        {"status": "ok"} if lost is None else {"status": "database lost", "reason": lost}, 503 if lost else 200
+    )
 
 
 @protected.get(
@@ -339,4 +348,5 @@ async def audit_trail(request: Request, limit: Annotated[int, Query(ge=1, le=100
     ]
 
 
+protected.include_router(notifications_router)
 router.include_router(protected)

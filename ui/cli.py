@@ -16,7 +16,7 @@ from engine import maintenance, operations, queries
 from engine.audit import audit
 from engine.db import connected
 from engine.errors import StepdeckError
-from engine.executor import Engine
+from engine.executor import Engine, make_owner_id
 from engine.hub import Change, ChangeKind, hub
 from engine.readmodel import RunDetail, duration_s
 from engine.records import utcnow
@@ -104,7 +104,7 @@ async def _follow_remote(run_id: int, printer: ProgressPrinter, after: int, stal
             age_s = (utcnow() - beat).total_seconds()
             if age_s > stale_after_s:
                 printer.line(f"the engine driving run {run_id} stopped responding ({age_s:.0f} s without heartbeat)")
-                return "failed"
+                return RunStatus.FAILED.value
         await asyncio.sleep(0.3)
 
 
@@ -187,7 +187,7 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
         catalog = workflows.load(settings.workflows_dir)
         for error in catalog.errors:
             print(f"warning: {error}", file=sys.stderr)
-        engine = Engine(settings, claim_queued=False)
+        engine = Engine(settings, owner=make_owner_id(headless=True), claim_queued=False)
         await engine.start(recover=False)
         try:
             try:
@@ -211,7 +211,7 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
                 finally:
                     sub.close()
                 run = await queries.run_detail(run_id)
-                if status != "waiting":
+                if status != RunStatus.WAITING:
                     break
                 if not sys.stdin.isatty():
                     _how_to_continue(run, settings, out)
@@ -233,7 +233,7 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
 
 async def check(settings: Settings, out: TextIO = sys.stdout) -> int:
     """Audit the database for impossible states; non-zero exit if any is found."""
-    async with connected(settings.db_url):
+    async with connected(settings.db_url, must_exist=True):
         findings, counts = await audit()
     looked = ", ".join(f"{n} {table}" for table, n in counts.items())
     for finding in findings:
@@ -247,7 +247,7 @@ async def check(settings: Settings, out: TextIO = sys.stdout) -> int:
 
 async def sweep(settings: Settings, out: TextIO = sys.stdout) -> int:
     """Fail runs whose engine is gone (dead process or heartbeat older than stale_after_s)."""
-    async with connected(settings.db_url):
+    async with connected(settings.db_url, must_exist=True):
         failed = await maintenance.recover_orphans(settings, me=f"sweep:{getpass.getuser()}")
     for verdict in failed:
         done = "re-queued" if verdict.action == "requeue" else "failed"

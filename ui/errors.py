@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
+import sqlite3
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from tortoise.exceptions import BaseORMException
 
 from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, StepdeckError
 from engine.outputs import clean_text
+from models.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +93,38 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(allowed)
 
 
+async def _page_error(handler: Any, request: Request, exc: Exception) -> Response:
+    answer = handler(request, exc)
+    return await answer if inspect.isawaitable(answer) else answer  # type: ignore[no-any-return]
+
+
+STORAGE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, BaseORMException, DatabaseUnavailable)
+
+
+def _storage_reason(exc: Exception) -> str:
+    return clean_text(str(exc) or type(exc).__name__)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(StepdeckError, on_stepdeck_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    # Pages keep the handler NiceGUI installed for them; the API answers in JSON, whatever failed.
+    pages_handler = app.exception_handlers.get(Exception)
+
+    async def on_storage_error(request: Request, exc: Exception) -> Response:
+        if not request.url.path.startswith("/api") and pages_handler is not None:
+            return await _page_error(pages_handler, request, exc)
+        log.error("the database refused %s %s: %s", request.method, request.url.path, exc)
+        message = f"the database refused the operation: {_storage_reason(exc)}"
+        return error_response(503, "storage", message, headers={"Retry-After": "5"})
+
+    async def on_unexpected_error(request: Request, exc: Exception) -> Response:
+        if not request.url.path.startswith("/api") and pages_handler is not None:
+            return await _page_error(pages_handler, request, exc)
+        # Logged with its traceback by the server (Starlette raises it again after this answer).
+        return error_response(500, "internal", f"internal error ({type(exc).__name__}); the server log has the details")
+
+    for error_type in STORAGE_ERRORS:
+        app.add_exception_handler(error_type, on_storage_error)
+    app.add_exception_handler(Exception, on_unexpected_error)

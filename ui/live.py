@@ -41,7 +41,7 @@ class RunView:
 
     id: int
     workflow: str
-    status: str = "queued"
+    status: str = RunStatus.QUEUED.value
     color: str = "grey-5"
     error: str = ""
     created_at: str = ""

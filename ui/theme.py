@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -10,6 +9,7 @@ from nicegui import app, ui
 
 from engine.llm import providers
 from ui import security
+from ui.security.sessions import user_storage
 
 # Quasar colour names; one place, so pills, badges, the runs table and the legend agree.
 STATUS_COLORS = {
@@ -20,6 +20,7 @@ STATUS_COLORS = {
     "completed": "green-6",
     "failed": "red-6",
     "cancelled": "brown-5",
+    "retrying": "deep-orange-5",  # its attempt failed, the retry policy starts another at its due time
     "stale": "purple-5",
     # An output cut off at the token limit: a dark cyan, unlike waiting's amber for every kind of
     # colour vision, and always shown with its scissors icon.
@@ -37,6 +38,7 @@ STATUS_ICONS = {
     "not chosen": "pan_tool",  # waiting in a run that ended
     "stale": "history",
     "truncated": "content_cut",
+    "retrying": "update",
 }
 
 # Mermaid draws its lines black: in dark mode they must read on the dark background.
@@ -46,6 +48,9 @@ THEME_CSS = """
   fill: #cfd8dc !important; stroke: #cfd8dc !important; }
 .body--dark .sd-mermaid .edgeLabel { color: #eceff1; background: transparent; }
 """
+# NiceGUI answers 500 when a page is not built within its response_timeout (3 s by default): under a
+# burst of loads on a busy machine that is queueing, not failure. Pages wait longer instead.
+PAGE_TIMEOUT_S = 30.0
 
 NAV = [("Runs", "/"), ("Workflows", "/workflows"), ("Monitoring", "/monitoring")]
 HEADER_HEIGHT_PX = 52  # fixed, so that sticky bars can sit exactly below it
@@ -93,10 +98,8 @@ def _provider_chip() -> None:
 
 def _remembered_dark() -> bool | None:
     """The person's choice (dark or light), or None to follow the system's preference."""
-    try:
-        value = app.storage.user.get("dark")
-    except (RuntimeError, AssertionError):  # no user storage (no storage secret): the system's
-        return None
+    storage = user_storage()  # None without user storage (no storage secret): the system's
+    value = storage.get("dark") if storage is not None else None
     return value if isinstance(value, bool) else None
 
 
@@ -113,9 +116,9 @@ def _account() -> None:
     if who.via != "session":
         return
     ui.label(f"{who.name} · {who.role}").classes("text-xs text-slate-300").mark("account")
-    ui.button(icon="logout", on_click=lambda: ui.navigate.to("/logout")).props("flat round dense color=white").tooltip(
-        "Sign out"
-    ).mark("sign-out")
+    # Sign-out is a POST (a link could be followed from another site): a plain form, no websocket needed.
+    with ui.element("form").props('method="post" action="/logout"').classes("m-0"):
+        ui.button(icon="logout").props("flat round dense color=white type=submit").tooltip("Sign out").mark("sign-out")
 
 
 @contextmanager
@@ -138,8 +141,9 @@ def frame(title: str) -> Iterator[None]:
 
         def toggle() -> None:
             dark.value = DARK_CYCLE[dark.value][0]
-            with contextlib.suppress(RuntimeError, AssertionError):
-                app.storage.user["dark"] = dark.value  # remembered per browser (and so per person)
+            storage = user_storage()
+            if storage is not None:
+                storage["dark"] = dark.value  # remembered per browser (and so per person)
             _, icon, hint = DARK_CYCLE[dark.value]
             button.props(f"icon={icon}")
             tip.text = hint

@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, urlsplit
 from engine.db.base import Database
 from engine.db.postgres import PostgresDatabase, is_postgres
 from engine.db.sqlite import SqliteDatabase
-from models.db import close_db, is_sqlite, migrate, open_db, prepare_location, sqlite_path, with_sqlite_pragmas
+from models.db import check_url, close_db, migrate, open_db, prepare_location, sqlite_path, with_sqlite_pragmas
 
 _current: Database | None = None
 
@@ -31,13 +31,11 @@ def current() -> Database:
 
 
 def _engine_database(url: str) -> Database:
+    check_url(url)
     if is_postgres(url):
         return PostgresDatabase(url)
-    if not is_sqlite(url):
-        raise ValueError(f"unsupported database URL {url!r}: use sqlite://PATH or postgresql://USER@HOST:PORT/DB")
     path = sqlite_path(url)
-    if path is None:
-        raise ValueError("an in-memory SQLite database cannot be shared by the engine's connections: use a file")
+    assert path is not None  # check_url refuses the others
     pragmas = dict(parse_qsl(urlsplit(with_sqlite_pragmas(url)).query))
     return SqliteDatabase(str(path), pragmas)
 
@@ -47,6 +45,7 @@ async def open_database(url: str) -> Database:
     global _current
     if _current is not None:
         await close_database()
+    check_url(url)
     prepare_location(url)
     await open_db(url)
     try:
@@ -68,8 +67,10 @@ async def close_database() -> None:
 
 
 @contextlib.asynccontextmanager
-async def connected(url: str, *, apply_migrations: bool = True) -> AsyncIterator[Database]:
-    """Migrate (optionally), connect, and always close: worker threads would keep a script alive."""
+async def connected(url: str, *, apply_migrations: bool = True, must_exist: bool = False) -> AsyncIterator[Database]:
+    """Migrate (optionally), connect, and always close: worker threads would keep a script alive.
+    `must_exist`: refuse (DatabaseUnavailable) rather than create a database that is not there."""
+    check_url(url, must_exist=must_exist)
     if apply_migrations:
         await migrate(url)
     database = await open_database(url)

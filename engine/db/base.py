@@ -110,4 +110,9 @@ class Database(Protocol):
         """Rows of a read query as dicts; `engine` reads use a connection no viewer can hold up."""
         ...
 
+    def check_file(self) -> str | None:
+        """Why the database this process opened is no longer the one at its URL (e.g. its file was
+        removed), or None; once it returns a reason, writes are refused."""
+        ...
+
     async def close(self) -> None: ...

@@ -401,6 +401,10 @@ class PostgresDatabase:
                 self._writers.release(c, broken=broken)
         raise AssertionError("unreachable")
 
+    def check_file(self) -> str | None:
+        """A server, not a file: nothing can remove it from under this process."""
+        return None
+
     def run_batches_blocking(self, batches: Sequence[Batch]) -> list[Outcome]:
         return asyncio.run_coroutine_threadsafe(self.run_batches(batches), self._loop).result()
 

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -37,6 +38,8 @@ from engine.db.base import (
     StoreIntegrityError,
     guard_holds,
 )
+from models.db import frozen_flags
+from models.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +239,34 @@ class SqliteDatabase:
         self._drainer.start()
         self._readers = _ReaderPool(self._open_reader, readers, "stepdeck-db-read")
         self._engine_reader = _ReaderPool(self._open_reader, 1, "stepdeck-db-engine-read")
+        self._file_id = _file_id(path)
+        self.lost: str | None = None
+        self._frozen = _FrozenWatch(path)
+        self._frozen_reported: str | None = None
+
+    def check_file(self) -> str | None:
+        """Why the file this process opened is no longer the database at its path (removed or replaced,
+        as by deleting `data/` while serving), or None. Once lost, every write is refused: what would be
+        written to an unlinked file is lost at exit, silently."""
+        if self.lost is None:
+            now = _file_id(self.path)
+            if now != self._file_id:
+                how = "removed" if now is None else "replaced by another file"
+                self.lost = (
+                    f"the database file {self.path} was {how} while this process was using it: "
+                    "no more work is accepted; restart the process"
+                )
+                log.critical("%s", self.lost)
+        if self.lost:
+            return self.lost
+        frozen = self._frozen.reason()
+        if frozen != self._frozen_reported:  # said once when it starts, and when it ends
+            self._frozen_reported = frozen
+            if frozen:
+                log.error("%s: every read and write fails until it is writable again", frozen)
+            else:
+                log.warning("the database files are writable again")
+        return frozen
 
     def _open_reader(self) -> sqlite3.Connection:
         return connect(self.path, self._pragmas, read_only=True)
@@ -243,6 +274,8 @@ class SqliteDatabase:
     # --- reads --------------------------------------------------------------------------------
 
     async def fetch(self, sql: str, params: Sequence[Any] = (), *, engine: bool = False) -> list[dict[str, Any]]:
+        if frozen := self._frozen.reason():  # a reader writes its read mark into the shared memory too
+            raise DatabaseUnavailable(frozen)
         return await (self._engine_reader if engine else self._readers).fetch(sql, params)
 
     # --- writes -------------------------------------------------------------------------------
@@ -305,6 +338,8 @@ class SqliteDatabase:
 
     def _commit(self, group: list[_Ticket]) -> None:
         try:
+            if problem := self.check_file():
+                raise DatabaseUnavailable(problem)
             with self._writer_lock:
                 outcomes = run_group(self._writer, [b.stmts for t in group for b in t.batches])
         except BaseException as exc:
@@ -330,6 +365,38 @@ class SqliteDatabase:
         self._readers.close()
         self._engine_reader.close()
         self._writer.close()
+        self._frozen.close()
+
+
+class _FrozenWatch:
+    """Whether a file of the database was made immutable or append-only (`chattr +i`, `+a`): see
+    `models.db.frozen_flags`. Its files are held open so that each check is one system call."""
+
+    def __init__(self, path: str) -> None:
+        self._fds: list[tuple[str, int]] = []
+        for name in (path, f"{path}-wal", f"{path}-shm"):
+            with contextlib.suppress(OSError):
+                self._fds.append((name, os.open(name, os.O_RDONLY | os.O_CLOEXEC)))
+
+    def reason(self) -> str | None:
+        for name, fd in self._fds:
+            if frozen_flags(fd):
+                return f"the database file {name} is immutable or append-only (chattr): it cannot be written"
+        return None
+
+    def close(self) -> None:
+        for _, fd in self._fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._fds = []
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _deliver(group: list[_Ticket]) -> None:

@@ -12,6 +12,7 @@ from engine import events
 from engine.db.base import Ref, Stmt
 from engine.events import EventSpec, Stopped
 from engine.hub import ChangeKind
+from engine.notify import kinds as notify
 from engine.records import ScheduledFire, fire_stmt, utcnow
 from engine.store import run_batches
 from models.status import RUN_TRANSITIONS, STEP_TRANSITIONS, AttemptStatus, RunStatus, StepStatus
@@ -35,6 +36,7 @@ class NewStep:
     label: str
     kind: str
     needs: list[str]
+    retries: int = 0  # automatic retries its policy allows (shown as "attempt 2 of 3")
 
 
 async def create_run(
@@ -80,9 +82,12 @@ async def _create_run(
         guard=True,
     )
     step_rows = Stmt(
-        "INSERT INTO steps (run_id, key, label, position, kind, needs, status, attempt, stale, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, 0, FALSE, ?)",
-        many=[(Ref(0), s.key, s.label, i, s.kind, s.needs, StepStatus.PENDING, now) for i, s in enumerate(steps)],
+        "INSERT INTO steps (run_id, key, label, position, kind, needs, status, attempt, stale, retries, retries_used,"
+        " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, FALSE, ?, 0, ?)",
+        many=[
+            (Ref(0), s.key, s.label, i, s.kind, s.needs, StepStatus.PENDING, s.retries, now)
+            for i, s in enumerate(steps)
+        ],
     )
     stmts = [run, step_rows]
     message = f"started a run of {workflow!r}"
@@ -117,15 +122,15 @@ async def claim_run(run_id: int, owner: str) -> bool:
 async def finish_run(run_id: int, owner: str, to: RunStatus, error: str | None = None) -> bool:
     """RUNNING → WAITING/COMPLETED/FAILED by its owner; applies only to RUNNING rows it owns.
 
-    Also guarded on the steps: never while one of them runs, and a selection committed meanwhile
+    Also guarded on the steps: never while one of them runs or has a retry pending, and a selection committed meanwhile
     cannot leave a run WAITING with no waiting step, or COMPLETED with an unfinished one. The driver
     then re-reads and goes on.
     """
     assert to in (RunStatus.WAITING, RunStatus.COMPLETED, RunStatus.FAILED)
     now = utcnow()
     finished_at = None if to == RunStatus.WAITING else now
-    steps_guard = " AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = ? AND s.status = ?)"
-    params: list[Any] = [run_id, StepStatus.RUNNING]
+    steps_guard = " AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = ? AND s.status IN (?, ?))"
+    params: list[Any] = [run_id, StepStatus.RUNNING, StepStatus.RETRYING]
     if to == RunStatus.WAITING:
         steps_guard += " AND EXISTS (SELECT 1 FROM steps s WHERE s.run_id = ? AND s.status = ?)"
         params += [run_id, StepStatus.WAITING]
@@ -139,7 +144,16 @@ async def finish_run(run_id: int, owner: str, to: RunStatus, error: str | None =
         guard=True,
     )
     event = EventSpec(RUN, run_id, from_status=RunStatus.RUNNING, to_status=to, message=error)
-    return await _commit([update], [event], now=now)
+    outbox = notify.outbox_stmt(run_id, _RUN_EVENTS[to], now)
+    return await _commit([update, outbox], [event], now=now)
+
+
+_RUN_EVENTS = {
+    RunStatus.WAITING: notify.RUN_WAITING,
+    RunStatus.COMPLETED: notify.RUN_COMPLETED,
+    RunStatus.FAILED: notify.RUN_FAILED,
+    RunStatus.CANCELLED: notify.RUN_CANCELLED,
+}
 
 
 def _running_guard(run_id: int, owner: str | None, heartbeat_at: Any) -> tuple[str, tuple[Any, ...]]:
@@ -158,7 +172,9 @@ def _running_guard(run_id: int, owner: str | None, heartbeat_at: Any) -> tuple[s
 def _stop_running_steps(
     run_id: int, step_to: StepStatus, attempt_to: AttemptStatus, reason: str, now: datetime
 ) -> list[Stmt]:
-    """Statements moving a run's RUNNING attempts and steps to a final status, with step events."""
+    """Statements moving a run's RUNNING attempts and steps to a final status, with step events; then (from
+    index 4, see `_stopped`) its RETRYING steps, whose pending retry is dropped (their attempt failed already)."""
+    dropped = f"{reason}; its pending retry was dropped"
     return [
         events.steps_events_stmt(run_id, StepStatus.RUNNING, step_to, reason, now, where_status=StepStatus.RUNNING),
         Stmt(
@@ -170,13 +186,27 @@ def _stop_running_steps(
             "UPDATE steps SET status = ?, updated_at = ? WHERE run_id = ? AND status = ?",
             (step_to, now, run_id, StepStatus.RUNNING),
         ),
+        events.steps_events_stmt(run_id, StepStatus.RETRYING, step_to, dropped, now, where_status=StepStatus.RETRYING),
+        Stmt(
+            "UPDATE steps SET status = ?, retry_at = NULL, updated_at = ? WHERE run_id = ? AND status = ?",
+            (step_to, now, run_id, StepStatus.RETRYING),
+        ),
+    ]
+
+
+def _stopped(first: int, step_to: StepStatus, reason: str) -> list[Stopped]:
+    """What `_stop_running_steps` (placed at statement `first`) publishes."""
+    return [
+        Stopped(first, StepStatus.RUNNING, step_to, reason),
+        Stopped(first + 3, StepStatus.RETRYING, step_to, f"{reason}; its pending retry was dropped"),
     ]
 
 
 async def fail_running_run(
     run_id: int, reason: str, *, owner: str | None = None, actor: str | None = None, heartbeat_at: Any = ...
 ) -> bool:
-    """RUNNING → FAILED with its running steps and attempts (interruption, orphan, shutdown).
+    """RUNNING → FAILED with its running steps and attempts (interruption, orphan, shutdown); a step with a
+    pending retry fails too (the policy never retries what the sweep failed).
 
     Applies only to a RUNNING run, owned by `owner` when given and, when `heartbeat_at` is given
     (the sweep), still with the heartbeat that was judged stale; returns False otherwise.
@@ -191,11 +221,12 @@ async def fail_running_run(
             guard=True,
         ),
         *_stop_running_steps(run_id, StepStatus.FAILED, AttemptStatus.FAILED, reason, now),
+        notify.outbox_stmt(run_id, notify.RUN_FAILED, now),
     ]
     evs = [
         EventSpec(RUN, run_id, from_status=RunStatus.RUNNING, to_status=RunStatus.FAILED, actor=actor, message=reason)
     ]
-    return await _commit(stmts, evs, [Stopped(1, StepStatus.RUNNING, StepStatus.FAILED, reason)], now)
+    return await _commit(stmts, evs, _stopped(1, StepStatus.FAILED, reason), now)
 
 
 async def requeue_interrupted(
@@ -204,7 +235,8 @@ async def requeue_interrupted(
     """RUNNING → QUEUED after an interruption (policy `resume`): the running attempts are failed
     with `reason` and kept in history, their steps go back to PENDING (two events each: running →
     failed → pending), so the next claim runs them as new attempts. `count` adds one to the run's
-    recoveries (a crash; a graceful shutdown does not count).
+    recoveries (a crash; a graceful shutdown does not count). Steps with a pending retry keep it (and
+    its due time).
 
     Same guards as `fail_running_run`; returns False otherwise.
     """
@@ -239,7 +271,8 @@ async def requeue_interrupted(
 
 
 async def cancel_run(run_id: int, from_status: RunStatus, actor: str) -> bool:
-    """QUEUED/RUNNING/WAITING → CANCELLED with running steps and attempts; guard on `from_status`."""
+    """QUEUED/RUNNING/WAITING → CANCELLED with running steps and attempts, and pending retries dropped;
+    guard on `from_status`."""
     if RunStatus.CANCELLED not in RUN_TRANSITIONS[from_status]:
         return False
     now = utcnow()
@@ -252,12 +285,13 @@ async def cancel_run(run_id: int, from_status: RunStatus, actor: str) -> bool:
             guard=True,
         ),
         *_stop_running_steps(run_id, StepStatus.CANCELLED, AttemptStatus.CANCELLED, reason, now),
+        notify.outbox_stmt(run_id, notify.RUN_CANCELLED, now),
     ]
     evs = [
         EventSpec(ACTION, run_id, actor=actor, message="cancelled the run"),
         EventSpec(RUN, run_id, from_status=from_status, to_status=RunStatus.CANCELLED, actor=actor),
     ]
-    return await _commit(stmts, evs, [Stopped(1, StepStatus.RUNNING, StepStatus.CANCELLED, reason)], now)
+    return await _commit(stmts, evs, _stopped(1, StepStatus.CANCELLED, reason), now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +304,8 @@ class StepReset:
 async def rerun_steps(
     run_id: int, run_from: RunStatus, root_key: str, resets: Sequence[StepReset], actor: str, action: str
 ) -> bool:
-    """Run (not running) → QUEUED, and each named step → PENDING with its stale flag cleared.
+    """Run (not running) → QUEUED, and each named step → PENDING with its stale flag cleared and its
+    count of automatic retries reset (a person took over).
 
     Guards: the run is still in `run_from` and every step still has the status it was read with.
     Steps already PENDING are guarded but get no event (nothing changes for them).
@@ -289,8 +324,8 @@ async def rerun_steps(
             guard=True,
         ),
         Stmt(
-            "UPDATE steps SET status = ?, stale = FALSE, stale_reason = NULL, updated_at = ?"
-            " WHERE id = ? AND status = ?",
+            "UPDATE steps SET status = ?, stale = FALSE, stale_reason = NULL, retries_used = 0, retry_at = NULL,"
+            " updated_at = ? WHERE id = ? AND status = ?",
             many=[(StepStatus.PENDING, now, r.step_id, r.from_status) for r in resets],
             guard=True,
         ),

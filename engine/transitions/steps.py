@@ -3,6 +3,7 @@ commit), fail."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,7 +11,10 @@ from typing import Any
 
 from engine import events
 from engine.db.base import Batch, BatchResult, Outcome, Stmt
+from engine.notify import kinds as notify
 from engine.records import AttemptRef, llm_stmts, record_late_result, utcnow
+from engine.retry import ACTOR as RETRY_ACTOR
+from engine.retry import FailureKind, PendingRetry
 from engine.store import run_batches, run_batches_blocking
 from models.status import AttemptStatus, RunStatus, StepStatus
 
@@ -26,13 +30,16 @@ class StepStart:
     needs: Sequence[str]
     consumed: dict[str, Any]
     owner: str
+    from_status: StepStatus = StepStatus.PENDING  # RETRYING: the retry policy starts its next attempt
+    message: str | None = None
 
 
 def _start_batch(start: StepStart, now: datetime) -> Batch:
     # Readiness is checked by the database too: every need must be COMPLETED when the step starts, and
     # the run RUNNING in the hands of the engine that starts it.
+    assert start.from_status in (StepStatus.PENDING, StepStatus.RETRYING)
     needs_done = ""
-    params: list[Any] = [StepStatus.RUNNING, start.number, now, start.step_id, StepStatus.PENDING]
+    params: list[Any] = [StepStatus.RUNNING, start.number, now, start.step_id, start.from_status]
     params += [start.run_id, RunStatus.RUNNING, start.owner]
     if start.needs:
         marks = ", ".join("?" for _ in start.needs)
@@ -42,7 +49,7 @@ def _start_batch(start: StepStart, now: datetime) -> Batch:
         params += [start.run_id, *start.needs, StepStatus.COMPLETED]
     stmts = [
         Stmt(
-            "UPDATE steps SET status = ?, attempt = ?, updated_at = ? WHERE id = ? AND status = ?"
+            "UPDATE steps SET status = ?, attempt = ?, retry_at = NULL, updated_at = ? WHERE id = ? AND status = ?"
             " AND EXISTS (SELECT 1 FROM runs WHERE runs.id = ? AND runs.status = ? AND runs.owner = ?)" + needs_done,
             params,
             guard=True,
@@ -53,7 +60,9 @@ def _start_batch(start: StepStart, now: datetime) -> Batch:
             (start.run_id, start.step_id, start.number, AttemptStatus.RUNNING, start.consumed, [], start.owner, now),
         ),
     ]
-    event = events.step_event(start.run_id, start.key, start.number, StepStatus.PENDING, StepStatus.RUNNING)
+    event = events.step_event(start.run_id, start.key, start.number, start.from_status, StepStatus.RUNNING)
+    if start.from_status == StepStatus.RETRYING:
+        event = dataclasses.replace(event, actor=RETRY_ACTOR, message=start.message)
     return events.batch(stmts, [event], now)
 
 
@@ -64,9 +73,9 @@ def _started_attempt(result: Outcome) -> int | None:
 
 
 async def start_step(start: StepStart) -> int | None:
-    """PENDING → RUNNING with a new attempt; returns its id.
+    """PENDING (or RETRYING, `start.from_status`) → RUNNING with a new attempt; returns its id.
 
-    Applies only to a PENDING step whose needs are all COMPLETED, of a RUNNING run owned by
+    Applies only to a step in `start.from_status` whose needs are all COMPLETED, of a RUNNING run owned by
     `start.owner`; returns None otherwise.
     """
     return _started_attempt((await run_batches([_start_batch(start, utcnow())]))[0])
@@ -116,6 +125,8 @@ def _completion_batches(c: Completion, starts: Sequence[StepStart], now: datetim
         *llm_stmts(c.ref, c.llm, AttemptStatus.COMPLETED, now),
     ]
     truncated = bool(c.llm and c.llm.get("truncated"))
+    if truncated:
+        stmts.append(notify.outbox_stmt(c.ref.run_id, notify.STEP_TRUNCATED, now, step_key=c.ref.key))
     event = events.step_event(c.ref.run_id, c.ref.key, c.ref.number, StepStatus.RUNNING, to, truncated=truncated)
     return [events.batch(stmts, [event], now), *(_start_batch(s, now) for s in starts)]
 
@@ -181,9 +192,15 @@ async def fail_step(
     logs: list[str],
     partial_output: str | None = None,
     llm: dict[str, Any] | None = None,
+    retry: tuple[PendingRetry, FailureKind] | None = None,
 ) -> bool:
-    """Attempt and step RUNNING → FAILED with the error; same guards and late handling as completion."""
+    """Attempt and step RUNNING → FAILED with the error; same guards and late handling as completion.
+
+    With `retry` (the policy retries this failure) the step goes RUNNING → RETRYING instead, its next
+    attempt due at `retry.due_at` (kept in the database: a restart fires it), by actor `retry policy`.
+    """
     now = utcnow()
+    step_to = StepStatus.RETRYING if retry is not None else StepStatus.FAILED
     stmts = [
         Stmt(
             "UPDATE attempts SET status = ?, error = ?, error_detail = ?, logs = ?, partial_output = ?, finished_at = ?"
@@ -191,11 +208,23 @@ async def fail_step(
             (AttemptStatus.FAILED, error, detail, logs, partial_output, now, ref.attempt_id, AttemptStatus.RUNNING),
             guard=True,
         ),
-        _step_from_running(ref, StepStatus.FAILED, now),
+        _step_from_running(ref, StepStatus.FAILED, now)
+        if retry is None
+        else Stmt(
+            "UPDATE steps SET status = ?, retry_at = ?, retries_used = ?, updated_at = ?"
+            " WHERE id = ? AND status = ? AND attempt = ?",
+            (step_to, retry[0].due_at, retry[0].retries_used, now, ref.step_id, StepStatus.RUNNING, ref.number),
+            guard=True,
+        ),
         *llm_stmts(ref, llm, AttemptStatus.FAILED, now),
     ]
     truncated = bool(llm and llm.get("truncated"))
-    event = events.step_event(ref.run_id, ref.key, ref.number, StepStatus.RUNNING, StepStatus.FAILED, error, truncated)
+    if truncated:
+        stmts.append(notify.outbox_stmt(ref.run_id, notify.STEP_TRUNCATED, now, step_key=ref.key))
+    event = events.step_event(ref.run_id, ref.key, ref.number, StepStatus.RUNNING, step_to, error, truncated)
+    if retry is not None:
+        message = f"{error}\n{retry[0].message(retry[1])}"
+        event = dataclasses.replace(event, actor=RETRY_ACTOR, message=message)
     result = (await run_batches([events.batch(stmts, [event], now)]))[0]
     if isinstance(result, Exception):
         raise result

@@ -6,7 +6,7 @@ from tortoise.migrations import operations as ops
 
 
 class Migration(migrations.Migration):
-    dependencies = [("models", "0005_read_indexes")]
+    dependencies = [("models", "0006_retries_notifications")]
 
     initial = False
 

@@ -11,9 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.integration.served import ROOT, Server, Workspace, serving
+
+# What a browser test waits for comes; on a loaded machine it comes later. A generous wait changes
+# how long a failing test takes, never a verdict.
+expect.set_options(timeout=20_000)
 
 CHROMIUM = Path(os.environ.get("STEPDECK_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -83,9 +87,48 @@ def huge(ctx):
     return "\\n".join(f"line {i:06d} " + "lorem ipsum dolor sit amet " * 2 for i in range(32_000))
 
 
+def drafts(ctx):
+    return [f"Draft {i + 1}: tide pools are small worlds, version {i + 1}." for i in range(ctx.alternatives)]
+
+
 def nested(ctx):
     return {"title": "Nested", "sections": [{"name": f"s{i}", "words": i * 100} for i in range(3)]}
 '''
+
+# A cut-off LLM output, then a choice among three drafts, then a step made from the choice.
+STATES = """
+name: states
+steps:
+  - key: short
+    label: Too short
+    kind: llm
+    prompt: Write a long story about tide pools.
+    max_tokens: 5
+  - key: draft
+    label: Drafts
+    call: e2e_steps:drafts
+    alternatives: 3
+  - key: polish
+    label: Polish
+    call: e2e_steps:quick
+"""
+
+# A gate, then a model that writes for a few seconds (the simulated provider streams 60 tokens/s).
+LIVE_LLM = """
+name: live-llm
+inputs:
+  gate_dir:
+    type: string
+steps:
+  - key: gate
+    label: Gate
+    call: e2e_steps:gated
+  - key: write
+    label: Write
+    kind: llm
+    prompt: Write a long story about tide pools.
+    max_tokens: 400
+"""
 
 OUTPUTS = """
 name: outputs
@@ -219,6 +262,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             "choice-at-the-end": choice_at_the_end("choice-at-the-end", 60),
             "live-attention": LIVE_ATTENTION,
             "outputs": OUTPUTS,
+            "states": STATES,
+            "live-llm": LIVE_LLM,
         },
         modules={"e2e_steps": E2E_STEPS},
     )

@@ -26,11 +26,11 @@ def open_run(page: Page, server: Server, run_id: int, query: str = "") -> Locato
     sticky navigator."""
     page.goto(f"{server.base_url}/runs/{run_id}{query}")
     nav = page.get_by_test_id("step-nav")
-    expect(nav).to_be_visible(timeout=10_000)
+    expect(nav).to_be_visible()
     page.wait_for_function(
         "document.querySelector('[data-testid^=card-header-]') !== null"
         " && document.querySelector('[data-testid=overview]').width > 0",
-        timeout=10_000,
+        timeout=30_000,
     )
     return nav
 
@@ -106,7 +106,7 @@ def assert_current(page: Page, key: str) -> None:
     """The step the navigator marks as current: its pill is marked and scrolled into the strip, and the
     URL names it (a reload or a shared link comes back to it)."""
     expect(pill(page, key)).to_have_class(CURRENT)
-    page.wait_for_function(PILL_SHOWN, arg=key, timeout=5_000)
+    page.wait_for_function(PILL_SHOWN, arg=key)
     expect(page.locator(".run-pill-current")).to_have_count(1)
     expect(page).to_have_url(re.compile(rf"[?&]step={key}$"))
 

@@ -75,3 +75,13 @@ def test_a_row_opens_its_run_and_back_keeps_the_filters(
     expect(page.get_by_text("No runs match these filters.")).to_be_visible()
     page.reload()
     expect(page.get_by_label("Search")).to_have_value("fifty")
+
+
+def test_an_unknown_page_has_the_frame_and_the_api_answers_json(wide: Page, server: Server) -> None:
+    page = wide
+    response = page.goto(f"{server.base_url}/no/such/page")
+    assert response is not None and response.status == 404
+    expect(page.get_by_text("There is no page here.")).to_be_visible()
+    expect(page.locator(".q-header").get_by_text("Workflows")).to_be_visible()  # the navigation is there
+    api = server.client.get("/api/no-such-thing")
+    assert api.status_code == 404 and api.json()["error"] == "not_found", api.text

@@ -55,7 +55,7 @@ def test_navigation_bar_stays_at_the_top_after_scrolling_to_the_bottom(
     marked = page.locator(".run-pill-current")
     expect(marked).to_have_count(1)
     key = (marked.get_attribute("data-testid") or "")[len("pill-") :]
-    page.wait_for_function(PILL_SHOWN, arg=key, timeout=5_000)
+    page.wait_for_function(PILL_SHOWN, arg=key)
     head = box(page.get_by_test_id(f"card-header-{key}"))
     assert bar["y"] + bar["height"] - 46 <= head["y"] <= bar["y"] + bar["height"] + 60, (
         f"{key} is marked current, but its card is at {head}, not the first below the navigator {bar}"

@@ -49,10 +49,10 @@ def test_a_pill_changes_colour_live_when_its_step_completes(
 
     (gates / "bravo").touch()
 
-    expect(bravo).to_have_attribute("data-status", "completed", timeout=5_000)
+    expect(bravo).to_have_attribute("data-status", "completed")
     expect(bravo.locator(".q-icon")).to_have_class(re.compile(rf"\btext-{STATUS_COLORS['completed']}\b"))
     expect(bravo.locator(".q-icon")).to_have_text(STATUS_ICONS["completed"])
-    expect(charlie).to_have_attribute("data-status", "completed", timeout=5_000)
+    expect(charlie).to_have_attribute("data-status", "completed")
     expect(page.get_by_test_id("status-charlie")).to_have_text("completed")
     expect(page.get_by_test_id("step-counts")).to_have_text("3 completed")
     expect(root).to_have_attribute("data-run-status", "completed")
@@ -73,12 +73,12 @@ def test_a_step_that_fails_or_waits_live_opens_its_card(wide: Page, server: Serv
     page.evaluate("window.stepdeckNoReload = true")
 
     (gates / "charlie").touch()
-    expect(card(page, "charlie")).to_have_attribute("data-open", "true", timeout=5_000)
+    expect(card(page, "charlie")).to_have_attribute("data-open", "true")
     expect(body(page, "charlie")).to_contain_text("Pick one of 2 alternatives")
     expect(card(page, "charlie")).to_have_attribute("data-status", "waiting")
 
     (gates / "bravo").touch()
-    expect(card(page, "bravo")).to_have_attribute("data-open", "true", timeout=5_000)
+    expect(card(page, "bravo")).to_have_attribute("data-open", "true")
     expect(body(page, "bravo")).to_contain_text("bravo failed on purpose")
     expect(card(page, "alpha")).to_have_attribute("data-open", "false")  # nothing else opened
     assert page.evaluate("window.stepdeckNoReload === true"), "the page was reloaded"
@@ -157,6 +157,23 @@ def test_a_tab_that_lost_its_connection_catches_up_without_reload(wide: Page, se
     page.context.set_offline(False)
 
     expect(bravo).to_have_attribute("data-status", "completed", timeout=15_000)
-    expect(pill(page, "charlie")).to_have_attribute("data-status", "completed", timeout=5_000)
+    expect(pill(page, "charlie")).to_have_attribute("data-status", "completed")
     expect(page.locator("#run-root")).to_have_attribute("data-run-status", "completed")
     assert page.evaluate("window.stepdeckNoReload === true"), "the page was reloaded to catch up"
+
+
+def test_a_model_starting_to_write_opens_its_card_and_streams_there(wide: Page, server: Server, tmp_path: Path) -> None:
+    page = wide
+    gates = gate_dir(tmp_path)
+    run_id = server.start_run("live-llm", {"gate_dir": str(gates)})
+    server.wait_step(run_id, "gate", "running")
+    open_run(page, server, run_id)
+    write = card(page, "write")
+    expect(write).to_have_attribute("data-open", "false")
+
+    (gates / "gate").touch()
+
+    expect(write).to_have_attribute("data-status", "running")
+    expect(write).to_have_attribute("data-open", "true")
+    expect(body(page, "write")).to_contain_text("Simulated output")  # the text as it streams
+    assert server.run(run_id)["status"] == "running", "the text showed while the model was still writing"

@@ -24,13 +24,10 @@ from engine.registry import workflows
 from engine.settings import Secret, Settings
 from engine.store import fetch
 from tests.conftest import attempts_of, engine_running, wait_for, wait_run
-from tests.integration.test_llm import api_client
+from tests.integration.test_llm import ENDED, MODEL, TOPIC, api_client, bodies, llm, words
 from tests.llm_server import LLMServer
 
 Define = Callable[..., Any]
-MODEL = "stepdeck-test"
-TOPIC = {"topic": {"type": "string", "default": "tide pools"}}
-ENDED = ("completed", "failed", "cancelled", "waiting")
 
 pytestmark = pytest.mark.usefixtures("audit_clean")
 
@@ -61,22 +58,10 @@ async def eng(llm_settings: Settings) -> AsyncIterator[Engine]:
     await providers.close_all()
 
 
-def llm(key: str = "write", prompt: str = "Write about {{ inputs.topic }}.", **fields: Any) -> dict[str, Any]:
-    return {"key": key, "kind": "llm", "prompt": prompt, **fields}
-
-
 async def run_to_end(name: str, timeout_s: float = 20.0) -> dict[str, Any]:
     run_id = await operations.start_run(name, {}, "tester")
     await wait_run(run_id, *ENDED, timeout_s=timeout_s)
     return (await queries.run_detail(run_id)).to_json()
-
-
-def words(start: int, stop: int, prefix: str = "") -> str:
-    return "".join(f"{prefix}w{i} " for i in range(start, stop))
-
-
-def bodies(server: LLMServer) -> list[dict[str, Any]]:
-    return [r.body for r in server.completion_requests]
 
 
 # --- 1. a stream that ends without a finish reason -------------------------------------------------------

@@ -73,6 +73,9 @@ async def test_the_step_card_shows_what_the_attempt_cost_marked_estimated(user: 
     assert f"cost ~${step['llm']['cost']:,.4f} (estimated) for this attempt" in line
     alt = step["llm"]["alternatives"][0]
     assert text_of(user, "alt-usage-write-0").endswith(f" · ~${alt['cost']:,.4f}")
+    # The run's cost over every attempt, in its header.
+    header = await eventually(lambda: text_of(user, "run-cost") or None, "the run's cost in its header")
+    assert header == f"cost ~${run['cost']['usd']:,.4f} (estimated)", header
 
 
 async def test_monitoring_shows_the_cost_per_workflow_and_per_day_marked_estimated(user: User) -> None:

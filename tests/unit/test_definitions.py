@@ -248,7 +248,17 @@ def test_from_snapshot_does_not_resolve_calls() -> None:
     defn = WorkflowDef.from_snapshot(snapshot)
 
     assert defn.step("a").call == "module_that_was_deleted:fn"
-    assert defn.to_snapshot() == {**snapshot, "schedules": []}  # snapshots from before schedules still load
+    # Snapshots from before schedules, retry policies and notifications still load, with the defaults.
+    no_retry = {
+        "retries": 0,
+        "retry_delay_s": 10.0,
+        "retry_backoff": 2.0,
+        "retry_max_delay_s": 600.0,
+        "retry_on": ["error", "timeout"],
+        "retry_max_tokens_factor": 1.0,
+    }
+    steps = [{**s, **no_retry} for s in snapshot["steps"]]  # type: ignore[attr-defined]
+    assert defn.to_snapshot() == {**snapshot, "steps": steps, "schedules": [], "notify": []}
     with pytest.raises(ValueError, match="version"):
         WorkflowDef.from_snapshot({**snapshot, "version": 99})
 

@@ -77,6 +77,7 @@ export default {
     top: { type: Number, default: 52 },
     initial: { type: String, default: "" },
     opened: { type: Array, default: () => [] },
+    streaming: { type: Array, default: () => [] },  // steps whose text streams while they run (LLM)
   },
   data() {
     return {
@@ -96,6 +97,7 @@ export default {
   },
   computed: {
     index() { return new Map(this.rows.map((r, i) => [r[KEY], i])); },
+    streams() { return new Set(this.streaming); },
     countsText() {
       const counts = {};
       let stale = 0;
@@ -170,6 +172,8 @@ export default {
         const before = copy[i][STATUS];
         copy[i] = row;
         if (before !== row[STATUS] && ATTENTION.has(row[STATUS])) this.open[row[KEY]] = true;
+        // A model starting to write: open its card so the text shows as it streams.
+        if (before !== row[STATUS] && row[STATUS] === "running" && this.streams.has(row[KEY])) this.open[row[KEY]] = true;
       }
       this.rows = copy;
       this.announce();

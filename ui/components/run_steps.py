@@ -23,6 +23,7 @@ QUASAR_HEX = {
     "brown-5": "#8d6e63",
     "purple-5": "#ab47bc",
     "cyan-9": "#00838f",
+    "deep-orange-5": "#ff7043",
 }
 
 CSS = """
@@ -49,6 +50,7 @@ class RunSteps(Element, component="run_steps.js"):
         *,
         initial: str = "",
         opened: list[str] | None = None,
+        streaming: list[str] | None = None,
         on_bodies: Callable[[list[str]], Any],
     ) -> None:
         super().__init__()
@@ -59,6 +61,7 @@ class RunSteps(Element, component="run_steps.js"):
         self._props["top"] = HEADER_HEIGHT_PX
         self._props["initial"] = initial
         self._props["opened"] = opened or []
+        self._props["streaming"] = streaming or []
         self.on_bodies = on_bodies
         self.on("bodies", lambda e: on_bodies([str(k) for k in (e.args or [])]))
         ui.add_css(CSS)

@@ -16,6 +16,7 @@ from ui import security
 from ui.components.cost_view import alternative_note, budget_hold_text, llm_note
 from ui.components.log_view import LogView
 from ui.components.output_view import diff_view, output_view, traceback_view
+from ui.components.retry_view import retry_note
 from ui.live import ENDED_RUN, RunState, llm_summary
 from ui.theme import STATUS_COLORS, STATUS_ICONS, status_color
 
@@ -70,6 +71,7 @@ class StepBody:
                     ui.icon("history", color="purple-5")
                     ui.label(step.stale_reason or "").classes("text-sm text-purple-8").mark(f"stale-reason-{self.key}")
             self._times(step)
+            retry_note(step)
             if step.status is StepStatus.FAILED and step.error:
                 ui.label(step.error).classes("text-red-8 font-mono text-sm whitespace-pre-wrap break-all").mark(
                     f"error-{self.key}"
@@ -161,7 +163,7 @@ class StepBody:
                 )
         elif step.status is StepStatus.WAITING:
             with ui.row().classes("items-center gap-2 p-2 rounded bg-amber-1 w-full").mark(f"choose-{self.key}"):
-                ui.icon(STATUS_ICONS["waiting"], color=status_color("waiting"))
+                ui.icon(STATUS_ICONS[StepStatus.WAITING], color=status_color(StepStatus.WAITING))
                 ui.label(f"Pick one of {len(alternatives)} alternatives to continue the run.").classes(
                     "text-sm text-black"
                 )
@@ -241,7 +243,9 @@ class StepBody:
                 ui.button("Retry", icon="replay", on_click=lambda: self.rerun(self.key)).props("no-caps").mark(
                     f"retry-{self.key}"
                 )
-            elif step.status in (StepStatus.COMPLETED, StepStatus.CANCELLED):  # where it does something
+            elif step.status in (StepStatus.COMPLETED, StepStatus.CANCELLED) or (
+                step.status is StepStatus.WAITING and not step.alternatives  # held (a budget), not a choice
+            ):
                 ui.button("Re-run from here", icon="play_arrow", on_click=lambda: self.rerun(self.key)).props(
                     "flat no-caps"
                 ).mark(f"rerun-{self.key}")

@@ -2,7 +2,33 @@
 
 from __future__ import annotations
 
+from nicegui import app
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
 from engine.scheduler import Maintenance
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    """An unknown page gets the frame with the navigation; the API (and anything not asking for HTML)
+    gets its JSON error."""
+    from nicegui import Client, ui
+    from nicegui.page import page
+
+    from ui.errors import error_response, on_http_error
+    from ui.theme import frame
+
+    path = request.url.path
+    if path.startswith(("/api", "/_nicegui")) or "text/html" not in request.headers.get("accept", ""):
+        if isinstance(exc, StarletteHTTPException):
+            return await on_http_error(request, exc)
+        return error_response(404, "not_found", "not found")
+    with Client(page(""), request=request) as client, frame("Not found"):
+        ui.label("There is no page here.").classes("text-h6").mark("page-not-found")
+        ui.label(path).classes("font-mono text-sm text-grey-7 break-all")
+        ui.link("All runs", "/")
+    return client.build_response(request, 404)
 
 
 def register_pages(maintenance: Maintenance) -> None:
@@ -14,6 +40,7 @@ def register_pages(maintenance: Maintenance) -> None:
 
     ui.add_css(output_view.CSS + THEME_CSS, shared=True)
 
+    app.add_exception_handler(404, not_found)  # in place of NiceGUI's bare page
     runs.register()
     run_detail.register()
     workflows.register(maintenance.schedules)

@@ -18,6 +18,7 @@ from engine.monitoring import TokenReport, shared_token_report
 from engine.scheduler import JobState, Maintenance
 from ui import run_list
 from ui.components.cost_view import COST_COLUMNS, cost_rows, cost_summary
+from ui.components.notifications_view import notifications_section
 from ui.components.token_charts import (
     distribution_options,
     set_options,
@@ -29,7 +30,7 @@ from ui.components.token_charts import (
     truncation_options,
 )
 from ui.live import live
-from ui.theme import frame, status_color
+from ui.theme import PAGE_TIMEOUT_S, frame, status_color
 from ui.throttle import Throttle
 
 COUNTS_REFRESH_INTERVAL_S = 1.0
@@ -100,7 +101,7 @@ class StatusCounts:
 
 
 def register(maintenance: Maintenance) -> None:
-    @ui.page("/monitoring")
+    @ui.page("/monitoring", response_timeout=PAGE_TIMEOUT_S)
     async def monitoring_page() -> None:
         with frame("Monitoring"):
             ui.label("Maintenance jobs").classes("text-h6")
@@ -120,6 +121,7 @@ def register(maintenance: Maintenance) -> None:
             first = background_tasks.create(tokens.refresh(), name="monitoring tokens first refresh")
             await asyncio.wait([first], timeout=FIRST_PAINT_S)
             live.runs_changed.subscribe(lambda _run_id: tokens.throttle.trigger())
+            await notifications_section(settings)
 
 
 STEP_COLUMNS: list[dict[str, Any]] = [

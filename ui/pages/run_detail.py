@@ -16,12 +16,13 @@ from engine.errors import NotFound, StepdeckError
 from engine.registry import workflows
 from models.status import StepStatus
 from ui import security
+from ui.components.cost_view import cost_text
 from ui.components.run_graphs import RunGraphs
 from ui.components.run_steps import RunSteps
 from ui.components.step_card import StepBody
 from ui.format import format_duration
 from ui.live import ENDED_RUN, Patch, RunState, live
-from ui.theme import STATUS_COLORS, frame
+from ui.theme import PAGE_TIMEOUT_S, STATUS_COLORS, frame
 
 
 async def _act(what: Callable[[str], Awaitable[Any]], done: str) -> bool:
@@ -75,13 +76,20 @@ class RunPage:
         with self.root:
             self._header()
             # What needs a person is open from the start: a choice to make, a failure to look at.
-            opened = [k for k in state.order if state.rows[k].status in (StepStatus.WAITING, StepStatus.FAILED)]
+            # And a model writing right now: its text shows as it streams.
+            opened = [
+                k
+                for k in state.order
+                if state.rows[k].status in (StepStatus.WAITING, StepStatus.FAILED)
+                or (state.rows[k].status is StepStatus.RUNNING and state.rows[k].kind == "llm")
+            ]
             if self.initial and self.initial not in opened:
                 opened.append(self.initial)
             self.steps = RunSteps(
                 [state.row_json(state.rows[k]) for k in state.order],
                 initial=self.initial,
                 opened=opened,
+                streaming=[k for k in state.order if state.rows[k].kind == "llm"],
                 on_bodies=self._bodies,
             ).mark("run-steps")
             self.graphs = RunGraphs(state, self.needs)
@@ -127,6 +135,8 @@ class RunPage:
             with ui.row().classes("w-full gap-4 text-sm text-grey-8"):
                 ui.label().bind_text_from(v, "counts_text").mark("run-counts")
                 ui.label(f"started by {header['actor']}")
+                self.cost_label = ui.label().mark("run-cost")
+                background_tasks.create(self._show_cost(), name="run page cost")
                 ui.label().bind_text_from(
                     v,
                     "started_at",
@@ -160,6 +170,13 @@ class RunPage:
             ).mark("run-error")
             with ui.expansion("Inputs", icon="input").classes("w-full"):
                 ui.code(json.dumps(header["inputs"], ensure_ascii=False, indent=2), language="json").classes("w-full")
+
+    async def _show_cost(self) -> None:
+        """The run's LLM cost over every attempt (read when the page opens and when the run ends)."""
+        text = cost_text(await queries.run_cost(self.run_id)) or ""
+        if not self.cost_label.is_deleted:
+            self.cost_label.text = text
+            self.cost_label.set_visibility(bool(text))
 
     def _actions(self) -> None:
         v = self.state.view
@@ -205,6 +222,8 @@ class RunPage:
         if was != v.status or self.root.props.get("data-completed") != str(v.completed):
             self._mark_root()
             self.root.update()
+            if was != v.status:
+                background_tasks.create(self._show_cost(), name="run page cost")
         stale = [k for k in patch.bodies if k in self.bodies]
         if (was in ENDED_RUN) != (v.status in ENDED_RUN):  # a choice is offered, or no longer
             waiting = [k for k in self.bodies if self.state.rows[k].status == StepStatus.WAITING]
@@ -354,7 +373,7 @@ def _timeline_row(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def register() -> None:
-    @ui.page("/runs/{run_id}")
+    @ui.page("/runs/{run_id}", response_timeout=PAGE_TIMEOUT_S)
     async def run_page(run_id: str, step: str = "") -> None:
         state = None
         if run_id.isdigit() and len(run_id) < 18:

@@ -1,0 +1,1 @@
+"""Notifications: an outbox written with the transitions, fanned out to webhooks and Apprise targets."""

@@ -1,0 +1,147 @@
+"""Applying migrations: each one and its record in one transaction, one process at a time.
+
+Tortoise's own executor commits a migration's tables in one transaction and its record in another: a
+process killed (or a disk filling up) between the two left tables nobody recorded, and every later
+start failed with `table "X" already exists`. Here the record is written first, in the same
+transaction as the tables: on SQLite that first write takes the database's write lock, so a second
+process migrating the same file waits for the first and then finds the migration recorded. A database
+left half-applied by an older version is detected (the migration's objects already exist) and repaired
+by applying what is missing and recording the rest, with a warning that says so.
+
+Planning and state projection are Tortoise's own (`MigrationExecutor`, internals of the pinned 1.1.9:
+re-check them when the pin moves); only applying and recording are done here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tortoise.backends.base.client import BaseDBAsyncClient
+from tortoise.exceptions import OperationalError
+from tortoise.migrations.executor import MigrationExecutor
+from tortoise.migrations.graph import MigrationKey
+from tortoise.migrations.migration import Migration
+from tortoise.migrations.schema_editor import SqliteSchemaEditor
+from tortoise.migrations.schema_editor.base import BaseSchemaEditor
+from tortoise.migrations.schema_generator.state import State
+from tortoise.transactions import in_transaction
+
+from models.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+RECORD_TABLE = "tortoise_migrations"
+# What SQLite says when an object a migration creates is already there.
+_ALREADY_THERE = ("already exists", "duplicate column name")
+
+
+class MigrationError(DatabaseUnavailable):
+    """A migration could not be applied; the message names it and says what to do."""
+
+
+@dataclass
+class _Outcome:
+    applied: bool  # False: another process recorded it first
+    already_present: list[str] = field(default_factory=list)
+
+
+class _RepairingEditor(SqliteSchemaEditor):
+    """Runs each statement under a savepoint and skips the ones whose object already exists."""
+
+    def __init__(self, client: BaseDBAsyncClient) -> None:
+        super().__init__(client, atomic=True)
+        self.already_present: list[str] = []
+
+    async def _run_sql(self, sql: str) -> None:
+        for statement in (s.strip() for s in sql.split(";")):
+            if not statement:
+                continue
+            await self.client.execute_query("SAVEPOINT stepdeck_repair")
+            try:
+                await self.client.execute_query(statement)
+            except OperationalError as exc:
+                if not any(marker in str(exc) for marker in _ALREADY_THERE):
+                    raise
+                await self.client.execute_query("ROLLBACK TO stepdeck_repair")
+                self.already_present.append(str(exc))
+            await self.client.execute_query("RELEASE stepdeck_repair")
+
+
+async def _claim(client: BaseDBAsyncClient, key: MigrationKey) -> bool:
+    """Record the migration as the transaction's first write; False if it was already recorded."""
+    changed, _ = await client.execute_query(
+        f'INSERT OR IGNORE INTO "{RECORD_TABLE}" ("app", "name", "applied_at") VALUES (?, ?, ?)',
+        [key.app_label, key.name, datetime.now(UTC)],
+    )
+    return changed > 0
+
+
+async def _apply_one(connection_name: str, migration: Migration, state: State, *, repair: bool) -> _Outcome:
+    key = MigrationKey(app_label=migration.app_label, name=migration.name)
+    async with in_transaction(connection_name) as client:
+        if not await _claim(client, key):
+            return _Outcome(applied=False)
+        editor: BaseSchemaEditor = _RepairingEditor(client) if repair else SqliteSchemaEditor(client, atomic=True)
+        await migration.apply(state, schema_editor=editor)
+        present = editor.already_present if isinstance(editor, _RepairingEditor) else []
+        return _Outcome(applied=True, already_present=present)
+
+
+def _is_already_there(exc: BaseException) -> bool:
+    return isinstance(exc, OperationalError) and any(marker in str(exc) for marker in _ALREADY_THERE)
+
+
+async def apply_pending(connection: BaseDBAsyncClient, apps_config: dict[str, dict[str, Any]]) -> list[str]:
+    """Apply every pending migration on a SQLite connection; returns the names of those applied here."""
+    try:
+        return await _apply_pending(connection, apps_config)
+    except MigrationError:
+        raise
+    except Exception as exc:  # the file is unreadable, not a database, on a full disk...
+        raise MigrationError(f"could not migrate the database: {exc}") from exc
+
+
+async def _apply_pending(connection: BaseDBAsyncClient, apps_config: dict[str, dict[str, Any]]) -> list[str]:
+    if connection.capabilities.dialect != "sqlite":
+        raise MigrationError(f"migrations are applied on SQLite only, not {connection.capabilities.dialect}")
+    executor = MigrationExecutor(connection, apps_config)
+    await executor.loader.build_graph()
+    await executor.recorder.ensure_schema(executor._schema_editor(atomic=False))
+    applied_keys = set(await executor.recorder.applied_migrations())
+    plan = executor._migration_plan(None, applied_keys, executor.loader.graph)
+    state = await executor._project_state(applied_keys)
+    done: list[str] = []
+    for step in plan:
+        migration = step.migration
+        name = f"{migration.app_label}.{migration.name}"
+        try:
+            outcome = await _apply_one(connection.connection_name, migration, state.clone(), repair=False)
+        except Exception as exc:
+            if not _is_already_there(exc):
+                raise MigrationError(f"migration {name} failed and was rolled back: {exc}") from exc
+            log.warning(
+                "the database was left half-migrated (%s: %s, yet the migration is not recorded; an earlier "
+                "migrate was cut off): repairing it",
+                name,
+                exc,
+            )
+            try:
+                outcome = await _apply_one(connection.connection_name, migration, state.clone(), repair=True)
+            except Exception as again:
+                raise MigrationError(
+                    f"migration {name} is half-applied and could not be repaired ({again}); restore a backup "
+                    "of the database, or remove the objects it creates and run `main.py migrate` again"
+                ) from again
+            if outcome.applied:
+                log.warning(
+                    "repaired migration %s: created what was missing and recorded it (already present: %s)",
+                    name,
+                    "; ".join(outcome.already_present) or "nothing",
+                )
+        await migration.apply(state, dry_run=True)  # the next migration starts from this one's state
+        if outcome.applied:
+            done.append(name)
+    return done

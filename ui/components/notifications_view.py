@@ -1,0 +1,65 @@
+"""The Notifications section of the Monitoring page: the configured targets (scheme and host only) and the
+latest deliveries with their status, tries, last error and response code, re-read when they change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nicegui import Event, ui
+
+from engine.notify import notifier
+from engine.notify.targets import env_targets
+from engine.settings import Settings
+from ui.throttle import Throttle
+
+REFRESH_INTERVAL_S = 1.0
+SHOWN = 50
+COLUMNS: list[dict[str, Any]] = [
+    {"name": "created_at", "label": "Event at", "field": "created_at", "align": "left"},
+    {"name": "event", "label": "Event", "field": "event", "align": "left"},
+    {"name": "run_id", "label": "Run", "field": "run_id", "align": "right"},
+    {"name": "target", "label": "Target", "field": "target", "align": "left"},
+    {"name": "status", "label": "Status", "field": "status", "align": "left"},
+    {"name": "attempts", "label": "Tries", "field": "attempts", "align": "right"},
+    {"name": "response_code", "label": "Response", "field": "response_code", "align": "right"},
+    {"name": "last_error", "label": "Last error", "field": "last_error", "align": "left"},
+    {"name": "next_at", "label": "Next try", "field": "next_at", "align": "left"},
+]
+# Deliveries were made or tried (by this process's engine): one event for every open Monitoring tab.
+deliveries_changed: Event[[]] = Event()
+notifier.add_listener(deliveries_changed.emit)
+
+
+def _row(d: dict[str, Any]) -> dict[str, Any]:
+    short = {k: (d[k] or "")[:19].replace("T", " ") for k in ("created_at", "next_at")}
+    return {**d, **short, "last_error": (d["last_error"] or "")[:200], "response_code": d["response_code"] or ""}
+
+
+async def notifications_section(settings: Settings) -> None:
+    ui.label("Notifications").classes("text-h6")
+    targets = env_targets(settings)
+    names = ", ".join(f"{t.label} ({t.channel})" for t in targets) or "none"
+    ui.label(
+        f"Targets from the settings: {names}; workflows may add their own (notify:). "
+        "Failed deliveries are tried again with backoff for up to a day."
+    ).classes("text-sm text-grey-7")
+    table = ui.table(columns=COLUMNS, rows=[], row_key="id").classes("w-full").props("dense flat")
+    table.mark("deliveries")
+    table.add_slot(
+        "body-cell-status",
+        "<q-td :props=\"props\"><q-badge :color=\"{delivered: 'green-6', failed: 'red-6'}[props.value]"
+        ' || \'amber-8\'" :label="props.value" /></q-td>',
+    )
+
+    async def refresh() -> None:
+        if table.is_deleted:
+            throttle.close()
+            return
+        rows = [_row(d) for d in await notifier.list_deliveries(SHOWN)]
+        if not table.is_deleted:
+            table.rows = rows
+            table.update()
+
+    throttle = Throttle(refresh, REFRESH_INTERVAL_S, name="monitoring deliveries refresh")
+    await refresh()
+    deliveries_changed.subscribe(throttle.trigger)
