@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="fail runs whose engine died or stopped heartbeating (safe beside a running server; for cron)",
     )
     _common(sweep)
-    migrate = commands.add_parser("migrate", help="apply database migrations (also done at startup)")
+    migrate = commands.add_parser("migrate", help="apply database migrations (also done at startup on SQLite)")
     _common(migrate)
     from ui import accounts
 
@@ -100,13 +100,33 @@ def serve(settings: Settings, *, engine: bool = True) -> None:
 
     from engine.executor import Engine
     from engine.registry import workflows
-    from models.db import migrate
+    from models.db import migrate, tortoise_config
+    from models.schema import is_postgres, schema_mismatch
     from ui.app import mount
     from ui.security import storage_secret
 
     # Must finish before the server accepts requests: NiceGUI starts async startup handlers in the
     # background, so migrations run here, on their own loop, with their connections closed after.
-    run_to_completion(migrate(settings.db_url))
+    # On PostgreSQL, where several processes share the database, `migrate` is a step of its own: a
+    # server only checks that the schema is the one its code expects.
+    if is_postgres(settings.db_url):
+        missing, unknown = run_to_completion(schema_mismatch(tortoise_config(settings.db_url)))
+        if missing:
+            print(
+                f"error: the database schema is not up to date (missing {', '.join(missing)});"
+                " run `uv run main.py migrate` first",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+        if unknown:
+            print(
+                f"error: the database was migrated by a newer version of Stepdeck ({', '.join(unknown)});"
+                " run that version",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
+    else:
+        run_to_completion(migrate(settings.db_url))
     problem = run_to_completion(_bind_problem(settings))
     if problem:
         print(f"error: {problem}", file=sys.stderr)

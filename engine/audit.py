@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.db import current
 from engine.store import fetch
 from models.status import AttemptStatus, RunStatus, StepStatus
 
@@ -65,7 +66,7 @@ CHECKS: list[tuple[str, str]] = [
         "selection index out of range",
         "SELECT a.run_id, s.key, 'index ' || a.selected_index AS detail FROM attempts a"
         " JOIN steps s ON s.id = a.step_id WHERE a.selected_index IS NOT NULL AND a.outputs IS NOT NULL"
-        " AND (a.selected_index < 0 OR a.selected_index >= json_array_length(a.outputs))",
+        " AND (a.selected_index < 0 OR a.selected_index >= {json_array_length}(a.outputs))",
     ),
     (
         "step pointing at an attempt that does not exist",
@@ -116,8 +117,9 @@ class Finding:
 async def audit() -> tuple[list[Finding], dict[str, int]]:
     """Every impossible state found, and how many runs/steps/attempts were looked at."""
     findings = []
+    json_array_length = current().dialect.json_array_length
     for problem, sql in CHECKS:
-        for row in await fetch(sql):
+        for row in await fetch(sql.replace("{json_array_length}", json_array_length)):
             findings.append(Finding(problem, row["run_id"], row["key"], str(row["detail"])))
     counts = {}
     for table in ("runs", "steps", "attempts", "events"):

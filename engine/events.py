@@ -136,4 +136,6 @@ def batch(stmts: Sequence[Stmt], events: Sequence[EventSpec], now: datetime, sto
                 _publish_stopped(result.rows[s.index], run_id, s, now)
         publish(result, events, first, now)
 
-    return Batch([*stmts, *(e.stmt(now) for e in events)], on_commit if events or stopped else None)
+    # Every run named by an event (a new run, still a `Ref`, cannot be held by anyone else).
+    runs = sorted({e.run_id for e in events if isinstance(e.run_id, int)})
+    return Batch([*stmts, *(e.stmt(now) for e in events)], on_commit if events or stopped else None, runs)

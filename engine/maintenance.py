@@ -192,10 +192,12 @@ async def prune_finished(retention_days: float, *, batch: int = PRUNE_BATCH) -> 
     while True:
         result = await run_batch(
             [
+                # The status again outside the sub-select: on PostgreSQL a run re-queued (a rerun) while
+                # this statement runs is re-checked against its new row there, and kept.
                 Stmt(
                     "DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE status IN (?, ?, ?)"
-                    " AND finished_at IS NOT NULL AND finished_at < ? ORDER BY id LIMIT ?)",
-                    (*terminal, cutoff, batch),
+                    " AND finished_at IS NOT NULL AND finished_at < ? ORDER BY id LIMIT ?) AND status IN (?, ?, ?)",
+                    (*terminal, cutoff, batch, *terminal),
                 )
             ]
         )

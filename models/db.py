@@ -14,9 +14,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from tortoise import Tortoise
 from tortoise.connection import connections
+from tortoise.migrations.api import migrate as tortoise_migrate
 
 from models.errors import DatabaseUnavailable
 from models.migrator import apply_pending
+from models.schema import is_postgres, migration_lock
 
 DEFAULT_DB_URL = "sqlite://data/stepdeck.db"
 MODEL_MODULES = ["models.tables"]
@@ -76,9 +78,13 @@ def tortoise_config(db_url: str) -> dict[str, Any]:
 def check_url(db_url: str, *, must_exist: bool = False) -> None:
     """Refuse a URL this process cannot use, before anything is created; `must_exist` for commands
     that inspect a database (`check`, `sweep`), which must not create an empty one."""
+    if is_postgres(db_url):
+        return  # a server: whether it answers is found out on connecting
     if not is_sqlite(db_url):
         scheme = urlsplit(db_url).scheme or db_url.partition(":")[0]
-        raise DatabaseUnavailable(f"unsupported database URL (scheme {scheme!r}): use sqlite://PATH")
+        raise DatabaseUnavailable(
+            f"unsupported database URL (scheme {scheme!r}): use sqlite://PATH or postgresql://USER@HOST:PORT/DB"
+        )
     path = sqlite_path(db_url)
     if path is None:
         raise DatabaseUnavailable(
@@ -138,6 +144,8 @@ def prepare_location(db_url: str) -> None:
 async def migrate(db_url: str) -> list[str]:
     """Apply pending migrations; returns the names of those applied. Leaves Tortoise closed."""
     check_url(db_url)
+    if is_postgres(db_url):
+        return await _migrate_postgres(db_url)
     prepare_location(db_url)
     config = tortoise_config(db_url)
     await Tortoise.init(config=config, init_connections=False)
@@ -145,6 +153,22 @@ async def migrate(db_url: str) -> list[str]:
         return await apply_pending(connections.get("default"), config["apps"])
     finally:
         await Tortoise.close_connections()
+
+
+async def _migrate_postgres(db_url: str) -> list[str]:
+    """PostgreSQL: Tortoise's executor (each migration's DDL in a transaction), one process at a time."""
+    applied: list[str] = []
+
+    def progress(event: str, app_label: str, name: str) -> None:
+        if event == "apply_done":
+            applied.append(f"{app_label}.{name}")
+
+    try:
+        async with migration_lock(db_url):
+            await tortoise_migrate(config=tortoise_config(db_url), progress=progress)
+    finally:
+        await Tortoise.close_connections()
+    return applied
 
 
 async def open_db(db_url: str) -> None:

@@ -22,7 +22,7 @@ from engine.executor import Engine
 from engine.registry import workflows
 from engine.settings import Settings
 from engine.store import fetch
-from tests import stepfns
+from tests import pgdb, stepfns
 from tests.dbtemplate import migrated_copy
 from ui import errors
 from ui.api import router
@@ -30,10 +30,6 @@ from ui.api import router
 # Tests that wait on the clock whatever the machine does (the next minute boundary): started first, so that the
 # other worker runs the rest of the suite meanwhile.
 WAIT_ON_THE_CLOCK = ("tests/integration/test_schedules_served.py",)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: not item.nodeid.startswith(WAIT_ON_THE_CLOCK))
 
 
 MODULE_FIXTURE = re.compile(r"@pytest\.fixture\([^)]*scope=\"module\"")
@@ -72,15 +68,32 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return Scheduling(config, log)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only: about SQLite itself (its query plans); left out on PostgreSQL")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not item.nodeid.startswith(WAIT_ON_THE_CLOCK))
+    # Left out (deselected, not skipped) when the suite runs on PostgreSQL.
+    if pgdb.ENABLED:
+        left_out = [item for item in items if item.get_closest_marker("sqlite_only")]
+        if left_out:
+            config.hook.pytest_deselected(items=left_out)
+            items[:] = [item for item in items if not item.get_closest_marker("sqlite_only")]
+
+
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[str]:
-    """URL of a fresh SQLite file with the schema applied through migrations, connected."""
-    url = f"sqlite://{migrated_copy(tmp_path / 'stepdeck.db')}"
+    """URL of a fresh SQLite file (or PostgreSQL database, `STEPDECK_TEST_DB=postgres`) with the schema
+    applied through migrations, connected."""
+    url = await pgdb.create() if pgdb.ENABLED else f"sqlite://{migrated_copy(tmp_path / 'stepdeck.db')}"
     await open_database(url)
     try:
         yield url
     finally:
         await close_database()
+        if pgdb.ENABLED:
+            await pgdb.drop_url(url)
 
 
 @pytest.fixture

@@ -85,7 +85,7 @@ def _where(f: RunFilter) -> tuple[str, list[Any]]:
             # scans 100k runs three times faster than with LOWER and CAST, which PostgreSQL needs
             # (its LIKE is case-sensitive and inputs are jsonb).
             needle = f"%{_escape_like(text.lower())}%"
-            if current().kind == "sqlite":
+            if current().dialect.like_ignores_case:
                 match = "r.workflow LIKE ? ESCAPE '\\' OR r.inputs LIKE ? ESCAPE '\\'"
             else:
                 match = "LOWER(r.workflow) LIKE ? ESCAPE '\\' OR LOWER(CAST(r.inputs AS TEXT)) LIKE ? ESCAPE '\\'"

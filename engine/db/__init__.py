@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from urllib.parse import parse_qsl, urlsplit
 
 from engine.db.base import Database
+from engine.db.postgres import PostgresDatabase, is_postgres
 from engine.db.sqlite import SqliteDatabase
 from models.db import check_url, close_db, migrate, open_db, prepare_location, sqlite_path, with_sqlite_pragmas
 
@@ -31,6 +32,8 @@ def current() -> Database:
 
 def _engine_database(url: str) -> Database:
     check_url(url)
+    if is_postgres(url):
+        return PostgresDatabase(url)
     path = sqlite_path(url)
     assert path is not None  # check_url refuses the others
     pragmas = dict(parse_qsl(urlsplit(with_sqlite_pragmas(url)).query))

@@ -47,8 +47,12 @@ OnCommit = Callable[[BatchResult], None]
 
 @dataclass(frozen=True, slots=True)
 class Batch:
+    """`lock_runs`: the runs whose rows a backend with concurrent writers locks before the statements
+    (so that guards reading other rows of those runs see every earlier transition of them)."""
+
     stmts: Sequence[Stmt]
     on_commit: OnCommit | None = None
+    lock_runs: Sequence[int] = ()
 
 
 class GuardFailed(Exception):
@@ -71,6 +75,18 @@ def guard_holds(stmt: Stmt, count: int, rows: list[tuple[Any, ...]]) -> bool:
 Outcome = BatchResult | Exception
 
 
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What differs in the SQL of the backends, for the few queries that need it."""
+
+    json_array_length: str  # the function giving the length of a JSON array column
+    like_ignores_case: bool  # LIKE ignores the case of ASCII letters, and JSON columns are text
+
+
+SQLITE = Dialect(json_array_length="json_array_length", like_ignores_case=True)
+POSTGRESQL = Dialect(json_array_length="jsonb_array_length", like_ignores_case=False)
+
+
 class Database(Protocol):
     """The engine's connection to its database: atomic batches of writes, and reads.
 
@@ -79,6 +95,7 @@ class Database(Protocol):
     """
 
     kind: str  # "sqlite" or "postgresql"
+    dialect: Dialect
 
     async def run_batches(self, batches: Sequence[Batch]) -> list[Outcome]:
         """Independent batches, each all-or-nothing, committed together where the backend can."""

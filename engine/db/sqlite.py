@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any
 
 from engine.db.base import (
+    SQLITE,
     Batch,
     BatchResult,
     GuardFailed,
@@ -222,6 +223,7 @@ class _Ticket:
 
 class SqliteDatabase:
     kind = "sqlite"
+    dialect = SQLITE
 
     def __init__(self, path: str, pragmas: Mapping[str, str], *, readers: int = READERS) -> None:
         self._loop = asyncio.get_running_loop()

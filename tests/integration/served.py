@@ -1,8 +1,9 @@
 """Real Stepdeck processes for tests: `main.py serve` and the other commands, on a temporary workspace.
 
-A `Workspace` is a temporary directory with its own SQLite file and (optionally) its own workflows
-directory; `Server` runs `main.py serve` on it as a subprocess on a free port. Everything is driven
-from outside, as a user's script would: STEPDECK_* variables, command-line flags and HTTP.
+A `Workspace` is a temporary directory with its own database (a SQLite file, or a PostgreSQL database
+with `STEPDECK_TEST_DB=postgres`) and (optionally) its own workflows directory; `Server` runs
+`main.py serve` on it as a subprocess on a free port. Everything is driven from outside, as a user's
+script would: STEPDECK_* variables, command-line flags and HTTP.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+
+from tests import pgdb
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTLED_RUN = {"completed", "failed", "cancelled", "waiting"}
@@ -58,6 +61,7 @@ class Workspace:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.dir / "stepdeck.db"
+        self.db_url = pgdb.create_empty() if pgdb.ENABLED else f"sqlite://{self.db_path}"
         self.workflows_dir: Path | None = None
         # No shutdown grace unless a test asks for one: a SIGTERM in a test means "now".
         extra = {
@@ -77,15 +81,13 @@ class Workspace:
             extra["STEPDECK_WORKFLOWS"] = str(self.workflows_dir)
         self.env = clean_env(extra)
 
-    @property
-    def db_url(self) -> str:
-        return f"sqlite://{self.db_path}"
-
     def cli(
         self, *args: str, timeout_s: float = 60, env: dict[str, str] | None = None, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run `main.py ARGS` from the project root, stdin not a terminal (empty, or `input`: a password for
         `users add`); returns the finished process."""
+        if args[:1] == ("serve",):
+            self.migrate_for_serve()
         stdin: dict[str, Any] = {"stdin": subprocess.DEVNULL} if input is None else {"input": input}
         return subprocess.run(
             [sys.executable, "main.py", *args],
@@ -97,6 +99,12 @@ class Workspace:
             timeout=timeout_s,
             check=False,
         )
+
+    def migrate_for_serve(self) -> None:
+        """On PostgreSQL a server does not migrate (`migrate` is a step of its own there): do it first."""
+        if pgdb.ENABLED:
+            done = self.cli("migrate")
+            assert done.returncode == 0, done.stdout + done.stderr
 
     def add_user(self, name: str, password: str, role: str = "operator") -> None:
         """`main.py users add NAME --role ROLE`, the password piped on stdin as a script would."""
@@ -112,16 +120,29 @@ class Workspace:
         return token
 
     def sql(self, query: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        """Run one statement on the database file directly (to read what a process left, or to plant states)."""
+        """Run one statement on the database directly (to read what a process left, or to plant states)."""
+        if pgdb.ENABLED:
+            return pgdb.sql(self.db_url, query, params)
         with contextlib.closing(sqlite3.connect(self.db_path, timeout=10)) as conn:
             conn.row_factory = sqlite3.Row
             with conn:
                 rows = conn.execute(query, params).fetchall()
             return [dict(r) for r in rows]
 
+    def tables(self) -> set[str]:
+        """Names of the tables the database holds."""
+        if pgdb.ENABLED:
+            sql = "SELECT table_name AS name FROM information_schema.tables WHERE table_schema = 'public'"
+        else:
+            sql = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        return {row["name"] for row in self.sql(sql)}
+
     def run_count(self) -> int:
         """How many runs the database holds (0 when no command ever created its tables)."""
-        if not self.db_path.exists() or not self.sql("SELECT name FROM sqlite_master WHERE name = 'runs'"):
+        if pgdb.ENABLED:
+            if not self.sql("SELECT to_regclass('runs') IS NOT NULL AS found")[0]["found"]:
+                return 0
+        elif not self.db_path.exists() or not self.sql("SELECT name FROM sqlite_master WHERE name = 'runs'"):
             return 0
         n: int = self.sql("SELECT count(*) AS n FROM runs")[0]["n"]
         return n
@@ -152,6 +173,7 @@ class Server:
 
     def start(self, wait_s: float = 90.0) -> None:
         # A start that fails ends the process (seen at once); the wait only bounds a start on a starved machine.
+        self.ws.migrate_for_serve()
         cmd = [sys.executable, "main.py", "serve", "--port", str(self.port), *self.extra_args]
         if self.host is not None:
             cmd += ["--host", self.host]

@@ -774,3 +774,17 @@ async def test_the_runs_list_stays_small_whatever_the_steps_produced_or_logged(
         assert listed.status_code == 200
         assert len(listed.content) < 10_000, (params, len(listed.content))
         assert [r["progress"] for r in listed.json()] == [{"completed": 1, "total": 1}] * 3
+
+
+async def test_ids_beyond_32_bits_find_nothing_rather_than_fail(api: httpx.AsyncClient, define: Define) -> None:
+    define_sequence(define, "api-wide", ["a"])
+    run_id = await start(api, "api-wide")
+    await wait_run(run_id, "completed", "failed")
+    wide = 26_309_712_375  # more than a 32-bit integer column holds
+    after = await api.get(f"/api/runs/{run_id}/events", params={"follow": "false", "after": wide})
+    assert (after.status_code, after.json()) == (200, [])
+    resumed = await api.get(
+        f"/api/runs/{run_id}/events", params={"follow": "false"}, headers={"Last-Event-ID": str(wide)}
+    )
+    assert (resumed.status_code, resumed.json()) == (200, [])
+    assert (await api.get(f"/api/runs/{wide}")).status_code == 404

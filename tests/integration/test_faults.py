@@ -13,12 +13,13 @@ from tortoise import connections
 
 from engine import maintenance, operations, queries, records, step_runner, transitions
 from engine.db import current
+from engine.db.postgres import PostgresDatabase
 from engine.db.sqlite import SqliteDatabase
 from engine.errors import Conflict
 from engine.executor import Engine
 from engine.hub import hub
 from engine.settings import Settings
-from engine.store import Stmt, run_batch, run_batches
+from engine.store import Stmt, fetch, run_batch, run_batches
 from tests import stepfns
 from tests.conftest import run_status, step_of, wait_for, wait_run
 
@@ -26,8 +27,12 @@ Define = Callable[..., Any]
 
 
 def _query_only(on: bool) -> None:
-    # A real SQLite refusal of every write ("attempt to write a readonly database") by the engine's writer.
+    # A real refusal of every write by the database: SQLite's "attempt to write a readonly database" for
+    # the engine's writer, PostgreSQL's "cannot execute UPDATE in a read-only transaction".
     database = current()
+    if isinstance(database, PostgresDatabase):
+        database.refuse_writes(on)
+        return
     assert isinstance(database, SqliteDatabase)
     database.pragma("query_only", "ON" if on else "OFF")
 
@@ -90,10 +95,11 @@ async def test_a_database_refusing_one_write_for_a_moment_is_retried(
 async def test_a_batch_the_database_refuses_fails_alone_in_a_group_commit(db: str) -> None:
     await run_batch([Stmt("CREATE TABLE probe (v TEXT NOT NULL)")])
     good = [Stmt("INSERT INTO probe (v) VALUES (?)", ("one",))]
-    poisoned = [Stmt("INSERT INTO probe (v) VALUES (?)", ("\ud800",))]  # SQLite cannot encode it
+    poisoned = [Stmt("INSERT INTO probe (v) VALUES (?)", ("\ud800",))]  # neither database can encode it
     also_good = [Stmt("INSERT INTO probe (v) VALUES (?)", ("two",))]
     results = await run_batches([good, poisoned, also_good])
-    assert [type(r).__name__ for r in results] == ["BatchResult", "UnicodeEncodeError", "BatchResult"]
+    refusal = "UnicodeEncodeError" if current().kind == "sqlite" else "DataError"  # asyncpg wraps it
+    assert [type(r).__name__ for r in results] == ["BatchResult", refusal, "BatchResult"]
     rows = await connections.get("default").execute_query_dict("SELECT v FROM probe ORDER BY v")
     assert [r["v"] for r in rows] == ["one", "two"]
 
@@ -144,7 +150,7 @@ async def test_the_sweep_does_not_fail_a_run_that_beat_after_it_was_judged(db: s
     run_id = await operations.start_run("one", {}, "tester")
     assert await transitions.claim_run(run_id, "otherhost:1:x")
     judged = (await queries.run_detail(run_id)).to_json()["heartbeat_at"]
-    raw = await connections.get("default").execute_query_dict("SELECT heartbeat_at FROM runs WHERE id = ?", [run_id])
+    raw = await fetch("SELECT heartbeat_at FROM runs WHERE id = ?", (run_id,))  # as the sweep reads it
     await asyncio.sleep(0.01)
     assert await records.beat("otherhost:1:x", [run_id]) == 1  # alive after all
     assert judged is not None

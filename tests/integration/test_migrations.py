@@ -104,7 +104,8 @@ def test_check_with_a_database_it_cannot_use_says_why_and_creates_nothing(tmp_pa
     cases = {
         f"sqlite://{tmp_path}/missing/dir/x.db": "no database at",
         "sqlite://:memory:": "in-memory",
-        "postgres://x": "unsupported database URL",
+        "mysql://x": "unsupported database URL",
+        "postgresql://postgres@127.0.0.1:1/nothing": "cannot reach the PostgreSQL database at 127.0.0.1:1/nothing",
         f"sqlite://{tmp_path}/garbage.db": "file is not a database",
     }
     for url, reason in cases.items():

@@ -31,12 +31,14 @@ async def add_runs(count: int, workflow: str = "wf", inputs: str = '{"topic": "b
     )
 
 
+@pytest.mark.sqlite_only
 async def test_the_runs_list_filtered_by_status_is_read_in_id_order_from_an_index() -> None:
     detail = await plan("SELECT r.id FROM runs r WHERE r.status = ? ORDER BY r.id DESC LIMIT 50", ("completed",))
     assert "runs_status_id" in detail, detail
     assert "TEMP B-TREE" not in detail, detail  # no sort of every matching run per refresh
 
 
+@pytest.mark.sqlite_only
 async def test_the_prune_and_run_deletion_use_indexes() -> None:
     prune = await plan("SELECT id FROM runs WHERE finished_at < ?", ("2026-01-01",))
     assert "runs_finished_at" in prune, prune

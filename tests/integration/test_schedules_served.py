@@ -38,7 +38,12 @@ def minute(when: datetime) -> datetime:
 
 def fire_times(ws: Workspace) -> list[tuple[datetime, str, int | None]]:
     rows = ws.sql("SELECT fire_time, outcome, run_id FROM schedule_fires WHERE workflow = 'tick' ORDER BY fire_time")
-    return [(datetime.fromisoformat(r["fire_time"]), r["outcome"], r["run_id"]) for r in rows]
+    return [(_when(r["fire_time"]), r["outcome"], r["run_id"]) for r in rows]
+
+
+def _when(value: str | datetime) -> datetime:
+    """A stored time as read back: text on SQLite, a timestamp on PostgreSQL."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
 def test_two_servers_on_one_database_start_one_run_per_fire_time(tmp_path: Path) -> None:
@@ -48,7 +53,7 @@ def test_two_servers_on_one_database_start_one_run_per_fire_time(tmp_path: Path)
     # The schedule has been known for a while and no server ran: both servers catch up on startup, at once.
     seen = minute(datetime.now(UTC) - DOWN_FOR) + timedelta(seconds=1)
     ws.sql(
-        "INSERT INTO schedule_states (workflow, name, paused, first_seen_at, updated_at) VALUES (?, ?, 0, ?, ?)",
+        "INSERT INTO schedule_states (workflow, name, paused, first_seen_at, updated_at) VALUES (?, ?, FALSE, ?, ?)",
         ("tick", "minutely", seen.isoformat(" "), seen.isoformat(" ")),
     )
     servers = [Server(ws, log_name=f"server-{i}.log") for i in range(2)]
@@ -65,7 +70,7 @@ def test_two_servers_on_one_database_start_one_run_per_fire_time(tmp_path: Path)
 
         runs = ws.sql("SELECT id, actor, schedule, scheduled_for FROM runs WHERE workflow = 'tick' ORDER BY id")
         logs = "\n".join(s.log_tail(40) for s in servers)
-        by_time = [datetime.fromisoformat(r["scheduled_for"]) for r in runs]
+        by_time = [_when(r["scheduled_for"]) for r in runs]
         assert len(by_time) == len(set(by_time)), f"a fire time ran twice: {runs}\n{logs}"
         assert boundary in by_time, f"no run for {boundary}: {runs}\n{logs}"
         assert {(r["actor"], r["schedule"]) for r in runs} == {("schedule:minutely", "minutely")}
@@ -92,7 +97,7 @@ def test_two_servers_on_one_database_start_one_run_per_fire_time(tmp_path: Path)
         assert len(outcomes) == 2, f"expected both servers to fire for {boundary}:\n{logs}"
         assert outcomes[0].startswith("already recorded") and outcomes[1].startswith("run "), outcomes
 
-        run_id = next(r["id"] for r in runs if datetime.fromisoformat(r["scheduled_for"]) == boundary)
+        run_id = next(r["id"] for r in runs if _when(r["scheduled_for"]) == boundary)
         done = servers[1].wait_run(run_id, "completed")
         assert done["inputs"] == {"who": "the schedule"}
         for server in servers:

@@ -7,7 +7,9 @@ are recorded as events and never overwrite a terminal state.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -425,7 +427,7 @@ async def test_start_step_moves_a_pending_step_to_running_with_a_new_attempt() -
     )
     assert attempt["outputs"] is None
     assert attempt["selected_index"] is None
-    assert attempt["consumed"] == '{"up": {"attempt": 3, "index": 1}}'
+    assert json.loads(attempt["consumed"]) == {"up": {"attempt": 3, "index": 1}}
     assert await events_since(made.run_id, after) == [("step", "a", 1, "pending", "running", None, None)]
 
 
@@ -507,10 +509,10 @@ async def test_complete_step_and_start_starts_the_successor_in_the_same_commit()
     assert ids[0] is not None
     assert [(await step_row(made.ids[k]))["status"] for k in ("a", "b")] == ["completed", "running"]
     attempt = await attempt_row(ids[0])
-    assert (attempt["status"], attempt["number"], attempt["consumed"]) == (
+    assert (attempt["status"], attempt["number"], json.loads(attempt["consumed"])) == (
         "running",
         1,
-        '{"a": {"attempt": 1, "index": 0}}',
+        {"a": {"attempt": 1, "index": 0}},
     )
 
 
@@ -735,13 +737,18 @@ async def test_beat_refreshes_only_the_running_runs_its_owner_drives() -> None:
     before_theirs, before_done = await snapshot(theirs.run_id), await snapshot(done.run_id)
     events_mine = (await snapshot(mine.run_id))["events"]
     assert await records.beat(OWNER, [mine.run_id, theirs.run_id, done.run_id]) == 1
-    assert (await run_row(undriven.run_id))["heartbeat_at"] == old
+    assert _when((await run_row(undriven.run_id))["heartbeat_at"]) == _when(old)
     mine_row = await run_row(mine.run_id)
-    assert mine_row["heartbeat_at"] > old
+    assert _when(mine_row["heartbeat_at"]) > _when(old)
     assert mine_row["status"] == "running"
     assert (await snapshot(mine.run_id))["events"] == events_mine
     assert await snapshot(theirs.run_id) == before_theirs
     assert await snapshot(done.run_id) == before_done
+
+
+def _when(value: str | datetime) -> datetime:
+    """A stored time as read back: text on SQLite, a timestamp on PostgreSQL."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
 # --- the allowed-transition tables -----------------------------------------------------------------

@@ -1,0 +1,414 @@
+"""The engine's PostgreSQL backend: asyncpg connections of its own (Tortoise's cannot be used here: its
+`execute_query` drops `RETURNING` rows and reads an INSERT's row count from the OID field).
+
+SQL is written once with `?` placeholders; they become `$1…$n` here, and each value is sent in the
+type PostgreSQL inferred for its placeholder (a datetime for a `timestamptz`, JSON text for a
+`jsonb`…), so the engine's statements need no casts and stay the same on SQLite.
+
+Writes. One transaction per call of `run_batches`, each batch under a savepoint when there are
+several (a batch fails alone; the later batches see the earlier ones, as on SQLite). Under READ
+COMMITTED a guard with a sub-select on *other* rows (a step's needs, a run's steps) can read rows
+that a concurrent transaction is changing; every batch therefore first locks the rows of the runs it
+touches (`Batch.lock_runs`, `FOR NO KEY UPDATE`, in id order): the transitions of one run commit one
+after the other, and each sees the last one's result. Guards are checked from the row counts of the
+command tags (`UPDATE 3`, `INSERT 0 1`).
+
+Reads. A small pool for pages and the API and one for the engine, separate from the writers'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from engine.db.base import (
+    POSTGRESQL,
+    Batch,
+    BatchResult,
+    GuardFailed,
+    Outcome,
+    Ref,
+    Stmt,
+    StoreIntegrityError,
+    guard_holds,
+)
+from models.schema import dsn, is_postgres
+
+__all__ = ["PostgresDatabase", "dsn", "is_postgres"]
+
+log = logging.getLogger(__name__)
+
+WRITERS = 4
+READERS = 3
+ENGINE_READERS = 2
+DEADLOCK_RETRIES = 3
+MAX_PREPARED = 500  # statements kept prepared per connection
+
+LOCK_RUNS_SQL = "SELECT id FROM runs WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE"
+
+
+_translated: dict[tuple[str, tuple[int, ...]], str] = {}
+
+
+def placeholders(sql: str, wide: tuple[int, ...] = ()) -> str:
+    """`?` → `$1…$n`, outside quoted literals and identifiers; those numbered in `wide` as `$n::bigint`."""
+    cached = _translated.get((sql, wide))
+    if cached is not None:
+        return cached
+    out: list[str] = []
+    n = 0
+    quote: str | None = None
+    for ch in sql:
+        if quote is not None:
+            if ch == quote:
+                quote = None
+            out.append(ch)
+        elif ch in ("'", '"'):
+            quote = ch
+            out.append(ch)
+        elif ch == "?":
+            n += 1
+            out.append(f"${n}::bigint" if n in wide else f"${n}")
+        else:
+            out.append(ch)
+    result = "".join(out)
+    _translated[(sql, wide)] = result
+    return result
+
+
+def _to_datetime(value: Any) -> Any:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)  # the engine's naive datetimes are UTC (as Tortoise's `use_tz`)
+    return value
+
+
+def _to_json(value: Any) -> Any:
+    return value if value is None or isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _to_text(value: Any) -> Any:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat(" ")
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _to_int(value: Any) -> Any:
+    return int(value) if isinstance(value, (bool, str)) else value
+
+
+def _to_bool(value: Any) -> Any:
+    return bool(value) if isinstance(value, int) else value
+
+
+def _to_float(value: Any) -> Any:
+    return float(value) if isinstance(value, (int, str, Decimal)) and not isinstance(value, bool) else value
+
+
+_ENCODERS: dict[str, Callable[[Any], Any]] = {
+    "timestamptz": _to_datetime,
+    "timestamp": _to_datetime,
+    "json": _to_json,
+    "jsonb": _to_json,
+    "text": _to_text,
+    "varchar": _to_text,
+    "bpchar": _to_text,
+    "int2": _to_int,
+    "int4": _to_int,
+    "int8": _to_int,
+    "bool": _to_bool,
+    "float4": _to_float,
+    "float8": _to_float,
+}
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _row(record: asyncpg.Record) -> dict[str, Any]:
+    # Sums of integers come back as numeric: give the engine the int or float SQLite gives.
+    return {k: (_number(v) if isinstance(v, Decimal) else v) for k, v in record.items()}
+
+
+def _number(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def _count(status: str | None, rows: Sequence[Any]) -> int:
+    tail = (status or "").rsplit(" ", 1)[-1]
+    return int(tail) if tail.isdigit() else len(rows)
+
+
+@dataclass(eq=False)
+class _Conn:
+    """A connection and its prepared statements (with the types of their parameters)."""
+
+    conn: asyncpg.Connection
+    prepared: dict[tuple[str, tuple[int, ...]], _Prepared] = field(default_factory=dict)
+
+    async def statement(self, sql: str, wide: tuple[int, ...] = ()) -> _Prepared:
+        found = self.prepared.get((sql, wide))
+        if found is None:
+            if len(self.prepared) >= MAX_PREPARED:  # e.g. `IN (?, ?, …)` of every length: start again
+                self.prepared.clear()
+            stmt = await self.conn.prepare(placeholders(sql, wide))
+            types = [t.name for t in stmt.get_parameters()]
+            found = self.prepared[(sql, wide)] = _Prepared(stmt, types, [_ENCODERS.get(t, _identity) for t in types])
+        return found
+
+    async def bind(self, sql: str, params: Sequence[Any]) -> tuple[Any, list[Any]]:
+        p = await self.statement(sql)
+        if len(params) != len(p.types):
+            raise ValueError(f"{len(params)} parameters for {len(p.types)} placeholders: {sql}")
+        # An integer too big for the column's type (an id of 2^40 from a URL): compared as a bigint, as
+        # SQLite would (it matches nothing), rather than refused by the driver.
+        wide = tuple(i + 1 for i, (t, v) in enumerate(zip(p.types, params, strict=True)) if _too_wide(t, v))
+        if wide:
+            p = await self.statement(sql, wide)
+        return p.stmt, [enc(v) for enc, v in zip(p.encoders, params, strict=True)]
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    stmt: Any  # asyncpg's PreparedStatement
+    types: list[str]
+    encoders: list[Callable[[Any], Any]]
+
+
+_INT_LIMITS = {"int2": 2**15, "int4": 2**31}
+
+
+def _too_wide(type_name: str, value: Any) -> bool:
+    limit = _INT_LIMITS.get(type_name)
+    return limit is not None and isinstance(value, int) and not -limit <= value < limit
+
+
+class _Pool:
+    """Up to `size` connections, opened on first need; a broken one is dropped and replaced."""
+
+    def __init__(self, dsn: str, size: int) -> None:
+        self._dsn = dsn
+        self._size = size
+        self._idle: list[_Conn] = []
+        self._all: set[_Conn] = set()
+        self._free = asyncio.Semaphore(size)
+        self._closed = False
+
+    async def acquire(self) -> _Conn:
+        await self._free.acquire()
+        try:
+            while self._idle:
+                c = self._idle.pop()
+                if not c.conn.is_closed():
+                    return c
+                self._all.discard(c)
+            c = _Conn(await asyncpg.connect(self._dsn, statement_cache_size=0))
+            self._all.add(c)
+            return c
+        except BaseException:
+            self._free.release()
+            raise
+
+    def release(self, c: _Conn, *, broken: bool = False) -> None:
+        if broken or self._closed or c.conn.is_closed() or c.conn.is_in_transaction():
+            self._all.discard(c)
+            c.conn.terminate()
+        else:
+            self._idle.append(c)
+        self._free.release()
+
+    async def close(self) -> None:
+        self._closed = True
+        for c in list(self._all):
+            try:
+                await asyncio.wait_for(c.conn.close(), 5)
+            except Exception:
+                c.conn.terminate()
+        self._all.clear()
+        self._idle.clear()
+
+
+async def _run_stmts(c: _Conn, stmts: Sequence[Stmt]) -> BatchResult:
+    result = BatchResult(ok=True)
+    for index, stmt in enumerate(stmts):
+        rows: list[tuple[Any, ...]] = []
+        if stmt.many is not None:
+            count = 0
+            for params in stmt.many:
+                ps, args = await c.bind(stmt.sql, _refs(params, result.rows))
+                await ps.fetch(*args)
+                count += _count(ps.get_statusmsg(), ())
+        else:
+            ps, args = await c.bind(stmt.sql, _refs(stmt.params, result.rows))
+            rows = [tuple(r) for r in await ps.fetch(*args)]
+            count = _count(ps.get_statusmsg(), rows)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %r -> %d", stmt.sql, stmt.many if stmt.many else stmt.params, count)
+        if stmt.guard and not guard_holds(stmt, count, rows):
+            raise GuardFailed(index)
+        result.rowcounts.append(count)
+        result.rows.append(rows)
+    return result
+
+
+def _refs(params: Sequence[Any], rows: list[list[tuple[Any, ...]]]) -> list[Any]:
+    return [rows[v.index][0][0] if isinstance(v, Ref) else v for v in params]
+
+
+async def _run_batch(c: _Conn, batch: Batch) -> BatchResult:
+    if batch.lock_runs:
+        ps, args = await c.bind(LOCK_RUNS_SQL, [sorted(set(batch.lock_runs))])
+        await ps.fetch(*args)
+    return await _run_stmts(c, batch.stmts)
+
+
+async def _run_in_savepoint(c: _Conn, batch: Batch, name: str) -> Outcome:
+    await c.conn.execute(f"SAVEPOINT {name}")
+    try:
+        result = await _run_batch(c, batch)
+    except (GuardFailed, asyncpg.PostgresError) as exc:
+        if isinstance(exc, asyncpg.DeadlockDetectedError):
+            raise  # the whole transaction is retried
+        await c.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+        await c.conn.execute(f"RELEASE SAVEPOINT {name}")
+        if isinstance(exc, GuardFailed):
+            return BatchResult(ok=False, failed_guard=exc.index)
+        if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+            return StoreIntegrityError(str(exc))
+        failure: Exception = exc  # asyncpg has no type hints
+        return failure
+    await c.conn.execute(f"RELEASE SAVEPOINT {name}")
+    return result
+
+
+async def _run_group(c: _Conn, batches: Sequence[Batch], begin: str = "BEGIN") -> list[Outcome]:
+    await c.conn.execute(begin)
+    try:
+        if len(batches) == 1:
+            outcomes: list[Outcome] = [await _run_alone(c, batches[0])]
+            return outcomes
+        outcomes = [await _run_in_savepoint(c, b, f"batch_{i}") for i, b in enumerate(batches)]
+        await c.conn.execute("COMMIT")
+        return outcomes
+    except BaseException:
+        if not c.conn.is_closed() and c.conn.is_in_transaction():
+            await c.conn.execute("ROLLBACK")
+        raise
+
+
+async def _run_alone(c: _Conn, batch: Batch) -> Outcome:
+    try:
+        result = await _run_batch(c, batch)
+    except GuardFailed as exc:
+        await c.conn.execute("ROLLBACK")
+        return BatchResult(ok=False, failed_guard=exc.index)
+    except asyncpg.DeadlockDetectedError:
+        raise
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        await c.conn.execute("ROLLBACK")
+        return StoreIntegrityError(str(exc))
+    except asyncpg.PostgresError as exc:
+        await c.conn.execute("ROLLBACK")
+        failure: Exception = exc  # asyncpg has no type hints
+        return failure
+    await c.conn.execute("COMMIT")
+    return result
+
+
+class PostgresDatabase:
+    kind = "postgresql"
+    dialect = POSTGRESQL
+
+    def __init__(self, url: str, *, writers: int = WRITERS, readers: int = READERS) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.url = url
+        self._dsn = dsn(url)
+        self._writers = _Pool(self._dsn, writers)
+        self._readers = _Pool(self._dsn, readers)
+        self._engine_readers = _Pool(self._dsn, ENGINE_READERS)
+        self._begin = "BEGIN"
+
+    def refuse_writes(self, on: bool) -> None:
+        """Start the next write transactions READ ONLY (PostgreSQL then refuses each write), to see how
+        the engine copes with a database that refuses every write."""
+        self._begin = "BEGIN READ ONLY" if on else "BEGIN"
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def fetch(self, sql: str, params: Sequence[Any] = (), *, engine: bool = False) -> list[dict[str, Any]]:
+        pool = self._engine_readers if engine else self._readers
+        c = await pool.acquire()
+        broken = True
+        try:
+            ps, args = await c.bind(sql, params)
+            rows = [_row(r) for r in await ps.fetch(*args)]
+            broken = False
+            return rows
+        except asyncpg.PostgresError:
+            broken = False  # the query failed; the connection is fine
+            raise
+        finally:
+            pool.release(c, broken=broken)
+
+    # --- writes -------------------------------------------------------------------------------
+
+    async def run_batches(self, batches: Sequence[Batch]) -> list[Outcome]:
+        # Shielded: a caller that gives up (cancelled) must not cut a commit in half on the wire, nor
+        # leave it unpublished.
+        return await asyncio.shield(self._commit_and_publish(batches))
+
+    async def _commit_and_publish(self, batches: Sequence[Batch]) -> list[Outcome]:
+        outcomes = await self._commit(batches)
+        for batch, outcome in zip(batches, outcomes, strict=True):
+            if batch.on_commit is not None and isinstance(outcome, BatchResult) and outcome.ok:
+                try:
+                    batch.on_commit(outcome)
+                except Exception:
+                    log.exception("a commit callback failed; the commit stands")
+        return outcomes
+
+    async def _commit(self, batches: Sequence[Batch]) -> list[Outcome]:
+        for attempt in range(DEADLOCK_RETRIES + 1):
+            c = await self._writers.acquire()
+            broken = True
+            try:
+                outcomes = await _run_group(c, batches, self._begin)
+                broken = False
+                return outcomes
+            except asyncpg.DeadlockDetectedError:
+                broken = False
+                if attempt == DEADLOCK_RETRIES:
+                    raise
+                log.info("deadlock between two transactions; trying again")
+            except asyncpg.PostgresError:
+                broken = False
+                raise
+            finally:
+                self._writers.release(c, broken=broken)
+        raise AssertionError("unreachable")
+
+    def check_file(self) -> str | None:
+        """A server, not a file: nothing can remove it from under this process."""
+        return None
+
+    def run_batches_blocking(self, batches: Sequence[Batch]) -> list[Outcome]:
+        return asyncio.run_coroutine_threadsafe(self.run_batches(batches), self._loop).result()
+
+    async def close(self) -> None:
+        await self._writers.close()
+        await self._readers.close()
+        await self._engine_readers.close()
