@@ -29,6 +29,7 @@ from typing import Any
 
 import asyncpg
 
+from engine import logs
 from engine.db.base import (
     POSTGRESQL,
     Batch,
@@ -44,7 +45,7 @@ from models.schema import dsn, is_postgres
 
 __all__ = ["PostgresDatabase", "dsn", "is_postgres"]
 
-log = logging.getLogger(__name__)
+log = logs.logger(__name__)
 
 WRITERS = 4
 READERS = 3
