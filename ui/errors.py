@@ -7,6 +7,7 @@ import logging
 import sqlite3
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -98,7 +99,13 @@ async def _page_error(handler: Any, request: Request, exc: Exception) -> Respons
     return await answer if inspect.isawaitable(answer) else answer  # type: ignore[no-any-return]
 
 
-STORAGE_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error, BaseORMException, DatabaseUnavailable)
+STORAGE_ERRORS: tuple[type[Exception], ...] = (
+    sqlite3.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    BaseORMException,
+    DatabaseUnavailable,
+)
 
 
 def _storage_reason(exc: Exception) -> str:

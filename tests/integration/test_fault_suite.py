@@ -92,6 +92,7 @@ def _wait(what: str, check: object, timeout_s: float = 60.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("how", ["removed", "replaced"])
 def test_a_database_file_removed_or_replaced_while_serving_stops_new_work_loudly(tmp_path: Path, how: str) -> None:
     ws = Workspace(tmp_path, workflows={"work": WORK}, modules={"faultsteps": MODULE})

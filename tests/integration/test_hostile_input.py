@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 
 from engine.db import current
+from engine.db.postgres import PostgresDatabase
 from engine.db.sqlite import SqliteDatabase
 from tests.integration.served import Workspace, serving
 
@@ -158,13 +159,22 @@ async def test_a_database_refusing_writes_gives_a_json_503_with_the_reason(
 ) -> None:
     define("w", [{"key": "a", "call": "tests.stepfns:noop"}])
     database = current()
-    assert isinstance(database, SqliteDatabase)
-    database.pragma("query_only", "ON")  # SQLite's own refusal: "attempt to write a readonly database"
+    # The database's own refusal: SQLite's "attempt to write a readonly database", PostgreSQL's "cannot
+    # execute INSERT in a read-only transaction".
+
+    def refuse(on: bool) -> None:
+        if isinstance(database, PostgresDatabase):
+            database.refuse_writes(on)
+        else:
+            assert isinstance(database, SqliteDatabase)
+            database.pragma("query_only", "ON" if on else "OFF")
+
+    refuse(True)
     try:
         r = await api.post("/api/runs", json={"workflow": "w", "inputs": {}})
     finally:
-        database.pragma("query_only", "OFF")
+        refuse(False)
     assert r.status_code == 503, r.text
     assert r.json()["error"] == "storage"
-    assert "readonly" in r.json()["message"]
+    assert "readonly" in r.json()["message"] or "read-only" in r.json()["message"]
     assert (await api.get("/api/runs")).json() == []

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.integration.served import ROOT, Workspace
 
 TABLES = {"runs", "steps", "attempts", "events", "llm_usage", "users", "api_tokens", "audit", "schedule_states"}
@@ -51,6 +53,7 @@ def _migrate_with_file_limit(ws: Workspace, limit_bytes: int) -> subprocess.Comp
     )
 
 
+@pytest.mark.sqlite_only
 def test_a_migration_cut_off_by_a_full_disk_leaves_a_database_that_opens(tmp_path: Path) -> None:
     # Sizes at which the disk fills inside one migration or another (several land between a migration's
     # tables and its record, which used to leave tables nobody recorded).
@@ -62,6 +65,7 @@ def test_a_migration_cut_off_by_a_full_disk_leaves_a_database_that_opens(tmp_pat
         _assert_whole(ws)  # `check` migrates the rest, then audits
 
 
+@pytest.mark.sqlite_only
 def test_processes_racing_to_migrate_a_fresh_file_all_succeed(tmp_path: Path) -> None:
     for attempt in range(2):
         ws = Workspace(tmp_path / f"race-{attempt}")
@@ -83,6 +87,7 @@ def test_processes_racing_to_migrate_a_fresh_file_all_succeed(tmp_path: Path) ->
         _assert_whole(ws)
 
 
+@pytest.mark.sqlite_only
 def test_a_half_applied_database_is_repaired_with_a_message(tmp_path: Path) -> None:
     # What an older version left when cut off between a migration's tables and its record.
     ws = Workspace(tmp_path)
@@ -117,6 +122,7 @@ def test_check_with_a_database_it_cannot_use_says_why_and_creates_nothing(tmp_pa
     assert not (tmp_path / "missing").exists()
 
 
+@pytest.mark.sqlite_only
 def test_a_migrate_killed_while_it_writes_leaves_a_database_that_opens(tmp_path: Path) -> None:
     for cycle in range(1, 4):  # after the first, second, third migration or so
         ws = Workspace(tmp_path / f"kill-{cycle}")
