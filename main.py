@@ -23,6 +23,10 @@ from engine.llm.redact import install_log_redaction
 from engine.settings import ENV_NAMES, Settings, SettingsError, from_env
 from models.errors import DatabaseUnavailable
 
+# NiceGUI keeps the HTML of the last 1,000 Markdown contents it rendered (an lru_cache sized when it is
+# imported): step outputs of up to 100,000 characters each would stay in memory. Set before it is imported.
+os.environ.setdefault("MARKDOWN_CONTENT_CACHE_SIZE", "64")
+
 COMMANDS = ("serve", "run", "check", "sweep", "migrate", "users", "tokens")
 T = TypeVar("T")
 
