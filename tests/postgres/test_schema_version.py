@@ -13,9 +13,9 @@ from models.schema import schema_mismatch
 from tests.integration.served import ROOT, Workspace, free_port
 
 
-def test_serve_refuses_a_database_that_was_not_migrated_and_changes_nothing(tmp_path: Path) -> None:
-    ws = Workspace(tmp_path, bundled=True)
-    done = subprocess.run(
+def serve_once(ws: Workspace) -> subprocess.CompletedProcess[str]:
+    """`main.py serve` on the workspace's database, expected to refuse and exit."""
+    return subprocess.run(
         [sys.executable, "main.py", "serve", "--port", str(free_port())],
         cwd=ROOT,
         env=ws.env,
@@ -24,6 +24,11 @@ def test_serve_refuses_a_database_that_was_not_migrated_and_changes_nothing(tmp_
         timeout=60,
         check=False,
     )
+
+
+def test_serve_refuses_a_database_that_was_not_migrated_and_changes_nothing(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path, bundled=True)
+    done = serve_once(ws)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "the database schema is not up to date" in done.stderr
     assert "uv run main.py migrate" in done.stderr
@@ -58,14 +63,6 @@ def test_serve_refuses_a_database_migrated_by_a_newer_version(tmp_path: Path) ->
     ws = Workspace(tmp_path, bundled=True)
     assert ws.cli("migrate").returncode == 0
     ws.sql("INSERT INTO tortoise_migrations (app, name, applied_at) VALUES ('models', '9999_future', now())")
-    done = subprocess.run(
-        [sys.executable, "main.py", "serve", "--port", str(free_port())],
-        cwd=ROOT,
-        env=ws.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = serve_once(ws)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "migrated by a newer version of Stepdeck (models.9999_future)" in done.stderr
