@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
-import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -15,6 +15,8 @@ from typing import Any
 from engine import forks, logs
 from engine.calls import resolve_call
 from engine.context import StepContext
+from engine.db import current
+from engine.db.base import Database, loop_woken_by_caller
 from engine.definitions import StepDef
 from engine.llm.kind import run_llm
 from engine.settings import Settings
@@ -71,9 +73,7 @@ async def run_python(step: StepDef, ctx: StepContext, env: KindEnv) -> Any:
                 return await fn(ctx)
             finally:
                 forks.leave_if_forked()
-        loop = asyncio.get_running_loop()
-        call = functools.partial(contextvars.copy_context().run, _capture, fn, ctx, env.finish)
-        result = await loop.run_in_executor(threads, call)
+        result = await _in_thread(threads, _capture, fn, ctx, env.finish)
         if isinstance(result, _Raised):
             raise result.exc
         if inspect.isawaitable(result):
@@ -82,6 +82,40 @@ async def run_python(step: StepDef, ctx: StepContext, env: KindEnv) -> Any:
     except (SystemExit, KeyboardInterrupt) as exc:
         # A step may not end the process that runs everyone's work: it is the step that fails.
         raise StepExit(f"the step raised {type(exc).__name__}({exc})") from exc
+
+
+def _in_thread(threads: Executor, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+    """`fn(*args)` in a worker thread (in a copy of this context); what it commits is delivered with its
+    result, in one wake-up of the event loop (`engine.db.base.loop_woken_by_caller`)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+    db = current()
+
+    def job() -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            with loop_woken_by_caller():
+                result = context.run(fn, *args)
+        except BaseException as exc:  # `fn` captures the step's own exceptions: this is ours
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(_hand_over, db, future, result, error)
+
+    submitted = threads.submit(job)
+    future.add_done_callback(lambda f: submitted.cancel() if f.cancelled() else None)  # not started: never is
+    return future
+
+
+def _hand_over(db: Database, future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    db.deliver_committed()  # first: the hub hears of the commit before the step's task goes on
+    if future.done():
+        return  # its task gave up (timed out, stopped): the thread's commit was delivered all the same
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
 
 class StepExit(Exception):

@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine import kinds, retry, transitions
 from engine.context import StepContext, WaitForPerson, executing
+from engine.db import current
+from engine.db.base import Database
 from engine.definitions import MAX_TOKENS_LIMIT
 from engine.llm.kind import TruncatedOutput
 from engine.outputs import clean_text, normalize_outputs
@@ -142,7 +144,7 @@ class ThreadFinish:
             waited = self._waited
         if waited:  # otherwise the loop gets it as the thread's return value: one wake-up, not two
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-                self._loop.call_soon_threadsafe(_resolve, self._outcome, finished)
+                self._loop.call_soon_threadsafe(_delivered_then_resolve, current(), self._outcome, finished)
         return finished
 
     def _complete(self, result: Any) -> Finished:
@@ -181,6 +183,11 @@ class ThreadFinish:
 def _resolve(future: asyncio.Future[Finished], finished: Finished) -> None:
     if not future.done():
         future.set_result(finished)
+
+
+def _delivered_then_resolve(db: Database, future: asyncio.Future[Finished], finished: Finished) -> None:
+    db.deliver_committed()  # the thread's commit reaches the hub before the loop acts on its outcome
+    _resolve(future, finished)
 
 
 _abandoned: set[asyncio.Task[Any]] = set()  # steps that ignored their cancellation, still running

@@ -8,7 +8,9 @@ or not at all. SQL is written once, portably, with `?` placeholders; a backend t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -87,6 +89,30 @@ SQLITE = Dialect(json_array_length="json_array_length", like_ignores_case=True)
 POSTGRESQL = Dialect(json_array_length="jsonb_array_length", like_ignores_case=False)
 
 
+class _HandOver(threading.local):
+    active = False
+
+
+_hand_over = _HandOver()
+
+
+@contextlib.contextmanager
+def loop_woken_by_caller() -> Iterator[None]:
+    """In a worker thread that hands its result to the event loop itself, and calls the database's
+    `deliver_committed` there first: what it commits meanwhile is delivered then, so that the loop is woken
+    once per step instead of twice (once for the commit, once for the result)."""
+    _hand_over.active = True
+    try:
+        yield
+    finally:
+        _hand_over.active = False
+
+
+def caller_wakes_loop() -> bool:
+    """Whether this thread is inside `loop_woken_by_caller`."""
+    return _hand_over.active
+
+
 class Database(Protocol):
     """The engine's connection to its database: atomic batches of writes, and reads.
 
@@ -104,6 +130,11 @@ class Database(Protocol):
     def run_batches_blocking(self, batches: Sequence[Batch]) -> list[Outcome]:
         """`run_batches` from a worker thread (never the event loop): the work that ran there commits
         its own outcome, without a round trip through the loop."""
+        ...
+
+    def deliver_committed(self) -> None:
+        """On the event loop: run the commit callbacks (and wake the waiters) of every batch committed so
+        far and not yet delivered, in commit order (see `loop_woken_by_caller`)."""
         ...
 
     async def fetch(self, sql: str, params: Sequence[Any] = (), *, engine: bool = False) -> list[dict[str, Any]]:

@@ -409,6 +409,9 @@ class PostgresDatabase:
     def run_batches_blocking(self, batches: Sequence[Batch]) -> list[Outcome]:
         return asyncio.run_coroutine_threadsafe(self.run_batches(batches), self._loop).result()
 
+    def deliver_committed(self) -> None:
+        """Nothing waits: batches commit on the event loop and deliver there."""
+
     async def close(self) -> None:
         await self._writers.close()
         await self._readers.close()

@@ -36,6 +36,7 @@ from engine.db.base import (
     Ref,
     Stmt,
     StoreIntegrityError,
+    caller_wakes_loop,
     guard_holds,
 )
 from models.db import frozen_flags
@@ -47,12 +48,15 @@ MAX_GROUP = 64  # batches in one transaction at most (bounds how long one commit
 READERS = 2
 
 
+_json_text = json.JSONEncoder(ensure_ascii=False).encode  # made once: `json.dumps` with options makes one per call
+
+
 def encode(value: Any) -> Any:
     """A Python value as a SQLite parameter, in the formats Tortoise reads back."""
     if isinstance(value, datetime):
         return value.isoformat(" ")
     if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)
+        return _json_text(value) if value else ("{}" if isinstance(value, dict) else "[]")
     return value
 
 
@@ -60,11 +64,12 @@ def _bind(params: Sequence[Any], rows: list[list[tuple[Any, ...]]]) -> list[Any]
     return [encode(rows[v.index][0][0] if isinstance(v, Ref) else v) for v in params]
 
 
-def _run_stmts(conn: sqlite3.Connection, stmts: Sequence[Stmt]) -> BatchResult:
+def _run_stmts(conn: sqlite3.Connection, stmts: Sequence[Stmt], result: BatchResult | None = None) -> BatchResult:
+    """Run the statements, filling `result` as they go (on an error, its `rowcounts` tell how many ran)."""
     if log.isEnabledFor(logging.DEBUG):
         for stmt in stmts:
             log.debug("%s %r", stmt.sql, stmt.many if stmt.many else stmt.params)
-    result = BatchResult(ok=True)
+    result = result if result is not None else BatchResult(ok=True)
     for index, stmt in enumerate(stmts):
         if stmt.many is not None:
             cur = conn.executemany(stmt.sql, [_bind(row, result.rows) for row in stmt.many])
@@ -116,12 +121,45 @@ def _run_savepointed(conn: sqlite3.Connection, stmts: Sequence[Stmt]) -> Outcome
     return result
 
 
+def _run_plain(conn: sqlite3.Connection, stmts: Sequence[Stmt]) -> Outcome | None:
+    """One batch among several, without a savepoint: None when it failed after writing something (the
+    transaction must then be done again with savepoints). A failure at its first statement, when that is a
+    single statement, wrote nothing: SQLite undoes a failing statement's own changes, and a guard that
+    fails matched no row."""
+    result = BatchResult(ok=True)
+    try:
+        return _run_stmts(conn, stmts, result)
+    except Exception as exc:
+        if not conn.in_transaction:
+            raise  # the transaction itself ended: every batch of the group fails
+        if result.rowcounts or stmts[0].many is not None:
+            return None
+        if isinstance(exc, GuardFailed):
+            return BatchResult(ok=False, failed_guard=exc.index)
+        return StoreIntegrityError(str(exc)) if isinstance(exc, sqlite3.IntegrityError) else exc
+
+
 def run_group(conn: sqlite3.Connection, batches: Sequence[Sequence[Stmt]]) -> list[Outcome]:
-    """Independent batches in one transaction: one commit (one WAL append) for all of them."""
+    """Independent batches in one transaction: one commit (one WAL append) for all of them.
+
+    Batches run without savepoints as long as none fails part-way (the common case, and a guard is the
+    first statement of its batch); when one does, the transaction is rolled back and done again with a
+    savepoint around each batch, so that it fails alone."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         if len(batches) == 1:
             return [_run_alone(conn, batches[0])]
+        outcomes: list[Outcome] = []
+        for stmts in batches:
+            outcome = _run_plain(conn, stmts)
+            if outcome is None:
+                break
+            outcomes.append(outcome)
+        else:
+            conn.execute("COMMIT")
+            return outcomes
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
         outcomes = [_run_savepointed(conn, stmts) for stmts in batches]
         conn.execute("COMMIT")
         return outcomes
@@ -243,6 +281,11 @@ class SqliteDatabase:
         self.lost: str | None = None
         self._frozen = _FrozenWatch(path)
         self._frozen_reported: str | None = None
+        # Committed groups whose callbacks and waiters have not run yet, in commit order, and whether the
+        # loop has been asked to deliver them (`deliver_committed`).
+        self._committed: list[list[_Ticket]] = []
+        self._delivery_lock = threading.Lock()
+        self._delivery_asked = False
 
     def check_file(self) -> str | None:
         """Why the file this process opened is no longer the database at its path (removed or replaced,
@@ -337,21 +380,35 @@ class SqliteDatabase:
             self._writer.execute(f"PRAGMA {name} = {value}")
 
     def _commit(self, group: list[_Ticket]) -> None:
-        try:
-            if problem := self.check_file():
-                raise DatabaseUnavailable(problem)
-            with self._writer_lock:
+        error: BaseException | None = None
+        with self._writer_lock:
+            try:
+                if problem := self.check_file():
+                    raise DatabaseUnavailable(problem)
                 outcomes = run_group(self._writer, [b.stmts for t in group for b in t.batches])
-        except BaseException as exc:
-            for ticket in group:
-                ticket.error = exc
-        else:
+            except BaseException as exc:
+                error = exc
             start = 0
             for ticket in group:
-                ticket.outcomes = outcomes[start : start + len(ticket.batches)]
-                start += len(ticket.batches)
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
-            self._loop.call_soon_threadsafe(_deliver, group)
+                if error is not None:
+                    ticket.error = error
+                else:
+                    ticket.outcomes = outcomes[start : start + len(ticket.batches)]
+                    start += len(ticket.batches)
+            with self._delivery_lock:  # under the writer lock: queued in commit order
+                self._committed.append(group)
+                ask = not self._delivery_asked and not caller_wakes_loop()
+                self._delivery_asked = self._delivery_asked or ask
+        if ask:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
+                self._loop.call_soon_threadsafe(self.deliver_committed)
+
+    def deliver_committed(self) -> None:
+        with self._delivery_lock:
+            groups, self._committed = self._committed, []
+            self._delivery_asked = False
+        for group in groups:
+            _deliver(group)
 
     async def close(self) -> None:
         """Finish what is queued, then close every connection."""

@@ -19,7 +19,7 @@ from engine.errors import Conflict
 from engine.executor import Engine
 from engine.hub import hub
 from engine.settings import Settings
-from engine.store import Stmt, fetch, run_batch, run_batches
+from engine.store import BatchResult, Stmt, fetch, run_batch, run_batches
 from tests import stepfns
 from tests.conftest import run_status, step_of, wait_for, wait_run
 
@@ -102,6 +102,23 @@ async def test_a_batch_the_database_refuses_fails_alone_in_a_group_commit(db: st
     assert [type(r).__name__ for r in results] == ["BatchResult", refusal, "BatchResult"]
     rows = await connections.get("default").execute_query_dict("SELECT v FROM probe ORDER BY v")
     assert [r["v"] for r in rows] == ["one", "two"]
+
+
+async def test_a_batch_whose_guard_fails_part_way_leaves_nothing_in_a_group_commit(db: str) -> None:
+    """A batch that wrote before its guard failed is undone alone; the group's other batches commit."""
+    await run_batch([Stmt("CREATE TABLE probe (v TEXT NOT NULL)")])
+    no_row = Stmt("UPDATE probe SET v = 'x' WHERE v = 'absent'", guard=True)
+    first_fails = [no_row, Stmt("INSERT INTO probe (v) VALUES ('never')")]
+    part_way = [Stmt("INSERT INTO probe (v) VALUES ('undone')"), no_row]
+    good = [Stmt("INSERT INTO probe (v) VALUES ('one')"), Stmt("INSERT INTO probe (v) VALUES ('two')")]
+    for shape in ([good, first_fails, part_way, good], [first_fails, good], [part_way, good, part_way]):
+        await run_batch([Stmt("DELETE FROM probe")])
+        results = await run_batches(shape)
+        failed = [r.failed_guard for r in results if isinstance(r, BatchResult) and not r.ok]
+        assert [isinstance(r, BatchResult) and r.ok for r in results] == [b is good for b in shape]
+        assert failed == [0 if b is first_fails else 1 for b in shape if b is not good]
+        rows = await connections.get("default").execute_query_dict("SELECT v FROM probe ORDER BY v")
+        assert [r["v"] for r in rows] == sorted(["one", "two"] * shape.count(good))
 
 
 @pytest.mark.parametrize("call", ["tests.stepfns:exits", "tests.stepfns:interrupts"])
