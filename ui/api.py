@@ -89,8 +89,9 @@ def actor_of(request: Request) -> str:
     return who.actor
 
 
-def operator(request: Request) -> str:
-    """The actor of a request that acts on runs; viewers get a 403."""
+async def operator(request: Request) -> str:
+    """The actor of a request that acts on runs; viewers get a 403. (Async: FastAPI would run a sync
+    dependency in a thread, a round trip that cost more than the rest of a request.)"""
     who = security.principal(request)
     if not who.can_act:
         raise Forbidden(f"{who.name} is a viewer: only operators can start, cancel, retry, resume or select")
