@@ -55,6 +55,28 @@ PAGE_TIMEOUT_S = 30.0
 NAV = [("Runs", "/"), ("Workflows", "/workflows"), ("Monitoring", "/monitoring")]
 HEADER_HEIGHT_PX = 52  # fixed, so that sticky bars can sit exactly below it
 
+# Shown from the first byte of every page until the page's elements are mounted (a page of 2,000 steps
+# takes a second or two in the browser): the frame's bar and a spinner, never a blank page. It hides
+# itself once NiceGUI's app has children (`:has`); with scripts off it says so after a while.
+BOOT_HTML = f"""
+<div class="sd-boot" role="status" aria-live="polite" data-testid="boot">
+  <div class="sd-boot-bar" style="height: {HEADER_HEIGHT_PX}px">Stepdeck</div>
+  <div class="sd-boot-body"><span class="sd-boot-spinner"></span><span>Loading…</span></div>
+</div>
+<style>
+.sd-boot {{ position: fixed; inset: 0; z-index: 1; background: #fff; color: #64748b;
+  font: 15px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }}
+.sd-boot-bar {{ background: #1e293b; color: #fff; font-weight: 700; font-size: 18px; display: flex;
+  align-items: center; padding: 0 16px; box-shadow: 0 2px 4px rgb(0 0 0 / 0.2); }}
+.sd-boot-body {{ display: flex; align-items: center; justify-content: center; gap: 12px; padding-top: 30vh; }}
+.sd-boot-spinner {{ width: 22px; height: 22px; border: 3px solid #cbd5e1; border-top-color: #0284c7;
+  border-radius: 50%; animation: sd-boot-spin 0.8s linear infinite; }}
+@keyframes sd-boot-spin {{ to {{ transform: rotate(360deg); }} }}
+@media (prefers-color-scheme: dark) {{ .sd-boot {{ background: #121212; color: #94a3b8; }} }}
+body:has(#app > *) .sd-boot {{ display: none; }}
+</style>
+"""
+
 
 def status_color(status: str, stale: bool = False, truncated: bool = False) -> str:
     """The colour of a status; a completed step that is stale shows as stale, one whose output was

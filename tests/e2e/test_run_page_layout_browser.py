@@ -160,3 +160,23 @@ def test_the_system_dark_preference_is_followed_until_a_choice_is_made(
         expect(page.locator("body")).not_to_have_class(re.compile(r"\bbody--dark\b"))
     finally:
         context.close()
+
+
+def test_a_page_shows_its_loading_state_until_it_is_built_never_a_blank_page(
+    wide: Page, server: Server, fifty_run: int, artifacts: Path
+) -> None:
+    """Until the page's elements are mounted (held back here: NiceGUI's script does not arrive), the frame's
+    bar and a spinner show; once they are, the loading state is gone."""
+    page = wide
+    held: list[str] = []
+    page.route("**/_nicegui/**/nicegui.js", lambda route: held.append(route.request.url))
+    page.goto(f"{server.base_url}/runs/{fifty_run}", wait_until="commit")
+    boot = page.get_by_test_id("boot")
+    expect(boot).to_be_visible()
+    expect(boot).to_contain_text("Loading")
+    assert held, "the page did not ask for NiceGUI's script"
+    screenshot(page, artifacts, "run-page-loading.png")
+    page.unroute("**/_nicegui/**/nicegui.js")
+
+    open_run(page, server, fifty_run)
+    expect(page.get_by_test_id("boot")).to_be_hidden()

@@ -36,9 +36,10 @@ def register_pages(maintenance: Maintenance) -> None:
 
     from ui.components import output_view
     from ui.pages import monitoring, run_detail, runs, workflows
-    from ui.theme import THEME_CSS
+    from ui.theme import BOOT_HTML, THEME_CSS
 
     ui.add_css(output_view.CSS + THEME_CSS, shared=True)
+    ui.add_body_html(BOOT_HTML, shared=True)
 
     app.add_exception_handler(404, not_found)  # in place of NiceGUI's bare page
     runs.register()
