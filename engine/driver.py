@@ -188,9 +188,13 @@ class RunDriver:
                 ready.append(s)
         return ready
 
-    def spawn(self, s: StepState, started: tuple[int, int] | None = None) -> asyncio.Task[None]:
-        """A task executing step `s` (`started`: its attempt was started already, with a slot taken)."""
-        task = asyncio.create_task(step_runner.execute(self, s, started), name=f"run{self.run_id}:{s.defn.key}")
+    def spawn(
+        self, s: StepState, started: tuple[int, int] | None = None, chained: step_runner.Chained | None = None
+    ) -> asyncio.Task[None]:
+        """A task executing step `s` (`started`: its attempt was started already, with a slot taken;
+        `chained`: a worker thread is executing it already)."""
+        coro = step_runner.execute(self, s, started, chained)
+        task = asyncio.create_task(coro, name=f"run{self.run_id}:{s.defn.key}")
         self.tasks[s.defn.key] = task
         return task
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
+import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
@@ -66,46 +66,94 @@ async def run_python(step: StepDef, ctx: StepContext, env: KindEnv) -> Any:
     """Call `module:function`; a sync function runs in a thread so it cannot stall the event loop."""
     assert step.call is not None
     fn = _callable(step.call, env.settings.workflows_dir)
-    threads = env.threads
-    try:
-        if _is_async(fn):
+    if _is_async(fn):
+        try:
             try:
                 return await fn(ctx)
             finally:
                 forks.leave_if_forked()
-        result = await _in_thread(threads, _capture, fn, ctx, env.finish)
+        except (SystemExit, KeyboardInterrupt) as exc:
+            raise _exit_of(exc) from exc
+    return await thread_outcome(_in_thread(env.threads, fn, ctx, env.finish))
+
+
+def sync_function(step: StepDef, settings: Settings) -> Callable[..., Any]:
+    """The function of a step that `completes_in_thread`."""
+    assert step.call is not None
+    return _callable(step.call, settings.workflows_dir)
+
+
+async def thread_outcome(future: asyncio.Future[Any]) -> Any:
+    """What a sync step function's thread handed over: its return value (or what `finish` made of it), or
+    its exception raised here."""
+    try:
+        result = await future
         if isinstance(result, _Raised):
             raise result.exc
         if inspect.isawaitable(result):
             result = await result
         return result
     except (SystemExit, KeyboardInterrupt) as exc:
-        # A step may not end the process that runs everyone's work: it is the step that fails.
-        raise StepExit(f"the step raised {type(exc).__name__}({exc})") from exc
+        raise _exit_of(exc) from exc
 
 
-def _in_thread(threads: Executor, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-    """`fn(*args)` in a worker thread (in a copy of this context); what it commits is delivered with its
-    result, in one wake-up of the event loop (`engine.db.base.loop_woken_by_caller`)."""
-    loop = asyncio.get_running_loop()
+def _exit_of(exc: BaseException) -> StepExit:
+    # A step may not end the process that runs everyone's work: it is the step that fails.
+    return StepExit(f"the step raised {type(exc).__name__}({exc})")
+
+
+@dataclass(frozen=True, slots=True)
+class InThread:
+    """A sync step function to call in a worker thread, and where its outcome goes: `call` runs it (and
+    its `finish`) in the step's own context; the outcome is handed over to `future` on the event loop."""
+
+    call: Callable[[], Any]
+    future: asyncio.Future[Any]
+
+
+def in_thread(
+    loop: asyncio.AbstractEventLoop,
+    context: contextvars.Context,
+    fn: Callable[..., Any],
+    ctx: StepContext,
+    finish: Callable[[Any], Any] | None,
+) -> InThread:
+    """The execution of a sync step function, made in any thread (the future belongs to `loop`)."""
     future: asyncio.Future[Any] = loop.create_future()
-    context = contextvars.copy_context()
+    return InThread(functools.partial(context.run, _capture, fn, ctx, finish), future)
+
+
+def _in_thread(
+    threads: Executor, fn: Callable[..., Any], ctx: StepContext, finish: Callable[[Any], Any] | None
+) -> asyncio.Future[Any]:
+    """Run `fn(ctx)` in a worker thread (in a copy of this context). What it commits is delivered with its
+    result, in one wake-up of the event loop (`engine.db.base.loop_woken_by_caller`). When its outcome
+    names work to go on with in the same thread (`then`: the start of a successor it committed), the
+    thread does that next, without a round trip through the loop."""
+    loop = asyncio.get_running_loop()
+    work = in_thread(loop, contextvars.copy_context(), fn, ctx, finish)
     db = current()
 
     def job() -> None:
-        result: Any = None
-        error: BaseException | None = None
-        try:
-            with loop_woken_by_caller():
-                result = context.run(fn, *args)
-        except BaseException as exc:  # `fn` captures the step's own exceptions: this is ours
-            error = exc
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            loop.call_soon_threadsafe(_hand_over, db, future, result, error)
+        step: InThread | None = work
+        while step is not None:
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                with loop_woken_by_caller():
+                    result = step.call()
+            except BaseException as exc:  # `_capture` keeps the step's own exceptions: this is ours
+                error = exc
+            then = getattr(result, "then", None) if error is None else None
+            try:
+                loop.call_soon_threadsafe(_hand_over, db, step.future, result, error)
+            except RuntimeError:
+                return  # the loop is closed: nobody waits any more
+            step = then if isinstance(then, InThread) else None
 
     submitted = threads.submit(job)
-    future.add_done_callback(lambda f: submitted.cancel() if f.cancelled() else None)  # not started: never is
-    return future
+    work.future.add_done_callback(lambda f: submitted.cancel() if f.cancelled() else None)  # not started: never is
+    return work.future
 
 
 def _hand_over(db: Database, future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import threading
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from engine import kinds, retry, transitions
+from engine import kinds, logs, retry, transitions
 from engine.context import StepContext, WaitForPerson, executing
 from engine.db import current
 from engine.db.base import Database
@@ -68,8 +69,11 @@ def describe(exc: BaseException | None) -> str:
         return f"(its message could not be read: {type(inner).__name__})"
 
 
-async def execute(driver: RunDriver, s: StepState, started: tuple[int, int] | None = None) -> None:
-    """Run one step; `started` (attempt id, number) when a predecessor started it for us.
+async def execute(
+    driver: RunDriver, s: StepState, started: tuple[int, int] | None = None, chained: Chained | None = None
+) -> None:
+    """Run one step; `started` (attempt id, number) when a predecessor started it for us (`chained`: and its
+    worker thread is executing it already).
 
     A predecessor that starts us also took our step slot; it is released when our task ends (a
     done-callback, so also when we are cancelled before running at all).
@@ -93,7 +97,7 @@ async def execute(driver: RunDriver, s: StepState, started: tuple[int, int] | No
             finally:
                 slots.release()
         else:
-            await _attempt(driver, s, *started)
+            await _attempt(driver, s, *started, chained=chained)
     except Exception as exc:
         # Not the step's failure (that is recorded by _attempt): the database refused our writes.
         log.exception("run %s: could not record the outcome of step %r", driver.run_id, s.defn.key)
@@ -113,6 +117,23 @@ class Finished:
     done: bool = False  # the completion committed
     started: list[int | None] = field(default_factory=list)  # attempt ids of the successors started with it
     commit_error: Exception | None = None  # the database refused the commit: the loop writes it again
+    chained: Chained | None = None  # a successor started with it, which this thread executes next
+
+    @property
+    def then(self) -> kinds.InThread | None:
+        """What the worker thread goes on with once it handed this over (`kinds._in_thread`)."""
+        return self.chained.work if self.chained is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Chained:
+    """A successor whose start committed with a sync step's completion, and that is a sync python step
+    too: the worker thread executes it right away (no round trip through the event loop between two
+    steps of a chain), and the loop adopts it (`_attempt`), with its context, as if it had started it."""
+
+    ctx: StepContext
+    finish: ThreadFinish
+    work: kinds.InThread
 
 
 class ThreadFinish:
@@ -123,13 +144,21 @@ class ThreadFinish:
     which one writes. Once the thread has started committing, the loop waits for its outcome.
     """
 
-    def __init__(self, driver: RunDriver, s: StepState, ref: AttemptRef, ctx: StepContext) -> None:
+    def __init__(
+        self,
+        driver: RunDriver,
+        s: StepState,
+        ref: AttemptRef,
+        ctx: StepContext,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        """Made on the event loop, or (a chained step) in a worker thread with the loop given."""
         self.driver, self.s, self.ref, self.ctx = driver, s, ref, ctx
         self._lock = threading.Lock()
         self._state = "open"  # → finishing (the thread writes) → finished | abandoned (the loop writes)
         self._finished: Finished | None = None
         self._waited = False  # the loop took over while the thread was committing: tell it when done
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop or asyncio.get_running_loop()
         self._outcome: asyncio.Future[Finished] = self._loop.create_future()
 
     def __call__(self, result: Any) -> Finished:
@@ -160,7 +189,43 @@ class ThreadFinish:
             done, started = transitions.complete_step_and_start_blocking(completion, [st for _, st in successors])
         except Exception as exc:
             return Finished(handled=True, outputs=outputs, successors=successors, commit_error=exc)
-        return Finished(handled=True, outputs=outputs, successors=successors, done=done, started=started)
+        chained = self._chain(outputs, index, successors, started) if done and index is not None else None
+        return Finished(
+            handled=True, outputs=outputs, successors=successors, done=done, started=started, chained=chained
+        )
+
+    def _chain(
+        self,
+        outputs: list[Any],
+        index: int,
+        successors: list[tuple[StepState, transitions.StepStart]],
+        started: list[int | None],
+    ) -> Chained | None:
+        """The first successor started with this completion that is a sync python step, made ready to
+        execute in this thread (its context sees this step's output)."""
+        driver, settings = self.driver, self.driver.engine.settings
+        if driver.stopping:
+            return None
+        for (successor, start), attempt_id in zip(successors, started, strict=True):
+            d = successor.defn
+            if attempt_id is None or not kinds.completes_in_thread(d, settings):
+                continue
+            key, output = self.s.defn.key, outputs[index]
+            ctx = StepContext(
+                run_id=driver.run_id,
+                step_key=d.key,
+                attempt=start.number,
+                alternatives=d.alternatives,
+                inputs=driver.inputs,
+                outputs={n: output if n == key else driver.steps[n].output for n in d.needs},
+            )
+            ref = AttemptRef(driver.run_id, successor.id, d.key, attempt_id, start.number)
+            finish = ThreadFinish(driver, successor, ref, ctx, self._loop)
+            context = contextvars.copy_context()
+            context.run(logs.bind, step=d.key, attempt=start.number)
+            work = kinds.in_thread(self._loop, context, kinds.sync_function(d, settings), ctx, finish)
+            return Chained(ctx, finish, work)
+        return None
 
     def take_over(self) -> bool:
         """On a timeout or a stop: True when the thread is committing or has committed (await
@@ -220,7 +285,9 @@ async def _cancellable(coro: Awaitable[T], ctx: StepContext, grace_s: float) -> 
 ABANDONED = "did not stop when cancelled (its task may still be running)"
 
 
-async def _attempt(driver: RunDriver, s: StepState, attempt_id: int, number: int) -> None:
+async def _attempt(
+    driver: RunDriver, s: StepState, attempt_id: int, number: int, chained: Chained | None = None
+) -> None:
     d = s.defn
     engine = driver.engine
     if d.kind == "llm" and s.retries_used and d.retry_max_tokens_factor != 1.0:
@@ -228,27 +295,39 @@ async def _attempt(driver: RunDriver, s: StepState, attempt_id: int, number: int
         raised = retry.max_tokens_for(base, d.retry_policy, s.retries_used, MAX_TOKENS_LIMIT)
         d = dataclasses.replace(d, config={**d.config, "max_tokens": raised})
     ref = AttemptRef(driver.run_id, s.id, d.key, attempt_id, number)
-    ctx = StepContext(
-        run_id=driver.run_id,
-        step_key=d.key,
-        attempt=number,
-        alternatives=d.alternatives,
-        inputs=driver.inputs,
-        outputs={n: driver.steps[n].output for n in d.needs},
-    )
+    if chained is not None:
+        ctx = chained.ctx
+        logs.bind(step=d.key, attempt=number)
+        if driver.stop_reason is not None:
+            ctx.cancelled.set()  # stopped before we adopted it: its outcome is written as a stopped step's
+    else:
+        ctx = StepContext(
+            run_id=driver.run_id,
+            step_key=d.key,
+            attempt=number,
+            alternatives=d.alternatives,
+            inputs=driver.inputs,
+            outputs={n: driver.steps[n].output for n in d.needs},
+        )
     driver.contexts[d.key] = ctx
     executing[(driver.run_id, d.key)] = ctx
 
     async def checkpoint(text: str, llm: dict[str, Any] | None) -> None:
         await save_partial(ref, text, llm)
 
-    finish = ThreadFinish(driver, s, ref, ctx) if kinds.completes_in_thread(d, engine.settings) else None
+    if chained is not None:
+        finish: ThreadFinish | None = chained.finish
+    else:
+        finish = ThreadFinish(driver, s, ref, ctx) if kinds.completes_in_thread(d, engine.settings) else None
     env = kinds.KindEnv(engine.threads, engine.settings, checkpoint, finish, driver.defn.max_cost)
     timeout = asyncio.timeout(d.timeout_s)
     try:
         async with timeout:
-            run = kinds.KINDS[d.kind](d, ctx, env)
-            result = await (run if finish is not None else _cancellable(run, ctx, engine.settings.cancel_grace_s))
+            if chained is not None:
+                result = await kinds.thread_outcome(chained.work.future)
+            else:
+                run = kinds.KINDS[d.kind](d, ctx, env)
+                result = await (run if finish is not None else _cancellable(run, ctx, engine.settings.cancel_grace_s))
         if isinstance(result, Finished) and not result.handled:
             result = result.result  # the thread left the completion to us
         if not isinstance(result, Finished):
@@ -343,13 +422,17 @@ def _took_effect(driver: RunDriver, s: StepState, f: Finished) -> None:
     index = 0 if s.defn.select == "auto" else None
     s.status = StepStatus.COMPLETED if index is not None else StepStatus.WAITING
     s.outputs, s.selected_index = f.outputs, index
-    _start_successors(driver, f.successors, f.started)
+    _start_successors(driver, f.successors, f.started, f.chained)
 
 
 def _start_successors(
-    driver: RunDriver, successors: list[tuple[StepState, transitions.StepStart]], attempt_ids: list[int | None]
+    driver: RunDriver,
+    successors: list[tuple[StepState, transitions.StepStart]],
+    attempt_ids: list[int | None],
+    chained: Chained | None = None,
 ) -> None:
-    """Tasks for the successors started in a completion's commit (each holds the slot taken for it)."""
+    """Tasks for the successors started in a completion's commit (each holds the slot taken for it); the
+    `chained` one is executing in the worker thread already, and its task adopts it."""
     slots = driver.engine.step_slots
     for (successor, start), attempt_id in zip(successors, attempt_ids, strict=True):
         if attempt_id is None:
@@ -357,10 +440,12 @@ def _start_successors(
             driver.notice_outside_change()
             continue
         driver.mark_running(successor, start.number)
-        if driver.stop_reason is not None:
+        adopted = chained if chained is not None and chained.ctx.step_key == successor.defn.key else None
+        if driver.stop_reason is not None and adopted is None:
             slots.release()  # stopped meanwhile: the stop's transition ends its attempt with the run
             continue
-        driver.spawn(successor, (attempt_id, start.number)).add_done_callback(lambda _: slots.release())
+        task = driver.spawn(successor, (attempt_id, start.number), adopted)
+        task.add_done_callback(lambda _: slots.release())
 
 
 async def _completed(

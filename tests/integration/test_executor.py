@@ -139,6 +139,64 @@ async def test_a_sync_step_that_exceeds_its_timeout_is_told_to_stop(engine: Engi
     await wait_for(lambda: calls("blocking_saw_cancel"), PROMPT_S, "the sync step to see ctx.is_cancelled")
 
 
+# --- chains of sync steps (a successor runs on in the thread that committed its start) ---------------
+
+
+async def test_a_chain_of_sync_steps_sees_each_predecessors_output(engine: Engine, define: Define) -> None:
+    steps = [{"key": "s0", "call": "tests.stepfns:noop"}]
+    steps += [{"key": f"s{i}", "call": "tests.stepfns:collect", "needs": [f"s{i - 1}"]} for i in range(1, 5)]
+    steps.append({"key": "join", "call": "tests.stepfns:collect", "needs": ["s2", "s4"]})
+    define("chain-out", steps)
+    run_id = await operations.start_run("chain-out", {}, "tester")
+    assert await wait_run(run_id, "completed", "failed") == "completed"
+    outputs = {s["key"]: s["output"] for s in (await queries.run_detail(run_id)).to_json()["steps"]}
+    assert outputs["s1"] == {"s0": outputs["s0"]}
+    for i in range(2, 5):
+        assert outputs[f"s{i}"] == {f"s{i - 1}": outputs[f"s{i - 1}"]}
+    assert outputs["join"] == {"s2": outputs["s2"], "s4": outputs["s4"]}
+
+
+async def test_a_chained_sync_step_past_its_timeout_fails_and_is_told_to_stop(engine: Engine, define: Define) -> None:
+    define(
+        "chain-timeout",
+        [
+            {"key": "first", "call": "tests.stepfns:noop"},
+            {"key": "block", "call": "tests.stepfns:blocking_watch", "needs": ["first"], "timeout_s": 0.3},
+            {"key": "after", "call": "tests.stepfns:noop", "needs": ["block"]},
+        ],
+    )
+    run_id = await operations.start_run("chain-timeout", {}, "tester")
+    assert await wait_run(run_id, "completed", "failed", timeout_s=PROMPT_S) == "failed"
+    assert (await step_of(run_id, "block"))["error"] == "timed out after 0.3 s"
+    assert (await step_of(run_id, "after"))["status"] != "completed"
+    await wait_for(lambda: calls("blocking_saw_cancel"), PROMPT_S, "the chained step to see ctx.is_cancelled")
+    await wait_for(lambda: no_driver(engine, run_id), PROMPT_S, "the driver to stop")
+    assert await running_rows() == []
+
+
+async def test_cancel_reaches_a_chained_sync_step(engine: Engine, define: Define) -> None:
+    define(
+        "chain-cancel",
+        [
+            {"key": "first", "call": "tests.stepfns:noop"},
+            {"key": "block", "call": "tests.stepfns:blocking_watch", "needs": ["first"]},
+            {"key": "after", "call": "tests.stepfns:noop", "needs": ["block"]},
+        ],
+    )
+    run_id = await operations.start_run("chain-cancel", {}, "tester")
+    await wait_for(lambda: calls("blocking_watch"), 5, "the chained step to start")
+    assert await operations.cancel_run(run_id, "alice") is True
+    await wait_for(lambda: calls("blocking_saw_cancel"), PROMPT_S, "the chained step to see ctx.is_cancelled")
+    await wait_for(lambda: no_driver(engine, run_id), PROMPT_S, "the driver to stop")
+    steps = {s["key"]: s["status"] for s in (await queries.run_detail(run_id)).to_json()["steps"]}
+    assert (await run_status(run_id), steps) == (
+        "cancelled",
+        {"first": "completed", "block": "cancelled", "after": steps["after"]},
+    )
+    assert steps["after"] != "completed" and stepfns.CALLS["noop"] == 1
+    assert await running_rows() == []
+
+
 async def test_a_timeout_error_raised_by_the_step_itself_is_not_our_timeout(engine: Engine, define: Define) -> None:
     define("t-own", [{"key": "api", "call": "tests.stepfns:own_timeout", "timeout_s": 30}])
     run_id = await operations.start_run("t-own", {}, "tester")

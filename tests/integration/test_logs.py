@@ -65,6 +65,21 @@ async def test_lines_logged_in_a_step_carry_the_run_step_attempt_and_worker(
         assert record.context == f" | run={run_id} step={key} attempt=1 worker={engine.owner}"  # type: ignore[attr-defined]
 
 
+async def test_a_chain_of_sync_steps_logs_each_step_under_its_own_key(
+    engine: Engine, define: Define, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Sync steps after sync steps run on in the thread that committed their start: their lines still carry
+    their own key, not their predecessor's."""
+    keys = [f"s{i}" for i in range(6)]
+    define("chain-talk", [{"key": k, "call": "tests.integration.test_logs:sync_talker"} for k in keys])
+    with caplog.at_level(logging.WARNING, logger=USER.name):
+        run_id = await operations.start_run("chain-talk", {}, "tester")
+        assert await wait_run(run_id, "completed", "failed") == "completed"
+    for key in keys:
+        [record] = spoken(caplog, f"sync step {key} speaking")
+        assert (record.run_id, record.step, record.attempt) == (run_id, key, 1)  # type: ignore[attr-defined]
+
+
 async def test_a_retried_step_logs_its_new_attempt(
     engine: Engine, define: Define, caplog: pytest.LogCaptureFixture
 ) -> None:
