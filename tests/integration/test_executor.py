@@ -143,7 +143,7 @@ async def test_a_sync_step_that_exceeds_its_timeout_is_told_to_stop(engine: Engi
 
 
 async def test_a_chain_of_sync_steps_sees_each_predecessors_output(engine: Engine, define: Define) -> None:
-    steps = [{"key": "s0", "call": "tests.stepfns:noop"}]
+    steps: list[dict[str, Any]] = [{"key": "s0", "call": "tests.stepfns:noop"}]
     steps += [{"key": f"s{i}", "call": "tests.stepfns:collect", "needs": [f"s{i - 1}"]} for i in range(1, 5)]
     steps.append({"key": "join", "call": "tests.stepfns:collect", "needs": ["s2", "s4"]})
     define("chain-out", steps)
