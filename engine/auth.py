@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from models.errors import StepdeckError
 from models.tables import ApiToken, AuditEntry, User
 
 ROLES = ("viewer", "operator")
@@ -46,7 +47,7 @@ FAILURE_MEMORY_S = 900.0
 TOKEN_TOUCH_INTERVAL_S = 60.0  # last_used_at and the "token used" audit entry, at most this often
 
 
-class AuthError(ValueError):
+class AuthError(StepdeckError, ValueError):
     """Bad input to a user or token command; the message says what to do."""
 
 
@@ -211,7 +212,7 @@ class Guard:
 guard = Guard()
 
 
-class LockedOut(Exception):
+class LockedOut(StepdeckError):
     def __init__(self, wait_s: float) -> None:
         super().__init__(f"too many failed sign-ins: try again in {wait_s:.0f} s")
         self.wait_s = wait_s

@@ -6,8 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from models.errors import StepdeckError
 
-class CallError(ValueError):
+
+class CallError(StepdeckError, ValueError):
     """A `call` string that is malformed or does not name an importable callable."""
 
 

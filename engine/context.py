@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.hub import Change, ChangeKind, TokenDelta, hub
+from models.errors import StepdeckError
 
 MAX_LOG_LINES = 1000
 PROGRESS_MIN_INTERVAL_S = 0.1  # viewers get at most ~10 progress notices a second per step
 TOKENS_MIN_INTERVAL_S = 0.1  # streamed text reaches viewers in batches, however fast the model is
 
 
-class WaitForPerson(Exception):
+class WaitForPerson(StepdeckError):
     """The step cannot do its work until a person acts (a budget is reached): its attempt ends without
     output and the step waits; "Resume from here" runs it again. The message says why, for people."""
 

@@ -18,11 +18,13 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 
+from models.errors import StepdeckError
+
 _DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 MAX_SLOTS = 10_000  # a bound on how many past fire times are ever enumerated
 
 
-class CronError(ValueError):
+class CronError(StepdeckError, ValueError):
     """An expression or time zone that cannot be used; the message says why."""
 
 

@@ -22,6 +22,7 @@ from engine.notify.kinds import DEFAULT_EVENTS, EVENTS
 from engine.retry import DEFAULTS as RETRY_DEFAULTS
 from engine.retry import MAX_DELAY_S, MAX_RETRIES, MAX_TOKENS_FACTOR, RETRY_ON_DEFAULT, FailureKind, RetryPolicy
 from engine.yaml_limits import MAX_DEPTH, MAX_FILE_BYTES, YamlLimitError, check_expanded_size
+from models.errors import StepdeckError
 
 # Extra step fields each kind accepts; those that are not StepDef attributes land in StepDef.config.
 KIND_FIELDS: dict[str, frozenset[str]] = {
@@ -45,7 +46,7 @@ _KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class DefinitionError(Exception):
+class DefinitionError(StepdeckError):
     """An invalid workflow definition, located by file, line, step and field (`step` is "#N" for a step without key)."""
 
     def __init__(

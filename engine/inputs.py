@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from engine.json_limits import json_problem
+from models.errors import StepdeckError
 
 if TYPE_CHECKING:
     from engine.definitions import WorkflowDef
@@ -38,7 +39,7 @@ class InputDef:
     max: int | float | None = None  # and the largest
 
 
-class InputDeclError(ValueError):
+class InputDeclError(StepdeckError, ValueError):
     """A malformed input declaration; `field` names the declaration key at fault, if any."""
 
     def __init__(self, detail: str, field: str | None = None) -> None:
@@ -46,7 +47,7 @@ class InputDeclError(ValueError):
         self.field = field
 
 
-class InputError(ValueError):
+class InputError(StepdeckError, ValueError):
     """Values supplied for a run that do not fit the declared inputs; `problems` maps input name to message."""
 
     def __init__(self, problems: Mapping[str, str]) -> None:

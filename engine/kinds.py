@@ -20,6 +20,7 @@ from engine.db.base import Database, loop_woken_by_caller
 from engine.definitions import StepDef
 from engine.llm.kind import run_llm
 from engine.settings import Settings
+from models.errors import StepdeckError
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +167,7 @@ def _hand_over(db: Database, future: asyncio.Future[Any], result: Any, error: Ba
         future.set_result(result)
 
 
-class StepExit(Exception):
+class StepExit(StepdeckError):
     """A step function tried to exit the process (sys.exit, KeyboardInterrupt)."""
 
 

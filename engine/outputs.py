@@ -7,11 +7,12 @@ import math
 from typing import Any
 
 from engine.json_limits import MAX_JSON_DEPTH, json_problem
+from models.errors import StepdeckError
 
 MAX_OUTPUT_BYTES = 10 * 1024 * 1024
 
 
-class OutputError(ValueError):
+class OutputError(StepdeckError, ValueError):
     """The step returned something that cannot be stored as its output."""
 
 

@@ -1,5 +1,5 @@
 """Writes that change no status: what an attempt produced so far, model usage, late results,
-heartbeats, and the fire times of schedules. (Statuses are written by `engine/transitions.py` only.)"""
+heartbeats, and the fire times of schedules. (Statuses are written by `engine/transitions/` only.)"""
 
 from __future__ import annotations
 

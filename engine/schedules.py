@@ -23,7 +23,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from engine import operations, records
 from engine.cron import MAX_SLOTS, fire_times, latest_fire_time, trigger
 from engine.definitions import ScheduleDef, WorkflowDef
-from engine.errors import NotFound, StepdeckError
+from engine.errors import NotFound, OperationError
 from engine.records import utcnow
 from engine.registry import workflows
 from engine.store import fetch
@@ -245,7 +245,7 @@ class Schedules:
         """Record a fire time APScheduler could not run in time, and those it coalesced into it."""
         detail = f"the server could not start it within {MISFIRE_GRACE_S} s of its time"
         times = [scheduled]
-        with contextlib.suppress(StepdeckError, StopIteration):
+        with contextlib.suppress(OperationError, StopIteration):
             defn, sched = self._find(workflow, name)
             state = await ScheduleState.filter(workflow=workflow, name=name).first()
             if state is not None:

@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from models.db import DEFAULT_DB_URL
+from models.errors import StepdeckError
 
 ON_ORPHAN_POLICIES = ("fail", "resume")
 LLM_PROVIDERS = ("auto", "simulated", "openai")
@@ -41,7 +42,7 @@ class Secret:
     __str__ = __repr__
 
 
-class SettingsError(ValueError):
+class SettingsError(StepdeckError, ValueError):
     """A setting has a value we cannot use; the message names the variable."""
 
 

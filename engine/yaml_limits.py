@@ -8,12 +8,14 @@ from collections.abc import Iterator
 
 import yaml
 
+from models.errors import StepdeckError
+
 MAX_FILE_BYTES = 1_000_000
 MAX_DEPTH = 64
 MAX_NODES = 100_000  # counted with every alias expanded
 
 
-class YamlLimitError(yaml.MarkedYAMLError):
+class YamlLimitError(StepdeckError, yaml.MarkedYAMLError):
     """A file over one of the bounds; its mark points at the node where the bound was crossed."""
 
 

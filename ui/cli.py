@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from engine import maintenance, operations, queries
 from engine.audit import audit
 from engine.db import connected
-from engine.errors import StepdeckError
+from engine.errors import OperationError
 from engine.executor import Engine, make_owner_id
 from engine.hub import Change, ChangeKind, hub
 from engine.readmodel import RunDetail, duration_s
@@ -192,7 +192,7 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
         try:
             try:
                 run_id = await operations.start_run(workflow, inputs, f"cli:{getpass.getuser()}", from_strings=True)
-            except StepdeckError as exc:
+            except OperationError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return EXIT_USAGE
             printer = ProgressPrinter(out)
@@ -222,7 +222,7 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
                     return EXIT_WAITING
                 try:
                     await operations.select(run_id, choice[0], choice[1], f"cli:{getpass.getuser()}")
-                except StepdeckError as exc:
+                except OperationError as exc:
                     print(f"error: {exc}", file=sys.stderr)
             _summary(run, out)
             return EXIT_OK if run.status == RunStatus.COMPLETED else EXIT_FAILED

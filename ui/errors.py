@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from tortoise.exceptions import BaseORMException
 
-from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, StepdeckError
+from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, OperationError
 from engine.outputs import clean_text
 from models.errors import DatabaseUnavailable
 
@@ -43,7 +43,7 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
-async def on_stepdeck_error(request: Request, exc: Exception) -> JSONResponse:
+async def on_operation_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, NotFound):
         return error_response(404, "not_found", str(exc))
     if isinstance(exc, Conflict):
@@ -113,7 +113,7 @@ def _storage_reason(exc: Exception) -> str:
 
 
 def install(app: FastAPI) -> None:
-    app.add_exception_handler(StepdeckError, on_stepdeck_error)
+    app.add_exception_handler(OperationError, on_operation_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     # Pages keep the handler NiceGUI installed for them; the API answers in JSON, whatever failed.

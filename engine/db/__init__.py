@@ -15,11 +15,12 @@ from engine.db.base import Database
 from engine.db.postgres import PostgresDatabase, is_postgres
 from engine.db.sqlite import SqliteDatabase
 from models.db import check_url, close_db, migrate, open_db, prepare_location, sqlite_path, with_sqlite_pragmas
+from models.errors import StepdeckError
 
 _current: Database | None = None
 
 
-class DatabaseNotOpen(RuntimeError):
+class DatabaseNotOpen(StepdeckError, RuntimeError):
     """Something read or wrote before the database was opened (or after it was closed)."""
 
 

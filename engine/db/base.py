@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from models.errors import StepdeckError
+
 
 @dataclass(frozen=True, slots=True)
 class Ref:
@@ -57,13 +59,13 @@ class Batch:
     lock_runs: Sequence[int] = ()
 
 
-class GuardFailed(Exception):
+class GuardFailed(StepdeckError):
     def __init__(self, index: int) -> None:
         super().__init__(f"guard {index} matched no row")
         self.index = index
 
 
-class StoreIntegrityError(Exception):
+class StoreIntegrityError(StepdeckError):
     """A unique or foreign-key constraint refused the batch (nothing was committed)."""
 
 

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from models.errors import StepdeckError
+
 SIMULATED = "simulated"
 OPENAI_COMPATIBLE = "openai-compatible"
 # OpenAI's finish reasons. Anything else (none at all, "abort", …) means the stream was cut short.
@@ -28,7 +30,7 @@ _ABOUT_N = re.compile(r"""(?<![\w-])[`'"]?n[`'"]?(?![\w-])|\bn\s*[=><!]""")
 V = TypeVar("V")
 
 
-class ProviderError(Exception):
+class ProviderError(StepdeckError):
     """A call failed for good; the message says what the endpoint did and what to check."""
 
     def __init__(self, message: str, *, about_n: bool = False) -> None:

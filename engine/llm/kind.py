@@ -22,6 +22,7 @@ from engine.llm.providers import SIMULATED, Call, Choice, Request
 from engine.llm.record import AlternativeRecord, LlmRecord, clamp_max_tokens, parallel_requests
 from engine.llm.templates import render
 from engine.outputs import clean_text
+from models.errors import StepdeckError
 
 if TYPE_CHECKING:
     from engine.kinds import KindEnv
@@ -31,11 +32,11 @@ CONTINUE_PROMPT = "Continue exactly where your previous answer stopped. Do not r
 T = TypeVar("T")
 
 
-class TruncatedOutput(Exception):
+class TruncatedOutput(StepdeckError):
     """An output was cut off at the token limit and the step's policy is `fail`."""
 
 
-class LLMStepError(Exception):
+class LLMStepError(StepdeckError):
     """An LLM step that cannot run as configured (no model, for instance)."""
 
 

@@ -32,6 +32,7 @@ from engine.llm.calls import (
 )
 from engine.llm.limits import RequestLimits
 from engine.llm.redact import KeyScrubber, has_userinfo, install_log_redaction, redact_url, split_query
+from models.errors import StepdeckError
 
 if TYPE_CHECKING:  # imported when a real endpoint is used: `openai` takes a second to import
     import httpx2
@@ -45,13 +46,13 @@ INFO_TIMEOUT_S = 5.0  # GET /v1/models and /props: metadata, never worth a long 
 INFO_MEMORY_S = 600.0  # how long a model list or a context window is believed
 
 
-class _Retryable(Exception):
+class _Retryable(StepdeckError):
     def __init__(self, message: str, delay_s: float | None) -> None:
         super().__init__(message)
         self.delay_s = delay_s
 
 
-class _Refused(Exception):
+class _Refused(StepdeckError):
     """The server refused a request field we can do without or rename: ask again without it."""
 
     def __init__(self, field: str) -> None:

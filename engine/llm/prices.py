@@ -24,10 +24,12 @@ from typing import Any
 
 import yaml
 
+from models.errors import StepdeckError
+
 PER_TOKENS = 1_000_000
 
 
-class PriceFileError(ValueError):
+class PriceFileError(StepdeckError, ValueError):
     """The price file cannot be read or says something we cannot use; the message names the file."""
 
 

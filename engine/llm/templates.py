@@ -25,6 +25,8 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter
 from jinja2.utils import Namespace
 
+from models.errors import StepdeckError
+
 MAX_RENDER_CHARS = 1_000_000  # about 250,000 tokens: more than any model's context
 RENDER_TIME_LIMIT_S = 2.0
 VARIABLES = ("inputs", "steps")
@@ -34,7 +36,7 @@ _PERCENT_RE = re.compile(r"%(?:\([^)]*\))?[-+ #0]*(\*|\d+)?(?:\.(\*|\d*))?[hlL]?
 _NUMBER_RE = re.compile(r"\d+")
 
 
-class TemplateError(Exception):
+class TemplateError(StepdeckError):
     """A template that cannot be parsed or rendered; `line` is the line within the template."""
 
     def __init__(self, what: str, detail: str, line: int | None = None) -> None:
@@ -46,7 +48,7 @@ class TemplateError(Exception):
         return f"{where}: {self.detail}"
 
 
-class _LimitExceeded(Exception):
+class _LimitExceeded(StepdeckError):
     pass
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from engine.notify.kinds import DEFAULT_EVENTS, EVENTS
+from models.errors import StepdeckError
 
 if TYPE_CHECKING:
     from engine.settings import Settings
@@ -24,7 +25,7 @@ WEBHOOK, APPRISE = "webhook", "apprise"
 _URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://\S+$", re.IGNORECASE)
 
 
-class TargetError(ValueError):
+class TargetError(StepdeckError, ValueError):
     """A target setting that cannot be used; the message names the variable, never the URL."""
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from nicegui import ui
 
-from engine.errors import StepdeckError
+from engine.errors import OperationError
 from engine.schedules import Schedules, ScheduleView
 from ui import security
 from ui.theme import status_badge
@@ -78,7 +78,7 @@ class SchedulesView:
     async def pause(self, view: ScheduleView, paused: bool) -> None:
         try:
             await self.schedules.set_paused(view.workflow, view.schedule.name, paused, await security.acting())
-        except StepdeckError as exc:
+        except OperationError as exc:
             ui.notify(str(exc), type="warning")
             return
         ui.notify(f"{view.schedule.name} {'paused' if paused else 'resumed'}", type="positive")
@@ -87,7 +87,7 @@ class SchedulesView:
     async def run_now(self, view: ScheduleView) -> None:
         try:
             run_id = await self.schedules.run_now(view.workflow, view.schedule.name, await security.acting())
-        except StepdeckError as exc:
+        except OperationError as exc:
             ui.notify(str(exc), type="warning")
             return
         ui.navigate.to(f"/runs/{run_id}")

@@ -12,7 +12,7 @@ from urllib.parse import quote
 from nicegui import background_tasks, ui
 
 from engine import operations, queries
-from engine.errors import NotFound, StepdeckError
+from engine.errors import NotFound, OperationError
 from engine.registry import workflows
 from models.status import StepStatus
 from ui import security
@@ -30,7 +30,7 @@ async def _act(what: Callable[[str], Awaitable[Any]], done: str) -> bool:
     notification, never a crash."""
     try:
         await what(await security.acting())
-    except StepdeckError as exc:
+    except OperationError as exc:
         ui.notify(str(exc), type="warning", multi_line=True)
         return False
     ui.notify(done, type="positive")
@@ -273,7 +273,7 @@ class RunPage:
     async def refresh_stale(self) -> None:
         try:
             plan = await operations.refresh_stale_plan(self.run_id)
-        except StepdeckError as exc:
+        except OperationError as exc:
             ui.notify(str(exc), type="warning")
             return
         ok = await _confirm(

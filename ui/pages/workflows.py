@@ -11,7 +11,7 @@ from typing import Any
 from nicegui import app, background_tasks, run, ui
 
 from engine.definitions import DefinitionError, StepDef, WorkflowDef
-from engine.errors import StepdeckError
+from engine.errors import OperationError
 from engine.llm.model_check import model_warnings
 from engine.registry import workflows
 from engine.schedules import Schedules
@@ -139,7 +139,7 @@ def catalog_view() -> None:
 async def reload_definitions(view: ui.refreshable[[], None], schedules: SchedulesView) -> None:
     try:
         await security.acting()  # reloading imports step modules and may start scheduled runs
-    except StepdeckError as exc:
+    except OperationError as exc:
         ui.notify(str(exc), type="warning")
         return
     try:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from starlette.types import Message, Receive
 
+from models.errors import StepdeckError
+
 MAX_BODY_BYTES = 1024 * 1024
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(StepdeckError):
     """Raised while reading a body past MAX_BODY_BYTES."""
 
 
