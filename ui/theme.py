@@ -8,37 +8,38 @@ from contextlib import contextmanager
 from nicegui import app, ui
 
 from engine.llm import providers
+from models.status import RunStatus, StepStatus
 from ui import security
 from ui.security.sessions import user_storage
 
 # Quasar colour names; one place, so pills, badges, the runs table and the legend agree.
-STATUS_COLORS = {
-    "queued": "blue-grey-5",
-    "pending": "grey-5",
-    "running": "blue-6",
-    "waiting": "amber-8",
-    "completed": "green-6",
-    "failed": "red-6",
-    "cancelled": "brown-5",
-    "retrying": "deep-orange-5",  # its attempt failed, the retry policy starts another at its due time
+STATUS_COLORS: dict[str, str] = {
+    RunStatus.QUEUED: "blue-grey-5",
+    StepStatus.PENDING: "grey-5",
+    StepStatus.RUNNING: "blue-6",
+    StepStatus.WAITING: "amber-8",
+    StepStatus.COMPLETED: "green-6",
+    StepStatus.FAILED: "red-6",
+    StepStatus.CANCELLED: "brown-5",
+    StepStatus.RETRYING: "deep-orange-5",  # its attempt failed, the retry policy starts another at its due time
     "stale": "purple-5",
     # An output cut off at the token limit: a dark cyan, unlike waiting's amber for every kind of
     # colour vision, and always shown with its scissors icon.
     "truncated": "cyan-9",
 }
-STATUS_ICONS = {
-    "queued": "schedule",
-    "pending": "radio_button_unchecked",
-    "running": "autorenew",
-    "waiting": "front_hand",
-    "completed": "check_circle",
-    "failed": "error",
-    "cancelled": "cancel",
+STATUS_ICONS: dict[str, str] = {
+    RunStatus.QUEUED: "schedule",
+    StepStatus.PENDING: "radio_button_unchecked",
+    StepStatus.RUNNING: "autorenew",
+    StepStatus.WAITING: "front_hand",
+    StepStatus.COMPLETED: "check_circle",
+    StepStatus.FAILED: "error",
+    StepStatus.CANCELLED: "cancel",
     "not run": "remove_circle_outline",  # pending in a run that ended
     "not chosen": "pan_tool",  # waiting in a run that ended
     "stale": "history",
     "truncated": "content_cut",
-    "retrying": "update",
+    StepStatus.RETRYING: "update",
 }
 
 # Mermaid draws its lines black: in dark mode they must read on the dark background.
@@ -81,9 +82,9 @@ body:has(#app > *) .sd-boot {{ display: none; }}
 def status_color(status: str, stale: bool = False, truncated: bool = False) -> str:
     """The colour of a status; a completed step that is stale shows as stale, one whose output was
     cut off at the token limit as truncated."""
-    if stale and status == "completed":
+    if stale and status == StepStatus.COMPLETED:
         return STATUS_COLORS["stale"]
-    if truncated and status in ("completed", "waiting"):
+    if truncated and status in (StepStatus.COMPLETED, StepStatus.WAITING):
         return STATUS_COLORS["truncated"]
     return STATUS_COLORS.get(status, "grey-5")
 

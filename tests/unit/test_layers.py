@@ -7,6 +7,8 @@ import ast
 import re
 from pathlib import Path
 
+from models.status import AttemptStatus, RunStatus, StepStatus
+
 ROOT = Path(__file__).resolve().parents[2]
 # What each layer may not import (its own modules and third parties are fine).
 FORBIDDEN = {"models": {"engine", "ui", "main", "bench", "tests"}, "engine": {"ui", "main", "bench", "tests"}}
@@ -74,3 +76,24 @@ def test_statuses_are_written_only_by_the_transitions() -> None:
     # The scan finds the real writes (it would pass vacuously if the SQL were spelt differently).
     inside = {path.name for path, _ in writes if transitions in path.parents}
     assert inside == {"runs.py", "steps.py"}
+
+
+STATUS_VALUES = {s.value for enum in (RunStatus, StepStatus, AttemptStatus) for s in enum}
+# Words that are spelt like a status without being one of a run, step or attempt.
+NOT_STATUSES = {
+    ("ui/api_notifications.py", "pending"),  # a notification delivery's status
+    ("ui/api_notifications.py", "failed"),
+    ("ui/cli.py", "failed"),  # what `check --fix` did to a run, in its report
+}
+
+
+def test_the_ui_names_statuses_by_their_enums() -> None:
+    literals = {
+        (str(path.relative_to(ROOT)), line, text)
+        for path in sources("ui")
+        for line, text in strings(path)
+        if text in STATUS_VALUES
+    }
+    stray = sorted(f"{path}:{line} {text!r}" for path, line, text in literals if (path, text) not in NOT_STATUSES)
+    assert stray == [], "use RunStatus / StepStatus / AttemptStatus (models/status.py)"
+    assert {(path, text) for path, _, text in literals} == NOT_STATUSES, "the allowed words are still there"

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from nicegui import events, ui
 
 from engine.registry import workflows
-from models.status import RunStatus
+from models.status import RunStatus, StepStatus
 from ui import run_list, security
 from ui.components.run_form import open_run_dialog
 from ui.format import ago, format_duration
@@ -56,7 +56,8 @@ STATUS_CELL = f"""
 PROGRESS_CELL = f"""
 <q-td :props="props">
   {{{{ props.row.done }}}}/{{{{ props.row.total }}}}<span class="gt-xs"> steps</span>
-  <q-badge v-if="props.row.choice" color="{STATUS_COLORS["waiting"]}" label="choice needed" outline class="q-ml-sm" />
+  <q-badge v-if="props.row.choice" color="{STATUS_COLORS[StepStatus.WAITING]}" label="choice needed" outline
+           class="q-ml-sm" />
 </q-td>"""
 # The time relative to now (from the server) with the absolute time in the viewer's zone on hover.
 STARTED_CELL = """
