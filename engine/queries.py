@@ -12,6 +12,7 @@ from typing import Any
 
 from engine.errors import NotFound
 from engine.json_limits import load_stored
+from engine.llm.record import LlmJson, llm_json
 from engine.readmodel import ENDED, PRODUCED, RunDetail, StepDetail, StepRow, cut_off, run_json, summary
 from engine.store import fetch
 from models.status import RunStatus, StepStatus
@@ -99,14 +100,14 @@ def step_detail(row: dict[str, Any]) -> StepDetail:
         progress=row["progress"] if has_attempt else None,
         progress_message=row["progress_message"] if has_attempt else None,
         logs=tuple(_json(row["logs"])) if has_attempt and row["logs"] is not None else (),
-        llm=_json(row["llm"]) if has_attempt and row["llm"] is not None else None,
+        llm=llm_json(_json(row["llm"])) if has_attempt and row["llm"] is not None else None,
         retries=row["retries"],
         retries_used=row["retries_used"],
         retry_at=_dt(row["retry_at"]) if status == StepStatus.RETRYING else None,
     )
 
 
-def llm_fields(llm: dict[str, Any] | None) -> dict[str, Any]:
+def llm_fields(llm: LlmJson | None) -> dict[str, Any]:
     """What an attempt's LLM record shows on its step: usage against the limit and truncation."""
     if llm is None:
         return {
@@ -178,7 +179,7 @@ def step_summary_json(row: dict[str, Any]) -> dict[str, Any]:
     started_at = row["started_at"] if has_attempt else None
     completed_at = row["finished_at"] if has_attempt and ended else None
     produced = status in (StepStatus.WAITING, StepStatus.COMPLETED)
-    llm = _json(row["llm"]) if has_attempt and produced and row["llm"] is not None else None
+    llm = llm_json(_json(row["llm"])) if has_attempt and produced and row["llm"] is not None else None
     return {
         "key": row["key"],
         "label": row["label"],
@@ -268,7 +269,7 @@ async def list_attempts(run_id: int) -> list[dict[str, Any]]:
             "started_at": _iso(r["started_at"]),
             "finished_at": _iso(r["finished_at"]),
             "duration_s": _duration_s(r["started_at"], r["finished_at"]),
-            **llm_fields(_json(r["llm"]) if r["llm"] is not None else None),
+            **llm_fields(llm_json(_json(r["llm"])) if r["llm"] is not None else None),
         }
         for r in rows
     ]
@@ -326,7 +327,7 @@ def _step_row(r: dict[str, Any]) -> StepRow:
     ended = status in (StepStatus.WAITING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED)
     truncated = False
     if has_attempt and r["llm"] is not None and status in (StepStatus.WAITING, StepStatus.COMPLETED):
-        truncated = cut_off(_json(r["llm"]), r["selected_index"])
+        truncated = cut_off(llm_json(_json(r["llm"])), r["selected_index"])
     started = _dt(r["started_at"]) if has_attempt else None
     finished = _dt(r["finished_at"]) if has_attempt and ended else None
     return StepRow(

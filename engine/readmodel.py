@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from engine.llm.record import LlmJson
 from models.status import RunStatus, StepStatus
 
 PRODUCED = (StepStatus.WAITING, StepStatus.COMPLETED)
 ENDED = (StepStatus.WAITING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED)
 
 
-def cut_off(llm: dict[str, Any] | None, selected_index: int | None) -> bool:
+def cut_off(llm: LlmJson | None, selected_index: int | None) -> bool:
     """Whether what a step offers was cut off at the token limit: the chosen alternative once one is
     chosen among several (an unselected one cut short does not flag the step), else any of them."""
     if not llm or not llm.get("truncated"):
@@ -59,7 +60,7 @@ class StepDetail:
     progress: float | None
     progress_message: str | None
     logs: tuple[str, ...]
-    llm: dict[str, Any] | None  # the current attempt's LLM record (usage, calls, truncation)
+    llm: LlmJson | None  # the current attempt's LLM record (usage, calls, truncation)
     # LLM cost over all the step's attempts: {"usd": float | None, "estimated": bool}; None without usage
     cost: Mapping[str, Any] | None = None
     retries: int = 0  # automatic retries its policy allows

@@ -23,6 +23,7 @@ from nicegui.binding import bindable_dataclass
 from engine import queries
 from engine.context import executing
 from engine.hub import Change, ChangeKind, hub
+from engine.llm.record import LlmJson
 from engine.readmodel import StepRow
 from models.status import RunStatus, StepStatus
 from ui.theme import status_color
@@ -274,7 +275,7 @@ class RunState:
                 log.exception("a view of run %s failed to take a change", run_id)
 
 
-def llm_summary(llm: dict[str, Any] | None) -> str:
+def llm_summary(llm: LlmJson | None) -> str:
     """One line on an LLM attempt: provider, model, tokens against the limit, finish."""
     if not llm:
         return ""

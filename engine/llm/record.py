@@ -8,10 +8,66 @@ whatever way the step ends (completed, failed, timed out, cancelled, held by the
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast
 
 from engine.llm.calls import SIMULATED, Call
 from engine.llm.prices import Price
+
+
+class UsageJson(TypedDict):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    estimated: bool
+
+
+class AlternativeJson(TypedDict):
+    """One alternative of `LlmJson` (`AlternativeRecord` as stored, with its cost)."""
+
+    index: int
+    finish_reason: str | None
+    truncated: bool
+    at_limit: bool
+    prompt_tokens: int
+    completion_tokens: int
+    peak_call_tokens: int
+    exact: bool
+    estimated: bool
+    calls: int
+    continuations: int
+    latency_s: float
+    cost: NotRequired[float | None]
+
+
+class LlmJson(TypedDict):
+    """An LLM attempt's record as stored with the attempt and read by pages and the API (`LlmRecord.to_json`).
+    Keys added since the first records were stored are NotRequired: older attempts lack them."""
+
+    provider: str
+    model: str
+    base_url: str
+    max_tokens: int
+    temperature: float | None
+    on_truncation: str
+    alternatives: list[AlternativeJson]
+    calls: list[dict[str, Any]]
+    usage: UsageJson
+    truncated: bool
+    finish_reason: str | None
+    context_length: NotRequired[int | None]
+    price: NotRequired[dict[str, float] | None]
+    budget_hold: NotRequired[dict[str, Any] | None]
+    requested_max_tokens: NotRequired[int | None]
+    messages: NotRequired[list[dict[str, str]]]
+    simulated: NotRequired[bool]
+    estimated: NotRequired[bool]
+    limit: NotRequired[str]
+    cost: NotRequired[float | None]
+
+
+def llm_json(value: Any) -> LlmJson | None:
+    """A stored record (parsed JSON), typed; None when there is none."""
+    return cast(LlmJson, value) if isinstance(value, dict) else None
 
 
 @dataclass(slots=True)
@@ -128,8 +184,8 @@ class LlmRecord:
             return "length"
         return self.alternatives[0].finish_reason if self.alternatives else None
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+    def to_json(self) -> LlmJson:
+        data: dict[str, Any] = asdict(self)
         data["usage"] = self.usage()
         data["truncated"] = self.truncated
         data["finish_reason"] = self.finish_reason()
@@ -141,7 +197,7 @@ class LlmRecord:
         for alt in data["alternatives"]:
             alt["latency_s"] = round(alt["latency_s"], 4)
             alt["cost"] = self._cost(alt["prompt_tokens"], alt["completion_tokens"])
-        return data
+        return cast(LlmJson, data)
 
     def _cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         if self.price is None:

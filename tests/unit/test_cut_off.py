@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from engine.llm.record import LlmJson, llm_json
 from engine.readmodel import cut_off
 
 
-def record(*cut: bool) -> dict[str, Any]:
-    return {"truncated": any(cut), "alternatives": [{"index": i, "truncated": c} for i, c in enumerate(cut)]}
+def record(*cut: bool) -> LlmJson | None:
+    """A stored record, as the database gives it (only the keys that matter here)."""
+    return llm_json({"truncated": any(cut), "alternatives": [{"index": i, "truncated": c} for i, c in enumerate(cut)]})
 
 
 def test_one_output_cut_off_flags_the_step() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 from nicegui import ui
 
 from engine import queries
+from engine.llm.record import LlmJson
 from engine.readmodel import PRODUCED, StepDetail
 from models.status import StepStatus
 from ui import security
@@ -103,7 +104,7 @@ class StepBody:
             stream.classes("bg-grey-1 dark:bg-neutral-800")
             stream.mark(f"stream-{self.key}")
 
-    def _llm_record(self, step: StepDetail, llm: dict[str, Any]) -> None:
+    def _llm_record(self, step: StepDetail, llm: LlmJson) -> None:
         with ui.row().classes("items-center gap-2 w-full"):
             if llm["provider"] == "simulated":
                 badge = ui.badge("simulated", color="amber-8").props("outline")
@@ -168,7 +169,7 @@ class StepBody:
                     "text-sm text-black"
                 )
         if len(alternatives) > 1 or step.status is StepStatus.WAITING:
-            cut = {a["index"] for a in (step.llm or {}).get("alternatives", ()) if a["truncated"]}
+            cut = {a["index"] for a in (step.llm["alternatives"] if step.llm else []) if a["truncated"]}
             with ui.tabs().classes("w-full").props("dense align=left no-caps") as tabs:
                 names = [
                     ui.tab(
