@@ -220,7 +220,7 @@ async def _attempt(driver: RunDriver, s: StepState, attempt_id: int, number: int
         base = int(d.config.get("max_tokens") or engine.settings.max_tokens)
         raised = retry.max_tokens_for(base, d.retry_policy, s.retries_used, MAX_TOKENS_LIMIT)
         d = dataclasses.replace(d, config={**d.config, "max_tokens": raised})
-    ref = AttemptRef(driver.run_id, s.id, d.key, attempt_id, number)
+    ref = AttemptRef(driver.run_id, s.id, d.key, attempt_id, number, driver.owner)
     ctx = StepContext(
         run_id=driver.run_id,
         step_key=d.key,
