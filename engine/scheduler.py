@@ -29,6 +29,7 @@ log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 SWEEP_JOB_ID = "stepdeck-sweep"
 PRUNE_JOB_ID = "stepdeck-prune"
 LEADER_JOB_ID = "stepdeck-leader"
+CATCH_UP_JOB_ID = "stepdeck-catch-up"
 PRUNE_INTERVAL_S = 3600.0
 
 
@@ -99,9 +100,9 @@ class Maintenance:
         except Exception:
             log.exception("could not renew the leader's lease; retrying")
             return
-        if gained:
-            await self.schedules.catch_up_all()
-            await self.sweep()
+        if gained:  # as jobs of their own: the lease is renewed meanwhile
+            self.scheduler.add_job(self.schedules.catch_up_all, id=CATCH_UP_JOB_ID, replace_existing=True)
+            self.scheduler.modify_job(SWEEP_JOB_ID, next_run_time=utcnow())
 
     async def stop_leading(self) -> None:
         """Hand the leader's lease over (a clean stop): another process takes it at its next heartbeat."""

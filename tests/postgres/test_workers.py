@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from tests.integration.served import Server, Workspace
 from tests.postgres.cluster import COUNTING_STEPS, Worker, chain, dump, eventually, executions
 
 STEPS = 10
+# Real processes side by side on a shared machine: each start is seconds of imports, more when it is busy.
+pytestmark = pytest.mark.timeout(600)
 # Short leases so that a lost worker is noticed in seconds; a sweep every second on the leader.
 FAST = {
     "STEPDECK_HEARTBEAT_INTERVAL_S": "1",
@@ -35,6 +38,25 @@ def workspace(tmp_path: Path, steps: int, sleep_s: float) -> Workspace:
     )
     ws.migrate_for_serve()
     return ws
+
+
+def start_all(workers: list[Worker], dashboard: Server | None = None) -> list[str]:
+    """Start the processes side by side (each start is mostly imports); the workers' ids."""
+    with ThreadPoolExecutor(len(workers) + 1) as pool:
+        started = pool.submit(dashboard.start) if dashboard is not None else None
+        ids = list(pool.map(lambda w: w.start(), workers))
+        if started is not None:
+            started.result()
+    return ids
+
+
+def stop_all(workers: list[Worker], dashboard: Server | None = None) -> None:
+    with ThreadPoolExecutor(len(workers) + 1) as pool:
+        stopped = [pool.submit(w.stop) for w in workers]
+        if dashboard is not None:
+            stopped.append(pool.submit(dashboard.close))
+        for f in stopped:
+            f.result()
 
 
 def completed_steps(ws: Workspace) -> int:
@@ -91,8 +113,7 @@ def test_a_worker_killed_mid_load_loses_only_its_steps_in_flight(
         return "\n".join(f"--- {w.name}\n{w.log_tail(40)}" for w in [*pool, *([restarted] if restarted else [])])
 
     try:
-        ids = [w.start() for w in pool]
-        dashboard.start()
+        ids = start_all(pool, dashboard)
         if same_host_and_pid:
             rows = ws.sql("SELECT host, pid FROM workers WHERE id = ANY(?)", (ids,))
             assert {(r["host"], r["pid"]) for r in rows} == {("box", 1)} and len(rows) == workers
@@ -131,9 +152,7 @@ def test_a_worker_killed_mid_load_loses_only_its_steps_in_flight(
         assert requeued >= 1
         assert_check_is_clean(ws)
     finally:
-        for w in [*pool, *([restarted] if restarted else [])]:
-            w.stop()
-        dashboard.close()
+        stop_all([*pool, *([restarted] if restarted else [])], dashboard)
 
 
 def test_a_worker_frozen_past_its_lease_loses_its_runs_and_writes_nothing_when_it_wakes(tmp_path: Path) -> None:
@@ -148,8 +167,7 @@ def test_a_worker_frozen_past_its_lease_loses_its_runs_and_writes_nothing_when_i
         )
 
     try:
-        frozen_id = frozen.start()
-        dashboard.start()
+        frozen_id = start_all([frozen], dashboard)[0]
         for _ in range(runs):
             dashboard.start_run("chain")
         eventually("the frozen worker executes steps", lambda: bool(running_attempts(ws, frozen_id)), 120, logs)
@@ -189,9 +207,7 @@ def test_a_worker_frozen_past_its_lease_loses_its_runs_and_writes_nothing_when_i
         )
         assert_check_is_clean(ws)
     finally:
-        frozen.stop()
-        other.stop()
-        dashboard.close()
+        stop_all([frozen, other], dashboard)
 
 
 EVERY_MINUTE = """\
@@ -219,7 +235,7 @@ def test_cron_with_its_leader_killed_still_fires_the_next_time_once(tmp_path: Pa
         return rows[0]["holder"] if rows else None
 
     try:
-        ids = [w.start() for w in pool]
+        ids = start_all(pool)
         eventually("a worker leads", lambda: leader() in ids, 60, logs)
         first = leader()
         assert first is not None
@@ -245,8 +261,7 @@ def test_cron_with_its_leader_killed_still_fires_the_next_time_once(tmp_path: Pa
         assert sum("already recorded" in t for t in texts) == 0, logs()
         assert sum("fired for" in t or "caught up" in t for t in texts) == 1, logs()
     finally:
-        for w in pool:
-            w.stop()
+        stop_all(pool)
 
 
 def test_worker_refuses_a_database_that_was_not_migrated(tmp_path: Path) -> None:
