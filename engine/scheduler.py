@@ -101,7 +101,9 @@ class Maintenance:
             log.exception("could not renew the leader's lease; retrying")
             return
         if gained:  # as jobs of their own: the lease is renewed meanwhile
-            self.scheduler.add_job(self.schedules.catch_up_all, id=CATCH_UP_JOB_ID, replace_existing=True)
+            catch_up = self.schedules.catch_up_all
+            # However late it gets to run (a busy machine): a fire time is caught up, never dropped.
+            self.scheduler.add_job(catch_up, id=CATCH_UP_JOB_ID, replace_existing=True, misfire_grace_time=None)
             self.scheduler.modify_job(SWEEP_JOB_ID, next_run_time=utcnow())
 
     async def stop_leading(self) -> None:
