@@ -18,6 +18,7 @@ from tests.postgres.cluster import COUNTING_STEPS, Worker, chain, dump, eventual
 STEPS = 10
 # Real processes side by side on a shared machine: each start is seconds of imports, more when it is busy.
 pytestmark = pytest.mark.timeout(600)
+START_WAIT_S = 240.0
 # Short leases so that a lost worker is noticed in seconds; a sweep every second on the leader.
 FAST = {
     "STEPDECK_HEARTBEAT_INTERVAL_S": "1",
@@ -43,8 +44,8 @@ def workspace(tmp_path: Path, steps: int, sleep_s: float) -> Workspace:
 def start_all(workers: list[Worker], dashboard: Server | None = None) -> list[str]:
     """Start the processes side by side (each start is mostly imports); the workers' ids."""
     with ThreadPoolExecutor(len(workers) + 1) as pool:
-        started = pool.submit(dashboard.start) if dashboard is not None else None
-        ids = list(pool.map(lambda w: w.start(), workers))
+        started = pool.submit(dashboard.start, START_WAIT_S) if dashboard is not None else None
+        ids = list(pool.map(lambda w: w.start(START_WAIT_S), workers))
         if started is not None:
             started.result()
     return ids
@@ -89,7 +90,7 @@ def assert_each_step_completed_once(ws: Workspace, runs: int, steps: int) -> Non
 
 
 def assert_check_is_clean(ws: Workspace) -> None:
-    done = ws.cli("check")
+    done = ws.cli("check", timeout_s=240)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no problems found" in done.stdout
 
@@ -130,7 +131,7 @@ def test_a_worker_killed_mid_load_loses_only_its_steps_in_flight(
         in_flight = running_attempts(ws, victim_id)  # it can start nothing more: these stay as they were
         assert 1 <= len(in_flight) <= victim.concurrency
         restarted = Worker(ws, "worker-0-restarted", concurrency=4, env=identity)
-        new_id = restarted.start()
+        new_id = restarted.start(START_WAIT_S)
         assert new_id != victim_id
 
         eventually("every run completes", lambda: all_completed(ws, runs), timeout_s=300, logs=logs)
@@ -173,7 +174,7 @@ def test_a_worker_frozen_past_its_lease_loses_its_runs_and_writes_nothing_when_i
         eventually("the frozen worker executes steps", lambda: bool(running_attempts(ws, frozen_id)), 120, logs)
         frozen.signal(signal.SIGSTOP)
         in_flight = running_attempts(ws, frozen_id)
-        other.start()
+        other.start(START_WAIT_S)
 
         # Its lease runs out; its runs are re-queued and the other worker completes them all.
         eventually("every run completes without the frozen worker", lambda: all_completed(ws, runs), 240, logs)
@@ -266,7 +267,7 @@ def test_cron_with_its_leader_killed_still_fires_the_next_time_once(tmp_path: Pa
 
 def test_worker_refuses_a_database_that_was_not_migrated(tmp_path: Path) -> None:
     ws = Workspace(tmp_path, bundled=True)
-    done = ws.cli("worker", timeout_s=60)
+    done = ws.cli("worker", timeout_s=240)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "the database schema is not up to date" in done.stderr
     assert ws.tables() == set()
@@ -276,7 +277,7 @@ def test_a_worker_stops_cleanly_on_sigterm_and_leaves_no_lease(tmp_path: Path) -
     ws = workspace(tmp_path, 2, sleep_s=0.01)
     worker = Worker(ws, "worker")
     try:
-        worker_id = worker.start()
+        worker_id = worker.start(START_WAIT_S)
         assert ws.sql("SELECT id FROM workers WHERE lease_until > now()") == [{"id": worker_id}]
         started = time.monotonic()
         assert worker.stop() == 0
