@@ -10,6 +10,7 @@ times). Job state is kept for the Monitoring page.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -97,6 +98,8 @@ class Maintenance:
         """Hold the leader's lease; on taking it, catch up on the schedules and sweep at once."""
         try:
             gained = await self.leadership.renew()
+        except asyncio.CancelledError:
+            return  # the scheduler shuts down: the lease runs out, or was handed over by `stop_leading`
         except Exception:
             log.exception("could not renew the leader's lease; retrying")
             return
