@@ -1,6 +1,7 @@
 """Stepdeck: run multi-step workflows in the background, watch and steer them from a browser.
 
     uv run main.py                 # serve the dashboard and API on http://127.0.0.1:8080
+    uv run main.py worker          # execute runs, no dashboard (several of them on PostgreSQL)
     uv run main.py run WORKFLOW -i key=value ...
     uv run main.py check | sweep | migrate
 
@@ -27,7 +28,7 @@ from models.errors import DatabaseUnavailable
 # imported): step outputs of up to 100,000 characters each would stay in memory. Set before it is imported.
 os.environ.setdefault("MARKDOWN_CONTENT_CACHE_SIZE", "64")
 
-COMMANDS = ("serve", "run", "check", "sweep", "migrate", "users", "tokens")
+COMMANDS = ("serve", "worker", "run", "check", "sweep", "migrate", "users", "tokens")
 T = TypeVar("T")
 
 
@@ -69,6 +70,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="serve the dashboard and API only; runs are executed by another process on the same database",
     )
+    worker = commands.add_parser(
+        "worker",
+        help="execute runs without the dashboard (beside `serve --no-engine`, several of them on PostgreSQL)",
+        description="Exit codes: 0 stopped by SIGTERM or SIGINT, 1 the database cannot be used, "
+        "2 bad usage or a database schema this version does not expect (run `migrate`).",
+    )
+    _common(worker)
+    worker.add_argument(
+        "--concurrency", type=int, default=None, help="runs claimed and steps executed at once (STEPDECK_MAX_RUNS, …)"
+    )
+    worker.add_argument(
+        "--health-port",
+        type=int,
+        default=None,
+        help="serve GET /health on this port (STEPDECK_HOST): 200 while the worker holds its lease, else 503",
+    )
     run = commands.add_parser(
         "run",
         help="run a workflow headless, printing progress; exit 0 only if it completes",
@@ -104,8 +121,8 @@ def serve(settings: Settings, *, engine: bool = True) -> None:
 
     from engine.executor import Engine
     from engine.registry import workflows
-    from models.db import migrate, tortoise_config
-    from models.schema import is_postgres, schema_mismatch
+    from models.db import migrate
+    from models.schema import is_postgres
     from ui.app import mount
     from ui.security import storage_secret
 
@@ -114,21 +131,7 @@ def serve(settings: Settings, *, engine: bool = True) -> None:
     # On PostgreSQL, where several processes share the database, `migrate` is a step of its own: a
     # server only checks that the schema is the one its code expects.
     if is_postgres(settings.db_url):
-        missing, unknown = run_to_completion(schema_mismatch(tortoise_config(settings.db_url)))
-        if missing:
-            print(
-                f"error: the database schema is not up to date (missing {', '.join(missing)});"
-                " run `uv run main.py migrate` first",
-                file=sys.stderr,
-            )
-            raise SystemExit(2)
-        if unknown:
-            print(
-                f"error: the database was migrated by a newer version of Stepdeck ({', '.join(unknown)});"
-                " run that version",
-                file=sys.stderr,
-            )
-            raise SystemExit(2)
+        refuse_schema_mismatch(settings)
     else:
         run_to_completion(migrate(settings.db_url))
     problem = run_to_completion(_bind_problem(settings))
@@ -159,6 +162,40 @@ def serve(settings: Settings, *, engine: bool = True) -> None:
         proxy_headers=bool(settings.trusted_proxies.strip()),
         forwarded_allow_ips=settings.trusted_proxies.strip() or None,
     )
+
+
+def refuse_schema_mismatch(settings: Settings) -> None:
+    """On PostgreSQL: exit 2 unless the schema is exactly the one this code expects (`migrate` is a step of
+    its own there, never run by several starting processes at once)."""
+    from models.db import tortoise_config
+    from models.schema import schema_mismatch
+
+    missing, unknown = run_to_completion(schema_mismatch(tortoise_config(settings.db_url)))
+    if missing:
+        print(
+            f"error: the database schema is not up to date (missing {', '.join(missing)});"
+            " run `uv run main.py migrate` first",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    if unknown:
+        print(
+            f"error: the database was migrated by a newer version of Stepdeck ({', '.join(unknown)}); run that version",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
+def worker(settings: Settings, concurrency: int | None, health_port: int | None) -> int:
+    from models.schema import is_postgres
+    from ui import worker as worker_role
+
+    if concurrency is not None and concurrency < 1:
+        print(f"error: --concurrency must be at least 1, got {concurrency}", file=sys.stderr)
+        return 2
+    if is_postgres(settings.db_url):
+        refuse_schema_mismatch(settings)
+    return asyncio.run(worker_role.run_worker(worker_role.with_concurrency(settings, concurrency), health_port))
 
 
 async def _bind_problem(settings: Settings) -> str | None:
@@ -194,6 +231,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         serve(settings, engine=not args.no_engine)
         return 0
+
+    if args.command == "worker":
+        return worker(settings, args.concurrency, args.health_port)
 
     from ui import cli
 

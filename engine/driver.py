@@ -71,6 +71,10 @@ class RunDriver:
     broken: BaseException | None = None
     draining: bool = False  # the engine is stopping: in-flight steps may finish, no new step starts
     _halt: asyncio.Event = field(default_factory=asyncio.Event)  # ends waits for pending retries
+    owner: str = ""  # the engine's id when it claimed the run (an engine that lost its lease takes a new one)
+
+    def __post_init__(self) -> None:
+        self.owner = self.owner or self.engine.owner
 
     # --- outside signals (called from the engine's hub listener) --------------------------------
 
@@ -123,7 +127,7 @@ class RunDriver:
                 raise RuntimeError("the run's steps kept changing while it was being finished")
         except asyncio.CancelledError:
             # The engine is going away while we drive: nothing may stay RUNNING.
-            await asyncio.shield(self._fail_quietly(f"interrupted: the engine stopped ({self.engine.owner})"))
+            await asyncio.shield(self._fail_quietly(f"interrupted: the engine stopped ({self.owner})"))
             raise
         except Exception as exc:
             log.exception("run %s: driver error", self.run_id)
@@ -231,14 +235,14 @@ class RunDriver:
         if retrying and stopping and not any(s.status == StepStatus.RUNNING for s in self.steps.values()):
             # Nothing is cut off: the run waits in the queue, its retries due where they were.
             why = f"released: {self.engine.stop_reason} with a retry pending for {', '.join(retrying)}"
-            released = lambda: transitions.release_run(self.run_id, self.engine.owner, why)  # noqa: E731
+            released = lambda: transitions.release_run(self.run_id, self.owner, why)  # noqa: E731
             if await write(released, f"run {self.run_id}: release"):
                 return True
         if self.stop_reason == SHUTDOWN:
             reason = self.interrupted_reason(self.engine.stop_reason)
             if self.engine.settings.on_orphan == "resume":
                 requeued = await write(
-                    lambda: transitions.requeue_interrupted(self.run_id, reason, owner=self.engine.owner, count=False),
+                    lambda: transitions.requeue_interrupted(self.run_id, reason, owner=self.owner, count=False),
                     f"run {self.run_id}: re-queueing",
                 )
                 if requeued:
@@ -267,7 +271,7 @@ class RunDriver:
             outcome, done = (
                 RunStatus.QUEUED,
                 await write(
-                    lambda: transitions.release_run(self.run_id, self.engine.owner, why), f"run {self.run_id}: release"
+                    lambda: transitions.release_run(self.run_id, self.owner, why), f"run {self.run_id}: release"
                 ),
             )
         else:
@@ -277,23 +281,23 @@ class RunDriver:
         if done:
             return True
         rows = await fetch("SELECT status, owner FROM runs WHERE id = ?", (self.run_id,), engine=True)
-        still_ours = rows and rows[0]["status"] == RunStatus.RUNNING and rows[0]["owner"] == self.engine.owner
+        still_ours = rows and rows[0]["status"] == RunStatus.RUNNING and rows[0]["owner"] == self.owner
         if still_ours:
             log.info("run %s: steps changed before it could be marked %s; going on", self.run_id, outcome.value)
         return not still_ours
 
     async def _finish_as(self, to: RunStatus, error: str | None = None) -> bool:
         return await write(
-            lambda: transitions.finish_run(self.run_id, self.engine.owner, to, error), f"run {self.run_id}: finishing"
+            lambda: transitions.finish_run(self.run_id, self.owner, to, error), f"run {self.run_id}: finishing"
         )
 
     def interrupted_reason(self, why: str) -> str:
         running = self._running_at_stop or [k for k, s in self.steps.items() if s.status == StepStatus.RUNNING]
         where = f" while step {', '.join(repr(k) for k in running)} was running" if running else ""
-        return f"interrupted: {why}{where} ({self.engine.owner})"
+        return f"interrupted: {why}{where} ({self.owner})"
 
     async def _fail(self, reason: str) -> None:
-        await transitions.fail_running_run(self.run_id, reason, owner=self.engine.owner)
+        await transitions.fail_running_run(self.run_id, reason, owner=self.owner)
 
     # --- step starts ------------------------------------------------------------------------------
 
@@ -304,7 +308,7 @@ class RunDriver:
         consumed = {n: {"attempt": self.steps[n].attempt, "index": self.steps[n].selected_index} for n in d.needs}
         if done is not None:
             consumed[done[0]] = {"attempt": done[1], "index": done[2]}
-        start = transitions.StepStart(self.run_id, s.id, d.key, s.attempt + 1, d.needs, consumed, self.engine.owner)
+        start = transitions.StepStart(self.run_id, s.id, d.key, s.attempt + 1, d.needs, consumed, self.owner)
         if s.status == StepStatus.RETRYING:
             label = retry.attempt_label(s.retries_used, d.retries)
             return dataclasses.replace(start, from_status=StepStatus.RETRYING, message=f"retry: {label}")

@@ -17,8 +17,8 @@ from engine.db.base import Batch, BatchResult, Ref, Stmt
 from engine.hub import Change, ChangeKind, hub
 from models.status import StepStatus
 
-_COLUMNS = "run_id, step_key, attempt, kind, from_status, to_status, actor, message, created_at"
-EVENT_SQL = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+COLUMNS = "run_id, step_key, attempt, kind, from_status, to_status, actor, message, created_at"
+EVENT_SQL = f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +66,7 @@ def steps_events_stmt(
     """Step events for every step of the run now in `where_status`, in declared order, written in bulk
     (their ids, keys and attempts are returned, for `Stopped`)."""
     return Stmt(
-        f"INSERT INTO events ({_COLUMNS}) SELECT run_id, key, attempt, 'step', ?, ?, NULL, ?, ? FROM steps"
+        f"INSERT INTO events ({COLUMNS}) SELECT run_id, key, attempt, 'step', ?, ?, NULL, ?, ? FROM steps"
         " WHERE run_id = ? AND status = ? ORDER BY position RETURNING id, step_key, attempt",
         (from_status, to_status, message, now, run_id, where_status),
     )

@@ -3,6 +3,10 @@
 Queued runs are claimed through the guarded QUEUED → RUNNING transition, so several engines (or a
 headless `main.py run` beside a server) never drive the same run twice. The engine learns of new
 work from the hub (runs queued in this process) and by polling (runs queued elsewhere).
+
+On a database shared by several processes (PostgreSQL) the engine is a registered worker with a lease
+(`engine/leases.py`): it claims with `FOR UPDATE SKIP LOCKED`, renews its lease every heartbeat, and
+when it cannot renew in time it stops its runs without writing (self-fencing) and registers anew.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable
 
-from engine import forks, logs, maintenance, records, transitions
+from engine import forks, leases, logs, maintenance, records, transitions
 from engine.db import current
 from engine.driver import RunDriver
 from engine.hub import Change, ChangeKind, hub
@@ -29,6 +34,7 @@ from engine.slots import StepSlots
 from engine.step_runner import StopReason
 from engine.store import fetch
 from engine.threads import DaemonPool
+from models.schema import is_postgres
 from models.status import RunStatus
 
 log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
@@ -44,8 +50,13 @@ class Engine:
 
     def __init__(self, settings: Settings, *, owner: str | None = None, claim_queued: bool = True) -> None:
         self.settings = settings
-        self.owner = owner or make_owner_id()
+        self.shared = is_postgres(settings.db_url)  # several processes: a worker with a lease
+        self.owner = owner or (leases.new_worker_id() if self.shared else make_owner_id())
         self.claim_queued = claim_queued
+        interval_s, ttl_s = settings.heartbeat_interval_s, settings.stale_after_s
+        self.lease = leases.LocalDeadline(ttl_s, leases.fencing_margin_s(ttl_s, interval_s))
+        self.registered = False
+        self.fenced = 0  # how often this process lost its lease and stopped its runs
         self.threads = DaemonPool()
         self.step_slots = StepSlots(settings.max_concurrent_steps)
         self.drivers: dict[int, RunDriver] = {}
@@ -69,6 +80,8 @@ class Engine:
             # Models the definitions name that the endpoint does not list: a warning in the log, never a refusal.
             check = log_model_warnings(self.settings, workflows.definitions.values())
             self._loops.append(asyncio.create_task(check, name="stepdeck-model-check"))
+        if self.shared:
+            await self._register()
         if recover:
             await maintenance.recover_orphans(self.settings, self.owner)
         self._remove_listener = hub.add_listener(self._on_change)
@@ -81,6 +94,12 @@ class Engine:
                 self._heartbeat_loop(), name="stepdeck-heartbeat", context=logs.context_with(worker=self.owner)
             )
         )
+        if self.shared:
+            self._loops.append(
+                asyncio.create_task(
+                    self._lease_loop(), name="stepdeck-lease", context=logs.context_with(worker=self.owner)
+                )
+            )
         # Notifications are delivered by the engines (servers, workers), from the outbox every engine writes.
         self.notifier = Notifier(self.settings, self.owner)
         self._loops.append(
@@ -122,10 +141,20 @@ class Engine:
         if self._remove_listener:
             self._remove_listener()
         self.threads.shutdown()
+        if self.shared and self.registered:
+            self.registered = False
+            try:
+                await leases.retire(self.owner)
+            except Exception:
+                log.exception("could not end the lease of worker %s; it runs out by itself", self.owner)
         await providers.close_all()  # the model clients' connections belong to this loop
 
     def wake(self) -> None:
         self._wake.set()
+
+    def healthy(self) -> bool:
+        """Able to take work: not stopping, and (where there are leases) holding a live one."""
+        return not self._stopping and (not self.shared or (self.registered and self.lease.holds()))
 
     async def adopt(self, run_id: int) -> bool:
         """Claim one queued run and drive it (headless runs); False if another engine has it."""
@@ -172,6 +201,15 @@ class Engine:
         free = self.settings.max_concurrent_runs - len(self.drivers)
         if free <= 0 or current().check_file():
             return
+        if self.shared:
+            if not self.healthy():
+                return  # no live lease: nothing may be claimed (the database would refuse it too)
+            for run_id in await transitions.claim_queued_runs(self.owner, free, skip=list(self.drivers)):
+                if self._stopping:
+                    await transitions.release_run(run_id, self.owner, f"released: {self.stop_reason}")
+                else:
+                    self._spawn(run_id)
+            return
         rows = await fetch(
             "SELECT id FROM runs WHERE status = ? ORDER BY id LIMIT ?", (RunStatus.QUEUED, free), engine=True
         )
@@ -202,10 +240,61 @@ class Engine:
             try:
                 if current().check_file():  # reported (once, loudly) even when nothing runs
                     continue  # the beat could not be written; the reason was logged
-                await records.beat(self.owner, list(self.drivers))
+                await records.beat(self.owner, [i for i, d in self.drivers.items() if d.owner == self.owner])
                 await self._drop_lost_runs()
             except Exception:
                 log.exception("heartbeat failed; retrying")
+
+    async def _register(self) -> None:
+        sent = time.monotonic()
+        await leases.register(self.owner, self.settings.stale_after_s)
+        self.lease.renewed(sent)
+        self.registered = True
+        log.info("worker %s registered (lease %g s, renewed every %g s)", self.owner, *self._lease_times())
+
+    def _lease_times(self) -> tuple[float, float]:
+        return self.settings.stale_after_s, self.settings.heartbeat_interval_s
+
+    async def _lease_loop(self) -> None:
+        """Renew the lease every heartbeat; stop every run before it ends when it cannot be renewed."""
+        ttl_s, interval_s = self._lease_times()
+        while not self._stopping:
+            await asyncio.sleep(interval_s)
+            if not self.registered:
+                # A new id: the runs of the old one are recovered by others, never taken back.
+                self.owner = leases.new_worker_id()
+                try:
+                    await asyncio.wait_for(self._register(), timeout=interval_s)
+                    self._wake.set()
+                except Exception as exc:
+                    log.warning("could not register as a worker (%s: %s); retrying", type(exc).__name__, exc)
+                continue
+            sent = time.monotonic()
+            held: bool | None = None
+            try:
+                held = await asyncio.wait_for(leases.renew(self.owner, ttl_s), timeout=interval_s)
+            except Exception as exc:
+                log.warning("could not renew the lease of worker %s (%s: %s)", self.owner, type(exc).__name__, exc)
+            if held:
+                self.lease.renewed(sent)
+            elif held is False:
+                self._fence("its lease had run out (the process was stopped or cut off for too long)")
+            elif not self.lease.holds():
+                self._fence(f"it could not renew its lease in time (it lasts {ttl_s:g} s)")
+
+    def _fence(self, why: str) -> None:
+        """Stop every run of this engine without writing anything: another process recovers them."""
+        self.registered = False
+        self.lease.lapse()
+        self.fenced += 1
+        log.error(
+            "worker %s stops its %d run(s) without writing: %s; it registers again under a new id",
+            self.owner,
+            len(self.drivers),
+            why,
+        )
+        for driver in list(self.drivers.values()):
+            driver.stop(StopReason.LOST)
 
     async def _drop_lost_runs(self) -> None:
         """Stop driving runs that another process cancelled or took over (no status is written)."""
@@ -216,7 +305,7 @@ class Engine:
         rows = await fetch(f"SELECT id, status, owner FROM runs WHERE id IN ({marks})", ids, engine=True)
         for row in rows:
             driver = self.drivers.get(row["id"])
-            if driver and (row["status"] != RunStatus.RUNNING or row["owner"] != self.owner):
+            if driver and (row["status"] != RunStatus.RUNNING or row["owner"] != driver.owner):
                 driver.stop(StopReason.CANCELLED if row["status"] == RunStatus.CANCELLED else StopReason.LOST)
 
 

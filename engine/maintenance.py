@@ -1,7 +1,8 @@
 """Orphan recovery and the sweep: no run stays RUNNING after the process behind it has died.
 
 A run is an orphan when its owner is provably dead (same host, process gone) or has not
-heartbeated for `stale_after_s`. A healthy owner heartbeats every few seconds whatever its steps
+heartbeated for `stale_after_s`; where engines hold leases (PostgreSQL), when its engine holds no
+live lease (`engine/leases.py`). A healthy owner heartbeats every few seconds whatever its steps
 do (sync steps run in threads), so a long step never looks dead. Both paths write through the
 guarded RUNNING → FAILED transition: running them twice, or from two processes, fails a run once.
 """
@@ -9,6 +10,7 @@ guarded RUNNING → FAILED transition: running them twice, or from two processes
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from engine import records, transitions
+from engine import leases, records, transitions
 from engine.settings import Settings
 from engine.store import Stmt, fetch, run_batch
 from models.status import RunStatus, StepStatus
@@ -25,6 +27,7 @@ log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
 
 MAX_RECOVERIES = 3  # under `resume`, how often one run is re-queued before it is failed for good
+FORGET_WORKERS_AFTER_S = 3600.0  # workers whose lease ended this long ago (owning no run) are deleted
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,7 @@ class OrphanVerdict:
     action: str = "fail"  # what recover_orphans did: fail | requeue
     owner_gone: bool = False  # its engine provably ended (not merely silent)
     retry_pending: bool = False  # nothing was executing, a step waits for its retry's due time
+    owner: str | None = None  # by lease: the engine whose lease ended (the transition is guarded on it)
 
 
 def orphan_action(policy: str, recoveries: int, owner_gone: bool = True, limit: int = MAX_RECOVERIES) -> str:
@@ -105,6 +109,10 @@ def orphan_reason(
 
 
 async def find_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
+    """RUNNING runs whose engine is gone or silent (by lease where engines hold leases, else by heartbeat
+    and process)."""
+    if leases.shared():
+        return await _find_unleased()
     rows = await fetch("SELECT id, owner, heartbeat_at, recoveries FROM runs WHERE status = ?", (RunStatus.RUNNING,))
     verdicts = []
     now = records.utcnow()
@@ -126,6 +134,46 @@ async def find_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
     return verdicts
 
 
+async def _find_unleased() -> list[OrphanVerdict]:
+    """RUNNING runs whose engine holds no live lease (database clock). Such an engine stopped its work
+    before its lease ended (or was frozen and is refused every write when it wakes): it is gone for
+    these runs, whatever its host or pid, and no live engine can hold them."""
+    rows = await fetch(
+        "SELECT r.id, r.owner, r.heartbeat_at, r.recoveries, w.host, w.pid, w.lease_until FROM runs r"
+        " LEFT JOIN workers w ON w.id = r.owner WHERE r.status = ? AND (w.id IS NULL OR w.lease_until <= now())",
+        (RunStatus.RUNNING,),
+    )
+    verdicts = []
+    for row in rows:
+        steps = await fetch(
+            "SELECT key, status FROM steps WHERE run_id = ? AND status IN (?, ?) ORDER BY position",
+            (row["id"], StepStatus.RUNNING, StepStatus.RETRYING),
+        )
+        running = [s["key"] for s in steps if s["status"] == StepStatus.RUNNING]
+        where = f" while step {', '.join(repr(k) for k in running)} was running" if running else ""
+        if row["lease_until"] is None:
+            engine = f"its engine {row['owner'] or '(unknown)'} holds no lease"
+        else:
+            ended = _as_datetime(row["lease_until"])
+            engine = (
+                f"the lease of its engine {row['owner']} ({row['host']}, pid {row['pid']}) ended"
+                f" {ended:%Y-%m-%d %H:%M:%S} UTC"
+            )
+        pending = not running and any(s["status"] == StepStatus.RETRYING for s in steps)
+        verdicts.append(
+            OrphanVerdict(
+                row["id"],
+                f"interrupted: {engine}{where}",
+                ...,
+                row["recoveries"],
+                owner_gone=True,
+                retry_pending=pending,
+                owner=row["owner"],
+            )
+        )
+    return verdicts
+
+
 async def recover_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
     """Fail (or, under `resume`, re-queue) every orphaned run; returns those this call handled.
 
@@ -140,11 +188,13 @@ async def recover_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
         if verdict.retry_pending:
             action, reason = "requeue", f"{reason}; re-queued with its pending retry"
             done = await transitions.requeue_interrupted(
-                verdict.run_id, reason, heartbeat_at=verdict.heartbeat_at, count=False
+                verdict.run_id, reason, owner=verdict.owner, heartbeat_at=verdict.heartbeat_at, count=False
             )
         elif action == "requeue":
             reason += f"; re-queued (recovery {verdict.recoveries + 1} of {MAX_RECOVERIES})"
-            done = await transitions.requeue_interrupted(verdict.run_id, reason, heartbeat_at=verdict.heartbeat_at)
+            done = await transitions.requeue_interrupted(
+                verdict.run_id, reason, owner=verdict.owner, heartbeat_at=verdict.heartbeat_at
+            )
         else:
             if settings.on_orphan == "resume" and not verdict.owner_gone:
                 reason += "; not re-queued: its engine may still be running it"
@@ -154,21 +204,13 @@ async def recover_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
                     f"(STEPDECK_ON_ORPHAN=resume re-queues a run at most {MAX_RECOVERIES} times)"
                 )
             done = await transitions.fail_running_run(
-                verdict.run_id, reason, actor="recovery", heartbeat_at=verdict.heartbeat_at
+                verdict.run_id, reason, owner=verdict.owner, actor="recovery", heartbeat_at=verdict.heartbeat_at
             )
         if done:
             log.warning("run %s: %s", verdict.run_id, reason)
-            handled.append(
-                OrphanVerdict(
-                    verdict.run_id,
-                    reason,
-                    verdict.heartbeat_at,
-                    verdict.recoveries,
-                    action,
-                    verdict.owner_gone,
-                    verdict.retry_pending,
-                )
-            )
+            handled.append(dataclasses.replace(verdict, reason=reason, action=action))
+    if leases.shared():
+        await leases.forget_expired(FORGET_WORKERS_AFTER_S)
     return handled
 
 

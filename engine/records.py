@@ -28,6 +28,11 @@ class AttemptRef:
     key: str
     attempt_id: int
     number: int
+    owner: str | None = None  # the engine that started the attempt: its writes are guarded on it
+
+
+def _owner(ref: AttemptRef) -> tuple[str, ...]:
+    return (ref.owner,) if ref.owner is not None else ()
 
 
 # --- model usage ----------------------------------------------------------------------------------
@@ -85,8 +90,8 @@ async def keep_partial_output(
         [
             Stmt(
                 "UPDATE attempts SET partial_output = COALESCE(?, partial_output), logs = ?"
-                " WHERE id = ? AND status IN (?, ?)",
-                (partial_output, logs, ref.attempt_id, AttemptStatus.CANCELLED, AttemptStatus.FAILED),
+                " WHERE id = ? AND status IN (?, ?)" + (" AND owner = ?" if ref.owner is not None else ""),
+                (partial_output, logs, ref.attempt_id, AttemptStatus.CANCELLED, AttemptStatus.FAILED, *_owner(ref)),
                 guard=True,
             ),
             *llm_stmts(ref, llm, AttemptStatus.CANCELLED, utcnow()),
@@ -108,8 +113,8 @@ async def save_partial(
         [
             Stmt(
                 "UPDATE attempts SET partial_output = COALESCE(?, partial_output), llm = COALESCE(?, llm)"
-                " WHERE id = ? AND status = ?",
-                (partial_output, llm, ref.attempt_id, AttemptStatus.RUNNING),
+                " WHERE id = ? AND status = ?" + (" AND owner = ?" if ref.owner is not None else ""),
+                (partial_output, llm, ref.attempt_id, AttemptStatus.RUNNING, *_owner(ref)),
             ),
             *(llm_stmts(ref, llm, AttemptStatus.FAILED, now) if final else []),
         ]

@@ -2,12 +2,15 @@
 the prune of old finished runs (hourly), both also once at startup; and the workflows' cron
 schedules (`engine/schedules.py`).
 
-Several processes may each run this scheduler: the sweep is idempotent (guarded transitions), so
-running it twice fails a dead run once. Job state is kept for the Monitoring page.
+Several processes may each run this scheduler. Where they share a database (PostgreSQL) only the
+leader (`engine/leader.py`) runs the sweep, the prune and the cron schedules; the others stand by and
+take over when its lease runs out. Either way the jobs are idempotent (guarded transitions, unique fire
+times). Job state is kept for the Monitoring page.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,6 +20,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from engine import maintenance
+from engine.leader import Leadership
 from engine.records import utcnow
 from engine.schedules import Schedules
 from engine.settings import Settings
@@ -25,6 +29,8 @@ log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
 SWEEP_JOB_ID = "stepdeck-sweep"
 PRUNE_JOB_ID = "stepdeck-prune"
+LEADER_JOB_ID = "stepdeck-leader"
+CATCH_UP_JOB_ID = "stepdeck-catch-up"
 PRUNE_INTERVAL_S = 3600.0
 
 
@@ -44,13 +50,19 @@ class Maintenance:
         self.settings = settings
         self.owner = owner
         self.scheduler = AsyncIOScheduler(timezone="UTC")
-        self.schedules = Schedules(self.scheduler)
+        self.leadership = Leadership(settings, owner)
+        self.schedules = Schedules(self.scheduler, self.leadership.is_leader)
         self.jobs: dict[str, JobState] = {SWEEP_JOB_ID: JobState()}
         if settings.retention_days > 0:
             self.jobs[PRUNE_JOB_ID] = JobState()
 
     def start(self) -> None:
         """Schedule the jobs and start; call from a sync startup handler (inside the running loop)."""
+        if self.leadership.shared:
+            every_s = self.settings.heartbeat_interval_s
+            self._add(
+                LEADER_JOB_ID, "hold or take the leader's lease", every_s, self.lead, grace_s=max(1, int(every_s))
+            )
         self._add(SWEEP_JOB_ID, "fail orphaned runs", self.settings.sweep_interval_s, self.sweep)
         if PRUNE_JOB_ID in self.jobs:
             name = f"delete finished runs older than {self.settings.retention_days:g} days"
@@ -58,7 +70,9 @@ class Maintenance:
         self.schedules.start()
         self.scheduler.start()
 
-    def _add(self, job_id: str, name: str, every_s: float, job: Callable[[], Awaitable[None]]) -> None:
+    def _add(
+        self, job_id: str, name: str, every_s: float, job: Callable[[], Awaitable[None]], grace_s: int = 30
+    ) -> None:
         self.scheduler.add_job(
             job,
             "interval",
@@ -69,7 +83,7 @@ class Maintenance:
             next_run_time=utcnow(),
             coalesce=True,
             max_instances=1,
-            misfire_grace_time=30,
+            misfire_grace_time=grace_s,
         )
 
     def stop(self) -> None:
@@ -80,8 +94,33 @@ class Maintenance:
         job = self.scheduler.get_job(job_id)
         return job.next_run_time if job else None
 
+    async def lead(self) -> None:
+        """Hold the leader's lease; on taking it, catch up on the schedules and sweep at once."""
+        try:
+            gained = await self.leadership.renew()
+        except asyncio.CancelledError:
+            return  # the scheduler shuts down: the lease runs out, or was handed over by `stop_leading`
+        except Exception:
+            log.exception("could not renew the leader's lease; retrying")
+            return
+        if gained:  # as jobs of their own: the lease is renewed meanwhile
+            catch_up = self.schedules.catch_up_all
+            # However late it gets to run (a busy machine): a fire time is caught up, never dropped.
+            self.scheduler.add_job(catch_up, id=CATCH_UP_JOB_ID, replace_existing=True, misfire_grace_time=None)
+            self.scheduler.modify_job(SWEEP_JOB_ID, next_run_time=utcnow())
+
+    async def stop_leading(self) -> None:
+        """Hand the leader's lease over (a clean stop): another process takes it at its next heartbeat."""
+        try:
+            await self.leadership.release()
+        except Exception:
+            log.exception("could not release the leader's lease; it runs out by itself")
+
     async def _record(self, job_id: str, work: Callable[[], Awaitable[str]]) -> None:
         state = self.jobs[job_id]
+        if not self.leadership.is_leader():
+            state.last_result = "left to the leader (another process)"
+            return
         state.last_run_at, state.runs = utcnow(), state.runs + 1
         try:
             result = await work()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -55,8 +56,9 @@ class ScheduleView:
 
 
 class Schedules:
-    def __init__(self, scheduler: AsyncIOScheduler) -> None:
+    def __init__(self, scheduler: AsyncIOScheduler, is_leader: Callable[[], bool] = lambda: True) -> None:
         self.scheduler = scheduler
+        self.is_leader = is_leader  # only the leader fires, catches up and records missed fire times
         self.started_at = utcnow()  # fire times before this were due while this process did not run
         self._synced_catalog: object | None = None
         self._mtimes: dict[str, float] = {}
@@ -162,6 +164,18 @@ class Schedules:
             since = max(since, _utc(rows[0]["last"]))
         return since
 
+    async def catch_up_all(self, now: datetime | None = None) -> None:
+        """`catch_up` on every enabled, unpaused schedule (a process that just became the leader)."""
+        async with self._lock:
+            now = now or utcnow()
+            for defn in workflows.catalog.definitions.values():
+                for sched in defn.schedules:
+                    if not sched.enabled:
+                        continue
+                    state = await self._state(defn.name, sched.name, now)
+                    if not state.paused:
+                        await self.catch_up(defn, sched, state, now)
+
     async def catch_up(self, defn: WorkflowDef, sched: ScheduleDef, state: ScheduleState, now: datetime) -> None:
         """Fire times since the last one recorded (or since the schedule appeared or resumed), up to now.
 
@@ -170,6 +184,8 @@ class Schedules:
         latest is started, as the job would have (a reload replaced the job before it could fire),
         the earlier ones recorded as missed.
         """
+        if not self.is_leader():
+            return  # the leader catches up (this process too, should it become the leader)
         t = trigger(sched.cron, sched.timezone)
         since = await self._since(defn, sched, state)
         latest = latest_fire_time(t, now, now - since) if now > since else None
@@ -205,6 +221,8 @@ class Schedules:
 
     async def fire(self, workflow: str, name: str, now: datetime | None = None) -> int | None:
         """The job: start the run of the latest fire time (at most once per fire time, across processes)."""
+        if not self.is_leader():
+            return None  # the leader fires it (one that takes over late catches up)
         now = now or utcnow()
         try:
             defn = workflows.get(workflow)
@@ -234,7 +252,7 @@ class Schedules:
         return run_id
 
     def _on_missed(self, event: JobExecutionEvent) -> None:
-        if not event.job_id.startswith(JOB_PREFIX):
+        if not event.job_id.startswith(JOB_PREFIX) or not self.is_leader():
             return
         workflow, _, name = event.job_id.removeprefix(JOB_PREFIX).partition(":")
         task = asyncio.get_running_loop().create_task(self._missed(workflow, name, _utc(event.scheduled_run_time)))

@@ -219,7 +219,7 @@ class ThreadFinish:
                 inputs=driver.inputs,
                 outputs={n: output if n == key else driver.steps[n].output for n in d.needs},
             )
-            ref = AttemptRef(driver.run_id, successor.id, d.key, attempt_id, start.number)
+            ref = AttemptRef(driver.run_id, successor.id, d.key, attempt_id, start.number, driver.owner)
             finish = ThreadFinish(driver, successor, ref, ctx, self._loop)
             context = contextvars.copy_context()
             context.run(logs.bind, step=d.key, attempt=start.number)
@@ -294,7 +294,7 @@ async def _attempt(
         base = int(d.config.get("max_tokens") or engine.settings.max_tokens)
         raised = retry.max_tokens_for(base, d.retry_policy, s.retries_used, MAX_TOKENS_LIMIT)
         d = dataclasses.replace(d, config={**d.config, "max_tokens": raised})
-    ref = AttemptRef(driver.run_id, s.id, d.key, attempt_id, number)
+    ref = AttemptRef(driver.run_id, s.id, d.key, attempt_id, number, driver.owner)
     if chained is not None:
         ctx = chained.ctx
         logs.bind(step=d.key, attempt=number)

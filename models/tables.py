@@ -311,3 +311,34 @@ class Delivery(Model):
         table = "deliveries"
         unique_together = (("notification", "target_key"),)
         indexes = (Index(fields=("status", "next_at"), name="deliveries_due"),)
+
+
+class Worker(Model):
+    """An engine process (a server, a worker, a headless run) on a database shared by several processes.
+
+    Its id is new at every start. It owns runs while its lease holds, renewed on the database clock."""
+
+    id = fields.CharField(max_length=64, primary_key=True)
+    host = fields.CharField(max_length=255)  # for people: identity is the id alone
+    pid = fields.IntField()
+    started_at = fields.DatetimeField()
+    version = fields.CharField(max_length=40)
+    lease_until = fields.DatetimeField()
+
+    class Meta:
+        table = "workers"
+        indexes = (Index(fields=("lease_until",), name="workers_lease_until"),)
+
+
+class Lease(Model):
+    """A named lease on the database clock, held by one process at a time.
+
+    The leader's lease names the process that runs cron schedules, the sweep and the prune."""
+
+    name = fields.CharField(max_length=64, primary_key=True)
+    holder = fields.CharField(max_length=64)
+    lease_until = fields.DatetimeField()
+    acquired_at = fields.DatetimeField()
+
+    class Meta:
+        table = "leases"

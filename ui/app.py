@@ -38,6 +38,7 @@ def mount(settings: Settings, engine: Engine | None) -> None:
     app.on_startup(live.start)
     app.on_shutdown(live.stop)
     app.on_shutdown(maintenance.stop)
+    app.on_shutdown(maintenance.stop_leading)
     if engine is not None:
         # NiceGUI passes the app to a handler with one parameter: engine.stop's `why` must keep its default.
         app.on_shutdown(lambda: engine.stop())

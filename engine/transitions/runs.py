@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from engine import events
-from engine.db.base import Ref, Stmt
+from engine import events, leases
+from engine.db.base import Batch, BatchResult, Ref, Stmt
 from engine.events import EventSpec, Stopped
-from engine.hub import ChangeKind
+from engine.hub import Change, ChangeKind, hub
 from engine.notify import kinds as notify
 from engine.records import ScheduledFire, fire_stmt, utcnow
 from engine.store import run_batches
@@ -107,16 +107,61 @@ async def _create_run(
 
 
 async def claim_run(run_id: int, owner: str) -> bool:
-    """QUEUED → RUNNING for `owner`; applies only to QUEUED rows, returns False otherwise."""
+    """QUEUED → RUNNING for `owner`; applies only to QUEUED rows (and, where engines hold leases, while
+    `owner`'s holds), returns False otherwise."""
     now = utcnow()
+    lease = leases.live_lease_sql("?")
     claim = Stmt(
         "UPDATE runs SET status = ?, owner = ?, heartbeat_at = ?, started_at = COALESCE(started_at, ?),"
-        " finished_at = NULL, error = NULL, updated_at = ? WHERE id = ? AND status = ?",
-        (RunStatus.RUNNING, owner, now, now, now, run_id, RunStatus.QUEUED),
+        " finished_at = NULL, error = NULL, updated_at = ? WHERE id = ? AND status = ?" + lease,
+        (RunStatus.RUNNING, owner, now, now, now, run_id, RunStatus.QUEUED, *((owner,) if lease else ())),
         guard=True,
     )
     event = EventSpec(RUN, run_id, from_status=RunStatus.QUEUED, to_status=RunStatus.RUNNING, message=owner)
     return await _commit([claim], [event], now=now)
+
+
+_QUEUED, _RUNNING = RunStatus.QUEUED.value, RunStatus.RUNNING.value
+# Literal statuses: the partial index of queued runs (`runs_queued`) serves only a query that names its value.
+_CLAIM_QUEUED_SQL = (
+    "WITH claimed AS (UPDATE runs SET status = ?, owner = ?, heartbeat_at = ?, started_at = COALESCE(started_at, ?),"
+    " finished_at = NULL, error = NULL, updated_at = ?"
+    f" WHERE id IN (SELECT id FROM runs WHERE status = '{_QUEUED}' AND id <> ALL(?) ORDER BY id LIMIT ?"
+    " FOR UPDATE SKIP LOCKED)"
+    f" AND status = '{_QUEUED}' AND EXISTS (SELECT 1 FROM workers w WHERE w.id = ? AND w.lease_until > now())"
+    " RETURNING id)"
+    f" INSERT INTO events ({events.COLUMNS})"
+    f" SELECT id, NULL, NULL, '{RUN.value}', '{_QUEUED}', '{_RUNNING}', NULL, ?, ? FROM claimed ORDER BY id"
+    " RETURNING id, run_id"
+)
+
+
+async def claim_queued_runs(owner: str, limit: int, skip: Sequence[int] = ()) -> list[int]:
+    """QUEUED → RUNNING for `owner` of the oldest `limit` queued runs that no other engine is claiming
+    (PostgreSQL: `FOR UPDATE SKIP LOCKED`, the engines never wait for each other), leaving out `skip`;
+    applies only while `owner` holds a live lease. Returns the ids claimed."""
+    now = utcnow()
+    stmt = Stmt(_CLAIM_QUEUED_SQL, (RunStatus.RUNNING, owner, now, now, now, list(skip), limit, owner, owner, now))
+
+    def on_commit(result: BatchResult) -> None:
+        at = now.isoformat()
+        for event_id, run_id in result.rows[0]:
+            hub.publish(
+                Change(
+                    run_id=run_id,
+                    kind=RUN,
+                    event_id=event_id,
+                    from_status=RunStatus.QUEUED,
+                    to_status=RunStatus.RUNNING,
+                    message=owner,
+                    at=at,
+                )
+            )
+
+    result = (await run_batches([Batch([stmt], on_commit)]))[0]
+    if isinstance(result, Exception):
+        raise result
+    return [run_id for _, run_id in result.rows[0]]
 
 
 async def finish_run(run_id: int, owner: str, to: RunStatus, error: str | None = None) -> bool:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from engine import events
+from engine import events, leases
 from engine.db.base import Batch, BatchResult, Outcome, Stmt
 from engine.notify import kinds as notify
 from engine.records import AttemptRef, llm_stmts, record_late_result, utcnow
@@ -36,7 +36,7 @@ class StepStart:
 
 def _start_batch(start: StepStart, now: datetime) -> Batch:
     # Readiness is checked by the database too: every need must be COMPLETED when the step starts, and
-    # the run RUNNING in the hands of the engine that starts it.
+    # the run RUNNING in the hands of the engine that starts it (while its lease holds, where there are leases).
     assert start.from_status in (StepStatus.PENDING, StepStatus.RETRYING)
     needs_done = ""
     params: list[Any] = [StepStatus.RUNNING, start.number, now, start.step_id, start.from_status]
@@ -50,7 +50,10 @@ def _start_batch(start: StepStart, now: datetime) -> Batch:
     stmts = [
         Stmt(
             "UPDATE steps SET status = ?, attempt = ?, retry_at = NULL, updated_at = ? WHERE id = ? AND status = ?"
-            " AND EXISTS (SELECT 1 FROM runs WHERE runs.id = ? AND runs.status = ? AND runs.owner = ?)" + needs_done,
+            " AND EXISTS (SELECT 1 FROM runs WHERE runs.id = ? AND runs.status = ? AND runs.owner = ?"
+            + leases.live_lease_sql("runs.owner")
+            + ")"
+            + needs_done,
             params,
             guard=True,
         ),
@@ -81,6 +84,16 @@ async def start_step(start: StepStart) -> int | None:
     return _started_attempt((await run_batches([_start_batch(start, utcnow())]))[0])
 
 
+def _owned(ref: AttemptRef) -> str:
+    """The guard that an attempt is still its engine's (an attempt ended by another process, or re-owned,
+    is not written by the engine that started it)."""
+    return " AND owner = ?" if ref.owner is not None else ""
+
+
+def _owner(ref: AttemptRef) -> tuple[str, ...]:
+    return (ref.owner,) if ref.owner is not None else ()
+
+
 def _step_from_running(ref: AttemptRef, to: StepStatus, now: datetime) -> Stmt:
     return Stmt(
         "UPDATE steps SET status = ?, updated_at = ? WHERE id = ? AND status = ? AND attempt = ?",
@@ -107,7 +120,7 @@ def _completion_batches(c: Completion, starts: Sequence[StepStart], now: datetim
     stmts = [
         Stmt(
             "UPDATE attempts SET status = ?, outputs = ?, selected_index = ?, logs = ?, progress = ?,"
-            " progress_message = ?, finished_at = ? WHERE id = ? AND status = ?",
+            " progress_message = ?, finished_at = ? WHERE id = ? AND status = ?" + _owned(c.ref),
             (
                 AttemptStatus.COMPLETED,
                 c.outputs,
@@ -118,6 +131,7 @@ def _completion_batches(c: Completion, starts: Sequence[StepStart], now: datetim
                 now,
                 c.ref.attempt_id,
                 AttemptStatus.RUNNING,
+                *_owner(c.ref),
             ),
             guard=True,
         ),
@@ -204,8 +218,18 @@ async def fail_step(
     stmts = [
         Stmt(
             "UPDATE attempts SET status = ?, error = ?, error_detail = ?, logs = ?, partial_output = ?, finished_at = ?"
-            " WHERE id = ? AND status = ?",
-            (AttemptStatus.FAILED, error, detail, logs, partial_output, now, ref.attempt_id, AttemptStatus.RUNNING),
+            " WHERE id = ? AND status = ?" + _owned(ref),
+            (
+                AttemptStatus.FAILED,
+                error,
+                detail,
+                logs,
+                partial_output,
+                now,
+                ref.attempt_id,
+                AttemptStatus.RUNNING,
+                *_owner(ref),
+            ),
             guard=True,
         ),
         _step_from_running(ref, StepStatus.FAILED, now)

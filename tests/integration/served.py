@@ -103,7 +103,7 @@ class Workspace:
     def migrate_for_serve(self) -> None:
         """On PostgreSQL a server does not migrate (`migrate` is a step of its own there): do it first."""
         if pgdb.ENABLED:
-            done = self.cli("migrate")
+            done = self.cli("migrate", timeout_s=240)  # seconds of imports, minutes on a machine under load
             assert done.returncode == 0, done.stdout + done.stderr
 
     def add_user(self, name: str, password: str, role: str = "operator") -> None:
