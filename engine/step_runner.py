@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import logging
 import threading
 import traceback
@@ -125,15 +126,17 @@ class Finished:
         return self.chained.work if self.chained is not None else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Chained:
     """A successor whose start committed with a sync step's completion, and that is a sync python step
     too: the worker thread executes it right away (no round trip through the event loop between two
-    steps of a chain), and the loop adopts it (`_attempt`), with its context, as if it had started it."""
+    steps of a chain), and the loop adopts it (`_attempt`), with its context, as if it had started it.
+    A task stopped before it could adopt it leaves it to `_unadopted`."""
 
     ctx: StepContext
     finish: ThreadFinish
     work: kinds.InThread
+    adopted: bool = False
 
 
 class ThreadFinish:
@@ -296,6 +299,7 @@ async def _attempt(
         d = dataclasses.replace(d, config={**d.config, "max_tokens": raised})
     ref = AttemptRef(driver.run_id, s.id, d.key, attempt_id, number, driver.owner)
     if chained is not None:
+        chained.adopted = True
         ctx = chained.ctx
         logs.bind(step=d.key, attempt=number)
         if driver.stop_reason is not None:
@@ -446,6 +450,32 @@ def _start_successors(
             continue
         task = driver.spawn(successor, (attempt_id, start.number), adopted)
         task.add_done_callback(lambda _: slots.release())
+        if adopted is not None:
+            task.add_done_callback(functools.partial(_unadopted, driver, successor, adopted))
+
+
+_orphans: set[asyncio.Task[None]] = set()  # outcomes of chained steps whose task was stopped before adopting them
+
+
+def _unadopted(driver: RunDriver, s: StepState, chained: Chained, _: asyncio.Task[None]) -> None:
+    """A chained step's task ended before adopting it (a stop cancelled it before it ran): tell the step
+    to stop, and act on what its thread does (or did) as the task would have, so that nothing it started
+    or the slots it took for its successors are left behind."""
+    if chained.adopted:
+        return
+    chained.ctx.cancelled.set()
+    finish = chained.finish
+    if finish.take_over():
+        orphan = asyncio.ensure_future(_after_orphan(driver, s, chained))
+        _orphans.add(orphan)
+        orphan.add_done_callback(_orphans.discard)
+
+
+async def _after_orphan(driver: RunDriver, s: StepState, chained: Chained) -> None:
+    try:
+        await _after_thread_outcome(driver, s, chained.finish.ref, chained.ctx, chained.finish)
+    except Exception:
+        log.exception("run %s: could not record the outcome of step %r", driver.run_id, s.defn.key)
 
 
 async def _completed(
