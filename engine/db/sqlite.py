@@ -31,6 +31,7 @@ from engine.db.base import (
     SQLITE,
     Batch,
     BatchResult,
+    DeliverEvents,
     GuardFailed,
     Outcome,
     Ref,
@@ -243,6 +244,9 @@ class SqliteDatabase:
         self.lost: str | None = None
         self._frozen = _FrozenWatch(path)
         self._frozen_reported: str | None = None
+
+    async def start_feed(self, deliver: DeliverEvents) -> None:
+        """Nothing: the other processes on a SQLite file (a headless `run`) are found by polling."""
 
     def check_file(self) -> str | None:
         """Why the file this process opened is no longer the database at its path (removed or replaced,
