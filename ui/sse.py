@@ -108,8 +108,9 @@ async def _in_commit_order(request: Request, run_id: int, after: int, *, follow:
             return
         yield ": live\n\n"
         said_at = read_at = time.monotonic()
+        held_s = HELD_S  # grows while a long transaction holds events back (another one may hold it for long)
         while not server_stopping() and not await request.is_disconnected():
-            change = await sub.get(timeout_s=HELD_S if held else POLL_S)
+            change = await sub.get(timeout_s=held_s if held else POLL_S)
             changes = [] if change is None else [change, *sub.drain()]
             persisted = False
             for c in changes:
@@ -125,6 +126,7 @@ async def _in_commit_order(request: Request, run_id: int, after: int, *, follow:
             if persisted or held or now - read_at >= RECHECK_S:
                 read_at = now
                 events, held = await queries.events_committed_after(run_id, cursor)
+                held_s = min(held_s * 2, POLL_S) if held and not events else HELD_S
                 for position, event in events:
                     said_at = time.monotonic()
                     yield format_sse(event, event["kind"], event["id"])
