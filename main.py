@@ -124,7 +124,7 @@ def serve(settings: Settings, *, engine: bool = True) -> None:
     from models.db import migrate
     from models.schema import is_postgres
     from ui.app import mount
-    from ui.security import storage_secret
+    from ui.security import session_secret
 
     # Must finish before the server accepts requests: NiceGUI starts async startup handlers in the
     # background, so migrations run here, on their own loop, with their connections closed after.
@@ -134,6 +134,7 @@ def serve(settings: Settings, *, engine: bool = True) -> None:
         refuse_schema_mismatch(settings)
     else:
         run_to_completion(migrate(settings.db_url))
+    secret = run_to_completion(session_secret(settings))  # the same for every dashboard on this database
     problem = run_to_completion(_bind_problem(settings))
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -156,7 +157,7 @@ def serve(settings: Settings, *, engine: bool = True) -> None:
         message_history_length=10_000,
         # Event streams end themselves on shutdown; this bounds any other long request.
         timeout_graceful_shutdown=5,
-        storage_secret=storage_secret(settings.secret_file),
+        storage_secret=secret,
         # The client's address (audit, sign-in lockout) comes from the socket; X-Forwarded-For only from a
         # proxy named in STEPDECK_TRUSTED_PROXIES (uvicorn would otherwise believe any local process).
         proxy_headers=bool(settings.trusted_proxies.strip()),

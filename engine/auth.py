@@ -9,21 +9,19 @@ Neither a password nor a token is ever logged, stored or shown after it was crea
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import re
 import secrets
 import time
-from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from models.errors import StepdeckError
-from models.tables import ApiToken, AuditEntry, User
+from models.tables import ApiToken, AuditEntry, SharedSecret, SignInFailure, User
 
 ROLES = ("viewer", "operator")
 TOKEN_PREFIX = "sdk_"
@@ -163,50 +161,52 @@ async def sign_in_enabled() -> bool:
 
 
 class Guard:
-    """Failed sign-ins per user name and per address, in memory; locks out with a growing wait."""
+    """Failed sign-ins per user name and per address, counted in the database (so every dashboard process
+    of one database counts the same failures); locks out with a growing wait."""
 
     def __init__(self) -> None:
-        self.failures: dict[str, list[float]] = defaultdict(list)
-        self.reported: dict[str, float] = {}  # key -> end of the lock last written to the audit trail
+        self.reported: dict[str, float] = {}  # key -> end of the lock last written to the audit trail (here)
 
-    def wait_s(self, *keys: str) -> float:
-        """Seconds until these keys may try again (0 when they may now)."""
-        now = time.monotonic()
+    async def wait_s(self, *keys: str, before: dict[str, int] | None = None) -> float:
+        """Seconds until these keys may try again (0 when they may now), counting the failures recorded
+        before the rows `before` (an attempt's own, from `failed`)."""
+        now = utcnow()
+        since = now - timedelta(seconds=FAILURE_MEMORY_S)
+        await SignInFailure.filter(key__in=keys, at__lt=since).delete()  # the table stays bounded by recent ones
         wait = 0.0
         for key in keys:
-            recent = [t for t in self.failures.get(key, []) if now - t < FAILURE_MEMORY_S]
-            if recent:
-                self.failures[key] = recent
-            else:
-                self.failures.pop(key, None)  # memory stays bounded by the recent failures
+            query = SignInFailure.filter(key=key)
+            if before is not None and key in before:
+                query = query.filter(id__lt=before[key])
+            recent = [row.at for row in await query.order_by("at").only("id", "at")]
             if len(recent) >= FAILURES_BEFORE_LOCK:
                 lock = min(FIRST_LOCK_S * 2 ** (len(recent) - FAILURES_BEFORE_LOCK), MAX_LOCK_S)
-                wait = max(wait, recent[-1] + lock - now)
+                wait = max(wait, (_aware(recent[-1]) - now).total_seconds() + lock)
         return max(wait, 0.0)
 
-    def failed(self, *keys: str) -> float:
-        """Count a failure now; returns its time (to take it back if the attempt turns out right)."""
-        now = time.monotonic()
-        for key in keys:
-            self.failures[key].append(now)
-        return now
+    async def failed(self, *keys: str) -> dict[str, int]:
+        """Count a failure now; returns its rows by key (to take it back if the attempt turns out right)."""
+        now = utcnow()
+        return {key: (await SignInFailure.create(key=key, at=now)).id for key in keys}
 
-    def take_back(self, at: float, *keys: str) -> None:
-        for key in keys:
-            with contextlib.suppress(KeyError, ValueError):
-                self.failures[key].remove(at)
+    async def take_back(self, rows: dict[str, int], *keys: str) -> None:
+        await SignInFailure.filter(id__in=[rows[key] for key in keys if key in rows]).delete()
 
-    def succeeded(self, *keys: str) -> None:
-        for key in keys:
-            self.failures.pop(key, None)
+    async def succeeded(self, *keys: str) -> None:
+        await SignInFailure.filter(key__in=keys).delete()
 
     def first_report(self, key: str, wait_s: float) -> bool:
-        """Whether a lock is new to the audit trail (one entry per lock, not one per refused request)."""
+        """Whether a lock is new to the audit trail (one entry per lock and process, not one per refused
+        request)."""
         now = time.monotonic()
         if self.reported.get(key, 0.0) > now:
             return False
         self.reported[key] = now + wait_s
         return True
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 guard = Guard()
@@ -224,13 +224,15 @@ async def sign_in(name: str, password: str, address: str) -> Principal | None:
     user = await User.filter(name=name).first() if _NAME_RE.match(name) else None
     # A name that is no account may be a password typed in the wrong field: it is never recorded.
     who = user.name if user is not None else "unknown name"
-    wait = guard.wait_s(*keys)
+    # Counted before the guard looks and before the (slow) check, so that of many attempts sent at once (to
+    # any dashboard process) only those with fewer earlier failures than the limit get through.
+    attempt = await guard.failed(*keys)
+    wait = await guard.wait_s(*keys, before=attempt)
     if wait > 0:
+        await guard.take_back(attempt, *keys)  # a refused try is no failure: the lock does not grow with them
         if guard.first_report(keys[1], wait):
             await audit("sign_in_locked", who, f"locked for {wait:.0f} s", address)
         raise LockedOut(wait)
-    # Counted before the (slow) check, so that many attempts sent at once cannot all get through it.
-    attempt = guard.failed(*keys)
     digest = user.password_hash if user else await asyncio.to_thread(_dummy_hash)
     ok = await asyncio.to_thread(_verify, digest, password[:MAX_PASSWORD_CHARS])
     if not ok or user is None or user.disabled:
@@ -239,8 +241,8 @@ async def sign_in(name: str, password: str, address: str) -> Principal | None:
         return None
     # Only the name is forgiven: an address that guessed wrong stays counted, so signing in to one
     # account of one's own does not reset a run of guesses at others.
-    guard.take_back(attempt, keys[1])
-    guard.succeeded(keys[0])
+    await guard.take_back(attempt, keys[1])
+    await guard.succeeded(keys[0])
     await audit("sign_in", user.name, None, address)
     return Principal(user.name, user.role, "session", epoch=_epoch(user))
 
@@ -330,3 +332,13 @@ async def audit(action: str, actor: str, detail: str | None = None, address: str
 
 async def audit_entries(limit: int = 200) -> list[AuditEntry]:
     return await AuditEntry.all().order_by("-id").limit(limit)
+
+
+# --- secrets every process shares --------------------------------------------------------------------------
+
+
+async def shared_secret(name: str) -> str:
+    """The secret `name` kept in the database, made by the first process that asks (the same for all)."""
+    made = SharedSecret(name=name, value=secrets.token_urlsafe(48), created_at=utcnow())
+    await SharedSecret.bulk_create([made], ignore_conflicts=True)  # a process asking at once: one wins
+    return (await SharedSecret.get(name=name)).value

@@ -131,6 +131,17 @@ class Subscription:
         except TimeoutError:
             return None
 
+    def drain(self) -> list[Change]:
+        """The changes queued now, without waiting (a closing None is left in place)."""
+        out: list[Change] = []
+        while not self._queue.empty():
+            change = self._queue.get_nowait()
+            if change is None:
+                self._queue.put_nowait(None)
+                break
+            out.append(change)
+        return out
+
     def close(self) -> None:
         self._hub._subscriptions.discard(self)
         # Wake a reader blocked in get(); a full queue already has something to read.

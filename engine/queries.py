@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from engine.db import current
 from engine.errors import NotFound
 from engine.json_limits import load_stored
 from engine.llm.record import LlmJson, llm_json
@@ -298,6 +299,57 @@ async def events_after(run_id: int, after_id: int = 0, limit: int = 1000) -> lis
         (run_id, after_id, limit),
     )
     return [event_json(r) for r in rows]
+
+
+# --- events in commit order (PostgreSQL) ---------------------------------------------------------------
+# Serial ids are in commit order where one transaction writes at a time (SQLite), not on PostgreSQL: a
+# transaction can take id 7, commit after the one that took id 8, and a stream that resumed after 8 would
+# never send 7. There each row records its transaction (`events.tx`), and rows are sent in (tx, id) order,
+# only below the oldest transaction still in flight: no row can appear before them any more.
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EventCursor:
+    """Where a stream is in a run's events in commit order: after (tx, id), and past `min_id` (an event
+    id the run does not have, as a client may send)."""
+
+    tx: int = 0
+    id: int = 0
+    min_id: int = 0
+
+
+def ids_in_commit_order() -> bool:
+    """Whether event ids are in commit order (one writer at a time: SQLite)."""
+    return current().kind == "sqlite"
+
+
+async def event_cursor(run_id: int, after_id: int) -> EventCursor:
+    """The commit-ordered position just after event `after_id` of the run (0: the start)."""
+    if after_id <= 0:
+        return EventCursor()
+    rows = await fetch("SELECT tx FROM events WHERE id = ? AND run_id = ?", (after_id, run_id))
+    if not rows:
+        return EventCursor(min_id=after_id)
+    return EventCursor(int(rows[0]["tx"]), after_id)
+
+
+async def events_committed_after(
+    run_id: int, cursor: EventCursor, limit: int = 10_000
+) -> tuple[list[tuple[EventCursor, dict[str, Any]]], bool]:
+    """The run's events after `cursor` in commit order that no transaction in flight can precede, each with
+    its cursor; and whether later ones are committed but held back behind a transaction still in flight."""
+    rows = await fetch(
+        "SELECT id, run_id, step_key, attempt, kind, from_status, to_status, actor, message, created_at, tx,"
+        " tx < pg_snapshot_xmin(pg_current_snapshot()) AS final FROM events"
+        " WHERE run_id = ? AND (tx, id) > (?, ?) AND id > ? ORDER BY tx, id LIMIT ?",
+        (run_id, cursor.tx, cursor.id, cursor.min_id, limit),
+    )
+    out: list[tuple[EventCursor, dict[str, Any]]] = []
+    for row in rows:
+        if not row["final"]:
+            return out, True
+        out.append((EventCursor(int(row["tx"]), row["id"]), event_json(row)))
+    return out, False
 
 
 async def run_exists(run_id: int) -> bool:

@@ -66,6 +66,7 @@ class Settings:
     allowed_hosts: str = ""  # extra names (comma-separated) a server on 127.0.0.1 answers to; "*" for any
     trusted_proxies: str = ""  # addresses whose X-Forwarded-For is believed (comma-separated); none by default
     secret_file: Path = Path("data/secret.key")  # signs session cookies; made on first start (mode 0600)
+    session_secret: Secret = Secret()  # noqa: RUF009 (signs session cookies, over the file and the database's)
     # LLM steps: an OpenAI-compatible endpoint, or the simulated provider when none is configured.
     llm_provider: str = "auto"  # auto: simulated unless a base URL or an API key is set
     llm_base_url: str = ""
@@ -114,6 +115,7 @@ ENV_NAMES = {
     "allowed_hosts": "STEPDECK_ALLOWED_HOSTS",
     "trusted_proxies": "STEPDECK_TRUSTED_PROXIES",
     "secret_file": "STEPDECK_SECRET_FILE",
+    "session_secret": "STEPDECK_SESSION_SECRET",
     "llm_provider": "STEPDECK_LLM_PROVIDER",
     "llm_base_url": "STEPDECK_LLM_BASE_URL",
     "llm_api_key": "STEPDECK_LLM_API_KEY",

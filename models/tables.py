@@ -342,3 +342,26 @@ class Lease(Model):
 
     class Meta:
         table = "leases"
+
+
+class SignInFailure(Model):
+    """A failed sign-in, counted per key (a user name or an address) by every dashboard process alike."""
+
+    id = fields.IntField(primary_key=True)
+    key = fields.CharField(max_length=300)  # name:<lowercased name> or address:<client address>
+    at = fields.DatetimeField()
+
+    class Meta:
+        table = "sign_in_failures"
+        indexes = (Index(fields=("key", "at"), name="sign_in_failures_key"),)
+
+
+class SharedSecret(Model):
+    """A secret every process of one database shares, such as the one that signs session cookies."""
+
+    name = fields.CharField(max_length=64, primary_key=True)
+    value = fields.TextField()
+    created_at = fields.DatetimeField()
+
+    class Meta:
+        table = "shared_secrets"

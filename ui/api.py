@@ -289,7 +289,8 @@ async def run_events(
         value = last_event_id.strip()
         if not (value.isascii() and value.isdigit()) or len(value) > 18:
             raise InvalidInput("Last-Event-ID must be an event id (an integer)", {"Last-Event-ID": "not an event id"})
-        after = max(after, int(last_event_id))
+        # Where ids are not in commit order (PostgreSQL) a larger id is not a later event: the client's wins.
+        after = max(after, int(value)) if queries.ids_in_commit_order() else int(value)
     if not follow and "text/event-stream" not in request.headers.get("accept", ""):
         return JSONResponse(await queries.events_after(rid, after, limit=100_000))
     stream: AsyncIterator[str] = event_stream(request, rid, after, follow=follow)

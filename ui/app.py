@@ -11,6 +11,7 @@ from nicegui import app
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from engine import feed
 from engine.db import close_database, open_database
 from engine.executor import Engine, make_owner_id
 from engine.scheduler import Maintenance
@@ -55,6 +56,7 @@ def _open_database_in_lifespan(db_url: str) -> None:
     async def lifespan(a: Any) -> AsyncIterator[Any]:
         await open_database(db_url)
         try:
+            await feed.start()  # other processes' changes (PostgreSQL) reach this process's hub
             async with original(a) as state:
                 yield state
         finally:

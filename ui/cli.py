@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from engine import maintenance, operations, queries
+from engine import feed, maintenance, operations, queries
 from engine.audit import audit
 from engine.db import connected
 from engine.errors import OperationError
@@ -184,6 +184,7 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     async with connected(settings.db_url):
+        await feed.start()  # a cancel or a choice made on a dashboard reaches this run at once (PostgreSQL)
         catalog = workflows.load(settings.workflows_dir)
         for error in catalog.errors:
             print(f"warning: {error}", file=sys.stderr)

@@ -3,12 +3,20 @@
 The stream is a viewer: when the client goes away or the stream fails, it unsubscribes and the run
 is untouched. Persisted events carry their id (`id:` lines) so a client resumes with Last-Event-ID;
 progress and log notices are ephemeral (no id).
+
+Resuming loses nothing and repeats nothing. On SQLite event ids are in commit order: the stream sends
+them in id order. On PostgreSQL they are not (a transaction can commit after another that took a later
+id): there the hub only says when to look, and the events are read from the table in commit order
+(`queries.events_committed_after`), each sent once no transaction still in flight can come before it;
+a resume starts just after the event the client names, in that order.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +29,9 @@ log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
 KEEPALIVE_S = 15.0
 POLL_S = 0.5  # how soon a stream notices the server is shutting down
+HELD_S = 0.02  # how soon a stream looks again at events held back behind a transaction in flight
+RECHECK_S = 2.0  # a look at the table even when the hub said nothing (a change missed by the hub)
+SETTLE_S = 2.0  # how long a replay without `follow` waits for held-back events
 
 
 def server_stopping() -> bool:
@@ -37,6 +48,12 @@ def format_sse(data: dict[str, Any], kind: str, event_id: int | None = None) -> 
 
 
 async def event_stream(request: Request, run_id: int, after: int, *, follow: bool) -> AsyncIterator[str]:
+    stream = _in_id_order if queries.ids_in_commit_order() else _in_commit_order
+    async for chunk in stream(request, run_id, after, follow=follow):
+        yield chunk
+
+
+async def _in_id_order(request: Request, run_id: int, after: int, *, follow: bool) -> AsyncIterator[str]:
     # Subscribe before replaying so nothing committed in between is missed; ids dedupe the overlap.
     sub = hub.subscribe(run_id) if follow else None
     last = after
@@ -67,6 +84,56 @@ async def event_stream(request: Request, run_id: int, after: int, *, follow: boo
                     continue
                 last = change.event_id
             yield format_sse(change.to_json(), change.kind, change.event_id)
+    finally:
+        if sub is not None:
+            sub.close()
+
+
+async def _in_commit_order(request: Request, run_id: int, after: int, *, follow: bool) -> AsyncIterator[str]:
+    # Subscribed before the first read: a change committed in between wakes the loop, which reads again.
+    sub = hub.subscribe(run_id) if follow else None
+    cursor = await queries.event_cursor(run_id, after)
+    try:
+        events, held = await queries.events_committed_after(run_id, cursor)
+        deadline = time.monotonic() + SETTLE_S
+        while True:
+            for position, event in events:
+                yield format_sse(event, event["kind"], event["id"])
+                cursor = position
+            if sub is not None or not held or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(HELD_S)
+            events, held = await queries.events_committed_after(run_id, cursor)
+        if sub is None:
+            return
+        yield ": live\n\n"
+        said_at = read_at = time.monotonic()
+        held_s = HELD_S  # grows while a long transaction holds events back (another one may hold it for long)
+        while not server_stopping() and not await request.is_disconnected():
+            change = await sub.get(timeout_s=held_s if held else POLL_S)
+            changes = [] if change is None else [change, *sub.drain()]
+            persisted = False
+            for c in changes:
+                if c.event_id is None:
+                    said_at = time.monotonic()
+                    yield format_sse(c.to_json(), c.kind)
+                else:
+                    persisted = True
+            if change is None and sub.closed:  # we fell behind the hub: listen again, and read
+                sub = hub.subscribe(run_id)
+                persisted = True
+            now = time.monotonic()
+            if persisted or held or now - read_at >= RECHECK_S:
+                read_at = now
+                events, held = await queries.events_committed_after(run_id, cursor)
+                held_s = min(held_s * 2, POLL_S) if held and not events else HELD_S
+                for position, event in events:
+                    said_at = time.monotonic()
+                    yield format_sse(event, event["kind"], event["id"])
+                    cursor = position
+            if time.monotonic() - said_at >= KEEPALIVE_S:
+                said_at = time.monotonic()
+                yield ": keepalive\n\n"
     finally:
         if sub is not None:
             sub.close()

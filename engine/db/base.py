@@ -45,8 +45,12 @@ class BatchResult:
 
 
 # Called on the event loop once the batch has committed, in commit order across every batch of the
-# process (so that what it publishes reaches listeners in the order of the event ids).
+# process (so that what it publishes reaches listeners in the order of the event ids). Only batches that
+# write event rows have one: a backend shared by several processes tells the others after such a commit.
 OnCommit = Callable[[BatchResult], None]
+
+# Takes event rows (dicts of the `events` columns) that other processes committed.
+DeliverEvents = Callable[[list[dict[str, Any]]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +145,11 @@ class Database(Protocol):
 
     async def fetch(self, sql: str, params: Sequence[Any] = (), *, engine: bool = False) -> list[dict[str, Any]]:
         """Rows of a read query as dicts; `engine` reads use a connection no viewer can hold up."""
+        ...
+
+    async def start_feed(self, deliver: DeliverEvents) -> None:
+        """Give `deliver` the event rows other processes commit from now on, each once (where several
+        processes can write: PostgreSQL; nothing on SQLite)."""
         ...
 
     def check_file(self) -> str | None:

@@ -30,6 +30,7 @@ from typing import Any
 import asyncpg
 
 from engine import logs
+from engine.db import pg_feed
 from engine.db.base import (
     POSTGRESQL,
     Batch,
@@ -201,9 +202,10 @@ def _too_wide(type_name: str, value: Any) -> bool:
 class _Pool:
     """Up to `size` connections, opened on first need; a broken one is dropped and replaced."""
 
-    def __init__(self, dsn: str, size: int) -> None:
+    def __init__(self, dsn: str, size: int, name: str) -> None:
         self._dsn = dsn
         self._size = size
+        self._name = name
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
         self._free = asyncio.Semaphore(size)
@@ -217,7 +219,8 @@ class _Pool:
                 if not c.conn.is_closed():
                     return c
                 self._all.discard(c)
-            c = _Conn(await asyncpg.connect(self._dsn, statement_cache_size=0))
+            settings = {"application_name": self._name}  # event rows record it (`events.origin`)
+            c = _Conn(await asyncpg.connect(self._dsn, statement_cache_size=0, server_settings=settings))
             self._all.add(c)
             return c
         except BaseException:
@@ -338,10 +341,14 @@ class PostgresDatabase:
         self._loop = asyncio.get_running_loop()
         self.url = url
         self._dsn = dsn(url)
-        self._writers = _Pool(self._dsn, writers)
-        self._readers = _Pool(self._dsn, readers)
-        self._engine_readers = _Pool(self._dsn, ENGINE_READERS)
+        self.instance = pg_feed.new_instance()  # tells this process's event rows and notifications from others'
+        name = pg_feed.application_name(self.instance)
+        self._writers = _Pool(self._dsn, writers, name)
+        self._readers = _Pool(self._dsn, readers, name)
+        self._engine_readers = _Pool(self._dsn, ENGINE_READERS, name)
         self._begin = "BEGIN"
+        self._notifier = pg_feed.Notifier(self._dsn, self.instance)
+        self.feed: pg_feed.EventFeed | None = None
 
     def refuse_writes(self, on: bool) -> None:
         """Start the next write transactions READ ONLY (PostgreSQL then refuses each write), to see how
@@ -374,12 +381,16 @@ class PostgresDatabase:
 
     async def _commit_and_publish(self, batches: Sequence[Batch]) -> list[Outcome]:
         outcomes = await self._commit(batches)
+        wrote_events = False
         for batch, outcome in zip(batches, outcomes, strict=True):
             if batch.on_commit is not None and isinstance(outcome, BatchResult) and outcome.ok:
+                wrote_events = True  # a batch with a callback publishes the event rows it wrote
                 try:
                     batch.on_commit(outcome)
                 except Exception:
                     log.exception("a commit callback failed; the commit stands")
+        if wrote_events:
+            self._notifier.committed()
         return outcomes
 
     async def _commit(self, batches: Sequence[Batch]) -> list[Outcome]:
@@ -412,7 +423,18 @@ class PostgresDatabase:
     def deliver_committed(self) -> None:
         """Nothing waits: batches commit on the event loop and deliver there."""
 
+    async def start_feed(self, deliver: pg_feed.Deliver) -> None:
+        """Hand the event rows other processes commit to `deliver` (one listening connection per process)."""
+        if self.feed is None:
+            feed = pg_feed.EventFeed(self._dsn, self.instance, deliver)
+            await feed.start()
+            self.feed = feed
+
     async def close(self) -> None:
+        if self.feed is not None:
+            await self.feed.close()
+            self.feed = None
+        await self._notifier.close()
         await self._writers.close()
         await self._readers.close()
         await self._engine_readers.close()

@@ -31,6 +31,7 @@ from engine.db.base import (
     SQLITE,
     Batch,
     BatchResult,
+    DeliverEvents,
     GuardFailed,
     Outcome,
     Ref,
@@ -286,6 +287,9 @@ class SqliteDatabase:
         self._committed: list[list[_Ticket]] = []
         self._delivery_lock = threading.Lock()
         self._delivery_asked = False
+
+    async def start_feed(self, deliver: DeliverEvents) -> None:
+        """Nothing: the other processes on a SQLite file (a headless `run`) are found by polling."""
 
     def check_file(self) -> str | None:
         """Why the file this process opened is no longer the database at its path (removed or replaced,

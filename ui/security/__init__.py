@@ -6,7 +6,7 @@
 - `sessions`: who a browser is signed in as (NiceGUI's user storage under the signed session cookie),
   a short cache of account state, a new session at sign-in and sign-out;
 - `identity`: who makes a request or uses a page, and whether they may act;
-- `login`: the sign-in form and sign-out; `secret`: the file holding the cookie-signing secret.
+- `login`: the sign-in form and sign-out; `secret`: the cookie-signing secret (a setting, the database's, or a file).
 
 Sign-in is on as soon as one account exists; without accounts the server only serves the local machine
 (see `bind_problem`). Scripts send `Authorization: Bearer <token>`. Health (`/api/health`) stays open.
@@ -21,7 +21,7 @@ from ui.security.gate import Gate
 from ui.security.hosts import bind_problem, is_loopback
 from ui.security.identity import acting, current, may_act, principal
 from ui.security.login import login_page, login_submit, logout
-from ui.security.secret import storage_secret
+from ui.security.secret import session_secret, storage_secret
 
 __all__ = [
     "Gate",
@@ -32,6 +32,7 @@ __all__ = [
     "is_loopback",
     "may_act",
     "principal",
+    "session_secret",
     "storage_secret",
 ]
 

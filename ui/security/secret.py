@@ -1,4 +1,9 @@
-"""The secret that signs session cookies, kept in a file readable by its owner only."""
+"""The secret that signs session cookies: the same for every dashboard process of one database.
+
+From the setting `STEPDECK_SESSION_SECRET` when it is set; else, on PostgreSQL (where several dashboard
+processes share a database, on several hosts), the one kept in the database, made by the first process;
+else (SQLite: one host) a file readable by its owner only, made on first start.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,13 @@ import logging
 import os
 import secrets
 from pathlib import Path
+
+from engine import auth
+from engine.db import connected
+from engine.settings import Settings
+from models.schema import is_postgres
+
+SESSION_SECRET = "session"  # its name among the database's shared secrets
 
 log = logging.getLogger(__name__)
 
@@ -33,3 +45,13 @@ def storage_secret(path: Path) -> str:
     if not secret:
         raise RuntimeError(f"{path} is empty: delete it and start again (a new secret is made)")
     return secret
+
+
+async def session_secret(settings: Settings) -> str:
+    """The secret of this server's session cookies (see the module's docstring for where it comes from)."""
+    if settings.session_secret:
+        return settings.session_secret.reveal()
+    if is_postgres(settings.db_url):
+        async with connected(settings.db_url, apply_migrations=False):
+            return await auth.shared_secret(SESSION_SECRET)
+    return storage_secret(settings.secret_file)

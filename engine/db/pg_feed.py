@@ -1,0 +1,226 @@
+"""Events written by other processes, on PostgreSQL: LISTEN/NOTIFY wakes a reader of the events table.
+
+The events table is the truth; a notification only says "look". After a commit that wrote events, a
+process sends one `NOTIFY` (coalesced: one in flight at a time, and one more if commits came meanwhile),
+off the write path, on a connection of its own. Every process listens on one connection; when woken (or
+every `POLL_S`, in case a notification was lost, or more often while the listening connection is down)
+it reads the event rows after its cursor and hands those of other processes to `deliver`.
+
+The cursor is commit-ordered: `(tx, id)`, where `tx` is the id of the transaction that wrote the row.
+Serial ids are not in commit order, but a transaction older than the oldest one still in flight
+(`pg_snapshot_xmin(pg_current_snapshot())`) can add no more rows: rows below that horizon are final and
+the cursor moves past them. Rows above it (committed while an older transaction was still open) are
+delivered at once and remembered until they are final, so each row is delivered once and none is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+
+from engine import logs
+
+log = logs.logger(__name__)
+
+CHANNEL = "stepdeck_events"
+POLL_S = 2.0  # a look at the table however quiet the channel: a sender may have died between commit and notify
+POLL_UNLISTENED_S = 0.5  # while the listening connection is down
+RECONNECT_S = 1.0
+BATCH = 2000
+
+# The horizon of the rows that can no longer be preceded by a row of a transaction still in flight.
+HORIZON = "pg_snapshot_xmin(pg_current_snapshot())"
+_COLUMNS = "id, run_id, step_key, attempt, kind, from_status, to_status, actor, message, created_at, tx, origin"
+NEWER_SQL = (
+    f"SELECT {_COLUMNS}, tx < {HORIZON} AS final FROM events WHERE (tx, id) > ($1::xid8, $2::bigint)"
+    " ORDER BY tx, id LIMIT $3"
+)
+START_SQL = f"SELECT tx, id FROM events WHERE tx < {HORIZON} ORDER BY tx DESC, id DESC LIMIT 1"
+
+Deliver = Callable[[list[dict[str, Any]]], None]  # engine.db.base.DeliverEvents
+
+
+def application_name(instance: str) -> str:
+    """The application name of this process's connections: event rows record it (`events.origin`)."""
+    return f"stepdeck:{instance}"
+
+
+def new_instance() -> str:
+    return secrets.token_hex(6)
+
+
+class Notifier:
+    """Sends `NOTIFY` after commits that wrote events: at most one in flight, coalescing the rest."""
+
+    def __init__(self, dsn: str, instance: str) -> None:
+        self._dsn = dsn
+        self._instance = instance
+        self._conn: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def committed(self) -> None:
+        """Events were committed: tell the other processes (soon, never on the committing path)."""
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.get_running_loop().create_task(self._send(), name="stepdeck-notify-events")
+
+    async def _send(self) -> None:
+        self._again = True
+        while self._again:
+            self._again = False
+            try:
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await asyncpg.connect(
+                        self._dsn, statement_cache_size=0, server_settings={"application_name": "stepdeck-notify"}
+                    )
+                await self._conn.execute(f"NOTIFY {CHANNEL}, '{self._instance}'")
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # The others find the rows by their poll; nothing is lost, only later.
+                log.warning("could not notify the other processes of new events (%s); they will poll", exc)
+                return
+
+    async def close(self) -> None:
+        """Send what is pending, then close."""
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._task), 5)
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._conn.close(), 5)
+            self._conn = None
+
+
+class EventFeed:
+    """The event rows of other processes, read after a notification (or a poll) and given to `deliver`."""
+
+    def __init__(self, dsn: str, instance: str, deliver: Deliver) -> None:
+        self._dsn = dsn
+        self._instance = instance
+        self._origin = application_name(instance)
+        self._deliver = deliver
+        self._wake = asyncio.Event()
+        self._listen: asyncpg.Connection | None = None
+        self._reader: asyncpg.Connection | None = None
+        self._cursor: tuple[int, int] = (0, 0)
+        self._delivered: set[int] = set()  # rows above the horizon already delivered (or present at start)
+        self._task: asyncio.Task[None] | None = None
+        self.listening = False
+
+    async def start(self) -> None:
+        """Listen, and take the rows already there as known; raises if the database cannot be reached."""
+        self._reader = await self._connect("stepdeck-feed")
+        rows = await self._reader.fetch(START_SQL)
+        if rows:
+            self._cursor = (int(rows[0]["tx"]), int(rows[0]["id"]))
+        for row in await self._newer():
+            if not row["final"]:
+                self._delivered.add(row["id"])
+            else:
+                self._cursor = (int(row["tx"]), int(row["id"]))
+        await self._listen_again()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="stepdeck-event-feed")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        for conn in (self._listen, self._reader):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 5)
+        self._listen = self._reader = None
+        self.listening = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    async def _connect(self, name: str) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            self._dsn, statement_cache_size=0, timeout=10, server_settings={"application_name": name}
+        )
+
+    async def _listen_again(self) -> None:
+        try:
+            conn = await self._connect(f"stepdeck-listen:{self._instance}")
+            await conn.add_listener(CHANNEL, self._notified)
+            conn.add_termination_listener(self._lost)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("cannot listen for other processes' events (%s); polling every %s s", exc, POLL_UNLISTENED_S)
+            return
+        self._listen = conn
+        self.listening = True
+        self._wake.set()  # what was committed while nobody listened
+
+    def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        if payload != self._instance:  # our own commits are published by this process already
+            self._wake.set()
+
+    def _lost(self, conn: Any) -> None:
+        if conn is self._listen:
+            self.listening = False
+            log.warning("the connection listening for other processes' events dropped; polling until it is back")
+            self._wake.set()
+
+    async def _loop(self) -> None:
+        since_reconnect = 0.0
+        while True:
+            wait_s = POLL_S if self.listening else POLL_UNLISTENED_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait_s)
+            self._wake.clear()
+            if not self.listening:
+                since_reconnect += wait_s
+                if since_reconnect >= RECONNECT_S:
+                    since_reconnect = 0.0
+                    if self._listen is not None:
+                        self._listen.terminate()
+                        self._listen = None
+                    await self._listen_again()
+            try:
+                await self._read()
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("reading other processes' events failed (%s); trying again", exc)
+                if self._reader is not None:
+                    self._reader.terminate()
+                self._reader = None
+                await asyncio.sleep(POLL_UNLISTENED_S)
+                self._wake.set()
+
+    async def _newer(self) -> list[asyncpg.Record]:
+        if self._reader is None or self._reader.is_closed():
+            self._reader = await self._connect("stepdeck-feed")
+        return list(await self._reader.fetch(NEWER_SQL, self._cursor[0], self._cursor[1], BATCH))
+
+    async def _read(self) -> None:
+        while True:
+            rows = await self._newer()
+            fresh: list[dict[str, Any]] = []
+            for row in rows:
+                event_id, final = row["id"], row["final"]
+                if final:  # finals come first (ordered by tx): the cursor moves past them
+                    self._cursor = (int(row["tx"]), int(event_id))
+                if event_id in self._delivered:
+                    if final:
+                        self._delivered.discard(event_id)
+                    continue
+                if not final:
+                    self._delivered.add(event_id)
+                if row["origin"] != self._origin:
+                    fresh.append(dict(row))
+            if fresh:
+                try:
+                    self._deliver(fresh)
+                except Exception:
+                    log.exception("delivering other processes' events failed")
+            if len(rows) < BATCH or all(not r["final"] for r in rows):
+                return
