@@ -248,3 +248,14 @@ async def timed_logs_async(ctx: Any) -> str:
         raise RuntimeError("failed after logging")
     return "logged"
 
+
+def logs_between_gates(ctx: Any) -> str:
+    """Blocks until the test sets `gate(step_key + ":log")`, logs a line, then blocks until `gate(step_key)`."""
+    for name in (f"{ctx.step_key}:log", ctx.step_key):
+        event = gate(name)
+        while not event.wait(0.01):
+            if ctx.is_cancelled:
+                return "noticed cancellation"
+        if name != ctx.step_key:
+            ctx.log("through the first gate")
+    return f"{ctx.step_key} released"
