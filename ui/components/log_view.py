@@ -59,11 +59,8 @@ class LogView:
         self.box.set_visibility(bool(self.lines) or live)
 
     def _style(self) -> None:
-        # Sized to its lines up to a screenful; wrapped or scrolled sideways inside its box.
-        self.log.style(
-            "height: auto; max-height: 20rem; min-height: 1.6rem; overflow: auto; "
-            + ("white-space: pre-wrap; overflow-wrap: anywhere;" if self.wrap.value else "white-space: pre;")
-        )
+        # Sized to its lines up to a screenful (ui/theme.py); wrapped or scrolled sideways inside its box.
+        self.log.style("white-space: pre-wrap; overflow-wrap: anywhere;" if self.wrap.value else "white-space: pre;")
 
     def _text(self) -> str:
         """The log as a file: each line after its full time (ISO 8601) when it has one."""
