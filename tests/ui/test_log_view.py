@@ -18,7 +18,7 @@ from engine.db.base import Stmt
 from engine.store import run_batch
 from tests import stepfns
 from tests.conftest import wait_for
-from tests.ui.test_run_page import api_step, show, start_run, the, wait_run, wait_shown, wait_step
+from tests.ui.test_run_page import api_step, show, start_run, texts_in, the, wait_run, wait_shown, wait_step
 
 WORKFLOWS = {
     "logs": """
@@ -113,6 +113,8 @@ async def test_a_line_logged_while_the_page_is_open_arrives_with_its_time(user: 
         return shown_lines(user, "talk")
 
     [(text, title)] = await wait_for(arrived, 10, "the live log line")
+    await wait_shown(user, "log-talk", "Log · 1 line")
+    assert "Log · 1 lines" not in texts_in(user, "log-talk")
     assert re.fullmatch(rf"{TIME} through the first gate", text), text
     assert title is not None and re.fullmatch(rf"\d{{4}}-\d\d-\d\d {TIME} UTC", title), title
     assert (await api_step(user, run_id, "talk"))["status"] == "running"  # it came live, not from the stored attempt

@@ -87,12 +87,12 @@ class LogView:
         shown = self._shown()
         for line in shown:
             self._push(line)
+        self._title(len(shown))
+
+    def _title(self, shown: int) -> None:
         total = len(self.lines)
-        self.title.text = (
-            f"Log · {len(shown)} of {total} line{'s' if total != 1 else ''}"
-            if self.query
-            else f"Log · {total} line{'s' if total != 1 else ''}"
-        )
+        lines = f"{total} line{'s' if total != 1 else ''}"
+        self.title.text = f"Log · {shown} of {lines}" if self.query else f"Log · {lines}"
 
     def _search(self, query: str) -> None:
         self.query = query
@@ -105,4 +105,4 @@ class LogView:
         self.box.set_visibility(True)
         if not self.query or self.query.lower() in text.lower():
             self._push((at, text))
-        self.title.text = f"Log · {len(self.lines)} lines"
+        self._title(len(self._shown()) if self.query else len(self.lines))
