@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.hub import Change, ChangeKind, TokenDelta, hub
+from engine.readmodel import log_time_iso
 from models.errors import StepdeckError
 
 MAX_LOG_LINES = 1000
@@ -33,6 +34,8 @@ class StepContext:
     inputs: Mapping[str, Any]
     outputs: Mapping[str, Any]
     logs: list[str] = field(default_factory=list)
+    # When each line of `logs` was written (epoch milliseconds, UTC), index for index.
+    log_times: list[int] = field(default_factory=list)
     fraction: float | None = None
     message: str | None = None
     # Set when the run is cancelled or the step timed out: a sync function should check it and stop.
@@ -66,13 +69,27 @@ class StepContext:
             )
 
     def log(self, message: str) -> None:
-        """Append a log line to the attempt (kept with it) and show it live."""
+        """Append a log line to the attempt (kept with it, with the time it was written) and show it live."""
         line = str(message)[:10_000]
+        at_ms = time.time_ns() // 1_000_000
+        # Paired index for index; a reader on another thread may find one list a line ahead of the
+        # other, and readers pair them by index (`readmodel.line_times`).
         if len(self.logs) < MAX_LOG_LINES:
+            self.log_times.append(at_ms)
             self.logs.append(line)
         elif len(self.logs) == MAX_LOG_LINES:
+            self.log_times.append(at_ms)
             self.logs.append(f"… further log lines dropped (limit {MAX_LOG_LINES})")
-        hub.publish(Change(self.run_id, ChangeKind.LOG, step_key=self.step_key, attempt=self.attempt, line=line))
+        hub.publish(
+            Change(
+                self.run_id,
+                ChangeKind.LOG,
+                step_key=self.step_key,
+                attempt=self.attempt,
+                at=log_time_iso(at_ms),
+                line=line,
+            )
+        )
 
     @property
     def is_cancelled(self) -> bool:

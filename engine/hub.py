@@ -53,7 +53,7 @@ class Change:
     to_status: str | None = None
     actor: str | None = None
     message: str | None = None  # also a progress message
-    at: str | None = None  # ISO time of a persisted event
+    at: str | None = None  # ISO time of a persisted event, or of when a log line was written
     fraction: float | None = None  # progress
     line: str | None = None  # log
     tokens: TokenDelta | None = None

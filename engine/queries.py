@@ -14,7 +14,18 @@ from engine.db import current
 from engine.errors import NotFound
 from engine.json_limits import load_stored
 from engine.llm.record import LlmJson, llm_json
-from engine.readmodel import ENDED, PRODUCED, RunDetail, StepDetail, StepRow, cut_off, run_json, summary
+from engine.readmodel import (
+    ENDED,
+    PRODUCED,
+    RunDetail,
+    StepDetail,
+    StepRow,
+    cut_off,
+    line_times,
+    log_time_iso,
+    run_json,
+    summary,
+)
 from engine.store import fetch
 from models.status import RunStatus, StepStatus
 
@@ -80,6 +91,7 @@ def step_detail(row: dict[str, Any]) -> StepDetail:
     outputs = _json(row["outputs"]) if has_attempt and row["outputs"] is not None else None
     produced = status in PRODUCED and outputs is not None
     failed = has_attempt and status in (StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.RETRYING)
+    logs = tuple(_json(row["logs"])) if has_attempt and row["logs"] is not None else ()
     return StepDetail(
         key=row["key"],
         label=row["label"],
@@ -100,7 +112,8 @@ def step_detail(row: dict[str, Any]) -> StepDetail:
         completed_at=_dt(row["finished_at"]) if has_attempt and status in ENDED else None,
         progress=row["progress"] if has_attempt else None,
         progress_message=row["progress_message"] if has_attempt else None,
-        logs=tuple(_json(row["logs"])) if has_attempt and row["logs"] is not None else (),
+        logs=logs,
+        log_times=line_times(_json(row["log_times"]) if row["log_times"] is not None else None, len(logs)),
         llm=llm_json(_json(row["llm"])) if has_attempt and row["llm"] is not None else None,
         retries=row["retries"],
         retries_used=row["retries_used"],
@@ -135,7 +148,7 @@ _STEP_SQL = (
     "SELECT s.run_id, s.key, s.label, s.kind, s.needs, s.status, s.attempt, s.stale, s.stale_reason,"
     " s.retries, s.retries_used, s.retry_at, a.status AS attempt_status, a.outputs, a.selected_index,"
     " a.partial_output, a.error, a.error_detail,"
-    " a.started_at, a.finished_at, a.progress, a.progress_message, a.logs, a.llm"
+    " a.started_at, a.finished_at, a.progress, a.progress_message, a.logs, a.log_times, a.llm"
     " FROM steps s LEFT JOIN attempts a ON a.step_id = s.id AND a.number = s.attempt"
 )
 
@@ -250,30 +263,34 @@ async def list_attempts(run_id: int) -> list[dict[str, Any]]:
         " WHERE a.run_id = ? ORDER BY s.position, a.number",
         (run_id,),
     )
-    return [
-        {
-            "id": r["id"],
-            "step": r["key"],
-            "number": r["number"],
-            "current": r["number"] == r["current_number"],
-            "status": r["status"],
-            "outputs": _json(r["outputs"]) if r["outputs"] is not None else None,
-            "selected_index": r["selected_index"],
-            "partial_output": r["partial_output"],
-            "error": r["error"],
-            "error_detail": r["error_detail"],
-            "consumed": _json(r["consumed"]),
-            "logs": _json(r["logs"]),
-            "progress": r["progress"],
-            "progress_message": r["progress_message"],
-            "owner": r["owner"],
-            "started_at": _iso(r["started_at"]),
-            "finished_at": _iso(r["finished_at"]),
-            "duration_s": _duration_s(r["started_at"], r["finished_at"]),
-            **llm_fields(llm_json(_json(r["llm"])) if r["llm"] is not None else None),
-        }
-        for r in rows
-    ]
+    return [_attempt_json(r) for r in rows]
+
+
+def _attempt_json(r: dict[str, Any]) -> dict[str, Any]:
+    logs = _json(r["logs"]) or []
+    times = _json(r["log_times"]) if r["log_times"] is not None else None
+    return {
+        "id": r["id"],
+        "step": r["key"],
+        "number": r["number"],
+        "current": r["number"] == r["current_number"],
+        "status": r["status"],
+        "outputs": _json(r["outputs"]) if r["outputs"] is not None else None,
+        "selected_index": r["selected_index"],
+        "partial_output": r["partial_output"],
+        "error": r["error"],
+        "error_detail": r["error_detail"],
+        "consumed": _json(r["consumed"]),
+        "logs": logs,
+        "log_times": [log_time_iso(at) for at in line_times(times, len(logs))],
+        "progress": r["progress"],
+        "progress_message": r["progress_message"],
+        "owner": r["owner"],
+        "started_at": _iso(r["started_at"]),
+        "finished_at": _iso(r["finished_at"]),
+        "duration_s": _duration_s(r["started_at"], r["finished_at"]),
+        **llm_fields(llm_json(_json(r["llm"])) if r["llm"] is not None else None),
+    }
 
 
 def event_json(row: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from engine.llm.record import LlmJson
@@ -32,6 +32,27 @@ def cut_off(llm: LlmJson | None, selected_index: int | None) -> bool:
 
 def iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def from_epoch_ms(ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=ms)
+
+
+def line_times(stored: Any, count: int) -> tuple[datetime | None, ...]:
+    """The times of `count` log lines from the stored epoch milliseconds, index for index; None for a
+    line without one (attempts made before times were kept store none)."""
+    times = stored if isinstance(stored, list) else []
+    return tuple(from_epoch_ms(t) if i < len(times) and isinstance(t := times[i], int) else None for i in range(count))
+
+
+def log_time_iso(at: datetime | int | None) -> str | None:
+    """A log line's time as ISO 8601 with milliseconds (from a datetime or epoch milliseconds)."""
+    if at is None:
+        return None
+    return (from_epoch_ms(at) if isinstance(at, int) else at).isoformat(timespec="milliseconds")
 
 
 def duration_s(start: datetime | None, end: datetime | None) -> float | None:
@@ -66,6 +87,7 @@ class StepDetail:
     retries: int = 0  # automatic retries its policy allows
     retries_used: int = 0  # automatic retries made since it started or a person reset it
     retry_at: datetime | None = None  # RETRYING: when its next attempt is due
+    log_times: tuple[datetime | None, ...] = ()  # when each line of `logs` was written (None: not known)
 
     @property
     def output(self) -> Any:
@@ -76,6 +98,12 @@ class StepDetail:
     @property
     def truncated(self) -> bool:
         return cut_off(self.llm, self.selected_index)
+
+    @property
+    def timed_logs(self) -> list[tuple[datetime | None, str]]:
+        """Each log line with the time it was written (None when not known)."""
+        times = self.log_times
+        return [(times[i] if i < len(times) else None, line) for i, line in enumerate(self.logs)]
 
     @property
     def duration_s(self) -> float | None:
@@ -104,6 +132,7 @@ class StepDetail:
             "progress": self.progress,
             "progress_message": self.progress_message,
             "logs": list(self.logs),
+            "log_times": [log_time_iso(at) for at, _ in self.timed_logs],
             "usage": llm["usage"] if llm else None,
             "max_tokens": llm["max_tokens"] if llm else None,
             "finish_reason": llm["finish_reason"] if llm else None,

@@ -83,15 +83,28 @@ def llm_stmts(ref: AttemptRef, llm: dict[str, Any] | None, outcome: AttemptStatu
 
 
 async def keep_partial_output(
-    ref: AttemptRef, partial_output: str | None, logs: list[str], llm: dict[str, Any] | None = None
+    ref: AttemptRef,
+    partial_output: str | None,
+    logs: list[str],
+    llm: dict[str, Any] | None = None,
+    *,
+    log_times: list[int] | None = None,
 ) -> bool:
     """Store what an attempt produced before it was stopped; applies only to CANCELLED/FAILED attempts."""
     result = await run_batch(
         [
             Stmt(
-                "UPDATE attempts SET partial_output = COALESCE(?, partial_output), logs = ?"
+                "UPDATE attempts SET partial_output = COALESCE(?, partial_output), logs = ?, log_times = ?"
                 " WHERE id = ? AND status IN (?, ?)" + (" AND owner = ?" if ref.owner is not None else ""),
-                (partial_output, logs, ref.attempt_id, AttemptStatus.CANCELLED, AttemptStatus.FAILED, *_owner(ref)),
+                (
+                    partial_output,
+                    logs,
+                    log_times,
+                    ref.attempt_id,
+                    AttemptStatus.CANCELLED,
+                    AttemptStatus.FAILED,
+                    *_owner(ref),
+                ),
                 guard=True,
             ),
             *llm_stmts(ref, llm, AttemptStatus.CANCELLED, utcnow()),

@@ -187,7 +187,9 @@ class ThreadFinish:
             return Finished(handled=True, error=exc)
         index = 0 if d.select == "auto" else None
         successors = self.driver.successors_to_start(self.s, self.ref.number, index)
-        completion = transitions.Completion(self.ref, outputs, index, ctx.logs, ctx.fraction, ctx.message)
+        completion = transitions.Completion(
+            self.ref, outputs, index, ctx.logs, ctx.fraction, ctx.message, log_times=ctx.log_times
+        )
         try:
             done, started = transitions.complete_step_and_start_blocking(completion, [st for _, st in successors])
         except Exception as exc:
@@ -496,7 +498,7 @@ async def _completed(
     try:
         done, attempt_ids = await write(
             lambda: transitions.complete_step_and_start(
-                ref, outputs, index, ctx.logs, ctx.fraction, ctx.message, starts, _llm(ctx)
+                ref, outputs, index, ctx.logs, ctx.fraction, ctx.message, starts, _llm(ctx), log_times=ctx.log_times
             ),
             f"{s.defn.key}: completion",
         )
@@ -545,7 +547,7 @@ async def _fail(
     pending = _plan(driver, s, kind)
     planned = (pending, kind) if pending is not None else None
     failing = lambda: transitions.fail_step(  # noqa: E731
-        ref, error, detail, ctx.logs, _partial(ctx), _llm(ctx), retry=planned
+        ref, error, detail, ctx.logs, _partial(ctx), _llm(ctx), retry=planned, log_times=ctx.log_times
     )
     if not await write(failing, f"{s.defn.key}: failure"):
         return False
@@ -570,12 +572,14 @@ async def _stopped(driver: RunDriver, s: StepState, ref: AttemptRef, ctx: StepCo
     if reason in (StopReason.SHUTDOWN, StopReason.BROKEN):
         why = driver.engine.stop_reason if reason == StopReason.SHUTDOWN else "the engine could not record an outcome"
         error = driver.interrupted_reason(why) + (f"; the step {ABANDONED}" if ctx.abandoned else "")
-        failing = lambda: transitions.fail_step(ref, error, None, ctx.logs, _partial(ctx), _llm(ctx))  # noqa: E731
+        failing = lambda: transitions.fail_step(  # noqa: E731
+            ref, error, None, ctx.logs, _partial(ctx), _llm(ctx), log_times=ctx.log_times
+        )
         if await write(failing, f"{s.defn.key}: interrupt"):
             s.status, s.error = StepStatus.FAILED, error
     else:
         # The cancel operation already ended the attempt: keep what it had produced.
-        await keep_partial_output(ref, _partial(ctx), ctx.logs, _llm(ctx))
+        await keep_partial_output(ref, _partial(ctx), ctx.logs, _llm(ctx), log_times=ctx.log_times)
         s.status = StepStatus.CANCELLED
 
 

@@ -96,6 +96,8 @@ class Attempt(Model):
     error_detail = fields.TextField(null=True)  # traceback
     consumed: fields.JSONField[Any] = fields.JSONField()  # upstream key -> {attempt, index}
     logs: fields.JSONField[Any] = fields.JSONField()
+    # When each line of `logs` was written, in epoch milliseconds (null on attempts made before times were kept)
+    log_times: fields.JSONField[Any] = fields.JSONField(null=True)
     progress = fields.FloatField(null=True)
     progress_message = fields.TextField(null=True)
     llm: fields.JSONField[Any] = fields.JSONField(null=True)  # LLM steps: provider, limit, usage, calls

@@ -212,3 +212,50 @@ def fail_when_released(ctx: Any) -> str:
         if ctx.is_cancelled:
             return "noticed cancellation"
     raise RuntimeError("failed while the engine drained")
+
+
+# --- log times ---------------------------------------------------------------------------------------
+
+LOG_GAP_S = 0.05  # what `timed_logs` lets the clock advance between its first and second line
+
+
+def _clock_moves_on(since_s: float) -> bool:
+    return time.time() >= since_s + LOG_GAP_S
+
+
+def timed_logs(ctx: Any) -> str:
+    """Logs a line, lets the clock move on by LOG_GAP_S, then logs two more; fails when `inputs.fail`."""
+    ctx.log("first")
+    since_s = time.time()
+    while not _clock_moves_on(since_s):
+        time.sleep(0.005)
+    ctx.log("second")
+    ctx.log("third")
+    if ctx.inputs.get("fail"):
+        raise RuntimeError("failed after logging")
+    return "logged"
+
+
+async def timed_logs_async(ctx: Any) -> str:
+    """`timed_logs` as an async step (its outcome is written from the event loop, not a worker thread)."""
+    ctx.log("first")
+    since_s = time.time()
+    while not _clock_moves_on(since_s):  # noqa: ASYNC110 (the wall clock moving on is no event)
+        await asyncio.sleep(0.005)
+    ctx.log("second")
+    ctx.log("third")
+    if ctx.inputs.get("fail"):
+        raise RuntimeError("failed after logging")
+    return "logged"
+
+
+def logs_between_gates(ctx: Any) -> str:
+    """Blocks until the test sets `gate(step_key + ":log")`, logs a line, then blocks until `gate(step_key)`."""
+    for name in (f"{ctx.step_key}:log", ctx.step_key):
+        event = gate(name)
+        while not event.wait(0.01):
+            if ctx.is_cancelled:
+                return "noticed cancellation"
+        if name != ctx.step_key:
+            ctx.log("through the first gate")
+    return f"{ctx.step_key} released"

@@ -53,6 +53,7 @@ class StepOut(BaseModel):
     progress: float | None
     progress_message: str | None
     logs: list[str]
+    log_times: list[str | None]  # when each line of `logs` was written (ISO 8601, UTC); null: not known
     # LLM steps (None/False for other kinds): tokens used against the limit sent, and truncation.
     usage: Usage | None
     max_tokens: int | None
@@ -95,6 +96,7 @@ class AttemptOut(BaseModel):
     error_detail: str | None
     consumed: dict[str, Any]  # upstream step -> {attempt, index} it read
     logs: list[str]
+    log_times: list[str | None]  # index for index with `logs`, as on a step
     progress: float | None
     progress_message: str | None
     owner: str | None

@@ -42,12 +42,17 @@ STATUS_ICONS: dict[str, str] = {
     StepStatus.RETRYING: "update",
 }
 
-# Mermaid draws its lines black: in dark mode they must read on the dark background.
+# Mermaid draws its lines black: in dark mode they must read on the dark background. A step's log
+# (ui/components/log_view.py) is as high as its lines up to 20rem, then scrolls: Quasar's scroll area
+# draws its content at the area's own fixed height, which would be 0 here.
 THEME_CSS = """
 .body--dark .sd-mermaid .flowchart-link, .body--dark .sd-mermaid .edgePath .path { stroke: #cfd8dc !important; }
 .body--dark .sd-mermaid marker path, .body--dark .sd-mermaid .arrowheadPath {
   fill: #cfd8dc !important; stroke: #cfd8dc !important; }
 .body--dark .sd-mermaid .edgeLabel { color: #eceff1; background: transparent; }
+.sd-log.q-scrollarea { height: auto; contain: none; }
+.sd-log .q-scrollarea__container { position: relative !important; height: auto !important; max-height: 20rem; }
+.sd-log .q-scrollarea__content { position: relative !important; }
 """
 # NiceGUI answers 500 when a page is not built within its response_timeout (3 s by default): under a
 # burst of loads on a busy machine that is queueing, not failure. Pages wait longer instead.

@@ -58,9 +58,19 @@ def _start_batch(start: StepStart, now: datetime) -> Batch:
             guard=True,
         ),
         Stmt(
-            "INSERT INTO attempts (run_id, step_id, number, status, consumed, logs, owner, started_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (start.run_id, start.step_id, start.number, AttemptStatus.RUNNING, start.consumed, [], start.owner, now),
+            "INSERT INTO attempts (run_id, step_id, number, status, consumed, logs, log_times, owner, started_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            (
+                start.run_id,
+                start.step_id,
+                start.number,
+                AttemptStatus.RUNNING,
+                start.consumed,
+                [],
+                [],
+                start.owner,
+                now,
+            ),
         ),
     ]
     event = events.step_event(start.run_id, start.key, start.number, start.from_status, StepStatus.RUNNING)
@@ -113,19 +123,21 @@ class Completion:
     progress: float | None
     progress_message: str | None
     llm: dict[str, Any] | None = None
+    log_times: list[int] | None = None  # when each line of `logs` was written (epoch ms); None: not known
 
 
 def _completion_batches(c: Completion, starts: Sequence[StepStart], now: datetime) -> list[Batch]:
     to = StepStatus.COMPLETED if c.selected_index is not None else StepStatus.WAITING
     stmts = [
         Stmt(
-            "UPDATE attempts SET status = ?, outputs = ?, selected_index = ?, logs = ?, progress = ?,"
+            "UPDATE attempts SET status = ?, outputs = ?, selected_index = ?, logs = ?, log_times = ?, progress = ?,"
             " progress_message = ?, finished_at = ? WHERE id = ? AND status = ?" + _owned(c.ref),
             (
                 AttemptStatus.COMPLETED,
                 c.outputs,
                 c.selected_index,
                 c.logs,
+                c.log_times,
                 c.progress,
                 c.progress_message,
                 now,
@@ -160,13 +172,17 @@ async def complete_step(
     logs: list[str],
     progress: float | None,
     progress_message: str | None,
+    *,
+    log_times: list[int] | None = None,
 ) -> bool:
     """Attempt RUNNING → COMPLETED; step RUNNING → COMPLETED (or WAITING when nothing is selected).
 
     Applies only while both are RUNNING and the attempt is still the step's current one; a result
     that arrives later is recorded as a late-result event instead and changes nothing.
     """
-    done, _ = await complete_step_and_start(ref, outputs, selected_index, logs, progress, progress_message, ())
+    done, _ = await complete_step_and_start(
+        ref, outputs, selected_index, logs, progress, progress_message, (), log_times=log_times
+    )
     return done
 
 
@@ -179,13 +195,15 @@ async def complete_step_and_start(
     progress_message: str | None,
     starts: Sequence[StepStart],
     llm: dict[str, Any] | None = None,
+    *,
+    log_times: list[int] | None = None,
 ) -> tuple[bool, list[int | None]]:
     """`complete_step`, then `start_step` for each of `starts`, sharing one commit.
 
     Each is its own guarded transition (a start whose guard fails changes nothing); the starts see
     the completion, so a successor starts only once this step is COMPLETED.
     """
-    c = Completion(ref, outputs, selected_index, logs, progress, progress_message, llm)
+    c = Completion(ref, outputs, selected_index, logs, progress, progress_message, llm, log_times)
     results = await run_batches(_completion_batches(c, starts, utcnow()))
     done, started = _completion_outcome(results, len(starts))
     if not done:
@@ -207,6 +225,7 @@ async def fail_step(
     partial_output: str | None = None,
     llm: dict[str, Any] | None = None,
     retry: tuple[PendingRetry, FailureKind] | None = None,
+    log_times: list[int] | None = None,
 ) -> bool:
     """Attempt and step RUNNING → FAILED with the error; same guards and late handling as completion.
 
@@ -217,13 +236,14 @@ async def fail_step(
     step_to = StepStatus.RETRYING if retry is not None else StepStatus.FAILED
     stmts = [
         Stmt(
-            "UPDATE attempts SET status = ?, error = ?, error_detail = ?, logs = ?, partial_output = ?, finished_at = ?"
-            " WHERE id = ? AND status = ?" + _owned(ref),
+            "UPDATE attempts SET status = ?, error = ?, error_detail = ?, logs = ?, log_times = ?, partial_output = ?,"
+            " finished_at = ? WHERE id = ? AND status = ?" + _owned(ref),
             (
                 AttemptStatus.FAILED,
                 error,
                 detail,
                 logs,
+                log_times,
                 partial_output,
                 now,
                 ref.attempt_id,

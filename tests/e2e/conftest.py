@@ -61,6 +61,21 @@ def boom(ctx):
     raise ValueError("x" * 300)
 
 
+def many_lines(ctx):
+    for i in range(100):
+        ctx.log(f"line {i + 1} of 100")
+    return "logged"
+
+
+async def gated_log(ctx):
+    """Logs a line once the file <inputs.gate_dir>/<step key>-log exists, then waits like `gated`."""
+    gate = Path(ctx.inputs["gate_dir"]) / f"{ctx.step_key}-log"
+    while not gate.exists():
+        await asyncio.sleep(0.002)
+    ctx.log("through the first gate")
+    return await gated(ctx)
+
+
 async def gated_boom(ctx):
     """Fails once the file <inputs.gate_dir>/<step key> exists."""
     await gated(ctx)
@@ -206,6 +221,25 @@ steps:
     needs: [alpha]
 """
 
+# A step that logs a line when the test lets it, then runs on until the test lets it finish.
+LIVE_LOG = """
+name: live-log
+inputs:
+  gate_dir:
+    type: string
+steps:
+  - key: talk
+    label: Talk
+    call: e2e_steps:gated_log
+"""
+
+LONG_LOG = """
+name: long-log
+steps:
+  - key: many
+    call: e2e_steps:many_lines
+"""
+
 GATED_TRIO = """
 name: gated-trio
 inputs:
@@ -264,6 +298,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             "outputs": OUTPUTS,
             "states": STATES,
             "live-llm": LIVE_LLM,
+            "live-log": LIVE_LOG,
+            "long-log": LONG_LOG,
         },
         modules={"e2e_steps": E2E_STEPS},
     )

@@ -1,10 +1,11 @@
 """The run page kept live in real Chromium: statuses change without a reload, a step that fails or
 waits opens its card, the choice banner jumps to its step, a watched 300-step run's page keeps up with
-the engine, and a tab that lost its connection catches up."""
+the engine, a tab that lost its connection catches up, and log lines arrive with their time."""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 from playwright.sync_api import Page, expect
@@ -15,6 +16,7 @@ from tests.e2e.run_page import (
     assert_card_in_view,
     assert_current,
     body,
+    box,
     card,
     colour,
     epoch_s,
@@ -177,3 +179,59 @@ def test_a_model_starting_to_write_opens_its_card_and_streams_there(wide: Page, 
     expect(write).to_have_attribute("data-open", "true")
     expect(body(page, "write")).to_contain_text("Simulated output")  # the text as it streams
     assert server.run(run_id)["status"] == "running", "the text showed while the model was still writing"
+
+
+# Whether a person sees the element: it is what the page draws at its centre (not clipped or covered).
+DRAWN = """e => { const r = e.getBoundingClientRect();
+    const hit = document.elementFromPoint(r.x + Math.min(20, r.width / 2), r.y + r.height / 2);
+    return hit !== null && (hit === e || e.contains(hit)); }"""
+
+
+def test_a_log_line_arrives_live_after_the_time_it_was_written(
+    wide: Page, server: Server, tmp_path: Path, artifacts: Path
+) -> None:
+    page = wide
+    gates = gate_dir(tmp_path)
+    run_id = server.start_run("live-log", {"gate_dir": str(gates)})
+    server.wait_step(run_id, "talk", "running")
+    open_run(page, server, run_id)
+    pill(page, "talk").click()
+    expect(card(page, "talk")).to_have_attribute("data-open", "true")
+    lines = body(page, "talk").locator(".sd-log .q-scrollarea__content > *")  # one per line
+    expect(lines).to_have_count(0)
+
+    (gates / "talk-log").touch()
+
+    time = r"\d\d:\d\d:\d\d\.\d{3}"
+    expect(lines).to_have_text([re.compile(rf"^{time} through the first gate$")])
+    expect(lines.first).to_have_attribute("title", re.compile(rf"^\d{{4}}-\d\d-\d\d {time} UTC$"))
+    assert server.run(run_id)["status"] == "running", "the line showed while the step was still running"
+    page.wait_for_function(DRAWN, arg=lines.first.element_handle())
+    live_text, live_title = lines.first.inner_text(), lines.first.get_attribute("title")
+    screenshot(page, artifacts, "run-page-log-times.png")
+
+    (gates / "talk").touch()
+    server.wait_run(run_id, "completed")
+    expect(card(page, "talk")).to_have_attribute("data-status", "completed")
+    [stored] = server.run(run_id)["steps"][0]["log_times"]
+    at = datetime.fromisoformat(stored).astimezone(UTC)
+    shown = f"{at:%H:%M:%S}.{at.microsecond // 1000:03d}"
+    assert (live_text, live_title) == (f"{shown} through the first gate", f"{at:%Y-%m-%d} {shown} UTC")
+    expect(lines).to_have_text([f"{shown} through the first gate"])  # and so after the step completed
+    page.wait_for_function(DRAWN, arg=lines.first.element_handle())
+
+
+def test_a_long_log_is_a_screenful_high_and_scrolls(wide: Page, server: Server) -> None:
+    page = wide
+    run_id = server.start_run("long-log", {})
+    server.wait_run(run_id, "completed")
+    open_run(page, server, run_id)
+    pill(page, "many").click()
+    log = body(page, "many").locator(".sd-log")
+    lines = log.locator(".q-scrollarea__content > *")
+    expect(lines).to_have_count(100)
+    assert 300 <= box(log)["height"] <= 330, box(log)  # 20rem, not 100 lines' worth
+    assert lines.first.evaluate(DRAWN), "the first line is not drawn"
+    assert not lines.last.evaluate(DRAWN), "the last line is drawn: the log does not scroll"
+    log.locator(".q-scrollarea__container").evaluate("c => { c.scrollTop = c.scrollHeight; }")
+    page.wait_for_function(DRAWN, arg=lines.last.element_handle())

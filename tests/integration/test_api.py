@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -292,6 +293,33 @@ async def test_get_run_and_get_one_step(api: httpx.AsyncClient, define: Define) 
     assert r.status_code == 200
     assert r.json() == step_of(run, "two")
     assert r.json()["label"] == "Step TWO"
+
+
+async def test_logs_stay_a_list_of_lines_and_log_times_give_when_each_was_written(
+    api: httpx.AsyncClient, define: Define
+) -> None:
+    define("api-log-times", [{"key": "t", "call": "tests.stepfns:timed_logs"}])
+    run_id = await start(api, "api-log-times")
+    assert await wait_run(run_id, "completed", "failed") == "completed"
+    run = await get_run(api, run_id)
+    step = step_of(run, "t")
+    assert step["logs"] == ["first", "second", "third"]  # what scripts read keeps its shape
+    times = [datetime.fromisoformat(t) for t in step["log_times"]]
+    assert len(times) == 3
+    assert all(t.utcoffset() == timedelta(0) for t in times)
+    assert times == sorted(times)
+    assert times[1] - times[0] >= timedelta(seconds=stepfns.LOG_GAP_S)
+    # within the run, to the millisecond the times are kept to
+    started, finished = datetime.fromisoformat(run["started_at"]), datetime.fromisoformat(run["finished_at"])
+    assert started - timedelta(milliseconds=1) < times[0] and times[-1] <= finished
+
+    r = await api.get(f"/api/runs/{run_id}/steps/t")
+    assert r.status_code == 200
+    assert (r.json()["logs"], r.json()["log_times"]) == (step["logs"], step["log_times"])
+    r = await api.get(f"/api/runs/{run_id}/attempts")
+    assert r.status_code == 200
+    [attempt] = r.json()
+    assert (attempt["logs"], attempt["log_times"]) == (step["logs"], step["log_times"])
 
 
 # --- acting on runs -------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,8 @@ def check_frames(frames: list[Frame], run_id: int) -> None:
         assert f.data["run_id"] == run_id, f
         if f.id is None:
             assert f.event in {"progress", "log"}, f
+            if f.event == "log":  # a log line comes with the time it was written
+                assert datetime.fromisoformat(f.data["at"]).utcoffset() == timedelta(0), f
         else:
             assert f.data["id"] == f.id, f
 

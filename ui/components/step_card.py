@@ -5,6 +5,7 @@ the page's component from the step's row."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from nicegui import ui
@@ -49,9 +50,9 @@ class StepBody:
         """The run failed or was cancelled: a choice waits for a resume."""
         return self.state.view.status in ENDED_RUN
 
-    def append_log(self, line: str) -> None:
+    def append_log(self, line: str, at: datetime | None = None) -> None:
         if self.log is not None:
-            self.log.push(line)
+            self.log.push(line, at)
 
     def delete(self) -> None:
         self.element.delete()
@@ -85,7 +86,7 @@ class StepBody:
                 with ui.expansion("Partial output (before it stopped)").classes("w-full"):
                     output_view(step.partial_output)
             self.log = LogView(
-                step.logs,
+                step.timed_logs,
                 name=f"run-{self.state.view.id}-{self.key}-attempt-{step.attempt}",
                 mark=f"log-{self.key}",
                 live=step.status is StepStatus.RUNNING,

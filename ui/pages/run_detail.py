@@ -17,6 +17,7 @@ from engine.registry import workflows
 from models.status import StepStatus
 from ui import security
 from ui.components.cost_view import cost_text
+from ui.components.log_view import parse_time
 from ui.components.run_graphs import RunGraphs
 from ui.components.run_steps import RunSteps
 from ui.components.step_card import StepBody
@@ -244,7 +245,7 @@ class RunPage:
         if event["kind"] == "log":
             body = self.bodies.get(event.get("step") or "")
             if body is not None:
-                body.append_log(str(event.get("line", "")))
+                body.append_log(str(event.get("line", "")), parse_time(event.get("at")))
         elif event.get("id") is not None and self.timeline_rows is not None:
             self.timeline_rows.rows.append(_timeline_row(event))
             self.timeline_rows.update()

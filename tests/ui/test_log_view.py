@@ -1,0 +1,126 @@
+"""A step's log on the run page: each line starts with the time it was written (UTC, to the millisecond,
+the full date and time in its tooltip), live while the step runs and after; lines of an attempt stored
+before times were kept show no time."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from nicegui import ui
+from nicegui.testing import User
+
+from engine.db.base import Stmt
+from engine.store import run_batch
+from tests import stepfns
+from tests.conftest import wait_for
+from tests.ui.test_run_page import api_step, show, start_run, texts_in, the, wait_run, wait_shown, wait_step
+
+WORKFLOWS = {
+    "logs": """
+        name: logs
+        steps:
+          - key: chatty
+            call: tests.stepfns:progress_and_logs
+    """,
+    "live-log": """
+        name: live-log
+        steps:
+          - key: talk
+            call: tests.stepfns:logs_between_gates
+    """,
+}
+TIME = r"\d\d:\d\d:\d\d\.\d\d\d"
+
+
+@pytest.fixture(autouse=True)
+def log_view_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workflows_dir = tmp_path / "log-workflows"
+    workflows_dir.mkdir()
+    for name, text in WORKFLOWS.items():
+        (workflows_dir / f"{name}.yaml").write_text(textwrap.dedent(text))
+    for name in ("STEPDECK_HOST", "STEPDECK_PORT", "STEPDECK_STALE_AFTER_S", "STEPDECK_HEARTBEAT_INTERVAL_S"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("STEPDECK_DB", f"sqlite://{tmp_path / 'log-view.db'}")
+    monkeypatch.setenv("STEPDECK_WORKFLOWS", str(workflows_dir))
+    monkeypatch.setenv("STEPDECK_SHUTDOWN_GRACE_S", "0")
+    stepfns.reset()
+
+
+@pytest.fixture(autouse=True)
+def open_gates() -> Iterator[None]:
+    yield
+    for gate in list(stepfns.GATES.values()):  # no blocked step thread outlives its test
+        gate.set()
+    stepfns.GATES.clear()
+
+
+def shown_lines(user: User, key: str) -> list[tuple[str, str | None]]:
+    """The lines of the step's log as shown: text and tooltip."""
+    lines = the(user, f"log-{key}-lines")
+    assert isinstance(lines, ui.log)
+    return [(str(c.text), c.props.get("title")) for c in lines.default_slot.children]  # type: ignore[attr-defined]
+
+
+def utc(iso: str) -> datetime:
+    at = datetime.fromisoformat(iso)
+    assert at.utcoffset() is not None
+    return at.astimezone(UTC)
+
+
+def prefix(at: datetime) -> str:
+    return f"{at:%H:%M:%S}.{at.microsecond // 1000:03d}"
+
+
+async def test_each_log_line_starts_with_the_time_it_was_written(user: User) -> None:
+    run_id = await start_run(user, "logs")
+    await wait_run(user, run_id, "completed")
+    step = await api_step(user, run_id, "chatty")
+    times = [utc(t) for t in step["log_times"]]
+    await user.open(f"/runs/{run_id}")
+    await show(user, "chatty")
+    await wait_shown(user, "log-chatty", "Log · 3 lines")
+    assert shown_lines(user, "chatty") == [
+        (f"{prefix(at)} line {i + 1}", f"{at:%Y-%m-%d} {prefix(at)} UTC") for i, at in enumerate(times)
+    ]
+
+
+async def test_lines_of_an_attempt_stored_without_times_show_no_time(user: User) -> None:
+    run_id = await start_run(user, "logs")
+    await wait_run(user, run_id, "completed")
+    # What an attempt made before times were kept holds: lines, and no times.
+    await run_batch([Stmt("UPDATE attempts SET log_times = NULL WHERE run_id = ?", (run_id,))])
+    assert (await api_step(user, run_id, "chatty"))["log_times"] == [None, None, None]
+    await user.open(f"/runs/{run_id}")
+    await show(user, "chatty")
+    await wait_shown(user, "log-chatty", "Log · 3 lines")
+    assert shown_lines(user, "chatty") == [("line 1", None), ("line 2", None), ("line 3", None)]
+
+
+async def test_a_line_logged_while_the_page_is_open_arrives_with_its_time(user: User) -> None:
+    run_id = await start_run(user, "live-log")
+    await wait_step(user, run_id, "talk", "running")
+    await user.open(f"/runs/{run_id}")
+    await show(user, "talk")
+    await user.should_see(marker="log-talk")
+    stepfns.gate("talk:log").set()  # the step logs a line now, and keeps running
+
+    async def arrived() -> list[tuple[str, str | None]]:
+        return shown_lines(user, "talk")
+
+    [(text, title)] = await wait_for(arrived, 10, "the live log line")
+    await wait_shown(user, "log-talk", "Log · 1 line")
+    assert "Log · 1 lines" not in texts_in(user, "log-talk")
+    assert re.fullmatch(rf"{TIME} through the first gate", text), text
+    assert title is not None and re.fullmatch(rf"\d{{4}}-\d\d-\d\d {TIME} UTC", title), title
+    assert (await api_step(user, run_id, "talk"))["status"] == "running"  # it came live, not from the stored attempt
+
+    stepfns.gate("talk").set()
+    step = await wait_step(user, run_id, "talk", "completed")
+    [at] = [utc(t) for t in step["log_times"]]
+    assert text == f"{prefix(at)} through the first gate"  # the time shown live is the one kept
+    assert title == f"{at:%Y-%m-%d} {prefix(at)} UTC"
