@@ -115,6 +115,11 @@ def drop(name: str) -> None:
     _in_thread(lambda: _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+def migrate_blocking(url: str) -> None:
+    """Apply the pending migrations to the database at `url` (`models.db.migrate`, as `main.py migrate`)."""
+    _in_thread(lambda: migrate(url))
+
+
 def create_empty() -> str:
     """A new database with no tables (for a real process to migrate), dropped when the tests end; its URL."""
     name = f"{PREFIX}{secrets.token_hex(6)}"
