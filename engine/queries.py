@@ -26,6 +26,7 @@ from engine.readmodel import (
     run_json,
     summary,
 )
+from engine.registry import workflows
 from engine.store import fetch
 from models.status import RunStatus, StepStatus
 
@@ -35,6 +36,10 @@ MAX_PAGE = 500
 def _json(value: Any) -> Any:
     # Bounded: a value stored before inputs and outputs were checked must not break every read.
     return load_stored(value) if isinstance(value, (str, bytes)) else value
+
+
+def _inputs(workflow: str, value: Any) -> Any:
+    return workflows.in_declared_order(workflow, value) if isinstance(value, dict) else value
 
 
 def _dt(value: Any) -> datetime | None:
@@ -67,7 +72,7 @@ def _run(row: dict[str, Any], steps: tuple[StepDetail, ...] = ()) -> RunDetail:
         workflow=row["workflow"],
         status=RunStatus(row["status"]),
         error=row["error"],
-        inputs=_json(row["inputs"]),
+        inputs=_inputs(row["workflow"], _json(row["inputs"])),
         actor=row["actor"],
         owner=row["owner"],
         heartbeat_at=_dt(row["heartbeat_at"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from engine.definitions import Catalog, DefinitionError, WorkflowDef, load_directory
 from engine.errors import NotFound
@@ -42,6 +43,14 @@ class Registry:
             broken = [e for e in self.catalog.errors if Path(e.source).stem == name]
             hint = f"; its file failed to load: {broken[0]}" if broken else ""
             raise NotFound(f"unknown workflow {name!r} (known: {known}){hint}") from None
+
+    def in_declared_order(self, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        """A run's inputs in the order its workflow declares them (PostgreSQL's jsonb keeps keys in an order
+        of its own); keys it does not declare, or all of them when the workflow is unknown, in stored order."""
+        defn = self.catalog.definitions.get(name)
+        if defn is None:
+            return inputs
+        return {**{i.name: inputs[i.name] for i in defn.inputs if i.name in inputs}, **inputs}
 
     def add(self, defn: WorkflowDef) -> None:
         """Register a definition made in Python (tests, embedding)."""

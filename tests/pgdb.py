@@ -95,6 +95,17 @@ async def create() -> str:
     return url_of(name)
 
 
+def create_blocking() -> str:
+    """`create` for code outside an event loop (or inside one it must not wait on): the URL of a fresh,
+    migrated database; drop it with `drop_blocking`."""
+    url: str = _in_thread(create)
+    return url
+
+
+def drop_blocking(url: str) -> None:
+    drop(urlsplit(url).path.lstrip("/"))
+
+
 async def drop_url(url: str) -> None:
     name = urlsplit(url).path.lstrip("/")
     await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -102,6 +113,11 @@ async def drop_url(url: str) -> None:
 
 def drop(name: str) -> None:
     _in_thread(lambda: _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def migrate_blocking(url: str) -> None:
+    """Apply the pending migrations to the database at `url` (`models.db.migrate`, as `main.py migrate`)."""
+    _in_thread(lambda: migrate(url))
 
 
 def create_empty() -> str:

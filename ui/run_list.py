@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine.db import current
+from engine.registry import workflows
 from engine.store import fetch
 from models.status import RunStatus, StepStatus
 
@@ -167,7 +168,7 @@ async def page_runs(f: RunFilter, *, page: int, rows_per_page: int) -> list[RunR
                 total=int(c.get("total") or 0),
                 waiting=int(c.get(StepStatus.WAITING) or 0),
                 actor=str(r["actor"] or ""),
-                inputs=_inputs(r["inputs"]),
+                inputs=workflows.in_declared_order(r["workflow"], _inputs(r["inputs"])),
                 stale=int(c.get("stale") or 0),
                 cut_off=cut_by_run.get(r["id"], 0),
             )

@@ -101,10 +101,11 @@ class Workspace:
         )
 
     def migrate_for_serve(self) -> None:
-        """On PostgreSQL a server does not migrate (`migrate` is a step of its own there): do it first."""
+        """On PostgreSQL a server does not migrate (`migrate` is a step of its own there): do it first, with
+        what `main.py migrate` runs, in this process (a process of its own would cost a Python start-up
+        before every server start)."""
         if pgdb.ENABLED:
-            done = self.cli("migrate", timeout_s=240)  # seconds of imports, minutes on a machine under load
-            assert done.returncode == 0, done.stdout + done.stderr
+            pgdb.migrate_blocking(self.db_url)
 
     def add_user(self, name: str, password: str, role: str = "operator") -> None:
         """`main.py users add NAME --role ROLE`, the password piped on stdin as a script would."""

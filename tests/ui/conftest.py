@@ -17,7 +17,7 @@ import pytest
 from nicegui import ElementFilter, app, run, ui
 from nicegui.testing import User
 
-from tests import stepfns
+from tests import pgdb, stepfns
 from tests.dbtemplate import migrated_copy
 from ui.live import live
 
@@ -87,8 +87,9 @@ def stepdeck_env(tmp_path: Path, workflows_dir: Path, monkeypatch: pytest.Monkey
     scope, so this runs before `user` executes main.py, which reads them."""
     for name in ("STEPDECK_HOST", "STEPDECK_PORT", "STEPDECK_STALE_AFTER_S", "STEPDECK_HEARTBEAT_INTERVAL_S"):
         monkeypatch.delenv(name, raising=False)
-    # Migrated already (a copy of the session's template): the app finds nothing to apply.
-    monkeypatch.setenv("STEPDECK_DB", f"sqlite://{migrated_copy(tmp_path / 'ui.db')}")
+    # Migrated already (a copy of the process's template): the app finds nothing to apply.
+    url = pgdb.create_blocking() if pgdb.ENABLED else f"sqlite://{migrated_copy(tmp_path / 'ui.db')}"
+    monkeypatch.setenv("STEPDECK_DB", url)
     monkeypatch.setenv("STEPDECK_WORKFLOWS", str(workflows_dir))
     monkeypatch.setenv("STEPDECK_POLL_INTERVAL_S", "0.2")
     monkeypatch.setenv("STEPDECK_SHUTDOWN_GRACE_S", "0")  # a test's app stops now, not after blocked steps
@@ -110,8 +111,12 @@ def stepdeck_env(tmp_path: Path, workflows_dir: Path, monkeypatch: pytest.Monkey
     live.viewers.clear()
     live.runs_changed.callbacks.clear()
     stepfns.reset()
-    yield
-    stepfns.RELEASE.set()  # never leave a blocked step thread behind
+    try:
+        yield
+    finally:
+        stepfns.RELEASE.set()  # never leave a blocked step thread behind
+        if pgdb.ENABLED:
+            pgdb.drop_blocking(url)
 
 
 @pytest.fixture(autouse=True)

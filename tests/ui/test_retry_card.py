@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from nicegui.testing import User
 
-from tests import stepfns
+from tests import pgdb, stepfns
 from tests.conftest import wait_for
 from tests.ui.test_run_page import api_step, row, show, start_run, text_of, wait_row, wait_run
 from ui.components.retry_view import countdown_text
@@ -32,7 +32,8 @@ def retry_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     workflows_dir = tmp_path / "retry-workflows"
     workflows_dir.mkdir()
     (workflows_dir / "later.yaml").write_text(textwrap.dedent(LATER))
-    monkeypatch.setenv("STEPDECK_DB", f"sqlite://{tmp_path / 'retry.db'}")
+    if not pgdb.ENABLED:  # on PostgreSQL: the fresh, migrated database of tests/ui/conftest.py
+        monkeypatch.setenv("STEPDECK_DB", f"sqlite://{tmp_path / 'retry.db'}")
     monkeypatch.setenv("STEPDECK_WORKFLOWS", str(workflows_dir))
     monkeypatch.setenv("STEPDECK_SHUTDOWN_GRACE_S", "0")
     stepfns.reset()

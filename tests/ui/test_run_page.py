@@ -24,7 +24,7 @@ from nicegui.testing import User
 
 from engine import operations, queries
 from engine.errors import Conflict
-from tests import stepfns
+from tests import pgdb, stepfns
 from tests.conftest import wait_for
 from ui.components.run_steps import RunSteps
 from ui.live import RunState, live
@@ -100,7 +100,8 @@ def run_page_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
         (workflows_dir / f"{name}.yaml").write_text(textwrap.dedent(text))
     for name in ("STEPDECK_HOST", "STEPDECK_PORT", "STEPDECK_STALE_AFTER_S", "STEPDECK_HEARTBEAT_INTERVAL_S"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("STEPDECK_DB", f"sqlite://{tmp_path / 'run-page.db'}")
+    if not pgdb.ENABLED:  # on PostgreSQL: the fresh, migrated database of tests/ui/conftest.py
+        monkeypatch.setenv("STEPDECK_DB", f"sqlite://{tmp_path / 'run-page.db'}")
     monkeypatch.setenv("STEPDECK_WORKFLOWS", str(workflows_dir))
     monkeypatch.setenv("STEPDECK_SHUTDOWN_GRACE_S", "0")
     stepfns.reset()

@@ -19,6 +19,7 @@ from engine.definitions import (
     load_file,
     parse_definition,
 )
+from engine.registry import Registry
 
 WORKFLOWS_DIR = Path(__file__).resolve().parents[2] / "workflows"
 
@@ -167,6 +168,21 @@ def test_inputs_long_and_short_form(tmp_path: Path, mod: str) -> None:
     assert (by_name["extra"].required, by_name["extra"].default) == (False, None)
     # An unquoted date stays the text the author wrote.
     assert by_name["draft_date"].default == "2024-01-01"
+
+
+def test_a_runs_inputs_are_shown_in_declared_order_whatever_order_they_were_stored_in(tmp_path: Path, mod: str) -> None:
+    inputs = "inputs:\n  topic: string\n  count: {type: integer, default: 3}\n  tone: {type: string, default: x}\n"
+    registry = Registry()
+    registry.add(load(tmp_path, inputs + steps_yaml(mod)))
+    name = next(iter(registry.definitions))
+    stored = {"tone": "x", "count": 3, "extra": True, "topic": "bees"}  # as PostgreSQL's jsonb gives them back
+    assert list(registry.in_declared_order(name, stored).items()) == [
+        ("topic", "bees"),
+        ("count", 3),
+        ("tone", "x"),
+        ("extra", True),
+    ]
+    assert list(registry.in_declared_order("removed-since", stored)) == list(stored)
 
 
 # --- graph helpers and snapshots ------------------------------------------------------------------
