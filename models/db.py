@@ -14,7 +14,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from tortoise import Tortoise
 from tortoise.connection import connections
-from tortoise.migrations.api import migrate as tortoise_migrate
 
 from models.errors import DatabaseUnavailable
 from models.migrator import apply_pending
@@ -142,33 +141,17 @@ def prepare_location(db_url: str) -> None:
 
 
 async def migrate(db_url: str) -> list[str]:
-    """Apply pending migrations; returns the names of those applied. Leaves Tortoise closed."""
+    """Apply pending migrations, each with its record in one transaction (on PostgreSQL, one process at a
+    time under an advisory lock); returns the names of those applied. Leaves Tortoise closed."""
     check_url(db_url)
-    if is_postgres(db_url):
-        return await _migrate_postgres(db_url)
     prepare_location(db_url)
     config = tortoise_config(db_url)
-    await Tortoise.init(config=config, init_connections=False)
-    try:
-        return await apply_pending(connections.get("default"), config["apps"])
-    finally:
-        await Tortoise.close_connections()
-
-
-async def _migrate_postgres(db_url: str) -> list[str]:
-    """PostgreSQL: Tortoise's executor (each migration's DDL in a transaction), one process at a time."""
-    applied: list[str] = []
-
-    def progress(event: str, app_label: str, name: str) -> None:
-        if event == "apply_done":
-            applied.append(f"{app_label}.{name}")
-
     try:
         async with migration_lock(db_url):
-            await tortoise_migrate(config=tortoise_config(db_url), progress=progress)
+            await Tortoise.init(config=config, init_connections=False)
+            return await apply_pending(connections.get("default"), config["apps"])
     finally:
         await Tortoise.close_connections()
-    return applied
 
 
 async def open_db(db_url: str) -> None:

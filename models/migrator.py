@@ -2,11 +2,13 @@
 
 Tortoise's own executor commits a migration's tables in one transaction and its record in another: a
 process killed (or a disk filling up) between the two left tables nobody recorded, and every later
-start failed with `table "X" already exists`. Here the record is written first, in the same
-transaction as the tables: on SQLite that first write takes the database's write lock, so a second
-process migrating the same file waits for the first and then finds the migration recorded. A database
-left half-applied by an older version is detected (the migration's objects already exist) and repaired
-by applying what is missing and recording the rest, with a warning that says so.
+start failed with `table "X" already exists` (SQLite) or `relation "X" already exists` (PostgreSQL).
+Here the record is written first, in the same transaction as the tables, on both. On SQLite that first
+write takes the database's write lock, so a second process migrating the same file waits for the first
+and then finds the migration recorded; on PostgreSQL the caller holds an advisory lock besides
+(`models.schema.migration_lock`), and the record's unique key would stop a second writer all the same.
+A database left half-applied by an older version is detected (the migration's objects already exist)
+and repaired by applying what is missing and recording the rest, with a warning that says so.
 
 Planning and state projection are Tortoise's own (`MigrationExecutor`, internals of the pinned 1.1.9:
 re-check them when the pin moves); only applying and recording are done here.
@@ -24,18 +26,20 @@ from tortoise.exceptions import OperationalError
 from tortoise.migrations.executor import MigrationExecutor
 from tortoise.migrations.graph import MigrationKey
 from tortoise.migrations.migration import Migration
-from tortoise.migrations.schema_editor import SqliteSchemaEditor
+from tortoise.migrations.schema_editor import AsyncpgSchemaEditor, SqliteSchemaEditor
 from tortoise.migrations.schema_editor.base import BaseSchemaEditor
 from tortoise.migrations.schema_generator.state import State
 from tortoise.transactions import in_transaction
 
 from models.errors import DatabaseUnavailable
+from models.testhooks import pause_point
 
 log = logging.getLogger(__name__)
 
 RECORD_TABLE = "tortoise_migrations"
-# What SQLite says when an object a migration creates is already there.
+# What SQLite and PostgreSQL say when an object a migration creates is already there.
 _ALREADY_THERE = ("already exists", "duplicate column name")
+DIALECTS = ("sqlite", "postgres")
 
 
 class MigrationError(DatabaseUnavailable):
@@ -48,35 +52,76 @@ class _Outcome:
     already_present: list[str] = field(default_factory=list)
 
 
-class _RepairingEditor(SqliteSchemaEditor):
+def statements(sql: str) -> list[str]:
+    """The statements of a script: split on `;` outside quoted text and names, blanks left out."""
+    found: list[str] = []
+    start, quote = 0, ""
+    for i, char in enumerate(sql):
+        if quote:
+            quote = "" if char == quote else quote  # a doubled quote closes and reopens: same result
+        elif char in "'\"":
+            quote = char
+        elif char == ";":
+            found.append(sql[start:i])
+            start = i + 1
+    found.append(sql[start:])
+    return [statement.strip() for statement in found if statement.strip()]
+
+
+class _Repairing(BaseSchemaEditor):
     """Runs each statement under a savepoint and skips the ones whose object already exists."""
 
-    def __init__(self, client: BaseDBAsyncClient) -> None:
-        super().__init__(client, atomic=True)
-        self.already_present: list[str] = []
+    already_present: list[str]
 
     async def _run_sql(self, sql: str) -> None:
-        for statement in (s.strip() for s in sql.split(";")):
-            if not statement:
-                continue
+        for statement in statements(sql):
             await self.client.execute_query("SAVEPOINT stepdeck_repair")
             try:
                 await self.client.execute_query(statement)
             except OperationalError as exc:
-                if not any(marker in str(exc) for marker in _ALREADY_THERE):
+                if not _is_already_there(exc):
                     raise
-                await self.client.execute_query("ROLLBACK TO stepdeck_repair")
+                await self.client.execute_query("ROLLBACK TO SAVEPOINT stepdeck_repair")
                 self.already_present.append(str(exc))
-            await self.client.execute_query("RELEASE stepdeck_repair")
+            await self.client.execute_query("RELEASE SAVEPOINT stepdeck_repair")
+
+
+class _RepairingSqlite(_Repairing, SqliteSchemaEditor):
+    pass
+
+
+class _RepairingPostgres(_Repairing, AsyncpgSchemaEditor):
+    pass
+
+
+def _editor(client: BaseDBAsyncClient, *, repair: bool) -> BaseSchemaEditor:
+    """The schema editor of the connection's dialect, inside the caller's transaction."""
+    editor: BaseSchemaEditor
+    if client.capabilities.dialect == "sqlite":
+        editor = _RepairingSqlite(client, atomic=True) if repair else SqliteSchemaEditor(client, atomic=True)
+    else:
+        editor = _RepairingPostgres(client, atomic=True) if repair else AsyncpgSchemaEditor(client, atomic=True)
+    if isinstance(editor, _Repairing):
+        editor.already_present = []
+    return editor
 
 
 async def _claim(client: BaseDBAsyncClient, key: MigrationKey) -> bool:
     """Record the migration as the transaction's first write; False if it was already recorded."""
-    changed, _ = await client.execute_query(
-        f'INSERT OR IGNORE INTO "{RECORD_TABLE}" ("app", "name", "applied_at") VALUES (?, ?, ?)',
+    if client.capabilities.dialect == "sqlite":
+        changed, _ = await client.execute_query(
+            f'INSERT OR IGNORE INTO "{RECORD_TABLE}" ("app", "name", "applied_at") VALUES (?, ?, ?)',
+            [key.app_label, key.name, datetime.now(UTC)],
+        )
+        return changed > 0
+    # Tortoise's asyncpg client reads an INSERT's row count from the OID field (always 0): count the rows
+    # RETURNING gives instead. A second writer of the same record waits here for the first one's commit.
+    rows = await client.execute_query_dict(
+        f'INSERT INTO "{RECORD_TABLE}" ("app", "name", "applied_at") VALUES ($1, $2, $3) '
+        'ON CONFLICT DO NOTHING RETURNING "id"',
         [key.app_label, key.name, datetime.now(UTC)],
     )
-    return changed > 0
+    return len(rows) > 0
 
 
 async def _apply_one(connection_name: str, migration: Migration, state: State, *, repair: bool) -> _Outcome:
@@ -84,9 +129,10 @@ async def _apply_one(connection_name: str, migration: Migration, state: State, *
     async with in_transaction(connection_name) as client:
         if not await _claim(client, key):
             return _Outcome(applied=False)
-        editor: BaseSchemaEditor = _RepairingEditor(client) if repair else SqliteSchemaEditor(client, atomic=True)
+        editor = _editor(client, repair=repair)
         await migration.apply(state, schema_editor=editor)
-        present = editor.already_present if isinstance(editor, _RepairingEditor) else []
+        await pause_point(f"migrate:applied:{key.app_label}.{key.name}")
+        present = editor.already_present if isinstance(editor, _Repairing) else []
         return _Outcome(applied=True, already_present=present)
 
 
@@ -95,7 +141,8 @@ def _is_already_there(exc: BaseException) -> bool:
 
 
 async def apply_pending(connection: BaseDBAsyncClient, apps_config: dict[str, dict[str, Any]]) -> list[str]:
-    """Apply every pending migration on a SQLite connection; returns the names of those applied here."""
+    """Apply every pending migration on a SQLite or PostgreSQL connection (on PostgreSQL, under the caller's
+    `migration_lock`); returns the names of those applied here."""
     try:
         return await _apply_pending(connection, apps_config)
     except MigrationError:
@@ -105,8 +152,9 @@ async def apply_pending(connection: BaseDBAsyncClient, apps_config: dict[str, di
 
 
 async def _apply_pending(connection: BaseDBAsyncClient, apps_config: dict[str, dict[str, Any]]) -> list[str]:
-    if connection.capabilities.dialect != "sqlite":
-        raise MigrationError(f"migrations are applied on SQLite only, not {connection.capabilities.dialect}")
+    if connection.capabilities.dialect not in DIALECTS:
+        dialect = connection.capabilities.dialect
+        raise MigrationError(f"migrations are applied on SQLite and PostgreSQL only, not {dialect}")
     executor = MigrationExecutor(connection, apps_config)
     await executor.loader.build_graph()
     await executor.recorder.ensure_schema(executor._schema_editor(atomic=False))
@@ -144,4 +192,5 @@ async def _apply_pending(connection: BaseDBAsyncClient, apps_config: dict[str, d
         await migration.apply(state, dry_run=True)  # the next migration starts from this one's state
         if outcome.applied:
             done.append(name)
+        await pause_point(f"migrate:committed:{name}")
     return done

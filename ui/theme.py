@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from nicegui import app, ui
 
 from engine.llm import providers
+from models import testhooks
 from models.status import RunStatus, StepStatus
 from ui import security
 from ui.security.sessions import user_storage
@@ -57,6 +60,24 @@ THEME_CSS = """
 # NiceGUI answers 500 when a page is not built within its response_timeout (3 s by default): under a
 # burst of loads on a busy machine that is queueing, not failure. Pages wait longer instead.
 PAGE_TIMEOUT_S = 30.0
+
+PageBuilder = Callable[..., Awaitable[None]]
+
+
+def dashboard_page(path: str) -> Callable[[PageBuilder], PageBuilder]:
+    """`@ui.page(path)` for a dashboard page: it may take up to PAGE_TIMEOUT_S to be built."""
+
+    def register(builder: PageBuilder) -> PageBuilder:
+        @functools.wraps(builder)  # NiceGUI and FastAPI read the builder's parameters through this
+        async def build(*args: Any, **kwargs: Any) -> None:
+            await testhooks.page_work()
+            await builder(*args, **kwargs)
+
+        ui.page(path, response_timeout=PAGE_TIMEOUT_S)(build)
+        return builder
+
+    return register
+
 
 NAV = [("Runs", "/"), ("Workflows", "/workflows"), ("Monitoring", "/monitoring")]
 HEADER_HEIGHT_PX = 52  # fixed, so that sticky bars can sit exactly below it

@@ -30,7 +30,7 @@ from ui.components.token_charts import (
     truncation_options,
 )
 from ui.live import live
-from ui.theme import PAGE_TIMEOUT_S, frame, status_color
+from ui.theme import dashboard_page, frame, status_color
 from ui.throttle import Throttle
 
 COUNTS_REFRESH_INTERVAL_S = 1.0
@@ -101,7 +101,7 @@ class StatusCounts:
 
 
 def register(maintenance: Maintenance) -> None:
-    @ui.page("/monitoring", response_timeout=PAGE_TIMEOUT_S)
+    @dashboard_page("/monitoring")
     async def monitoring_page() -> None:
         with frame("Monitoring"):
             ui.label("Maintenance jobs").classes("text-h6")

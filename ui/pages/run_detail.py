@@ -23,7 +23,7 @@ from ui.components.run_steps import RunSteps
 from ui.components.step_card import StepBody
 from ui.format import format_duration
 from ui.live import ENDED_RUN, Patch, RunState, live
-from ui.theme import PAGE_TIMEOUT_S, STATUS_COLORS, frame
+from ui.theme import STATUS_COLORS, dashboard_page, frame
 
 
 async def _act(what: Callable[[str], Awaitable[Any]], done: str) -> bool:
@@ -374,7 +374,7 @@ def _timeline_row(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def register() -> None:
-    @ui.page("/runs/{run_id}", response_timeout=PAGE_TIMEOUT_S)
+    @dashboard_page("/runs/{run_id}")
     async def run_page(run_id: str, step: str = "") -> None:
         state = None
         if run_id.isdigit() and len(run_id) < 18:

@@ -21,7 +21,7 @@ from ui.components.run_form import open_run_dialog
 from ui.format import ago, format_duration
 from ui.live import live
 from ui.run_list import RunFilter, RunRow
-from ui.theme import PAGE_TIMEOUT_S, STATUS_COLORS, frame, status_color
+from ui.theme import STATUS_COLORS, dashboard_page, frame, status_color
 from ui.throttle import Throttle
 
 ROWS_PER_PAGE = 25
@@ -213,7 +213,7 @@ def filter_url(f: RunFilter) -> str:
 def register() -> None:
     ui.add_css(".runs-table tbody tr { cursor: pointer; }", shared=True)
 
-    @ui.page("/", response_timeout=PAGE_TIMEOUT_S)
+    @dashboard_page("/")
     async def runs_page(status: str = "", workflow: str = "", q: str = "") -> None:
         initial = RunFilter(
             status=status if status in {s.value for s in RunStatus} else None,

@@ -19,7 +19,7 @@ from ui import security
 from ui.components.dag import dag
 from ui.components.run_form import open_run_dialog
 from ui.components.schedules_view import SchedulesView
-from ui.theme import PAGE_TIMEOUT_S, frame
+from ui.theme import dashboard_page, frame
 
 INPUT_COLUMNS = [
     {"name": "name", "label": "Input", "field": "name", "align": "left"},
@@ -174,7 +174,7 @@ async def show_model_warnings(box: ui.column) -> None:
 
 
 def register(schedules: Schedules) -> None:
-    @ui.page("/workflows", response_timeout=PAGE_TIMEOUT_S)
+    @dashboard_page("/workflows")
     async def workflows_page() -> None:
         with frame("Workflows"):
             view = ui.refreshable(catalog_view)  # per tab: a reload re-renders the tab that asked for it
