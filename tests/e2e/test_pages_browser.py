@@ -11,22 +11,25 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.e2e.conftest import NARROW, WIDE
-from tests.e2e.run_page import box, page_width, screenshot
+from tests.e2e.run_page import page_width, screenshot
 from tests.integration.served import Server
 
 PAGES = [("runs", "/", "Runs"), ("workflows", "/workflows", "Workflows"), ("monitoring", "/monitoring", "Monitoring")]
 
 
 def header_fits(page: Page, width: int) -> None:
-    """Every link and button of the header is inside the window."""
+    """Every link and button of the header that shows is inside the window. (Read in one evaluation: a
+    query per control waits for the page between each, which a runs list busy with live runs delays.)"""
     controls = page.locator(".q-header a, .q-header button")
-    assert controls.count() >= 4
-    for i in range(controls.count()):
-        control = controls.nth(i)
-        if not control.is_visible():
-            continue
-        where = box(control)
-        assert where["x"] >= 0 and where["x"] + where["width"] <= width + 0.5, f"header control {i} is at {where}"
+    rects: list[dict[str, float]] = controls.evaluate_all(
+        "els => els.map(e => { const r = e.getBoundingClientRect();"
+        " return {x: r.x, width: r.width, height: r.height, text: e.textContent.trim()}; })"
+    )
+    assert len(rects) >= 4, rects
+    shown = [r for r in rects if r["width"] > 0 and r["height"] > 0]
+    assert len(shown) >= 3, f"the header shows too few controls: {rects}"
+    for where in shown:
+        assert where["x"] >= 0 and where["x"] + where["width"] <= width + 0.5, f"a header control is at {where}"
 
 
 @pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
