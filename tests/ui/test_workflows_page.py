@@ -11,6 +11,7 @@ from nicegui.testing import User
 from engine import operations
 from engine.scheduler import SWEEP_JOB_ID
 from tests.ui.conftest import eventually, table_rows
+from ui.components.dag import INLINE_MAX_STEPS
 
 
 async def test_shows_definitions_steps_and_dag(user: User) -> None:
@@ -37,6 +38,28 @@ async def test_shows_definitions_steps_and_dag(user: User) -> None:
     assert isinstance(diagram, ui.mermaid)
     assert "s0 --> s1" in diagram.content
     assert '"' not in diagram.content.split('s1["', 1)[1].split('"]', 1)[0]  # the label's quotes are escaped
+
+
+async def test_a_large_workflows_graph_is_drawn_when_opened_not_with_the_page(user: User, workflows_dir: Path) -> None:
+    """Mermaid lays out in the browser's main thread (tens of seconds for a few hundred steps): a large
+    workflow's graph waits behind a closed section, so the page never freezes."""
+    steps = "".join(
+        f"  - key: s{i}\n    call: tests.stepfns:noop\n" + (f"    needs: [s{i - 1}]\n" if i else "")
+        for i in range(INLINE_MAX_STEPS + 1)
+    )
+    await user.open("/workflows")
+    (workflows_dir / "big.yaml").write_text(f"name: big\nsteps:\n{steps}", encoding="utf-8")
+    user.find("reload-definitions").click()
+    await user.should_see(marker="workflow-big", retries=100)
+    await user.should_see(f"Graph of {INLINE_MAX_STEPS + 1} steps")
+    await user.should_not_see(marker="dag-big")  # not drawn with the page
+    await user.should_see(marker="dag-ui-demo")  # a small workflow's graph is drawn at once
+    (opener,) = user.find("dag-opener-big").elements
+    assert isinstance(opener, ui.expansion)
+    opener.value = True
+    await user.should_see(marker="dag-big")
+    (diagram,) = user.find("dag-big").elements
+    assert isinstance(diagram, ui.mermaid) and f"s{INLINE_MAX_STEPS - 1} --> s{INLINE_MAX_STEPS}" in diagram.content
 
 
 async def test_broken_file_is_shown_not_fatal(user: User) -> None:

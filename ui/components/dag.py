@@ -35,5 +35,26 @@ def mermaid_source(defn: WorkflowDef) -> str:
     return "\n".join(lines)
 
 
+# Mermaid lays a graph out in the browser's main thread: a few hundred steps take it tens of seconds, and
+# the page is frozen meanwhile. Larger workflows get their graph drawn when a person opens it.
+INLINE_MAX_STEPS = 60
+
+
 def dag(defn: WorkflowDef) -> ui.mermaid:
     return ui.mermaid(mermaid_source(defn)).classes("w-full overflow-x-auto sd-mermaid").mark(f"dag-{defn.name}")
+
+
+def dag_or_opener(defn: WorkflowDef) -> None:
+    """The workflow's graph; for a large workflow, a closed section that draws it when opened."""
+    if len(defn.steps) <= INLINE_MAX_STEPS:
+        dag(defn)
+        return
+    section = ui.expansion(f"Graph of {len(defn.steps)} steps", icon="account_tree").classes("w-full")
+    section.mark(f"dag-opener-{defn.name}")
+
+    def draw() -> None:
+        if section.value and not section.default_slot.children:
+            with section:
+                dag(defn)
+
+    section.on_value_change(draw)

@@ -16,7 +16,7 @@ from engine.llm.model_check import model_warnings
 from engine.registry import workflows
 from engine.schedules import Schedules
 from ui import security
-from ui.components.dag import dag
+from ui.components.dag import dag_or_opener
 from ui.components.run_form import open_run_dialog
 from ui.components.schedules_view import SchedulesView
 from ui.theme import dashboard_page, frame
@@ -110,7 +110,7 @@ def definition_card(defn: WorkflowDef) -> None:
                 "flex-1 min-w-[20rem]"
             ).mark(f"steps-{defn.name}")
             with ui.column().classes("flex-1 min-w-[16rem]"):
-                dag(defn)
+                dag_or_opener(defn)
         prompts(defn)
 
 
