@@ -189,11 +189,10 @@ async def test_cancel_reaches_a_chained_sync_step(engine: Engine, define: Define
     await wait_for(lambda: calls("blocking_saw_cancel"), PROMPT_S, "the chained step to see ctx.is_cancelled")
     await wait_for(lambda: no_driver(engine, run_id), PROMPT_S, "the driver to stop")
     steps = {s["key"]: s["status"] for s in (await queries.run_detail(run_id)).to_json()["steps"]}
-    assert (await run_status(run_id), steps) == (
-        "cancelled",
-        {"first": "completed", "block": "cancelled", "after": steps["after"]},
-    )
-    assert steps["after"] != "completed" and stepfns.CALLS["noop"] == 1
+    assert await run_status(run_id) == "cancelled"
+    assert (steps["first"], steps["block"]) == ("completed", "cancelled")
+    assert steps["after"] in ("pending", "cancelled"), steps  # never started after the cancel
+    assert stepfns.CALLS["noop"] == 1
     assert await running_rows() == []
 
 
