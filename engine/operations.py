@@ -14,10 +14,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine import records, transitions
+from engine.db.base import JsonText
 from engine.definitions import WorkflowDef
 from engine.errors import Conflict, InvalidInput, NotFound
 from engine.inputs import InputError, validate_inputs
 from engine.outputs import clean_text
+from engine.readmodel import RunDetail, queued_run
 from engine.registry import workflows
 from engine.store import fetch
 from models.status import RUN_ACTIVE, RunStatus, StepStatus
@@ -27,6 +29,13 @@ async def start_run(
     workflow: str | WorkflowDef, inputs: Mapping[str, Any], actor: str, *, from_strings: bool = False
 ) -> int:
     """Validate the inputs and queue a new run; returns its id."""
+    return (await start_run_detail(workflow, inputs, actor, from_strings=from_strings)).id
+
+
+async def start_run_detail(
+    workflow: str | WorkflowDef, inputs: Mapping[str, Any], actor: str, *, from_strings: bool = False
+) -> RunDetail:
+    """`start_run`, returning the run as created (queued, every step pending) without reading it back."""
     defn = workflow if isinstance(workflow, WorkflowDef) else workflows.get(workflow)
     if not isinstance(inputs, Mapping):
         raise InvalidInput("inputs must be an object mapping input names to values")
@@ -38,7 +47,8 @@ async def start_run(
     except InputError as exc:
         raise InvalidInput(str(exc), exc.problems) from None
     steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs), s.retries) for s in defn.steps]
-    return await transitions.create_run(defn.name, _snapshot(defn), values, steps, actor)
+    created = await transitions.create_run(defn.name, _snapshot(defn), values, steps, actor)
+    return queued_run(created.id, defn, workflows.in_declared_order(defn.name, values), actor, created.created_at)
 
 
 async def start_scheduled_run(defn: WorkflowDef, schedule: str, fire_time: datetime) -> int | None:
@@ -80,16 +90,16 @@ def _invalid_text(value: Any, where: str = "") -> str | None:
     return None
 
 
-_snapshots: dict[int, tuple[WorkflowDef, dict[str, Any]]] = {}
+_snapshots: dict[int, tuple[WorkflowDef, JsonText]] = {}
 
 
-def _snapshot(defn: WorkflowDef) -> dict[str, Any]:
-    """The definition's snapshot, made once per definition object (it is immutable)."""
+def _snapshot(defn: WorkflowDef) -> JsonText:
+    """The definition's snapshot as JSON text, made once per definition object (it is immutable)."""
     cached = _snapshots.get(id(defn))
     if cached is None or cached[0] is not defn:
         if len(_snapshots) > 256:
             _snapshots.clear()
-        cached = _snapshots[id(defn)] = (defn, defn.to_snapshot())
+        cached = _snapshots[id(defn)] = (defn, JsonText(json.dumps(defn.to_snapshot(), ensure_ascii=False)))
     return cached[1]
 
 

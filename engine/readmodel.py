@@ -10,10 +10,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.llm.record import LlmJson
 from models.status import RunStatus, StepStatus
+
+if TYPE_CHECKING:
+    from engine.definitions import WorkflowDef
 
 PRODUCED = (StepStatus.WAITING, StepStatus.COMPLETED)
 ENDED = (StepStatus.WAITING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED)
@@ -181,6 +184,51 @@ class RunDetail:
         if self.status in (RunStatus.FAILED, RunStatus.CANCELLED):
             shown["needs_choice"] = []  # a stopped run asks for nothing until it is resumed
         return {**run_json(self), **shown, "cost": self.cost, "steps": steps}
+
+
+def queued_run(run_id: int, defn: WorkflowDef, inputs: dict[str, Any], actor: str, created_at: datetime) -> RunDetail:
+    """A run as it is created: queued, every step pending (what reading it back would show)."""
+    steps = tuple(
+        StepDetail(
+            key=s.key,
+            label=s.label,
+            kind=s.kind,
+            needs=tuple(s.needs),
+            status=StepStatus.PENDING,
+            attempt=0,
+            alternatives=(),
+            selected_index=None,
+            partial_output=None,
+            error=None,
+            error_detail=None,
+            stale=False,
+            stale_reason=None,
+            started_at=None,
+            completed_at=None,
+            progress=None,
+            progress_message=None,
+            logs=(),
+            llm=None,
+            retries=s.retries,
+        )
+        for s in defn.steps
+    )
+    return RunDetail(
+        id=run_id,
+        workflow=defn.name,
+        status=RunStatus.QUEUED,
+        error=None,
+        inputs=inputs,
+        actor=actor,
+        owner=None,
+        heartbeat_at=None,
+        recoveries=0,
+        created_at=created_at,
+        started_at=None,
+        finished_at=None,
+        updated_at=created_at,
+        steps=steps,
+    )
 
 
 def total_cost(costs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

@@ -148,8 +148,8 @@ async def get_workflow(name: str) -> dict[str, Any]:
 
 @protected.post("/runs", status_code=201, response_model=RunOut, responses=ACTIONS, summary="Start a run of a workflow")
 async def start_run(body: StartRunIn, actor: Operator) -> JSONResponse:
-    run_id = await operations.start_run(body.workflow, body.inputs, actor)
-    return JSONResponse((await queries.run_detail(run_id)).to_json(), status_code=201)
+    run = await operations.start_run_detail(body.workflow, body.inputs, actor)
+    return JSONResponse(run.to_json(), status_code=201)
 
 
 @protected.get(

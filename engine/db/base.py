@@ -12,7 +12,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NewType, Protocol
 
 from models.errors import StepdeckError
 
@@ -22,6 +22,11 @@ class Ref:
     """A parameter taken from an earlier statement of the same batch: its first returned value."""
 
     index: int
+
+
+# A value encoded as JSON text already: both backends store it as it is (a definition snapshot is encoded
+# once per definition, not once per run).
+JsonText = NewType("JsonText", str)
 
 
 @dataclass(frozen=True, slots=True)

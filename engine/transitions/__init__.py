@@ -9,6 +9,7 @@ steps and their attempts.
 """
 
 from engine.transitions.runs import (
+    CreatedRun,
     NewStep,
     Selection,
     StepReset,
@@ -36,6 +37,7 @@ from engine.transitions.steps import (
 
 __all__ = [
     "Completion",
+    "CreatedRun",
     "NewStep",
     "Selection",
     "StepReset",

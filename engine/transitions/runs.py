@@ -3,13 +3,13 @@ release, and a person's selection (which may re-queue a waiting run)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from engine import events, leases
-from engine.db.base import Batch, BatchResult, Ref, Stmt
+from engine.db.base import Batch, BatchResult, JsonText, Ref, Stmt
 from engine.events import EventSpec, Stopped
 from engine.hub import Change, ChangeKind, hub
 from engine.notify import kinds as notify
@@ -39,35 +39,48 @@ class NewStep:
     retries: int = 0  # automatic retries its policy allows (shown as "attempt 2 of 3")
 
 
+@dataclass(frozen=True, slots=True)
+class CreatedRun:
+    """A run as `create_run` wrote it: its id and creation time as stored."""
+
+    id: int
+    created_at: datetime
+
+
 async def create_run(
-    workflow: str, definition: dict[str, Any], inputs: dict[str, Any], steps: Sequence[NewStep], actor: str
-) -> int:
-    """Insert a QUEUED run with its PENDING steps; returns the run id."""
-    run_id = await _create_run(workflow, definition, inputs, steps, actor, None)
-    assert run_id is not None  # nothing but a fire time can be taken already
-    return run_id
+    workflow: str,
+    definition: Mapping[str, Any] | JsonText,
+    inputs: dict[str, Any],
+    steps: Sequence[NewStep],
+    actor: str,
+) -> CreatedRun:
+    """Insert a QUEUED run with its PENDING steps."""
+    created = await _create_run(workflow, definition, inputs, steps, actor, None)
+    assert created is not None  # nothing but a fire time can be taken already
+    return created
 
 
 async def create_scheduled_run(
-    definition: dict[str, Any], inputs: dict[str, Any], steps: Sequence[NewStep], fire: ScheduledFire
+    definition: Mapping[str, Any] | JsonText, inputs: dict[str, Any], steps: Sequence[NewStep], fire: ScheduledFire
 ) -> int | None:
     """`create_run` for a fire time of a schedule, claiming the fire time in the same commit: None when
     it was claimed already (a double firing), and then nothing is written."""
-    return await _create_run(fire.workflow, definition, inputs, steps, f"schedule:{fire.schedule}", fire)
+    created = await _create_run(fire.workflow, definition, inputs, steps, f"schedule:{fire.schedule}", fire)
+    return created.id if created is not None else None
 
 
 async def _create_run(
     workflow: str,
-    definition: dict[str, Any],
+    definition: Mapping[str, Any] | JsonText,
     inputs: dict[str, Any],
     steps: Sequence[NewStep],
     actor: str,
     fire: ScheduledFire | None,
-) -> int | None:
+) -> CreatedRun | None:
     now = utcnow()
     run = Stmt(
         "INSERT INTO runs (workflow, definition, inputs, status, actor, recoveries, schedule, scheduled_for,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?) RETURNING id",
+        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?) RETURNING id, created_at",
         (
             workflow,
             definition,
@@ -103,7 +116,10 @@ async def _create_run(
         raise result
     if not result.ok:
         return None
-    return int(result.rows[0][0][0])
+    run_id, created_at = result.rows[0][0]
+    return CreatedRun(
+        int(run_id), created_at if isinstance(created_at, datetime) else datetime.fromisoformat(created_at)
+    )
 
 
 async def claim_run(run_id: int, owner: str) -> bool:

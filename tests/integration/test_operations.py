@@ -36,6 +36,32 @@ def define_pick(define: Define, name: str = "pick", alternatives: int = 3, downs
     )
 
 
+# --- start ---------------------------------------------------------------------------------------
+
+
+async def test_a_started_run_is_returned_as_reading_it_back_shows_it(db: str, define: Define) -> None:
+    """The API answers a start with the run as created, without reading it back: it must be exactly
+    what a read shows before an engine touches it (every field, steps in declared order)."""
+    define(
+        "shown",
+        [
+            {"key": "zeta", "label": "Zeta <z>", "call": "tests.stepfns:noop", "retries": 2, "retry_delay_s": 1},
+            {"key": "alpha", "call": "tests.stepfns:alternatives", "alternatives": 3, "select": "human"},
+            {"key": "mid", "call": "tests.stepfns:use_upstream", "needs": ["alpha", "zeta"]},
+        ],
+        inputs={
+            "topic": {"type": "string"},
+            "count": {"type": "integer", "default": 2},
+            "extra": {"type": "json", "required": False},
+        },
+    )
+    inputs = {"extra": {"b": [1, 2.5, None], "a": "é"}, "topic": "bees"}
+    started = await operations.start_run_detail("shown", inputs, "tester")
+
+    assert started.to_json() == (await queries.run_detail(started.id)).to_json()
+    assert list(started.to_json()["inputs"]) == ["topic", "count", "extra"]
+
+
 # --- retry of a step with alternatives -------------------------------------------------------------
 
 
