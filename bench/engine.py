@@ -10,23 +10,29 @@ reported): absolute times on a shared machine are noise, ratios are not.
 - in-process: an engine in this process; R runs started with `operations.start_run`, wall time from
   the first start to the last completion, divided by the steps. Steps are sync no-op functions.
 - served: `main.py serve` as a subprocess; runs started with `POST /api/runs`, completion read from
-  the database file. Also the CPU a `POST /api/runs` costs, on `serve --no-engine` (nothing else runs).
+  the database file. Also the CPU a `POST /api/runs` costs, on `serve --no-engine` (nothing else runs),
+  against the same request on `bench/http_floor.py` (the HTTP server and FastAPI alone).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sqlite3
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
+
+import httpx
 
 from engine import operations
 from engine.db import connected
@@ -37,7 +43,7 @@ from engine.settings import Settings
 from engine.store import fetch
 from models.db import migrate
 from tests.dbtemplate import migrated_copy
-from tests.integration.served import Server, Workspace
+from tests.integration.served import ROOT, Server, Workspace, clean_env, free_port
 
 NOOP = "bench.steps:noop"
 
@@ -178,15 +184,54 @@ def _cpu_s(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def post_cpu_ms(server: Server, workflow: str, count: int) -> float:
-    """CPU of the server process per `POST /api/runs` (the server runs no engine)."""
-    assert server.proc is not None
+def post_cpu_ms(pid: int, post: Callable[[], object], count: int) -> float:
+    """CPU of the process `pid` per request that `post` makes."""
     for _ in range(20):  # warm up: imports, caches
-        server.start_run(workflow)
-    before = _cpu_s(server.proc.pid)
+        post()
+    before = _cpu_s(pid)
     for _ in range(count):
-        server.start_run(workflow)
-    return (_cpu_s(server.proc.pid) - before) / count * 1000
+        post()
+    return (_cpu_s(pid) - before) / count * 1000
+
+
+@contextlib.contextmanager
+def http_floor() -> Iterator[tuple[int, Callable[[], object]]]:
+    """`bench/http_floor.py` served on a free port: its pid and a POST like `Server.start_run`'s."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.http_floor", str(port)], cwd=ROOT, env=clean_env())
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    client.get("/docs")
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise
+                    time.sleep(0.1)
+
+            def post() -> object:
+                r = client.post("/api/runs", json={"workflow": "par", "inputs": {}})
+                assert r.status_code == 201, r.text
+                return r.json()["id"]
+
+            yield proc.pid, post
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def post_figures(no_engine: Server, count: int, reps: int) -> tuple[float, float]:
+    """Medians of the CPU per POST on `serve --no-engine` and on the HTTP floor, interleaved."""
+    assert no_engine.proc is not None
+    ours: list[float] = []
+    floor: list[float] = []
+    with http_floor() as (pid, post):
+        for _ in range(reps):
+            ours.append(post_cpu_ms(no_engine.proc.pid, lambda: no_engine.start_run("par"), count))
+            floor.append(post_cpu_ms(pid, post, count))
+    return statistics.median(ours), statistics.median(floor)
 
 
 # --- main ------------------------------------------------------------------------------------------
@@ -263,10 +308,12 @@ def main() -> None:
         no_engine = Server(api, extra_args=["--no-engine"])
         no_engine.start()
         try:
-            cpu = post_cpu_ms(no_engine, "par", args.posts)
+            cpu, floor = post_figures(no_engine, args.posts, args.reps)
         finally:
             no_engine.close()
-        print(f"POST /api/runs ({args.run_steps}-step workflow) on serve --no-engine: {cpu:.2f} ms of CPU per request")
+        print(f"POST /api/runs ({args.run_steps}-step workflow), CPU per request (medians of {args.reps}):")
+        print(f"  serve --no-engine                          {cpu:7.3f} ms   {cpu / floor:5.2f} x the floor")
+        print(f"  floor (uvicorn + FastAPI, same body model, a run's JSON, no database) {floor:7.3f} ms")
 
 
 if __name__ == "__main__":

@@ -252,6 +252,9 @@ class _Ticket:
 
     batches: Sequence[Batch]
     future: asyncio.Future[list[Outcome]] | None = None  # a coroutine on the event loop waits
+    # A thread waits: held until the ticket is done (each waiter is woken alone, not every waiting thread
+    # on every commit).
+    waiter: threading.Lock | None = None
     outcomes: list[Outcome] | None = None
     error: BaseException | None = None
 
@@ -270,7 +273,7 @@ class SqliteDatabase:
         self._pragmas = dict(pragmas)
         self._writer = connect(path, self._pragmas, read_only=False)
         self._writer_lock = threading.Lock()  # uncontended in a commit (one leader at a time); see `pragma`
-        self._cv = threading.Condition()
+        self._queue_lock = threading.Lock()
         self._queue: list[_Ticket] = []
         self._busy = False  # some thread leads: it commits until the queue is empty or hands over
         self._wake: queue.SimpleQueue[bool | None] = queue.SimpleQueue()
@@ -329,7 +332,7 @@ class SqliteDatabase:
 
     async def run_batches(self, batches: Sequence[Batch]) -> list[Outcome]:
         future: asyncio.Future[list[Outcome]] = self._loop.create_future()
-        with self._cv:
+        with self._queue_lock:
             self._queue.append(_Ticket(batches, future))
             if not self._busy:
                 self._busy = True
@@ -337,15 +340,17 @@ class SqliteDatabase:
         return await future
 
     def run_batches_blocking(self, batches: Sequence[Batch]) -> list[Outcome]:
-        ticket = _Ticket(batches)
-        with self._cv:
+        ticket = _Ticket(batches, waiter=threading.Lock())
+        assert ticket.waiter is not None
+        ticket.waiter.acquire()
+        with self._queue_lock:
             self._queue.append(ticket)
             lead = not self._busy
             self._busy = True
-            while not lead and not ticket.done:
-                self._cv.wait()
         if lead:
             self._lead(until=ticket)
+        else:
+            ticket.waiter.acquire()  # released by the thread that commits it
         if ticket.error is not None:
             raise ticket.error
         assert ticket.outcomes is not None
@@ -359,7 +364,7 @@ class SqliteDatabase:
         """Commit rounds until the queue is empty, or (a worker thread) until `until` is done, then
         hand the rest to the writer thread."""
         while True:
-            with self._cv:
+            with self._queue_lock:
                 if until is not None and until.done:
                     if self._queue:
                         self._wake.put(True)  # the writer thread leads on; `busy` stays set
@@ -371,9 +376,12 @@ class SqliteDatabase:
                 if not group:
                     self._busy = False
                     return
-            self._commit(group)
-            with self._cv:
-                self._cv.notify_all()
+            try:
+                self._commit(group)
+            finally:
+                for ticket in group:
+                    if ticket.waiter is not None and ticket is not until:
+                        ticket.waiter.release()
 
     def pragma(self, name: str, value: str) -> None:
         """Set a PRAGMA on the writer connection between commits (e.g. `query_only`, to see how the engine
@@ -417,7 +425,7 @@ class SqliteDatabase:
     async def close(self) -> None:
         """Finish what is queued, then close every connection."""
         for _ in range(500):  # a commit waits at most for the busy timeout; do not hang on a stuck one
-            with self._cv:
+            with self._queue_lock:
                 if not self._busy:
                     break
             await asyncio.sleep(0.01)

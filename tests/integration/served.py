@@ -28,6 +28,10 @@ from tests import pgdb
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTLED_RUN = {"completed", "failed", "cancelled", "waiting"}
+# How long a test waits for a process to start, answer or finish: a hang still fails, but a machine
+# loaded many times over (starting Python and NiceGUI alone takes tens of seconds there) gives the same
+# verdict as a quiet one.
+PATIENCE_S = 300.0
 
 
 def free_port() -> int:
@@ -82,7 +86,7 @@ class Workspace:
         self.env = clean_env(extra)
 
     def cli(
-        self, *args: str, timeout_s: float = 60, env: dict[str, str] | None = None, input: str | None = None
+        self, *args: str, timeout_s: float = PATIENCE_S, env: dict[str, str] | None = None, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run `main.py ARGS` from the project root, stdin not a terminal (empty, or `input`: a password for
         `users add`); returns the finished process."""
@@ -172,7 +176,7 @@ class Server:
 
     # --- process ---------------------------------------------------------------------------------
 
-    def start(self, wait_s: float = 90.0) -> None:
+    def start(self, wait_s: float = PATIENCE_S) -> None:
         # A start that fails ends the process (seen at once); the wait only bounds a start on a starved machine.
         self.ws.migrate_for_serve()
         cmd = [sys.executable, "main.py", "serve", "--port", str(self.port), *self.extra_args]

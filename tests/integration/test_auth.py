@@ -717,7 +717,7 @@ def test_a_secret_file_readable_by_others_is_made_owner_only(local: Server) -> N
 
 def test_serving_the_network_needs_an_account_then_sign_in(tmp_path: Path) -> None:
     ws = Workspace(tmp_path, WORKFLOWS, {"authsteps": STEPS_MODULE})
-    refused = ws.cli("serve", "--host", "0.0.0.0", "--port", str(free_port()), timeout_s=30)
+    refused = ws.cli("serve", "--host", "0.0.0.0", "--port", str(free_port()))
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert "refusing to serve on 0.0.0.0" in refused.stderr
     assert "users add NAME" in refused.stderr

@@ -114,7 +114,7 @@ def test_check_with_a_database_it_cannot_use_says_why_and_creates_nothing(tmp_pa
         f"sqlite://{tmp_path}/garbage.db": "file is not a database",
     }
     for url, reason in cases.items():
-        done = ws.cli("check", "--db", url, timeout_s=30)
+        done = ws.cli("check", "--db", url)
         assert done.returncode == 1, (url, done.stdout, done.stderr)
         assert reason in done.stderr, (url, done.stderr)
         assert "Traceback" not in done.stderr, (url, done.stderr)
