@@ -1,6 +1,9 @@
 """Engine cost per step against the floor of the same durable writes, in-process and served.
 
     uv run python -m bench.engine [--steps 1000] [--runs 200] [--run-steps 10] [--reps 3] [--no-served]
+    uv run python -m bench.engine --db postgresql [--workers 1,2,4] [--runs 200] [--run-steps 10]
+
+With `--db postgresql`: the throughput of 1, 2, 4 `main.py worker` processes (`bench/workers.py`).
 
 Every figure is measured side by side in one run, the shapes interleaved `--reps` times (medians
 reported): absolute times on a shared machine are noise, ratios are not.
@@ -53,8 +56,8 @@ def sequential(name: str, steps: int, call: str = NOOP) -> WorkflowDef:
     return parse_definition(data, f"<bench {name}>")
 
 
-def workflow_yaml(name: str, steps: int) -> str:
-    body = "".join(f"  - key: s{i}\n    call: benchsteps:noop\n" for i in range(steps))
+def workflow_yaml(name: str, steps: int, call: str = "benchsteps:noop") -> str:
+    body = "".join(f"  - key: s{i}\n    call: {call}\n" for i in range(steps))
     return f"name: {name}\nsteps:\n{body}"
 
 
@@ -280,7 +283,20 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions of every shape")
     parser.add_argument("--no-served", action="store_true", help="skip the served process")
     parser.add_argument("--posts", type=int, default=300, help="POST /api/runs timed for their CPU")
+    parser.add_argument(
+        "--db", choices=("sqlite", "postgresql"), default="sqlite", help="postgresql: the worker processes' curve"
+    )
+    parser.add_argument("--workers", default="1,2,4", help="worker counts compared on PostgreSQL")
+    parser.add_argument("--concurrency", type=int, default=16, help="each worker's --concurrency on PostgreSQL")
     args = parser.parse_args()
+    if args.db == "postgresql":
+        from bench.workers import workers_curve
+
+        counts = [int(n) for n in args.workers.split(",")]
+        par = sequential("par", args.run_steps)
+        yaml = workflow_yaml("par", args.run_steps, NOOP)  # the same call as `par`'s: the workers import it
+        workers_curve(counts, args.runs, yaml, par, args.reps, args.concurrency)
+        return
     with tempfile.TemporaryDirectory(prefix="stepdeck-bench-engine-") as name:
         tmp = Path(name)
         if args.no_served:
