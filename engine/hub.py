@@ -30,6 +30,10 @@ class ChangeKind(StrEnum):
     TOKENS = "tokens"  # a model streamed text (ephemeral; the text is kept with the attempt)
 
 
+# Notices that are not rows of `events`: other processes learn of them only as they are sent.
+EPHEMERAL = frozenset({ChangeKind.PROGRESS, ChangeKind.LOG, ChangeKind.TOKENS})
+
+
 @dataclass(frozen=True, slots=True)
 class TokenDelta:
     """Streamed text of one alternative: `text` starts at `offset`; `reset` drops what came after it."""
@@ -58,6 +62,7 @@ class Change:
     line: str | None = None  # log
     tokens: TokenDelta | None = None
     truncated: bool | None = None  # a step change: the attempt's output was cut off at the token limit
+    remote: bool = False  # an ephemeral notice that another process sent (never sent on again)
 
     def to_json(self) -> dict[str, Any]:
         """The change in the shape of the API's events (SSE `data:`), with the fields its kind has."""
@@ -85,6 +90,32 @@ class Change:
                 reset=self.tokens.reset,
             )
         return data
+
+    @property
+    def ephemeral(self) -> bool:
+        return self.kind in EPHEMERAL
+
+    @classmethod
+    def from_ephemeral_json(cls, data: dict[str, Any]) -> Change:
+        """An ephemeral notice in its `to_json` shape, as another process sent it (`engine/feed.py`)."""
+        kind = ChangeKind(data["kind"])
+        if kind not in EPHEMERAL:
+            raise ValueError(f"not an ephemeral change: {kind}")
+        tokens = None
+        if kind == ChangeKind.TOKENS:
+            tokens = TokenDelta(int(data["alternative"]), int(data["offset"]), str(data["text"]), bool(data["reset"]))
+        return cls(
+            run_id=int(data["run_id"]),
+            kind=kind,
+            step_key=data["step"],
+            attempt=data["attempt"],
+            message=data["message"],
+            at=data["at"],
+            fraction=data.get("fraction"),
+            line=data.get("line"),
+            tokens=tokens,
+            remote=True,
+        )
 
     @classmethod
     def from_event(cls, event: dict[str, Any]) -> Change:

@@ -57,6 +57,10 @@ OnCommit = Callable[[BatchResult], None]
 # Takes event rows (dicts of the `events` columns) that other processes committed.
 DeliverEvents = Callable[[list[dict[str, Any]]], None]
 
+# Takes ephemeral notices (progress, log lines, streamed text, in `Change.to_json` shape) that other
+# processes sent.
+DeliverLive = Callable[[list[dict[str, Any]]], None]
+
 
 @dataclass(frozen=True, slots=True)
 class Batch:
@@ -152,9 +156,15 @@ class Database(Protocol):
         """Rows of a read query as dicts; `engine` reads use a connection no viewer can hold up."""
         ...
 
-    async def start_feed(self, deliver: DeliverEvents) -> None:
-        """Give `deliver` the event rows other processes commit from now on, each once (where several
-        processes can write: PostgreSQL; nothing on SQLite)."""
+    async def start_feed(self, deliver: DeliverEvents, deliver_live: DeliverLive) -> None:
+        """Give `deliver` the event rows other processes commit from now on, each once, and `deliver_live`
+        the ephemeral notices they send (where several processes can write: PostgreSQL; nothing on SQLite)."""
+        ...
+
+    def send_live(self, notice: dict[str, Any]) -> bool:
+        """Send an ephemeral notice of this process (a progress, a log line, streamed text) to the others
+        that follow the feed: soon, batched, never on the caller's path (nothing on SQLite). False once
+        the database is closed: the caller stops sending."""
         ...
 
     def check_file(self) -> str | None:

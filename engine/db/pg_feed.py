@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -42,7 +43,14 @@ NEWER_SQL = (
 )
 START_SQL = f"SELECT tx, id FROM events WHERE tx < {HORIZON} ORDER BY tx DESC, id DESC LIMIT 1"
 
-Deliver = Callable[[list[dict[str, Any]]], None]  # engine.db.base.DeliverEvents
+Deliver = Callable[[list[dict[str, Any]]], None]  # engine.db.base.DeliverEvents, DeliverLive
+
+# Ephemeral notices (progress, log lines, streamed text) are no rows: they travel in the notifications
+# themselves, batched every LIVE_INTERVAL_S into payloads under PostgreSQL's 8,000-byte limit.
+LIVE_CHANNEL = "stepdeck_live"
+LIVE_INTERVAL_S = 0.1
+MAX_PAYLOAD = 7_800  # bytes of one notification's JSON
+MAX_LIVE_BYTES_S = 256_000  # sent per second at most; what comes beyond is dropped (the rows keep it all)
 
 
 def application_name(instance: str) -> str:
@@ -97,14 +105,119 @@ class Notifier:
             self._conn = None
 
 
+def _dumps(notice: dict[str, Any]) -> str:
+    return json.dumps(notice, ensure_ascii=False, separators=(",", ":"))
+
+
+def _fitted(notice: dict[str, Any], limit: int) -> list[str]:
+    """The notice as JSON pieces of at most `limit` bytes each: streamed text split at offsets (it joins up
+    again), a long log line or message cut (the attempt keeps it whole)."""
+    part = _dumps(notice)
+    if len(part.encode()) <= limit:
+        return [part]
+    text = notice.get("text")
+    if isinstance(text, str) and len(text) > 1:
+        half = len(text) // 2
+        offset = int(notice["offset"])
+        first = {**notice, "text": text[:half]}
+        rest = {**notice, "text": text[half:], "offset": offset + half, "reset": False}
+        return _fitted(first, limit) + _fitted(rest, limit)
+    for name in ("line", "message"):
+        value = notice.get(name)
+        if isinstance(value, str) and len(value) > 1:
+            return _fitted({**notice, name: value[: len(value) // 2].removesuffix("…") + "…"}, limit)
+    return []  # nothing left to cut: not sent (the attempt keeps it)
+
+
+def live_payloads(instance: str, notices: list[dict[str, Any]]) -> list[str]:
+    """The notices as notification payloads, in order, each at most MAX_PAYLOAD bytes."""
+    head = f'{{"from":{json.dumps(instance)},"notices":['
+    room = MAX_PAYLOAD - len(head.encode()) - 2
+    payloads: list[str] = []
+    parts: list[str] = []
+    size = 0
+    for notice in notices:
+        for part in _fitted(notice, room):
+            length = len(part.encode()) + (1 if parts else 0)
+            if parts and size + length > room:
+                payloads.append(head + ",".join(parts) + "]}")
+                parts, size, length = [], 0, length - 1
+            parts.append(part)
+            size += length
+    if parts:
+        payloads.append(head + ",".join(parts) + "]}")
+    return payloads
+
+
+class LiveSender:
+    """Sends this process's ephemeral notices to the others: batched, off the caller's path, bounded."""
+
+    def __init__(self, dsn: str, instance: str) -> None:
+        self._dsn = dsn
+        self._instance = instance
+        self._pending: list[dict[str, Any]] = []
+        self._conn: asyncpg.Connection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._window_start = 0.0
+        self._window_bytes = 0
+        self._closed = False
+        self.dropped = 0
+
+    def offer(self, notice: dict[str, Any]) -> bool:
+        """Queue a notice (on the event loop); it is sent within LIVE_INTERVAL_S. False once closed."""
+        if self._closed:
+            return False
+        self._pending.append(notice)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._send(), name="stepdeck-notify-live")
+        return True
+
+    async def _send(self) -> None:
+        while self._pending:
+            await asyncio.sleep(LIVE_INTERVAL_S)
+            notices, self._pending = self._pending, []
+            try:
+                if self._conn is None or self._conn.is_closed():
+                    self._conn = await asyncpg.connect(
+                        self._dsn, statement_cache_size=0, server_settings={"application_name": "stepdeck-live"}
+                    )
+                for payload in live_payloads(self._instance, notices):
+                    if not self._within_budget(len(payload)):
+                        self.dropped += 1
+                        continue
+                    await self._conn.execute("SELECT pg_notify($1, $2)", LIVE_CHANNEL, payload)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                # Viewers elsewhere see these when they next read the step; nothing is lost from the rows.
+                log.warning("could not send live notices to the other processes (%s)", exc)
+
+    def _within_budget(self, size: int) -> bool:
+        now = asyncio.get_running_loop().time()
+        if now - self._window_start >= 1.0:
+            self._window_start, self._window_bytes = now, 0
+        self._window_bytes += size
+        return self._window_bytes <= MAX_LIVE_BYTES_S
+
+    async def close(self) -> None:
+        """Send what is pending, then close."""
+        self._closed = True
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._task), 5)
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._conn.close(), 5)
+            self._conn = None
+
+
 class EventFeed:
     """The event rows of other processes, read after a notification (or a poll) and given to `deliver`."""
 
-    def __init__(self, dsn: str, instance: str, deliver: Deliver) -> None:
+    def __init__(self, dsn: str, instance: str, deliver: Deliver, deliver_live: Deliver) -> None:
         self._dsn = dsn
         self._instance = instance
         self._origin = application_name(instance)
         self._deliver = deliver
+        self._deliver_live = deliver_live
         self._wake = asyncio.Event()
         self._listen: asyncpg.Connection | None = None
         self._reader: asyncpg.Connection | None = None
@@ -153,6 +266,7 @@ class EventFeed:
         try:
             conn = await self._connect(f"stepdeck-listen:{self._instance}")
             await conn.add_listener(CHANNEL, self._notified)
+            await conn.add_listener(LIVE_CHANNEL, self._live)
             conn.add_termination_listener(self._lost)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("cannot listen for other processes' events (%s); polling every %s s", exc, POLL_UNLISTENED_S)
@@ -164,6 +278,15 @@ class EventFeed:
     def _notified(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         if payload != self._instance:  # our own commits are published by this process already
             self._wake.set()
+
+    def _live(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        try:
+            data = json.loads(payload)
+            if data["from"] == self._instance:
+                return
+            self._deliver_live(data["notices"])
+        except Exception:
+            log.exception("a live notice from another process could not be delivered")
 
     def _lost(self, conn: Any) -> None:
         if conn is self._listen:

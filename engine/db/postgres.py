@@ -348,6 +348,7 @@ class PostgresDatabase:
         self._engine_readers = _Pool(self._dsn, ENGINE_READERS, name)
         self._begin = "BEGIN"
         self._notifier = pg_feed.Notifier(self._dsn, self.instance)
+        self._live = pg_feed.LiveSender(self._dsn, self.instance)
         self.feed: pg_feed.EventFeed | None = None
 
     def refuse_writes(self, on: bool) -> None:
@@ -423,18 +424,23 @@ class PostgresDatabase:
     def deliver_committed(self) -> None:
         """Nothing waits: batches commit on the event loop and deliver there."""
 
-    async def start_feed(self, deliver: pg_feed.Deliver) -> None:
-        """Hand the event rows other processes commit to `deliver` (one listening connection per process)."""
+    async def start_feed(self, deliver: pg_feed.Deliver, deliver_live: pg_feed.Deliver) -> None:
+        """Hand the event rows other processes commit to `deliver`, and the notices they send to
+        `deliver_live` (one listening connection per process)."""
         if self.feed is None:
-            feed = pg_feed.EventFeed(self._dsn, self.instance, deliver)
+            feed = pg_feed.EventFeed(self._dsn, self.instance, deliver, deliver_live)
             await feed.start()
             self.feed = feed
+
+    def send_live(self, notice: dict[str, Any]) -> bool:
+        return self._live.offer(notice)
 
     async def close(self) -> None:
         if self.feed is not None:
             await self.feed.close()
             self.feed = None
         await self._notifier.close()
+        await self._live.close()
         await self._writers.close()
         await self._readers.close()
         await self._engine_readers.close()

@@ -32,6 +32,7 @@ from engine.db.base import (
     Batch,
     BatchResult,
     DeliverEvents,
+    DeliverLive,
     GuardFailed,
     Outcome,
     Ref,
@@ -291,8 +292,12 @@ class SqliteDatabase:
         self._delivery_lock = threading.Lock()
         self._delivery_asked = False
 
-    async def start_feed(self, deliver: DeliverEvents) -> None:
+    async def start_feed(self, deliver: DeliverEvents, deliver_live: DeliverLive) -> None:
         """Nothing: the other processes on a SQLite file (a headless `run`) are found by polling."""
+
+    def send_live(self, notice: dict[str, Any]) -> bool:
+        """Nothing: no other process follows this one's notices."""
+        return False
 
     def check_file(self) -> str | None:
         """Why the file this process opened is no longer the database at its path (removed or replaced,

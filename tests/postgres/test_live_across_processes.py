@@ -61,11 +61,27 @@ def two(ctx):
     return ["first", "second"]
 
 
+def chatty(ctx):
+    for i in range(3):
+        ctx.log(f"line {i + 1} of run {ctx.run_id}")
+    ctx.log("é" * 20_000)  # longer than a notification carries: it arrives cut
+    ctx.progress(0.5, "half way")
+    gate = HERE / f"open-{ctx.run_id}"
+    while not gate.exists():
+        time.sleep(0.02)
+    return "said"
+
+
 def after(ctx):
     return "after " + ctx.outputs["choose"]
 """
 
 WORKFLOWS = {
+    "chatty": """
+        steps:
+          - key: talk
+            call: "gates:chatty"
+    """,
     "slow": """
         steps:
           - key: hold
@@ -138,6 +154,10 @@ class EventReader:
         self._stop.set()
 
 
+def log_line(text: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: e["kind"] == "log" and e["line"] == text
+
+
 def step_event(key: str, status: str) -> Callable[[dict[str, Any]], bool]:
     return lambda e: e["kind"] == "step" and e["step"] == key and e["to_status"] == status
 
@@ -170,6 +190,34 @@ def test_a_dashboard_shows_a_step_running_in_another_process_live_and_its_cancel
             reader.close()
         run = engine.wait_run(run_id, "cancelled")
         assert [s["status"] for s in run["steps"]] == ["completed", "cancelled"]
+
+
+@pytest.mark.timeout(300)  # starts two servers: slow on a loaded machine
+def test_a_dashboard_shows_the_log_lines_and_progress_of_a_step_running_in_another_process_as_they_come(
+    tmp_path: Path,
+) -> None:
+    """Log lines and progress are no event rows: they reach the other processes in the notifications."""
+    with dashboard_and_engine(tmp_path) as (ws, dashboard, engine):
+        run_id = dashboard.start_run("chatty")
+        reader = EventReader(dashboard, run_id)
+        try:
+            assert reader.live.wait(30), "the dashboard's stream never went live"
+            lines = [reader.wait(log_line(f"line {n} of run {run_id}"), f"line {n}") for n in (1, 2, 3)]
+            assert [e["step"] for e in lines] == ["talk"] * 3
+            assert [reader.events.index(e) for e in lines] == sorted(reader.events.index(e) for e in lines)
+            long = reader.wait(lambda e: e["kind"] == "log" and e["line"].startswith("éé"), "the long line")
+            assert long["line"].endswith("…") and len(long["line"]) < 20_000
+            progress = reader.wait(lambda e: e["kind"] == "progress", "the step's progress")
+            assert (progress["fraction"], progress["message"]) == (0.5, "half way")
+            # All of it while the step still runs in the other process.
+            assert engine.run(run_id)["steps"][0]["status"] == "running"
+            assert ws.workflows_dir is not None
+            (ws.workflows_dir / f"open-{run_id}").write_text("go")
+            reader.wait(step_event("talk", "completed"), "step 'talk' completed")
+        finally:
+            reader.close()
+        # Each line once on the dashboard, though both processes' hubs carried it.
+        assert sum(1 for e in reader.events if e["kind"] == "log" and e["line"] == f"line 1 of run {run_id}") == 1
 
 
 @pytest.mark.timeout(300)  # starts two servers: slow on a loaded machine
