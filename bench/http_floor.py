@@ -1,7 +1,7 @@
 """The floor of a `POST /api/runs`: the same HTTP server (uvicorn, its default loop and parser, as
-`main.py serve` runs it), FastAPI validating the same body model, and a JSON answer of the size of
-a 10-step run's, with no database and no middleware. `bench.engine` measures the CPU of a request here
-and on `serve --no-engine` side by side: what lies above this floor is ours.
+`main.py serve` runs it), FastAPI validating the same body model, and the same JSON answer (a queued
+10-step run, built as the API builds it), with no database and no middleware. `bench.engine` measures
+the CPU of a request here and on `serve --no-engine` side by side: what lies above this floor is ours.
 
     uv run python -m bench.http_floor PORT
 """
@@ -10,66 +10,23 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
+from engine.definitions import parse_definition
+from engine.readmodel import queued_run
 from ui.api import StartRunIn
 
 app = FastAPI()
-
-
-def _answer(workflow: str, steps: int) -> dict[str, Any]:
-    now = datetime.now(UTC).isoformat()
-    step: dict[str, Any] = {
-        "label": None,
-        "kind": "python",
-        "needs": [],
-        "status": "pending",
-        "attempt": 0,
-        "output": None,
-        "alternatives": [],
-        "selected_index": None,
-        "partial_output": None,
-        "error": None,
-        "error_detail": None,
-        "stale": False,
-        "stale_reason": None,
-        "started_at": None,
-        "completed_at": None,
-        "duration_s": None,
-        "progress": None,
-        "progress_message": None,
-        "logs": [],
-        "log_times": [],
-        "usage": None,
-        "max_tokens": None,
-        "finish_reason": None,
-        "truncated": False,
-        "provider": None,
-        "model": None,
-        "llm": None,
-        "cost": None,
-        "retries": 0,
-        "retries_used": 0,
-        "retry_at": None,
-    }
-    return {
-        "id": 1,
-        "workflow": workflow,
-        "status": "queued",
-        "inputs": {},
-        "created_at": now,
-        "updated_at": now,
-        "steps": [{**step, "key": f"s{i}", "label": f"s{i}"} for i in range(steps)],
-    }
+PAR = parse_definition({"name": "par", "steps": [{"key": f"s{i}", "call": "bench.steps:noop"} for i in range(10)]}, "")
 
 
 @app.post("/api/runs", status_code=201)
 async def start_run(body: StartRunIn) -> JSONResponse:
-    return JSONResponse(_answer(body.workflow, 10), status_code=201)
+    run = queued_run(1, PAR, dict(body.inputs), "api@127.0.0.1", datetime.now(UTC))
+    return JSONResponse(run.to_json(), status_code=201)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,16 @@ def new_instance() -> str:
     return secrets.token_hex(6)
 
 
+async def _finish(task: asyncio.Task[None] | None, conn: asyncpg.Connection | None) -> None:
+    """Let a sender's task send what is pending (5 s at most), then close its connection."""
+    if task is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(task), 5)
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.close(), 5)
+
+
 class Notifier:
     """Sends `NOTIFY` after commits that wrote events: at most one in flight, coalescing the rest."""
 
@@ -96,13 +106,8 @@ class Notifier:
 
     async def close(self) -> None:
         """Send what is pending, then close."""
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._task), 5)
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._conn.close(), 5)
-            self._conn = None
+        await _finish(self._task, self._conn)
+        self._conn = None
 
 
 def _dumps(notice: dict[str, Any]) -> str:
@@ -200,13 +205,8 @@ class LiveSender:
     async def close(self) -> None:
         """Send what is pending, then close."""
         self._closed = True
-        if self._task is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._task), 5)
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._conn.close(), 5)
-            self._conn = None
+        await _finish(self._task, self._conn)
+        self._conn = None
 
 
 class EventFeed:
