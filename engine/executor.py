@@ -24,7 +24,7 @@ from collections.abc import Callable
 from engine import forks, leases, logs, maintenance, records, transitions
 from engine.db import current
 from engine.driver import RunDriver
-from engine.hub import Change, ChangeKind, hub
+from engine.hub import Change, ChangeKind, Hub
 from engine.llm import providers
 from engine.llm.model_check import log_model_warnings
 from engine.notify.notifier import Notifier
@@ -68,10 +68,12 @@ class Engine:
         self._stopping = False
         self.stop_reason = "the server shut down"
         self.notifier: Notifier | None = None
+        self._hub: Hub | None = None
         logs.install()  # its lines carry the worker, the run, the step and the attempt
 
     async def start(self, *, recover: bool = True) -> None:
         """Recover orphans (runs of dead owners), then start claiming and heartbeating."""
+        hub = self._hub = current().hub
         hub.bind_loop(asyncio.get_running_loop())
         forks.install()
         if providers.provider_name(self.settings) != providers.SIMULATED:
@@ -101,12 +103,19 @@ class Engine:
                 )
             )
         # Notifications are delivered by the engines (servers, workers), from the outbox every engine writes.
-        self.notifier = Notifier(self.settings, self.owner)
+        self.notifier = Notifier(self.settings, self.owner, hub)
         self._loops.append(
             asyncio.create_task(
                 self.notifier.run(), name="stepdeck-notify", context=logs.context_with(worker=self.owner)
             )
         )
+
+    @property
+    def hub(self) -> Hub:
+        """The hub of the database this engine runs on (taken when it starts)."""
+        if self._hub is None:
+            raise RuntimeError("the engine has not started")
+        return self._hub
 
     async def stop(self, why: str = "the server shut down", grace_s: float | None = None) -> None:
         """Stop claiming; give in-flight steps `grace_s` (default: the setting) to finish, then

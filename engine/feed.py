@@ -13,7 +13,7 @@ import logging
 from typing import Any
 
 from engine.db import current
-from engine.hub import Change, hub
+from engine.hub import Change, Hub
 from engine.queries import event_json
 
 log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
@@ -22,12 +22,13 @@ log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 async def start() -> None:
     """Follow the other processes' changes (call once the database is open); a failure is logged, and
     this process then sees them only by its polls (the runs list, the engine's heartbeat)."""
+    database = current()
     try:
-        await current().start_feed(publish_rows)
+        await database.start_feed(lambda rows: publish_rows(database.hub, rows))
     except Exception as exc:
         log.warning("cannot follow other processes' changes: %s", exc)
 
 
-def publish_rows(rows: list[dict[str, Any]]) -> None:
+def publish_rows(hub: Hub, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         hub.publish(Change.from_event(event_json(row)))

@@ -17,7 +17,7 @@ from engine.audit import audit
 from engine.db import connected
 from engine.errors import OperationError
 from engine.executor import Engine, make_owner_id
-from engine.hub import Change, ChangeKind, hub
+from engine.hub import Change, ChangeKind
 from engine.readmodel import RunDetail, duration_s
 from engine.records import utcnow
 from engine.registry import workflows
@@ -183,7 +183,7 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    async with connected(settings.db_url):
+    async with connected(settings.db_url) as database:
         await feed.start()  # a cancel or a choice made on a dashboard reaches this run at once (PostgreSQL)
         catalog = workflows.load(settings.workflows_dir)
         for error in catalog.errors:
@@ -200,7 +200,7 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
             printer.line(f"run {run_id} of {workflow!r} queued")
             while True:
                 seen = await queries.events_after(run_id, 0, limit=100_000)
-                sub = hub.subscribe(run_id)
+                sub = database.hub.subscribe(run_id)
                 try:
                     if await engine.adopt(run_id):
                         status = await _follow_local(run_id, sub, printer)

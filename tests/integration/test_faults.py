@@ -17,7 +17,6 @@ from engine.db.postgres import PostgresDatabase
 from engine.db.sqlite import SqliteDatabase
 from engine.errors import Conflict
 from engine.executor import Engine
-from engine.hub import hub
 from engine.settings import Settings
 from engine.store import BatchResult, Stmt, fetch, run_batch, run_batches
 from tests import stepfns
@@ -151,7 +150,7 @@ async def test_events_of_a_cancel_reach_viewers_in_id_order(engine: Engine, defi
     define("two-branches", [{"key": k, "call": "tests.stepfns:sleepy", "needs": []} for k in ("a", "b")])
     run_id = await operations.start_run("two-branches", {}, "tester")
     await wait_for(lambda: _step_is(run_id, "b", "running"), 5, "both running")
-    sub = hub.subscribe(run_id)
+    sub = current().hub.subscribe(run_id)
     await operations.cancel_run(run_id, "tester")
     ids = []
     while (change := await sub.get(timeout_s=0.5)) is not None:

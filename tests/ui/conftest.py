@@ -19,7 +19,6 @@ from nicegui.testing import User
 
 from tests import pgdb, stepfns
 from tests.dbtemplate import migrated_copy
-from ui.live import live
 
 DEMO = """\
 name: ui-demo
@@ -103,13 +102,6 @@ def stepdeck_env(tmp_path: Path, workflows_dir: Path, monkeypatch: pytest.Monkey
         "OPENAI_API_KEY",
     ):
         monkeypatch.delenv(name, raising=False)  # LLM steps on the simulated provider, whatever the machine has
-    # Workaround (reported): the process-wide `live` keeps the views of runs and the subscriptions of
-    # pages after the app stops, and the `user` fixture drops its clients without running their delete
-    # handlers: this test's run 1 would be shown with the previous test's run 1, and the previous
-    # test's (deleted) pages would be called for this test's changes.
-    live.states.clear()
-    live.viewers.clear()
-    live.runs_changed.callbacks.clear()
     stepfns.reset()
     try:
         yield

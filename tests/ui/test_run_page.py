@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nicegui import ElementFilter, ui
+from nicegui import ElementFilter, app, ui
 from nicegui.testing import User
 
 from engine import operations, queries
@@ -27,7 +27,7 @@ from engine.errors import Conflict
 from tests import pgdb, stepfns
 from tests.conftest import wait_for
 from ui.components.run_steps import RunSteps
-from ui.live import RunState, live
+from ui.live import LiveRuns, RunState
 
 WORKFLOWS = {
     "logs": """
@@ -222,6 +222,8 @@ def steps_of(user: User) -> RunSteps:
 
 
 def state_of(run_id: int) -> RunState:
+    live = app.state.live  # the app's own live views (ui/app.py `mount`)
+    assert isinstance(live, LiveRuns)
     state = live.states.get(run_id)
     assert state is not None, f"no live view of run {run_id}: is its page open?"
     return state

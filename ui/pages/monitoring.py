@@ -29,7 +29,7 @@ from ui.components.token_charts import (
     tokens_run_options,
     truncation_options,
 )
-from ui.live import live
+from ui.live import LiveRuns
 from ui.theme import dashboard_page, frame, status_color
 from ui.throttle import Throttle
 
@@ -100,7 +100,7 @@ class StatusCounts:
                 badge.text = f"{status}: {n}"
 
 
-def register(maintenance: Maintenance) -> None:
+def register(maintenance: Maintenance, live: LiveRuns) -> None:
     @dashboard_page("/monitoring")
     async def monitoring_page() -> None:
         with frame("Monitoring"):
