@@ -38,7 +38,7 @@ async def start_run(
     except InputError as exc:
         raise InvalidInput(str(exc), exc.problems) from None
     steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs), s.retries) for s in defn.steps]
-    return await transitions.create_run(defn.name, _snapshot(defn), values, steps, actor)
+    return await transitions.create_run(defn.name, defn.snapshot(), values, steps, actor)
 
 
 async def start_scheduled_run(defn: WorkflowDef, schedule: str, fire_time: datetime) -> int | None:
@@ -50,7 +50,7 @@ async def start_scheduled_run(defn: WorkflowDef, schedule: str, fire_time: datet
         raise InvalidInput(str(exc), exc.problems) from None
     steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs), s.retries) for s in defn.steps]
     fire = records.ScheduledFire(defn.name, schedule, fire_time.astimezone(UTC))
-    return await transitions.create_scheduled_run(_snapshot(defn), values, steps, fire)
+    return await transitions.create_scheduled_run(defn.snapshot(), values, steps, fire)
 
 
 def _encodes(text: str) -> bool:
@@ -78,19 +78,6 @@ def _invalid_text(value: Any, where: str = "") -> str | None:
             if found:
                 return found
     return None
-
-
-_snapshots: dict[int, tuple[WorkflowDef, dict[str, Any]]] = {}
-
-
-def _snapshot(defn: WorkflowDef) -> dict[str, Any]:
-    """The definition's snapshot, made once per definition object (it is immutable)."""
-    cached = _snapshots.get(id(defn))
-    if cached is None or cached[0] is not defn:
-        if len(_snapshots) > 256:
-            _snapshots.clear()
-        cached = _snapshots[id(defn)] = (defn, defn.to_snapshot())
-    return cached[1]
 
 
 # --- reading what an operation needs -------------------------------------------------------------

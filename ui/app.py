@@ -73,7 +73,7 @@ def _api_app(settings: Settings) -> FastAPI:
     errors.install(api)
     api.include_router(router)
     api.add_middleware(GZipMiddleware, minimum_size=1000)
-    api.add_middleware(security.Gate, settings=settings)
+    api.add_middleware(security.Gate, settings=settings, sessions=app.state.sessions)
     return api
 
 

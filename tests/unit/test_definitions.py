@@ -235,6 +235,11 @@ def test_snapshot_round_trip_through_json(tmp_path: Path, mod: str) -> None:
 
     assert json.dumps(defn.to_snapshot()) == text, "the snapshot is stable"
     assert WorkflowDef.from_snapshot(json.loads(text)) == defn
+    # Runs share the snapshot the definition keeps; an equal definition rebuilt from it keeps its own.
+    assert defn.snapshot() is defn.snapshot()
+    assert defn.snapshot() == snapshot
+    rebuilt = WorkflowDef.from_snapshot(json.loads(text))
+    assert rebuilt == defn and rebuilt.snapshot() is not defn.snapshot()
     assert snapshot["steps"][1]["alternatives"] == 3
 
 
