@@ -100,6 +100,19 @@ class Workspace:
             check=False,
         )
 
+    def start_cli(self, *args: str) -> subprocess.Popen[str]:
+        """Start `main.py ARGS` from the project root, stdin not a terminal, its output piped; not waited for
+        (several at once: `communicate()` each)."""
+        return subprocess.Popen(
+            [sys.executable, "main.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def migrate_for_serve(self) -> None:
         """On PostgreSQL a server does not migrate (`migrate` is a step of its own there): do it first, with
         what `main.py migrate` runs, in this process (a process of its own would cost a Python start-up
