@@ -92,7 +92,8 @@ class Gate:
         # Tokens are for the API; pages and their websocket belong to a signed-in browser.
         if authorization.lower().startswith("bearer ") and scope["path"].startswith(("/api/", "/openapi.json")):
             client = scope.get("client")
-            return await auth.token_principal(authorization[7:].strip(), client[0] if client else None)
+            token = authorization[7:].strip()
+            return await auth.token_principal(token, self.sessions.token_uses, client[0] if client else None)
         session = self._session_user(scope)
         if session is None:
             return None

@@ -29,6 +29,7 @@ class SessionCache:
         self.users: dict[str, tuple[float, Principal | None]] = {}
         # browser id -> (signed-in name, account epoch): websockets have no user storage to read
         self.sessions: dict[str, tuple[str, str | None]] = {}
+        self.token_uses: dict[int, float] = {}  # token id -> when its use was last recorded (`auth.token_principal`)
 
     async def sign_in_enabled(self) -> bool:
         now = time.monotonic()
