@@ -17,15 +17,11 @@ from engine.store import run_batch
 from tests import stepfns
 from tests.conftest import wait_for
 from tests.ui.conftest import add_workflows
+from tests.ui.test_run_page import WORKFLOWS as RUN_PAGE_WORKFLOWS
 from tests.ui.test_run_page import api_step, show, start_run, texts_in, the, wait_run, wait_shown, wait_step
 
 WORKFLOWS = {
-    "logs": """
-        name: logs
-        steps:
-          - key: chatty
-            call: tests.stepfns:progress_and_logs
-    """,
+    "logs": RUN_PAGE_WORKFLOWS["logs"],  # one step that reports progress and logs lines
     "live-log": """
         name: live-log
         steps:
