@@ -30,6 +30,28 @@ ROOT = Path(__file__).resolve().parents[2]
 SETTLED_RUN = {"completed", "failed", "cancelled", "waiting"}
 
 
+def every_minute(catch_up: str = "skip") -> str:
+    """The definition of `tick`: one step echoing its input `who`, started every minute (UTC) by its
+    schedule `minutely` with `who` = "the schedule"; `catch_up` is what the schedule does with fire
+    times missed while no process ran it."""
+    return f"""\
+name: tick
+inputs:
+  who:
+    type: string
+    default: nobody
+steps:
+  - key: echo
+    call: tests.stepfns:echo_inputs
+schedules:
+  - name: minutely
+    cron: "* * * * *"
+    timezone: UTC
+    catch_up: {catch_up}
+    inputs: {{who: the schedule}}
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
