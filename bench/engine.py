@@ -31,7 +31,7 @@ from pathlib import Path
 from engine import operations
 from engine.db import connected, current
 from engine.definitions import WorkflowDef, parse_definition
-from engine.executor import Engine
+from engine.engine import Engine
 from engine.hub import Change, ChangeKind
 from engine.settings import Settings
 from engine.store import fetch

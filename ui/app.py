@@ -13,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine import feed
 from engine.db import close_database, current, open_database
-from engine.executor import Engine, make_owner_id
+from engine.engine import Engine, make_owner_id
 from engine.scheduler import Maintenance
 from engine.settings import Settings
 from ui import errors, security

@@ -15,8 +15,8 @@ from typing import Any, TextIO
 from engine import feed, maintenance, operations, queries
 from engine.audit import audit
 from engine.db import connected
+from engine.engine import Engine, make_owner_id
 from engine.errors import OperationError
-from engine.executor import Engine, make_owner_id
 from engine.hub import Change, ChangeKind
 from engine.readmodel import RunDetail, duration_s
 from engine.records import utcnow

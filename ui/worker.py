@@ -20,7 +20,7 @@ import signal
 from dataclasses import replace
 
 from engine.db import connected
-from engine.executor import Engine
+from engine.engine import Engine
 from engine.registry import workflows
 from engine.scheduler import Maintenance
 from engine.settings import Settings

@@ -15,8 +15,8 @@ from engine import maintenance, operations, queries, records, step_runner, trans
 from engine.db import current
 from engine.db.postgres import PostgresDatabase
 from engine.db.sqlite import SqliteDatabase
+from engine.engine import Engine
 from engine.errors import Conflict
-from engine.executor import Engine
 from engine.settings import Settings
 from engine.store import BatchResult, Stmt, fetch, run_batch, run_batches
 from tests import stepfns

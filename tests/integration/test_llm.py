@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from engine import logs, operations, queries
 from engine.db import current
 from engine.definitions import load_file
-from engine.executor import Engine
+from engine.engine import Engine
 from engine.hub import Change, Subscription
 from engine.llm import providers
 from engine.llm.kind import CONTINUE_PROMPT, MAX_CONTINUATIONS

@@ -17,7 +17,7 @@ import pytest
 
 from engine import operations, queries
 from engine.db import current
-from engine.executor import Engine
+from engine.engine import Engine
 from engine.hub import Subscription
 from engine.llm import providers
 from engine.llm.model_check import model_warnings

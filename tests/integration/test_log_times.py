@@ -16,7 +16,7 @@ import pytest
 from engine import operations
 from engine.db import current
 from engine.db.base import Stmt
-from engine.executor import Engine
+from engine.engine import Engine
 from engine.hub import Change, ChangeKind
 from engine.settings import Settings
 from engine.store import fetch, run_batch

@@ -13,8 +13,8 @@ import pytest
 
 from engine import operations
 from engine.db import current
+from engine.engine import Engine
 from engine.errors import Conflict
-from engine.executor import Engine
 from engine.hub import Change, ChangeKind
 from engine.store import fetch
 from tests.conftest import wait_run

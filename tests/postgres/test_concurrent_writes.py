@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 
 from engine import operations
-from engine.executor import Engine
+from engine.engine import Engine
 from engine.maintenance import prune_finished
 from engine.store import Stmt, fetch, run_batch
 from models.schema import dsn

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from engine.db import current
-from engine.executor import Engine
+from engine.engine import Engine
 from engine.hub import Change
 from engine.store import fetch
 from models.schema import dsn
