@@ -21,7 +21,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from engine import forks, leases, logs, maintenance, records, transitions
+from engine import forks, leases, logs, orphans, records, transitions
 from engine.db import current
 from engine.driver import RunDriver
 from engine.hub import Change, ChangeKind, Hub
@@ -42,7 +42,7 @@ log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
 def make_owner_id(*, headless: bool = False) -> str:
     """host:pid:boot — the boot part tells a restarted process from the one before it."""
-    return f"{socket.gethostname()}:{os.getpid()}:{maintenance.HEADLESS_BOOT if headless else ''}{secrets.token_hex(4)}"
+    return f"{socket.gethostname()}:{os.getpid()}:{orphans.HEADLESS_BOOT if headless else ''}{secrets.token_hex(4)}"
 
 
 class Engine:
@@ -85,7 +85,7 @@ class Engine:
         if self.shared:
             await self._register()
         if recover:
-            await maintenance.recover_orphans(self.settings, self.owner)
+            await orphans.recover_orphans(self.settings, self.owner)
         self._remove_listener = hub.add_listener(self._on_change)
         if self.claim_queued:
             self._dispatcher = asyncio.create_task(

@@ -19,7 +19,7 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from engine import maintenance
+from engine import orphans
 from engine.leader import Leadership
 from engine.records import utcnow
 from engine.schedules import Schedules
@@ -133,7 +133,7 @@ class Maintenance:
 
     async def sweep(self) -> None:
         async def work() -> str:
-            handled = await maintenance.recover_orphans(self.settings, self.owner)
+            handled = await orphans.recover_orphans(self.settings, self.owner)
             requeued = sum(1 for v in handled if v.action == "requeue")
             return f"{len(handled) - requeued} orphaned run(s) failed, {requeued} re-queued"
 
@@ -141,7 +141,7 @@ class Maintenance:
 
     async def prune(self) -> None:
         async def work() -> str:
-            deleted = await maintenance.prune_finished(self.settings.retention_days)
+            deleted = await orphans.prune_finished(self.settings.retention_days)
             return f"{deleted} finished run(s) deleted"
 
         await self._record(PRUNE_JOB_ID, work)

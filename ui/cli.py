@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from engine import feed, maintenance, operations, queries
+from engine import feed, operations, orphans, queries
 from engine.audit import audit
 from engine.db import connected
 from engine.engine import Engine, make_owner_id
@@ -249,7 +249,7 @@ async def check(settings: Settings, out: TextIO = sys.stdout) -> int:
 async def sweep(settings: Settings, out: TextIO = sys.stdout) -> int:
     """Fail runs whose engine is gone (dead process or heartbeat older than stale_after_s)."""
     async with connected(settings.db_url, must_exist=True):
-        failed = await maintenance.recover_orphans(settings, me=f"sweep:{getpass.getuser()}")
+        failed = await orphans.recover_orphans(settings, me=f"sweep:{getpass.getuser()}")
     for verdict in failed:
         done = "re-queued" if verdict.action == "requeue" else "failed"
         print(f"run {verdict.run_id}: {done}, {verdict.reason}", file=out)

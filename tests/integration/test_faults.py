@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from tortoise import connections
 
-from engine import maintenance, operations, queries, records, step_runner, transitions
+from engine import operations, orphans, queries, records, step_runner, transitions
 from engine.db import current
 from engine.db.postgres import PostgresDatabase
 from engine.db.sqlite import SqliteDatabase
@@ -54,7 +54,7 @@ async def test_a_database_refusing_the_outcome_ends_in_a_failed_run_not_a_busy_o
     _query_only(False)
     # Its driver is gone and its heartbeat stops: the sweep (here, as the engine's own job) fails it.
     await asyncio.sleep(settings.stale_after_s + 0.2)
-    failed = await maintenance.recover_orphans(settings, engine.owner)
+    failed = await orphans.recover_orphans(settings, engine.owner)
     assert [v.run_id for v in failed] == [run_id]
     assert await run_status(run_id) == "failed"
     run = (await queries.run_detail(run_id)).to_json()

@@ -7,7 +7,7 @@ from typing import Any
 
 from engine import operations
 from engine.engine import Engine
-from engine.maintenance import prune_finished
+from engine.orphans import prune_finished
 from engine.store import Stmt, fetch, run_batch
 from tests.conftest import wait_run
 
