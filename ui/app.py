@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from engine import feed
 from engine.db import close_database, current, open_database
 from engine.engine import Engine, make_owner_id
-from engine.scheduler import Maintenance
+from engine.maintenance import Maintenance
 from engine.settings import Settings
 from ui import errors, security
 from ui.api import router

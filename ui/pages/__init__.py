@@ -7,7 +7,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine.scheduler import Maintenance
+from engine.maintenance import Maintenance
 from ui.live import LiveRuns
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from nicegui import background_tasks, events, ui
 
+from engine.maintenance import JobState, Maintenance
 from engine.monitoring import TokenReport, shared_token_report
-from engine.scheduler import JobState, Maintenance
 from ui import run_list
 from ui.components.cost_view import COST_COLUMNS, cost_rows, cost_summary
 from ui.components.notifications_view import notifications_section
