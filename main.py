@@ -119,7 +119,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def serve(settings: Settings, *, engine: bool = True) -> None:
     from nicegui import ui
 
-    from engine.executor import Engine
+    from engine.engine import Engine
     from engine.registry import workflows
     from models.db import migrate
     from models.schema import is_postgres

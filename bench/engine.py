@@ -38,10 +38,10 @@ from pathlib import Path
 import httpx
 
 from engine import operations
-from engine.db import connected
+from engine.db import connected, current
 from engine.definitions import WorkflowDef, parse_definition
-from engine.executor import Engine
-from engine.hub import Change, ChangeKind, hub
+from engine.engine import Engine
+from engine.hub import Change, ChangeKind
 from engine.settings import Settings
 from engine.store import fetch
 from models.db import migrate
@@ -135,7 +135,7 @@ async def wait_done(run_ids: list[int], timeout_s: float) -> None:
             if not pending:
                 done.set()
 
-    remove = hub.add_listener(on_change)
+    remove = current().hub.add_listener(on_change)
     try:
         rows = await fetch(
             f"SELECT id FROM runs WHERE status = 'completed' AND id IN ({', '.join('?' for _ in run_ids)})", run_ids

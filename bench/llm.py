@@ -36,7 +36,7 @@ from bench.engine import wait_done
 from engine import operations
 from engine.db import connected
 from engine.definitions import WorkflowDef, parse_definition
-from engine.executor import Engine
+from engine.engine import Engine
 from engine.settings import Secret, Settings
 
 

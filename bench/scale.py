@@ -27,7 +27,7 @@ from pathlib import Path
 
 from bench.engine import in_process_ms_per_step, sequential
 from engine.db import connected
-from engine.executor import Engine
+from engine.engine import Engine
 from engine.settings import Settings
 from tests.dbtemplate import migrated_copy
 from ui import run_list

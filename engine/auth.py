@@ -305,19 +305,17 @@ async def revoke_token(token_id: int) -> ApiToken:
     return row
 
 
-_touched: dict[int, float] = {}
-
-
-async def token_principal(token: str, address: str | None = None) -> Principal | None:
-    """The user a bearer token acts for, or None if it is unknown, revoked, or its user disabled."""
+async def token_principal(token: str, touched: dict[int, float], address: str | None = None) -> Principal | None:
+    """The user a bearer token acts for, or None if it is unknown, revoked, or its user disabled. Its use is
+    recorded at most every TOKEN_TOUCH_INTERVAL_S: `touched` (the caller's, by token id) holds when it last was."""
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
     row = await ApiToken.filter(token_hash=_digest(token), revoked_at__isnull=True).prefetch_related("user").first()
     if row is None or row.user.disabled:
         return None
     now = time.monotonic()
-    if now - _touched.get(row.id, -TOKEN_TOUCH_INTERVAL_S) >= TOKEN_TOUCH_INTERVAL_S:
-        _touched[row.id] = now
+    if now - touched.get(row.id, -TOKEN_TOUCH_INTERVAL_S) >= TOKEN_TOUCH_INTERVAL_S:
+        touched[row.id] = now
         await ApiToken.filter(id=row.id).update(last_used_at=utcnow())
         await audit("token_used", row.user.name, f"{row.name} ({row.prefix}…)", address)
     return Principal(row.user.name, row.user.role, "token", row.name)

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.hub import Change, ChangeKind, TokenDelta, hub
+from engine.hub import Change, ChangeKind, Hub, TokenDelta
 from engine.readmodel import log_time_iso
 from models.errors import StepdeckError
 
@@ -33,6 +33,7 @@ class StepContext:
     alternatives: int
     inputs: Mapping[str, Any]
     outputs: Mapping[str, Any]
+    hub: Hub = field(repr=False)  # where its progress, log lines and streamed text are published
     logs: list[str] = field(default_factory=list)
     # When each line of `logs` was written (epoch milliseconds, UTC), index for index.
     log_times: list[int] = field(default_factory=list)
@@ -57,7 +58,7 @@ class StepContext:
         now = time.monotonic()
         if now - self._last_progress_at >= PROGRESS_MIN_INTERVAL_S or self.fraction >= 1.0:
             self._last_progress_at = now
-            hub.publish(
+            self.hub.publish(
                 Change(
                     self.run_id,
                     ChangeKind.PROGRESS,
@@ -80,7 +81,7 @@ class StepContext:
         elif len(self.logs) == MAX_LOG_LINES:
             self.log_times.append(at_ms)
             self.logs.append(f"… further log lines dropped (limit {MAX_LOG_LINES})")
-        hub.publish(
+        self.hub.publish(
             Change(
                 self.run_id,
                 ChangeKind.LOG,
@@ -118,7 +119,7 @@ class StepContext:
         self._streams[index] = [text] if text else []
         self._lengths[index] = len(text)
         self._unsent.pop(index, None)
-        hub.publish(self._tokens(index, length, "", reset=True))
+        self.hub.publish(self._tokens(index, length, "", reset=True))
 
     def flush_stream(self) -> None:
         """Send viewers what they have not seen yet."""
@@ -128,7 +129,7 @@ class StepContext:
         self._last_tokens_at = time.monotonic()
         unsent, self._unsent = self._unsent, {}
         for index, (offset, chunks) in unsent.items():
-            hub.publish(self._tokens(index, offset, "".join(chunks)))
+            self.hub.publish(self._tokens(index, offset, "".join(chunks)))
 
     def _tokens(self, index: int, offset: int, text: str, reset: bool = False) -> Change:
         delta = TokenDelta(index, offset, text, reset)
@@ -157,7 +158,3 @@ class StepContext:
         if self.alternatives == 1:
             return streams.get(0)
         return "\n\n".join(f"### Alternative {i + 1}\n\n{text}" for i, text in streams.items())
-
-
-# Contexts of steps executing in this process, so that a viewer who arrives mid-stream sees the text so far.
-executing: dict[tuple[int, str], StepContext] = {}

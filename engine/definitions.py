@@ -210,6 +210,8 @@ class WorkflowDef:
     schedules: tuple[ScheduleDef, ...] = ()
     max_cost: float | None = None  # USD of LLM cost per run; a step that would start past it waits for a person
     notify: tuple[NotifyDef, ...] = ()
+    # `snapshot()`, made at its first use and kept with the definition (which never changes).
+    _snapshot: str | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def step(self, key: str) -> StepDef:
         """Return the step with this key; KeyError if there is none."""
@@ -251,6 +253,15 @@ class WorkflowDef:
             data["max_cost"] = self.max_cost
         # The round trip makes a deep, plain-JSON copy that cannot alias this definition's values.
         return json.loads(json.dumps(data))  # type: ignore[no-any-return]
+
+    def snapshot_json(self) -> str:
+        """`to_snapshot()` as JSON text, made once per definition: every run started from it stores the same
+        text, encoded once."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            snapshot = json.dumps(self.to_snapshot(), ensure_ascii=False)
+            object.__setattr__(self, "_snapshot", snapshot)  # a cache, not a change: the fields stay as they are
+        return snapshot
 
     @classmethod
     def from_snapshot(cls, data: Mapping[str, Any]) -> Self:

@@ -26,7 +26,7 @@ from engine.store import fetch
 from models.status import RunStatus, StepStatus
 
 if TYPE_CHECKING:
-    from engine.executor import Engine
+    from engine.engine import Engine
 
 log = logging.getLogger(__name__)
 

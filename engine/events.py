@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from engine.db import current
 from engine.db.base import Batch, BatchResult, Ref, Stmt
-from engine.hub import Change, ChangeKind, hub
+from engine.hub import Change, ChangeKind, Hub
 from models.status import StepStatus
 
 COLUMNS = "run_id, step_key, attempt, kind, from_status, to_status, actor, message, created_at"
@@ -86,7 +87,7 @@ def _run_id(run_id: int | Ref, result: BatchResult) -> int:
     return run_id if isinstance(run_id, int) else int(result.rows[run_id.index][0][0])
 
 
-def publish(result: BatchResult, events: Sequence[EventSpec], first_event: int, now: datetime) -> None:
+def publish(hub: Hub, result: BatchResult, events: Sequence[EventSpec], first_event: int, now: datetime) -> None:
     at = now.isoformat()
     for offset, event in enumerate(events):
         rows = result.rows[first_event + offset]
@@ -107,7 +108,7 @@ def publish(result: BatchResult, events: Sequence[EventSpec], first_event: int, 
         )
 
 
-def _publish_stopped(rows: list[tuple[Any, ...]], run_id: int, stopped: Stopped, now: datetime) -> None:
+def _publish_stopped(hub: Hub, rows: list[tuple[Any, ...]], run_id: int, stopped: Stopped, now: datetime) -> None:
     at = now.isoformat()
     for event_id, key, attempt in rows:
         hub.publish(
@@ -130,11 +131,12 @@ def batch(stmts: Sequence[Stmt], events: Sequence[EventSpec], now: datetime, sto
     first = len(stmts)
 
     def on_commit(result: BatchResult) -> None:
+        hub = current().hub  # the database that committed it
         if stopped:
             run_id = _run_id(events[0].run_id, result)
             for s in stopped:
-                _publish_stopped(result.rows[s.index], run_id, s, now)
-        publish(result, events, first, now)
+                _publish_stopped(hub, result.rows[s.index], run_id, s, now)
+        publish(hub, result, events, first, now)
 
     # Every run named by an event (a new run, still a `Ref`, cannot be held by anyone else).
     runs = sorted({e.run_id for e in events if isinstance(e.run_id, int)})

@@ -15,7 +15,7 @@ import logging
 from typing import Any
 
 from engine.db import current
-from engine.hub import Change, hub
+from engine.hub import Change, Hub
 from engine.queries import event_json
 
 log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
@@ -26,26 +26,28 @@ async def start() -> None:
     ephemeral notices (progress, log lines, streamed text: no rows, so they travel in the notifications).
     A failure is logged, and this process then sees the others' changes only by its polls (the runs
     list, the engine's heartbeat) and their notices when it next reads a step."""
-    db = current()
+    database = current()
     try:
-        await db.start_feed(publish_rows, publish_live)
+        await database.start_feed(
+            lambda rows: publish_rows(database.hub, rows), lambda notices: publish_live(database.hub, notices)
+        )
     except Exception as exc:
         log.warning("cannot follow other processes' changes: %s", exc)
-    if db.kind == "postgresql":
+    if database.kind == "postgresql":
 
         def send(change: Change) -> None:
-            if change.ephemeral and not change.remote and not db.send_live(change.to_json()):
-                remove()  # that database is closed
+            if change.ephemeral and not change.remote:
+                database.send_live(change.to_json())
 
-        remove = hub.add_listener(send)
+        database.hub.add_listener(send)  # the hub goes with the database
 
 
-def publish_rows(rows: list[dict[str, Any]]) -> None:
+def publish_rows(hub: Hub, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         hub.publish(Change.from_event(event_json(row)))
 
 
-def publish_live(notices: list[dict[str, Any]]) -> None:
+def publish_live(hub: Hub, notices: list[dict[str, Any]]) -> None:
     for notice in notices:
         try:
             change = Change.from_ephemeral_json(notice)

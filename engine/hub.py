@@ -14,7 +14,10 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.context import StepContext
 
 log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
@@ -192,9 +195,13 @@ class Subscription:
 
 
 class Hub:
-    """Fan-out of changes to listeners (sync callbacks) and subscriptions (queues) of this process."""
+    """Fan-out of the changes of one open database (`Database.hub`) to listeners (sync callbacks) and
+    subscriptions (queues) of this process. A new database opened is a new hub: nothing of the one before
+    (listeners, subscriptions, streams) carries over."""
 
     def __init__(self) -> None:
+        # Steps executing in this process, so that a viewer who arrives mid-stream sees the text so far.
+        self.executing: dict[tuple[int, str], StepContext] = {}
         self._listeners: list[Listener] = []
         self._subscriptions: set[Subscription] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -236,6 +243,3 @@ class Hub:
                 log.exception("hub listener %r failed on %s; the run is not affected", listener, change.kind)
         for sub in list(self._subscriptions):
             sub._offer(change)
-
-
-hub = Hub()

@@ -1,6 +1,6 @@
 """Logging: one namespace (`stepdeck.*`) and, on each line, what it is about (run, step, attempt, worker).
 
-A module takes its logger with `logger(__name__)` (`stepdeck.engine.executor`, …). What a line is about
+A module takes its logger with `logger(__name__)` (`stepdeck.engine.engine`, …). What a line is about
 comes from a context variable bound where the work starts, so call sites pass nothing: the engine binds
 its worker (owner id) for its loops and, for each run it drives, the run, which the run's step tasks and
 worker threads inherit; a step kind's execution adds the step and its attempt. Every record carries the

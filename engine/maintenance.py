@@ -1,249 +1,147 @@
-"""Orphan recovery and the sweep: no run stays RUNNING after the process behind it has died.
+"""Jobs on APScheduler: the orphan sweep (every `sweep_interval_s`) and, when a retention is set,
+the prune of old finished runs (hourly), both also once at startup; and the workflows' cron
+schedules (`engine/schedules.py`).
 
-A run is an orphan when its owner is provably dead (same host, process gone) or has not
-heartbeated for `stale_after_s`; where engines hold leases (PostgreSQL), when its engine holds no
-live lease (`engine/leases.py`). A healthy owner heartbeats every few seconds whatever its steps
-do (sync steps run in threads), so a long step never looks dead. Both paths write through the
-guarded RUNNING → FAILED transition: running them twice, or from two processes, fails a run once.
+Several processes may each run this scheduler. Where they share a database (PostgreSQL) only the
+leader (`engine/leader.py`) runs the sweep, the prune and the cron schedules; the others stand by and
+take over when its lease runs out. Either way the jobs are idempotent (guarded transitions, unique fire
+times). Job state is kept for the Monitoring page.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import os
-import socket
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from engine import leases, records, transitions
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from engine import orphans
+from engine.leader import Leadership
+from engine.records import utcnow
+from engine.schedules import Schedules
 from engine.settings import Settings
-from engine.store import Stmt, fetch, run_batch
-from models.status import RunStatus, StepStatus
 
 log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
-
-MAX_RECOVERIES = 3  # under `resume`, how often one run is re-queued before it is failed for good
-FORGET_WORKERS_AFTER_S = 3600.0  # workers whose lease ended this long ago (owning no run) are deleted
-
-
-@dataclass(frozen=True, slots=True)
-class OrphanVerdict:
-    run_id: int
-    reason: str
-    heartbeat_at: Any = None  # as read: the run is failed only if it has not beaten since
-    recoveries: int = 0
-    action: str = "fail"  # what recover_orphans did: fail | requeue
-    owner_gone: bool = False  # its engine provably ended (not merely silent)
-    retry_pending: bool = False  # nothing was executing, a step waits for its retry's due time
-    owner: str | None = None  # by lease: the engine whose lease ended (the transition is guarded on it)
+SWEEP_JOB_ID = "stepdeck-sweep"
+PRUNE_JOB_ID = "stepdeck-prune"
+LEADER_JOB_ID = "stepdeck-leader"
+CATCH_UP_JOB_ID = "stepdeck-catch-up"
+PRUNE_INTERVAL_S = 3600.0
 
 
-def orphan_action(policy: str, recoveries: int, owner_gone: bool = True, limit: int = MAX_RECOVERIES) -> str:
-    """`requeue` under the `resume` policy until a run was re-queued `limit` times, else `fail`.
-
-    Only a run whose engine provably ended is re-queued: one that merely stopped answering (frozen,
-    overloaded, cut off) may still be executing it, and running it again would do the work twice.
-    """
-    return "requeue" if policy == "resume" and owner_gone and recoveries < limit else "fail"
-
-
-def owner_is_dead(owner: str | None, host: str | None = None) -> bool:
-    """True only when the owner ran on this host and its process no longer exists."""
-    if not owner:
-        return True
-    parts = owner.split(":")
-    if len(parts) < 2 or parts[0] != (host or socket.gethostname()):
-        return False
-    try:
-        pid = int(parts[1])
-    except ValueError:
-        return False
-    if pid == os.getpid():
-        return False  # this process; a different boot of it means the previous one is gone (handled by caller)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+@dataclass
+class JobState:
+    last_run_at: datetime | None = None
+    last_result: str | None = None
+    last_error: str | None = None
+    runs: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
-def owner_gone(owner: str | None, me: str) -> bool:
-    """The owner's process has ended: dead on this host, or this very process started anew."""
-    same_process_restarted = owner is not None and me.rsplit(":", 1)[0] == owner.rsplit(":", 1)[0] and owner != me
-    return owner_is_dead(owner) or same_process_restarted
+class Maintenance:
+    """Owns the scheduler and the state of its jobs."""
 
+    def __init__(self, settings: Settings, owner: str) -> None:
+        self.settings = settings
+        self.owner = owner
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self.leadership = Leadership(settings, owner)
+        self.schedules = Schedules(self.scheduler, self.leadership.is_leader)
+        self.jobs: dict[str, JobState] = {SWEEP_JOB_ID: JobState()}
+        if settings.retention_days > 0:
+            self.jobs[PRUNE_JOB_ID] = JobState()
 
-HEADLESS_BOOT = "run-"  # starts the boot part of the owner id of a headless `main.py run`
+    def start(self) -> None:
+        """Schedule the jobs and start; call from a sync startup handler (inside the running loop)."""
+        if self.leadership.shared:
+            every_s = self.settings.heartbeat_interval_s
+            self._add(
+                LEADER_JOB_ID, "hold or take the leader's lease", every_s, self.lead, grace_s=max(1, int(every_s))
+            )
+        self._add(SWEEP_JOB_ID, "fail orphaned runs", self.settings.sweep_interval_s, self.sweep)
+        if PRUNE_JOB_ID in self.jobs:
+            name = f"delete finished runs older than {self.settings.retention_days:g} days"
+            self._add(PRUNE_JOB_ID, name, PRUNE_INTERVAL_S, self.prune)
+        self.schedules.start()
+        self.scheduler.start()
 
-
-def _is_headless(owner: str | None) -> bool:
-    return owner is not None and owner.rsplit(":", 1)[-1].startswith(HEADLESS_BOOT)
-
-
-def orphan_reason(
-    row: dict[str, Any], running_steps: list[str], me: str, now: datetime, stale_after_s: float
-) -> str | None:
-    """Why this RUNNING run is an orphan, or None when its owner may still be alive (pure but for pid checks)."""
-    owner, beat = row["owner"], _as_datetime(row["heartbeat_at"])
-    stale = beat is None or now - beat > timedelta(seconds=stale_after_s)
-    if owner == me:
-        # This process beats every run it drives; its own stale run has lost its driver.
-        return f"interrupted: its driver in this engine stopped (last heartbeat {beat}); see the log" if stale else None
-    steps = ", ".join(repr(k) for k in running_steps)
-    where = f" while step {steps} was running" if steps else ""
-    when = f"last heartbeat {beat:%Y-%m-%d %H:%M:%S} UTC" if beat else "no heartbeat"
-    if owner_gone(owner, me):
-        process = "the headless `main.py run` process" if _is_headless(owner) else "the server"
-        return f"interrupted: {process} stopped{where}; {when} from {owner or 'an unknown owner'}"
-    if stale:
-        return (
-            f"interrupted: its engine stopped responding{where}; {when} from {owner}, more than {stale_after_s:g} s ago"
+    def _add(
+        self, job_id: str, name: str, every_s: float, job: Callable[[], Awaitable[None]], grace_s: int = 30
+    ) -> None:
+        self.scheduler.add_job(
+            job,
+            "interval",
+            seconds=every_s,
+            id=job_id,
+            name=name,
+            replace_existing=True,
+            next_run_time=utcnow(),
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=grace_s,
         )
-    return None
 
+    def stop(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
 
-async def find_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
-    """RUNNING runs whose engine is gone or silent (by lease where engines hold leases, else by heartbeat
-    and process)."""
-    if leases.shared():
-        return await _find_unleased()
-    rows = await fetch("SELECT id, owner, heartbeat_at, recoveries FROM runs WHERE status = ?", (RunStatus.RUNNING,))
-    verdicts = []
-    now = records.utcnow()
-    for row in rows:
-        steps = await fetch(
-            "SELECT key, status FROM steps WHERE run_id = ? AND status IN (?, ?) ORDER BY position",
-            (row["id"], StepStatus.RUNNING, StepStatus.RETRYING),
-        )
-        running = [s["key"] for s in steps if s["status"] == StepStatus.RUNNING]
-        reason = orphan_reason(row, running, me, now, settings.stale_after_s)
-        if reason:
-            gone = owner_gone(row["owner"], me)
-            pending = not running and any(s["status"] == StepStatus.RETRYING for s in steps)
-            verdicts.append(
-                OrphanVerdict(
-                    row["id"], reason, row["heartbeat_at"], row["recoveries"], owner_gone=gone, retry_pending=pending
-                )
-            )
-    return verdicts
+    def next_run_at(self, job_id: str) -> datetime | None:
+        job = self.scheduler.get_job(job_id)
+        return job.next_run_time if job else None
 
+    async def lead(self) -> None:
+        """Hold the leader's lease; on taking it, catch up on the schedules and sweep at once."""
+        try:
+            gained = await self.leadership.renew()
+        except asyncio.CancelledError:
+            return  # the scheduler shuts down: the lease runs out, or was handed over by `stop_leading`
+        except Exception:
+            log.exception("could not renew the leader's lease; retrying")
+            return
+        if gained:  # as jobs of their own: the lease is renewed meanwhile
+            catch_up = self.schedules.catch_up_all
+            # However late it gets to run (a busy machine): a fire time is caught up, never dropped.
+            self.scheduler.add_job(catch_up, id=CATCH_UP_JOB_ID, replace_existing=True, misfire_grace_time=None)
+            self.scheduler.modify_job(SWEEP_JOB_ID, next_run_time=utcnow())
 
-async def _find_unleased() -> list[OrphanVerdict]:
-    """RUNNING runs whose engine holds no live lease (database clock). Such an engine stopped its work
-    before its lease ended (or was frozen and is refused every write when it wakes): it is gone for
-    these runs, whatever its host or pid, and no live engine can hold them."""
-    rows = await fetch(
-        "SELECT r.id, r.owner, r.heartbeat_at, r.recoveries, w.host, w.pid, w.lease_until FROM runs r"
-        " LEFT JOIN workers w ON w.id = r.owner WHERE r.status = ? AND (w.id IS NULL OR w.lease_until <= now())",
-        (RunStatus.RUNNING,),
-    )
-    verdicts = []
-    for row in rows:
-        steps = await fetch(
-            "SELECT key, status FROM steps WHERE run_id = ? AND status IN (?, ?) ORDER BY position",
-            (row["id"], StepStatus.RUNNING, StepStatus.RETRYING),
-        )
-        running = [s["key"] for s in steps if s["status"] == StepStatus.RUNNING]
-        where = f" while step {', '.join(repr(k) for k in running)} was running" if running else ""
-        if row["lease_until"] is None:
-            engine = f"its engine {row['owner'] or '(unknown)'} holds no lease"
-        else:
-            ended = _as_datetime(row["lease_until"])
-            engine = (
-                f"the lease of its engine {row['owner']} ({row['host']}, pid {row['pid']}) ended"
-                f" {ended:%Y-%m-%d %H:%M:%S} UTC"
-            )
-        pending = not running and any(s["status"] == StepStatus.RETRYING for s in steps)
-        verdicts.append(
-            OrphanVerdict(
-                row["id"],
-                f"interrupted: {engine}{where}",
-                ...,
-                row["recoveries"],
-                owner_gone=True,
-                retry_pending=pending,
-                owner=row["owner"],
-            )
-        )
-    return verdicts
+    async def stop_leading(self) -> None:
+        """Hand the leader's lease over (a clean stop): another process takes it at its next heartbeat."""
+        try:
+            await self.leadership.release()
+        except Exception:
+            log.exception("could not release the leader's lease; it runs out by itself")
 
+    async def _record(self, job_id: str, work: Callable[[], Awaitable[str]]) -> None:
+        state = self.jobs[job_id]
+        if not self.leadership.is_leader():
+            state.last_result = "left to the leader (another process)"
+            return
+        state.last_run_at, state.runs = utcnow(), state.runs + 1
+        try:
+            result = await work()
+        except Exception as exc:
+            state.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("maintenance job %s failed", job_id)
+            return
+        state.last_error = None
+        state.last_result = result
 
-async def recover_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
-    """Fail (or, under `resume`, re-queue) every orphaned run; returns those this call handled.
+    async def sweep(self) -> None:
+        async def work() -> str:
+            handled = await orphans.recover_orphans(self.settings, self.owner)
+            requeued = sum(1 for v in handled if v.action == "requeue")
+            return f"{len(handled) - requeued} orphaned run(s) failed, {requeued} re-queued"
 
-    A run whose engine died while nothing executed and a step waited for its retry is re-queued under
-    any policy: no work is repeated, and its retry fires at its due time on the next engine (the guard
-    on the owner stops the old one, should it still be alive).
-    """
-    handled = []
-    for verdict in await find_orphans(settings, me):
-        action = orphan_action(settings.on_orphan, verdict.recoveries, verdict.owner_gone)
-        reason = verdict.reason
-        if verdict.retry_pending:
-            action, reason = "requeue", f"{reason}; re-queued with its pending retry"
-            done = await transitions.requeue_interrupted(
-                verdict.run_id, reason, owner=verdict.owner, heartbeat_at=verdict.heartbeat_at, count=False
-            )
-        elif action == "requeue":
-            reason += f"; re-queued (recovery {verdict.recoveries + 1} of {MAX_RECOVERIES})"
-            done = await transitions.requeue_interrupted(
-                verdict.run_id, reason, owner=verdict.owner, heartbeat_at=verdict.heartbeat_at
-            )
-        else:
-            if settings.on_orphan == "resume" and not verdict.owner_gone:
-                reason += "; not re-queued: its engine may still be running it"
-            elif settings.on_orphan == "resume":
-                reason += (
-                    f"; not re-queued again: interrupted {verdict.recoveries + 1} times "
-                    f"(STEPDECK_ON_ORPHAN=resume re-queues a run at most {MAX_RECOVERIES} times)"
-                )
-            done = await transitions.fail_running_run(
-                verdict.run_id, reason, owner=verdict.owner, actor="recovery", heartbeat_at=verdict.heartbeat_at
-            )
-        if done:
-            log.warning("run %s: %s", verdict.run_id, reason)
-            handled.append(dataclasses.replace(verdict, reason=reason, action=action))
-    if leases.shared():
-        await leases.forget_expired(FORGET_WORKERS_AFTER_S)
-    return handled
+        await self._record(SWEEP_JOB_ID, work)
 
+    async def prune(self) -> None:
+        async def work() -> str:
+            deleted = await orphans.prune_finished(self.settings.retention_days)
+            return f"{deleted} finished run(s) deleted"
 
-def _as_datetime(value: Any) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(str(value))
-
-
-PRUNE_BATCH = 200  # runs deleted per statement: short transactions, page reads keep flowing
-
-
-async def prune_finished(retention_days: float, *, batch: int = PRUNE_BATCH) -> int:
-    """Delete finished runs (with their steps, attempts and events) older than `retention_days`;
-    returns how many. Never touches an active or waiting run. No-op when retention_days is 0."""
-    if retention_days <= 0:
-        return 0
-    cutoff = records.utcnow() - timedelta(days=retention_days)
-    terminal = [RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED]
-    deleted = 0
-    while True:
-        result = await run_batch(
-            [
-                # The status again outside the sub-select: on PostgreSQL a run re-queued (a rerun) while
-                # this statement runs is re-checked against its new row there, and kept.
-                Stmt(
-                    "DELETE FROM runs WHERE id IN (SELECT id FROM runs WHERE status IN (?, ?, ?)"
-                    " AND finished_at IS NOT NULL AND finished_at < ? ORDER BY id LIMIT ?) AND status IN (?, ?, ?)",
-                    (*terminal, cutoff, batch, *terminal),
-                )
-            ]
-        )
-        deleted += result.rowcounts[0]
-        if result.rowcounts[0] < batch:
-            return deleted
-        await asyncio.sleep(0)  # let other work in between batches
+        await self._record(PRUNE_JOB_ID, work)

@@ -47,7 +47,7 @@ async def start_run_detail(
     except InputError as exc:
         raise InvalidInput(str(exc), exc.problems) from None
     steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs), s.retries) for s in defn.steps]
-    created = await transitions.create_run(defn.name, _snapshot(defn), values, steps, actor)
+    created = await transitions.create_run(defn.name, JsonText(defn.snapshot_json()), values, steps, actor)
     return queued_run(created.id, defn, workflows.in_declared_order(defn.name, values), actor, created.created_at)
 
 
@@ -60,7 +60,7 @@ async def start_scheduled_run(defn: WorkflowDef, schedule: str, fire_time: datet
         raise InvalidInput(str(exc), exc.problems) from None
     steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs), s.retries) for s in defn.steps]
     fire = records.ScheduledFire(defn.name, schedule, fire_time.astimezone(UTC))
-    return await transitions.create_scheduled_run(_snapshot(defn), values, steps, fire)
+    return await transitions.create_scheduled_run(JsonText(defn.snapshot_json()), values, steps, fire)
 
 
 def _encodes(text: str) -> bool:
@@ -88,19 +88,6 @@ def _invalid_text(value: Any, where: str = "") -> str | None:
             if found:
                 return found
     return None
-
-
-_snapshots: dict[int, tuple[WorkflowDef, JsonText]] = {}
-
-
-def _snapshot(defn: WorkflowDef) -> JsonText:
-    """The definition's snapshot as JSON text, made once per definition object (it is immutable)."""
-    cached = _snapshots.get(id(defn))
-    if cached is None or cached[0] is not defn:
-        if len(_snapshots) > 256:
-            _snapshots.clear()
-        cached = _snapshots[id(defn)] = (defn, JsonText(json.dumps(defn.to_snapshot(), ensure_ascii=False)))
-    return cached[1]
 
 
 # --- reading what an operation needs -------------------------------------------------------------

@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from engine import kinds, logs, retry, transitions
-from engine.context import StepContext, WaitForPerson, executing
+from engine.context import StepContext, WaitForPerson
 from engine.db import current
 from engine.db.base import Database
 from engine.definitions import MAX_TOKENS_LIMIT
@@ -223,6 +223,7 @@ class ThreadFinish:
                 alternatives=d.alternatives,
                 inputs=driver.inputs,
                 outputs={n: output if n == key else driver.steps[n].output for n in d.needs},
+                hub=driver.engine.hub,
             )
             ref = AttemptRef(driver.run_id, successor.id, d.key, attempt_id, start.number, driver.owner)
             finish = ThreadFinish(driver, successor, ref, ctx, self._loop)
@@ -314,8 +315,10 @@ async def _attempt(
             alternatives=d.alternatives,
             inputs=driver.inputs,
             outputs={n: driver.steps[n].output for n in d.needs},
+            hub=engine.hub,
         )
     driver.contexts[d.key] = ctx
+    executing = engine.hub.executing
     executing[(driver.run_id, d.key)] = ctx
 
     async def checkpoint(text: str, llm: dict[str, Any] | None) -> None:

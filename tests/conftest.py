@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from engine import audit, queries
 from engine.db import close_database, open_database
 from engine.definitions import WorkflowDef, parse_definition
-from engine.executor import Engine
+from engine.engine import Engine
 from engine.registry import workflows
 from engine.settings import Settings
 from engine.store import fetch

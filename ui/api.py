@@ -293,7 +293,7 @@ async def run_events(
         after = max(after, int(value)) if queries.ids_in_commit_order() else int(value)
     if not follow and "text/event-stream" not in request.headers.get("accept", ""):
         return JSONResponse(await queries.events_after(rid, after, limit=100_000))
-    stream: AsyncIterator[str] = event_stream(request, rid, after, follow=follow)
+    stream: AsyncIterator[str] = event_stream(request, current().hub, rid, after, follow=follow)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
 

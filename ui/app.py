@@ -12,13 +12,13 @@ from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine import feed
-from engine.db import close_database, open_database
-from engine.executor import Engine, make_owner_id
-from engine.scheduler import Maintenance
+from engine.db import close_database, current, open_database
+from engine.engine import Engine, make_owner_id
+from engine.maintenance import Maintenance
 from engine.settings import Settings
 from ui import errors, security
 from ui.api import router
-from ui.live import live
+from ui.live import LiveRuns
 from ui.pages import register_pages
 
 
@@ -27,6 +27,7 @@ def mount(settings: Settings, engine: Engine | None) -> None:
     the process serves the dashboard and the API only: runs it starts are executed by another process
     on the same database (`main.py worker`, or another `serve`)."""
     app.state.settings = settings  # pages and the API show which model provider LLM steps use
+    live = app.state.live = LiveRuns()  # this app's live views of runs, made anew with every mount
     _open_database_in_lifespan(settings.db_url)
     errors.install(app)
     security.install(settings)
@@ -36,14 +37,14 @@ def mount(settings: Settings, engine: Engine | None) -> None:
     if engine is not None:
         app.on_startup(engine.start)
     app.on_startup(maintenance.start)
-    app.on_startup(live.start)
+    app.on_startup(lambda: live.start(current().hub))
     app.on_shutdown(live.stop)
     app.on_shutdown(maintenance.stop)
     app.on_shutdown(maintenance.stop_leading)
     if engine is not None:
         # NiceGUI passes the app to a handler with one parameter: engine.stop's `why` must keep its default.
         app.on_shutdown(lambda: engine.stop())
-    register_pages(maintenance)
+    register_pages(maintenance, live)
 
 
 def _open_database_in_lifespan(db_url: str) -> None:
@@ -72,7 +73,7 @@ def _api_app(settings: Settings) -> FastAPI:
     errors.install(api)
     api.include_router(router)
     api.add_middleware(GZipMiddleware, minimum_size=1000)
-    api.add_middleware(security.Gate, settings=settings)
+    api.add_middleware(security.Gate, settings=settings, sessions=app.state.sessions)
     return api
 
 

@@ -12,12 +12,12 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from engine import feed, maintenance, operations, queries
+from engine import feed, operations, orphans, queries
 from engine.audit import audit
 from engine.db import connected
+from engine.engine import Engine, make_owner_id
 from engine.errors import OperationError
-from engine.executor import Engine, make_owner_id
-from engine.hub import Change, ChangeKind, hub
+from engine.hub import Change, ChangeKind
 from engine.readmodel import RunDetail, duration_s
 from engine.records import utcnow
 from engine.registry import workflows
@@ -183,7 +183,7 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    async with connected(settings.db_url):
+    async with connected(settings.db_url) as database:
         await feed.start()  # a cancel or a choice made on a dashboard reaches this run at once (PostgreSQL)
         catalog = workflows.load(settings.workflows_dir)
         for error in catalog.errors:
@@ -200,7 +200,7 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
             printer.line(f"run {run_id} of {workflow!r} queued")
             while True:
                 seen = await queries.events_after(run_id, 0, limit=100_000)
-                sub = hub.subscribe(run_id)
+                sub = database.hub.subscribe(run_id)
                 try:
                     if await engine.adopt(run_id):
                         status = await _follow_local(run_id, sub, printer)
@@ -249,7 +249,7 @@ async def check(settings: Settings, out: TextIO = sys.stdout) -> int:
 async def sweep(settings: Settings, out: TextIO = sys.stdout) -> int:
     """Fail runs whose engine is gone (dead process or heartbeat older than stale_after_s)."""
     async with connected(settings.db_url, must_exist=True):
-        failed = await maintenance.recover_orphans(settings, me=f"sweep:{getpass.getuser()}")
+        failed = await orphans.recover_orphans(settings, me=f"sweep:{getpass.getuser()}")
     for verdict in failed:
         done = "re-queued" if verdict.action == "requeue" else "failed"
         print(f"run {verdict.run_id}: {done}, {verdict.reason}", file=out)

@@ -21,8 +21,8 @@ from nicegui import Event, background_tasks
 from nicegui.binding import bindable_dataclass
 
 from engine import queries
-from engine.context import executing
-from engine.hub import Change, ChangeKind, hub
+from engine.context import StepContext
+from engine.hub import Change, ChangeKind, Hub
 from engine.llm.record import LlmJson
 from engine.readmodel import StepRow
 from models.status import RunStatus, StepStatus
@@ -97,8 +97,11 @@ def shown_status(row: StepRow, run_status: str) -> str:
 class RunState:
     """A run's header view, its step rows in order, and counts kept incrementally."""
 
-    def __init__(self, header: dict[str, Any], rows: list[StepRow]) -> None:
+    def __init__(
+        self, header: dict[str, Any], rows: list[StepRow], executing: dict[tuple[int, str], StepContext]
+    ) -> None:
         self.header = header
+        self.executing = executing  # the steps executing in this process (`Hub.executing`)
         self.view = RunView(id=header["id"], workflow=header["workflow"])
         self.rows: dict[str, StepRow] = {r.key: r for r in rows}
         self.order = [r.key for r in rows]
@@ -209,7 +212,7 @@ class RunState:
             texts = {}
         current = texts.get(index, "")
         if offset > len(current):
-            ctx = executing.get((self.view.id, key))
+            ctx = self.executing.get((self.view.id, key))
             current = ctx.stream_text(index) if ctx is not None and ctx.attempt == attempt else current
             texts[index] = current if len(current) >= offset + len(text) else current + text
         else:
@@ -293,6 +296,7 @@ class LiveRuns:
     """The states of every run some tab is looking at, and an event for the runs list."""
 
     def __init__(self) -> None:
+        self.hub: Hub | None = None  # the hub of the app's database, while the app runs
         self.states: dict[int, RunState] = {}
         self.viewers: Counter[int] = Counter()
         self.runs_changed: Event[int] = Event()  # a run was created or changed status (runs list)
@@ -300,8 +304,10 @@ class LiveRuns:
         self._push: asyncio.Task[None] | None = None
         self._remove: Callable[[], None] | None = None
 
-    def start(self) -> None:
+    def start(self, hub: Hub) -> None:
+        """Follow the changes of `hub` (the app's database's, once it is open)."""
         if self._remove is None:
+            self.hub = hub
             self._remove = hub.add_listener(self._on_change)
 
     def stop(self) -> None:
@@ -323,7 +329,7 @@ class LiveRuns:
             rows = await queries.step_rows(run_id)
             state = self.states.get(run_id)  # another tab may have opened it meanwhile
             if state is None:
-                state = self.states[run_id] = RunState(header, rows)
+                state = self.states[run_id] = RunState(header, rows, self.hub.executing if self.hub else {})
         self.viewers[run_id] += 1
         return state
 
@@ -380,6 +386,3 @@ class LiveRuns:
                     await state.catch_up()
                 except Exception:
                     log.exception("refreshing the view of run %s failed", run_id)
-
-
-live = LiveRuns()

@@ -23,7 +23,7 @@ from typing import Any
 from starlette.requests import Request
 
 from engine import queries
-from engine.hub import hub
+from engine.hub import Hub
 
 log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
@@ -47,13 +47,14 @@ def format_sse(data: dict[str, Any], kind: str, event_id: int | None = None) -> 
     return f"{head}event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def event_stream(request: Request, run_id: int, after: int, *, follow: bool) -> AsyncIterator[str]:
+async def event_stream(request: Request, hub: Hub, run_id: int, after: int, *, follow: bool) -> AsyncIterator[str]:
+    """The run's events after `after`, then (`follow`) its changes as `hub` (the database's) hears them."""
     stream = _in_id_order if queries.ids_in_commit_order() else _in_commit_order
-    async for chunk in stream(request, run_id, after, follow=follow):
+    async for chunk in stream(request, hub, run_id, after, follow=follow):
         yield chunk
 
 
-async def _in_id_order(request: Request, run_id: int, after: int, *, follow: bool) -> AsyncIterator[str]:
+async def _in_id_order(request: Request, hub: Hub, run_id: int, after: int, *, follow: bool) -> AsyncIterator[str]:
     # Subscribe before replaying so nothing committed in between is missed; ids dedupe the overlap.
     sub = hub.subscribe(run_id) if follow else None
     last = after
@@ -89,7 +90,7 @@ async def _in_id_order(request: Request, run_id: int, after: int, *, follow: boo
             sub.close()
 
 
-async def _in_commit_order(request: Request, run_id: int, after: int, *, follow: bool) -> AsyncIterator[str]:
+async def _in_commit_order(request: Request, hub: Hub, run_id: int, after: int, *, follow: bool) -> AsyncIterator[str]:
     # Subscribed before the first read: a change committed in between wakes the loop, which reads again.
     sub = hub.subscribe(run_id) if follow else None
     cursor = await queries.event_cursor(run_id, after)

@@ -20,9 +20,9 @@ import signal
 from dataclasses import replace
 
 from engine.db import connected
-from engine.executor import Engine
+from engine.engine import Engine
+from engine.maintenance import Maintenance
 from engine.registry import workflows
-from engine.scheduler import Maintenance
 from engine.settings import Settings
 from models.schema import is_postgres
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NewType, Protocol
 
+from engine.hub import Hub
 from models.errors import StepdeckError
 
 
@@ -137,6 +138,7 @@ class Database(Protocol):
 
     kind: str  # "sqlite" or "postgresql"
     dialect: Dialect
+    hub: Hub  # this connection's changes (its commits, and other processes' through the feed), made with it
 
     async def run_batches(self, batches: Sequence[Batch]) -> list[Outcome]:
         """Independent batches, each all-or-nothing, committed together where the backend can."""

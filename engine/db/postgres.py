@@ -42,6 +42,7 @@ from engine.db.base import (
     StoreIntegrityError,
     guard_holds,
 )
+from engine.hub import Hub
 from models.schema import dsn, is_postgres
 
 __all__ = ["PostgresDatabase", "dsn", "is_postgres"]
@@ -340,6 +341,7 @@ class PostgresDatabase:
     def __init__(self, url: str, *, writers: int = WRITERS, readers: int = READERS) -> None:
         self._loop = asyncio.get_running_loop()
         self.url = url
+        self.hub = Hub()
         self._dsn = dsn(url)
         self.instance = pg_feed.new_instance()  # tells this process's event rows and notifications from others'
         name = pg_feed.application_name(self.instance)

@@ -41,6 +41,7 @@ from engine.db.base import (
     caller_wakes_loop,
     guard_holds,
 )
+from engine.hub import Hub
 from models.db import frozen_flags
 from models.errors import DatabaseUnavailable
 
@@ -271,6 +272,7 @@ class SqliteDatabase:
     def __init__(self, path: str, pragmas: Mapping[str, str], *, readers: int = READERS) -> None:
         self._loop = asyncio.get_running_loop()
         self.path = path
+        self.hub = Hub()
         self._pragmas = dict(pragmas)
         self._writer = connect(path, self._pragmas, read_only=False)
         self._writer_lock = threading.Lock()  # uncontended in a commit (one leader at a time); see `pragma`

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from engine.hub import Change, ChangeKind, hub
+from engine.hub import Change, ChangeKind, Hub
 from engine.notify import payload, sender
 from engine.notify.targets import Target, env_targets, scrub, targets_for, workflow_targets
 from engine.records import utcnow
@@ -63,9 +63,10 @@ def backoff_s(first_s: float, attempts: int) -> float:
 class Notifier:
     """The delivery loop of one process (started with its engine)."""
 
-    def __init__(self, settings: Settings, owner: str) -> None:
+    def __init__(self, settings: Settings, owner: str, hub: Hub) -> None:
         self.settings = settings
         self.owner = owner
+        self.hub = hub
         self.targets = env_targets(settings)
         self._wake = asyncio.Event()
         self._sending: set[int] = set()  # deliveries leased by this process and not yet recorded
@@ -78,7 +79,7 @@ class Notifier:
         self._wake.set()
 
     async def run(self) -> None:
-        remove_listener = hub.add_listener(self._on_change)  # here: a task cancelled before it ran leaves none
+        remove_listener = self.hub.add_listener(self._on_change)  # here: a task cancelled before it ran leaves none
         try:
             async with httpx.AsyncClient(follow_redirects=False) as client:
                 woken, delivered_at = False, 0.0

@@ -9,9 +9,10 @@ from datetime import datetime
 from typing import Any
 
 from engine import events, leases
+from engine.db import current
 from engine.db.base import Batch, BatchResult, JsonText, Ref, Stmt
 from engine.events import EventSpec, Stopped
-from engine.hub import Change, ChangeKind, hub
+from engine.hub import Change, ChangeKind
 from engine.notify import kinds as notify
 from engine.records import ScheduledFire, fire_stmt, utcnow
 from engine.store import run_batches
@@ -160,7 +161,7 @@ async def claim_queued_runs(owner: str, limit: int, skip: Sequence[int] = ()) ->
     stmt = Stmt(_CLAIM_QUEUED_SQL, (RunStatus.RUNNING, owner, now, now, now, list(skip), limit, owner, owner, now))
 
     def on_commit(result: BatchResult) -> None:
-        at = now.isoformat()
+        at, hub = now.isoformat(), current().hub
         for event_id, run_id in result.rows[0]:
             hub.publish(
                 Change(

@@ -34,6 +34,28 @@ SETTLED_RUN = {"completed", "failed", "cancelled", "waiting"}
 PATIENCE_S = 300.0
 
 
+def every_minute(catch_up: str = "skip") -> str:
+    """The definition of `tick`: one step echoing its input `who`, started every minute (UTC) by its
+    schedule `minutely` with `who` = "the schedule"; `catch_up` is what the schedule does with fire
+    times missed while no process ran it."""
+    return f"""\
+name: tick
+inputs:
+  who:
+    type: string
+    default: nobody
+steps:
+  - key: echo
+    call: tests.stepfns:echo_inputs
+schedules:
+  - name: minutely
+    cron: "* * * * *"
+    timezone: UTC
+    catch_up: {catch_up}
+    inputs: {{who: the schedule}}
+"""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -102,6 +124,19 @@ class Workspace:
             text=True,
             timeout=timeout_s,
             check=False,
+        )
+
+    def start_cli(self, *args: str) -> subprocess.Popen[str]:
+        """Start `main.py ARGS` from the project root, stdin not a terminal, its output piped; not waited for
+        (several at once: `communicate()` each)."""
+        return subprocess.Popen(
+            [sys.executable, "main.py", *args],
+            cwd=ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def migrate_for_serve(self) -> None:

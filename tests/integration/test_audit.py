@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from engine import audit, operations, records, transitions
-from engine.executor import Engine
+from engine.engine import Engine
 from engine.store import Stmt, fetch, run_batch
 from engine.transitions import NewStep, StepStart
 from models.status import RunStatus

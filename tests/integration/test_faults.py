@@ -11,13 +11,12 @@ from typing import Any
 import pytest
 from tortoise import connections
 
-from engine import maintenance, operations, queries, records, step_runner, transitions
+from engine import operations, orphans, queries, records, step_runner, transitions
 from engine.db import current
 from engine.db.postgres import PostgresDatabase
 from engine.db.sqlite import SqliteDatabase
+from engine.engine import Engine
 from engine.errors import Conflict
-from engine.executor import Engine
-from engine.hub import hub
 from engine.settings import Settings
 from engine.store import BatchResult, Stmt, fetch, run_batch, run_batches
 from tests import stepfns
@@ -55,7 +54,7 @@ async def test_a_database_refusing_the_outcome_ends_in_a_failed_run_not_a_busy_o
     _query_only(False)
     # Its driver is gone and its heartbeat stops: the sweep (here, as the engine's own job) fails it.
     await asyncio.sleep(settings.stale_after_s + 0.2)
-    failed = await maintenance.recover_orphans(settings, engine.owner)
+    failed = await orphans.recover_orphans(settings, engine.owner)
     assert [v.run_id for v in failed] == [run_id]
     assert await run_status(run_id) == "failed"
     run = (await queries.run_detail(run_id)).to_json()
@@ -151,7 +150,7 @@ async def test_events_of_a_cancel_reach_viewers_in_id_order(engine: Engine, defi
     define("two-branches", [{"key": k, "call": "tests.stepfns:sleepy", "needs": []} for k in ("a", "b")])
     run_id = await operations.start_run("two-branches", {}, "tester")
     await wait_for(lambda: _step_is(run_id, "b", "running"), 5, "both running")
-    sub = hub.subscribe(run_id)
+    sub = current().hub.subscribe(run_id)
     await operations.cancel_run(run_id, "tester")
     ids = []
     while (change := await sub.get(timeout_s=0.5)) is not None:

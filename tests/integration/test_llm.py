@@ -25,8 +25,8 @@ from fastapi import FastAPI
 from engine import logs, operations, queries
 from engine.db import current
 from engine.definitions import load_file
-from engine.executor import Engine
-from engine.hub import Change, Subscription, hub
+from engine.engine import Engine
+from engine.hub import Change, Subscription
 from engine.llm import providers
 from engine.llm.kind import CONTINUE_PROMPT, MAX_CONTINUATIONS
 from engine.registry import workflows
@@ -729,7 +729,7 @@ async def test_the_bundled_article_workflow_completes_offline_on_the_simulated_p
 
 async def run_watching_tokens(workflow: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run the workflow to its end while subscribed to the hub; returns the run and its `tokens` changes."""
-    sub = hub.subscribe()
+    sub = current().hub.subscribe()
     try:
         run = await run_to_end(workflow)
         changes = await drain(sub)

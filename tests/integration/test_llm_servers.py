@@ -16,8 +16,9 @@ from typing import Any, Literal
 import pytest
 
 from engine import operations, queries
-from engine.executor import Engine
-from engine.hub import Subscription, hub
+from engine.db import current
+from engine.engine import Engine
+from engine.hub import Subscription
 from engine.llm import providers
 from engine.llm.model_check import model_warnings
 from engine.registry import workflows
@@ -376,7 +377,7 @@ async def test_a_request_past_the_per_minute_limit_waits_and_says_why(
     )
     server.reply_tokens = 3
     await asyncio.to_thread(importlib.import_module, "openai")
-    sub = hub.subscribe()
+    sub = current().hub.subscribe()
     try:
         async with engine_running(limited), api_client(limited) as api:
             define("rpm", [llm()], inputs=TOPIC)

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from engine import operations
+from engine.db import current
 from engine.db.base import Stmt
-from engine.executor import Engine
-from engine.hub import Change, ChangeKind, hub
+from engine.engine import Engine
+from engine.hub import Change, ChangeKind
 from engine.settings import Settings
 from engine.store import fetch, run_batch
 from tests import stepfns
@@ -33,7 +34,7 @@ pytestmark = pytest.mark.usefixtures("audit_clean")
 def log_notices() -> Iterator[list[Change]]:
     """The log notices published on the hub during the test."""
     seen: list[Change] = []
-    remove = hub.add_listener(lambda c: seen.append(c) if c.kind == ChangeKind.LOG else None)
+    remove = current().hub.add_listener(lambda c: seen.append(c) if c.kind == ChangeKind.LOG else None)
     yield seen
     remove()
 

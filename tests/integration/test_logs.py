@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from engine import logs, operations
-from engine.executor import Engine
+from engine.engine import Engine
 from tests.conftest import wait_run
 
 Define = Callable[..., Any]
@@ -119,4 +119,4 @@ def test_engine_modules_log_in_the_stepdeck_namespace() -> None:
         and re.search(r"logging\.getLogger\(__name__\)", path.read_text(encoding="utf-8"))
     ]
     assert outside == [], "use `log = logs.logger(__name__)` (engine/logs.py)"
-    assert logs.logger("engine.executor").name == "stepdeck.engine.executor"
+    assert logs.logger("engine.engine").name == "stepdeck.engine.engine"

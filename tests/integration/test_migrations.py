@@ -69,17 +69,7 @@ def test_a_migration_cut_off_by_a_full_disk_leaves_a_database_that_opens(tmp_pat
 def test_processes_racing_to_migrate_a_fresh_file_all_succeed(tmp_path: Path) -> None:
     for attempt in range(2):
         ws = Workspace(tmp_path / f"race-{attempt}")
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "main.py", "migrate"],
-                cwd=ROOT,
-                env=ws.env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(4)
-        ]
+        procs = [ws.start_cli("migrate") for _ in range(4)]
         outputs = [p.communicate(timeout=60) for p in procs]
         assert [p.returncode for p in procs] == [0] * 4, outputs
         applied = [name for out, _ in outputs for name in out.replace("applied: ", "").split(", ") if "models." in name]

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from engine import operations, queries
+from engine.engine import Engine
 from engine.errors import Conflict, InvalidInput, NotFound
-from engine.executor import Engine
 from engine.settings import Settings
 from engine.store import fetch
 from models.status import RUN_TRANSITIONS, STEP_TRANSITIONS, RunStatus, StepStatus

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from typing import Any
 
 from engine import operations
-from engine.executor import Engine
-from engine.maintenance import prune_finished
+from engine.engine import Engine
+from engine.orphans import prune_finished
 from engine.store import Stmt, fetch, run_batch
 from tests.conftest import wait_run
 

@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 
 from engine import operations
+from engine.db import current
+from engine.engine import Engine
 from engine.errors import Conflict
-from engine.executor import Engine
-from engine.hub import Change, ChangeKind, hub
+from engine.hub import Change, ChangeKind
 from engine.store import fetch
 from tests.conftest import wait_run
 
@@ -50,7 +51,7 @@ async def test_250_runs_cancelled_while_their_steps_start_end_in_true_states(
             delay_s = delays_s[len(cancels) % len(delays_s)]
             cancels.append(asyncio.get_running_loop().create_task(cancel(change.run_id, delay_s)))
 
-    remove = hub.add_listener(on_change)
+    remove = current().hub.add_listener(on_change)
     try:
         runs = [await operations.start_run("race", {}, "tester") for _ in range(RUNS)]
         for run_id in runs:

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from engine import maintenance, operations, queries, records, transitions
-from engine.maintenance import MAX_RECOVERIES, orphan_action
+from engine import operations, orphans, queries, records, transitions
+from engine.orphans import MAX_RECOVERIES, orphan_action
 from engine.settings import Settings
 from engine.store import Stmt, fetch, run_batch
 from tests import stepfns
@@ -99,7 +99,7 @@ async def test_resume_gives_up_after_the_limit_with_a_reason(settings: Settings,
     run_id = await _orphaned_mid_step(define)
     await run_batch([Stmt("UPDATE runs SET recoveries = ? WHERE id = ?", (MAX_RECOVERIES, run_id))])
     resume = dataclasses.replace(settings, on_orphan="resume")
-    handled = await maintenance.recover_orphans(resume, "thishost:1:me")
+    handled = await orphans.recover_orphans(resume, "thishost:1:me")
     assert [(v.run_id, v.action) for v in handled] == [(run_id, "fail")]
     assert await run_status(run_id) == "failed"
     error = (await queries.run_detail(run_id)).to_json()["error"]
@@ -110,7 +110,7 @@ async def test_resume_gives_up_after_the_limit_with_a_reason(settings: Settings,
 
 async def test_fail_policy_fails_an_orphan_naming_the_step(settings: Settings, define: Define) -> None:
     run_id = await _orphaned_mid_step(define)
-    handled = await maintenance.recover_orphans(settings, "thishost:1:me")
+    handled = await orphans.recover_orphans(settings, "thishost:1:me")
     assert [v.action for v in handled] == ["fail"]
     run = (await queries.run_detail(run_id)).to_json()
     assert run["status"] == "failed"
@@ -163,7 +163,7 @@ async def test_resume_fails_rather_than_requeues_a_run_whose_engine_may_be_alive
 ) -> None:
     run_id = await _orphaned_mid_step(define, SILENT_OWNER)
     resume = dataclasses.replace(settings, on_orphan="resume")
-    handled = await maintenance.recover_orphans(resume, "thishost:1:me")
+    handled = await orphans.recover_orphans(resume, "thishost:1:me")
     assert [(v.run_id, v.action) for v in handled] == [(run_id, "fail")]
     assert "may still be running it" in (await queries.run_detail(run_id)).to_json()["error"]
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from engine import operations, transitions
-from engine.executor import Engine
+from engine.engine import Engine
 from engine.settings import Settings
 from engine.store import fetch
 from tests import stepfns
@@ -213,7 +213,7 @@ async def test_check_finds_impossible_retry_states(db: str) -> None:
 async def test_the_sweep_requeues_a_silent_engines_run_that_only_waits_for_a_retry(
     settings: Settings, define: Define
 ) -> None:
-    from engine import maintenance
+    from engine import orphans
     from engine.store import Stmt, run_batch
 
     define("silent", [{"key": "a", "call": "tests.stepfns:flaky", "retries": 1, "retry_delay_s": 0.5}], inputs=FAILURES)
@@ -230,7 +230,7 @@ async def test_the_sweep_requeues_a_silent_engines_run_that_only_waits_for_a_ret
             )
         ]
     )
-    (verdict,) = await maintenance.recover_orphans(settings, "here:2:y")
+    (verdict,) = await orphans.recover_orphans(settings, "here:2:y")
     assert (verdict.action, verdict.retry_pending) == ("requeue", True)  # even under the `fail` policy
     assert "re-queued with its pending retry" in verdict.reason
     async with engine_running(settings):

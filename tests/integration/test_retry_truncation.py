@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine.executor import Engine
+from engine.engine import Engine
 from engine.store import fetch
 from tests.conftest import attempts_of
 from tests.integration.test_llm import TOPIC, eng, llm, llm_settings, run_to_end, server, words

@@ -23,7 +23,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from engine import operations
 from engine.definitions import Catalog, WorkflowDef
-from engine.executor import Engine
+from engine.engine import Engine
 from engine.records import utcnow
 from engine.registry import workflows
 from engine.schedules import MISFIRE_GRACE_S, Schedules, job_id

@@ -11,24 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tests.integration.served import Server, Workspace
+from tests.integration.served import Server, Workspace, every_minute
 
-EVERY_MINUTE = """\
-name: tick
-inputs:
-  who:
-    type: string
-    default: nobody
-steps:
-  - key: echo
-    call: tests.stepfns:echo_inputs
-schedules:
-  - name: minutely
-    cron: "* * * * *"
-    timezone: UTC
-    catch_up: once
-    inputs: {who: the schedule}
-"""
 DOWN_FOR = timedelta(minutes=5)
 
 
@@ -47,7 +31,7 @@ def _when(value: str | datetime) -> datetime:
 
 
 def test_two_servers_on_one_database_start_one_run_per_fire_time(tmp_path: Path) -> None:
-    ws = Workspace(tmp_path, workflows={"tick": EVERY_MINUTE})
+    ws = Workspace(tmp_path, workflows={"tick": every_minute(catch_up="once")})
     migrated = ws.cli("migrate")
     assert migrated.returncode == 0, migrated.stderr
     # The schedule has been known for a while and no server ran: both servers catch up on startup, at once.

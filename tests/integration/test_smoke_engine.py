@@ -4,7 +4,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine import operations, queries
-from engine.executor import Engine
+from engine.engine import Engine
 from tests.conftest import wait_run
 
 

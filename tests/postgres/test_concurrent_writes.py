@@ -10,8 +10,8 @@ from typing import Any
 import asyncpg
 
 from engine import operations
-from engine.executor import Engine
-from engine.maintenance import prune_finished
+from engine.engine import Engine
+from engine.orphans import prune_finished
 from engine.store import Stmt, fetch, run_batch
 from models.schema import dsn
 from tests.conftest import wait_for, wait_run

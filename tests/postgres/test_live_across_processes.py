@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from engine.db import current
-from engine.executor import Engine
-from engine.hub import Change, hub
+from engine.engine import Engine
+from engine.hub import Change
 from engine.store import fetch
 from models.schema import dsn
 from tests.conftest import wait_for, wait_run
@@ -262,7 +262,7 @@ async def test_each_event_reaches_the_hub_once_whether_this_process_or_another_w
     await feed.start()
     assert current().kind == "postgresql"
     seen: list[Change] = []
-    remove = hub.add_listener(lambda change: seen.append(change) if change.event_id is not None else None)
+    remove = current().hub.add_listener(lambda change: seen.append(change) if change.event_id is not None else None)
     try:
         define("five", [{"key": f"s{i}", "call": "tests.stepfns:noop"} for i in range(5)])
         run_id = await operations.start_run("five", {}, "t")

@@ -148,18 +148,7 @@ def test_migrates_killed_part_way_leave_whole_migrations_the_next_one_finishes(t
 def test_migrates_started_while_one_holds_the_lock_wait_for_it_and_finish_after_it_is_killed(tmp_path: Path) -> None:
     ws = workspace(tmp_path)
     first = Paused(ws, "migrate:applied:models.0003_users")
-    others = [
-        subprocess.Popen(
-            [sys.executable, "main.py", "migrate"],
-            cwd=ROOT,
-            env=ws.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(3)
-    ]
+    others = [ws.start_cli("migrate") for _ in range(3)]
     try:
         # All three wait on the advisory lock the paused one holds (seen in pg_locks, not guessed from time).
         deadline = time.monotonic() + 90

@@ -37,18 +37,7 @@ def test_serve_refuses_a_database_that_was_not_migrated_and_changes_nothing(tmp_
 
 def test_four_migrates_at_once_all_succeed_and_apply_each_migration_once(tmp_path: Path) -> None:
     ws = Workspace(tmp_path, bundled=True)
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "main.py", "migrate"],
-            cwd=ROOT,
-            env=ws.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(4)
-    ]
+    procs = [ws.start_cli("migrate") for _ in range(4)]
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, outputs
     said = sorted("applied" if out.startswith("applied:") else out.strip() for out, _ in outputs)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from engine import operations, queries
-from engine.executor import Engine
+from engine.engine import Engine
 from models.schema import dsn
 from tests.conftest import wait_run
 from tests.integration.served import Server, Workspace

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.served import Server, Workspace
+from tests.integration.served import Server, Workspace, every_minute
 from tests.postgres.cluster import COUNTING_STEPS, Worker, chain, dump, eventually, executions
 
 STEPS = 10
@@ -211,20 +211,8 @@ def test_a_worker_frozen_past_its_lease_loses_its_runs_and_writes_nothing_when_i
         stop_all([frozen, other], dashboard)
 
 
-EVERY_MINUTE = """\
-name: tick
-steps:
-  - key: echo
-    call: tests.stepfns:echo_inputs
-schedules:
-  - name: minutely
-    cron: "* * * * *"
-    timezone: UTC
-"""
-
-
 def test_cron_with_its_leader_killed_still_fires_the_next_time_once(tmp_path: Path) -> None:
-    ws = Workspace(tmp_path, workflows={"tick": EVERY_MINUTE}, env=FAST)
+    ws = Workspace(tmp_path, workflows={"tick": every_minute()}, env=FAST)
     ws.migrate_for_serve()
     pool = [Worker(ws, f"worker-{i}", concurrency=2) for i in range(3)]
 

@@ -8,6 +8,7 @@ fixtures of tests/conftest.py would initialise it a second time, so UI tests nev
 from __future__ import annotations
 
 import asyncio
+import textwrap
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,6 @@ from nicegui.testing import User
 
 from tests import pgdb, stepfns
 from tests.dbtemplate import migrated_copy
-from ui.live import live
 
 DEMO = """\
 name: ui-demo
@@ -81,6 +81,12 @@ def workflows_dir(tmp_path: Path) -> Path:
     return path
 
 
+def add_workflows(directory: Path, definitions: dict[str, str]) -> None:
+    """Put definitions (YAML texts by name, indented as in the test module) in the app's workflows directory."""
+    for name, text in definitions.items():
+        (directory / f"{name}.yaml").write_text(textwrap.dedent(text), encoding="utf-8")
+
+
 @pytest.fixture(autouse=True)
 def stepdeck_env(tmp_path: Path, workflows_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Settings for the app under test. Autouse fixtures are set up before the others of the same
@@ -103,18 +109,14 @@ def stepdeck_env(tmp_path: Path, workflows_dir: Path, monkeypatch: pytest.Monkey
         "OPENAI_API_KEY",
     ):
         monkeypatch.delenv(name, raising=False)  # LLM steps on the simulated provider, whatever the machine has
-    # Workaround (reported): the process-wide `live` keeps the views of runs and the subscriptions of
-    # pages after the app stops, and the `user` fixture drops its clients without running their delete
-    # handlers: this test's run 1 would be shown with the previous test's run 1, and the previous
-    # test's (deleted) pages would be called for this test's changes.
-    live.states.clear()
-    live.viewers.clear()
-    live.runs_changed.callbacks.clear()
     stepfns.reset()
+    stepfns.GATES.clear()
     try:
         yield
     finally:
         stepfns.RELEASE.set()  # never leave a blocked step thread behind
+        for gate in list(stepfns.GATES.values()):
+            gate.set()
         if pgdb.ENABLED:
             pgdb.drop_blocking(url)
 

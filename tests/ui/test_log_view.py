@@ -5,8 +5,6 @@ before times were kept show no time."""
 from __future__ import annotations
 
 import re
-import textwrap
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,15 +16,12 @@ from engine.db.base import Stmt
 from engine.store import run_batch
 from tests import stepfns
 from tests.conftest import wait_for
+from tests.ui.conftest import add_workflows
+from tests.ui.test_run_page import WORKFLOWS as RUN_PAGE_WORKFLOWS
 from tests.ui.test_run_page import api_step, show, start_run, texts_in, the, wait_run, wait_shown, wait_step
 
 WORKFLOWS = {
-    "logs": """
-        name: logs
-        steps:
-          - key: chatty
-            call: tests.stepfns:progress_and_logs
-    """,
+    "logs": RUN_PAGE_WORKFLOWS["logs"],  # one step that reports progress and logs lines
     "live-log": """
         name: live-log
         steps:
@@ -38,25 +33,9 @@ TIME = r"\d\d:\d\d:\d\d\.\d\d\d"
 
 
 @pytest.fixture(autouse=True)
-def log_view_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    workflows_dir = tmp_path / "log-workflows"
-    workflows_dir.mkdir()
-    for name, text in WORKFLOWS.items():
-        (workflows_dir / f"{name}.yaml").write_text(textwrap.dedent(text))
-    for name in ("STEPDECK_HOST", "STEPDECK_PORT", "STEPDECK_STALE_AFTER_S", "STEPDECK_HEARTBEAT_INTERVAL_S"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("STEPDECK_DB", f"sqlite://{tmp_path / 'log-view.db'}")
-    monkeypatch.setenv("STEPDECK_WORKFLOWS", str(workflows_dir))
-    monkeypatch.setenv("STEPDECK_SHUTDOWN_GRACE_S", "0")
-    stepfns.reset()
-
-
-@pytest.fixture(autouse=True)
-def open_gates() -> Iterator[None]:
-    yield
-    for gate in list(stepfns.GATES.values()):  # no blocked step thread outlives its test
-        gate.set()
-    stepfns.GATES.clear()
+def log_view_workflows(workflows_dir: Path) -> None:
+    """This module's workflows for the app the `user` fixture starts (autouse: set up before `user`)."""
+    add_workflows(workflows_dir, WORKFLOWS)
 
 
 def shown_lines(user: User, key: str) -> list[tuple[str, str | None]]:

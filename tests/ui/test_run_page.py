@@ -12,22 +12,21 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
-from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import pytest
-from nicegui import ElementFilter, ui
+from nicegui import ElementFilter, app, ui
 from nicegui.testing import User
 
 from engine import operations, queries
 from engine.errors import Conflict
-from tests import pgdb, stepfns
+from tests import stepfns
 from tests.conftest import wait_for
+from tests.ui.conftest import add_workflows
 from ui.components.run_steps import RunSteps
-from ui.live import RunState, live
+from ui.live import LiveRuns, RunState
 
 WORKFLOWS = {
     "logs": """
@@ -91,24 +90,9 @@ RETRIES = 100  # `should_see` waits 0.1 s between tries: up to 10 s
 
 
 @pytest.fixture(autouse=True)
-def run_page_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A fresh database and a workflows directory for the app that the `user` fixture starts from
-    main.py (autouse fixtures are set up before `user`, which reads these variables)."""
-    workflows_dir = tmp_path / "run-page-workflows"
-    workflows_dir.mkdir()
-    for name, text in WORKFLOWS.items():
-        (workflows_dir / f"{name}.yaml").write_text(textwrap.dedent(text))
-    for name in ("STEPDECK_HOST", "STEPDECK_PORT", "STEPDECK_STALE_AFTER_S", "STEPDECK_HEARTBEAT_INTERVAL_S"):
-        monkeypatch.delenv(name, raising=False)
-    if not pgdb.ENABLED:  # on PostgreSQL: the fresh, migrated database of tests/ui/conftest.py
-        monkeypatch.setenv("STEPDECK_DB", f"sqlite://{tmp_path / 'run-page.db'}")
-    monkeypatch.setenv("STEPDECK_WORKFLOWS", str(workflows_dir))
-    monkeypatch.setenv("STEPDECK_SHUTDOWN_GRACE_S", "0")
-    stepfns.reset()
-    stepfns.GATES.clear()
-    yield
-    for gate in list(stepfns.GATES.values()):  # no blocked step thread outlives its test
-        gate.set()
+def run_page_workflows(workflows_dir: Path) -> None:
+    """This module's workflows for the app the `user` fixture starts (autouse: set up before `user`)."""
+    add_workflows(workflows_dir, WORKFLOWS)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -222,6 +206,8 @@ def steps_of(user: User) -> RunSteps:
 
 
 def state_of(run_id: int) -> RunState:
+    live = app.state.live  # the app's own live views (ui/app.py `mount`)
+    assert isinstance(live, LiveRuns)
     state = live.states.get(run_id)
     assert state is not None, f"no live view of run {run_id}: is its page open?"
     return state

@@ -9,7 +9,7 @@ from nicegui import ui
 from nicegui.testing import User
 
 from engine import operations
-from engine.scheduler import SWEEP_JOB_ID
+from engine.maintenance import SWEEP_JOB_ID
 from tests.ui.conftest import eventually, table_rows
 from ui.components.dag import INLINE_MAX_STEPS
 

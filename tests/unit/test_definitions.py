@@ -235,6 +235,11 @@ def test_snapshot_round_trip_through_json(tmp_path: Path, mod: str) -> None:
 
     assert json.dumps(defn.to_snapshot()) == text, "the snapshot is stable"
     assert WorkflowDef.from_snapshot(json.loads(text)) == defn
+    # Runs share the snapshot the definition keeps; an equal definition rebuilt from it keeps its own.
+    assert defn.snapshot_json() is defn.snapshot_json()
+    assert json.loads(defn.snapshot_json()) == snapshot
+    rebuilt = WorkflowDef.from_snapshot(json.loads(text))
+    assert rebuilt == defn and rebuilt.snapshot_json() is not defn.snapshot_json()
     assert snapshot["steps"][1]["alternatives"] == 3
 
 

@@ -7,7 +7,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine.scheduler import Maintenance
+from engine.maintenance import Maintenance
+from ui.live import LiveRuns
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
@@ -31,7 +32,7 @@ async def not_found(request: Request, exc: Exception) -> Response:
     return client.build_response(request, 404)
 
 
-def register_pages(maintenance: Maintenance) -> None:
+def register_pages(maintenance: Maintenance, live: LiveRuns) -> None:
     from nicegui import ui
 
     from ui.components import output_view
@@ -42,7 +43,7 @@ def register_pages(maintenance: Maintenance) -> None:
     ui.add_body_html(BOOT_HTML, shared=True)
 
     app.add_exception_handler(404, not_found)  # in place of NiceGUI's bare page
-    runs.register()
-    run_detail.register()
+    runs.register(live)
+    run_detail.register(live)
     workflows.register(maintenance.schedules)
-    monitoring.register(maintenance)
+    monitoring.register(maintenance, live)

@@ -14,8 +14,8 @@ from typing import Any
 
 from nicegui import background_tasks, events, ui
 
+from engine.maintenance import JobState, Maintenance
 from engine.monitoring import TokenReport, shared_token_report
-from engine.scheduler import JobState, Maintenance
 from ui import run_list
 from ui.components.cost_view import COST_COLUMNS, cost_rows, cost_summary
 from ui.components.notifications_view import notifications_section
@@ -29,7 +29,7 @@ from ui.components.token_charts import (
     tokens_run_options,
     truncation_options,
 )
-from ui.live import live
+from ui.live import LiveRuns
 from ui.theme import dashboard_page, frame, status_color
 from ui.throttle import Throttle
 
@@ -100,7 +100,7 @@ class StatusCounts:
                 badge.text = f"{status}: {n}"
 
 
-def register(maintenance: Maintenance) -> None:
+def register(maintenance: Maintenance, live: LiveRuns) -> None:
     @dashboard_page("/monitoring")
     async def monitoring_page() -> None:
         with frame("Monitoring"):

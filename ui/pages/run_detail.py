@@ -22,7 +22,7 @@ from ui.components.run_graphs import RunGraphs
 from ui.components.run_steps import RunSteps
 from ui.components.step_card import StepBody
 from ui.format import format_duration
-from ui.live import ENDED_RUN, Patch, RunState, live
+from ui.live import ENDED_RUN, LiveRuns, Patch, RunState
 from ui.theme import STATUS_COLORS, dashboard_page, frame
 
 
@@ -61,7 +61,8 @@ MAX_BODIES = 60  # open cards whose bodies a tab keeps at once (those on screen)
 
 
 class RunPage:
-    def __init__(self, state: RunState, needs: dict[str, list[str]], initial: str = "") -> None:
+    def __init__(self, live: LiveRuns, state: RunState, needs: dict[str, list[str]], initial: str = "") -> None:
+        self.live = live
         self.needs = needs
         self.state = state
         self.run_id = state.view.id
@@ -269,7 +270,7 @@ class RunPage:
                 return
             done += f"; {len(stales)} step{'s' if len(stales) != 1 else ''} marked stale"
         if await _act(lambda actor: operations.select(self.run_id, key, index, actor), done):
-            await live.refresh(self.run_id, [key])
+            await self.live.refresh(self.run_id, [key])
 
     async def refresh_stale(self) -> None:
         try:
@@ -283,7 +284,7 @@ class RunPage:
             "Refresh",
         )
         if ok and await _act(lambda actor: operations.refresh_stale(self.run_id, actor), "Stale steps queued"):
-            await live.refresh(self.run_id)
+            await self.live.refresh(self.run_id)
 
     async def rerun(self, key: str) -> None:
         plan = await operations.rerun_plan(self.run_id, key)
@@ -296,7 +297,7 @@ class RunPage:
             "Re-run",
         )
         if ok and await _act(lambda actor: operations.rerun_from(self.run_id, key, actor), "Re-run queued"):
-            await live.refresh(self.run_id, [key])
+            await self.live.refresh(self.run_id, [key])
 
     async def cancel(self) -> None:
         question: list[tuple[str, list[str]]] = [("Work in progress stops; partial output is kept.", [])]
@@ -305,11 +306,11 @@ class RunPage:
         ):
             return
         if await _act(lambda actor: operations.cancel_run(self.run_id, actor), "Run cancelled"):
-            await live.refresh(self.run_id)
+            await self.live.refresh(self.run_id)
 
     async def resume(self) -> None:
         if await _act(lambda actor: operations.resume_run(self.run_id, actor), "Run resumed"):
-            await live.refresh(self.run_id)
+            await self.live.refresh(self.run_id)
 
     async def run_again(self) -> None:
         from ui.components.run_form import open_run_dialog
@@ -373,7 +374,7 @@ def _timeline_row(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def register() -> None:
+def register(live: LiveRuns) -> None:
     @dashboard_page("/runs/{run_id}")
     async def run_page(run_id: str, step: str = "") -> None:
         state = None
@@ -388,4 +389,4 @@ def register() -> None:
                 ui.link("All runs", "/")
                 return
             ui.context.client.on_delete(lambda: live.close(int(run_id)))
-            RunPage(state, await queries.step_needs(int(run_id)), step).build()
+            RunPage(live, state, await queries.step_needs(int(run_id)), step).build()

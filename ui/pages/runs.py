@@ -19,7 +19,7 @@ from models.status import RunStatus, StepStatus
 from ui import run_list, security
 from ui.components.run_form import open_run_dialog
 from ui.format import ago, format_duration
-from ui.live import live
+from ui.live import LiveRuns
 from ui.run_list import RunFilter, RunRow
 from ui.theme import STATUS_COLORS, dashboard_page, frame, status_color
 from ui.throttle import Throttle
@@ -210,7 +210,7 @@ def filter_url(f: RunFilter) -> str:
     return "/?" + urlencode(query) if query else "/"
 
 
-def register() -> None:
+def register(live: LiveRuns) -> None:
     ui.add_css(".runs-table tbody tr { cursor: pointer; }", shared=True)
 
     @dashboard_page("/")

@@ -22,6 +22,7 @@ from ui.security.hosts import bind_problem, is_loopback
 from ui.security.identity import acting, current, may_act, principal
 from ui.security.login import login_page, login_submit, logout
 from ui.security.secret import session_secret, storage_secret
+from ui.security.sessions import SessionCache
 
 __all__ = [
     "Gate",
@@ -38,8 +39,10 @@ __all__ = [
 
 
 def install(settings: Settings) -> None:
-    """Put the gate in front of everything and add the sign-in routes."""
-    app.add_middleware(Gate, settings=settings)
+    """Put the gate in front of everything and add the sign-in routes; the app's session cache is made
+    here, new for every app (`app.state.sessions`)."""
+    sessions = app.state.sessions = SessionCache()
+    app.add_middleware(Gate, settings=settings, sessions=sessions)
     app.add_route("/login", login_page, methods=["GET"], include_in_schema=False)
     app.add_route("/login", login_submit, methods=["POST"], include_in_schema=False)
     app.add_route("/logout", logout, methods=["POST"], include_in_schema=False)

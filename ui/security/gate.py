@@ -18,7 +18,7 @@ from engine.auth import LOCAL, Principal
 from engine.settings import Settings
 from ui.security.body import MAX_BODY_BYTES, BodyTooLarge, LimitedReceive, declared_too_large
 from ui.security.hosts import HostPolicy, is_loopback
-from ui.security.sessions import cache, signed_in_as
+from ui.security.sessions import SessionCache, signed_in_as
 
 OPEN_PATHS = {"/api/health", "/login", "/logout", "/favicon.ico"}
 CSP = (
@@ -35,9 +35,10 @@ DOCS_CSP = (
 
 
 class Gate:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, sessions: SessionCache) -> None:
         self.app = app
         self.settings = settings
+        self.sessions = sessions  # the dashboard app's: a sign-out through one gate holds in the other
         self.policy = HostPolicy(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -81,7 +82,7 @@ class Gate:
             await refuse(scope, receive, send, 413, f"request body over {MAX_BODY_BYTES:,} bytes")
 
     async def _principal(self, scope: Scope, headers: Headers) -> Principal | None:
-        if not await cache.sign_in_enabled():
+        if not await self.sessions.sign_in_enabled():
             # No account (the last one was removed while serving the network): this machine only.
             client = scope.get("client")
             if self.policy.any_host and not (client and is_loopback(client[0])):
@@ -91,15 +92,15 @@ class Gate:
         # Tokens are for the API; pages and their websocket belong to a signed-in browser.
         if authorization.lower().startswith("bearer ") and scope["path"].startswith(("/api/", "/openapi.json")):
             client = scope.get("client")
-            return await auth.token_principal(authorization[7:].strip(), client[0] if client else None)
+            token = authorization[7:].strip()
+            return await auth.token_principal(token, self.sessions.token_uses, client[0] if client else None)
         session = self._session_user(scope)
         if session is None:
             return None
-        who = await cache.user(session[0])
+        who = await self.sessions.user(session[0])
         return who if who is not None and who.epoch == session[1] else None
 
-    @staticmethod
-    def _session_user(scope: Scope) -> tuple[str, str | None] | None:
+    def _session_user(self, scope: Scope) -> tuple[str, str | None] | None:
         """The signed-in name of this browser and the account epoch it signed in under."""
         browser = (scope.get("session") or {}).get("id")
         if not browser:
@@ -107,10 +108,10 @@ class Gate:
         if scope["type"] == "http":
             name, epoch = signed_in_as()
             if name:
-                cache.sessions[browser] = (name, epoch)
+                self.sessions.sessions[browser] = (name, epoch)
             else:
-                cache.sessions.pop(browser, None)
-        return cache.sessions.get(browser)
+                self.sessions.sessions.pop(browser, None)
+        return self.sessions.sessions.get(browser)
 
 
 def _is_open(path: str) -> bool:

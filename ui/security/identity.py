@@ -6,7 +6,7 @@ from starlette.requests import Request
 
 from engine.auth import LOCAL, Principal
 from engine.errors import Forbidden
-from ui.security.sessions import cache, signed_in_as
+from ui.security.sessions import app_cache, signed_in_as
 
 SIGNED_OUT = Principal("signed out", "viewer", "session")
 
@@ -21,6 +21,7 @@ def current() -> Principal:
     """Who uses this page (in page functions and their event handlers). The local user only while
     sign-in is known to be off; a tab whose browser signed out (in another tab) may no longer act."""
     name, epoch = signed_in_as()
+    cache = app_cache()
     if not name:
         return LOCAL if cache.enabled is not None and not cache.enabled[1] else SIGNED_OUT
     cached = cache.users.get(name)
@@ -36,6 +37,7 @@ def may_act() -> bool:
 
 async def acting() -> str:
     """The actor of an action taken on a page, after checking the account may still act (Forbidden if not)."""
+    cache = app_cache()
     if not await cache.sign_in_enabled():
         return "ui"  # sign-in is off: the dashboard on this machine
     who = current()

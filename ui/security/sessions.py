@@ -21,13 +21,15 @@ CACHE_S = 2.0  # how long an account's state (exists, enabled, role) is trusted 
 
 
 class SessionCache:
-    """Short-lived answers to "is sign-in on?" and "who is this user now?" (a disable takes effect within CACHE_S)."""
+    """Short-lived answers to "is sign-in on?" and "who is this user now?" (a disable takes effect within CACHE_S).
+    One per dashboard app (`ui.security.install` makes it, `app.state.sessions`), shared by its gates."""
 
     def __init__(self) -> None:
         self.enabled: tuple[float, bool] | None = None
         self.users: dict[str, tuple[float, Principal | None]] = {}
         # browser id -> (signed-in name, account epoch): websockets have no user storage to read
         self.sessions: dict[str, tuple[str, str | None]] = {}
+        self.token_uses: dict[int, float] = {}  # token id -> when its use was last recorded (`auth.token_principal`)
 
     async def sign_in_enabled(self) -> bool:
         now = time.monotonic()
@@ -47,7 +49,10 @@ class SessionCache:
         self.users.clear()
 
 
-cache = SessionCache()
+def app_cache() -> SessionCache:
+    """The session cache of the dashboard app (made with it by `ui.security.install`)."""
+    cache: SessionCache = app.state.sessions
+    return cache
 
 
 def user_storage() -> MutableMapping[str, Any] | None:
@@ -85,6 +90,7 @@ async def renew(request: Request, who: Principal | None = None) -> None:
         old_storage.pop(SESSION_KEY, None)
         old_storage.pop(EPOCH_KEY, None)
         carried = dict(old_storage)  # preferences (dark mode) follow the browser
+    cache = app_cache()
     old = request.session.get("id")
     if old:
         cache.sessions.pop(old, None)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from engine import operations, queries
-from engine.executor import Engine
+from engine.engine import Engine
 from engine.settings import Settings
 from engine.store import fetch
 from tests import stepfns

@@ -21,10 +21,10 @@ import socket
 import time
 from collections.abc import Callable
 
-from engine import forks, leases, logs, maintenance, records, transitions
+from engine import forks, leases, logs, orphans, records, transitions
 from engine.db import current
 from engine.driver import RunDriver
-from engine.hub import Change, ChangeKind, hub
+from engine.hub import Change, ChangeKind, Hub
 from engine.llm import providers
 from engine.llm.model_check import log_model_warnings
 from engine.notify.notifier import Notifier
@@ -42,7 +42,7 @@ log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
 def make_owner_id(*, headless: bool = False) -> str:
     """host:pid:boot — the boot part tells a restarted process from the one before it."""
-    return f"{socket.gethostname()}:{os.getpid()}:{maintenance.HEADLESS_BOOT if headless else ''}{secrets.token_hex(4)}"
+    return f"{socket.gethostname()}:{os.getpid()}:{orphans.HEADLESS_BOOT if headless else ''}{secrets.token_hex(4)}"
 
 
 class Engine:
@@ -68,10 +68,12 @@ class Engine:
         self._stopping = False
         self.stop_reason = "the server shut down"
         self.notifier: Notifier | None = None
+        self._hub: Hub | None = None
         logs.install()  # its lines carry the worker, the run, the step and the attempt
 
     async def start(self, *, recover: bool = True) -> None:
         """Recover orphans (runs of dead owners), then start claiming and heartbeating."""
+        hub = self._hub = current().hub
         hub.bind_loop(asyncio.get_running_loop())
         forks.install()
         if providers.provider_name(self.settings) != providers.SIMULATED:
@@ -83,7 +85,7 @@ class Engine:
         if self.shared:
             await self._register()
         if recover:
-            await maintenance.recover_orphans(self.settings, self.owner)
+            await orphans.recover_orphans(self.settings, self.owner)
         self._remove_listener = hub.add_listener(self._on_change)
         if self.claim_queued:
             self._dispatcher = asyncio.create_task(
@@ -101,12 +103,19 @@ class Engine:
                 )
             )
         # Notifications are delivered by the engines (servers, workers), from the outbox every engine writes.
-        self.notifier = Notifier(self.settings, self.owner)
+        self.notifier = Notifier(self.settings, self.owner, hub)
         self._loops.append(
             asyncio.create_task(
                 self.notifier.run(), name="stepdeck-notify", context=logs.context_with(worker=self.owner)
             )
         )
+
+    @property
+    def hub(self) -> Hub:
+        """The hub of the database this engine runs on (taken when it starts)."""
+        if self._hub is None:
+            raise RuntimeError("the engine has not started")
+        return self._hub
 
     async def stop(self, why: str = "the server shut down", grace_s: float | None = None) -> None:
         """Stop claiming; give in-flight steps `grace_s` (default: the setting) to finish, then

@@ -1,4 +1,4 @@
-"""engine/maintenance.py, pure parts: when is an owner dead, and why is a run an orphan."""
+"""engine/orphans.py, pure parts: when is an owner dead, and why is a run an orphan."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from engine.maintenance import orphan_reason, owner_is_dead
+from engine.orphans import orphan_reason, owner_is_dead
 
 HOST = socket.gethostname()
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
