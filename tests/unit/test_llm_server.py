@@ -300,13 +300,15 @@ def test_sync_client_and_subprocess_reach_it(server: LLMServer) -> None:
 async def test_like_llama_cpp_python_a_running_stream_is_cut_when_another_request_queues(
     server: LLMServer, client: openai.AsyncOpenAI
 ) -> None:
-    server.cut_on_queue, server.chunk_delay_s, server.reply_tokens = True, 0.05, 20
+    # 3 s of stream for the second request to arrive in, however busy the machine.
+    server.cut_on_queue, server.chunk_delay_s, server.reply_tokens = True, 0.05, 60
     first = asyncio.create_task(stream_texts(client))
     assert await asyncio.to_thread(server.wait_requests, 1)
     second = asyncio.create_task(stream_texts(client))
     (texts, finish, _), (texts2, finish2, _) = await asyncio.gather(first, second)
-    assert (texts, finish) == ({0: ""}, {})  # the role chunk, then [DONE]: no finish reason
+    assert finish == {}  # [DONE] with no finish reason, wherever the second request cut it
     assert finish2 == {0: "stop"} and texts2[0].startswith("w0 ")
+    assert texts2[0].startswith(texts[0]) and len(texts[0].split()) < 60  # the first stream stopped short
     assert server.cut == 1
 
 
