@@ -8,10 +8,12 @@ type PostgreSQL inferred for its placeholder (a datetime for a `timestamptz`, JS
 Writes. One transaction per call of `run_batches`, each batch under a savepoint when there are
 several (a batch fails alone; the later batches see the earlier ones, as on SQLite). Under READ
 COMMITTED a guard with a sub-select on *other* rows (a step's needs, a run's steps) can read rows
-that a concurrent transaction is changing; every batch therefore first locks the rows of the runs it
-touches (`Batch.lock_runs`, `FOR NO KEY UPDATE`, in id order): the transitions of one run commit one
-after the other, and each sees the last one's result. Guards are checked from the row counts of the
-command tags (`UPDATE 3`, `INSERT 0 1`).
+that a concurrent transaction is changing; a transaction therefore first locks the rows of the runs its
+batches touch (`Batch.lock_runs`, `FOR NO KEY UPDATE`, in id order, once, before any savepoint): the
+transitions of one run commit one after the other, and each sees the last one's result. Guards are
+checked from the row counts of the command tags (`UPDATE 3`, `INSERT 0 1`). A step's cost here is mostly
+round trips: the control statements (BEGIN, the lock, savepoints, COMMIT) travel together, and the rows
+of an unguarded multi-row statement (a run's steps at its creation) are pipelined.
 
 Reads. A small pool for pages and the API and one for the engine, separate from the writers'.
 """
@@ -53,8 +55,6 @@ READERS = 3
 ENGINE_READERS = 2
 DEADLOCK_RETRIES = 3
 MAX_PREPARED = 500  # statements kept prepared per connection
-
-LOCK_RUNS_SQL = "SELECT id FROM runs WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE"
 
 
 _translated: dict[tuple[str, tuple[int, ...]], str] = {}
@@ -250,7 +250,10 @@ async def _run_stmts(c: _Conn, stmts: Sequence[Stmt]) -> BatchResult:
     result = BatchResult(ok=True)
     for index, stmt in enumerate(stmts):
         rows: list[tuple[Any, ...]] = []
-        if stmt.many is not None:
+        if stmt.many is not None and not stmt.guard:
+            # Nothing to check per row: sent in one pipelined round trip (a run's step rows at its creation).
+            count = await _execute_many(c, stmt.sql, [_refs(params, result.rows) for params in stmt.many])
+        elif stmt.many is not None:
             count = 0
             for params in stmt.many:
                 ps, args = await c.bind(stmt.sql, _refs(params, result.rows))
@@ -269,44 +272,72 @@ async def _run_stmts(c: _Conn, stmts: Sequence[Stmt]) -> BatchResult:
     return result
 
 
+async def _execute_many(c: _Conn, sql: str, rows: list[list[Any]]) -> int:
+    """Every parameter row of an unguarded statement, pipelined (asyncpg's `executemany`: one round trip
+    rather than one per row). It gives no row counts: the count is that of the parameter rows."""
+    if not rows:
+        return 0
+    bound = [await c.bind(sql, params) for params in rows]
+    first = bound[0][0]
+    if all(stmt is first for stmt, _ in bound):
+        await first.executemany([args for _, args in bound])
+    else:  # an integer too wide for its column in some row: those rows have a statement of their own
+        for stmt, args in bound:
+            await stmt.fetch(*args)
+    return len(rows)
+
+
 def _refs(params: Sequence[Any], rows: list[list[tuple[Any, ...]]]) -> list[Any]:
     return [rows[v.index][0][0] if isinstance(v, Ref) else v for v in params]
 
 
-async def _run_batch(c: _Conn, batch: Batch) -> BatchResult:
-    if batch.lock_runs:
-        ps, args = await c.bind(LOCK_RUNS_SQL, [sorted(set(batch.lock_runs))])
-        await ps.fetch(*args)
-    return await _run_stmts(c, batch.stmts)
+def _lock_runs_sql(batches: Sequence[Batch]) -> str | None:
+    """The lock of every run the batches touch, in id order (ids are integers: written into the text, so
+    that the lock travels with the BEGIN in one round trip)."""
+    runs = sorted({int(r) for b in batches for r in b.lock_runs})
+    if not runs:
+        return None
+    return f"SELECT id FROM runs WHERE id IN ({', '.join(str(r) for r in runs)}) ORDER BY id FOR NO KEY UPDATE"
 
 
-async def _run_in_savepoint(c: _Conn, batch: Batch, name: str) -> Outcome:
-    await c.conn.execute(f"SAVEPOINT {name}")
-    try:
-        result = await _run_batch(c, batch)
-    except (GuardFailed, asyncpg.PostgresError) as exc:
-        if isinstance(exc, asyncpg.DeadlockDetectedError):
-            raise  # the whole transaction is retried
-        await c.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
-        await c.conn.execute(f"RELEASE SAVEPOINT {name}")
-        if isinstance(exc, GuardFailed):
-            return BatchResult(ok=False, failed_guard=exc.index)
-        if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
-            return StoreIntegrityError(str(exc))
-        failure: Exception = exc  # asyncpg has no type hints
-        return failure
-    await c.conn.execute(f"RELEASE SAVEPOINT {name}")
-    return result
+def _savepoint(i: int) -> str:
+    return f"SAVEPOINT batch_{i}"
 
 
 async def _run_group(c: _Conn, batches: Sequence[Batch], begin: str = "BEGIN") -> list[Outcome]:
-    await c.conn.execute(begin)
+    """The batches in one transaction. Round trips are what a step costs here, so the control statements
+    travel together: BEGIN with the lock of every run the batches touch (taken once, at the top of the
+    transaction, where a batch rolled back to its savepoint cannot release it) and the first savepoint;
+    each savepoint's release with the next one; the last with COMMIT."""
+    several = len(batches) > 1
+    head = [begin]
+    lock = _lock_runs_sql(batches)
+    if lock is not None:
+        head.append(lock)
+    if several:
+        head.append(_savepoint(0))
     try:
-        if len(batches) == 1:
-            outcomes: list[Outcome] = [await _run_alone(c, batches[0])]
-            return outcomes
-        outcomes = [await _run_in_savepoint(c, b, f"batch_{i}") for i, b in enumerate(batches)]
-        await c.conn.execute("COMMIT")
+        try:
+            await c.conn.execute("; ".join(head))
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, asyncpg.DeadlockDetectedError):
+                raise
+            await c.conn.execute("ROLLBACK")
+            failure: Exception = exc  # each batch fails with it, as it would have at its own lock
+            return [failure for _ in batches]
+        outcomes: list[Outcome] = []
+        for i, batch in enumerate(batches):
+            outcome = await _run_one(c, batch)
+            outcomes.append(outcome)
+            control: list[str] = []
+            failed = not (isinstance(outcome, BatchResult) and outcome.ok)
+            if failed:
+                control.append(f"ROLLBACK TO SAVEPOINT batch_{i}" if several else "ROLLBACK")
+            if several and i + 1 < len(batches):
+                control += [f"RELEASE SAVEPOINT batch_{i}", _savepoint(i + 1)]
+            elif several or not failed:
+                control.append("COMMIT")  # releases the savepoints
+            await c.conn.execute("; ".join(control))
         return outcomes
     except BaseException:
         if not c.conn.is_closed() and c.conn.is_in_transaction():
@@ -314,23 +345,20 @@ async def _run_group(c: _Conn, batches: Sequence[Batch], begin: str = "BEGIN") -
         raise
 
 
-async def _run_alone(c: _Conn, batch: Batch) -> Outcome:
+async def _run_one(c: _Conn, batch: Batch) -> Outcome:
+    """One batch's statements; a failed guard or a refused statement is its outcome (the caller rolls it
+    back); a deadlock ends the whole transaction (retried)."""
     try:
-        result = await _run_batch(c, batch)
+        return await _run_stmts(c, batch.stmts)
     except GuardFailed as exc:
-        await c.conn.execute("ROLLBACK")
         return BatchResult(ok=False, failed_guard=exc.index)
     except asyncpg.DeadlockDetectedError:
         raise
     except asyncpg.IntegrityConstraintViolationError as exc:
-        await c.conn.execute("ROLLBACK")
         return StoreIntegrityError(str(exc))
     except asyncpg.PostgresError as exc:
-        await c.conn.execute("ROLLBACK")
         failure: Exception = exc  # asyncpg has no type hints
         return failure
-    await c.conn.execute("COMMIT")
-    return result
 
 
 class PostgresDatabase:
