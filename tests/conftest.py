@@ -15,7 +15,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from engine import audit, queries
+from engine import audit, leases, queries
 from engine.db import close_database, open_database
 from engine.definitions import WorkflowDef, parse_definition
 from engine.executor import Engine
@@ -154,6 +154,14 @@ def define() -> Callable[..., WorkflowDef]:
         return defn
 
     return _define
+
+
+async def holding_lease(owner: str) -> str:
+    """`owner`, as an engine holding a live lease where engines hold leases (PostgreSQL), as a started
+    engine does (a claim or a step start is refused to an engine without one); returns it."""
+    if leases.shared() and not await leases.renew(owner, 3600):
+        await leases.register(owner, 3600)
+    return owner
 
 
 async def wait_for(check: Callable[[], Awaitable[Any]], timeout_s: float = 10.0, what: str = "condition") -> Any:

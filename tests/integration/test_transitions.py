@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from engine import leases, records, transitions
+from engine import records, transitions
 from engine.records import AttemptRef
 from engine.store import Stmt, fetch, run_batch
 from engine.transitions import NewStep, Selection, StepReset, StepStart
 from models.status import RUN_TRANSITIONS, STEP_TRANSITIONS, AttemptStatus, RunStatus, StepStatus
+from tests.conftest import holding_lease
 
 OWNER = "testhost:101:aaaa"
 OTHER = "otherhost:202:bbbb"
@@ -31,9 +32,8 @@ pytestmark = pytest.mark.usefixtures("audit_clean", "engines_hold_leases")
 async def engines_hold_leases(db: str) -> None:
     """Where engines hold leases (PostgreSQL), the engines these tests name hold live ones, as a started
     engine does: a claim or a step start is refused to an engine without one."""
-    if leases.shared():
-        for owner in (OWNER, OTHER):
-            await leases.register(owner, 3600)
+    for owner in (OWNER, OTHER):
+        await holding_lease(owner)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
