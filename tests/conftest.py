@@ -69,7 +69,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "sqlite_only: about SQLite itself (its query plans); left out on PostgreSQL")
+    config.addinivalue_line(
+        "markers",
+        "sqlite_only: about SQLite itself (its files, its query plans, liveness by process and heartbeat);"
+        " left out on PostgreSQL",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
