@@ -57,16 +57,23 @@ DEADLOCK_RETRIES = 3
 MAX_PREPARED = 500  # statements kept prepared per connection
 
 
-_translated: dict[tuple[str, tuple[int, ...]], str] = {}
+_translated: dict[tuple[str, tuple[int, ...], tuple[int, ...]], str] = {}
 
 
-def placeholders(sql: str, wide: tuple[int, ...] = ()) -> str:
-    """`?` → `$1…$n`, outside quoted literals and identifiers; those numbered in `wide` as `$n::bigint`."""
-    cached = _translated.get((sql, wide))
+# What a batch's clock parameter (`Batch.clock`) becomes: the database's clock at the start of the
+# transaction, the same in all its statements (as on SQLite, where a batch writes one value).
+CLOCK_SQL = "now()"
+
+
+def placeholders(sql: str, wide: tuple[int, ...] = (), clock: tuple[int, ...] = ()) -> str:
+    """`?` → `$1…$n`, outside quoted literals and identifiers; those numbered in `wide` as `$n::bigint`; the
+    `?` at the positions in `clock` (counted among all the `?`) as the database's clock, without a parameter."""
+    cached = _translated.get((sql, wide, clock))
     if cached is not None:
         return cached
     out: list[str] = []
     n = 0
+    m = 0
     quote: str | None = None
     for ch in sql:
         if quote is not None:
@@ -78,11 +85,15 @@ def placeholders(sql: str, wide: tuple[int, ...] = ()) -> str:
             out.append(ch)
         elif ch == "?":
             n += 1
-            out.append(f"${n}::bigint" if n in wide else f"${n}")
+            if n in clock:
+                out.append(CLOCK_SQL)
+                continue
+            m += 1
+            out.append(f"${m}::bigint" if m in wide else f"${m}")
         else:
             out.append(ch)
     result = "".join(out)
-    _translated[(sql, wide)] = result
+    _translated[(sql, wide, clock)] = result
     return result
 
 
@@ -160,27 +171,35 @@ class _Conn:
     """A connection and its prepared statements (with the types of their parameters)."""
 
     conn: asyncpg.Connection
-    prepared: dict[tuple[str, tuple[int, ...]], _Prepared] = field(default_factory=dict)
+    prepared: dict[tuple[str, tuple[int, ...], tuple[int, ...]], _Prepared] = field(default_factory=dict)
 
-    async def statement(self, sql: str, wide: tuple[int, ...] = ()) -> _Prepared:
-        found = self.prepared.get((sql, wide))
+    async def statement(self, sql: str, wide: tuple[int, ...] = (), clock: tuple[int, ...] = ()) -> _Prepared:
+        found = self.prepared.get((sql, wide, clock))
         if found is None:
             if len(self.prepared) >= MAX_PREPARED:  # e.g. `IN (?, ?, …)` of every length: start again
                 self.prepared.clear()
-            stmt = await self.conn.prepare(placeholders(sql, wide))
+            stmt = await self.conn.prepare(placeholders(sql, wide, clock))
             types = [t.name for t in stmt.get_parameters()]
-            found = self.prepared[(sql, wide)] = _Prepared(stmt, types, [_ENCODERS.get(t, _identity) for t in types])
+            encoders = [_ENCODERS.get(t, _identity) for t in types]
+            found = self.prepared[(sql, wide, clock)] = _Prepared(stmt, types, encoders)
         return found
 
-    async def bind(self, sql: str, params: Sequence[Any]) -> tuple[Any, list[Any]]:
-        p = await self.statement(sql)
+    async def bind(self, sql: str, params: Sequence[Any], clock: datetime | None = None) -> tuple[Any, list[Any]]:
+        """The prepared statement and its encoded parameters; a parameter that is `clock` itself (the batch's
+        "now") is the database's clock instead."""
+        at: tuple[int, ...] = ()
+        if clock is not None:
+            at = tuple(i + 1 for i, v in enumerate(params) if v is clock)
+            if at:
+                params = [v for v in params if v is not clock]
+        p = await self.statement(sql, (), at)
         if len(params) != len(p.types):
             raise ValueError(f"{len(params)} parameters for {len(p.types)} placeholders: {sql}")
         # An integer too big for the column's type (an id of 2^40 from a URL): compared as a bigint, as
         # SQLite would (it matches nothing), rather than refused by the driver.
         wide = tuple(i + 1 for i, (t, v) in enumerate(zip(p.types, params, strict=True)) if _too_wide(t, v))
         if wide:
-            p = await self.statement(sql, wide)
+            p = await self.statement(sql, wide, at)
         return p.stmt, [enc(v) for enc, v in zip(p.encoders, params, strict=True)]
 
 
@@ -246,21 +265,21 @@ class _Pool:
         self._idle.clear()
 
 
-async def _run_stmts(c: _Conn, stmts: Sequence[Stmt]) -> BatchResult:
+async def _run_stmts(c: _Conn, stmts: Sequence[Stmt], clock: datetime | None = None) -> BatchResult:
     result = BatchResult(ok=True)
     for index, stmt in enumerate(stmts):
         rows: list[tuple[Any, ...]] = []
         if stmt.many is not None and not stmt.guard:
             # Nothing to check per row: sent in one pipelined round trip (a run's step rows at its creation).
-            count = await _execute_many(c, stmt.sql, [_refs(params, result.rows) for params in stmt.many])
+            count = await _execute_many(c, stmt.sql, [_refs(params, result.rows) for params in stmt.many], clock)
         elif stmt.many is not None:
             count = 0
             for params in stmt.many:
-                ps, args = await c.bind(stmt.sql, _refs(params, result.rows))
+                ps, args = await c.bind(stmt.sql, _refs(params, result.rows), clock)
                 await ps.fetch(*args)
                 count += _count(ps.get_statusmsg(), ())
         else:
-            ps, args = await c.bind(stmt.sql, _refs(stmt.params, result.rows))
+            ps, args = await c.bind(stmt.sql, _refs(stmt.params, result.rows), clock)
             rows = [tuple(r) for r in await ps.fetch(*args)]
             count = _count(ps.get_statusmsg(), rows)
         if log.isEnabledFor(logging.DEBUG):
@@ -272,12 +291,12 @@ async def _run_stmts(c: _Conn, stmts: Sequence[Stmt]) -> BatchResult:
     return result
 
 
-async def _execute_many(c: _Conn, sql: str, rows: list[list[Any]]) -> int:
+async def _execute_many(c: _Conn, sql: str, rows: list[list[Any]], clock: datetime | None) -> int:
     """Every parameter row of an unguarded statement, pipelined (asyncpg's `executemany`: one round trip
     rather than one per row). It gives no row counts: the count is that of the parameter rows."""
     if not rows:
         return 0
-    bound = [await c.bind(sql, params) for params in rows]
+    bound = [await c.bind(sql, params, clock) for params in rows]
     first = bound[0][0]
     if all(stmt is first for stmt, _ in bound):
         await first.executemany([args for _, args in bound])
@@ -349,7 +368,7 @@ async def _run_one(c: _Conn, batch: Batch) -> Outcome:
     """One batch's statements; a failed guard or a refused statement is its outcome (the caller rolls it
     back); a deadlock ends the whole transaction (retried)."""
     try:
-        return await _run_stmts(c, batch.stmts)
+        return await _run_stmts(c, batch.stmts, batch.clock)
     except GuardFailed as exc:
         return BatchResult(ok=False, failed_guard=exc.index)
     except asyncpg.DeadlockDetectedError:
