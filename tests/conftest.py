@@ -86,6 +86,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items[:] = [item for item in items if not item.get_closest_marker("sqlite_only")]
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if pgdb.ENABLED:
+        pgdb.drop_all()
+
+
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[str]:
     """URL of a fresh SQLite file (or PostgreSQL database, `STEPDECK_TEST_DB=postgres`) with the schema

@@ -105,12 +105,20 @@ async def _schema_of(name: str) -> str:
         await conn.close()
 
 
-def _drop_kept() -> None:
-    for name in sorted(_kept):
+def drop_all() -> None:
+    """Drop every database of this process (at the end of its session: a test process of pytest-xdist
+    may end without running `atexit` handlers)."""
+    global _template
+    with _lock:
+        names = sorted(_kept)
+        _free.clear()
+        _kept.clear()
+        tmpl, _template = _template, None
+    for name in [*names, *([tmpl] if tmpl else [])]:
         drop(name)
 
 
-atexit.register(_drop_kept)
+atexit.register(drop_all)
 
 
 def template() -> str:
