@@ -1,5 +1,8 @@
 """Event rows: written in the same transaction as the change they record, published once committed.
 
+The `now` of a batch is its clock (`Batch.clock`): on PostgreSQL the database writes its own time in its
+place, and the published events carry the time their rows hold.
+
 Every persisted change of a run (a status, a person's action, a stale flag, a late result) is one
 row of `events`; its id orders the run's timeline and resumes event streams. `batch` builds a
 transition's batch with its event rows and the callback that publishes them on the hub, which the
@@ -19,7 +22,7 @@ from engine.hub import Change, ChangeKind, Hub
 from models.status import StepStatus
 
 COLUMNS = "run_id, step_key, attempt, kind, from_status, to_status, actor, message, created_at"
-EVENT_SQL = f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+EVENT_SQL = f"INSERT INTO events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id, created_at"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +71,7 @@ def steps_events_stmt(
     (their ids, keys and attempts are returned, for `Stopped`)."""
     return Stmt(
         f"INSERT INTO events ({COLUMNS}) SELECT run_id, key, attempt, 'step', ?, ?, NULL, ?, ? FROM steps"
-        " WHERE run_id = ? AND status = ? ORDER BY position RETURNING id, step_key, attempt",
+        " WHERE run_id = ? AND status = ? ORDER BY position RETURNING id, step_key, attempt, created_at",
         (from_status, to_status, message, now, run_id, where_status),
     )
 
@@ -87,10 +90,16 @@ def _run_id(run_id: int | Ref, result: BatchResult) -> int:
     return run_id if isinstance(run_id, int) else int(result.rows[run_id.index][0][0])
 
 
+def written_at(value: Any, now: datetime) -> str:
+    """When an event row says it was written: the database's clock where it keeps its own (a datetime
+    returned by PostgreSQL), else the batch's `now` (the value SQLite stored)."""
+    return (value if isinstance(value, datetime) else now).isoformat()
+
+
 def publish(hub: Hub, result: BatchResult, events: Sequence[EventSpec], first_event: int, now: datetime) -> None:
-    at = now.isoformat()
     for offset, event in enumerate(events):
         rows = result.rows[first_event + offset]
+        at = written_at(rows[0][1] if rows else None, now)
         hub.publish(
             Change(
                 run_id=_run_id(event.run_id, result),
@@ -109,8 +118,8 @@ def publish(hub: Hub, result: BatchResult, events: Sequence[EventSpec], first_ev
 
 
 def _publish_stopped(hub: Hub, rows: list[tuple[Any, ...]], run_id: int, stopped: Stopped, now: datetime) -> None:
-    at = now.isoformat()
-    for event_id, key, attempt in rows:
+    for event_id, key, attempt, created_at in rows:
+        at = written_at(created_at, now)
         hub.publish(
             Change(
                 run_id,
@@ -140,4 +149,5 @@ def batch(stmts: Sequence[Stmt], events: Sequence[EventSpec], now: datetime, sto
 
     # Every run named by an event (a new run, still a `Ref`, cannot be held by anyone else).
     runs = sorted({e.run_id for e in events if isinstance(e.run_id, int)})
-    return Batch([*stmts, *(e.stmt(now) for e in events)], on_commit if events or stopped else None, runs)
+    stmts = [*stmts, *(e.stmt(now) for e in events)]
+    return Batch(stmts, on_commit if events or stopped else None, runs, clock=now)

@@ -112,10 +112,20 @@ async def find_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
     """RUNNING runs whose engine is gone or silent (by lease where engines hold leases, else by heartbeat
     and process)."""
     if leases.shared():
-        return await _find_unleased()
+        # Besides, this engine's own runs that lost their driver: its lease holds, but they stopped beating.
+        mine = await fetch(
+            "SELECT id, owner, heartbeat_at, recoveries, now() AS db_now FROM runs WHERE status = ? AND owner = ?",
+            (RunStatus.RUNNING, me),
+        )
+        driverless = await _judge(mine, settings, me, mine[0]["db_now"]) if mine else []
+        return [*await _find_unleased(), *driverless]
     rows = await fetch("SELECT id, owner, heartbeat_at, recoveries FROM runs WHERE status = ?", (RunStatus.RUNNING,))
+    return await _judge(rows, settings, me, records.utcnow())
+
+
+async def _judge(rows: list[dict[str, Any]], settings: Settings, me: str, now: datetime) -> list[OrphanVerdict]:
+    """Verdicts on RUNNING runs by their owner's process and heartbeat, at `now` (the clock that wrote the beats)."""
     verdicts = []
-    now = records.utcnow()
     for row in rows:
         steps = await fetch(
             "SELECT key, status FROM steps WHERE run_id = ? AND status IN (?, ?) ORDER BY position",

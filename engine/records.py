@@ -16,6 +16,8 @@ from models.status import AttemptStatus, RunStatus
 
 
 def utcnow() -> datetime:
+    """The process's clock, for the times the engine writes. A batch passes the value it got as its clock
+    (`Batch.clock`): on PostgreSQL the database's clock is written in its place."""
     return datetime.now(UTC)
 
 
@@ -91,6 +93,7 @@ async def keep_partial_output(
     log_times: list[int] | None = None,
 ) -> bool:
     """Store what an attempt produced before it was stopped; applies only to CANCELLED/FAILED attempts."""
+    now = utcnow()
     result = await run_batch(
         [
             Stmt(
@@ -107,8 +110,9 @@ async def keep_partial_output(
                 ),
                 guard=True,
             ),
-            *llm_stmts(ref, llm, AttemptStatus.CANCELLED, utcnow()),
-        ]
+            *llm_stmts(ref, llm, AttemptStatus.CANCELLED, now),
+        ],
+        clock=now,
     )
     return result.ok
 
@@ -130,7 +134,8 @@ async def save_partial(
                 (partial_output, llm, ref.attempt_id, AttemptStatus.RUNNING, *_owner(ref)),
             ),
             *(llm_stmts(ref, llm, AttemptStatus.FAILED, now) if final else []),
-        ]
+        ],
+        clock=now,
     )
 
 
@@ -163,7 +168,8 @@ async def beat(owner: str, run_ids: Sequence[int]) -> int:
                 f"UPDATE runs SET heartbeat_at = ? WHERE owner = ? AND status = ? AND id IN ({marks})",
                 (now, owner, RunStatus.RUNNING, *run_ids),
             )
-        ]
+        ],
+        clock=now,
     )
     return result.rowcounts[0]
 
@@ -195,9 +201,10 @@ async def record_fires(fires: Sequence[ScheduledFire], outcome: str, detail: str
         return
     now = utcnow()
     rows = [(f.workflow, f.schedule, f.fire_time, outcome, None, detail, now) for f in fires]
-    await run_batch([Stmt(_FIRE_SQL, many=rows)])
+    await run_batch([Stmt(_FIRE_SQL, many=rows)], clock=now)
 
 
 async def record_fire(fire: ScheduledFire, outcome: str, detail: str | None = None) -> bool:
     """Record a fire time that started no run (missed while down, or paused); False if already recorded."""
-    return (await run_batch([fire_stmt(fire, outcome, None, detail, utcnow())])).ok
+    now = utcnow()
+    return (await run_batch([fire_stmt(fire, outcome, None, detail, now)], clock=now)).ok

@@ -9,6 +9,7 @@ back (see `engine/db/base.py`). Batches submitted while a commit is in flight ar
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from engine.db import current
@@ -33,9 +34,10 @@ def _batches(batches: Sequence[Sequence[Stmt] | Batch]) -> list[Batch]:
     return [b if isinstance(b, Batch) else Batch(b) for b in batches]
 
 
-async def run_batch(stmts: Sequence[Stmt]) -> BatchResult:
-    """Run the statements in one transaction; roll back and report when a guard matches nothing."""
-    result = (await current().run_batches([Batch(stmts)]))[0]
+async def run_batch(stmts: Sequence[Stmt], *, clock: datetime | None = None) -> BatchResult:
+    """Run the statements in one transaction; roll back and report when a guard matches nothing.
+    `clock`: the parameter that means "now" (`Batch.clock`)."""
+    result = (await current().run_batches([Batch(stmts, clock=clock)]))[0]
     if isinstance(result, Exception):
         raise result
     return result

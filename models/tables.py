@@ -18,7 +18,7 @@ from models.status import AttemptStatus, RunStatus, StepStatus
 class Run(Model):
     """One execution of a workflow with inputs, with a snapshot of the definition it started with."""
 
-    id = fields.IntField(primary_key=True)
+    id = fields.BigIntField(primary_key=True)
     workflow = fields.CharField(max_length=200)
     definition: fields.JSONField[Any] = fields.JSONField()
     inputs: fields.JSONField[Any] = fields.JSONField()
@@ -50,7 +50,7 @@ class Run(Model):
 class Step(Model):
     """One node of a run. What it produced lives on its attempts (the current one is `attempt`)."""
 
-    id = fields.IntField(primary_key=True)
+    id = fields.BigIntField(primary_key=True)
     run: fields.ForeignKeyRelation[Run] = fields.ForeignKeyField(
         "models.Run", related_name="steps", on_delete=fields.CASCADE
     )
@@ -78,7 +78,7 @@ class Step(Model):
 class Attempt(Model):
     """One execution of a step. It owns everything the execution produced and is never reused by a retry."""
 
-    id = fields.IntField(primary_key=True)
+    id = fields.BigIntField(primary_key=True)
     run: fields.ForeignKeyRelation[Run] = fields.ForeignKeyField(
         "models.Run", related_name="attempts", on_delete=fields.CASCADE
     )
@@ -114,7 +114,7 @@ class Attempt(Model):
 class LlmUsage(Model):
     """Tokens one alternative of an LLM attempt used against its limit, one row each, for monitoring."""
 
-    id = fields.IntField(primary_key=True)
+    id = fields.BigIntField(primary_key=True)
     run: fields.ForeignKeyRelation[Run] = fields.ForeignKeyField(
         "models.Run", related_name="llm_usage", on_delete=fields.CASCADE
     )
@@ -153,7 +153,7 @@ class LlmUsage(Model):
 class Event(Model):
     """Append-only record of a transition or a human action. Its id orders the timeline of the run."""
 
-    id = fields.IntField(primary_key=True)
+    id = fields.BigIntField(primary_key=True)
     run: fields.ForeignKeyRelation[Run] = fields.ForeignKeyField(
         "models.Run", related_name="events", on_delete=fields.CASCADE
     )
@@ -175,7 +175,7 @@ class Event(Model):
 class User(Model):
     """A person who signs in. Viewers read, operators also act on runs."""
 
-    id = fields.IntField(primary_key=True)
+    id = fields.BigIntField(primary_key=True)
     name = fields.CharField(max_length=64, unique=True)
     password_hash = fields.CharField(max_length=255)  # argon2id
     role = fields.CharField(max_length=16)
@@ -190,7 +190,7 @@ class User(Model):
 class ApiToken(Model):
     """A bearer token of a user for scripts, kept only as a hash."""
 
-    id = fields.IntField(primary_key=True)
+    id = fields.BigIntField(primary_key=True)
     user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
         "models.User", related_name="tokens", on_delete=fields.CASCADE
     )
@@ -209,7 +209,7 @@ class ApiToken(Model):
 class AuditEntry(Model):
     """Who did what outside any one run, such as signing in or using a token."""
 
-    id = fields.IntField(primary_key=True)
+    id = fields.BigIntField(primary_key=True)
     at = fields.DatetimeField()
     actor = fields.CharField(max_length=200)
     action = fields.CharField(max_length=40)
@@ -224,7 +224,7 @@ class AuditEntry(Model):
 class ScheduleState(Model):
     """A schedule of a workflow as the server knows it: since when, and whether a person paused it."""
 
-    id = fields.IntField(primary_key=True)
+    id = fields.BigIntField(primary_key=True)
     workflow = fields.CharField(max_length=200)
     name = fields.CharField(max_length=100)
     paused = fields.BooleanField(default=False)
@@ -241,7 +241,7 @@ class ScheduleFire(Model):
     """One fire time of a schedule: started (with its run), missed, or skipped. Unique per fire time,
     so a double firing (two processes, a restart at the wrong moment) starts one run."""
 
-    id = fields.IntField(primary_key=True)
+    id = fields.BigIntField(primary_key=True)
     workflow = fields.CharField(max_length=200)
     schedule = fields.CharField(max_length=100)
     fire_time = fields.DatetimeField()
@@ -263,7 +263,7 @@ class Notification(Model):
     """The outbox: one row per notifiable event, written in the commit of the transition that caused it.
     The notifier fans it out into one delivery per target that wants it."""
 
-    id = fields.IntField(primary_key=True)
+    id = fields.BigIntField(primary_key=True)
     run: fields.ForeignKeyRelation[Run] = fields.ForeignKeyField(
         "models.Run", related_name="notifications", on_delete=fields.CASCADE
     )
@@ -289,12 +289,12 @@ class Delivery(Model):
     """One notification to one target, retried with backoff until delivered or given up. The target is
     kept as a fingerprint and a redacted label, never as its URL (URLs carry tokens)."""
 
-    id = fields.IntField(primary_key=True)
+    id = fields.BigIntField(primary_key=True)
     notification: fields.ForeignKeyRelation[Notification] = fields.ForeignKeyField(
         "models.Notification", related_name="deliveries", on_delete=fields.CASCADE
     )
     notification_id: int
-    run_id = fields.IntField()
+    run_id = fields.BigIntField()
     event = fields.CharField(max_length=40)
     target_key = fields.CharField(max_length=64)  # sha256 fingerprint of the target URL
     target_label = fields.CharField(max_length=300)  # scheme and host only
@@ -349,7 +349,7 @@ class Lease(Model):
 class SignInFailure(Model):
     """A failed sign-in, counted per key (a user name or an address) by every dashboard process alike."""
 
-    id = fields.IntField(primary_key=True)
+    id = fields.BigIntField(primary_key=True)
     key = fields.CharField(max_length=300)  # name:<lowercased name> or address:<client address>
     at = fields.DatetimeField()
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from engine import audit, queries
+from engine import audit, leases, queries
 from engine.db import close_database, open_database
 from engine.definitions import WorkflowDef, parse_definition
 from engine.engine import Engine
@@ -69,7 +69,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "sqlite_only: about SQLite itself (its query plans); left out on PostgreSQL")
+    config.addinivalue_line(
+        "markers",
+        "sqlite_only: about SQLite itself (its files, its query plans, liveness by process and heartbeat);"
+        " left out on PostgreSQL",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -80,6 +84,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if left_out:
             config.hook.pytest_deselected(items=left_out)
             items[:] = [item for item in items if not item.get_closest_marker("sqlite_only")]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if pgdb.ENABLED:
+        pgdb.drop_all()
 
 
 @pytest.fixture
@@ -154,6 +163,14 @@ def define() -> Callable[..., WorkflowDef]:
         return defn
 
     return _define
+
+
+async def holding_lease(owner: str) -> str:
+    """`owner`, as an engine holding a live lease where engines hold leases (PostgreSQL), as a started
+    engine does (a claim or a step start is refused to an engine without one); returns it."""
+    if leases.shared() and not await leases.renew(owner, 3600):
+        await leases.register(owner, 3600)
+    return owner
 
 
 async def wait_for(check: Callable[[], Awaitable[Any]], timeout_s: float = 10.0, what: str = "condition") -> Any:

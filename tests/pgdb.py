@@ -1,8 +1,11 @@
 """Test databases on PostgreSQL, for a run of the suite with `STEPDECK_TEST_DB=postgres`.
 
-One database is migrated once per test process (the template); each test gets a fresh database
-copied from it (`CREATE DATABASE … TEMPLATE`, a file copy on the server: tens of milliseconds), and
-drops it afterwards; the template is dropped when the process exits. The server is
+One database is migrated once per test process (the template); each test gets a database copied from it
+(`CREATE DATABASE … TEMPLATE`). Creating and dropping a database costs about a second on a busy server,
+so a test's database is not dropped afterwards but emptied (its rows deleted and its sequences restarted,
+a few milliseconds, after its connections are ended) and handed to the next test of the process, as
+fresh as a copy: one whose schema no longer matches the template's is dropped instead. Every database
+is dropped when the process exits. The server is
 `STEPDECK_TEST_PG` (default `postgresql://postgres@127.0.0.1:5432/test`: any database of it to
 connect to while creating the others).
 """
@@ -30,6 +33,25 @@ PREFIX = os.environ.get("STEPDECK_TEST_PG_PREFIX", "stepdeck_test_")
 
 _lock = threading.Lock()
 _template: str | None = None
+_schema: str | None = None  # the template's schema, as `_SCHEMA_SQL` describes it
+_free: list[str] = []  # emptied databases, ready for the next test
+_kept: set[str] = set()  # every database of this process that is not dropped after its test
+
+# What a test may not change for its database to be handed on: tables, columns, indexes, constraints,
+# sequences, functions and the migrations recorded.
+_SCHEMA_SQL = """
+SELECT md5(concat_ws('|',
+  (SELECT string_agg(concat_ws(':', table_name, column_name, data_type, column_default, is_nullable), ','
+     ORDER BY table_name, column_name) FROM information_schema.columns WHERE table_schema = 'public'),
+  (SELECT string_agg(indexdef, ',' ORDER BY indexdef) FROM pg_indexes WHERE schemaname = 'public'),
+  (SELECT string_agg(pg_get_constraintdef(c.oid), ',' ORDER BY c.conrelid::regclass::text, c.conname)
+     FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = 'public'),
+  (SELECT string_agg(sequencename || data_type, ',' ORDER BY sequencename) FROM pg_sequences
+     WHERE schemaname = 'public'),
+  (SELECT string_agg(p.proname, ',' ORDER BY p.proname) FROM pg_proc p JOIN pg_namespace n
+     ON n.oid = p.pronamespace WHERE n.nspname = 'public'),
+  (SELECT string_agg(app || '.' || name, ',' ORDER BY id) FROM tortoise_migrations)))
+"""
 
 
 def url_of(name: str) -> str:
@@ -65,11 +87,38 @@ async def _admin(sql: str) -> None:
 
 
 def _build() -> str:
+    global _schema
     name = f"{PREFIX}tmpl_{os.getpid()}_{secrets.token_hex(3)}"
     _in_thread(lambda: _admin(f'CREATE DATABASE "{name}"'))
     atexit.register(drop, name)
     _in_thread(lambda: migrate(url_of(name)))
+    _schema = _in_thread(lambda: _schema_of(name))
     return name
+
+
+async def _schema_of(name: str) -> str:
+    conn = await asyncpg.connect(url_of(name))
+    try:
+        value: str = await conn.fetchval(_SCHEMA_SQL)
+        return value
+    finally:
+        await conn.close()
+
+
+def drop_all() -> None:
+    """Drop every database of this process (at the end of its session: a test process of pytest-xdist
+    may end without running `atexit` handlers)."""
+    global _template
+    with _lock:
+        names = sorted(_kept)
+        _free.clear()
+        _kept.clear()
+        tmpl, _template = _template, None
+    for name in [*names, *([tmpl] if tmpl else [])]:
+        drop(name)
+
+
+atexit.register(drop_all)
 
 
 def template() -> str:
@@ -81,18 +130,27 @@ def template() -> str:
 
 
 async def create() -> str:
-    """A fresh, migrated database; returns its URL."""
-    name = f"{PREFIX}{secrets.token_hex(6)}"
+    """A fresh, migrated database; returns its URL. Give it back with `drop_url` (or `drop_blocking`)."""
     tmpl = template()
+    with _lock:
+        if _free:
+            return url_of(_free.pop())
+    name = f"{PREFIX}{secrets.token_hex(6)}"
+    await _copy(tmpl, name)
+    with _lock:
+        _kept.add(name)
+    return url_of(name)
+
+
+async def _copy(tmpl: str, name: str) -> None:
     for attempt in range(50):
         try:
             await _admin(f'CREATE DATABASE "{name}" TEMPLATE "{tmpl}"')
-            break
-        except asyncpg.ObjectInUseError:  # another test process copies the same template: wait a little
+            return
+        except asyncpg.ObjectInUseError:  # the template is being copied by another connection: wait a little
             if attempt == 49:
                 raise
             await asyncio.sleep(0.05)
-    return url_of(name)
 
 
 def create_blocking() -> str:
@@ -103,12 +161,49 @@ def create_blocking() -> str:
 
 
 def drop_blocking(url: str) -> None:
-    drop(urlsplit(url).path.lstrip("/"))
+    """`drop_url` for code outside an event loop."""
+    _in_thread(lambda: drop_url(url))
 
 
 async def drop_url(url: str) -> None:
+    """Done with a database of `create`: emptied for the next test, or dropped when it cannot be."""
     name = urlsplit(url).path.lstrip("/")
+    if name in _kept and await _emptied(name):
+        with _lock:
+            _free.append(name)
+        return
+    with _lock:
+        _kept.discard(name)
     await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _emptied(name: str) -> bool:
+    """End every other connection to the database (as `DROP DATABASE … WITH (FORCE)` would), then delete
+    its rows and restart its sequences; False when its schema is no longer the template's."""
+    conn = await asyncpg.connect(url_of(name))
+    try:
+        await conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()"
+        )
+        if await conn.fetchval(_SCHEMA_SQL) != _schema:
+            return False
+        tables = await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'tortoise_migrations'"
+        )
+        sequences = await conn.fetch(
+            "SELECT sequencename FROM pg_sequences WHERE schemaname = 'public'"
+            " AND sequencename <> 'tortoise_migrations_id_seq'"
+        )
+        # Every reference between the tables cascades or sets null on delete: any order empties them.
+        work = [f'DELETE FROM "{name}"' for name in (t["tablename"] for t in tables)]
+        work += [f"SELECT setval('\"{name}\"', 1, false)" for name in (q["sequencename"] for q in sequences)]
+        await conn.execute("BEGIN; " + "; ".join(work) + "; COMMIT")
+        return True
+    except asyncpg.PostgresError:
+        return False
+    finally:
+        await conn.close()
 
 
 def drop(name: str) -> None:
@@ -116,8 +211,25 @@ def drop(name: str) -> None:
 
 
 def migrate_blocking(url: str) -> None:
-    """Apply the pending migrations to the database at `url` (`models.db.migrate`, as `main.py migrate`)."""
-    _in_thread(lambda: migrate(url))
+    """Apply the pending migrations to the database at `url` (`models.db.migrate`, as `main.py migrate`).
+    A database that has no table yet becomes a copy of the template instead, which that same migration
+    built in this process (a few tenths of a second against seconds)."""
+    _in_thread(lambda: _migrate(url))
+
+
+async def _migrate(url: str) -> None:
+    name = urlsplit(url).path.lstrip("/")
+    conn = await asyncpg.connect(url)
+    try:
+        empty = not await conn.fetchval("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+    finally:
+        await conn.close()
+    if not empty:
+        await migrate(url)
+        return
+    tmpl = template()
+    await _admin(f'DROP DATABASE "{name}" WITH (FORCE)')
+    await _copy(tmpl, name)
 
 
 def create_empty() -> str:

@@ -12,6 +12,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NewType, Protocol
 
 from engine.hub import Hub
@@ -66,11 +67,16 @@ DeliverLive = Callable[[list[dict[str, Any]]], None]
 @dataclass(frozen=True, slots=True)
 class Batch:
     """`lock_runs`: the runs whose rows a backend with concurrent writers locks before the statements
-    (so that guards reading other rows of those runs see every earlier transition of them)."""
+    (so that guards reading other rows of those runs see every earlier transition of them).
+
+    `clock`: the datetime that stands for "now" in the parameters of the statements. A backend shared by
+    several hosts (PostgreSQL) writes its own clock (`now()`) wherever this very object is a parameter, so
+    that the times of every process come from one clock; SQLite writes the value itself."""
 
     stmts: Sequence[Stmt]
     on_commit: OnCommit | None = None
     lock_runs: Sequence[int] = ()
+    clock: datetime | None = None
 
 
 class GuardFailed(StepdeckError):

@@ -8,10 +8,12 @@ type PostgreSQL inferred for its placeholder (a datetime for a `timestamptz`, JS
 Writes. One transaction per call of `run_batches`, each batch under a savepoint when there are
 several (a batch fails alone; the later batches see the earlier ones, as on SQLite). Under READ
 COMMITTED a guard with a sub-select on *other* rows (a step's needs, a run's steps) can read rows
-that a concurrent transaction is changing; every batch therefore first locks the rows of the runs it
-touches (`Batch.lock_runs`, `FOR NO KEY UPDATE`, in id order): the transitions of one run commit one
-after the other, and each sees the last one's result. Guards are checked from the row counts of the
-command tags (`UPDATE 3`, `INSERT 0 1`).
+that a concurrent transaction is changing; a transaction therefore first locks the rows of the runs its
+batches touch (`Batch.lock_runs`, `FOR NO KEY UPDATE`, in id order, once, before any savepoint): the
+transitions of one run commit one after the other, and each sees the last one's result. Guards are
+checked from the row counts of the command tags (`UPDATE 3`, `INSERT 0 1`). A step's cost here is mostly
+round trips: the control statements (BEGIN, the lock, savepoints, COMMIT) travel together, and the rows
+of an unguarded multi-row statement (a run's steps at its creation) are pipelined.
 
 Reads. A small pool for pages and the API and one for the engine, separate from the writers'.
 """
@@ -55,19 +57,24 @@ ENGINE_READERS = 2
 DEADLOCK_RETRIES = 3
 MAX_PREPARED = 500  # statements kept prepared per connection
 
-LOCK_RUNS_SQL = "SELECT id FROM runs WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE"
+
+_translated: dict[tuple[str, tuple[int, ...], tuple[int, ...]], str] = {}
 
 
-_translated: dict[tuple[str, tuple[int, ...]], str] = {}
+# What a batch's clock parameter (`Batch.clock`) becomes: the database's clock at the start of the
+# transaction, the same in all its statements (as on SQLite, where a batch writes one value).
+CLOCK_SQL = "now()"
 
 
-def placeholders(sql: str, wide: tuple[int, ...] = ()) -> str:
-    """`?` → `$1…$n`, outside quoted literals and identifiers; those numbered in `wide` as `$n::bigint`."""
-    cached = _translated.get((sql, wide))
+def placeholders(sql: str, wide: tuple[int, ...] = (), clock: tuple[int, ...] = ()) -> str:
+    """`?` → `$1…$n`, outside quoted literals and identifiers; those numbered in `wide` as `$n::bigint`; the
+    `?` at the positions in `clock` (counted among all the `?`) as the database's clock, without a parameter."""
+    cached = _translated.get((sql, wide, clock))
     if cached is not None:
         return cached
     out: list[str] = []
     n = 0
+    m = 0
     quote: str | None = None
     for ch in sql:
         if quote is not None:
@@ -79,11 +86,15 @@ def placeholders(sql: str, wide: tuple[int, ...] = ()) -> str:
             out.append(ch)
         elif ch == "?":
             n += 1
-            out.append(f"${n}::bigint" if n in wide else f"${n}")
+            if n in clock:
+                out.append(CLOCK_SQL)
+                continue
+            m += 1
+            out.append(f"${m}::bigint" if m in wide else f"${m}")
         else:
             out.append(ch)
     result = "".join(out)
-    _translated[(sql, wide)] = result
+    _translated[(sql, wide, clock)] = result
     return result
 
 
@@ -161,27 +172,35 @@ class _Conn:
     """A connection and its prepared statements (with the types of their parameters)."""
 
     conn: asyncpg.Connection
-    prepared: dict[tuple[str, tuple[int, ...]], _Prepared] = field(default_factory=dict)
+    prepared: dict[tuple[str, tuple[int, ...], tuple[int, ...]], _Prepared] = field(default_factory=dict)
 
-    async def statement(self, sql: str, wide: tuple[int, ...] = ()) -> _Prepared:
-        found = self.prepared.get((sql, wide))
+    async def statement(self, sql: str, wide: tuple[int, ...] = (), clock: tuple[int, ...] = ()) -> _Prepared:
+        found = self.prepared.get((sql, wide, clock))
         if found is None:
             if len(self.prepared) >= MAX_PREPARED:  # e.g. `IN (?, ?, …)` of every length: start again
                 self.prepared.clear()
-            stmt = await self.conn.prepare(placeholders(sql, wide))
+            stmt = await self.conn.prepare(placeholders(sql, wide, clock))
             types = [t.name for t in stmt.get_parameters()]
-            found = self.prepared[(sql, wide)] = _Prepared(stmt, types, [_ENCODERS.get(t, _identity) for t in types])
+            encoders = [_ENCODERS.get(t, _identity) for t in types]
+            found = self.prepared[(sql, wide, clock)] = _Prepared(stmt, types, encoders)
         return found
 
-    async def bind(self, sql: str, params: Sequence[Any]) -> tuple[Any, list[Any]]:
-        p = await self.statement(sql)
+    async def bind(self, sql: str, params: Sequence[Any], clock: datetime | None = None) -> tuple[Any, list[Any]]:
+        """The prepared statement and its encoded parameters; a parameter that is `clock` itself (the batch's
+        "now") is the database's clock instead."""
+        at: tuple[int, ...] = ()
+        if clock is not None:
+            at = tuple(i + 1 for i, v in enumerate(params) if v is clock)
+            if at:
+                params = [v for v in params if v is not clock]
+        p = await self.statement(sql, (), at)
         if len(params) != len(p.types):
             raise ValueError(f"{len(params)} parameters for {len(p.types)} placeholders: {sql}")
         # An integer too big for the column's type (an id of 2^40 from a URL): compared as a bigint, as
         # SQLite would (it matches nothing), rather than refused by the driver.
         wide = tuple(i + 1 for i, (t, v) in enumerate(zip(p.types, params, strict=True)) if _too_wide(t, v))
         if wide:
-            p = await self.statement(sql, wide)
+            p = await self.statement(sql, wide, at)
         return p.stmt, [enc(v) for enc, v in zip(p.encoders, params, strict=True)]
 
 
@@ -247,18 +266,21 @@ class _Pool:
         self._idle.clear()
 
 
-async def _run_stmts(c: _Conn, stmts: Sequence[Stmt]) -> BatchResult:
+async def _run_stmts(c: _Conn, stmts: Sequence[Stmt], clock: datetime | None = None) -> BatchResult:
     result = BatchResult(ok=True)
     for index, stmt in enumerate(stmts):
         rows: list[tuple[Any, ...]] = []
-        if stmt.many is not None:
+        if stmt.many is not None and not stmt.guard:
+            # Nothing to check per row: sent in one pipelined round trip (a run's step rows at its creation).
+            count = await _execute_many(c, stmt.sql, [_refs(params, result.rows) for params in stmt.many], clock)
+        elif stmt.many is not None:
             count = 0
             for params in stmt.many:
-                ps, args = await c.bind(stmt.sql, _refs(params, result.rows))
+                ps, args = await c.bind(stmt.sql, _refs(params, result.rows), clock)
                 await ps.fetch(*args)
                 count += _count(ps.get_statusmsg(), ())
         else:
-            ps, args = await c.bind(stmt.sql, _refs(stmt.params, result.rows))
+            ps, args = await c.bind(stmt.sql, _refs(stmt.params, result.rows), clock)
             rows = [tuple(r) for r in await ps.fetch(*args)]
             count = _count(ps.get_statusmsg(), rows)
         if log.isEnabledFor(logging.DEBUG):
@@ -270,44 +292,72 @@ async def _run_stmts(c: _Conn, stmts: Sequence[Stmt]) -> BatchResult:
     return result
 
 
+async def _execute_many(c: _Conn, sql: str, rows: list[list[Any]], clock: datetime | None) -> int:
+    """Every parameter row of an unguarded statement, pipelined (asyncpg's `executemany`: one round trip
+    rather than one per row). It gives no row counts: the count is that of the parameter rows."""
+    if not rows:
+        return 0
+    bound = [await c.bind(sql, params, clock) for params in rows]
+    first = bound[0][0]
+    if all(stmt is first for stmt, _ in bound):
+        await first.executemany([args for _, args in bound])
+    else:  # an integer too wide for its column in some row: those rows have a statement of their own
+        for stmt, args in bound:
+            await stmt.fetch(*args)
+    return len(rows)
+
+
 def _refs(params: Sequence[Any], rows: list[list[tuple[Any, ...]]]) -> list[Any]:
     return [rows[v.index][0][0] if isinstance(v, Ref) else v for v in params]
 
 
-async def _run_batch(c: _Conn, batch: Batch) -> BatchResult:
-    if batch.lock_runs:
-        ps, args = await c.bind(LOCK_RUNS_SQL, [sorted(set(batch.lock_runs))])
-        await ps.fetch(*args)
-    return await _run_stmts(c, batch.stmts)
+def _lock_runs_sql(batches: Sequence[Batch]) -> str | None:
+    """The lock of every run the batches touch, in id order (ids are integers: written into the text, so
+    that the lock travels with the BEGIN in one round trip)."""
+    runs = sorted({int(r) for b in batches for r in b.lock_runs})
+    if not runs:
+        return None
+    return f"SELECT id FROM runs WHERE id IN ({', '.join(str(r) for r in runs)}) ORDER BY id FOR NO KEY UPDATE"
 
 
-async def _run_in_savepoint(c: _Conn, batch: Batch, name: str) -> Outcome:
-    await c.conn.execute(f"SAVEPOINT {name}")
-    try:
-        result = await _run_batch(c, batch)
-    except (GuardFailed, asyncpg.PostgresError) as exc:
-        if isinstance(exc, asyncpg.DeadlockDetectedError):
-            raise  # the whole transaction is retried
-        await c.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
-        await c.conn.execute(f"RELEASE SAVEPOINT {name}")
-        if isinstance(exc, GuardFailed):
-            return BatchResult(ok=False, failed_guard=exc.index)
-        if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
-            return StoreIntegrityError(str(exc))
-        failure: Exception = exc  # asyncpg has no type hints
-        return failure
-    await c.conn.execute(f"RELEASE SAVEPOINT {name}")
-    return result
+def _savepoint(i: int) -> str:
+    return f"SAVEPOINT batch_{i}"
 
 
 async def _run_group(c: _Conn, batches: Sequence[Batch], begin: str = "BEGIN") -> list[Outcome]:
-    await c.conn.execute(begin)
+    """The batches in one transaction. Round trips are what a step costs here, so the control statements
+    travel together: BEGIN with the lock of every run the batches touch (taken once, at the top of the
+    transaction, where a batch rolled back to its savepoint cannot release it) and the first savepoint;
+    each savepoint's release with the next one; the last with COMMIT."""
+    several = len(batches) > 1
+    head = [begin]
+    lock = _lock_runs_sql(batches)
+    if lock is not None:
+        head.append(lock)
+    if several:
+        head.append(_savepoint(0))
     try:
-        if len(batches) == 1:
-            outcomes: list[Outcome] = [await _run_alone(c, batches[0])]
-            return outcomes
-        outcomes = [await _run_in_savepoint(c, b, f"batch_{i}") for i, b in enumerate(batches)]
-        await c.conn.execute("COMMIT")
+        try:
+            await c.conn.execute("; ".join(head))
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, asyncpg.DeadlockDetectedError):
+                raise
+            await c.conn.execute("ROLLBACK")
+            failure: Exception = exc  # each batch fails with it, as it would have at its own lock
+            return [failure for _ in batches]
+        outcomes: list[Outcome] = []
+        for i, batch in enumerate(batches):
+            outcome = await _run_one(c, batch)
+            outcomes.append(outcome)
+            control: list[str] = []
+            failed = not (isinstance(outcome, BatchResult) and outcome.ok)
+            if failed:
+                control.append(f"ROLLBACK TO SAVEPOINT batch_{i}" if several else "ROLLBACK")
+            if several and i + 1 < len(batches):
+                control += [f"RELEASE SAVEPOINT batch_{i}", _savepoint(i + 1)]
+            elif several or not failed:
+                control.append("COMMIT")  # releases the savepoints
+            await c.conn.execute("; ".join(control))
         return outcomes
     except BaseException:
         if not c.conn.is_closed() and c.conn.is_in_transaction():
@@ -315,23 +365,20 @@ async def _run_group(c: _Conn, batches: Sequence[Batch], begin: str = "BEGIN") -
         raise
 
 
-async def _run_alone(c: _Conn, batch: Batch) -> Outcome:
+async def _run_one(c: _Conn, batch: Batch) -> Outcome:
+    """One batch's statements; a failed guard or a refused statement is its outcome (the caller rolls it
+    back); a deadlock ends the whole transaction (retried)."""
     try:
-        result = await _run_batch(c, batch)
+        return await _run_stmts(c, batch.stmts, batch.clock)
     except GuardFailed as exc:
-        await c.conn.execute("ROLLBACK")
         return BatchResult(ok=False, failed_guard=exc.index)
     except asyncpg.DeadlockDetectedError:
         raise
     except asyncpg.IntegrityConstraintViolationError as exc:
-        await c.conn.execute("ROLLBACK")
         return StoreIntegrityError(str(exc))
     except asyncpg.PostgresError as exc:
-        await c.conn.execute("ROLLBACK")
         failure: Exception = exc  # asyncpg has no type hints
         return failure
-    await c.conn.execute("COMMIT")
-    return result
 
 
 class PostgresDatabase:

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from engine import events, leases
+from engine import events, leases, records
 from engine.db import current
 from engine.db.base import Batch, BatchResult, JsonText, Ref, Stmt
 from engine.events import EventSpec, Stopped
 from engine.hub import Change, ChangeKind
 from engine.notify import kinds as notify
-from engine.records import ScheduledFire, fire_stmt, utcnow
+from engine.records import ScheduledFire, fire_stmt
 from engine.store import run_batches
 from models.status import RUN_TRANSITIONS, STEP_TRANSITIONS, AttemptStatus, RunStatus, StepStatus
 
@@ -25,7 +25,7 @@ async def _commit(
     stmts: list[Stmt], evs: Sequence[EventSpec], stopped: Sequence[Stopped] = (), now: datetime | None = None
 ) -> bool:
     """One transition: its statements and event rows in one transaction; True if every guard held."""
-    result = (await run_batches([events.batch(stmts, evs, now or utcnow(), stopped)]))[0]
+    result = (await run_batches([events.batch(stmts, evs, now or records.utcnow(), stopped)]))[0]
     if isinstance(result, Exception):
         raise result
     return result.ok
@@ -78,7 +78,7 @@ async def _create_run(
     actor: str,
     fire: ScheduledFire | None,
 ) -> CreatedRun | None:
-    now = utcnow()
+    now = records.utcnow()
     run = Stmt(
         "INSERT INTO runs (workflow, definition, inputs, status, actor, recoveries, schedule, scheduled_for,"
         " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?) RETURNING id, created_at",
@@ -126,7 +126,7 @@ async def _create_run(
 async def claim_run(run_id: int, owner: str) -> bool:
     """QUEUED → RUNNING for `owner`; applies only to QUEUED rows (and, where engines hold leases, while
     `owner`'s holds), returns False otherwise."""
-    now = utcnow()
+    now = records.utcnow()
     lease = leases.live_lease_sql("?")
     claim = Stmt(
         "UPDATE runs SET status = ?, owner = ?, heartbeat_at = ?, started_at = COALESCE(started_at, ?),"
@@ -149,7 +149,7 @@ _CLAIM_QUEUED_SQL = (
     " RETURNING id)"
     f" INSERT INTO events ({events.COLUMNS})"
     f" SELECT id, NULL, NULL, '{RUN.value}', '{_QUEUED}', '{_RUNNING}', NULL, ?, ? FROM claimed ORDER BY id"
-    " RETURNING id, run_id"
+    " RETURNING id, run_id, created_at"
 )
 
 
@@ -157,12 +157,13 @@ async def claim_queued_runs(owner: str, limit: int, skip: Sequence[int] = ()) ->
     """QUEUED → RUNNING for `owner` of the oldest `limit` queued runs that no other engine is claiming
     (PostgreSQL: `FOR UPDATE SKIP LOCKED`, the engines never wait for each other), leaving out `skip`;
     applies only while `owner` holds a live lease. Returns the ids claimed."""
-    now = utcnow()
+    now = records.utcnow()
     stmt = Stmt(_CLAIM_QUEUED_SQL, (RunStatus.RUNNING, owner, now, now, now, list(skip), limit, owner, owner, now))
 
     def on_commit(result: BatchResult) -> None:
-        at, hub = now.isoformat(), current().hub
-        for event_id, run_id in result.rows[0]:
+        hub = current().hub
+        for event_id, run_id, created_at in result.rows[0]:
+            at = events.written_at(created_at, now)
             hub.publish(
                 Change(
                     run_id=run_id,
@@ -175,10 +176,10 @@ async def claim_queued_runs(owner: str, limit: int, skip: Sequence[int] = ()) ->
                 )
             )
 
-    result = (await run_batches([Batch([stmt], on_commit)]))[0]
+    result = (await run_batches([Batch([stmt], on_commit, clock=now)]))[0]
     if isinstance(result, Exception):
         raise result
-    return [run_id for _, run_id in result.rows[0]]
+    return [run_id for _, run_id, _ in result.rows[0]]
 
 
 async def finish_run(run_id: int, owner: str, to: RunStatus, error: str | None = None) -> bool:
@@ -189,7 +190,7 @@ async def finish_run(run_id: int, owner: str, to: RunStatus, error: str | None =
     then re-reads and goes on.
     """
     assert to in (RunStatus.WAITING, RunStatus.COMPLETED, RunStatus.FAILED)
-    now = utcnow()
+    now = records.utcnow()
     finished_at = None if to == RunStatus.WAITING else now
     steps_guard = " AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = ? AND s.status IN (?, ?))"
     params: list[Any] = [run_id, StepStatus.RUNNING, StepStatus.RETRYING]
@@ -273,7 +274,7 @@ async def fail_running_run(
     Applies only to a RUNNING run, owned by `owner` when given and, when `heartbeat_at` is given
     (the sweep), still with the heartbeat that was judged stale; returns False otherwise.
     """
-    now = utcnow()
+    now = records.utcnow()
     guard_sql, guard_params = _running_guard(run_id, owner, heartbeat_at)
     stmts = [
         Stmt(
@@ -302,7 +303,7 @@ async def requeue_interrupted(
 
     Same guards as `fail_running_run`; returns False otherwise.
     """
-    now = utcnow()
+    now = records.utcnow()
     guard_sql, guard_params = _running_guard(run_id, owner, heartbeat_at)
     running = StepStatus.RUNNING
     stmts = [
@@ -337,7 +338,7 @@ async def cancel_run(run_id: int, from_status: RunStatus, actor: str) -> bool:
     guard on `from_status`."""
     if RunStatus.CANCELLED not in RUN_TRANSITIONS[from_status]:
         return False
-    now = utcnow()
+    now = records.utcnow()
     reason = f"cancelled by {actor}"
     stmts = [
         Stmt(
@@ -377,7 +378,7 @@ async def rerun_steps(
         for r in resets
     ):
         return False
-    now = utcnow()
+    now = records.utcnow()
     stmts = [
         Stmt(
             "UPDATE runs SET status = ?, error = NULL, finished_at = NULL, owner = NULL, heartbeat_at = NULL,"
@@ -407,7 +408,7 @@ async def rerun_steps(
 async def release_run(run_id: int, owner: str, why: str) -> bool:
     """RUNNING → QUEUED for a run claimed but never driven (its engine is stopping); applies only
     to a RUNNING run owned by `owner` with no step started since the claim."""
-    now = utcnow()
+    now = records.utcnow()
     update = Stmt(
         "UPDATE runs SET status = ?, owner = NULL, heartbeat_at = NULL, updated_at = ?"
         " WHERE id = ? AND status = ? AND owner = ?"
@@ -438,7 +439,7 @@ async def select_alternative(sel: Selection, actor: str) -> bool:
 
     Guards: the attempt is COMPLETED and current, the step and run still have the statuses read.
     """
-    now = utcnow()
+    now = records.utcnow()
     step_to = StepStatus.COMPLETED
     stmts = [
         Stmt(

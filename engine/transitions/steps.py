@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from engine import events, leases
+from engine import events, leases, records
 from engine.db.base import Batch, BatchResult, Outcome, Stmt
 from engine.notify import kinds as notify
-from engine.records import AttemptRef, llm_stmts, record_late_result, utcnow
+from engine.records import AttemptRef, llm_stmts, record_late_result
 from engine.retry import ACTOR as RETRY_ACTOR
 from engine.retry import FailureKind, PendingRetry
 from engine.store import run_batches, run_batches_blocking
@@ -91,7 +91,7 @@ async def start_step(start: StepStart) -> int | None:
     Applies only to a step in `start.from_status` whose needs are all COMPLETED, of a RUNNING run owned by
     `start.owner`; returns None otherwise.
     """
-    return _started_attempt((await run_batches([_start_batch(start, utcnow())]))[0])
+    return _started_attempt((await run_batches([_start_batch(start, records.utcnow())]))[0])
 
 
 def _owned(ref: AttemptRef) -> str:
@@ -204,7 +204,7 @@ async def complete_step_and_start(
     the completion, so a successor starts only once this step is COMPLETED.
     """
     c = Completion(ref, outputs, selected_index, logs, progress, progress_message, llm, log_times)
-    results = await run_batches(_completion_batches(c, starts, utcnow()))
+    results = await run_batches(_completion_batches(c, starts, records.utcnow()))
     done, started = _completion_outcome(results, len(starts))
     if not done:
         await record_late_result(ref, "completed", llm)
@@ -214,7 +214,7 @@ async def complete_step_and_start(
 def complete_step_and_start_blocking(c: Completion, starts: Sequence[StepStart]) -> tuple[bool, list[int | None]]:
     """`complete_step_and_start` from the worker thread the step ran in (one commit, no trip through
     the event loop). A completion that came too late changes nothing; the caller records it."""
-    return _completion_outcome(run_batches_blocking(_completion_batches(c, starts, utcnow())), len(starts))
+    return _completion_outcome(run_batches_blocking(_completion_batches(c, starts, records.utcnow())), len(starts))
 
 
 async def fail_step(
@@ -232,7 +232,7 @@ async def fail_step(
     With `retry` (the policy retries this failure) the step goes RUNNING → RETRYING instead, its next
     attempt due at `retry.due_at` (kept in the database: a restart fires it), by actor `retry policy`.
     """
-    now = utcnow()
+    now = records.utcnow()
     step_to = StepStatus.RETRYING if retry is not None else StepStatus.FAILED
     stmts = [
         Stmt(

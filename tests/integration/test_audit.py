@@ -13,7 +13,7 @@ from engine.engine import Engine
 from engine.store import Stmt, fetch, run_batch
 from engine.transitions import NewStep, StepStart
 from models.status import RunStatus
-from tests.conftest import wait_run
+from tests.conftest import holding_lease, wait_run
 
 OWNER = "testhost:101:aaaa"
 
@@ -33,7 +33,7 @@ async def run_with_steps(status: RunStatus) -> Planted:
     made = Planted(run_id, {r["key"]: r["id"] for r in rows})
     if status == RunStatus.QUEUED:
         return made
-    assert await transitions.claim_run(run_id, OWNER)
+    assert await transitions.claim_run(run_id, await holding_lease(OWNER))
 
     async def start(key: str, needs: list[str]) -> records.AttemptRef:
         attempt_id = await transitions.start_step(StepStart(run_id, made.ids[key], key, 1, needs, {}, OWNER))

@@ -610,6 +610,7 @@ def test_security_headers_on_pages_and_api_responses(deck: Deck, alice: httpx.Cl
         assert r.headers.get("x-frame-options") == "DENY", what
 
 
+@pytest.mark.sqlite_only  # the secret file; on PostgreSQL the dashboards share a secret kept in the database
 def test_session_secret_file_is_made_readable_by_the_owner_only(deck: Deck) -> None:
     secret = deck.ws.dir / "secret.key"
     assert secret.stat().st_mode & 0o777 == 0o600
@@ -708,6 +709,7 @@ def test_without_accounts_only_local_and_allowed_host_names_are_served(local: Se
         assert "unknown host" in r.json()["message"]
 
 
+@pytest.mark.sqlite_only  # the secret file; on PostgreSQL the dashboards share a secret kept in the database
 def test_a_secret_file_readable_by_others_is_made_owner_only(local: Server) -> None:
     secret = local.ws.dir / "secret.key"
     assert secret.stat().st_mode & 0o777 == 0o600

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 
 from tests.integration.served import Server, Workspace, serving
 from tests.integration.test_processes import sse_frames
@@ -325,6 +326,7 @@ def kill_hard(server: Server) -> str:
     return str(owner)
 
 
+@pytest.mark.sqlite_only  # liveness by process and heartbeat; on PostgreSQL by lease (tests/postgres/test_workers.py)
 def test_kill9_with_20_runs_mid_step_then_restart_fails_them_at_startup_saying_why(tmp_path: Path) -> None:
     ws = workspace(tmp_path / "ws")
     d = new_dir(tmp_path, "d")
@@ -366,6 +368,7 @@ def test_kill9_with_20_runs_mid_step_then_restart_fails_them_at_startup_saying_w
         stop_and_check(server, ws)
 
 
+@pytest.mark.sqlite_only  # liveness by process and heartbeat; on PostgreSQL by lease (tests/postgres/test_workers.py)
 def test_kill9_with_20_runs_mid_step_then_restart_under_resume_completes_them_all(tmp_path: Path) -> None:
     ws = workspace(tmp_path / "ws", STEPDECK_ON_ORPHAN="resume")
     d = new_dir(tmp_path, "d")

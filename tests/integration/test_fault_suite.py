@@ -120,6 +120,7 @@ def test_a_database_file_removed_or_replaced_while_serving_stops_new_work_loudly
         assert "CRITICAL" in server.log_text()
 
 
+@pytest.mark.sqlite_only  # liveness by process and heartbeat; on PostgreSQL by lease (tests/postgres/test_workers.py)
 @pytest.mark.parametrize("policy", ["fail", "resume"])
 def test_kill9_cycles_under_load_leave_no_run_stuck_and_check_clean(tmp_path: Path, policy: str) -> None:
     ws = Workspace(
@@ -213,6 +214,7 @@ def test_racing_actions_never_answer_500_and_leave_the_database_clean(tmp_path: 
     _check_clean(ws)
 
 
+@pytest.mark.sqlite_only  # liveness by process and heartbeat; on PostgreSQL by lease (tests/postgres/test_workers.py)
 def test_a_headless_run_killed_hard_is_failed_naming_the_headless_process(tmp_path: Path) -> None:
     long = "steps:\n  - key: a\n    call: faultsteps:long\n"
     ws = Workspace(tmp_path, workflows={"long": long}, modules={"faultsteps": MODULE})

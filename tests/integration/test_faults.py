@@ -20,7 +20,7 @@ from engine.errors import Conflict
 from engine.settings import Settings
 from engine.store import BatchResult, Stmt, fetch, run_batch, run_batches
 from tests import stepfns
-from tests.conftest import run_status, step_of, wait_for, wait_run
+from tests.conftest import holding_lease, run_status, step_of, wait_for, wait_run
 
 Define = Callable[..., Any]
 
@@ -164,7 +164,7 @@ async def test_events_of_a_cancel_reach_viewers_in_id_order(engine: Engine, defi
 async def test_the_sweep_does_not_fail_a_run_that_beat_after_it_was_judged(db: str, define: Define) -> None:
     define("one", [{"key": "a", "call": "tests.stepfns:noop"}])
     run_id = await operations.start_run("one", {}, "tester")
-    assert await transitions.claim_run(run_id, "otherhost:1:x")
+    assert await transitions.claim_run(run_id, await holding_lease("otherhost:1:x"))
     judged = (await queries.run_detail(run_id)).to_json()["heartbeat_at"]
     raw = await fetch("SELECT heartbeat_at FROM runs WHERE id = ?", (run_id,))  # as the sweep reads it
     await asyncio.sleep(0.01)

@@ -440,6 +440,7 @@ def test_sigterm_with_an_open_event_stream_still_stops_the_server(tmp_path: Path
         assert_interrupted_at_a(ws, run_id)
 
 
+@pytest.mark.sqlite_only  # liveness by process and heartbeat; on PostgreSQL by lease (tests/postgres/test_workers.py)
 def test_sweep_fails_the_runs_of_a_killed_server(tmp_path: Path) -> None:
     ws = workspace(tmp_path / "ws")
     with step_a_running(ws, tmp_path) as (server, run_id):

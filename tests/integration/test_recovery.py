@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from engine import operations, orphans, queries, records, transitions
+from engine import leases, operations, orphans, queries, records, transitions
 from engine.orphans import MAX_RECOVERIES, orphan_action
 from engine.settings import Settings
 from engine.store import Stmt, fetch, run_batch
 from tests import stepfns
-from tests.conftest import attempts_of, engine_running, run_status, step_of, wait_for, wait_run
+from tests.conftest import attempts_of, engine_running, holding_lease, run_status, step_of, wait_for, wait_run
 
 Define = Callable[..., Any]
 SILENT_OWNER = "otherhost:4242:silent"  # another host: judged by its heartbeat alone, maybe still alive
@@ -58,7 +58,7 @@ async def _orphaned_mid_step(define: Define, owner: str | None = None) -> int:
         ],
     )
     run_id = await operations.start_run("orphan", {}, "tester")
-    assert await transitions.claim_run(run_id, owner)
+    assert await transitions.claim_run(run_id, await holding_lease(owner))
     ids = {r["key"]: r["id"] for r in await _step_ids(run_id)}
     a = await transitions.start_step(transitions.StepStart(run_id, ids["a"], "a", 1, (), {}, owner))
     assert a is not None
@@ -67,6 +67,8 @@ async def _orphaned_mid_step(define: Define, owner: str | None = None) -> int:
     b = await transitions.start_step(transitions.StepStart(run_id, ids["b"], "b", 1, ("a",), {}, owner))
     assert b is not None
     await _age_heartbeat(run_id)
+    if leases.shared():  # where engines hold leases, a stopped engine's lease ends
+        await run_batch([Stmt("UPDATE workers SET lease_until = now() - interval '1 hour' WHERE id = ?", (owner,))])
     return run_id
 
 
@@ -158,6 +160,7 @@ async def _status_is(run_id: int, key: str, status: str) -> bool:
     return bool((await step_of(run_id, key))["status"] == status)
 
 
+@pytest.mark.sqlite_only  # liveness by process and heartbeat; on PostgreSQL by lease (tests/postgres/test_workers.py)
 async def test_resume_fails_rather_than_requeues_a_run_whose_engine_may_be_alive(
     settings: Settings, define: Define
 ) -> None:

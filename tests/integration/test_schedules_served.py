@@ -11,6 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from tests.integration.served import Server, Workspace, every_minute
 
 DOWN_FOR = timedelta(minutes=5)
@@ -30,6 +32,7 @@ def _when(value: str | datetime) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(value)
 
 
+@pytest.mark.sqlite_only  # every server fires; on PostgreSQL the leader alone (tests/postgres/test_workers.py)
 def test_two_servers_on_one_database_start_one_run_per_fire_time(tmp_path: Path) -> None:
     ws = Workspace(tmp_path, workflows={"tick": every_minute(catch_up="once")})
     migrated = ws.cli("migrate")

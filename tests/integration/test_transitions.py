@@ -1,4 +1,4 @@
-"""Every transition of engine/transitions.py on a real SQLite file.
+"""Every transition of engine/transitions.py on a real database (a SQLite file, or PostgreSQL).
 
 For each function: the legal move changes the rows and writes its event rows; called on rows in a
 wrong status it returns False/None and changes nothing at all (no column, no event). Late results
@@ -19,12 +19,21 @@ from engine.records import AttemptRef
 from engine.store import Stmt, fetch, run_batch
 from engine.transitions import NewStep, Selection, StepReset, StepStart
 from models.status import RUN_TRANSITIONS, STEP_TRANSITIONS, AttemptStatus, RunStatus, StepStatus
+from tests.conftest import holding_lease
 
 OWNER = "testhost:101:aaaa"
 OTHER = "otherhost:202:bbbb"
 
 
-pytestmark = pytest.mark.usefixtures("audit_clean")
+pytestmark = pytest.mark.usefixtures("audit_clean", "engines_hold_leases")
+
+
+@pytest.fixture
+async def engines_hold_leases(db: str) -> None:
+    """Where engines hold leases (PostgreSQL), the engines these tests name hold live ones, as a started
+    engine does: a claim or a step start is refused to an engine without one."""
+    for owner in (OWNER, OTHER):
+        await holding_lease(owner)
 
 
 # --- helpers ---------------------------------------------------------------------------------------

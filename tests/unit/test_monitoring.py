@@ -21,6 +21,7 @@ from engine.monitoring import (
     token_report,
 )
 from engine.store import Stmt, fetch, run_batch
+from tests.conftest import holding_lease
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 OWNER = "test-host:1:boot"
@@ -143,7 +144,7 @@ async def _llm_run(workflow: str, steps: dict[str, tuple[int, list[tuple[int, bo
     run_id = (
         await transitions.create_run(workflow, {}, {}, [transitions.NewStep(k, k, "llm", []) for k in steps], "test")
     ).id
-    assert await transitions.claim_run(run_id, OWNER)
+    assert await transitions.claim_run(run_id, await holding_lease(OWNER))
     ids = {r["key"]: r["id"] for r in await fetch("SELECT id, key FROM steps WHERE run_id = ?", (run_id,))}
     for key, (max_tokens, alternatives) in steps.items():
         attempt_id = await transitions.start_step(transitions.StepStart(run_id, ids[key], key, 1, [], {}, OWNER))
