@@ -219,6 +219,9 @@ def _too_wide(type_name: str, value: Any) -> bool:
     return limit is not None and isinstance(value, int) and not -limit <= value < limit
 
 
+IDLE_IN_TRANSACTION_MS = 10_000
+
+
 class _Pool:
     """Up to `size` connections, opened on first need; a broken one is dropped and replaced."""
 
@@ -239,7 +242,14 @@ class _Pool:
                 if not c.conn.is_closed():
                     return c
                 self._all.discard(c)
-            settings = {"application_name": self._name}  # event rows record it (`events.origin`)
+            settings = {
+                "application_name": self._name,  # event rows record it (`events.origin`)
+                # A process frozen inside a transaction (SIGSTOP, a VM paused) would hold its run rows locked
+                # for as long as it stays frozen, and every other process's sweep would wait on them: the
+                # server ends such a transaction (and the session) instead. An engine's transactions are
+                # batches sent at once; nothing of ours stays idle inside one for seconds.
+                "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
+            }
             c = _Conn(await asyncpg.connect(self._dsn, statement_cache_size=0, server_settings=settings))
             self._all.add(c)
             return c
