@@ -19,6 +19,7 @@ import threading
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -558,7 +559,10 @@ async def _fail(
     if pending is None:
         s.status = StepStatus.FAILED
     else:
-        s.status, s.retry_at, s.retries_used = StepStatus.RETRYING, pending.due_at, pending.retries_used
+        # Counted from when the failure is written, not when the retry was planned: the next attempt starts
+        # at least the delay after the failed one's finish time.
+        due = max(pending.due_at, utcnow() + timedelta(seconds=pending.delay_s))
+        s.status, s.retry_at, s.retries_used = StepStatus.RETRYING, due, pending.retries_used
     return True
 
 
