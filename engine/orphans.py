@@ -123,19 +123,25 @@ async def find_orphans(settings: Settings, me: str) -> list[OrphanVerdict]:
     return await _judge(rows, settings, me, records.utcnow())
 
 
+async def _active_steps(run_id: int) -> tuple[list[str], bool]:
+    """The keys of a run's running steps, in declared order, and whether a step of it waits for a retry."""
+    steps = await fetch(
+        "SELECT key, status FROM steps WHERE run_id = ? AND status IN (?, ?) ORDER BY position",
+        (run_id, StepStatus.RUNNING, StepStatus.RETRYING),
+    )
+    running = [s["key"] for s in steps if s["status"] == StepStatus.RUNNING]
+    return running, any(s["status"] == StepStatus.RETRYING for s in steps)
+
+
 async def _judge(rows: list[dict[str, Any]], settings: Settings, me: str, now: datetime) -> list[OrphanVerdict]:
     """Verdicts on RUNNING runs by their owner's process and heartbeat, at `now` (the clock that wrote the beats)."""
     verdicts = []
     for row in rows:
-        steps = await fetch(
-            "SELECT key, status FROM steps WHERE run_id = ? AND status IN (?, ?) ORDER BY position",
-            (row["id"], StepStatus.RUNNING, StepStatus.RETRYING),
-        )
-        running = [s["key"] for s in steps if s["status"] == StepStatus.RUNNING]
+        running, retrying = await _active_steps(row["id"])
         reason = orphan_reason(row, running, me, now, settings.stale_after_s)
         if reason:
             gone = owner_gone(row["owner"], me)
-            pending = not running and any(s["status"] == StepStatus.RETRYING for s in steps)
+            pending = not running and retrying
             verdicts.append(
                 OrphanVerdict(
                     row["id"], reason, row["heartbeat_at"], row["recoveries"], owner_gone=gone, retry_pending=pending
@@ -155,11 +161,7 @@ async def _find_unleased() -> list[OrphanVerdict]:
     )
     verdicts = []
     for row in rows:
-        steps = await fetch(
-            "SELECT key, status FROM steps WHERE run_id = ? AND status IN (?, ?) ORDER BY position",
-            (row["id"], StepStatus.RUNNING, StepStatus.RETRYING),
-        )
-        running = [s["key"] for s in steps if s["status"] == StepStatus.RUNNING]
+        running, retrying = await _active_steps(row["id"])
         where = f" while step {', '.join(repr(k) for k in running)} was running" if running else ""
         if row["lease_until"] is None:
             engine = f"its engine {row['owner'] or '(unknown)'} holds no lease"
@@ -169,7 +171,7 @@ async def _find_unleased() -> list[OrphanVerdict]:
                 f"the lease of its engine {row['owner']} ({row['host']}, pid {row['pid']}) ended"
                 f" {ended:%Y-%m-%d %H:%M:%S} UTC"
             )
-        pending = not running and any(s["status"] == StepStatus.RETRYING for s in steps)
+        pending = not running and retrying
         verdicts.append(
             OrphanVerdict(
                 row["id"],
