@@ -61,9 +61,11 @@ MAX_PREPARED = 500  # statements kept prepared per connection
 _translated: dict[tuple[str, tuple[int, ...], tuple[int, ...]], str] = {}
 
 
-# What a batch's clock parameter (`Batch.clock`) becomes: the database's clock at the start of the
-# transaction, the same in all its statements (as on SQLite, where a batch writes one value).
-CLOCK_SQL = "now()"
+# What a batch's clock parameter (`Batch.clock`) becomes: the database's clock when each statement starts.
+# Not `now()`, the transaction's start: a transaction that began, then waited for a run's lock, wrote a
+# time earlier than the transaction it waited for (a run finished before it started). A statement starts
+# after the lock is held, so the times of one run follow its commits.
+CLOCK_SQL = "statement_timestamp()"
 
 
 def placeholders(sql: str, wide: tuple[int, ...] = (), clock: tuple[int, ...] = ()) -> str:
