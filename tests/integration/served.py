@@ -33,6 +33,10 @@ SETTLED_RUN = {"completed", "failed", "cancelled", "waiting"}
 # verdict as a quiet one.
 PATIENCE_S = 300.0
 
+# The smallest workflow a served process can run: one step of a module in its workflows directory.
+QUICK_WORKFLOWS = {"quick": "name: quick\nsteps:\n  - key: a\n    call: quicksteps:hello\n"}
+QUICK_MODULES = {"quicksteps": "def hello(ctx):\n    return 'hello'\n"}
+
 
 def every_minute(catch_up: str = "skip") -> str:
     """The definition of `tick`: one step echoing its input `who`, started every minute (UTC) by its

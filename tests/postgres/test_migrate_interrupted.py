@@ -19,22 +19,15 @@ import pytest
 from models.db import tortoise_config
 from models.schema import MIGRATION_LOCK_KEY, schema_mismatch
 from models.testhooks import PAUSE_AT
-from tests.integration.served import ROOT, Workspace, serving
+from tests.integration.served import QUICK_MODULES, QUICK_WORKFLOWS, ROOT, Workspace, serving
 from tests.postgres.test_schema_version import serve_once
 
 MIGRATIONS = sorted(p.stem for p in (ROOT / "models" / "migrations").glob("0*.py"))
-WORKFLOW = """
-name: quick
-steps:
-  - key: a
-    call: quicksteps:hello
-"""
-MODULE = "def hello(ctx):\n    return 'hello'\n"
 TABLES = {"runs", "steps", "attempts", "events", "llm_usage", "users", "api_tokens", "audit", "schedule_states"}
 
 
 def workspace(directory: Path) -> Workspace:
-    return Workspace(directory, {"quick": WORKFLOW}, {"quicksteps": MODULE})
+    return Workspace(directory, QUICK_WORKFLOWS, QUICK_MODULES)
 
 
 class Paused:
