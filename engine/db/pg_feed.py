@@ -62,29 +62,60 @@ def new_instance() -> str:
     return secrets.token_hex(6)
 
 
-async def _finish(task: asyncio.Task[None] | None, conn: asyncpg.Connection | None) -> None:
-    """Let a sender's task send what is pending (5 s at most), then close its connection."""
-    if task is not None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(asyncio.shield(task), 5)
-    if conn is not None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(conn.close(), 5)
+class _Sender:
+    """A sender on a connection of its own, opened when first needed; its task sends while work is pending."""
 
-
-class Notifier:
-    """Sends `NOTIFY` after commits that wrote events: at most one in flight, coalescing the rest."""
+    application = "stepdeck"
 
     def __init__(self, dsn: str, instance: str) -> None:
         self._dsn = dsn
         self._instance = instance
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(
+                self._dsn, statement_cache_size=0, server_settings={"application_name": self.application}
+            )
+        return self._conn
+
+    def _sending(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def close(self) -> None:
+        """Send what is pending (5 s at most), then close the connection: also one the task opened meanwhile."""
+        self._closed = True
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._task), 5)
+            if not self._task.done():
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._task
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.close(), 5)
+            if not conn.is_closed():
+                conn.terminate()
+
+
+class Notifier(_Sender):
+    """Sends `NOTIFY` after commits that wrote events: at most one in flight, coalescing the rest."""
+
+    application = "stepdeck-notify"
+
+    def __init__(self, dsn: str, instance: str) -> None:
+        super().__init__(dsn, instance)
         self._again = False
 
     def committed(self) -> None:
         """Events were committed: tell the other processes (soon, never on the committing path)."""
-        if self._task is not None and not self._task.done():
+        if self._closed:
+            return
+        if self._sending():
             self._again = True
             return
         self._task = asyncio.get_running_loop().create_task(self._send(), name="stepdeck-notify-events")
@@ -94,20 +125,12 @@ class Notifier:
         while self._again:
             self._again = False
             try:
-                if self._conn is None or self._conn.is_closed():
-                    self._conn = await asyncpg.connect(
-                        self._dsn, statement_cache_size=0, server_settings={"application_name": "stepdeck-notify"}
-                    )
-                await self._conn.execute(f"NOTIFY {CHANNEL}, '{self._instance}'")
+                conn = await self._connection()
+                await conn.execute(f"NOTIFY {CHANNEL}, '{self._instance}'")
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 # The others find the rows by their poll; nothing is lost, only later.
                 log.warning("could not notify the other processes of new events (%s); they will poll", exc)
                 return
-
-    async def close(self) -> None:
-        """Send what is pending, then close."""
-        await _finish(self._task, self._conn)
-        self._conn = None
 
 
 def _dumps(notice: dict[str, Any]) -> str:
@@ -154,18 +177,16 @@ def live_payloads(instance: str, notices: list[dict[str, Any]]) -> list[str]:
     return payloads
 
 
-class LiveSender:
+class LiveSender(_Sender):
     """Sends this process's ephemeral notices to the others: batched, off the caller's path, bounded."""
 
+    application = "stepdeck-live"
+
     def __init__(self, dsn: str, instance: str) -> None:
-        self._dsn = dsn
-        self._instance = instance
+        super().__init__(dsn, instance)
         self._pending: list[dict[str, Any]] = []
-        self._conn: asyncpg.Connection | None = None
-        self._task: asyncio.Task[None] | None = None
         self._window_start = 0.0
         self._window_bytes = 0
-        self._closed = False
         self.dropped = 0
 
     def offer(self, notice: dict[str, Any]) -> bool:
@@ -173,7 +194,7 @@ class LiveSender:
         if self._closed:
             return False
         self._pending.append(notice)
-        if self._task is None or self._task.done():
+        if not self._sending():
             self._task = asyncio.get_running_loop().create_task(self._send(), name="stepdeck-notify-live")
         return True
 
@@ -182,15 +203,12 @@ class LiveSender:
             await asyncio.sleep(LIVE_INTERVAL_S)
             notices, self._pending = self._pending, []
             try:
-                if self._conn is None or self._conn.is_closed():
-                    self._conn = await asyncpg.connect(
-                        self._dsn, statement_cache_size=0, server_settings={"application_name": "stepdeck-live"}
-                    )
+                conn = await self._connection()
                 for payload in live_payloads(self._instance, notices):
                     if not self._within_budget(len(payload)):
                         self.dropped += 1
                         continue
-                    await self._conn.execute("SELECT pg_notify($1, $2)", LIVE_CHANNEL, payload)
+                    await conn.execute("SELECT pg_notify($1, $2)", LIVE_CHANNEL, payload)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 # Viewers elsewhere see these when they next read the step; nothing is lost from the rows.
                 log.warning("could not send live notices to the other processes (%s)", exc)
@@ -201,12 +219,6 @@ class LiveSender:
             self._window_start, self._window_bytes = now, 0
         self._window_bytes += size
         return self._window_bytes <= MAX_LIVE_BYTES_S
-
-    async def close(self) -> None:
-        """Send what is pending, then close."""
-        self._closed = True
-        await _finish(self._task, self._conn)
-        self._conn = None
 
 
 class EventFeed:
