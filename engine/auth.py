@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from engine import db
 from models.errors import StepdeckError
 from models.tables import ApiToken, AuditEntry, SharedSecret, SignInFailure, User
 
@@ -73,7 +74,8 @@ LOCAL = Principal("local", "operator", "local")
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """The database's clock (`engine.db.now`), for the rows of accounts, tokens and the audit."""
+    return db.now()
 
 
 def check_name(name: str) -> str:

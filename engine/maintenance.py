@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -80,7 +80,7 @@ class Maintenance:
             id=job_id,
             name=name,
             replace_existing=True,
-            next_run_time=utcnow(),
+            next_run_time=datetime.now(UTC),
             coalesce=True,
             max_instances=1,
             misfire_grace_time=grace_s,
@@ -107,7 +107,7 @@ class Maintenance:
             catch_up = self.schedules.catch_up_all
             # However late it gets to run (a busy machine): a fire time is caught up, never dropped.
             self.scheduler.add_job(catch_up, id=CATCH_UP_JOB_ID, replace_existing=True, misfire_grace_time=None)
-            self.scheduler.modify_job(SWEEP_JOB_ID, next_run_time=utcnow())
+            self.scheduler.modify_job(SWEEP_JOB_ID, next_run_time=datetime.now(UTC))
 
     async def stop_leading(self) -> None:
         """Hand the leader's lease over (a clean stop): another process takes it at its next heartbeat."""

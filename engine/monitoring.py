@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
 
+from engine import db
 from engine.store import fetch
 
 MAX_ROWS = 200_000  # newest rows of the window read at most; the report says when it was capped
@@ -311,7 +312,7 @@ def _aggregate(raw: list[dict[str, Any]], days: int, since: datetime, now: datet
 async def token_report(days: int = 30, now: datetime | None = None) -> TokenReport:
     """Token usage of LLM steps over the last `days` days (at most the newest MAX_ROWS rows)."""
     days = max(1, days)
-    now = _utc(now) if now is not None else datetime.now(UTC)
+    now = _utc(now) if now is not None else db.now()
     since = now - timedelta(days=days)
     raw = await fetch(
         f"SELECT {_COLUMNS} FROM llm_usage WHERE created_at >= ? AND created_at <= ?"

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from engine import events
+from engine import db, events
 from engine.db.base import Ref, Stmt
 from engine.hub import ChangeKind
 from engine.store import run_batch, run_batches
@@ -16,9 +16,10 @@ from models.status import AttemptStatus, RunStatus
 
 
 def utcnow() -> datetime:
-    """The process's clock, for the times the engine writes. A batch passes the value it got as its clock
-    (`Batch.clock`): on PostgreSQL the database's clock is written in its place."""
-    return datetime.now(UTC)
+    """The database's clock (`engine.db.now`), for the times the engine writes: a retry's due time, a
+    notification's next try, a prune's cutoff. A batch passes the value it got as its clock (`Batch.clock`):
+    on PostgreSQL each statement writes the server's own clock in its place, exactly."""
+    return db.now()
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from engine.db import current
+from engine.db import now as db_now
 from engine.registry import workflows
 from engine.store import fetch
 from models.status import RunStatus, StepStatus
@@ -56,7 +57,7 @@ class RunRow:
         """Seconds from start to finish, or to `now` while the run has not finished."""
         if self.started_at is None:
             return None
-        end = self.finished_at or (now or datetime.now(UTC))
+        end = self.finished_at or (now or db_now())
         return max(0.0, (end - self.started_at).total_seconds())
 
 

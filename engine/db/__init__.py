@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from urllib.parse import parse_qsl, urlsplit
 
 from engine.db.base import Database
@@ -31,6 +32,12 @@ def current() -> Database:
     return _current
 
 
+def now() -> datetime:
+    """The clock of the open database (`Database.now`): the time the engine writes. Before a database is
+    open (or in pure functions' tests), the process's own clock."""
+    return _current.now() if _current is not None else datetime.now(UTC)
+
+
 def _engine_database(url: str) -> Database:
     check_url(url)
     if is_postgres(url):
@@ -49,12 +56,18 @@ async def open_database(url: str) -> Database:
     check_url(url)
     prepare_location(url)
     await open_db(url)
+    database: Database | None = None
     try:
-        _current = _engine_database(url)
+        database = _engine_database(url)
+        if isinstance(database, PostgresDatabase):
+            await database.sync_clock()  # the clock this process writes is the server's
     except BaseException:
+        if database is not None:
+            await database.close()
         await close_db()
         raise
-    return _current
+    _current = database
+    return database
 
 
 async def close_database() -> None:

@@ -175,6 +175,14 @@ class Database(Protocol):
         the database is closed: the caller stops sending."""
         ...
 
+    def now(self) -> datetime:
+        """The database's clock, as well as this process knows it: the time the engine gives to what it
+        writes (a retry's due time, a notification's next try, a prune's cutoff, an account's row). One
+        machine's SQLite is the process's own clock; PostgreSQL's is the server's, measured on open and
+        again every CLOCK_RESYNC_S (to within half a round trip), so that hosts whose clocks drift apart
+        still write one clock."""
+        ...
+
     def check_file(self) -> str | None:
         """Why the database this process opened is no longer the one at its URL (e.g. its file was
         removed), or None; once it returns a reason, writes are refused."""

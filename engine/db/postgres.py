@@ -21,11 +21,13 @@ Reads. A small pool for pages and the API and one for the engine, separate from 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -54,6 +56,7 @@ log = logs.logger(__name__)
 WRITERS = 4
 READERS = 3
 ENGINE_READERS = 2
+CLOCK_RESYNC_S = 60.0  # how often the offset of the server's clock from this host's is measured again
 DEADLOCK_RETRIES = 3
 MAX_PREPARED = 500  # statements kept prepared per connection
 
@@ -397,8 +400,19 @@ class PostgresDatabase:
     kind = "postgresql"
     dialect = POSTGRESQL
 
-    def __init__(self, url: str, *, writers: int = WRITERS, readers: int = READERS) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        writers: int = WRITERS,
+        readers: int = READERS,
+        host_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._loop = asyncio.get_running_loop()
+        self.host_clock = host_clock  # a test sets one that is off
+        self._offset = timedelta(0)  # the server's clock less this host's
+        self._synced_at: float | None = None  # monotonic time of the last measure
+        self._syncing: asyncio.Task[None] | None = None
         self.url = url
         self.hub = Hub()
         self._dsn = dsn(url)
@@ -475,6 +489,45 @@ class PostgresDatabase:
                 self._writers.release(c, broken=broken)
         raise AssertionError("unreachable")
 
+    # --- the clock ---------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        if self._synced_at is not None and time.monotonic() - self._synced_at > CLOCK_RESYNC_S:
+            self._resync_soon()
+        return self.host_clock() + self._offset
+
+    async def sync_clock(self) -> timedelta:
+        """Measure the server's clock against this host's (the reading taken halfway through the round
+        trip); returns the offset, which `now` adds from then on."""
+        c = await self._readers.acquire()
+        broken = True
+        try:
+            before = self.host_clock()
+            server: datetime = await c.conn.fetchval("SELECT statement_timestamp()")
+            after = self.host_clock()
+            broken = False
+        finally:
+            self._readers.release(c, broken=broken)
+        self._offset = server - (before + (after - before) / 2)
+        self._synced_at = time.monotonic()
+        return self._offset
+
+    def _resync_soon(self) -> None:
+        if self._syncing is not None and not self._syncing.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a worker thread: the next reading on the event loop measures it
+        self._syncing = loop.create_task(self._resync(), name="stepdeck-clock")
+
+    async def _resync(self) -> None:
+        try:
+            await self.sync_clock()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            self._synced_at = time.monotonic()  # the last offset stands; measured again later
+            log.warning("could not read the database's clock (%s); keeping the last offset", exc)
+
     def check_file(self) -> str | None:
         """A server, not a file: nothing can remove it from under this process."""
         return None
@@ -497,6 +550,10 @@ class PostgresDatabase:
         return self._live.offer(notice)
 
     async def close(self) -> None:
+        if self._syncing is not None:
+            self._syncing.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._syncing
         if self.feed is not None:
             await self.feed.close()
             self.feed = None

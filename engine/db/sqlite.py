@@ -24,7 +24,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from engine.db.base import (
@@ -300,6 +300,9 @@ class SqliteDatabase:
     def send_live(self, notice: dict[str, Any]) -> bool:
         """Nothing: no other process follows this one's notices."""
         return False
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)  # one machine: the process's clock is the database's
 
     def check_file(self) -> str | None:
         """Why the file this process opened is no longer the database at its path (removed or replaced,

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from engine.context import WaitForPerson
+from engine.db import now as db_now
 from engine.store import fetch
 
 RUN, DAY = "run", "day"
@@ -69,7 +70,7 @@ def approved(hold: Hold, previous: dict[str, Any] | None) -> bool:
 
 async def spending(run_id: int, now: datetime | None = None) -> tuple[float, float]:
     """USD spent by the run, and by every run today (UTC), from the usage rows."""
-    now = now or datetime.now(UTC)
+    now = now or db_now()
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     [row] = await fetch(
         "SELECT COALESCE(SUM(CASE WHEN run_id = ? THEN cost END), 0) AS run_usd,"

@@ -3,10 +3,11 @@ attempt that failed and a live countdown ("retrying in 8 s"), counted down in th
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from nicegui import ui
 
+from engine.db import now as db_now
 from engine.readmodel import StepDetail
 from engine.retry import attempt_label
 from models.status import StepStatus
@@ -16,7 +17,7 @@ def countdown_text(retry_at: datetime | str | None, now: datetime | None = None)
     if retry_at is None:
         return ""
     due = datetime.fromisoformat(retry_at) if isinstance(retry_at, str) else retry_at
-    left = (due - (now or datetime.now(UTC))).total_seconds()
+    left = (due - (now or db_now())).total_seconds()
     return f"retrying in {left:.0f} s" if left >= 0.5 else "retrying now"
 
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from nicegui import events, ui
 
+from engine.db import now as db_now
 from engine.registry import workflows
 from models.status import RunStatus, StepStatus
 from ui import run_list, security
@@ -173,7 +174,7 @@ class RunsTable:
         if generation != self._generation or self.table.is_deleted:
             return
         self.page = page
-        now = datetime.now(UTC)
+        now = db_now()  # the clock the run times were written with
         self.total = total
         self.visible_ids = {r.id for r in rows}
         self.table.rows = [table_row(r, now) for r in rows]
