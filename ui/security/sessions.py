@@ -1,5 +1,9 @@
 """Who a browser is signed in as: NiceGUI's per-browser user storage (under the signed session
-cookie), a short-lived cache of account state, and renewing the session at sign-in and sign-out."""
+cookie), a short-lived cache of account state, and renewing the session at sign-in and sign-out.
+
+The one place that reaches NiceGUI's storage internals (`app.storage._users`, whether a session's storage
+is loaded, and `_create_user_storage`, to give a renewed session its storage), of the pinned version:
+re-check them when the pin moves (`tests/integration/test_sessions.py` fails if they change)."""
 
 from __future__ import annotations
 
