@@ -73,7 +73,9 @@ def api_app(settings: Settings, sessions: security.SessionCache) -> FastAPI:
     api.state.settings = settings
     errors.install(api)
     api.include_router(router)
-    api.add_middleware(GZipMiddleware, minimum_size=1000)
+    # Level 1 (nginx's default) instead of Starlette's 9: a run's JSON (6 kB) compresses to 629 bytes instead
+    # of 573, in a quarter of the time, which was a tenth of a POST's CPU.
+    api.add_middleware(GZipMiddleware, minimum_size=1000, compresslevel=1)
     api.add_middleware(security.Gate, settings=settings, sessions=sessions)
     return api
 
