@@ -17,6 +17,9 @@ Each layer adds one thing to the one before:
 - gate: + the gate (`ui/security/`): the API app that `ApiFastPath` serves (`ui.app.api_app`)
 - served: `main.py serve --no-engine`: NiceGUI's app and `ApiFastPath` in front of the above
 
+`--served-from DIR[,DIR]` adds the served process of other checkouts (e.g. `git archive` of an older
+commit) as layers of their own: a before and after measured side by side.
+
 A layer's process: `python -m bench.post_layers serve LAYER PORT` (settings from the environment).
 """
 
@@ -117,7 +120,7 @@ def layer_server(layer: str, tmp: Path) -> Iterator[tuple[int, Callable[[], obje
     from tests.dbtemplate import migrated_copy
     from tests.integration.served import ROOT, Server, Workspace, free_port
 
-    ws = Workspace(tmp / layer, {"par": workflow_yaml("par", 10)}, {"benchsteps": BENCH_STEPS})
+    ws = Workspace(tmp / Path(layer).name, {"par": workflow_yaml("par", 10)}, {"benchsteps": BENCH_STEPS})
     migrated_copy(ws.db_path)
     if layer == "served":
         server = Server(ws, extra_args=["--no-engine"])
@@ -129,8 +132,13 @@ def layer_server(layer: str, tmp: Path) -> Iterator[tuple[int, Callable[[], obje
             server.close()
         return
     port = free_port()
-    module = ["bench.http_floor", str(port)] if layer == "floor" else ["bench.post_layers", "serve", layer, str(port)]
-    proc = subprocess.Popen([sys.executable, "-m", *module], cwd=ROOT, env=ws.env)
+    if layer not in LAYERS:  # a checkout's served process, named by its directory
+        cwd, cmd = Path(layer), ["main.py", "serve", "--no-engine", "--host", "127.0.0.1", "--port", str(port)]
+    elif layer == "floor":
+        cwd, cmd = ROOT, ["-m", "bench.http_floor", str(port)]
+    else:
+        cwd, cmd = ROOT, ["-m", "bench.post_layers", "serve", layer, str(port)]
+    proc = subprocess.Popen([sys.executable, *cmd], cwd=cwd, env=ws.env)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
             _wait_up(client, proc)
@@ -159,6 +167,22 @@ def measure(layers: list[str], posts: int, reps: int) -> dict[str, list[float]]:
     return samples
 
 
+def print_table(samples: dict[str, list[float]], rounds: str) -> None:
+    """Each layer's CPU per request, against the floor's (`samples["floor"]`) and the layer above."""
+    floor, floor_min = statistics.median(samples["floor"]), min(samples["floor"])
+    print(f"\nPOST /api/runs, CPU per request by layer ({rounds}; {datetime.now(UTC):%H:%M} UTC)")
+    print("  median: of the rounds; least: the least round, which a busy machine disturbs the least")
+    print(f"  {'layer':<8} {'median ms':>9} {'x floor':>8} {'+ms':>7}   {'least ms':>8} {'x floor':>8} {'+ms':>7}")
+    previous: tuple[float, float] | None = None
+    for layer in samples:
+        m, least = statistics.median(samples[layer]), min(samples[layer])
+        delta = ("", "") if previous is None else (f"{m - previous[0]:+.3f}", f"{least - previous[1]:+.3f}")
+        median_part = f"{m:9.3f} {m / floor:8.2f} {delta[0]:>7}"
+        name = layer if layer in LAYERS else Path(layer).name
+        print(f"  {name:<8} {median_part}   {least:8.3f} {least / floor_min:8.2f} {delta[1]:>7}")
+        previous = (m, least)
+
+
 def main() -> None:
     if sys.argv[1:2] == ["serve"]:
         serve_layer(sys.argv[2], int(sys.argv[3]))
@@ -167,24 +191,14 @@ def main() -> None:
     parser.add_argument("--posts", type=int, default=300, help="requests timed per layer and repetition")
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions")
     parser.add_argument("--layers", default=",".join(LAYERS), help=f"a subset of {','.join(LAYERS)}")
+    parser.add_argument("--served-from", default="", help="checkouts whose served process is measured too")
     args = parser.parse_args()
     layers = [layer for layer in args.layers.split(",") if layer]
     unknown = set(layers) - set(LAYERS)
     if unknown or "floor" not in layers:
         raise SystemExit(f"layers are among {', '.join(LAYERS)}, the floor included")
-    samples = measure(layers, args.posts, args.reps)
-    floor, floor_min = statistics.median(samples["floor"]), min(samples["floor"])
-    rounds = f"{args.reps} interleaved rounds of {args.posts}"
-    print(f"\nPOST /api/runs, CPU per request by layer ({rounds}; {datetime.now(UTC):%H:%M} UTC)")
-    print("  median: of the rounds; least: the least round, which a busy machine disturbs the least")
-    print(f"  {'layer':<8} {'median ms':>9} {'x floor':>8} {'+ms':>7}   {'least ms':>8} {'x floor':>8} {'+ms':>7}")
-    previous: tuple[float, float] | None = None
-    for layer in layers:
-        m, least = statistics.median(samples[layer]), min(samples[layer])
-        delta = ("", "") if previous is None else (f"{m - previous[0]:+.3f}", f"{least - previous[1]:+.3f}")
-        median_part = f"{m:9.3f} {m / floor:8.2f} {delta[0]:>7}"
-        print(f"  {layer:<8} {median_part}   {least:8.3f} {least / floor_min:8.2f} {delta[1]:>7}")
-        previous = (m, least)
+    layers += [str(Path(d).resolve()) for d in args.served_from.split(",") if d]
+    print_table(measure(layers, args.posts, args.reps), f"{args.reps} interleaved rounds of {args.posts}")
 
 
 if __name__ == "__main__":
