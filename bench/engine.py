@@ -1,6 +1,7 @@
 """Engine cost per step against the floor of the same durable writes, in-process and served.
 
     uv run python -m bench.engine [--steps 1000] [--runs 200] [--run-steps 10] [--reps 3] [--no-served]
+    uv run python -m bench.engine --only post [--posts 300] [--reps 3]
     uv run python -m bench.engine --db postgresql [--workers 1,2,4] [--runs 200] [--run-steps 10]
 
 With `--db postgresql`: the throughput of 1, 2, 4 `main.py worker` processes (`bench/workers.py`).
@@ -275,6 +276,20 @@ async def run_in_process(args: argparse.Namespace, tmp: Path, served: Callable[[
         print(_median_line(label, values, floor))
 
 
+def print_post_figures(args: argparse.Namespace, tmp: Path) -> None:
+    api = Workspace(tmp / "api", {"par": workflow_yaml("par", args.run_steps)}, {"benchsteps": BENCH_STEPS})
+    migrated_copy(api.db_path)
+    no_engine = Server(api, extra_args=["--no-engine"])
+    no_engine.start()
+    try:
+        cpu, floor = post_figures(no_engine, args.posts, args.reps)
+    finally:
+        no_engine.close()
+    print(f"POST /api/runs ({args.run_steps}-step workflow), CPU per request (medians of {args.reps}):")
+    print(f"  serve --no-engine                          {cpu:7.3f} ms   {cpu / floor:5.2f} x the floor")
+    print(f"  floor (uvicorn + FastAPI, same body model, a run's JSON, no database) {floor:7.3f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1000, help="steps of the sequential run")
@@ -283,6 +298,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions of every shape")
     parser.add_argument("--no-served", action="store_true", help="skip the served process")
     parser.add_argument("--posts", type=int, default=300, help="POST /api/runs timed for their CPU")
+    parser.add_argument("--only", choices=("post",), help="post: only the CPU of a POST /api/runs against its floor")
     parser.add_argument(
         "--db", choices=("sqlite", "postgresql"), default="sqlite", help="postgresql: the worker processes' curve"
     )
@@ -299,6 +315,9 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="stepdeck-bench-engine-") as name:
         tmp = Path(name)
+        if args.only == "post":
+            print_post_figures(args, tmp)
+            return
         if args.no_served:
             asyncio.run(run_in_process(args, tmp, None))
             return
@@ -319,17 +338,7 @@ def main() -> None:
             asyncio.run(run_in_process(args, tmp, served))
         finally:
             server.close()
-        api = Workspace(tmp / "api", {"par": workflow_yaml("par", args.run_steps)}, {"benchsteps": BENCH_STEPS})
-        migrated_copy(api.db_path)
-        no_engine = Server(api, extra_args=["--no-engine"])
-        no_engine.start()
-        try:
-            cpu, floor = post_figures(no_engine, args.posts, args.reps)
-        finally:
-            no_engine.close()
-        print(f"POST /api/runs ({args.run_steps}-step workflow), CPU per request (medians of {args.reps}):")
-        print(f"  serve --no-engine                          {cpu:7.3f} ms   {cpu / floor:5.2f} x the floor")
-        print(f"  floor (uvicorn + FastAPI, same body model, a run's JSON, no database) {floor:7.3f} ms")
+        print_post_figures(args, tmp)
 
 
 if __name__ == "__main__":

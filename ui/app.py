@@ -66,14 +66,17 @@ def _open_database_in_lifespan(db_url: str) -> None:
     app.router.lifespan_context = lifespan
 
 
-def _api_app(settings: Settings) -> FastAPI:
-    """The JSON API on its own, behind the same gate, without the dashboard's middleware."""
+def api_app(settings: Settings, sessions: security.SessionCache) -> FastAPI:
+    """The JSON API on its own, behind the same gate, without the dashboard's middleware; `sessions`
+    is the dashboard's (a sign-out through one gate holds in the other)."""
     api = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     api.state.settings = settings
     errors.install(api)
     api.include_router(router)
-    api.add_middleware(GZipMiddleware, minimum_size=1000)
-    api.add_middleware(security.Gate, settings=settings, sessions=app.state.sessions)
+    # Level 1 (nginx's default) instead of Starlette's 9: a run's JSON (6 kB) compresses to 629 bytes instead
+    # of 573, in a quarter of the time, which was a tenth of a POST's CPU.
+    api.add_middleware(GZipMiddleware, minimum_size=1000, compresslevel=1)
+    api.add_middleware(security.Gate, settings=settings, sessions=sessions)
     return api
 
 
@@ -100,7 +103,7 @@ def _has_session_cookie(scope: Scope) -> bool:
 def _api_fast_path(settings: Settings) -> None:
     """Put `ApiFastPath` outside every middleware, NiceGUI's session middleware included (which ui.run
     adds last, so the outermost place is only known when Starlette builds the stack)."""
-    api = _api_app(settings)
+    api = api_app(settings, app.state.sessions)
     build = app.build_middleware_stack
 
     def build_with_fast_path() -> ASGIApp:

@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from engine.db.base import (
@@ -60,11 +61,29 @@ def encode(value: Any) -> Any:
         return value.isoformat(" ")
     if isinstance(value, (dict, list)):
         return _json_text(value) if value else ("{}" if isinstance(value, dict) else "[]")
+    if isinstance(value, StrEnum):
+        return value.value  # the text SQLite would bind for it, without its adapter lookup
     return value
 
 
-def _bind(params: Sequence[Any], rows: list[list[tuple[Any, ...]]]) -> list[Any]:
-    return [encode(rows[v.index][0][0] if isinstance(v, Ref) else v) for v in params]
+# Parameters SQLite takes as they are: most of a batch's, bound without a call.
+_PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+def _bind(params: Sequence[Any], rows: list[list[tuple[Any, ...]]], encoded: dict[int, Any]) -> list[Any]:
+    """The parameters of one statement (or one row of a `many`), as SQLite takes them; `encoded` holds what
+    was encoded for the batch so far, by object: a batch's clock and statuses repeat in every row."""
+    return [v if type(v) in _PLAIN else _encoded(v, rows, encoded) for v in params]
+
+
+def _encoded(value: Any, rows: list[list[tuple[Any, ...]]], encoded: dict[int, Any]) -> Any:
+    if isinstance(value, Ref):
+        return encode(rows[value.index][0][0])
+    # By identity: every such value is held by the batch while it runs, so no other object takes its id.
+    found = encoded.get(id(value), encoded)
+    if found is encoded:
+        found = encoded[id(value)] = encode(value)
+    return found
 
 
 def _run_stmts(conn: sqlite3.Connection, stmts: Sequence[Stmt], result: BatchResult | None = None) -> BatchResult:
@@ -73,12 +92,13 @@ def _run_stmts(conn: sqlite3.Connection, stmts: Sequence[Stmt], result: BatchRes
         for stmt in stmts:
             log.debug("%s %r", stmt.sql, stmt.many if stmt.many else stmt.params)
     result = result if result is not None else BatchResult(ok=True)
+    encoded: dict[int, Any] = {}
     for index, stmt in enumerate(stmts):
         if stmt.many is not None:
-            cur = conn.executemany(stmt.sql, [_bind(row, result.rows) for row in stmt.many])
+            cur = conn.executemany(stmt.sql, [_bind(row, result.rows, encoded) for row in stmt.many])
             rows: list[tuple[Any, ...]] = []
         else:
-            cur = conn.execute(stmt.sql, _bind(stmt.params, result.rows))
+            cur = conn.execute(stmt.sql, _bind(stmt.params, result.rows, encoded))
             rows = cur.fetchall()
         count = cur.rowcount if cur.rowcount >= 0 else len(rows)
         if stmt.guard and not guard_holds(stmt, count, rows):

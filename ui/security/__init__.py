@@ -26,6 +26,7 @@ from ui.security.sessions import SessionCache
 
 __all__ = [
     "Gate",
+    "SessionCache",
     "acting",
     "bind_problem",
     "current",

@@ -7,6 +7,7 @@ streams, NiceGUI's socket.io), so nothing can be reached around it.
 from __future__ import annotations
 
 import contextlib
+import functools
 from urllib.parse import quote
 
 from starlette.datastructures import Headers
@@ -137,21 +138,26 @@ async def refuse(scope: Scope, receive: Receive, send: Send, status: int, messag
 
 def with_headers(send: Send, csp: str) -> Send:
     """`send` adding the security headers (CSP, no sniffing, no framing) to every response."""
+    added = _security_headers(csp)
 
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start":
             headers = list(message.get("headers", []))
             present = {k.lower() for k, _ in headers}
-            for name, value in (
-                (b"content-security-policy", csp.encode()),
-                (b"x-content-type-options", b"nosniff"),
-                (b"x-frame-options", b"DENY"),
-                (b"referrer-policy", b"same-origin"),
-                (b"cross-origin-opener-policy", b"same-origin"),
-            ):
-                if name not in present:
-                    headers.append((name, value))
+            headers.extend(header for header in added if header[0] not in present)
             message["headers"] = headers
         await send(message)
 
     return sending
+
+
+@functools.cache
+def _security_headers(csp: str) -> tuple[tuple[bytes, bytes], ...]:
+    """Encoded once per policy, not once per response."""
+    return (
+        (b"content-security-policy", csp.encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"same-origin"),
+        (b"cross-origin-opener-policy", b"same-origin"),
+    )
