@@ -58,6 +58,7 @@ class Engine:
         self.registered = False
         self.fenced = 0  # how often this process lost its lease and stopped its runs
         self.threads = DaemonPool()
+        self.providers = providers.Providers()  # the model clients of its LLM steps, closed when it stops
         self.step_slots = StepSlots(settings.max_concurrent_steps)
         self.drivers: dict[int, RunDriver] = {}
         self._driver_tasks: set[asyncio.Task[None]] = set()
@@ -80,7 +81,7 @@ class Engine:
             # The model client takes about a second to import: not on the event loop at the first LLM step.
             self._loops.append(asyncio.create_task(_import_in_thread("openai"), name="stepdeck-import"))
             # Models the definitions name that the endpoint does not list: a warning in the log, never a refusal.
-            check = log_model_warnings(self.settings, workflows.definitions.values())
+            check = log_model_warnings(self.settings, workflows.definitions.values(), self.providers)
             self._loops.append(asyncio.create_task(check, name="stepdeck-model-check"))
         if self.shared:
             await self._register()
@@ -156,7 +157,7 @@ class Engine:
                 await leases.retire(self.owner)
             except Exception:
                 log.exception("could not end the lease of worker %s; it runs out by itself", self.owner)
-        await providers.close_all()  # the model clients' connections belong to this loop
+        await self.providers.close()  # the model clients' connections belong to this loop
 
     def wake(self) -> None:
         self._wake.set()

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from engine import feed
 from engine.db import close_database, current, open_database
 from engine.engine import Engine, make_owner_id
+from engine.llm.providers import Providers
 from engine.maintenance import Maintenance
 from engine.settings import Settings
 from ui import errors, security
@@ -28,6 +29,7 @@ def mount(settings: Settings, engine: Engine | None) -> None:
     on the same database (`main.py worker`, or another `serve`)."""
     app.state.settings = settings  # pages and the API show which model provider LLM steps use
     live = app.state.live = LiveRuns()  # this app's live views of runs, made anew with every mount
+    clients = Providers()  # the model clients of the Workflows page's model check (the engine has its own)
     _open_database_in_lifespan(settings.db_url)
     errors.install(app)
     security.install(settings)
@@ -39,12 +41,13 @@ def mount(settings: Settings, engine: Engine | None) -> None:
     app.on_startup(maintenance.start)
     app.on_startup(lambda: live.start(current().hub))
     app.on_shutdown(live.stop)
+    app.on_shutdown(clients.close)
     app.on_shutdown(maintenance.stop)
     app.on_shutdown(maintenance.stop_leading)
     if engine is not None:
         # NiceGUI passes the app to a handler with one parameter: engine.stop's `why` must keep its default.
         app.on_shutdown(lambda: engine.stop())
-    register_pages(maintenance, live)
+    register_pages(maintenance, live, clients)
 
 
 def _open_database_in_lifespan(db_url: str) -> None:

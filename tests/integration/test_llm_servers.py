@@ -56,7 +56,6 @@ async def eng(llm_settings: Settings) -> AsyncIterator[Engine]:
     await asyncio.to_thread(importlib.import_module, "openai")
     async with engine_running(llm_settings) as engine:
         yield engine
-    await providers.close_all()
 
 
 async def run_to_end(name: str, timeout_s: float = 20.0) -> dict[str, Any]:
@@ -234,7 +233,6 @@ async def test_a_call_that_fails_after_its_retries_is_listed_in_the_attempts_cal
     async with engine_running(dead):
         define("dead", [llm()], inputs=TOPIC)
         run = await run_to_end("dead")
-    await providers.close_all()
     assert run["status"] == "failed"
     [attempt] = await attempts_of(run["id"], "write")
     [call] = attempt["llm"]["calls"]
@@ -325,7 +323,6 @@ async def test_cost_per_alternative_attempt_step_and_run_in_the_api(
         run_id = created.json()["id"]
         await wait_run(run_id, *ENDED)
         run = (await api.get(f"/api/runs/{run_id}")).json()
-    await providers.close_all()
     a, b = run["steps"]
     # a: one request, n=2: 4 prompt tokens read once, 2 x 5 completion tokens; b: 4 prompt, 3 completion
     assert [alt["cost"] for alt in a["llm"]["alternatives"]] == pytest.approx([(4 * 2 + 5 * 10) / 1e6, 50 / 1e6])
@@ -361,7 +358,6 @@ async def test_the_endpoints_concurrency_limit_holds_across_runs(
         ids = [(await api.post("/api/runs", json={"workflow": "crowd", "inputs": {}})).json()["id"] for _ in range(6)]
         statuses = [await wait_run(i, *ENDED, timeout_s=30) for i in ids]
         runs = [(await api.get(f"/api/runs/{i}")).json() for i in ids]
-    await providers.close_all()
     assert statuses == ["completed"] * 6
     assert all(r["steps"][0]["output"] == words(0, 10) for r in runs)
     assert server.max_streaming == 2  # never more, and the limit was reached: six runs wanted six at once
@@ -396,7 +392,6 @@ async def test_a_request_past_the_per_minute_limit_waits_and_says_why(
             await wait_for(logged, timeout_s=10, what="the held step's logs")
     finally:
         sub.close()
-    await providers.close_all()
     assert len(server.completion_requests) == 2
 
 
@@ -423,7 +418,6 @@ async def test_a_model_the_endpoint_does_not_list_is_warned_about_at_start_and_s
             what="the warning",
         )
         run = await run_to_end("typo")
-    await providers.close_all()
     assert run["status"] == "completed", run["error"]  # a warning, never a refusal
     assert bodies(server)[0]["model"] == "stepdeck-tset"
     assert not any("workflow fine:" in r.getMessage() for r in caplog.records)
@@ -436,8 +430,11 @@ async def test_no_warning_where_the_endpoint_lists_no_models(
     server.list_models = False
     define("typo", [llm(model="stepdeck-tset")], inputs=TOPIC)
     await asyncio.to_thread(importlib.import_module, "openai")
-    found = await model_warnings(llm_settings, [workflows.get("typo")])
-    await providers.close_all()
+    clients = providers.Providers()
+    try:
+        found = await model_warnings(llm_settings, [workflows.get("typo")], clients)
+    finally:
+        await clients.close()  # the test owns these clients, as an engine or a dashboard owns its own
     assert found == {}
     assert [r.path for r in server.requests] == ["/v1/models"]
 
@@ -478,7 +475,6 @@ async def test_a_step_past_the_runs_max_cost_waits_for_a_person_who_can_let_it_r
         assert (await api.post(f"/api/runs/{run_id}/steps/b/rerun")).status_code == 200
         assert await wait_run(run_id, *ENDED) == "waiting"
         run = (await api.get(f"/api/runs/{run_id}")).json()
-    await providers.close_all()
     a, b, c = run["steps"]
     assert (b["status"], b["attempt"], c["status"]) == ("completed", 2, "waiting")
     assert any("running past it, as a person resumed this step" in line for line in b["logs"])
@@ -501,9 +497,28 @@ async def test_a_step_past_the_daily_budget_waits_and_a_run_within_it_does_not(
         third = (await api.post("/api/runs", json={"workflow": "daily", "inputs": {}})).json()["id"]
         third_status = await wait_run(third, *ENDED)
         held = (await api.get(f"/api/runs/{third}")).json()["steps"][0]
-    await providers.close_all()
     assert (second_status, third_status) == ("completed", "waiting")
     assert any(
         line.startswith("daily budget reached: $0.0005 of $0.0003 (STEPDECK_LLM_DAILY_BUDGET)") for line in held["logs"]
     )
+    assert len(server.completion_requests) == 2
+
+
+# --- 8. the model clients belong to the engine ---------------------------------------------------------------
+
+
+async def test_an_engine_closes_its_model_clients_when_it_stops_and_the_next_engine_makes_its_own(
+    llm_settings: Settings, server: LLMServer, define: Define
+) -> None:
+    define("owned", [llm()], inputs=TOPIC)
+    await asyncio.to_thread(importlib.import_module, "openai")
+    for _ in range(2):  # the second engine, on the same loop, finds nothing of the first one's clients
+        async with engine_running(llm_settings):
+            assert (await run_to_end("owned"))["status"] == "completed"
+            assert server.open_connections > 0  # kept alive for the engine's next call
+
+        async def closed() -> bool:
+            return server.open_connections == 0
+
+        await wait_for(closed, what="the stopped engine's connections to the endpoint to close")
     assert len(server.completion_requests) == 2

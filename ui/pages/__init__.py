@@ -7,6 +7,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from engine.llm.providers import Providers
 from engine.maintenance import Maintenance
 from ui.live import LiveRuns
 
@@ -32,7 +33,7 @@ async def not_found(request: Request, exc: Exception) -> Response:
     return client.build_response(request, 404)
 
 
-def register_pages(maintenance: Maintenance, live: LiveRuns) -> None:
+def register_pages(maintenance: Maintenance, live: LiveRuns, clients: Providers) -> None:
     from nicegui import ui
 
     from ui.components import output_view
@@ -45,5 +46,5 @@ def register_pages(maintenance: Maintenance, live: LiveRuns) -> None:
     app.add_exception_handler(404, not_found)  # in place of NiceGUI's bare page
     runs.register(live)
     run_detail.register(live)
-    workflows.register(maintenance.schedules)
+    workflows.register(maintenance.schedules, clients)
     monitoring.register(maintenance, live)

@@ -13,6 +13,7 @@ from nicegui import app, background_tasks, run, ui
 from engine.definitions import DefinitionError, StepDef, WorkflowDef
 from engine.errors import OperationError
 from engine.llm.model_check import model_warnings
+from engine.llm.providers import Providers
 from engine.registry import workflows
 from engine.schedules import Schedules
 from ui import security
@@ -157,12 +158,12 @@ async def reload_definitions(view: ui.refreshable[[], None], schedules: Schedule
     ui.notify(f"{len(catalog.definitions)} definition(s) loaded{broken}", type="warning" if broken else "positive")
 
 
-async def show_model_warnings(box: ui.column) -> None:
+async def show_model_warnings(box: ui.column, clients: Providers) -> None:
     """Warn about models the definitions name that the endpoint does not list (never blocks anything)."""
     settings = getattr(app.state, "settings", None)
     if settings is None:
         return
-    found = await model_warnings(settings, list(workflows.definitions.values()))
+    found = await model_warnings(settings, list(workflows.definitions.values()), clients)
     if box.is_deleted:
         return
     with box:
@@ -173,7 +174,7 @@ async def show_model_warnings(box: ui.column) -> None:
                     ui.label(f"{workflow}: {line}").classes("text-sm").mark(f"model-warning-{workflow}")
 
 
-def register(schedules: Schedules) -> None:
+def register(schedules: Schedules, clients: Providers) -> None:
     @dashboard_page("/workflows")
     async def workflows_page() -> None:
         with frame("Workflows"):
@@ -190,4 +191,4 @@ def register(schedules: Schedules) -> None:
             model_notes = ui.column().classes("w-full gap-1").mark("model-warnings")
             view()
             # The endpoint may take seconds to answer GET /v1/models: the page does not wait for it.
-            background_tasks.create(show_model_warnings(model_notes), name="workflows model check")
+            background_tasks.create(show_model_warnings(model_notes, clients), name="workflows model check")
