@@ -28,7 +28,7 @@ from engine.hub import Change, ChangeKind, Hub
 from engine.llm import providers
 from engine.llm.model_check import log_model_warnings
 from engine.notify.notifier import Notifier
-from engine.registry import workflows
+from engine.registry import Registry
 from engine.settings import Settings
 from engine.slots import StepSlots
 from engine.step_runner import StopReason
@@ -48,8 +48,17 @@ def make_owner_id(*, headless: bool = False) -> str:
 class Engine:
     """Executes runs in the background of this process (a server, a worker, a headless run)."""
 
-    def __init__(self, settings: Settings, *, owner: str | None = None, claim_queued: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        workflows: Registry | None = None,
+        owner: str | None = None,
+        claim_queued: bool = True,
+    ) -> None:
         self.settings = settings
+        # The definitions of its process, whose models it checks at start (runs carry their own snapshot).
+        self.workflows = workflows if workflows is not None else Registry()
         self.shared = is_postgres(settings.db_url)  # several processes: a worker with a lease
         self.owner = owner or (leases.new_worker_id() if self.shared else make_owner_id())
         self.claim_queued = claim_queued
@@ -81,7 +90,7 @@ class Engine:
             # The model client takes about a second to import: not on the event loop at the first LLM step.
             self._loops.append(asyncio.create_task(_import_in_thread("openai"), name="stepdeck-import"))
             # Models the definitions name that the endpoint does not list: a warning in the log, never a refusal.
-            check = log_model_warnings(self.settings, workflows.definitions.values(), self.providers)
+            check = log_model_warnings(self.settings, self.workflows.definitions.values(), self.providers)
             self._loops.append(asyncio.create_task(check, name="stepdeck-model-check"))
         if self.shared:
             await self._register()

@@ -16,6 +16,7 @@ from engine.db import close_database, current, open_database
 from engine.engine import Engine, make_owner_id
 from engine.llm.providers import Providers
 from engine.maintenance import Maintenance
+from engine.registry import Registry
 from engine.settings import Settings
 from ui import errors, security
 from ui.api import router
@@ -23,19 +24,21 @@ from ui.live import LiveRuns
 from ui.pages import register_pages
 
 
-def mount(settings: Settings, engine: Engine | None) -> None:
-    """Wire everything onto NiceGUI's app; the database must already be migrated. Without an engine
-    the process serves the dashboard and the API only: runs it starts are executed by another process
-    on the same database (`main.py worker`, or another `serve`)."""
+def mount(settings: Settings, workflows: Registry, engine: Engine | None) -> None:
+    """Wire everything onto NiceGUI's app; the database must already be migrated. `workflows` are the
+    definitions the pages, the API and the schedules use (the engine's too). Without an engine the
+    process serves the dashboard and the API only: runs it starts are executed by another process on the
+    same database (`main.py worker`, or another `serve`)."""
     app.state.settings = settings  # pages and the API show which model provider LLM steps use
-    live = app.state.live = LiveRuns()  # this app's live views of runs, made anew with every mount
+    app.state.workflows = workflows  # the API reads it from the state of the app serving a request
+    live = app.state.live = LiveRuns(workflows)  # this app's live views of runs, made anew with every mount
     clients = Providers()  # the model clients of the Workflows page's model check (the engine has its own)
     _open_database_in_lifespan(settings.db_url)
     errors.install(app)
     security.install(settings)
     app.include_router(router)
-    _api_fast_path(settings)
-    maintenance = Maintenance(settings, engine.owner if engine is not None else make_owner_id())
+    _api_fast_path(settings, workflows)
+    maintenance = Maintenance(settings, engine.owner if engine is not None else make_owner_id(), workflows)
     if engine is not None:
         app.on_startup(engine.start)
     app.on_startup(maintenance.start)
@@ -47,7 +50,7 @@ def mount(settings: Settings, engine: Engine | None) -> None:
     if engine is not None:
         # NiceGUI passes the app to a handler with one parameter: engine.stop's `why` must keep its default.
         app.on_shutdown(lambda: engine.stop())
-    register_pages(maintenance, live, clients)
+    register_pages(maintenance, live, clients, workflows)
 
 
 def _open_database_in_lifespan(db_url: str) -> None:
@@ -69,10 +72,11 @@ def _open_database_in_lifespan(db_url: str) -> None:
     app.router.lifespan_context = lifespan
 
 
-def _api_app(settings: Settings) -> FastAPI:
+def _api_app(settings: Settings, workflows: Registry) -> FastAPI:
     """The JSON API on its own, behind the same gate, without the dashboard's middleware."""
     api = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     api.state.settings = settings
+    api.state.workflows = workflows
     errors.install(api)
     api.include_router(router)
     api.add_middleware(GZipMiddleware, minimum_size=1000)
@@ -100,10 +104,10 @@ def _has_session_cookie(scope: Scope) -> bool:
     return any(name == b"cookie" and b"session=" in value for name, value in scope["headers"])
 
 
-def _api_fast_path(settings: Settings) -> None:
+def _api_fast_path(settings: Settings, workflows: Registry) -> None:
     """Put `ApiFastPath` outside every middleware, NiceGUI's session middleware included (which ui.run
     adds last, so the outermost place is only known when Starlette builds the stack)."""
-    api = _api_app(settings)
+    api = _api_app(settings, workflows)
     build = app.build_middleware_stack
 
     def build_with_fast_path() -> ASGIApp:

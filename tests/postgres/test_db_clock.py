@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from engine import operations, records
+from engine.registry import Registry
 from engine.settings import Settings
 from engine.store import fetch
 from tests import stepfns
@@ -20,7 +21,7 @@ CLOSE = timedelta(minutes=10)  # far more than the test takes, far less than the
 
 
 async def test_an_engine_with_a_skewed_clock_writes_the_database_clock(
-    db: str, settings: Settings, define: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+    db: str, settings: Settings, define: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, registry: Registry
 ) -> None:
     host_clock = records.utcnow
     monkeypatch.setattr(records, "utcnow", lambda: host_clock() - SKEW)
@@ -30,7 +31,7 @@ async def test_an_engine_with_a_skewed_clock_writes_the_database_clock(
         [{"key": "a", "call": "tests.stepfns:blocking"}, {"key": "b", "call": "tests.stepfns:noop", "needs": ["a"]}],
     )
     async with engine_running(settings):
-        run_id = await operations.start_run("clock", {}, "tester")
+        run_id = await operations.start_run(registry.get("clock"), {}, "tester")
         claimed = await wait_for(lambda: _beat(run_id), what="the run to be claimed")
         # A heartbeat of the engine (every 0.2 s) while step a runs.
         await wait_for(lambda: _beat(run_id, after=claimed), what="a heartbeat after the claim")
