@@ -52,6 +52,8 @@ async def test_a_run_that_waits_for_a_choice_sends_a_signed_run_waiting(
         run_id = await operations.start_run(registry.get("pick"), {}, "tester")
         await wait_run(run_id, "waiting")
         (got,) = await receiver.until(event("run.waiting"))
+        # Recorded after the answer: an engine stopped in between leaves the delivery pending, to send again.
+        await wait_for(_delivered, 30, "the delivery to be recorded")
     assert verify(got.headers, got.raw)
     assert not verify({**got.headers, "X-Stepdeck-Timestamp": "1"}, got.raw)  # the timestamp is signed too
     body = got.json
