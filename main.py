@@ -120,7 +120,7 @@ def serve(settings: Settings, *, engine: bool = True) -> None:
     from nicegui import ui
 
     from engine.engine import Engine
-    from engine.registry import workflows
+    from engine.registry import Registry
     from models.db import migrate
     from models.schema import is_postgres
     from ui.app import mount
@@ -139,10 +139,11 @@ def serve(settings: Settings, *, engine: bool = True) -> None:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         raise SystemExit(2)
+    workflows = Registry()  # this server's definitions: its engine's, its scheduler's, its dashboard's
     catalog = workflows.load(settings.workflows_dir)
     for error in catalog.errors:
         logging.getLogger("stepdeck").warning("definition not loaded: %s", error)
-    mount(settings, Engine(settings) if engine else None)
+    mount(settings, workflows, Engine(settings, workflows=workflows) if engine else None)
     ui.run(
         host=settings.host,
         port=settings.port,
@@ -188,6 +189,7 @@ def refuse_schema_mismatch(settings: Settings) -> None:
 
 
 def worker(settings: Settings, concurrency: int | None, health_port: int | None) -> int:
+    from engine.registry import Registry
     from models.schema import is_postgres
     from ui import worker as worker_role
 
@@ -196,7 +198,8 @@ def worker(settings: Settings, concurrency: int | None, health_port: int | None)
         return 2
     if is_postgres(settings.db_url):
         refuse_schema_mismatch(settings)
-    return asyncio.run(worker_role.run_worker(worker_role.with_concurrency(settings, concurrency), health_port))
+    settings = worker_role.with_concurrency(settings, concurrency)
+    return asyncio.run(worker_role.run_worker(settings, Registry(), health_port))
 
 
 async def _bind_problem(settings: Settings) -> str | None:
@@ -236,11 +239,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "worker":
         return worker(settings, args.concurrency, args.health_port)
 
+    from engine.registry import Registry
     from ui import cli
 
     if args.command == "run":
         try:
-            return asyncio.run(cli.run_headless(settings, args.workflow, args.inputs))
+            return asyncio.run(cli.run_headless(settings, Registry(), args.workflow, args.inputs))
         except KeyboardInterrupt:
             # The engine has already failed the run as interrupted (its reason says so).
             print("\ninterrupted: the run was stopped and recorded as failed", file=sys.stderr)

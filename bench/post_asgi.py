@@ -26,8 +26,8 @@ from bench.engine import BENCH_STEPS, workflow_yaml
 from bench.post_layers import LAYERS, layer_app, print_table
 from engine import operations
 from engine.db import close_database, open_database
+from engine.definitions import WorkflowDef
 from engine.readmodel import RunDetail, queued_run
-from engine.registry import workflows
 from tests.dbtemplate import migrated_copy
 from tests.integration.served import Workspace
 
@@ -77,8 +77,8 @@ async def post(app: Any) -> None:
     assert statuses == [201], statuses
 
 
-async def _without_writing(workflow: str, inputs: Any, actor: str, *, from_strings: bool = False) -> RunDetail:
-    return queued_run(1, workflows.get(workflow), dict(inputs), actor, datetime.now(UTC))
+async def _without_writing(defn: WorkflowDef, inputs: Any, actor: str, *, from_strings: bool = False) -> RunDetail:
+    return queued_run(1, defn, dict(inputs), actor, datetime.now(UTC))
 
 
 async def measure(apps: dict[str, Any], db_url: str, posts: int, reps: int) -> dict[str, list[float]]:
@@ -113,7 +113,7 @@ def main() -> None:
 
         apps = {"floor": floor_app, **{layer: layer_app(layer) for layer in LAYERS if layer not in ("floor", "served")}}
         if args.no_db:
-            operations.start_run_detail = _without_writing  # type: ignore[assignment]
+            operations.start_run_detail = _without_writing
             del apps["insert"]
         samples = asyncio.run(measure(apps, ws.db_url, args.posts, args.reps))
     what = "no database" if args.no_db else "SQLite"

@@ -44,7 +44,7 @@ from starlette.middleware.gzip import GZipMiddleware
 
 from engine import operations
 from engine.db import close_database, open_database
-from engine.registry import workflows
+from engine.registry import Registry
 from engine.settings import from_env
 from ui import errors
 from ui.api import StartRunIn, router
@@ -60,6 +60,7 @@ LAYERS = ("floor", "insert", "route", "errors", "gzip", "gate", "served")
 def layer_app(layer: str) -> Any:
     """The ASGI app of a layer (`floor` and `served` are served by their own modules)."""
     settings = from_env()
+    workflows = Registry()
     workflows.load(settings.workflows_dir)
 
     @contextlib.asynccontextmanager
@@ -71,16 +72,17 @@ def layer_app(layer: str) -> Any:
             await close_database()
 
     if layer == "gate":
-        app = api_app(settings, SessionCache())
+        app = api_app(settings, SessionCache(), workflows)
         app.router.lifespan_context = lifespan
         return app
     app = FastAPI(lifespan=lifespan)
     app.state.settings = settings
+    app.state.workflows = workflows
     if layer == "insert":
 
         @app.post("/api/runs", status_code=201)
         async def start_run(body: StartRunIn) -> JSONResponse:
-            run = await operations.start_run_detail(body.workflow, body.inputs, "api@127.0.0.1")
+            run = await operations.start_run_detail(workflows.get(body.workflow), body.inputs, "api@127.0.0.1")
             return JSONResponse(run.to_json(), status_code=201)
 
         return app

@@ -28,7 +28,7 @@ from engine.hub import Change, ChangeKind, Hub
 from engine.llm import providers
 from engine.llm.model_check import log_model_warnings
 from engine.notify.notifier import Notifier
-from engine.registry import workflows
+from engine.registry import Registry
 from engine.settings import Settings
 from engine.slots import StepSlots
 from engine.step_runner import StopReason
@@ -48,8 +48,17 @@ def make_owner_id(*, headless: bool = False) -> str:
 class Engine:
     """Executes runs in the background of this process (a server, a worker, a headless run)."""
 
-    def __init__(self, settings: Settings, *, owner: str | None = None, claim_queued: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        workflows: Registry | None = None,
+        owner: str | None = None,
+        claim_queued: bool = True,
+    ) -> None:
         self.settings = settings
+        # The definitions of its process, whose models it checks at start (runs carry their own snapshot).
+        self.workflows = workflows if workflows is not None else Registry()
         self.shared = is_postgres(settings.db_url)  # several processes: a worker with a lease
         self.owner = owner or (leases.new_worker_id() if self.shared else make_owner_id())
         self.claim_queued = claim_queued
@@ -58,6 +67,7 @@ class Engine:
         self.registered = False
         self.fenced = 0  # how often this process lost its lease and stopped its runs
         self.threads = DaemonPool()
+        self.providers = providers.Providers()  # the model clients of its LLM steps, closed when it stops
         self.step_slots = StepSlots(settings.max_concurrent_steps)
         self.drivers: dict[int, RunDriver] = {}
         self._driver_tasks: set[asyncio.Task[None]] = set()
@@ -80,7 +90,7 @@ class Engine:
             # The model client takes about a second to import: not on the event loop at the first LLM step.
             self._loops.append(asyncio.create_task(_import_in_thread("openai"), name="stepdeck-import"))
             # Models the definitions name that the endpoint does not list: a warning in the log, never a refusal.
-            check = log_model_warnings(self.settings, workflows.definitions.values())
+            check = log_model_warnings(self.settings, self.workflows.definitions.values(), self.providers)
             self._loops.append(asyncio.create_task(check, name="stepdeck-model-check"))
         if self.shared:
             await self._register()
@@ -156,7 +166,7 @@ class Engine:
                 await leases.retire(self.owner)
             except Exception:
                 log.exception("could not end the lease of worker %s; it runs out by itself", self.owner)
-        await providers.close_all()  # the model clients' connections belong to this loop
+        await self.providers.close()  # the model clients' connections belong to this loop
 
     def wake(self) -> None:
         self._wake.set()

@@ -19,6 +19,7 @@ from engine.db import current
 from engine.db.base import Database, loop_woken_by_caller
 from engine.definitions import StepDef
 from engine.llm.kind import run_llm
+from engine.llm.providers import Providers
 from engine.settings import Settings
 from models.errors import StepdeckError
 
@@ -29,6 +30,7 @@ class KindEnv:
 
     threads: Executor  # for sync work that must not stall the event loop
     settings: Settings
+    providers: Providers  # the engine's model clients (LLM steps)
     # Saves streamed text (and the LLM record) on the running attempt, so a crash leaves it visible.
     checkpoint: Callable[[str, dict[str, Any] | None], Awaitable[None]]
     # Called in the worker thread with a sync function's return value: it completes the attempt right

@@ -22,6 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from engine import orphans
 from engine.leader import Leadership
 from engine.records import utcnow
+from engine.registry import Registry
 from engine.schedules import Schedules
 from engine.settings import Settings
 
@@ -46,12 +47,12 @@ class JobState:
 class Maintenance:
     """Owns the scheduler and the state of its jobs."""
 
-    def __init__(self, settings: Settings, owner: str) -> None:
+    def __init__(self, settings: Settings, owner: str, workflows: Registry) -> None:
         self.settings = settings
         self.owner = owner
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self.leadership = Leadership(settings, owner)
-        self.schedules = Schedules(self.scheduler, self.leadership.is_leader)
+        self.schedules = Schedules(self.scheduler, workflows, self.leadership.is_leader)
         self.jobs: dict[str, JobState] = {SWEEP_JOB_ID: JobState()}
         if settings.retention_days > 0:
             self.jobs[PRUNE_JOB_ID] = JobState()

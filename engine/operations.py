@@ -20,23 +20,21 @@ from engine.errors import Conflict, InvalidInput, NotFound
 from engine.inputs import InputError, validate_inputs
 from engine.outputs import clean_text
 from engine.readmodel import RunDetail, queued_run
-from engine.registry import workflows
+from engine.registry import declared_order
 from engine.store import fetch
 from models.status import RUN_ACTIVE, RunStatus, StepStatus
 
 
-async def start_run(
-    workflow: str | WorkflowDef, inputs: Mapping[str, Any], actor: str, *, from_strings: bool = False
-) -> int:
-    """Validate the inputs and queue a new run; returns its id."""
-    return (await start_run_detail(workflow, inputs, actor, from_strings=from_strings)).id
+async def start_run(defn: WorkflowDef, inputs: Mapping[str, Any], actor: str, *, from_strings: bool = False) -> int:
+    """Validate the inputs and queue a new run of `defn` (the caller looks it up in its `Registry`); returns
+    its id."""
+    return (await start_run_detail(defn, inputs, actor, from_strings=from_strings)).id
 
 
 async def start_run_detail(
-    workflow: str | WorkflowDef, inputs: Mapping[str, Any], actor: str, *, from_strings: bool = False
+    defn: WorkflowDef, inputs: Mapping[str, Any], actor: str, *, from_strings: bool = False
 ) -> RunDetail:
     """`start_run`, returning the run as created (queued, every step pending) without reading it back."""
-    defn = workflow if isinstance(workflow, WorkflowDef) else workflows.get(workflow)
     if not isinstance(inputs, Mapping):
         raise InvalidInput("inputs must be an object mapping input names to values")
     broken = _invalid_text(inputs)
@@ -48,7 +46,7 @@ async def start_run_detail(
         raise InvalidInput(str(exc), exc.problems) from None
     steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs), s.retries) for s in defn.steps]
     created = await transitions.create_run(defn.name, JsonText(defn.snapshot_json()), values, steps, actor)
-    return queued_run(created.id, defn, workflows.in_declared_order(defn.name, values), actor, created.created_at)
+    return queued_run(created.id, defn, declared_order(defn, values), actor, created.created_at)
 
 
 async def start_scheduled_run(defn: WorkflowDef, schedule: str, fire_time: datetime) -> int | None:

@@ -26,7 +26,7 @@ from engine.readmodel import (
     run_json,
     summary,
 )
-from engine.registry import workflows
+from engine.registry import Registry, inputs_in_order
 from engine.store import fetch
 from models.status import RunStatus, StepStatus
 
@@ -38,8 +38,8 @@ def _json(value: Any) -> Any:
     return load_stored(value) if isinstance(value, (str, bytes)) else value
 
 
-def _inputs(workflow: str, value: Any) -> Any:
-    return workflows.in_declared_order(workflow, value) if isinstance(value, dict) else value
+def _inputs(workflows: Registry | None, workflow: str, value: Any) -> Any:
+    return inputs_in_order(workflows, workflow, value) if isinstance(value, dict) else value
 
 
 def _dt(value: Any) -> datetime | None:
@@ -64,7 +64,7 @@ _RUN_COLUMNS = (
 )
 
 
-def _run(row: dict[str, Any], steps: tuple[StepDetail, ...] = ()) -> RunDetail:
+def _run(row: dict[str, Any], workflows: Registry | None, steps: tuple[StepDetail, ...] = ()) -> RunDetail:
     created, updated = _dt(row["created_at"]), _dt(row["updated_at"])
     assert created is not None and updated is not None
     return RunDetail(
@@ -72,7 +72,7 @@ def _run(row: dict[str, Any], steps: tuple[StepDetail, ...] = ()) -> RunDetail:
         workflow=row["workflow"],
         status=RunStatus(row["status"]),
         error=row["error"],
-        inputs=_inputs(row["workflow"], _json(row["inputs"])),
+        inputs=_inputs(workflows, row["workflow"], _json(row["inputs"])),
         actor=row["actor"],
         owner=row["owner"],
         heartbeat_at=_dt(row["heartbeat_at"]),
@@ -85,8 +85,8 @@ def _run(row: dict[str, Any], steps: tuple[StepDetail, ...] = ()) -> RunDetail:
     )
 
 
-def _run_json(row: dict[str, Any]) -> dict[str, Any]:
-    return run_json(_run(row))
+def _run_json(row: dict[str, Any], workflows: Registry | None) -> dict[str, Any]:
+    return run_json(_run(row, workflows))
 
 
 def step_detail(row: dict[str, Any]) -> StepDetail:
@@ -161,14 +161,16 @@ _STEP_SQL = (
 _summary = summary
 
 
-async def run_detail(run_id: int) -> RunDetail:
-    """The run with its steps in declared order; NotFound if there is no such run."""
+async def run_detail(run_id: int, workflows: Registry | None = None) -> RunDetail:
+    """The run with its steps in declared order (and its inputs, as `workflows` declares them; in stored
+    order without it); NotFound if there is no such run."""
     rows = await fetch(f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.id = ?", (run_id,))
     if not rows:
         raise NotFound(f"run {run_id} does not exist")
     steps = await fetch(_STEP_SQL + " WHERE s.run_id = ? ORDER BY s.position", (run_id,))
     costs = await step_costs(run_id)
-    return _run(rows[0], tuple(dataclasses.replace(d, cost=costs.get(d.key)) for d in map(step_detail, steps)))
+    details = tuple(dataclasses.replace(d, cost=costs.get(d.key)) for d in map(step_detail, steps))
+    return _run(rows[0], workflows, details)
 
 
 async def step_costs(run_id: int) -> dict[str, dict[str, Any]]:
@@ -224,9 +226,11 @@ async def list_runs(
     limit: int = 50,
     offset: int = 0,
     include_steps: bool = False,
+    workflows: Registry | None = None,
 ) -> list[dict[str, Any]]:
     """Runs, newest first, filtered by status and workflow, as summaries: step states (with
-    `include_steps`), never outputs or logs, so a page of runs stays small whatever they produced."""
+    `include_steps`), never outputs or logs, so a page of runs stays small whatever they produced; inputs
+    as in `run_detail`."""
     where, params = [], []
     if status:
         where.append("r.status = ?")
@@ -240,7 +244,7 @@ async def list_runs(
         f"SELECT {_RUN_COLUMNS} FROM runs r{clause} ORDER BY r.id DESC LIMIT ? OFFSET ?",
         (*params, limit, max(0, offset)),
     )
-    runs = [_run_json(r) for r in rows]
+    runs = [_run_json(r, workflows) for r in rows]
     if not runs:
         return runs
     marks = ", ".join("?" for _ in runs)
@@ -426,12 +430,12 @@ async def step_details(run_id: int, keys: Sequence[str]) -> dict[str, StepDetail
     return {r["key"]: step_detail(r) for r in rows}
 
 
-async def run_header(run_id: int) -> dict[str, Any]:
-    """The run without its steps; NotFound if there is no such run."""
+async def run_header(run_id: int, workflows: Registry | None = None) -> dict[str, Any]:
+    """The run without its steps (inputs as in `run_detail`); NotFound if there is no such run."""
     rows = await fetch(f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.id = ?", (run_id,))
     if not rows:
         raise NotFound(f"run {run_id} does not exist")
-    return _run_json(rows[0])
+    return _run_json(rows[0], workflows)
 
 
 async def run_cost(run_id: int) -> dict[str, Any] | None:

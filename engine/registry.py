@@ -1,4 +1,7 @@
-"""The workflow definitions this process knows, loaded from the definitions directory."""
+"""The workflow definitions a process knows, loaded from the definitions directory.
+
+A `Registry` belongs to whoever composes the process (`main.py`'s commands, a test): it is handed to the
+engine, the scheduler and the dashboard, never reached as a module global."""
 
 from __future__ import annotations
 
@@ -45,16 +48,23 @@ class Registry:
             raise NotFound(f"unknown workflow {name!r} (known: {known}){hint}") from None
 
     def in_declared_order(self, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
-        """A run's inputs in the order its workflow declares them (PostgreSQL's jsonb keeps keys in an order
-        of its own); keys it does not declare, or all of them when the workflow is unknown, in stored order."""
-        defn = self.catalog.definitions.get(name)
-        if defn is None:
-            return inputs
-        return {**{i.name: inputs[i.name] for i in defn.inputs if i.name in inputs}, **inputs}
+        """A run's inputs in the order its workflow declares them (`declared_order`); all of them in stored
+        order when the workflow is unknown."""
+        return declared_order(self.catalog.definitions.get(name), inputs)
 
     def add(self, defn: WorkflowDef) -> None:
         """Register a definition made in Python (tests, embedding)."""
         self.catalog.definitions[defn.name] = defn
 
 
-workflows = Registry()
+def declared_order(defn: WorkflowDef | None, inputs: dict[str, Any]) -> dict[str, Any]:
+    """A run's inputs in the order `defn` declares them (PostgreSQL's jsonb keeps keys in an order of its
+    own); keys it does not declare, or all of them without a definition, in stored order."""
+    if defn is None:
+        return inputs
+    return {**{i.name: inputs[i.name] for i in defn.inputs if i.name in inputs}, **inputs}
+
+
+def inputs_in_order(workflows: Registry | None, name: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """`Registry.in_declared_order` where the reader has definitions; stored order where it has none."""
+    return inputs if workflows is None else workflows.in_declared_order(name, inputs)

@@ -26,7 +26,7 @@ from engine.cron import MAX_SLOTS, fire_times, latest_fire_time, trigger
 from engine.definitions import ScheduleDef, WorkflowDef
 from engine.errors import NotFound, OperationError
 from engine.records import utcnow
-from engine.registry import workflows
+from engine.registry import Registry
 from engine.store import fetch
 from models.tables import ScheduleState
 
@@ -56,8 +56,11 @@ class ScheduleView:
 
 
 class Schedules:
-    def __init__(self, scheduler: AsyncIOScheduler, is_leader: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self, scheduler: AsyncIOScheduler, workflows: Registry, is_leader: Callable[[], bool] = lambda: True
+    ) -> None:
         self.scheduler = scheduler
+        self.workflows = workflows  # the definitions whose schedules it runs (reloaded when their files change)
         self.is_leader = is_leader  # only the leader fires, catches up and records missed fire times
         self.started_at = utcnow()  # fire times before this were due while this process did not run
         self._synced_catalog: object | None = None
@@ -83,9 +86,9 @@ class Schedules:
 
     async def watch(self) -> None:
         """Reload definitions when a file changed on disk; sync jobs when the definitions changed."""
-        if workflows.directory is not None and self._changed_on_disk():
-            await asyncio.to_thread(workflows.reload)
-        if workflows.catalog is not self._synced_catalog:
+        if self.workflows.directory is not None and self._changed_on_disk():
+            await asyncio.to_thread(self.workflows.reload)
+        if self.workflows.catalog is not self._synced_catalog:
             await self.sync()
         else:
             await self._follow_pauses()
@@ -102,7 +105,7 @@ class Schedules:
                 job.resume()
 
     def _changed_on_disk(self) -> bool:
-        directory = workflows.directory
+        directory = self.workflows.directory
         assert directory is not None
         try:
             mtimes = {str(p): p.stat().st_mtime for p in directory.iterdir() if p.suffix in (".yaml", ".yml", ".py")}
@@ -115,7 +118,7 @@ class Schedules:
     async def sync(self, now: datetime | None = None) -> None:
         """Make the jobs match the schedules of the loaded definitions, then catch up on missed fire times."""
         async with self._lock:
-            catalog = workflows.catalog
+            catalog = self.workflows.catalog
             now = now or utcnow()
             wanted: dict[str, tuple[WorkflowDef, ScheduleDef]] = {}
             for defn in catalog.definitions.values():
@@ -168,7 +171,7 @@ class Schedules:
         """`catch_up` on every enabled, unpaused schedule (a process that just became the leader)."""
         async with self._lock:
             now = now or utcnow()
-            for defn in workflows.catalog.definitions.values():
+            for defn in self.workflows.catalog.definitions.values():
                 for sched in defn.schedules:
                     if not sched.enabled:
                         continue
@@ -225,7 +228,7 @@ class Schedules:
             return None  # the leader fires it (one that takes over late catches up)
         now = now or utcnow()
         try:
-            defn = workflows.get(workflow)
+            defn = self.workflows.get(workflow)
         except NotFound:
             return None
         sched = next((s for s in defn.schedules if s.name == name), None)
@@ -295,7 +298,7 @@ class Schedules:
         return await operations.start_run(defn, sched.inputs, actor)
 
     def _find(self, workflow: str, name: str) -> tuple[WorkflowDef, ScheduleDef]:
-        defn = workflows.get(workflow)
+        defn = self.workflows.get(workflow)
         for sched in defn.schedules:
             if sched.name == name:
                 return defn, sched
@@ -303,7 +306,7 @@ class Schedules:
 
     async def overview(self) -> list[ScheduleView]:
         views = []
-        for defn in sorted(workflows.definitions.values(), key=lambda d: d.name):
+        for defn in sorted(self.workflows.definitions.values(), key=lambda d: d.name):
             for sched in defn.schedules:
                 views.append(await self._view(defn, sched))
         return views

@@ -329,7 +329,7 @@ async def _attempt(
         finish: ThreadFinish | None = chained.finish
     else:
         finish = ThreadFinish(driver, s, ref, ctx) if kinds.completes_in_thread(d, engine.settings) else None
-    env = kinds.KindEnv(engine.threads, engine.settings, checkpoint, finish, driver.defn.max_cost)
+    env = kinds.KindEnv(engine.threads, engine.settings, engine.providers, checkpoint, finish, driver.defn.max_cost)
     timeout = asyncio.timeout(d.timeout_s)
     try:
         async with timeout:

@@ -19,7 +19,7 @@ from engine import audit, leases, queries
 from engine.db import close_database, open_database
 from engine.definitions import WorkflowDef, parse_definition
 from engine.engine import Engine
-from engine.registry import workflows
+from engine.registry import Registry
 from engine.settings import Settings
 from engine.store import fetch
 from tests import pgdb, stepfns
@@ -113,10 +113,16 @@ def settings(db: str, tmp_path: Path) -> Settings:
     )
 
 
+@pytest.fixture
+def registry() -> Registry:
+    """This test's workflow definitions: `define` adds to it; the engine, the API and the test read it."""
+    return Registry()
+
+
 @contextlib.asynccontextmanager
-async def engine_running(settings: Settings) -> AsyncIterator[Engine]:
+async def engine_running(settings: Settings, workflows: Registry | None = None) -> AsyncIterator[Engine]:
     """A started engine, stopped on exit (also for part of a test, to look at runs no engine claims)."""
-    eng = Engine(settings)
+    eng = Engine(settings, workflows=workflows)
     await eng.start()
     try:
         yield eng
@@ -125,9 +131,9 @@ async def engine_running(settings: Settings) -> AsyncIterator[Engine]:
 
 
 @pytest.fixture
-async def engine(settings: Settings) -> AsyncIterator[Engine]:
+async def engine(settings: Settings, registry: Registry) -> AsyncIterator[Engine]:
     stepfns.reset()
-    async with engine_running(settings) as eng:
+    async with engine_running(settings, registry) as eng:
         yield eng
 
 
@@ -139,14 +145,15 @@ async def audit_clean(db: str) -> AsyncIterator[None]:
     assert [str(f) for f in findings] == []
 
 
-@pytest.fixture
-async def api(engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
-    """The JSON API (our router and error handlers) over ASGI, on the test database and engine.
+@contextlib.asynccontextmanager
+async def api_client(settings: Settings, workflows: Registry) -> AsyncIterator[httpx.AsyncClient]:
+    """The JSON API (our router and error handlers) over ASGI, with these settings and definitions.
 
     Responses are read whole: for live SSE streams use a served process (tests/integration/test_processes.py).
     """
     app = FastAPI()
-    app.state.settings = engine.settings
+    app.state.settings = settings
+    app.state.workflows = workflows
     errors.install(app)
     app.include_router(router)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
@@ -154,12 +161,20 @@ async def api(engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def define() -> Callable[..., WorkflowDef]:
-    """Register a workflow from a dict in the documented YAML shape (calls resolve from tests.stepfns)."""
+async def api(engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
+    """The JSON API on the test database, with the engine's settings and definitions."""
+    async with api_client(engine.settings, engine.workflows) as client:
+        yield client
+
+
+@pytest.fixture
+def define(registry: Registry) -> Callable[..., WorkflowDef]:
+    """Register a workflow from a dict in the documented YAML shape (calls resolve from tests.stepfns) in
+    this test's registry."""
 
     def _define(name: str, steps: list[dict[str, Any]], **extra: Any) -> WorkflowDef:
         defn = parse_definition({"name": name, "steps": steps, **extra}, f"<test {name}>")
-        workflows.add(defn)
+        registry.add(defn)
         return defn
 
     return _define

@@ -527,6 +527,12 @@ class LLMServer:
         return int(self._httpd.server_address[1])
 
     @property
+    def open_connections(self) -> int:
+        """Client connections open now (kept alive between requests, or serving one)."""
+        with self._lock:
+            return len(self._connections)
+
+    @property
     def base_url(self) -> str:
         """What OpenAI clients take as base_url: http://127.0.0.1:PORT/v1."""
         return f"http://127.0.0.1:{self.port}/v1"

@@ -16,7 +16,7 @@ from engine import auth, operations, queries
 from engine.db import current
 from engine.errors import Forbidden, InvalidInput, NotFound
 from engine.llm import providers
-from engine.registry import workflows
+from engine.registry import Registry
 from models.status import RunStatus
 from ui import security
 from ui.api_models import (
@@ -101,6 +101,15 @@ async def operator(request: Request) -> str:
 Operator = Annotated[str, Depends(operator)]
 
 
+async def registry(request: Request) -> Registry:
+    """The definitions of the app serving the request (`app.state.workflows`, set by `ui.app.mount`)."""
+    workflows: Registry = request.app.state.workflows
+    return workflows
+
+
+Workflows = Annotated[Registry, Depends(registry)]
+
+
 @router.get(
     "/health",
     summary="Liveness probe (open: it says nothing but that the server answers and has its database)",
@@ -124,7 +133,7 @@ async def llm_provider(request: Request) -> dict[str, Any]:
 
 
 @protected.get("/workflows", response_model=list[WorkflowOut], responses=SIGN_IN, summary="Workflow definitions")
-async def list_workflows() -> list[dict[str, Any]]:
+async def list_workflows(workflows: Workflows) -> list[dict[str, Any]]:
     return [workflow_json(d) for d in sorted(workflows.definitions.values(), key=lambda d: d.name)]
 
 
@@ -134,7 +143,7 @@ async def list_workflows() -> list[dict[str, Any]]:
     responses=SIGN_IN,
     summary="Definition files that failed to load",
 )
-async def workflow_errors() -> list[dict[str, Any]]:
+async def workflow_errors(workflows: Workflows) -> list[dict[str, Any]]:
     return [
         {"source": e.source, "step": e.step, "field": e.field, "line": e.line, "message": str(e)}
         for e in workflows.errors
@@ -142,13 +151,13 @@ async def workflow_errors() -> list[dict[str, Any]]:
 
 
 @protected.get("/workflows/{name}", response_model=WorkflowOut, responses=ERRORS, summary="One workflow definition")
-async def get_workflow(name: str) -> dict[str, Any]:
+async def get_workflow(workflows: Workflows, name: str) -> dict[str, Any]:
     return workflow_json(workflows.get(name))
 
 
 @protected.post("/runs", status_code=201, response_model=RunOut, responses=ACTIONS, summary="Start a run of a workflow")
-async def start_run(body: StartRunIn, actor: Operator) -> JSONResponse:
-    run = await operations.start_run_detail(body.workflow, body.inputs, actor)
+async def start_run(workflows: Workflows, body: StartRunIn, actor: Operator) -> JSONResponse:
+    run = await operations.start_run_detail(workflows.get(body.workflow), body.inputs, actor)
     return JSONResponse(run.to_json(), status_code=201)
 
 
@@ -159,6 +168,7 @@ async def start_run(body: StartRunIn, actor: Operator) -> JSONResponse:
     summary="Runs, newest first, as summaries (a run's outputs and logs come from GET /api/runs/{id})",
 )
 async def list_runs(
+    workflows: Workflows,
     status: Annotated[RunStatus | None, Query(description="only runs in this status")] = None,
     workflow: Annotated[str | None, Query(max_length=200, description="only runs of this workflow")] = None,
     limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 50,
@@ -171,28 +181,29 @@ async def list_runs(
         limit=limit,
         offset=offset,
         include_steps=include_steps,
+        workflows=workflows,
     )
 
 
 @protected.get("/runs/{run_id}", response_model=RunOut, responses=ERRORS, summary="A run with its steps")
-async def get_run(run_id: str) -> JSONResponse:
-    return JSONResponse((await queries.run_detail(parse_run_id(run_id))).to_json())
+async def get_run(workflows: Workflows, run_id: str) -> JSONResponse:
+    return JSONResponse((await queries.run_detail(parse_run_id(run_id), workflows)).to_json())
 
 
 @protected.post("/runs/{run_id}/cancel", response_model=RunOut, responses=ACTIONS, summary="Cancel a run")
-async def cancel_run(run_id: str, actor: Operator) -> JSONResponse:
+async def cancel_run(workflows: Workflows, run_id: str, actor: Operator) -> JSONResponse:
     rid = parse_run_id(run_id)
     await operations.cancel_run(rid, actor)
-    return JSONResponse((await queries.run_detail(rid)).to_json())
+    return JSONResponse((await queries.run_detail(rid, workflows)).to_json())
 
 
 @protected.post(
     "/runs/{run_id}/resume", response_model=RunOut, responses=ACTIONS, summary="Resume from the first unfinished step"
 )
-async def resume_run(run_id: str, actor: Operator) -> JSONResponse:
+async def resume_run(workflows: Workflows, run_id: str, actor: Operator) -> JSONResponse:
     rid = parse_run_id(run_id)
     await operations.resume_run(rid, actor)
-    return JSONResponse((await queries.run_detail(rid)).to_json())
+    return JSONResponse((await queries.run_detail(rid, workflows)).to_json())
 
 
 @protected.get(
@@ -212,10 +223,10 @@ async def rerun_plan(run_id: str, key: str) -> dict[str, Any]:
     responses=ACTIONS,
     summary="Re-run this step and its dependents (retry / resume from here)",
 )
-async def rerun_step(run_id: str, key: str, actor: Operator) -> JSONResponse:
+async def rerun_step(workflows: Workflows, run_id: str, key: str, actor: Operator) -> JSONResponse:
     rid = parse_run_id(run_id)
     await operations.rerun_from(rid, key, actor)
-    return JSONResponse((await queries.run_detail(rid)).to_json())
+    return JSONResponse((await queries.run_detail(rid, workflows)).to_json())
 
 
 @protected.post(
@@ -224,10 +235,10 @@ async def rerun_step(run_id: str, key: str, actor: Operator) -> JSONResponse:
     responses=ACTIONS,
     summary="Re-run the run's stale steps (and what depends on them); 409 when none is stale",
 )
-async def refresh_stale(run_id: str, actor: Operator) -> JSONResponse:
+async def refresh_stale(workflows: Workflows, run_id: str, actor: Operator) -> JSONResponse:
     rid = parse_run_id(run_id)
     await operations.refresh_stale(rid, actor)
-    return JSONResponse((await queries.run_detail(rid)).to_json())
+    return JSONResponse((await queries.run_detail(rid, workflows)).to_json())
 
 
 @protected.post(
@@ -236,15 +247,15 @@ async def refresh_stale(run_id: str, actor: Operator) -> JSONResponse:
     responses=ACTIONS,
     summary="Select an alternative of the step's current attempt",
 )
-async def select(run_id: str, key: str, body: SelectIn, actor: Operator) -> JSONResponse:
+async def select(workflows: Workflows, run_id: str, key: str, body: SelectIn, actor: Operator) -> JSONResponse:
     rid = parse_run_id(run_id)
     await operations.select(rid, key, body.index, actor)
-    return JSONResponse((await queries.run_detail(rid)).to_json())
+    return JSONResponse((await queries.run_detail(rid, workflows)).to_json())
 
 
 @protected.get("/runs/{run_id}/steps/{key}", response_model=StepOut, responses=ERRORS, summary="One step of a run")
-async def get_step(run_id: str, key: str) -> JSONResponse:
-    run = await queries.run_detail(parse_run_id(run_id))
+async def get_step(workflows: Workflows, run_id: str, key: str) -> JSONResponse:
+    run = await queries.run_detail(parse_run_id(run_id), workflows)
     for step in run.steps:
         if step.key == key:
             return JSONResponse(step.to_json())
@@ -304,7 +315,7 @@ async def run_events(
     responses=ACTIONS,
     summary="Reload definitions from the workflows directory",
 )
-async def reload_workflows(actor: Operator) -> dict[str, Any]:
+async def reload_workflows(workflows: Workflows, actor: Operator) -> dict[str, Any]:
     catalog = await asyncio.to_thread(workflows.reload)  # reads files and imports step modules
     return {"workflows": sorted(catalog.definitions), "errors": [str(e) for e in catalog.errors]}
 

@@ -14,7 +14,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from engine import feed
 from engine.db import close_database, current, open_database
 from engine.engine import Engine, make_owner_id
+from engine.llm.providers import Providers
 from engine.maintenance import Maintenance
+from engine.registry import Registry
 from engine.settings import Settings
 from ui import errors, security
 from ui.api import router
@@ -22,29 +24,33 @@ from ui.live import LiveRuns
 from ui.pages import register_pages
 
 
-def mount(settings: Settings, engine: Engine | None) -> None:
-    """Wire everything onto NiceGUI's app; the database must already be migrated. Without an engine
-    the process serves the dashboard and the API only: runs it starts are executed by another process
-    on the same database (`main.py worker`, or another `serve`)."""
+def mount(settings: Settings, workflows: Registry, engine: Engine | None) -> None:
+    """Wire everything onto NiceGUI's app; the database must already be migrated. `workflows` are the
+    definitions the pages, the API and the schedules use (the engine's too). Without an engine the
+    process serves the dashboard and the API only: runs it starts are executed by another process on the
+    same database (`main.py worker`, or another `serve`)."""
     app.state.settings = settings  # pages and the API show which model provider LLM steps use
-    live = app.state.live = LiveRuns()  # this app's live views of runs, made anew with every mount
+    app.state.workflows = workflows  # the API reads it from the state of the app serving a request
+    live = app.state.live = LiveRuns(workflows)  # this app's live views of runs, made anew with every mount
+    clients = Providers()  # the model clients of the Workflows page's model check (the engine has its own)
     _open_database_in_lifespan(settings.db_url)
     errors.install(app)
     security.install(settings)
     app.include_router(router)
-    _api_fast_path(settings)
-    maintenance = Maintenance(settings, engine.owner if engine is not None else make_owner_id())
+    _api_fast_path(settings, workflows)
+    maintenance = Maintenance(settings, engine.owner if engine is not None else make_owner_id(), workflows)
     if engine is not None:
         app.on_startup(engine.start)
     app.on_startup(maintenance.start)
     app.on_startup(lambda: live.start(current().hub))
     app.on_shutdown(live.stop)
+    app.on_shutdown(clients.close)
     app.on_shutdown(maintenance.stop)
     app.on_shutdown(maintenance.stop_leading)
     if engine is not None:
         # NiceGUI passes the app to a handler with one parameter: engine.stop's `why` must keep its default.
         app.on_shutdown(lambda: engine.stop())
-    register_pages(maintenance, live)
+    register_pages(maintenance, live, clients, workflows)
 
 
 def _open_database_in_lifespan(db_url: str) -> None:
@@ -66,11 +72,12 @@ def _open_database_in_lifespan(db_url: str) -> None:
     app.router.lifespan_context = lifespan
 
 
-def api_app(settings: Settings, sessions: security.SessionCache) -> FastAPI:
+def api_app(settings: Settings, sessions: security.SessionCache, workflows: Registry) -> FastAPI:
     """The JSON API on its own, behind the same gate, without the dashboard's middleware; `sessions`
     is the dashboard's (a sign-out through one gate holds in the other)."""
     api = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     api.state.settings = settings
+    api.state.workflows = workflows
     errors.install(api)
     api.include_router(router)
     # Level 1 (nginx's default) instead of Starlette's 9: a run's JSON (6 kB) compresses to 629 bytes instead
@@ -100,10 +107,10 @@ def _has_session_cookie(scope: Scope) -> bool:
     return any(name == b"cookie" and b"session=" in value for name, value in scope["headers"])
 
 
-def _api_fast_path(settings: Settings) -> None:
+def _api_fast_path(settings: Settings, workflows: Registry) -> None:
     """Put `ApiFastPath` outside every middleware, NiceGUI's session middleware included (which ui.run
     adds last, so the outermost place is only known when Starlette builds the stack)."""
-    api = api_app(settings, app.state.sessions)
+    api = api_app(settings, app.state.sessions, workflows)
     build = app.build_middleware_stack
 
     def build_with_fast_path() -> ASGIApp:

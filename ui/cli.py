@@ -20,7 +20,7 @@ from engine.errors import OperationError
 from engine.hub import Change, ChangeKind
 from engine.readmodel import RunDetail, duration_s
 from engine.records import utcnow
-from engine.registry import workflows
+from engine.registry import Registry
 from engine.settings import Settings
 from models.db import migrate
 from models.status import RunStatus, StepStatus
@@ -176,7 +176,9 @@ def _summary(run: RunDetail, out: TextIO) -> None:
     print(f"\nrun {run.id} {run.status.value}{duration}{error}", file=out)
 
 
-async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], out: TextIO = sys.stdout) -> int:
+async def run_headless(
+    settings: Settings, workflows: Registry, workflow: str, pairs: Sequence[str], out: TextIO = sys.stdout
+) -> int:
     """Start a run and drive it in this process; exit code 0 only when it completes."""
     try:
         inputs = parse_assignments(pairs)
@@ -188,11 +190,12 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
         catalog = workflows.load(settings.workflows_dir)
         for error in catalog.errors:
             print(f"warning: {error}", file=sys.stderr)
-        engine = Engine(settings, owner=make_owner_id(headless=True), claim_queued=False)
+        engine = Engine(settings, workflows=workflows, owner=make_owner_id(headless=True), claim_queued=False)
         await engine.start(recover=False)
         try:
             try:
-                run_id = await operations.start_run(workflow, inputs, f"cli:{getpass.getuser()}", from_strings=True)
+                defn = workflows.get(workflow)
+                run_id = await operations.start_run(defn, inputs, f"cli:{getpass.getuser()}", from_strings=True)
             except OperationError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return EXIT_USAGE
@@ -211,7 +214,7 @@ async def run_headless(settings: Settings, workflow: str, pairs: Sequence[str], 
                         status = await _follow_remote(run_id, printer, after, settings.stale_after_s)
                 finally:
                     sub.close()
-                run = await queries.run_detail(run_id)
+                run = await queries.run_detail(run_id, workflows)
                 if status != RunStatus.WAITING:
                     break
                 if not sys.stdin.isatty():

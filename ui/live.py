@@ -25,6 +25,7 @@ from engine.context import StepContext
 from engine.hub import Change, ChangeKind, Hub
 from engine.llm.record import LlmJson
 from engine.readmodel import StepRow
+from engine.registry import Registry
 from models.status import RunStatus, StepStatus
 from ui.theme import status_color
 
@@ -98,9 +99,14 @@ class RunState:
     """A run's header view, its step rows in order, and counts kept incrementally."""
 
     def __init__(
-        self, header: dict[str, Any], rows: list[StepRow], executing: dict[tuple[int, str], StepContext]
+        self,
+        header: dict[str, Any],
+        rows: list[StepRow],
+        executing: dict[tuple[int, str], StepContext],
+        workflows: Registry,
     ) -> None:
         self.header = header
+        self.workflows = workflows  # the app's definitions: the run's inputs in their declared order
         self.executing = executing  # the steps executing in this process (`Hub.executing`)
         self.view = RunView(id=header["id"], workflow=header["workflow"])
         self.rows: dict[str, StepRow] = {r.key: r for r in rows}
@@ -263,7 +269,7 @@ class RunState:
             self.pending.bodies.update(keys)
         if self.header_dirty:
             self.header_dirty = False
-            self.header = {**self.header, **await queries.run_header(run_id)}
+            self.header = {**self.header, **await queries.run_header(run_id, self.workflows)}
             self._apply_header(self.header)
         self._recount()
         patch, self.pending = self.pending, Patch()
@@ -295,7 +301,8 @@ def llm_summary(llm: LlmJson | None) -> str:
 class LiveRuns:
     """The states of every run some tab is looking at, and an event for the runs list."""
 
-    def __init__(self) -> None:
+    def __init__(self, workflows: Registry) -> None:
+        self.workflows = workflows  # the app's definitions
         self.hub: Hub | None = None  # the hub of the app's database, while the app runs
         self.states: dict[int, RunState] = {}
         self.viewers: Counter[int] = Counter()
@@ -325,11 +332,12 @@ class LiveRuns:
         """The live state of a run for one more viewer (NotFound if there is no such run)."""
         state = self.states.get(run_id)
         if state is None:
-            header = await queries.run_header(run_id)
+            header = await queries.run_header(run_id, self.workflows)
             rows = await queries.step_rows(run_id)
             state = self.states.get(run_id)  # another tab may have opened it meanwhile
             if state is None:
-                state = self.states[run_id] = RunState(header, rows, self.hub.executing if self.hub else {})
+                executing = self.hub.executing if self.hub else {}
+                state = self.states[run_id] = RunState(header, rows, executing, self.workflows)
         self.viewers[run_id] += 1
         return state
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from engine.db import current
 from engine.db import now as db_now
-from engine.registry import workflows
+from engine.registry import Registry, inputs_in_order
 from engine.store import fetch
 from models.status import RunStatus, StepStatus
 
@@ -122,7 +122,7 @@ def _dt(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value))
 
 
-async def page_runs(f: RunFilter, *, page: int, rows_per_page: int) -> list[RunRow]:
+async def page_runs(f: RunFilter, *, page: int, rows_per_page: int, workflows: Registry | None = None) -> list[RunRow]:
     """Runs on page `page` (1-based), newest first, with their step counts."""
     per_page = max(1, min(rows_per_page, MAX_ROWS_PER_PAGE))
     where, params = _where(f)
@@ -169,7 +169,7 @@ async def page_runs(f: RunFilter, *, page: int, rows_per_page: int) -> list[RunR
                 total=int(c.get("total") or 0),
                 waiting=int(c.get(StepStatus.WAITING) or 0),
                 actor=str(r["actor"] or ""),
-                inputs=workflows.in_declared_order(r["workflow"], _inputs(r["inputs"])),
+                inputs=inputs_in_order(workflows, r["workflow"], _inputs(r["inputs"])),
                 stale=int(c.get("stale") or 0),
                 cut_off=cut_by_run.get(r["id"], 0),
             )

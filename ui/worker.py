@@ -22,7 +22,7 @@ from dataclasses import replace
 from engine.db import connected
 from engine.engine import Engine
 from engine.maintenance import Maintenance
-from engine.registry import workflows
+from engine.registry import Registry
 from engine.settings import Settings
 from models.schema import is_postgres
 
@@ -38,15 +38,15 @@ def with_concurrency(settings: Settings, concurrency: int | None) -> Settings:
     return replace(settings, max_concurrent_runs=concurrency, max_concurrent_steps=concurrency)
 
 
-async def run_worker(settings: Settings, health_port: int | None = None) -> int:
+async def run_worker(settings: Settings, workflows: Registry, health_port: int | None = None) -> int:
     """Execute runs until SIGTERM or SIGINT; the database must already be migrated (PostgreSQL) or is
-    migrated here (SQLite)."""
+    migrated here (SQLite). `workflows` is loaded here, from the settings' directory."""
     async with connected(settings.db_url, apply_migrations=not is_postgres(settings.db_url)):
         catalog = workflows.load(settings.workflows_dir)
         for error in catalog.errors:
             log.warning("definition not loaded: %s", error)
-        engine = Engine(settings)
-        maintenance = Maintenance(settings, engine.owner)
+        engine = Engine(settings, workflows=workflows)
+        maintenance = Maintenance(settings, engine.owner, workflows)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -133,7 +133,7 @@ def template_variables(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) ->
 async def run_llm(step: StepDef, ctx: StepContext, env: KindEnv) -> Any:
     settings = env.settings
     config = step.config
-    provider = await providers.provider_for(settings)
+    provider = await env.providers.provider_for(settings)
     model = config.get("model") or settings.llm_model or (SIMULATED if provider.name == SIMULATED else "")
     if not model:
         raise LLMStepError("no model: set `model:` on the step, or STEPDECK_LLM_MODEL (or OPENAI_MODEL)")

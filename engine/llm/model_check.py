@@ -17,13 +17,15 @@ log = logging.getLogger(__name__)
 SHOWN_MODELS = 8  # models listed in a warning at most
 
 
-async def model_warnings(settings: Settings, definitions: Iterable[WorkflowDef]) -> dict[str, list[str]]:
+async def model_warnings(
+    settings: Settings, definitions: Iterable[WorkflowDef], clients: providers.Providers
+) -> dict[str, list[str]]:
     """Per workflow, a warning for each LLM step whose model the endpoint does not list ({} when it
-    lists none, is not reachable, or is the simulated provider)."""
+    lists none, is not reachable, or is the simulated provider); asked through the caller's `clients`."""
     if providers.provider_name(settings) == providers.SIMULATED:
         return {}
     try:
-        provider = await providers.provider_for(settings)
+        provider = await clients.provider_for(settings)
     except providers.ProviderError:
         return {}  # a step says why when it runs
     if not isinstance(provider, providers.OpenAIProvider):
@@ -43,10 +45,12 @@ async def model_warnings(settings: Settings, definitions: Iterable[WorkflowDef])
     return warnings
 
 
-async def log_model_warnings(settings: Settings, definitions: Iterable[WorkflowDef]) -> None:
+async def log_model_warnings(
+    settings: Settings, definitions: Iterable[WorkflowDef], clients: providers.Providers
+) -> None:
     """Log each warning of `model_warnings` (for the engine's start); never raises."""
     try:
-        found = await model_warnings(settings, list(definitions))
+        found = await model_warnings(settings, list(definitions), clients)
     except Exception as exc:  # a check that fails must not stop anything
         log.debug("model check failed: %s", exc)
         return

@@ -1,8 +1,9 @@
 """Model providers: any OpenAI-compatible endpoint (through the official client), or the simulated one.
 
-One provider per configuration and process (clients keep connections). The types a call is made of
-live in `engine.llm.calls`; the endpoint's provider in `engine.llm.openai_compat`; the simulated one in
-`engine.llm.simulated`. Names are re-exported here for the callers.
+One provider per configuration and owner (`Providers`: an engine's, the dashboard's), as clients keep
+connections. The types a call is made of live in `engine.llm.calls`; the endpoint's provider in
+`engine.llm.openai_compat`; the simulated one in `engine.llm.simulated`. Names are re-exported here for
+the callers.
 """
 
 from __future__ import annotations
@@ -50,21 +51,34 @@ def describe(settings: Settings) -> dict[str, Any]:
     }
 
 
-_providers: dict[tuple[Any, ...], Provider] = {}
+class Providers:
+    """The model providers of their owner (an engine, a dashboard), one per configuration: clients keep
+    connections, which belong to the event loop that used them, so the owner closes them when it stops."""
 
+    def __init__(self) -> None:
+        self._built: dict[tuple[Any, ...], Provider] = {}
+        self._building = threading.Lock()  # two steps starting together build one client, not two
 
-async def provider_for(settings: Settings) -> Provider:
-    """`for_settings`, building a new provider off the event loop (the model client's import is slow)."""
-    provider = _providers.get(_key(settings))
-    return provider if provider is not None else await asyncio.to_thread(for_settings, settings)
+    async def provider_for(self, settings: Settings) -> Provider:
+        """The provider of these settings; a new one is built off the event loop (the model client's import
+        is slow)."""
+        provider = self._built.get(_key(settings))
+        return provider if provider is not None else await asyncio.to_thread(self._build, settings)
 
+    async def close(self) -> None:
+        """Close the clients of every provider built so far; a later call builds anew."""
+        built = list(self._built.values())
+        self._built.clear()
+        for provider in built:
+            if isinstance(provider, OpenAIProvider):
+                await provider.close()
 
-async def close_all() -> None:
-    """Close the clients of every provider (their connections belong to the loop that used them)."""
-    for provider in list(_providers.values()):
-        if isinstance(provider, OpenAIProvider):
-            await provider.close()
-    _providers.clear()
+    def _build(self, settings: Settings) -> Provider:
+        key = _key(settings)
+        with self._building:
+            if key not in self._built:
+                self._built[key] = _new_provider(settings)
+            return self._built[key]
 
 
 def _key(settings: Settings) -> tuple[Any, ...]:
@@ -81,27 +95,13 @@ def _key(settings: Settings) -> tuple[Any, ...]:
     )
 
 
-_building = threading.Lock()  # two steps starting together build one client, not two
-
-
-def for_settings(settings: Settings) -> Provider:
-    """The provider of these settings, one per configuration and process (clients keep connections)."""
-    key = _key(settings)
-    with _building:
-        return _build(key, settings)
-
-
-def _build(key: tuple[Any, ...], settings: Settings) -> Provider:
-    if key[0] == SIMULATED:
-        if key not in _providers:
-            _providers[key] = SimulatedProvider(settings.llm_sim_tokens_per_s)
-    else:
-        if key not in _providers:
-            _providers[key] = OpenAIProvider(
-                settings.llm_base_url or DEFAULT_BASE_URL,
-                settings.llm_api_key.reveal(),
-                settings.llm_retries,
-                settings.llm_retry_base_s,
-                RequestLimits(settings.llm_max_concurrent, settings.llm_requests_per_minute),
-            )
-    return _providers[key]
+def _new_provider(settings: Settings) -> Provider:
+    if provider_name(settings) == SIMULATED:
+        return SimulatedProvider(settings.llm_sim_tokens_per_s)
+    return OpenAIProvider(
+        settings.llm_base_url or DEFAULT_BASE_URL,
+        settings.llm_api_key.reveal(),
+        settings.llm_retries,
+        settings.llm_retry_base_s,
+        RequestLimits(settings.llm_max_concurrent, settings.llm_requests_per_minute),
+    )

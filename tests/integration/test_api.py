@@ -15,9 +15,11 @@ from typing import Any
 import httpx
 import pytest
 
-from engine.registry import workflows
+from engine.definitions import parse_definition
+from engine.registry import Registry
+from engine.settings import Settings
 from tests import stepfns
-from tests.conftest import wait_for, wait_run
+from tests.conftest import api_client, wait_for, wait_run
 
 RUN_FIELDS = {"id", "workflow", "status", "error", "inputs", "created_at", "started_at", "finished_at", "steps"}
 STEP_FIELDS = {
@@ -156,7 +158,7 @@ async def test_unknown_workflow_is_a_404_naming_it(api: httpx.AsyncClient) -> No
 
 
 async def test_definition_errors_are_listed_and_reload_picks_up_new_files(
-    api: httpx.AsyncClient, tmp_path: Path
+    api: httpx.AsyncClient, registry: Registry, tmp_path: Path
 ) -> None:
     directory = tmp_path / "defs"
     directory.mkdir()
@@ -164,29 +166,38 @@ async def test_definition_errors_are_listed_and_reload_picks_up_new_files(
         json.dumps({"name": "fine", "steps": [{"key": "a", "call": "tests.stepfns:noop"}]})
     )
     (directory / "broken.yaml").write_text("name: broken\nsteps:\n  - key: a\n    kind: python\n    bogus_field: 1\n")
-    saved = (workflows.directory, workflows.catalog)
-    try:
-        workflows.load(directory)
-        r = await api.get("/api/workflows/errors")
-        assert r.status_code == 200
-        errors = r.json()
-        broken = [e for e in errors if e["source"].endswith("broken.yaml")]
-        assert len(broken) == 1, errors
-        assert broken[0]["message"], broken[0]
-        assert not [e for e in errors if e["source"].endswith("fine.yaml")], errors
-        # the broken workflow is named in the 404 for it
-        error_of(await api.get("/api/workflows/broken"), 404, "broken")
+    registry.load(directory)  # the API serves the test registry
+    r = await api.get("/api/workflows/errors")
+    assert r.status_code == 200
+    errors = r.json()
+    broken = [e for e in errors if e["source"].endswith("broken.yaml")]
+    assert len(broken) == 1, errors
+    assert broken[0]["message"], broken[0]
+    assert not [e for e in errors if e["source"].endswith("fine.yaml")], errors
+    # the broken workflow is named in the 404 for it
+    error_of(await api.get("/api/workflows/broken"), 404, "broken")
 
-        (directory / "later.yaml").write_text(
-            json.dumps({"name": "later", "steps": [{"key": "a", "call": "tests.stepfns:noop"}]})
-        )
-        reloaded = await api.post("/api/workflows/reload")
-        assert reloaded.status_code == 200
-        assert "later" in reloaded.json()["workflows"]
-        assert len(reloaded.json()["errors"]) == 1
-        assert (await api.get("/api/workflows/later")).status_code == 200
-    finally:
-        workflows.directory, workflows.catalog = saved
+    (directory / "later.yaml").write_text(
+        json.dumps({"name": "later", "steps": [{"key": "a", "call": "tests.stepfns:noop"}]})
+    )
+    reloaded = await api.post("/api/workflows/reload")
+    assert reloaded.status_code == 200
+    assert "later" in reloaded.json()["workflows"]
+    assert len(reloaded.json()["errors"]) == 1
+    assert (await api.get("/api/workflows/later")).status_code == 200
+
+
+async def test_two_apps_in_one_process_each_serve_their_own_definitions(settings: Settings) -> None:
+    mine, theirs = Registry(), Registry()
+    for registry, name in ((mine, "mine"), (theirs, "theirs")):
+        registry.add(parse_definition({"name": name, "steps": [{"key": "a", "call": "tests.stepfns:noop"}]}, name))
+    async with api_client(settings, mine) as first, api_client(settings, theirs) as second:
+        assert [w["name"] for w in (await first.get("/api/workflows")).json()] == ["mine"]
+        assert [w["name"] for w in (await second.get("/api/workflows")).json()] == ["theirs"]
+        error_of(await first.post("/api/runs", json={"workflow": "theirs", "inputs": {}}), 404, "theirs")
+        started = await second.post("/api/runs", json={"workflow": "theirs", "inputs": {}})
+        assert started.status_code == 201, started.text
+        assert started.json()["workflow"] == "theirs"
 
 
 # --- starting and reading runs -----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 
 from engine import audit, operations, records, transitions
 from engine.engine import Engine
+from engine.registry import Registry
 from engine.store import Stmt, fetch, run_batch
 from engine.transitions import NewStep, StepStart
 from models.status import RunStatus
@@ -78,7 +79,9 @@ async def test_runs_in_every_consistent_state_report_nothing(db: str) -> None:
     assert counts["attempts"] == 1 + 1 + 2
 
 
-async def test_runs_made_by_the_engine_report_nothing(engine: Engine, define: Callable[..., Any]) -> None:
+async def test_runs_made_by_the_engine_report_nothing(
+    engine: Engine, define: Callable[..., Any], registry: Registry
+) -> None:
     define(
         "ok",
         [
@@ -87,8 +90,8 @@ async def test_runs_made_by_the_engine_report_nothing(engine: Engine, define: Ca
         ],
     )
     define("bad", [{"key": "a", "call": "tests.stepfns:boom"}])
-    waiting = await operations.start_run("ok", {}, "tester")
-    failed = await operations.start_run("bad", {}, "tester")
+    waiting = await operations.start_run(registry.get("ok"), {}, "tester")
+    failed = await operations.start_run(registry.get("bad"), {}, "tester")
     assert await wait_run(waiting, "waiting") == "waiting"
     assert await wait_run(failed, "failed") == "failed"
     findings, _ = await audit.audit()

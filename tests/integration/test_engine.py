@@ -13,6 +13,7 @@ import pytest
 
 from engine import operations, queries
 from engine.engine import Engine
+from engine.registry import Registry
 from engine.settings import Settings
 from engine.store import fetch
 from tests import stepfns
@@ -48,7 +49,9 @@ async def running_rows() -> list[dict[str, Any]]:
 # --- cancel ----------------------------------------------------------------------------------------
 
 
-async def test_cancel_stops_an_async_step_at_once_and_keeps_its_logs(settings: Settings, define: Define) -> None:
+async def test_cancel_stops_an_async_step_at_once_and_keeps_its_logs(
+    settings: Settings, define: Define, registry: Registry
+) -> None:
     stepfns.reset()
     define(
         "c-async",
@@ -56,7 +59,7 @@ async def test_cancel_stops_an_async_step_at_once_and_keeps_its_logs(settings: S
         inputs=SLEEP_INPUT,
     )
     async with engine_running(settings.with_overrides(cancel_grace_s=NO_GRACE_S)) as engine:
-        run_id = await operations.start_run("c-async", {}, "tester")
+        run_id = await operations.start_run(registry.get("c-async"), {}, "tester")
         await wait_for(lambda: calls("sleepy"), 5, "sleepy to start")
         started = time.monotonic()
         assert await operations.cancel_run(run_id, "alice") is True
@@ -74,9 +77,9 @@ async def test_cancel_stops_an_async_step_at_once_and_keeps_its_logs(settings: S
     assert stepfns.CALLS["noop"] == 0
 
 
-async def test_cancel_tells_a_sync_step_through_its_context(engine: Engine, define: Define) -> None:
+async def test_cancel_tells_a_sync_step_through_its_context(engine: Engine, define: Define, registry: Registry) -> None:
     define("c-sync", [{"key": "block", "call": "tests.stepfns:blocking_watch"}])
-    run_id = await operations.start_run("c-sync", {}, "tester")
+    run_id = await operations.start_run(registry.get("c-sync"), {}, "tester")
     await wait_for(lambda: calls("blocking_watch"), 5, "the sync step to start")
     assert await operations.cancel_run(run_id, "alice") is True
     await wait_for(lambda: calls("blocking_saw_cancel"), PROMPT_S, "the sync step to see ctx.is_cancelled")
@@ -87,14 +90,16 @@ async def test_cancel_tells_a_sync_step_through_its_context(engine: Engine, defi
     assert (await step_of(run_id, "block"))["status"] == "cancelled"
 
 
-async def test_a_cancelled_run_frees_its_slot_for_the_next_queued_run(settings: Settings, define: Define) -> None:
+async def test_a_cancelled_run_frees_its_slot_for_the_next_queued_run(
+    settings: Settings, define: Define, registry: Registry
+) -> None:
     stepfns.reset()
     define("slot-hog", [{"key": "slow", "call": "tests.stepfns:sleepy"}], inputs=SLEEP_INPUT)
     define("slot-next", [{"key": "a", "call": "tests.stepfns:noop"}])
     async with engine_running(settings.with_overrides(max_concurrent_runs=1)) as eng:
-        hog = await operations.start_run("slot-hog", {}, "tester")
+        hog = await operations.start_run(registry.get("slot-hog"), {}, "tester")
         await wait_for(lambda: calls("sleepy"), 5, "the first run to start")
-        nxt = await operations.start_run("slot-next", {}, "tester")
+        nxt = await operations.start_run(registry.get("slot-next"), {}, "tester")
         await asyncio.sleep(0.3)
         assert await run_status(nxt) == "queued"  # one run at a time
         assert list(eng.drivers) == [hog]
@@ -111,12 +116,14 @@ async def _drivers_empty(eng: Engine) -> bool:
 # --- timeouts --------------------------------------------------------------------------------------
 
 
-async def test_a_step_that_exceeds_its_timeout_fails_with_a_timeout_error(settings: Settings, define: Define) -> None:
+async def test_a_step_that_exceeds_its_timeout_fails_with_a_timeout_error(
+    settings: Settings, define: Define, registry: Registry
+) -> None:
     stepfns.reset()
     define("t-async", [{"key": "slow", "call": "tests.stepfns:sleepy", "timeout_s": 0.3}], inputs=SLEEP_INPUT)
     async with engine_running(settings.with_overrides(cancel_grace_s=NO_GRACE_S)):
         started = time.monotonic()
-        run_id = await operations.start_run("t-async", {}, "tester")
+        run_id = await operations.start_run(registry.get("t-async"), {}, "tester")
         assert await wait_run(run_id, "completed", "failed", timeout_s=PROMPT_S) == "failed"
         assert time.monotonic() - started < PROMPT_S
     run = (await queries.run_detail(run_id)).to_json()
@@ -131,9 +138,11 @@ async def test_a_step_that_exceeds_its_timeout_fails_with_a_timeout_error(settin
     )
 
 
-async def test_a_sync_step_that_exceeds_its_timeout_is_told_to_stop(engine: Engine, define: Define) -> None:
+async def test_a_sync_step_that_exceeds_its_timeout_is_told_to_stop(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define("t-sync", [{"key": "block", "call": "tests.stepfns:blocking_watch", "timeout_s": 0.3}])
-    run_id = await operations.start_run("t-sync", {}, "tester")
+    run_id = await operations.start_run(registry.get("t-sync"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed", timeout_s=5) == "failed"
     assert (await step_of(run_id, "block"))["error"] == "timed out after 0.3 s"
     await wait_for(lambda: calls("blocking_saw_cancel"), PROMPT_S, "the sync step to see ctx.is_cancelled")
@@ -142,12 +151,14 @@ async def test_a_sync_step_that_exceeds_its_timeout_is_told_to_stop(engine: Engi
 # --- chains of sync steps (a successor runs on in the thread that committed its start) ---------------
 
 
-async def test_a_chain_of_sync_steps_sees_each_predecessors_output(engine: Engine, define: Define) -> None:
+async def test_a_chain_of_sync_steps_sees_each_predecessors_output(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     steps: list[dict[str, Any]] = [{"key": "s0", "call": "tests.stepfns:noop"}]
     steps += [{"key": f"s{i}", "call": "tests.stepfns:collect", "needs": [f"s{i - 1}"]} for i in range(1, 5)]
     steps.append({"key": "join", "call": "tests.stepfns:collect", "needs": ["s2", "s4"]})
     define("chain-out", steps)
-    run_id = await operations.start_run("chain-out", {}, "tester")
+    run_id = await operations.start_run(registry.get("chain-out"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "completed"
     outputs = {s["key"]: s["output"] for s in (await queries.run_detail(run_id)).to_json()["steps"]}
     assert outputs["s1"] == {"s0": outputs["s0"]}
@@ -156,7 +167,9 @@ async def test_a_chain_of_sync_steps_sees_each_predecessors_output(engine: Engin
     assert outputs["join"] == {"s2": outputs["s2"], "s4": outputs["s4"]}
 
 
-async def test_a_chained_sync_step_past_its_timeout_fails_and_is_told_to_stop(engine: Engine, define: Define) -> None:
+async def test_a_chained_sync_step_past_its_timeout_fails_and_is_told_to_stop(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define(
         "chain-timeout",
         [
@@ -165,7 +178,7 @@ async def test_a_chained_sync_step_past_its_timeout_fails_and_is_told_to_stop(en
             {"key": "after", "call": "tests.stepfns:noop", "needs": ["block"]},
         ],
     )
-    run_id = await operations.start_run("chain-timeout", {}, "tester")
+    run_id = await operations.start_run(registry.get("chain-timeout"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed", timeout_s=PROMPT_S) == "failed"
     assert (await step_of(run_id, "block"))["error"] == "timed out after 0.3 s"
     assert (await step_of(run_id, "after"))["status"] != "completed"
@@ -174,7 +187,7 @@ async def test_a_chained_sync_step_past_its_timeout_fails_and_is_told_to_stop(en
     assert await running_rows() == []
 
 
-async def test_cancel_reaches_a_chained_sync_step(engine: Engine, define: Define) -> None:
+async def test_cancel_reaches_a_chained_sync_step(engine: Engine, define: Define, registry: Registry) -> None:
     define(
         "chain-cancel",
         [
@@ -183,7 +196,7 @@ async def test_cancel_reaches_a_chained_sync_step(engine: Engine, define: Define
             {"key": "after", "call": "tests.stepfns:noop", "needs": ["block"]},
         ],
     )
-    run_id = await operations.start_run("chain-cancel", {}, "tester")
+    run_id = await operations.start_run(registry.get("chain-cancel"), {}, "tester")
     await wait_for(lambda: calls("blocking_watch"), 5, "the chained step to start")
     assert await operations.cancel_run(run_id, "alice") is True
     await wait_for(lambda: calls("blocking_saw_cancel"), PROMPT_S, "the chained step to see ctx.is_cancelled")
@@ -196,9 +209,11 @@ async def test_cancel_reaches_a_chained_sync_step(engine: Engine, define: Define
     assert await running_rows() == []
 
 
-async def test_a_timeout_error_raised_by_the_step_itself_is_not_our_timeout(engine: Engine, define: Define) -> None:
+async def test_a_timeout_error_raised_by_the_step_itself_is_not_our_timeout(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define("t-own", [{"key": "api", "call": "tests.stepfns:own_timeout", "timeout_s": 30}])
-    run_id = await operations.start_run("t-own", {}, "tester")
+    run_id = await operations.start_run(registry.get("t-own"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "failed"
     step = await step_of(run_id, "api")
     assert step["error"] == "TimeoutError: the upstream API timed out"
@@ -210,11 +225,11 @@ async def test_a_timeout_error_raised_by_the_step_itself_is_not_our_timeout(engi
 
 
 async def test_the_traceback_of_a_sync_step_raising_timeout_error_shows_the_step(
-    engine: Engine, define: Define
+    engine: Engine, define: Define, registry: Registry
 ) -> None:
     """error_detail is there to find the failing line: it must reach into the step function."""
     define("t-own-tb", [{"key": "api", "call": "tests.stepfns:own_timeout"}])
-    run_id = await operations.start_run("t-own-tb", {}, "tester")
+    run_id = await operations.start_run(registry.get("t-own-tb"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "failed"
     detail = (await step_of(run_id, "api"))["error_detail"]
     assert "in own_timeout" in detail, detail
@@ -223,9 +238,11 @@ async def test_the_traceback_of_a_sync_step_raising_timeout_error_shows_the_step
 # --- errors ----------------------------------------------------------------------------------------
 
 
-async def test_a_raising_step_fails_with_its_error_and_traceback(engine: Engine, define: Define) -> None:
+async def test_a_raising_step_fails_with_its_error_and_traceback(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define("err", [{"key": "x", "call": "tests.stepfns:boom"}, {"key": "y", "call": "tests.stepfns:noop"}])
-    run_id = await operations.start_run("err", {}, "tester")
+    run_id = await operations.start_run(registry.get("err"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "failed"
     run = (await queries.run_detail(run_id)).to_json()
     assert run["error"] == "step 'x' failed: ValueError: the step exploded"
@@ -238,7 +255,9 @@ async def test_a_raising_step_fails_with_its_error_and_traceback(engine: Engine,
     assert stepfns.CALLS["noop"] == 0
 
 
-async def test_independent_branches_complete_when_another_branch_fails(engine: Engine, define: Define) -> None:
+async def test_independent_branches_complete_when_another_branch_fails(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define(
         "branches",
         [
@@ -250,7 +269,7 @@ async def test_independent_branches_complete_when_another_branch_fails(engine: E
         ],
         inputs={"sleep_s": {"type": "number", "default": 0.2}},
     )
-    run_id = await operations.start_run("branches", {}, "tester")
+    run_id = await operations.start_run(registry.get("branches"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "failed"
     run = (await queries.run_detail(run_id)).to_json()
     assert {s["key"]: s["status"] for s in run["steps"]} == {
@@ -264,12 +283,14 @@ async def test_independent_branches_complete_when_another_branch_fails(engine: E
     assert (stepfns.CALLS["noop"], stepfns.CALLS["collect"]) == (1, 0)
 
 
-async def test_retry_of_a_failed_step_completes_the_run_in_a_second_attempt(engine: Engine, define: Define) -> None:
+async def test_retry_of_a_failed_step_completes_the_run_in_a_second_attempt(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define(
         "retry",
         [{"key": "flaky", "call": "tests.stepfns:fail_first"}, {"key": "use", "call": "tests.stepfns:use_upstream"}],
     )
-    run_id = await operations.start_run("retry", {}, "tester")
+    run_id = await operations.start_run(registry.get("retry"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "failed"
     assert (await step_of(run_id, "flaky"))["error"] == "RuntimeError: transient failure"
     plan = await operations.rerun_from(run_id, "flaky", "alice")
@@ -289,14 +310,14 @@ async def test_retry_of_a_failed_step_completes_the_run_in_a_second_attempt(engi
 
 @pytest.mark.parametrize("call", ["raises_cancelled", "sync_raises_cancelled"])
 async def test_a_step_raising_cancelled_error_of_its_own_fails_and_nothing_stays_running(
-    engine: Engine, define: Define, call: str
+    engine: Engine, define: Define, call: str, registry: Registry
 ) -> None:
     """A CancelledError from the step's own awaitable is the step's failure, not a cancel of the run.
 
     Whatever the driver concludes, the run, the step and the attempt must end in true states.
     """
     define("own-cancel", [{"key": "x", "call": f"tests.stepfns:{call}"}])
-    run_id = await operations.start_run("own-cancel", {}, "tester")
+    run_id = await operations.start_run(registry.get("own-cancel"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed", "cancelled") == "failed"
     await wait_for(lambda: no_driver(engine, run_id), PROMPT_S, "the driver to stop")
     assert await running_rows() == []
@@ -310,9 +331,11 @@ async def test_a_step_raising_cancelled_error_of_its_own_fails_and_nothing_stays
 # --- output validation -----------------------------------------------------------------------------
 
 
-async def test_a_wrong_number_of_alternatives_fails_the_step(engine: Engine, define: Define) -> None:
+async def test_a_wrong_number_of_alternatives_fails_the_step(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define("wrong", [{"key": "gen", "call": "tests.stepfns:wrong_count", "alternatives": 2}])
-    run_id = await operations.start_run("wrong", {}, "tester")
+    run_id = await operations.start_run(registry.get("wrong"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed", "waiting") == "failed"
     gen = await step_of(run_id, "gen")
     assert gen["status"] == "failed"
@@ -322,9 +345,9 @@ async def test_a_wrong_number_of_alternatives_fails_the_step(engine: Engine, def
     assert gen["alternatives"] == []
 
 
-async def test_an_output_that_is_not_json_fails_the_step(engine: Engine, define: Define) -> None:
+async def test_an_output_that_is_not_json_fails_the_step(engine: Engine, define: Define, registry: Registry) -> None:
     define("notjson", [{"key": "x", "call": "tests.stepfns:not_json"}])
-    run_id = await operations.start_run("notjson", {}, "tester")
+    run_id = await operations.start_run(registry.get("notjson"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "failed"
     x = await step_of(run_id, "x")
     assert x["error"].startswith("OutputError: output: object is not a JSON value")
@@ -332,9 +355,9 @@ async def test_an_output_that_is_not_json_fails_the_step(engine: Engine, define:
     assert (attempt["status"], attempt["outputs"]) == ("failed", None)
 
 
-async def test_progress_and_logs_are_stored_on_the_attempt(engine: Engine, define: Define) -> None:
+async def test_progress_and_logs_are_stored_on_the_attempt(engine: Engine, define: Define, registry: Registry) -> None:
     define("prog", [{"key": "p", "call": "tests.stepfns:progress_and_logs"}])
-    run_id = await operations.start_run("prog", {}, "tester")
+    run_id = await operations.start_run(registry.get("prog"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "completed"
     p = await step_of(run_id, "p")
     assert (p["progress"], p["progress_message"], p["logs"]) == (1.0, "part 3", ["line 1", "line 2", "line 3"])
@@ -343,7 +366,9 @@ async def test_progress_and_logs_are_stored_on_the_attempt(engine: Engine, defin
 # --- parallel branches -----------------------------------------------------------------------------
 
 
-async def test_parallel_branches_run_at_the_same_time_and_the_join_sees_all(engine: Engine, define: Define) -> None:
+async def test_parallel_branches_run_at_the_same_time_and_the_join_sees_all(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define(
         "fan",
         [
@@ -354,7 +379,7 @@ async def test_parallel_branches_run_at_the_same_time_and_the_join_sees_all(engi
         ],
         inputs={"sleep_s": {"type": "number", "default": 0.5}},
     )
-    run_id = await operations.start_run("fan", {}, "tester")
+    run_id = await operations.start_run(registry.get("fan"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "completed"
     assert (await step_of(run_id, "join"))["output"] == {"a": "a woke", "b": "b woke", "c": "c woke"}
     branches = [a for a in await queries.list_attempts(run_id) if a["step"] in ("a", "b", "c")]
@@ -364,7 +389,9 @@ async def test_parallel_branches_run_at_the_same_time_and_the_join_sees_all(engi
     assert stepfns.CALLS["collect"] == 1
 
 
-async def test_a_join_whose_needs_finish_together_is_started_once(engine: Engine, define: Define) -> None:
+async def test_a_join_whose_needs_finish_together_is_started_once(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     """Runs side by side share commits, so several needs of a join often complete in one go.
 
     The join must be started exactly once and each run must complete.
@@ -378,7 +405,7 @@ async def test_a_join_whose_needs_finish_together_is_started_once(engine: Engine
         ],
         inputs={"sleep_s": {"type": "number", "default": 0.05}},
     )
-    runs = [await operations.start_run("fan-in", {}, "tester") for _ in range(4)]
+    runs = [await operations.start_run(registry.get("fan-in"), {}, "tester") for _ in range(4)]
     outcomes = {}
     for run_id in runs:
         await wait_run(run_id, "completed", "failed")
@@ -390,7 +417,9 @@ async def test_a_join_whose_needs_finish_together_is_started_once(engine: Engine
     assert stepfns.CALLS["collect"] == 4
 
 
-async def test_a_selection_while_another_branch_runs_continues_the_same_run(engine: Engine, define: Define) -> None:
+async def test_a_selection_while_another_branch_runs_continues_the_same_run(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define(
         "select-live",
         [
@@ -399,7 +428,7 @@ async def test_a_selection_while_another_branch_runs_continues_the_same_run(engi
             {"key": "use", "call": "tests.stepfns:use_upstream", "needs": ["gen"]},
         ],
     )
-    run_id = await operations.start_run("select-live", {}, "tester")
+    run_id = await operations.start_run(registry.get("select-live"), {}, "tester")
     await wait_for(lambda: _step_status(run_id, "gen", "waiting"), 5, "gen waiting")
     assert await run_status(run_id) == "running"
     assert await operations.select(run_id, "gen", 1, "alice")
@@ -421,7 +450,7 @@ async def _step_status(run_id: int, key: str, status: str) -> bool:
 
 @pytest.mark.parametrize("call", ["sleepy", "blocking_watch"])
 async def test_engine_shutdown_mid_step_fails_the_run_as_interrupted(
-    settings: Settings, define: Define, call: str
+    settings: Settings, define: Define, call: str, registry: Registry
 ) -> None:
     stepfns.reset()
     define(
@@ -430,7 +459,7 @@ async def test_engine_shutdown_mid_step_fails_the_run_as_interrupted(
         inputs=SLEEP_INPUT,
     )
     async with engine_running(settings) as eng:
-        run_id = await operations.start_run("shut", {}, "tester")
+        run_id = await operations.start_run(registry.get("shut"), {}, "tester")
         await wait_for(lambda: calls(call), 5, "the step to start")
         started = time.monotonic()
         await eng.stop()
@@ -449,12 +478,14 @@ async def test_engine_shutdown_mid_step_fails_the_run_as_interrupted(
         await wait_for(lambda: calls("blocking_saw_cancel"), PROMPT_S, "the sync step to see ctx.is_cancelled")
 
 
-async def test_the_interrupted_run_error_names_the_step_that_was_running(settings: Settings, define: Define) -> None:
+async def test_the_interrupted_run_error_names_the_step_that_was_running(
+    settings: Settings, define: Define, registry: Registry
+) -> None:
     """The run's error is what the runs list shows: it should say where the run was interrupted."""
     stepfns.reset()
     define("shut-name", [{"key": "work", "call": "tests.stepfns:sleepy"}], inputs=SLEEP_INPUT)
     async with engine_running(settings) as eng:
-        run_id = await operations.start_run("shut-name", {}, "tester")
+        run_id = await operations.start_run(registry.get("shut-name"), {}, "tester")
         await wait_for(lambda: calls("sleepy"), 5, "the step to start")
         await eng.stop()
     error = (await queries.run_detail(run_id)).to_json()["error"]
@@ -462,11 +493,13 @@ async def test_the_interrupted_run_error_names_the_step_that_was_running(setting
     assert "'work'" in error, error
 
 
-async def test_an_interrupted_run_resumes_on_the_next_engine(settings: Settings, define: Define) -> None:
+async def test_an_interrupted_run_resumes_on_the_next_engine(
+    settings: Settings, define: Define, registry: Registry
+) -> None:
     stepfns.reset()
     define("shut-resume", [{"key": "work", "call": "tests.stepfns:sleep_once"}])
     async with engine_running(settings) as eng:
-        run_id = await operations.start_run("shut-resume", {}, "tester")
+        run_id = await operations.start_run(registry.get("shut-resume"), {}, "tester")
         await wait_for(lambda: calls("sleep_once"), 5, "the step to start")
         await eng.stop()
     assert await run_status(run_id) == "failed"
@@ -476,19 +509,19 @@ async def test_an_interrupted_run_resumes_on_the_next_engine(settings: Settings,
     assert [(a["number"], a["status"]) for a in await attempts_of(run_id, "work")] == [(1, "failed"), (2, "completed")]
 
 
-async def test_shutdown_leaves_waiting_runs_alone(settings: Settings, define: Define) -> None:
+async def test_shutdown_leaves_waiting_runs_alone(settings: Settings, define: Define, registry: Registry) -> None:
     stepfns.reset()
     define("shut-wait", [{"key": "gen", "call": "tests.stepfns:alternatives", "alternatives": 2}])
     async with engine_running(settings):
-        run_id = await operations.start_run("shut-wait", {}, "tester")
+        run_id = await operations.start_run(registry.get("shut-wait"), {}, "tester")
         assert await wait_run(run_id, "waiting", "failed") == "waiting"
     assert await run_status(run_id) == "waiting"
     assert (await step_of(run_id, "gen"))["alternatives"] == ["call1-alt0", "call1-alt1"]
 
 
-async def test_a_running_run_keeps_a_fresh_heartbeat(engine: Engine, define: Define) -> None:
+async def test_a_running_run_keeps_a_fresh_heartbeat(engine: Engine, define: Define, registry: Registry) -> None:
     define("beat", [{"key": "block", "call": "tests.stepfns:blocking"}])  # a sync step cannot stall heartbeats
-    run_id = await operations.start_run("beat", {}, "tester")
+    run_id = await operations.start_run(registry.get("beat"), {}, "tester")
     await wait_for(lambda: calls("blocking"), 5, "the step to start")
 
     async def heartbeat() -> Any:

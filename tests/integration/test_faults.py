@@ -17,6 +17,7 @@ from engine.db.postgres import PostgresDatabase
 from engine.db.sqlite import SqliteDatabase
 from engine.engine import Engine
 from engine.errors import Conflict
+from engine.registry import Registry
 from engine.settings import Settings
 from engine.store import BatchResult, Stmt, fetch, run_batch, run_batches
 from tests import stepfns
@@ -43,10 +44,10 @@ def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("quick_retries")
 async def test_a_database_refusing_the_outcome_ends_in_a_failed_run_not_a_busy_one(
-    engine: Engine, settings: Settings, define: Define
+    engine: Engine, settings: Settings, define: Define, registry: Registry
 ) -> None:
     define("fragile", [{"key": "a", "call": "tests.stepfns:blocking"}, {"key": "b", "call": "tests.stepfns:noop"}])
-    run_id = await operations.start_run("fragile", {}, "tester")
+    run_id = await operations.start_run(registry.get("fragile"), {}, "tester")
     await wait_for(lambda: _step_is(run_id, "a", "running"), 5, "step a running")
     _query_only(True)
     stepfns.RELEASE.set()  # the step finishes, but its completion cannot be written
@@ -64,10 +65,10 @@ async def test_a_database_refusing_the_outcome_ends_in_a_failed_run_not_a_busy_o
 
 @pytest.mark.usefixtures("quick_retries")
 async def test_a_database_refusing_one_write_for_a_moment_is_retried(
-    engine: Engine, define: Define, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, define: Define, monkeypatch: pytest.MonkeyPatch, registry: Registry
 ) -> None:
     define("flaky-db", [{"key": "a", "call": "tests.stepfns:blocking"}, {"key": "b", "call": "tests.stepfns:noop"}])
-    run_id = await operations.start_run("flaky-db", {}, "tester")
+    run_id = await operations.start_run(registry.get("flaky-db"), {}, "tester")
     await wait_for(lambda: _step_is(run_id, "a", "running"), 5, "step a running")
     original = transitions.complete_step_and_start
     calls = 0
@@ -121,21 +122,25 @@ async def test_a_batch_whose_guard_fails_part_way_leaves_nothing_in_a_group_comm
 
 
 @pytest.mark.parametrize("call", ["tests.stepfns:exits", "tests.stepfns:interrupts"])
-async def test_a_step_that_tries_to_exit_the_process_fails_alone(engine: Engine, define: Define, call: str) -> None:
+async def test_a_step_that_tries_to_exit_the_process_fails_alone(
+    engine: Engine, define: Define, call: str, registry: Registry
+) -> None:
     define("exiting", [{"key": "a", "call": call}])
-    run_id = await operations.start_run("exiting", {}, "tester")
+    run_id = await operations.start_run(registry.get("exiting"), {}, "tester")
     assert await wait_run(run_id, "failed", "completed") == "failed"
     step = await step_of(run_id, "a")
     assert step["error"].startswith("StepExit: the step raised")
-    again = await operations.start_run("exiting", {}, "tester")  # the engine is still alive and takes new work
+    again = await operations.start_run(
+        registry.get("exiting"), {}, "tester"
+    )  # the engine is still alive and takes new work
     assert await wait_run(again, "failed", "completed") == "failed"
 
 
 async def test_step_slots_come_back_after_a_storm_of_cancellations(
-    engine: Engine, settings: Settings, define: Define
+    engine: Engine, settings: Settings, define: Define, registry: Registry
 ) -> None:
     define("chain", [{"key": f"s{i}", "call": "tests.stepfns:noop"} for i in range(30)])
-    runs = [await operations.start_run("chain", {}, "tester") for _ in range(20)]
+    runs = [await operations.start_run(registry.get("chain"), {}, "tester") for _ in range(20)]
     for run_id in runs:
         await asyncio.sleep(0.002)
         with contextlib.suppress(Conflict):  # it may already have completed
@@ -146,9 +151,9 @@ async def test_step_slots_come_back_after_a_storm_of_cancellations(
     assert engine.step_slots.free == settings.max_concurrent_steps
 
 
-async def test_events_of_a_cancel_reach_viewers_in_id_order(engine: Engine, define: Define) -> None:
+async def test_events_of_a_cancel_reach_viewers_in_id_order(engine: Engine, define: Define, registry: Registry) -> None:
     define("two-branches", [{"key": k, "call": "tests.stepfns:sleepy", "needs": []} for k in ("a", "b")])
-    run_id = await operations.start_run("two-branches", {}, "tester")
+    run_id = await operations.start_run(registry.get("two-branches"), {}, "tester")
     await wait_for(lambda: _step_is(run_id, "b", "running"), 5, "both running")
     sub = current().hub.subscribe(run_id)
     await operations.cancel_run(run_id, "tester")
@@ -161,9 +166,11 @@ async def test_events_of_a_cancel_reach_viewers_in_id_order(engine: Engine, defi
     assert ids == sorted(ids)
 
 
-async def test_the_sweep_does_not_fail_a_run_that_beat_after_it_was_judged(db: str, define: Define) -> None:
+async def test_the_sweep_does_not_fail_a_run_that_beat_after_it_was_judged(
+    db: str, define: Define, registry: Registry
+) -> None:
     define("one", [{"key": "a", "call": "tests.stepfns:noop"}])
-    run_id = await operations.start_run("one", {}, "tester")
+    run_id = await operations.start_run(registry.get("one"), {}, "tester")
     assert await transitions.claim_run(run_id, await holding_lease("otherhost:1:x"))
     judged = (await queries.run_detail(run_id)).to_json()["heartbeat_at"]
     raw = await fetch("SELECT heartbeat_at FROM runs WHERE id = ?", (run_id,))  # as the sweep reads it

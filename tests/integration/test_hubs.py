@@ -10,6 +10,7 @@ from typing import Any
 from engine import operations
 from engine.db import close_database, open_database
 from engine.hub import Change, ChangeKind
+from engine.registry import Registry
 from engine.settings import Settings
 from tests import pgdb
 from tests.conftest import engine_running, wait_run
@@ -17,7 +18,7 @@ from tests.dbtemplate import migrated_copy
 
 
 async def test_engines_on_databases_opened_in_turn_hear_only_their_own_changes(
-    tmp_path: Path, define: Callable[..., Any]
+    tmp_path: Path, define: Callable[..., Any], registry: Registry
 ) -> None:
     define("one", [{"key": "a", "call": "tests.stepfns:noop"}])
     heard: dict[str, list[Change]] = {"first": [], "second": []}
@@ -31,7 +32,7 @@ async def test_engines_on_databases_opened_in_turn_hear_only_their_own_changes(
             settings = Settings(db_url=url, workflows_dir=tmp_path, heartbeat_interval_s=0.2, shutdown_grace_s=0.0)
             async with engine_running(settings) as engine:
                 assert engine.hub is database.hub
-                run_id = await operations.start_run("one", {}, name)
+                run_id = await operations.start_run(registry.get("one"), {}, name)
                 assert await wait_run(run_id, "completed", "failed") == "completed"
         finally:
             await close_database()

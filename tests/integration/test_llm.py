@@ -7,7 +7,6 @@ viewers and checkpoints. Every scenario ends with a clean audit."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import importlib
 import logging
@@ -18,24 +17,20 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from fastapi import FastAPI
 
 from engine import logs, operations, queries
 from engine.db import current
-from engine.definitions import load_file
+from engine.definitions import WorkflowDef, load_file
 from engine.engine import Engine
 from engine.hub import Change, Subscription
 from engine.llm import providers
 from engine.llm.kind import CONTINUE_PROMPT, MAX_CONTINUATIONS
-from engine.registry import workflows
+from engine.registry import Registry
 from engine.settings import Secret, Settings
 from engine.store import fetch
-from tests.conftest import attempts_of, engine_running, step_of, wait_for, wait_run
+from tests.conftest import api_client, attempts_of, engine_running, step_of, wait_for, wait_run
 from tests.llm_server import LLMServer, error_body
-from ui import errors
-from ui.api import router
 
 Define = Callable[..., Any]
 KEY = "sk-test-SECRET-123"
@@ -83,37 +78,22 @@ def llm_settings(settings: Settings, server: LLMServer) -> Settings:
 
 
 @pytest.fixture
-async def eng(llm_settings: Settings) -> AsyncIterator[Engine]:
+async def eng(llm_settings: Settings, registry: Registry) -> AsyncIterator[Engine]:
     # The engine imports the client in the background (about a second); a step that starts before that
     # is done waits for it, which would eat the short timeouts used here.
     await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(llm_settings) as engine:
+    async with engine_running(llm_settings, registry) as engine:
         yield engine
-    await _close_clients()
-
-
-async def _close_clients() -> None:
-    """Close the model clients made on this test's event loop (their pooled connections die with it)."""
-    await providers.close_all()
-
-
-@contextlib.asynccontextmanager
-async def api_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The JSON API over ASGI with these settings (the shared `api` fixture is bound to other settings)."""
-    app = FastAPI()
-    app.state.settings = settings
-    errors.install(app)
-    app.include_router(router)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
-        yield client
 
 
 def llm(key: str = "write", prompt: str = "Write about {{ inputs.topic }}.", **fields: Any) -> dict[str, Any]:
     return {"key": key, "kind": "llm", "prompt": prompt, **fields}
 
 
-async def run_to_end(name: str, inputs: dict[str, Any] | None = None, timeout_s: float = 10.0) -> dict[str, Any]:
-    run_id = await operations.start_run(name, inputs or {}, "tester")
+async def run_to_end(
+    defn: WorkflowDef, inputs: dict[str, Any] | None = None, timeout_s: float = 10.0
+) -> dict[str, Any]:
+    run_id = await operations.start_run(defn, inputs or {}, "tester")
     await wait_run(run_id, *ENDED, timeout_s=timeout_s)
     return (await queries.run_detail(run_id)).to_json()
 
@@ -135,10 +115,10 @@ def bodies(server: LLMServer) -> list[dict[str, Any]]:
 
 
 async def test_max_tokens_is_16384_by_default_and_the_steps_own_value_when_set(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     define("mt", [llm("plain"), llm("capped", max_tokens=50)], inputs=TOPIC)
-    run = await run_to_end("mt")
+    run = await run_to_end(registry.get("mt"))
     assert run["status"] == "completed", run["error"]
     sent = bodies(server)
     assert [b["max_tokens"] for b in sent] == [16384, 50]
@@ -161,10 +141,10 @@ async def test_max_tokens_is_16384_by_default_and_the_steps_own_value_when_set(
 
 
 async def test_truncation_is_flagged_and_warn_completes_with_a_warning(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     define("cut-warn", [llm(max_tokens=5)], inputs=TOPIC)
-    run = await run_to_end("cut-warn")
+    run = await run_to_end(registry.get("cut-warn"))
     assert run["status"] == "completed", run["error"]
     assert run["truncated_steps"] == ["write"]
     step = run["steps"][0]
@@ -183,12 +163,12 @@ async def test_truncation_is_flagged_and_warn_completes_with_a_warning(
 
 
 async def test_truncation_with_policy_fail_fails_the_step_naming_the_limit_and_keeps_the_text(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     define(
         "cut-fail", [llm(max_tokens=5, on_truncation="fail"), llm("after", "{{ steps.write.output }}")], inputs=TOPIC
     )
-    run = await run_to_end("cut-fail")
+    run = await run_to_end(registry.get("cut-fail"))
     assert run["status"] == "failed"
     step, after = run["steps"]
     assert step["status"] == "failed"
@@ -208,11 +188,11 @@ async def test_truncation_with_policy_fail_fails_the_step_naming_the_limit_and_k
 
 @pytest.mark.parametrize("natural", [14, 20])
 async def test_truncation_with_policy_continue_asks_to_go_on_and_joins_the_parts_in_order(
-    eng: Engine, server: LLMServer, define: Define, natural: int
+    eng: Engine, server: LLMServer, define: Define, natural: int, registry: Registry
 ) -> None:
     server.reply_tokens = natural  # 14: three calls (5 + 5 + 4); 20: four calls, the last one exactly at the limit
     define("cut-continue", [llm(max_tokens=5, on_truncation="continue")], inputs=TOPIC)
-    run = await run_to_end("cut-continue")
+    run = await run_to_end(registry.get("cut-continue"))
     assert run["status"] == "completed", run["error"]
     step = run["steps"][0]
     assert step["output"] == words(0, natural)
@@ -235,11 +215,11 @@ async def test_truncation_with_policy_continue_asks_to_go_on_and_joins_the_parts
 
 
 async def test_continue_stops_after_three_continuations_and_is_still_flagged_truncated(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.reply_tokens = 30
     define("cut-continue-long", [llm(max_tokens=5, on_truncation="continue")], inputs=TOPIC)
-    run = await run_to_end("cut-continue-long")
+    run = await run_to_end(registry.get("cut-continue-long"))
     assert run["status"] == "completed", run["error"]
     step = run["steps"][0]
     assert step["output"] == words(0, 20)
@@ -254,13 +234,13 @@ async def test_continue_stops_after_three_continuations_and_is_still_flagged_tru
 
 
 async def test_continue_goes_on_with_each_alternative_from_its_own_text(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.reply_tokens = 12
     define(
         "cut-continue-alts", [llm(max_tokens=5, on_truncation="continue", alternatives=2, select="auto")], inputs=TOPIC
     )
-    run = await run_to_end("cut-continue-alts")
+    run = await run_to_end(registry.get("cut-continue-alts"))
     assert run["status"] == "completed", run["error"]
     step = run["steps"][0]
     # The first call (n=2) prefixes each token with its alternative; continuations are single completions.
@@ -280,10 +260,10 @@ async def test_continue_goes_on_with_each_alternative_from_its_own_text(
 
 
 async def test_alternatives_in_one_request_when_the_server_honours_n(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     define("alts-n", [llm(alternatives=3, select="auto")], inputs=TOPIC)
-    run = await run_to_end("alts-n")
+    run = await run_to_end(registry.get("alts-n"))
     assert run["status"] == "completed", run["error"]
     [body] = bodies(server)
     assert body["n"] == 3
@@ -299,13 +279,13 @@ async def test_alternatives_in_one_request_when_the_server_honours_n(
 
 
 async def test_alternatives_are_asked_for_separately_when_the_server_ignores_n(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     lengths = iter([10, 11, 12])
     server.support_n = False
     server.reply_tokens = lambda body: next(lengths)  # each request gets its own completion
     define("alts-no-n", [llm(alternatives=3, select="auto")], inputs=TOPIC)
-    run = await run_to_end("alts-no-n")
+    run = await run_to_end(registry.get("alts-no-n"))
     assert run["status"] == "completed", run["error"]
     sent = bodies(server)
     assert [b.get("n") for b in sent] == [3, None, None]
@@ -321,11 +301,11 @@ async def test_alternatives_are_asked_for_separately_when_the_server_ignores_n(
 
 
 async def test_alternatives_are_asked_for_separately_when_the_server_refuses_n(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.refuse_n = True  # some servers answer a request with n > 1 with a 400 about `n` instead of ignoring it
     define("alts-refused-n", [llm(alternatives=3, select="auto")], inputs=TOPIC)
-    run = await run_to_end("alts-refused-n")
+    run = await run_to_end(registry.get("alts-refused-n"))
     assert run["status"] == "completed", run["error"]
     assert [b.get("n") for b in bodies(server)] == [3, None, None, None]
     step = run["steps"][0]
@@ -345,11 +325,11 @@ async def test_alternatives_are_asked_for_separately_when_the_server_refuses_n(
     ],
 )
 async def test_a_failed_call_is_retried_and_the_step_completes(
-    eng: Engine, server: LLMServer, define: Define, failures: list[Any]
+    eng: Engine, server: LLMServer, define: Define, failures: list[Any], registry: Registry
 ) -> None:
     server.fail_next(*failures)
     define("retry", [llm()], inputs=TOPIC)
-    run = await run_to_end("retry")
+    run = await run_to_end(registry.get("retry"))
     assert run["status"] == "completed", run["error"]
     step = run["steps"][0]
     assert step["output"] == words(0, 20)  # nothing streamed by a dropped call is left in it
@@ -361,12 +341,12 @@ async def test_a_failed_call_is_retried_and_the_step_completes(
 
 
 async def test_more_failures_than_retries_fail_the_step_with_a_readable_message(
-    eng: Engine, server: LLMServer, llm_settings: Settings, define: Define
+    eng: Engine, server: LLMServer, llm_settings: Settings, define: Define, registry: Registry
 ) -> None:
     tries = llm_settings.llm_retries + 1
     server.fail_next(*[500] * tries)
     define("retry-out", [llm()], inputs=TOPIC)
-    run = await run_to_end("retry-out")
+    run = await run_to_end(registry.get("retry-out"))
     assert run["status"] == "failed"
     step = run["steps"][0]
     assert step["error"] == (
@@ -381,14 +361,14 @@ async def test_more_failures_than_retries_fail_the_step_with_a_readable_message(
     [(400, "HTTP 400: Bad Request (scripted by the test server))"), (401, "check STEPDECK_LLM_API_KEY")],
 )
 async def test_a_refused_request_is_not_retried(
-    eng: Engine, server: KeyEchoServer, define: Define, status: int, hint: str
+    eng: Engine, server: KeyEchoServer, define: Define, status: int, hint: str, registry: Registry
 ) -> None:
     if status == 401:
         server.reject_key = True
     else:
         server.fail_next(status)
     define("refused", [llm()], inputs=TOPIC)
-    run = await run_to_end("refused")
+    run = await run_to_end(registry.get("refused"))
     assert run["status"] == "failed"
     error = run["steps"][0]["error"]
     assert error.startswith(
@@ -400,7 +380,7 @@ async def test_a_refused_request_is_not_retried(
 
 
 async def test_an_endpoint_nobody_listens_on_fails_the_step_with_a_readable_message(
-    settings: Settings, define: Define
+    settings: Settings, define: Define, registry: Registry
 ) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -409,9 +389,8 @@ async def test_an_endpoint_nobody_listens_on_fails_the_step_with_a_readable_mess
     define("unreachable", [llm()], inputs=TOPIC)
     overrides = {"llm_base_url": base_url, "llm_api_key": Secret(KEY), "llm_model": MODEL, "llm_retry_base_s": 0.01}
     started = time.monotonic()
-    async with engine_running(settings.with_overrides(**overrides)):
-        run = await run_to_end("unreachable")
-    await _close_clients()
+    async with engine_running(settings.with_overrides(**overrides), registry):
+        run = await run_to_end(registry.get("unreachable"))
     assert time.monotonic() - started < 5
     assert run["status"] == "failed"
     error = run["steps"][0]["error"]
@@ -420,11 +399,11 @@ async def test_an_endpoint_nobody_listens_on_fails_the_step_with_a_readable_mess
 
 
 async def test_a_malformed_stream_fails_the_step_with_a_readable_message(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.fail_next("malformed")
     define("malformed", [llm()], inputs=TOPIC)
-    run = await run_to_end("malformed")
+    run = await run_to_end(registry.get("malformed"))
     assert run["status"] == "failed"
     error = run["steps"][0]["error"]
     assert error.startswith(f"ProviderError: the model endpoint at {server.base_url} sent a malformed stream: ")
@@ -440,11 +419,11 @@ async def _partial_in_db(run_id: int) -> str | None:
 
 
 async def test_cancelling_mid_stream_aborts_the_request_and_keeps_the_partial_text(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.reply_tokens, server.chunk_delay_s = 400, 0.02
     define("cancel-llm", [llm()], inputs=TOPIC)
-    run_id = await operations.start_run("cancel-llm", {}, "tester")
+    run_id = await operations.start_run(registry.get("cancel-llm"), {}, "tester")
     await wait_for(lambda: _partial_in_db(run_id), 5, "streamed text checkpointed")
     assert await operations.cancel_run(run_id, "alice") is True
     started = time.monotonic()
@@ -466,11 +445,11 @@ async def _no_driver(engine: Engine, run_id: int) -> bool:
 
 
 async def test_a_timeout_fails_the_step_and_keeps_the_partial_text(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.reply_tokens, server.chunk_delay_s = 400, 0.02
     define("timeout-llm", [llm(timeout_s=0.5)], inputs=TOPIC)
-    run = await run_to_end("timeout-llm")
+    run = await run_to_end(registry.get("timeout-llm"))
     assert run["status"] == "failed"
     step = run["steps"][0]
     assert step["error"] == "timed out after 0.5 s"
@@ -480,11 +459,11 @@ async def test_a_timeout_fails_the_step_and_keeps_the_partial_text(
 
 
 async def test_a_server_that_never_answers_times_out_and_the_request_is_aborted(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.fail_next("hang")
     define("hang-llm", [llm(timeout_s=0.5)], inputs=TOPIC)
-    run = await run_to_end("hang-llm")
+    run = await run_to_end(registry.get("hang-llm"))
     assert run["status"] == "failed"
     step = run["steps"][0]
     assert (step["error"], step["partial_output"]) == ("timed out after 0.5 s", None)
@@ -493,11 +472,11 @@ async def test_a_server_that_never_answers_times_out_and_the_request_is_aborted(
 
 
 async def test_streamed_text_is_checkpointed_on_the_running_attempt(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.reply_tokens, server.chunk_delay_s = 40, 0.03
     define("checkpoint", [llm()], inputs=TOPIC)
-    run_id = await operations.start_run("checkpoint", {}, "tester")
+    run_id = await operations.start_run(registry.get("checkpoint"), {}, "tester")
     partial = await wait_for(lambda: _partial_in_db(run_id), 3, "a checkpoint of the streamed text")
     running = await step_of(run_id, "write")
     assert running["status"] == "running"
@@ -528,11 +507,11 @@ async def test_streamed_text_is_checkpointed_on_the_running_attempt(
     ids=["attribute-escape", "huge-range", "huge-repeat", "endless-loop", "doubling-string"],
 )
 async def test_a_prompt_that_escapes_or_abuses_the_sandbox_fails_the_step_not_the_engine(
-    eng: Engine, server: LLMServer, define: Define, prompt: str, message: str
+    eng: Engine, server: LLMServer, define: Define, prompt: str, message: str, registry: Registry
 ) -> None:
     define("escape", [llm(prompt=prompt)])  # loads: the template parses and reads nothing undeclared
     started = time.monotonic()
-    run = await run_to_end("escape")
+    run = await run_to_end(registry.get("escape"))
     assert time.monotonic() - started < 5
     assert run["status"] == "failed"
     error = run["steps"][0]["error"]
@@ -540,12 +519,14 @@ async def test_a_prompt_that_escapes_or_abuses_the_sandbox_fails_the_step_not_th
     assert message in error
     assert server.completion_requests == []
     define("after-escape", [llm()], inputs=TOPIC)
-    assert (await run_to_end("after-escape"))["status"] == "completed"  # the engine goes on
+    assert (await run_to_end(registry.get("after-escape")))["status"] == "completed"  # the engine goes on
 
 
-async def test_a_template_runtime_error_names_the_template_line(eng: Engine, server: LLMServer, define: Define) -> None:
+async def test_a_template_runtime_error_names_the_template_line(
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
+) -> None:
     define("bad-attr", [llm(prompt="Write about\nthe topic\n{{ inputs.topic.nope.deeper }} now.\n")], inputs=TOPIC)
-    run = await run_to_end("bad-attr")
+    run = await run_to_end(registry.get("bad-attr"))
     assert run["status"] == "failed"
     error = run["steps"][0]["error"]
     assert error.startswith("TemplateError: prompt template line 3: "), error
@@ -564,11 +545,12 @@ async def test_the_api_key_appears_in_no_response_log_or_database_row(
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
+    registry: Registry,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     define("secret", [llm(max_tokens=5, alternatives=2, select="human")], inputs=TOPIC)
     define("secret-fail", [llm()], inputs=TOPIC)
-    async with api_client(llm_settings) as api:
+    async with api_client(llm_settings, registry) as api:
         server.fail_next(500, "disconnect")  # retries log their causes
         ok = (await api.post("/api/runs", json={"workflow": "secret", "inputs": {}})).json()["id"]
         assert await wait_run(ok, *ENDED) == "waiting"
@@ -619,11 +601,11 @@ async def test_the_api_key_appears_in_no_response_log_or_database_row(
     ids=["upper-cased", "truncated", "lower-cased-tail"],
 )
 async def test_an_echo_of_the_key_in_another_case_or_cut_short_is_scrubbed(
-    eng: Engine, server: KeyEchoServer, define: Define, echo: Callable[[str], str]
+    eng: Engine, server: KeyEchoServer, define: Define, echo: Callable[[str], str], registry: Registry
 ) -> None:
     server.reject_key, server.echo = True, echo
     define("secret-echo", [llm()], inputs=TOPIC)
-    run = await run_to_end("secret-echo")
+    run = await run_to_end(registry.get("secret-echo"))
     assert run["status"] == "failed"
     error = run["steps"][0]["error"]
     assert "Incorrect API key provided: ***" in error
@@ -632,7 +614,7 @@ async def test_an_echo_of_the_key_in_another_case_or_cut_short_is_scrubbed(
 
 
 async def test_query_parameters_of_the_base_url_are_sent_as_parameters_and_never_logged(
-    settings: Settings, server: LLMServer, define: Define, caplog: pytest.LogCaptureFixture
+    settings: Settings, server: LLMServer, define: Define, caplog: pytest.LogCaptureFixture, registry: Registry
 ) -> None:
     caplog.set_level(logging.DEBUG)
     url = f"{server.base_url}?sig=SIG-SECRET-42&api-version=2024"
@@ -640,10 +622,9 @@ async def test_query_parameters_of_the_base_url_are_sent_as_parameters_and_never
         llm_base_url=url, llm_api_key=Secret(KEY), llm_model=MODEL, llm_retry_base_s=0.01
     )
     await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(llm_settings):
+    async with engine_running(llm_settings, registry):
         define("query", [llm()], inputs=TOPIC)
-        run = await run_to_end("query")
-    await _close_clients()
+        run = await run_to_end(registry.get("query"))
     assert run["status"] == "completed", run["error"]
     [request] = server.completion_requests
     assert request.path == "/v1/chat/completions"
@@ -655,17 +636,16 @@ async def test_query_parameters_of_the_base_url_are_sent_as_parameters_and_never
 
 
 async def test_a_base_url_with_a_password_fails_the_step_without_showing_it(
-    settings: Settings, server: LLMServer, define: Define, caplog: pytest.LogCaptureFixture
+    settings: Settings, server: LLMServer, define: Define, caplog: pytest.LogCaptureFixture, registry: Registry
 ) -> None:
     caplog.set_level(logging.DEBUG)
     url = server.base_url.replace("http://", "http://bob:hunter2-SECRET@")
     # Settings made in code skip the environment's checks; the provider refuses the URL itself.
     llm_settings = dataclasses.replace(settings, llm_base_url=url, llm_api_key=Secret(KEY), llm_model=MODEL)
     await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(llm_settings):
+    async with engine_running(llm_settings, registry):
         define("userinfo", [llm()], inputs=TOPIC)
-        run = await run_to_end("userinfo")
-    await _close_clients()
+        run = await run_to_end(registry.get("userinfo"))
     assert run["status"] == "failed"
     assert "has a user name or password in it: put the key in STEPDECK_LLM_API_KEY" in run["steps"][0]["error"]
     assert "hunter2" not in run["steps"][0]["error"] + caplog.text
@@ -681,13 +661,13 @@ def files_containing(directory: Path, pattern: str, text: str) -> dict[str, bool
 
 
 async def test_the_bundled_article_workflow_completes_offline_on_the_simulated_provider(
-    settings: Settings, define: Define
+    settings: Settings, define: Define, registry: Registry
 ) -> None:
     sim = settings.with_overrides(llm_sim_tokens_per_s=5000.0)
     assert providers.provider_name(sim) == providers.SIMULATED
-    workflows.add(load_file(ARTICLE))
+    registry.add(load_file(ARTICLE))
     define("sim-cut", [llm(max_tokens=5)], inputs=TOPIC)
-    async with engine_running(sim), api_client(sim) as api:
+    async with engine_running(sim, registry), api_client(sim, registry) as api:
         llm_info = (await api.get("/api/llm")).json()
         assert llm_info == {
             "provider": "simulated",
@@ -707,7 +687,7 @@ async def test_the_bundled_article_workflow_completes_offline_on_the_simulated_p
         assert r.status_code == 200, r.text
         assert await wait_run(run_id, *ENDED, timeout_s=20) == "completed"
         run = (await api.get(f"/api/runs/{run_id}")).json()
-        cut = await run_to_end("sim-cut")
+        cut = await run_to_end(registry.get("sim-cut"))
     outline, draft = run["steps"][:2]
     assert draft["output"] == draft["alternatives"][2]
     [polished] = await attempts_of(run_id, "polish")
@@ -727,7 +707,7 @@ async def test_the_bundled_article_workflow_completes_offline_on_the_simulated_p
 # --- streaming to viewers ------------------------------------------------------------------------------------
 
 
-async def run_watching_tokens(workflow: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+async def run_watching_tokens(workflow: WorkflowDef) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Run the workflow to its end while subscribed to the hub; returns the run and its `tokens` changes."""
     sub = current().hub.subscribe()
     try:
@@ -739,11 +719,11 @@ async def run_watching_tokens(workflow: str) -> tuple[dict[str, Any], list[dict[
 
 
 async def test_streamed_text_reaches_subscribers_in_throttled_batches_that_add_up_to_the_output(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.reply_tokens, server.chunk_delay_s = 2000, 0.0003
     define("stream", [llm()], inputs=TOPIC)
-    run, tokens = await run_watching_tokens("stream")
+    run, tokens = await run_watching_tokens(registry.get("stream"))
     step = run["steps"][0]
     assert step["output"] == words(0, 2000)
     assert all(t["alternative"] == 0 and t["attempt"] == 1 and not t["reset"] for t in tokens)
@@ -752,19 +732,19 @@ async def test_streamed_text_reaches_subscribers_in_throttled_batches_that_add_u
 
 
 async def test_each_alternative_streams_to_subscribers_on_its_own(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     define("stream-alts", [llm(alternatives=3, select="auto")], inputs=TOPIC)
-    run, tokens = await run_watching_tokens("stream-alts")
+    run, tokens = await run_watching_tokens(registry.get("stream-alts"))
     assert [streamed(tokens, k) for k in range(3)] == run["steps"][0]["alternatives"]
 
 
 async def test_a_retried_stream_tells_subscribers_to_drop_what_the_failed_call_streamed(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.fail_next("disconnect")  # two tokens, then the connection drops
     define("stream-retry", [llm()], inputs=TOPIC)
-    run, tokens = await run_watching_tokens("stream-retry")
+    run, tokens = await run_watching_tokens(registry.get("stream-retry"))
     resets = [t for t in tokens if t["reset"]]
     assert [(t["offset"], t["text"]) for t in resets] == [(0, "")]
     text = ""

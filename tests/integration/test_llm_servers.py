@@ -17,15 +17,16 @@ import pytest
 
 from engine import operations, queries
 from engine.db import current
+from engine.definitions import WorkflowDef
 from engine.engine import Engine
 from engine.hub import Subscription
 from engine.llm import providers
 from engine.llm.model_check import model_warnings
-from engine.registry import workflows
+from engine.registry import Registry
 from engine.settings import Secret, Settings
 from engine.store import fetch
-from tests.conftest import attempts_of, engine_running, wait_for, wait_run
-from tests.integration.test_llm import ENDED, MODEL, TOPIC, api_client, bodies, llm, words
+from tests.conftest import api_client, attempts_of, engine_running, wait_for, wait_run
+from tests.integration.test_llm import ENDED, MODEL, TOPIC, bodies, llm, words
 from tests.llm_server import LLMServer
 
 Define = Callable[..., Any]
@@ -52,15 +53,14 @@ def llm_settings(settings: Settings, server: LLMServer) -> Settings:
 
 
 @pytest.fixture
-async def eng(llm_settings: Settings) -> AsyncIterator[Engine]:
+async def eng(llm_settings: Settings, registry: Registry) -> AsyncIterator[Engine]:
     await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(llm_settings) as engine:
+    async with engine_running(llm_settings, registry) as engine:
         yield engine
-    await providers.close_all()
 
 
-async def run_to_end(name: str, timeout_s: float = 20.0) -> dict[str, Any]:
-    run_id = await operations.start_run(name, {}, "tester")
+async def run_to_end(defn: WorkflowDef, timeout_s: float = 20.0) -> dict[str, Any]:
+    run_id = await operations.start_run(defn, {}, "tester")
     await wait_run(run_id, *ENDED, timeout_s=timeout_s)
     return (await queries.run_detail(run_id)).to_json()
 
@@ -69,11 +69,11 @@ async def run_to_end(name: str, timeout_s: float = 20.0) -> dict[str, Any]:
 
 
 async def test_a_stream_cut_without_a_finish_reason_is_retried_and_the_step_completes(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.fail_next("cut")  # a role chunk, then [DONE]
     define("cut-once", [llm()], inputs=TOPIC)
-    run = await run_to_end("cut-once")
+    run = await run_to_end(registry.get("cut-once"))
     assert run["status"] == "completed", run["error"]
     step = run["steps"][0]
     assert step["output"] == words(0, 20)
@@ -83,11 +83,11 @@ async def test_a_stream_cut_without_a_finish_reason_is_retried_and_the_step_comp
 
 
 async def test_a_stream_cut_on_every_try_fails_the_step_with_a_clear_message_and_lists_the_call(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.fail_next("cut", "cut", "cut", "cut")
     define("cut-always", [llm()], inputs=TOPIC)
-    run = await run_to_end("cut-always")
+    run = await run_to_end(registry.get("cut-always"))
     assert run["status"] == "failed"
     step = run["steps"][0]
     assert "ended without a finish reason" in step["error"]
@@ -99,12 +99,12 @@ async def test_a_stream_cut_on_every_try_fails_the_step_with_a_clear_message_and
 
 
 async def test_missing_alternatives_go_one_at_a_time_to_a_server_that_ignores_n_and_cuts_streams(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     # llama-cpp-python: `n` ignored, and a running stream cut when another request queues.
     server.support_n, server.cut_on_queue, server.chunk_delay_s, server.reply_tokens = False, True, 0.01, 5
     define("alts-llama-cpp", [llm(alternatives=3, select="auto")], inputs=TOPIC)
-    run = await run_to_end("alts-llama-cpp")
+    run = await run_to_end(registry.get("alts-llama-cpp"))
     assert run["status"] == "completed", run["error"]
     step = run["steps"][0]
     assert step["alternatives"] == [words(0, 5)] * 3
@@ -114,11 +114,11 @@ async def test_missing_alternatives_go_one_at_a_time_to_a_server_that_ignores_n_
 
 
 async def test_parallel_requests_lets_a_step_ask_for_its_missing_alternatives_at_once(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.support_n, server.chunk_delay_s, server.reply_tokens = False, 0.05, 10
     define("alts-parallel", [llm(alternatives=3, select="auto", parallel_requests=2)], inputs=TOPIC)
-    run = await run_to_end("alts-parallel")
+    run = await run_to_end(registry.get("alts-parallel"))
     assert run["status"] == "completed", run["error"]
     assert run["steps"][0]["alternatives"] == [words(0, 10)] * 3
     assert server.max_streaming == 2
@@ -128,11 +128,11 @@ async def test_parallel_requests_lets_a_step_ask_for_its_missing_alternatives_at
 
 
 async def test_usage_missing_from_the_stream_is_estimated_never_zero_and_marked(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.stream_usage = "none"  # llama-cpp-python sends no usage in streams, even when asked
     define("no-usage", [llm()], inputs=TOPIC)
-    run = await run_to_end("no-usage")
+    run = await run_to_end(registry.get("no-usage"))
     assert run["status"] == "completed", run["error"]
     usage = run["steps"][0]["usage"]
     assert usage["estimated"] is True
@@ -146,12 +146,12 @@ async def test_usage_missing_from_the_stream_is_estimated_never_zero_and_marked(
 
 
 async def test_a_server_that_refuses_stream_options_is_asked_without_them_from_then_on(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.refuse_stream_options = True
     define("no-stream-options", [llm()], inputs=TOPIC)
-    first = await run_to_end("no-stream-options")
-    second = await run_to_end("no-stream-options")
+    first = await run_to_end(registry.get("no-stream-options"))
+    second = await run_to_end(registry.get("no-stream-options"))
     assert (first["status"], second["status"]) == ("completed", "completed"), first["error"]
     assert ["stream_options" in b for b in bodies(server)] == [True, False, False]
     assert first["steps"][0]["usage"]["estimated"] is True
@@ -159,10 +159,10 @@ async def test_a_server_that_refuses_stream_options_is_asked_without_them_from_t
 
 
 async def test_usage_reported_in_the_stream_is_exact_and_not_marked(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     define("usage-end", [llm()], inputs=TOPIC)
-    run = await run_to_end("usage-end")
+    run = await run_to_end(registry.get("usage-end"))
     usage = run["steps"][0]["usage"]
     assert (usage["prompt_tokens"], usage["completion_tokens"], usage["estimated"]) == (4, 20, False)
     assert bodies(server)[0]["stream_options"] == {"include_usage": True}
@@ -172,11 +172,11 @@ async def test_usage_reported_in_the_stream_is_exact_and_not_marked(
 
 
 async def test_one_usage_record_per_choice_is_summed_and_attributed(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.stream_usage, server.reply_tokens = "per_choice", 5  # llama-server with n: one record per choice
     define("usage-per-choice", [llm(alternatives=3, select="auto")], inputs=TOPIC)
-    run = await run_to_end("usage-per-choice")
+    run = await run_to_end(registry.get("usage-per-choice"))
     assert run["status"] == "completed", run["error"]
     step = run["steps"][0]
     assert step["usage"]["completion_tokens"] == 15
@@ -190,31 +190,35 @@ async def test_one_usage_record_per_choice_is_summed_and_attributed(
 # --- 4. `n` turned off only by an error about `n` ----------------------------------------------------------
 
 
-async def test_an_unrelated_400_does_not_turn_n_off(eng: Engine, server: LLMServer, define: Define) -> None:
+async def test_an_unrelated_400_does_not_turn_n_off(
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
+) -> None:
     server.strict_models = True
     define("wrong-model", [llm(alternatives=3, select="auto", model="no-such-model")], inputs=TOPIC)
     define("right-model", [llm(alternatives=3, select="auto")], inputs=TOPIC)
-    wrong = await run_to_end("wrong-model")
+    wrong = await run_to_end(registry.get("wrong-model"))
     assert wrong["status"] == "failed"
     assert "model 'no-such-model' not found" in wrong["steps"][0]["error"]
     assert [b.get("n") for b in bodies(server)] == [3]  # not asked again one by one
     server.reset()
-    right = await run_to_end("right-model")
+    right = await run_to_end(registry.get("right-model"))
     assert right["status"] == "completed", right["error"]
     assert [b.get("n") for b in bodies(server)] == [3]
 
 
-async def test_a_refusal_of_n_is_remembered_for_that_model_only(eng: Engine, server: LLMServer, define: Define) -> None:
+async def test_a_refusal_of_n_is_remembered_for_that_model_only(
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
+) -> None:
     server.refuse_n, server.models = True, (MODEL, "other")
     define("refused-n", [llm(alternatives=2, select="auto")], inputs=TOPIC)
     define("other-model", [llm(alternatives=2, select="auto", model="other")], inputs=TOPIC)
-    assert (await run_to_end("refused-n"))["status"] == "completed"
+    assert (await run_to_end(registry.get("refused-n")))["status"] == "completed"
     assert [b.get("n") for b in bodies(server)] == [2, None, None]
     server.reset()
-    assert (await run_to_end("refused-n"))["status"] == "completed"
+    assert (await run_to_end(registry.get("refused-n")))["status"] == "completed"
     assert [b.get("n") for b in bodies(server)] == [None, None]  # learnt: straight to one per alternative
     server.reset()
-    assert (await run_to_end("other-model"))["status"] == "completed"
+    assert (await run_to_end(registry.get("other-model")))["status"] == "completed"
     assert [b.get("n") for b in bodies(server)] == [2, None, None]  # another model is asked with n first
 
 
@@ -222,7 +226,7 @@ async def test_a_refusal_of_n_is_remembered_for_that_model_only(eng: Engine, ser
 
 
 async def test_a_call_that_fails_after_its_retries_is_listed_in_the_attempts_calls(
-    settings: Settings, define: Define
+    settings: Settings, define: Define, registry: Registry
 ) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
@@ -231,10 +235,9 @@ async def test_a_call_that_fails_after_its_retries_is_listed_in_the_attempts_cal
         llm_base_url=f"http://127.0.0.1:{port}/v1", llm_api_key=Secret("sk-x"), llm_model=MODEL, llm_retry_base_s=0.01
     )
     await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(dead):
+    async with engine_running(dead, registry):
         define("dead", [llm()], inputs=TOPIC)
-        run = await run_to_end("dead")
-    await providers.close_all()
+        run = await run_to_end(registry.get("dead"))
     assert run["status"] == "failed"
     [attempt] = await attempts_of(run["id"], "write")
     [call] = attempt["llm"]["calls"]
@@ -245,11 +248,11 @@ async def test_a_call_that_fails_after_its_retries_is_listed_in_the_attempts_cal
 
 
 async def test_a_cancelled_call_is_recorded_with_its_real_latency_and_first_token(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.reply_tokens, server.chunk_delay_s = 2000, 0.01
     define("cancel-mid", [llm()], inputs=TOPIC)
-    run_id = await operations.start_run("cancel-mid", {}, "tester")
+    run_id = await operations.start_run(registry.get("cancel-mid"), {}, "tester")
 
     async def streamed() -> bool:  # the checkpointed text: at least 5 tokens have arrived
         return (len(server.completion_requests) > 0) and len(await streamed_text()) >= 5
@@ -278,11 +281,11 @@ async def test_a_cancelled_call_is_recorded_with_its_real_latency_and_first_toke
 
 @pytest.mark.parametrize("via", ["props", "models"])
 async def test_max_tokens_is_clamped_to_the_context_window_and_the_truncation_names_it(
-    eng: Engine, server: LLMServer, define: Define, via: Literal["props", "models"]
+    eng: Engine, server: LLMServer, define: Define, via: Literal["props", "models"], registry: Registry
 ) -> None:
     server.context_size, server.context_via, server.reply_tokens = 64, via, 500
     define("ctx", [llm(on_truncation="fail")], inputs=TOPIC)  # no max_tokens: 16,384 by default
-    run = await run_to_end("ctx")
+    run = await run_to_end(registry.get("ctx"))
     assert run["status"] == "failed"
     step = run["steps"][0]
     [body] = bodies(server)
@@ -295,11 +298,11 @@ async def test_max_tokens_is_clamped_to_the_context_window_and_the_truncation_na
 
 
 async def test_a_server_that_tells_no_context_window_gets_max_tokens_as_set(
-    eng: Engine, server: LLMServer, define: Define
+    eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.list_models = False
     define("no-ctx", [llm(max_tokens=5, on_truncation="fail")], inputs=TOPIC)
-    run = await run_to_end("no-ctx")
+    run = await run_to_end(registry.get("no-ctx"))
     assert run["steps"][0]["error"].startswith(
         "TruncatedOutput: the output was cut off at the token limit (max_tokens=5, finish_reason 'length')"
     )
@@ -310,7 +313,7 @@ async def test_a_server_that_tells_no_context_window_gets_max_tokens_as_set(
 
 
 async def test_cost_per_alternative_attempt_step_and_run_in_the_api(
-    settings: Settings, server: LLMServer, define: Define, tmp_path: Path
+    settings: Settings, server: LLMServer, define: Define, tmp_path: Path, registry: Registry
 ) -> None:
     prices = tmp_path / "prices.yaml"
     prices.write_text("models:\n  stepdeck-test: {prompt: 2.0, completion: 10.0}\n")
@@ -319,13 +322,12 @@ async def test_cost_per_alternative_attempt_step_and_run_in_the_api(
     )
     server.reply_tokens = 5
     await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(priced), api_client(priced) as api:
+    async with engine_running(priced, registry), api_client(priced, registry) as api:
         define("priced", [llm("a", alternatives=2, select="auto"), llm("b", max_tokens=3)], inputs=TOPIC)
         created = await api.post("/api/runs", json={"workflow": "priced", "inputs": {}})
         run_id = created.json()["id"]
         await wait_run(run_id, *ENDED)
         run = (await api.get(f"/api/runs/{run_id}")).json()
-    await providers.close_all()
     a, b = run["steps"]
     # a: one request, n=2: 4 prompt tokens read once, 2 x 5 completion tokens; b: 4 prompt, 3 completion
     assert [alt["cost"] for alt in a["llm"]["alternatives"]] == pytest.approx([(4 * 2 + 5 * 10) / 1e6, 50 / 1e6])
@@ -337,9 +339,11 @@ async def test_cost_per_alternative_attempt_step_and_run_in_the_api(
     assert sum(r["cost"] for r in rows) == pytest.approx(run["cost"]["usd"])
 
 
-async def test_a_model_without_a_price_has_no_cost_not_a_zero_one(eng: Engine, define: Define) -> None:
+async def test_a_model_without_a_price_has_no_cost_not_a_zero_one(
+    eng: Engine, define: Define, registry: Registry
+) -> None:
     define("unpriced", [llm()], inputs=TOPIC)
-    run = await run_to_end("unpriced")
+    run = await run_to_end(registry.get("unpriced"))
     assert run["steps"][0]["llm"]["cost"] is None
     assert run["steps"][0]["cost"] == {"usd": None, "estimated": False}
     assert run["cost"] == {"usd": None, "estimated": False}
@@ -349,19 +353,18 @@ async def test_a_model_without_a_price_has_no_cost_not_a_zero_one(eng: Engine, d
 
 
 async def test_the_endpoints_concurrency_limit_holds_across_runs(
-    settings: Settings, server: LLMServer, define: Define
+    settings: Settings, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     limited = settings.with_overrides(
         llm_base_url=server.base_url, llm_api_key=Secret("sk-x"), llm_model=MODEL, llm_max_concurrent=2
     )
     server.reply_tokens, server.chunk_delay_s = 10, 0.02
     await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(limited), api_client(limited) as api:
+    async with engine_running(limited, registry), api_client(limited, registry) as api:
         define("crowd", [llm()], inputs=TOPIC)
         ids = [(await api.post("/api/runs", json={"workflow": "crowd", "inputs": {}})).json()["id"] for _ in range(6)]
         statuses = [await wait_run(i, *ENDED, timeout_s=30) for i in ids]
         runs = [(await api.get(f"/api/runs/{i}")).json() for i in ids]
-    await providers.close_all()
     assert statuses == ["completed"] * 6
     assert all(r["steps"][0]["output"] == words(0, 10) for r in runs)
     assert server.max_streaming == 2  # never more, and the limit was reached: six runs wanted six at once
@@ -370,7 +373,7 @@ async def test_the_endpoints_concurrency_limit_holds_across_runs(
 
 
 async def test_a_request_past_the_per_minute_limit_waits_and_says_why(
-    settings: Settings, server: LLMServer, define: Define
+    settings: Settings, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     limited = settings.with_overrides(
         llm_base_url=server.base_url, llm_api_key=Secret("sk-x"), llm_model=MODEL, llm_requests_per_minute=2
@@ -379,7 +382,7 @@ async def test_a_request_past_the_per_minute_limit_waits_and_says_why(
     await asyncio.to_thread(importlib.import_module, "openai")
     sub = current().hub.subscribe()
     try:
-        async with engine_running(limited), api_client(limited) as api:
+        async with engine_running(limited, registry), api_client(limited, registry) as api:
             define("rpm", [llm()], inputs=TOPIC)
             ids = [(await api.post("/api/runs", json={"workflow": "rpm", "inputs": {}})).json()["id"] for _ in range(3)]
             held = await wait_for(lambda: held_back(sub), timeout_s=20, what="a request held back")
@@ -396,7 +399,6 @@ async def test_a_request_past_the_per_minute_limit_waits_and_says_why(
             await wait_for(logged, timeout_s=10, what="the held step's logs")
     finally:
         sub.close()
-    await providers.close_all()
     assert len(server.completion_requests) == 2
 
 
@@ -412,18 +414,17 @@ async def held_back(sub: Subscription) -> int | None:
 
 
 async def test_a_model_the_endpoint_does_not_list_is_warned_about_at_start_and_still_runs(
-    llm_settings: Settings, server: LLMServer, define: Define, caplog: pytest.LogCaptureFixture
+    llm_settings: Settings, server: LLMServer, define: Define, caplog: pytest.LogCaptureFixture, registry: Registry
 ) -> None:
     define("typo", [llm(model="stepdeck-tset")], inputs=TOPIC)  # llama-cpp-python answers to any name
     define("fine", [llm()], inputs=TOPIC)
     await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(llm_settings):
+    async with engine_running(llm_settings, registry):
         await wait_for(
             lambda: _logged(caplog, "workflow typo: step 'write': model 'stepdeck-tset' is not among the models"),
             what="the warning",
         )
-        run = await run_to_end("typo")
-    await providers.close_all()
+        run = await run_to_end(registry.get("typo"))
     assert run["status"] == "completed", run["error"]  # a warning, never a refusal
     assert bodies(server)[0]["model"] == "stepdeck-tset"
     assert not any("workflow fine:" in r.getMessage() for r in caplog.records)
@@ -431,13 +432,16 @@ async def test_a_model_the_endpoint_does_not_list_is_warned_about_at_start_and_s
 
 
 async def test_no_warning_where_the_endpoint_lists_no_models(
-    llm_settings: Settings, server: LLMServer, define: Define
+    llm_settings: Settings, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     server.list_models = False
     define("typo", [llm(model="stepdeck-tset")], inputs=TOPIC)
     await asyncio.to_thread(importlib.import_module, "openai")
-    found = await model_warnings(llm_settings, [workflows.get("typo")])
-    await providers.close_all()
+    clients = providers.Providers()
+    try:
+        found = await model_warnings(llm_settings, [registry.get("typo")], clients)
+    finally:
+        await clients.close()  # the test owns these clients, as an engine or a dashboard owns its own
     assert found == {}
     assert [r.path for r in server.requests] == ["/v1/models"]
 
@@ -458,11 +462,11 @@ def priced_settings(settings: Settings, server: LLMServer, tmp_path: Path, **ext
 
 
 async def test_a_step_past_the_runs_max_cost_waits_for_a_person_who_can_let_it_run(
-    settings: Settings, server: LLMServer, define: Define, tmp_path: Path
+    settings: Settings, server: LLMServer, define: Define, tmp_path: Path, registry: Registry
 ) -> None:
     priced = priced_settings(settings, server, tmp_path)
     await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(priced), api_client(priced) as api:
+    async with engine_running(priced, registry), api_client(priced, registry) as api:
         define("capped", [llm("a"), llm("b"), llm("c")], inputs=TOPIC, max_cost=0.0002)
         run_id = (await api.post("/api/runs", json={"workflow": "capped", "inputs": {}})).json()["id"]
         assert await wait_run(run_id, *ENDED) == "waiting"
@@ -478,7 +482,6 @@ async def test_a_step_past_the_runs_max_cost_waits_for_a_person_who_can_let_it_r
         assert (await api.post(f"/api/runs/{run_id}/steps/b/rerun")).status_code == 200
         assert await wait_run(run_id, *ENDED) == "waiting"
         run = (await api.get(f"/api/runs/{run_id}")).json()
-    await providers.close_all()
     a, b, c = run["steps"]
     assert (b["status"], b["attempt"], c["status"]) == ("completed", 2, "waiting")
     assert any("running past it, as a person resumed this step" in line for line in b["logs"])
@@ -487,11 +490,11 @@ async def test_a_step_past_the_runs_max_cost_waits_for_a_person_who_can_let_it_r
 
 
 async def test_a_step_past_the_daily_budget_waits_and_a_run_within_it_does_not(
-    settings: Settings, server: LLMServer, define: Define, tmp_path: Path
+    settings: Settings, server: LLMServer, define: Define, tmp_path: Path, registry: Registry
 ) -> None:
     priced = priced_settings(settings, server, tmp_path, llm_daily_budget=0.0003)
     await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(priced), api_client(priced) as api:
+    async with engine_running(priced, registry), api_client(priced, registry) as api:
         define("daily", [llm()], inputs=TOPIC)
         first = (await api.post("/api/runs", json={"workflow": "daily", "inputs": {}})).json()["id"]
         second_status = third_status = None
@@ -501,9 +504,28 @@ async def test_a_step_past_the_daily_budget_waits_and_a_run_within_it_does_not(
         third = (await api.post("/api/runs", json={"workflow": "daily", "inputs": {}})).json()["id"]
         third_status = await wait_run(third, *ENDED)
         held = (await api.get(f"/api/runs/{third}")).json()["steps"][0]
-    await providers.close_all()
     assert (second_status, third_status) == ("completed", "waiting")
     assert any(
         line.startswith("daily budget reached: $0.0005 of $0.0003 (STEPDECK_LLM_DAILY_BUDGET)") for line in held["logs"]
     )
+    assert len(server.completion_requests) == 2
+
+
+# --- 8. the model clients belong to the engine ---------------------------------------------------------------
+
+
+async def test_an_engine_closes_its_model_clients_when_it_stops_and_the_next_engine_makes_its_own(
+    llm_settings: Settings, server: LLMServer, define: Define, registry: Registry
+) -> None:
+    define("owned", [llm()], inputs=TOPIC)
+    await asyncio.to_thread(importlib.import_module, "openai")
+    for _ in range(2):  # the second engine, on the same loop, finds nothing of the first one's clients
+        async with engine_running(llm_settings, registry):
+            assert (await run_to_end(registry.get("owned")))["status"] == "completed"
+            assert server.open_connections > 0  # kept alive for the engine's next call
+
+        async def closed() -> bool:
+            return server.open_connections == 0
+
+        await wait_for(closed, what="the stopped engine's connections to the endpoint to close")
     assert len(server.completion_requests) == 2

@@ -18,6 +18,7 @@ from engine.db import current
 from engine.db.base import Stmt
 from engine.engine import Engine
 from engine.hub import Change, ChangeKind
+from engine.registry import Registry
 from engine.settings import Settings
 from engine.store import fetch, run_batch
 from tests import stepfns
@@ -76,10 +77,10 @@ def _assert_times_of_the_lines(row: dict[str, Any]) -> list[int]:
 
 @pytest.mark.parametrize("call", STEP_FNS)
 async def test_each_log_line_is_stored_with_the_time_it_was_written(
-    engine: Engine, define: Define, log_notices: list[Change], call: str
+    engine: Engine, define: Define, log_notices: list[Change], call: str, registry: Registry
 ) -> None:
     define("timed", [{"key": "t", "call": call}])
-    run_id = await operations.start_run("timed", {}, "tester")
+    run_id = await operations.start_run(registry.get("timed"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "completed"
     row = await _attempt_row(run_id)
     assert row["status"] == "completed"
@@ -100,20 +101,24 @@ async def test_each_log_line_is_stored_with_the_time_it_was_written(
 
 
 @pytest.mark.parametrize("call", STEP_FNS)
-async def test_a_failed_attempt_keeps_the_times_of_its_lines(engine: Engine, define: Define, call: str) -> None:
+async def test_a_failed_attempt_keeps_the_times_of_its_lines(
+    engine: Engine, define: Define, call: str, registry: Registry
+) -> None:
     define("timed-fail", [{"key": "t", "call": call}], inputs={"fail": {"type": "boolean", "default": True}})
-    run_id = await operations.start_run("timed-fail", {}, "tester")
+    run_id = await operations.start_run(registry.get("timed-fail"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "failed"
     row = await _attempt_row(run_id)
     assert row["status"] == "failed"
     _assert_times_of_the_lines(row)
 
 
-async def test_a_cancelled_attempt_keeps_the_times_of_its_lines(settings: Settings, define: Define) -> None:
+async def test_a_cancelled_attempt_keeps_the_times_of_its_lines(
+    settings: Settings, define: Define, registry: Registry
+) -> None:
     stepfns.reset()
     define("timed-cancel", [{"key": "slow", "call": "tests.stepfns:sleepy"}])
     async with engine_running(settings):
-        run_id = await operations.start_run("timed-cancel", {}, "tester")
+        run_id = await operations.start_run(registry.get("timed-cancel"), {}, "tester")
         await wait_for(lambda: _calls("sleepy"), 5, "sleepy to start")
         await operations.cancel_run(run_id, "tester")
         assert await wait_run(run_id, "cancelled") == "cancelled"
@@ -132,9 +137,11 @@ async def _calls(name: str) -> bool:
     return stepfns.CALLS[name] >= 1
 
 
-async def test_lines_of_an_attempt_stored_without_times_are_shown_without_times(engine: Engine, define: Define) -> None:
+async def test_lines_of_an_attempt_stored_without_times_are_shown_without_times(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define("timed-old", [{"key": "t", "call": "tests.stepfns:timed_logs"}])
-    run_id = await operations.start_run("timed-old", {}, "tester")
+    run_id = await operations.start_run(registry.get("timed-old"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "completed"
     # What an attempt made before times were kept looks like (the column the migration added is null).
     await run_batch([Stmt("UPDATE attempts SET log_times = NULL WHERE run_id = ?", (run_id,))])

@@ -14,6 +14,7 @@ import pytest
 
 from engine import logs, operations
 from engine.engine import Engine
+from engine.registry import Registry
 from tests.conftest import wait_run
 
 Define = Callable[..., Any]
@@ -46,7 +47,7 @@ def spoken(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecor
 
 
 async def test_lines_logged_in_a_step_carry_the_run_step_attempt_and_worker(
-    engine: Engine, define: Define, caplog: pytest.LogCaptureFixture
+    engine: Engine, define: Define, caplog: pytest.LogCaptureFixture, registry: Registry
 ) -> None:
     define(
         "talk",
@@ -56,7 +57,7 @@ async def test_lines_logged_in_a_step_carry_the_run_step_attempt_and_worker(
         ],
     )
     with caplog.at_level(logging.WARNING, logger=USER.name):
-        run_id = await operations.start_run("talk", {}, "tester")
+        run_id = await operations.start_run(registry.get("talk"), {}, "tester")
         assert await wait_run(run_id, "completed", "failed") == "completed"
     for key, kind in (("one", "sync"), ("two", "async")):
         [record] = spoken(caplog, f"{kind} step {key} speaking")
@@ -66,14 +67,14 @@ async def test_lines_logged_in_a_step_carry_the_run_step_attempt_and_worker(
 
 
 async def test_a_chain_of_sync_steps_logs_each_step_under_its_own_key(
-    engine: Engine, define: Define, caplog: pytest.LogCaptureFixture
+    engine: Engine, define: Define, caplog: pytest.LogCaptureFixture, registry: Registry
 ) -> None:
     """Sync steps after sync steps run on in the thread that committed their start: their lines still carry
     their own key, not their predecessor's."""
     keys = [f"s{i}" for i in range(6)]
     define("chain-talk", [{"key": k, "call": "tests.integration.test_logs:sync_talker"} for k in keys])
     with caplog.at_level(logging.WARNING, logger=USER.name):
-        run_id = await operations.start_run("chain-talk", {}, "tester")
+        run_id = await operations.start_run(registry.get("chain-talk"), {}, "tester")
         assert await wait_run(run_id, "completed", "failed") == "completed"
     for key in keys:
         [record] = spoken(caplog, f"sync step {key} speaking")
@@ -81,11 +82,11 @@ async def test_a_chain_of_sync_steps_logs_each_step_under_its_own_key(
 
 
 async def test_a_retried_step_logs_its_new_attempt(
-    engine: Engine, define: Define, caplog: pytest.LogCaptureFixture
+    engine: Engine, define: Define, caplog: pytest.LogCaptureFixture, registry: Registry
 ) -> None:
     define("retry-talk", [{"key": "flaky", "call": "tests.integration.test_logs:failing_talker"}])
     with caplog.at_level(logging.WARNING, logger=USER.name):
-        run_id = await operations.start_run("retry-talk", {}, "tester")
+        run_id = await operations.start_run(registry.get("retry-talk"), {}, "tester")
         assert await wait_run(run_id, "completed", "failed") == "failed"
         await operations.rerun_from(run_id, "flaky", "alice")
         assert await wait_run(run_id, "completed", "failed") == "completed"

@@ -13,6 +13,7 @@ import pytest
 
 from engine import operations
 from engine.notify.notifier import list_deliveries
+from engine.registry import Registry
 from engine.settings import Secret, Settings
 from engine.store import fetch
 from tests.conftest import engine_running, wait_for, wait_run
@@ -44,13 +45,15 @@ def verify(headers: dict[str, str], raw: bytes) -> bool:
 
 
 async def test_a_run_that_waits_for_a_choice_sends_a_signed_run_waiting(
-    settings: Settings, define: Define, receiver: Receiver
+    settings: Settings, define: Define, receiver: Receiver, registry: Registry
 ) -> None:
     define("pick", [{"key": "draft", "call": "tests.stepfns:alternatives", "alternatives": 2}])
     async with engine_running(with_targets(settings, webhook_urls=Secret(receiver.url(f"/hook/{TOKEN}")))):
-        run_id = await operations.start_run("pick", {}, "tester")
+        run_id = await operations.start_run(registry.get("pick"), {}, "tester")
         await wait_run(run_id, "waiting")
         (got,) = await receiver.until(event("run.waiting"))
+        # Recorded after the answer: an engine stopped in between leaves the delivery pending, to send again.
+        await wait_for(_delivered, 30, "the delivery to be recorded")
     assert verify(got.headers, got.raw)
     assert not verify({**got.headers, "X-Stepdeck-Timestamp": "1"}, got.raw)  # the timestamp is signed too
     body = got.json
@@ -66,17 +69,17 @@ async def test_a_run_that_waits_for_a_choice_sends_a_signed_run_waiting(
 
 
 async def test_a_failing_receiver_is_retried_until_a_2xx_and_never_after(
-    settings: Settings, define: Define, receiver: Receiver
+    settings: Settings, define: Define, receiver: Receiver, registry: Registry
 ) -> None:
     define("fails", [{"key": "a", "call": "tests.stepfns:boom", "label": "Explode"}])
     receiver.codes = [500, 503]
     async with engine_running(with_targets(settings, webhook_urls=Secret(receiver.url()))) as engine:
-        run_id = await operations.start_run("fails", {}, "tester")
+        run_id = await operations.start_run(registry.get("fails"), {}, "tester")
         await wait_run(run_id, "failed")
         tries = await receiver.until(event("run.failed"), count=3)
         await wait_for(_delivered, 30, "the delivery to be recorded")
         # A second event goes through the same loop after it: a repeat of the first would come first.
-        second = await operations.start_run("fails", {}, "tester")
+        second = await operations.start_run(registry.get("fails"), {}, "tester")
         await wait_run(second, "failed")
         await receiver.until(lambda r: event("run.failed")(r) and r.json["run"]["id"] == second)
         await engine.wait_idle()
@@ -93,11 +96,13 @@ async def _delivered() -> bool:
     return any(d["status"] == "delivered" for d in await list_deliveries())
 
 
-async def test_a_receiver_that_is_down_gets_it_once_it_is_back(settings: Settings, define: Define) -> None:
+async def test_a_receiver_that_is_down_gets_it_once_it_is_back(
+    settings: Settings, define: Define, registry: Registry
+) -> None:
     define("down", [{"key": "a", "call": "tests.stepfns:boom"}])
     receiver = Receiver()  # its port is free: connections are refused
     async with engine_running(with_targets(settings, webhook_urls=Secret(receiver.url()))):
-        run_id = await operations.start_run("down", {}, "tester")
+        run_id = await operations.start_run(registry.get("down"), {}, "tester")
         await wait_run(run_id, "failed")
         failed = await wait_for(_tried_and_pending, 30, "a failed try")
         assert "ConnectError" in (failed["last_error"] or "") and failed["response_code"] is None
@@ -117,7 +122,7 @@ async def _tried_and_pending() -> dict[str, Any] | None:
 
 
 async def test_workflow_targets_choose_their_events_and_run_completed_is_opt_in(
-    settings: Settings, define: Define, receiver: Receiver
+    settings: Settings, define: Define, receiver: Receiver, registry: Registry
 ) -> None:
     define(
         "done",
@@ -126,9 +131,9 @@ async def test_workflow_targets_choose_their_events_and_run_completed_is_opt_in(
     )
     define("done-quietly", [{"key": "a", "call": "tests.stepfns:noop"}])
     async with engine_running(with_targets(settings, webhook_urls=Secret(receiver.url("/env")))):
-        quiet = await operations.start_run("done-quietly", {}, "tester")
+        quiet = await operations.start_run(registry.get("done-quietly"), {}, "tester")
         await wait_run(quiet, "completed")
-        run_id = await operations.start_run("done", {}, "tester")
+        run_id = await operations.start_run(registry.get("done"), {}, "tester")
         await wait_run(run_id, "completed")
         (got,) = await receiver.until(event("run.completed"))
     assert got.path == "/wf" and got.json["run"]["id"] == run_id
@@ -139,13 +144,13 @@ async def test_workflow_targets_choose_their_events_and_run_completed_is_opt_in(
 
 
 async def test_an_apprise_target_gets_a_short_message_with_the_link(
-    settings: Settings, define: Define, receiver: Receiver
+    settings: Settings, define: Define, receiver: Receiver, registry: Registry
 ) -> None:
     define("chat", [{"key": "a", "call": "tests.stepfns:boom"}])
     # Apprise's json:// posts {"title", "message", ...} to a plain HTTP endpoint: our receiver.
     apprise_url = f"json://127.0.0.1:{receiver.port}/apprise"
     async with engine_running(with_targets(settings, notify_urls=Secret(apprise_url))):
-        run_id = await operations.start_run("chat", {}, "tester")
+        run_id = await operations.start_run(registry.get("chat"), {}, "tester")
         await wait_run(run_id, "failed")
         (got,) = await receiver.until(lambda r: r.path == "/apprise")
         await wait_for(_delivered, 30, "the delivery to be recorded")
@@ -157,7 +162,7 @@ async def test_an_apprise_target_gets_a_short_message_with_the_link(
 
 
 async def test_the_budget_guards_statement_sends_budget_reached_with_its_detail(
-    settings: Settings, define: Define, receiver: Receiver
+    settings: Settings, define: Define, receiver: Receiver, registry: Registry
 ) -> None:
     from engine.notify.kinds import budget_reached_stmt
     from engine.records import utcnow
@@ -165,7 +170,7 @@ async def test_the_budget_guards_statement_sends_budget_reached_with_its_detail(
 
     define("spend", [{"key": "a", "call": "tests.stepfns:noop"}])
     async with engine_running(with_targets(settings, webhook_urls=Secret(receiver.url()))):
-        run_id = await operations.start_run("spend", {}, "tester")
+        run_id = await operations.start_run(registry.get("spend"), {}, "tester")
         await wait_run(run_id, "completed")
         # What the budget guard does: the statement goes in the batch of its own transition.
         await run_batch([budget_reached_stmt(run_id, utcnow(), "$5.00 of $5.00 spent this month", "a")])
@@ -176,7 +181,9 @@ async def test_the_budget_guards_statement_sends_budget_reached_with_its_detail(
     assert verify(got.headers, got.raw)
 
 
-async def test_a_target_that_never_answers_holds_up_no_run(settings: Settings, define: Define) -> None:
+async def test_a_target_that_never_answers_holds_up_no_run(
+    settings: Settings, define: Define, registry: Registry
+) -> None:
     import socket
 
     define("busy", [{"key": "a", "call": "tests.stepfns:boom"}])
@@ -186,11 +193,11 @@ async def test_a_target_that_never_answers_holds_up_no_run(settings: Settings, d
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
         hanging = with_targets(settings, webhook_urls=Secret(url), notify_timeout_s=600)
         async with engine_running(hanging) as engine:
-            first = await operations.start_run("busy", {}, "tester")
+            first = await operations.start_run(registry.get("busy"), {}, "tester")
             await wait_run(first, "failed")
             await wait_for(_sending, 10, "the first delivery to be on its way")
             # Runs go on while the delivery waits for an answer that never comes.
-            later = [await operations.start_run("busy", {}, "tester") for _ in range(3)]
+            later = [await operations.start_run(registry.get("busy"), {}, "tester") for _ in range(3)]
             for run_id in later:
                 await wait_run(run_id, "failed")
             assert not await _delivered()

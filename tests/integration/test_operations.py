@@ -13,6 +13,7 @@ import pytest
 from engine import operations, queries
 from engine.engine import Engine
 from engine.errors import Conflict, InvalidInput, NotFound
+from engine.registry import Registry
 from engine.settings import Settings
 from engine.store import fetch
 from models.status import RUN_TRANSITIONS, STEP_TRANSITIONS, RunStatus, StepStatus
@@ -39,7 +40,9 @@ def define_pick(define: Define, name: str = "pick", alternatives: int = 3, downs
 # --- start ---------------------------------------------------------------------------------------
 
 
-async def test_a_started_run_is_returned_as_reading_it_back_shows_it(db: str, define: Define) -> None:
+async def test_a_started_run_is_returned_as_reading_it_back_shows_it(
+    db: str, define: Define, registry: Registry
+) -> None:
     """The API answers a start with the run as created, without reading it back: it must be exactly
     what a read shows before an engine touches it (every field, steps in declared order)."""
     define(
@@ -56,7 +59,7 @@ async def test_a_started_run_is_returned_as_reading_it_back_shows_it(db: str, de
         },
     )
     inputs = {"extra": {"b": [1, 2.5, None], "a": "é"}, "topic": "bees"}
-    started = await operations.start_run_detail("shown", inputs, "tester")
+    started = await operations.start_run_detail(registry.get("shown"), inputs, "tester")
 
     assert started.to_json() == (await queries.run_detail(started.id)).to_json()
     assert list(started.to_json()["inputs"]) == ["topic", "count", "extra"]
@@ -66,10 +69,10 @@ async def test_a_started_run_is_returned_as_reading_it_back_shows_it(db: str, de
 
 
 async def test_retry_of_a_step_with_alternatives_runs_it_again_in_a_new_attempt(
-    engine: Engine, define: Define, api: httpx.AsyncClient
+    engine: Engine, define: Define, api: httpx.AsyncClient, registry: Registry
 ) -> None:
     define_pick(define)
-    run_id = await operations.start_run("pick", {}, "tester")
+    run_id = await operations.start_run(registry.get("pick"), {}, "tester")
     assert await wait_run(run_id, "waiting", "failed") == "waiting"
     gen = await step_of(run_id, "gen")
     assert (gen["status"], gen["alternatives"], gen["selected_index"]) == (
@@ -120,7 +123,7 @@ async def test_retry_of_a_step_with_alternatives_runs_it_again_in_a_new_attempt(
 
 
 async def test_a_rerun_step_shows_nothing_of_its_old_attempt_and_is_executed_not_skipped(
-    settings: Settings, define: Define
+    settings: Settings, define: Define, registry: Registry
 ) -> None:
     """Readiness comes from status alone: outputs and a selection on the old attempt change nothing."""
     stepfns.reset()
@@ -132,7 +135,7 @@ async def test_a_rerun_step_shows_nothing_of_its_old_attempt_and_is_executed_not
             {"key": "c", "call": "tests.stepfns:use_upstream"},
         ],
     )
-    run_id = await operations.start_run("ready", {}, "tester")
+    run_id = await operations.start_run(registry.get("ready"), {}, "tester")
     async with engine_running(settings):
         assert await wait_run(run_id, "completed", "failed") == "completed"
     plan = await operations.rerun_from(run_id, "b", "alice")
@@ -159,7 +162,9 @@ async def test_a_rerun_step_shows_nothing_of_its_old_attempt_and_is_executed_not
     assert starts == [("a", 1), ("b", 1), ("c", 1), ("b", 2), ("c", 2)]
 
 
-async def test_rerun_plan_previews_without_changing_anything(engine: Engine, define: Define) -> None:
+async def test_rerun_plan_previews_without_changing_anything(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define(
         "plan",
         [
@@ -169,7 +174,7 @@ async def test_rerun_plan_previews_without_changing_anything(engine: Engine, def
             {"key": "c", "call": "tests.stepfns:noop", "needs": ["b"]},
         ],
     )
-    run_id = await operations.start_run("plan", {}, "tester")
+    run_id = await operations.start_run(registry.get("plan"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "completed"
     events_before = await events_of(run_id)
     plan = await operations.rerun_plan(run_id, "b")
@@ -180,9 +185,11 @@ async def test_rerun_plan_previews_without_changing_anything(engine: Engine, def
         await operations.rerun_plan(run_id, "zzz")
 
 
-async def test_rerun_and_resume_are_refused_while_the_run_is_active(engine: Engine, define: Define) -> None:
+async def test_rerun_and_resume_are_refused_while_the_run_is_active(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define("busy", [{"key": "a", "call": "tests.stepfns:blocking"}])
-    run_id = await operations.start_run("busy", {}, "tester")
+    run_id = await operations.start_run(registry.get("busy"), {}, "tester")
     await wait_for(lambda: _status_is(run_id, "a", "running"), 5, "step a running")
     plan = await operations.rerun_plan(run_id, "a")
     assert plan.allowed is False
@@ -205,7 +212,9 @@ async def _status_is(run_id: int, key: str, status: str) -> bool:
 # --- stale flags -----------------------------------------------------------------------------------
 
 
-async def test_changing_a_completed_selection_flags_consumers_stale_until_rerun(engine: Engine, define: Define) -> None:
+async def test_changing_a_completed_selection_flags_consumers_stale_until_rerun(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define(
         "stale",
         [
@@ -215,7 +224,7 @@ async def test_changing_a_completed_selection_flags_consumers_stale_until_rerun(
             {"key": "other", "call": "tests.stepfns:noop", "needs": []},
         ],
     )
-    run_id = await operations.start_run("stale", {}, "tester")
+    run_id = await operations.start_run(registry.get("stale"), {}, "tester")
     assert await wait_run(run_id, "waiting", "failed") == "waiting"
     assert await operations.select(run_id, "gen", 0, "alice") is True
     assert await wait_run(run_id, "completed", "failed") == "completed"
@@ -253,10 +262,10 @@ async def test_changing_a_completed_selection_flags_consumers_stale_until_rerun(
 
 
 async def test_changing_a_completed_selection_while_the_run_is_running_is_a_conflict(
-    engine: Engine, define: Define
+    engine: Engine, define: Define, registry: Registry
 ) -> None:
     define_pick(define, "busy-pick", 2, downstream="blocking")
-    run_id = await operations.start_run("busy-pick", {}, "tester")
+    run_id = await operations.start_run(registry.get("busy-pick"), {}, "tester")
     assert await wait_run(run_id, "waiting", "failed") == "waiting"
     assert await operations.select(run_id, "gen", 0, "alice")
     await wait_for(lambda: _status_is(run_id, "use", "running"), 5, "use running")
@@ -270,11 +279,11 @@ async def test_changing_a_completed_selection_while_the_run_is_running_is_a_conf
 
 
 async def test_changing_a_completed_selection_while_the_run_is_queued_is_a_conflict(
-    settings: Settings, define: Define
+    settings: Settings, define: Define, registry: Registry
 ) -> None:
     stepfns.reset()
     define_pick(define, "queued-pick", 2)
-    run_id = await operations.start_run("queued-pick", {}, "tester")
+    run_id = await operations.start_run(registry.get("queued-pick"), {}, "tester")
     async with engine_running(settings):
         assert await wait_run(run_id, "waiting", "failed") == "waiting"
         assert await operations.select(run_id, "gen", 0, "alice")
@@ -288,7 +297,9 @@ async def test_changing_a_completed_selection_while_the_run_is_queued_is_a_confl
         assert await wait_run(run_id, "completed", "failed") == "completed"
 
 
-async def test_changing_a_selection_flags_a_waiting_consumer_of_the_old_choice(engine: Engine, define: Define) -> None:
+async def test_changing_a_selection_flags_a_waiting_consumer_of_the_old_choice(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     """A dependent still waiting for a choice has consumed the old selection too.
 
     Its alternatives were made from the abandoned choice: once it is picked it must show as stale (dependents
@@ -301,7 +312,7 @@ async def test_changing_a_selection_flags_a_waiting_consumer_of_the_old_choice(e
             {"key": "pick", "call": "tests.stepfns:alternatives", "alternatives": 2, "select": "human"},
         ],
     )
-    run_id = await operations.start_run("two-picks", {}, "tester")
+    run_id = await operations.start_run(registry.get("two-picks"), {}, "tester")
     assert await wait_run(run_id, "waiting", "failed") == "waiting"
     assert await operations.select(run_id, "gen", 0, "alice")
     await wait_for(lambda: _status_is(run_id, "pick", "waiting"), 5, "pick waiting")
@@ -319,7 +330,9 @@ async def test_changing_a_selection_flags_a_waiting_consumer_of_the_old_choice(e
 # --- concurrent operations -------------------------------------------------------------------------
 
 
-async def test_concurrent_reruns_of_a_completed_run_take_effect_once(engine: Engine, define: Define) -> None:
+async def test_concurrent_reruns_of_a_completed_run_take_effect_once(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define(
         "double",
         [
@@ -328,7 +341,7 @@ async def test_concurrent_reruns_of_a_completed_run_take_effect_once(engine: Eng
         ],
         inputs={"sleep_s": {"type": "number", "default": 0.2}},
     )
-    run_id = await operations.start_run("double", {}, "tester")
+    run_id = await operations.start_run(registry.get("double"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "completed"
     results = await asyncio.gather(
         *(operations.rerun_from(run_id, "gen", f"user{i}") for i in range(5)), return_exceptions=True
@@ -345,9 +358,11 @@ async def test_concurrent_reruns_of_a_completed_run_take_effect_once(engine: Eng
     assert len(reruns) == 1
 
 
-async def test_concurrent_retries_of_a_failed_step_take_effect_once(engine: Engine, define: Define) -> None:
+async def test_concurrent_retries_of_a_failed_step_take_effect_once(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define("flaky", [{"key": "a", "call": "tests.stepfns:fail_first"}, {"key": "b", "call": "tests.stepfns:noop"}])
-    run_id = await operations.start_run("flaky", {}, "tester")
+    run_id = await operations.start_run(registry.get("flaky"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "failed"
     results = await asyncio.gather(
         *(operations.rerun_from(run_id, "a", f"user{i}") for i in range(5)), return_exceptions=True
@@ -361,9 +376,11 @@ async def test_concurrent_retries_of_a_failed_step_take_effect_once(engine: Engi
     assert [x["status"] for x in await attempts_of(run_id, "a")] == ["failed", "completed"]
 
 
-async def test_concurrent_selections_of_the_same_alternative_take_effect_once(engine: Engine, define: Define) -> None:
+async def test_concurrent_selections_of_the_same_alternative_take_effect_once(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define_pick(define, "dsel", 2, downstream="blocking")
-    run_id = await operations.start_run("dsel", {}, "tester")
+    run_id = await operations.start_run(registry.get("dsel"), {}, "tester")
     assert await wait_run(run_id, "waiting", "failed") == "waiting"
     results = await asyncio.gather(*(operations.select(run_id, "gen", 1, f"u{i}") for i in range(3)))
     assert sorted(results) == [False, False, True]
@@ -372,9 +389,11 @@ async def test_concurrent_selections_of_the_same_alternative_take_effect_once(en
     await _assert_selected_once(run_id, 1)
 
 
-async def test_concurrent_selections_of_different_alternatives_take_effect_once(engine: Engine, define: Define) -> None:
+async def test_concurrent_selections_of_different_alternatives_take_effect_once(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define_pick(define, "dsel2", 2, downstream="blocking")
-    run_id = await operations.start_run("dsel2", {}, "tester")
+    run_id = await operations.start_run(registry.get("dsel2"), {}, "tester")
     assert await wait_run(run_id, "waiting", "failed") == "waiting"
     results = await asyncio.gather(
         operations.select(run_id, "gen", 0, "alice"), operations.select(run_id, "gen", 1, "bob"), return_exceptions=True
@@ -399,9 +418,9 @@ async def _assert_selected_once(run_id: int, index: int) -> None:
     assert stepfns.CALLS["alternatives"] == 1
 
 
-async def test_concurrent_cancels_take_effect_once(engine: Engine, define: Define) -> None:
+async def test_concurrent_cancels_take_effect_once(engine: Engine, define: Define, registry: Registry) -> None:
     define("dcancel", [{"key": "a", "call": "tests.stepfns:blocking_watch"}])
-    run_id = await operations.start_run("dcancel", {}, "tester")
+    run_id = await operations.start_run(registry.get("dcancel"), {}, "tester")
     await wait_for(lambda: _status_is(run_id, "a", "running"), 5, "a running")
     results = await asyncio.gather(*(operations.cancel_run(run_id, f"u{i}") for i in range(5)))
     assert sorted(results) == [False, False, False, False, True]
@@ -415,11 +434,11 @@ async def test_concurrent_cancels_take_effect_once(engine: Engine, define: Defin
 
 
 async def test_cancel_of_a_queued_run_leaves_its_steps_pending_and_it_can_be_resumed(
-    settings: Settings, define: Define
+    settings: Settings, define: Define, registry: Registry
 ) -> None:
     stepfns.reset()
     define("q", [{"key": "a", "call": "tests.stepfns:noop"}, {"key": "b", "call": "tests.stepfns:noop"}])
-    run_id = await operations.start_run("q", {}, "tester")
+    run_id = await operations.start_run(registry.get("q"), {}, "tester")
     assert await operations.cancel_run(run_id, "alice") is True
     run = (await queries.run_detail(run_id)).to_json()
     assert (run["status"], run["error"]) == ("cancelled", "cancelled by alice")
@@ -433,9 +452,11 @@ async def test_cancel_of_a_queued_run_leaves_its_steps_pending_and_it_can_be_res
     assert stepfns.CALLS["noop"] == 2
 
 
-async def test_cancel_of_a_waiting_run_and_resume_keeps_the_alternatives(engine: Engine, define: Define) -> None:
+async def test_cancel_of_a_waiting_run_and_resume_keeps_the_alternatives(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define_pick(define, "wcancel", 2)
-    run_id = await operations.start_run("wcancel", {}, "tester")
+    run_id = await operations.start_run(registry.get("wcancel"), {}, "tester")
     assert await wait_run(run_id, "waiting", "failed") == "waiting"
     assert await operations.cancel_run(run_id, "alice") is True
     assert await run_status(run_id) == "cancelled"
@@ -450,10 +471,10 @@ async def test_cancel_of_a_waiting_run_and_resume_keeps_the_alternatives(engine:
 
 
 async def test_cancel_of_a_finished_run_is_a_conflict_and_changes_nothing(engine: Engine, define: Define) -> None:
-    define("fin", [{"key": "a", "call": "tests.stepfns:noop"}])
-    define("fin-bad", [{"key": "a", "call": "tests.stepfns:boom"}])
-    for name, status in (("fin", "completed"), ("fin-bad", "failed")):
-        run_id = await operations.start_run(name, {}, "tester")
+    fine = define("fin", [{"key": "a", "call": "tests.stepfns:noop"}])
+    bad = define("fin-bad", [{"key": "a", "call": "tests.stepfns:boom"}])
+    for defn, status in ((fine, "completed"), (bad, "failed")):
+        run_id = await operations.start_run(defn, {}, "tester")
         assert await wait_run(run_id, "completed", "failed") == status
         before = ((await queries.run_detail(run_id)).to_json(), await events_of(run_id))
         with pytest.raises(Conflict, match=f"already {status}"):
@@ -461,9 +482,11 @@ async def test_cancel_of_a_finished_run_is_a_conflict_and_changes_nothing(engine
         assert ((await queries.run_detail(run_id)).to_json(), await events_of(run_id)) == before
 
 
-async def test_resume_after_cancelling_a_running_step_runs_it_again(engine: Engine, define: Define) -> None:
+async def test_resume_after_cancelling_a_running_step_runs_it_again(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define("resume", [{"key": "a", "call": "tests.stepfns:sleep_once"}, {"key": "b", "call": "tests.stepfns:noop"}])
-    run_id = await operations.start_run("resume", {}, "tester")
+    run_id = await operations.start_run(registry.get("resume"), {}, "tester")
     await wait_for(lambda: _status_is(run_id, "a", "running"), 5, "a running")
     assert await operations.cancel_run(run_id, "alice")
     await wait_for(lambda: _no_driver(engine, run_id), 10, "the driver to stop")
@@ -484,9 +507,9 @@ async def _no_driver(engine: Engine, run_id: int) -> bool:
 # --- bad requests ----------------------------------------------------------------------------------
 
 
-async def test_operations_name_what_is_wrong(engine: Engine, define: Define) -> None:
+async def test_operations_name_what_is_wrong(engine: Engine, define: Define, registry: Registry) -> None:
     define_pick(define, "bad", 2)
-    run_id = await operations.start_run("bad", {}, "tester")
+    run_id = await operations.start_run(registry.get("bad"), {}, "tester")
     assert await wait_run(run_id, "waiting", "failed") == "waiting"
     with pytest.raises(InvalidInput, match="out of range"):
         await operations.select(run_id, "gen", 2, "alice")
@@ -501,7 +524,7 @@ async def test_operations_name_what_is_wrong(engine: Engine, define: Define) -> 
     with pytest.raises(NotFound, match="does not exist"):
         await operations.cancel_run(run_id + 100, "alice")
     with pytest.raises(InvalidInput):
-        await operations.start_run("bad", {"unknown": 1}, "alice")
+        await operations.start_run(registry.get("bad"), {"unknown": 1}, "alice")
     assert await run_status(run_id) == "waiting"
     assert (await step_of(run_id, "gen"))["selected_index"] is None
 
@@ -509,22 +532,24 @@ async def test_operations_name_what_is_wrong(engine: Engine, define: Define) -> 
 # --- the transition tables, through real flows -----------------------------------------------------
 
 
-async def test_status_events_of_real_flows_follow_the_transition_tables(engine: Engine, define: Define) -> None:
+async def test_status_events_of_real_flows_follow_the_transition_tables(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     """Failure and retry, alternatives and selection, rerun, cancel: every event is an allowed move."""
     define("t-fail", [{"key": "a", "call": "tests.stepfns:fail_first"}, {"key": "b", "call": "tests.stepfns:noop"}])
     define_pick(define, "t-pick", 2)
     define("t-cancel", [{"key": "a", "call": "tests.stepfns:sleep_once"}])
-    failing = await operations.start_run("t-fail", {}, "tester")
+    failing = await operations.start_run(registry.get("t-fail"), {}, "tester")
     assert await wait_run(failing, "failed") == "failed"
     await operations.rerun_from(failing, "a", "alice")
     assert await wait_run(failing, "completed", "failed") == "completed"
-    picking = await operations.start_run("t-pick", {}, "tester")
+    picking = await operations.start_run(registry.get("t-pick"), {}, "tester")
     assert await wait_run(picking, "waiting") == "waiting"
     await operations.select(picking, "gen", 0, "alice")
     assert await wait_run(picking, "completed", "failed") == "completed"
     await operations.rerun_from(picking, "gen", "alice")
     assert await wait_run(picking, "waiting") == "waiting"
-    cancelled = await operations.start_run("t-cancel", {}, "tester")
+    cancelled = await operations.start_run(registry.get("t-cancel"), {}, "tester")
     await wait_for(lambda: _status_is(cancelled, "a", "running"), 5, "a running")
     await operations.cancel_run(cancelled, "alice")
     wrong = []
@@ -540,10 +565,10 @@ async def test_status_events_of_real_flows_follow_the_transition_tables(engine: 
     assert wrong == []
 
 
-async def test_step_rows_change_status_only_through_events(engine: Engine, define: Define) -> None:
+async def test_step_rows_change_status_only_through_events(engine: Engine, define: Define, registry: Registry) -> None:
     """Replaying a run's step events ends in each step's current status (no silent status write)."""
     define("replay", [{"key": "a", "call": "tests.stepfns:fail_first"}, {"key": "b", "call": "tests.stepfns:noop"}])
-    run_id = await operations.start_run("replay", {}, "tester")
+    run_id = await operations.start_run(registry.get("replay"), {}, "tester")
     assert await wait_run(run_id, "failed") == "failed"
     await operations.rerun_from(run_id, "a", "alice")
     assert await wait_run(run_id, "completed", "failed") == "completed"

@@ -8,6 +8,7 @@ from typing import Any
 from engine import operations
 from engine.engine import Engine
 from engine.orphans import prune_finished
+from engine.registry import Registry
 from engine.store import Stmt, fetch, run_batch
 from tests.conftest import wait_run
 
@@ -20,12 +21,14 @@ async def _count(table: str, run_id: int) -> int:
     return int((await fetch(f"SELECT count(*) AS n FROM {table} WHERE {column} = ?", (run_id,)))[0]["n"])
 
 
-async def test_prune_deletes_old_finished_runs_and_keeps_the_rest(engine: Engine, define: Define) -> None:
+async def test_prune_deletes_old_finished_runs_and_keeps_the_rest(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define("p", [{"key": "a", "call": "tests.stepfns:noop"}])
     define("w", [{"key": "a", "call": "tests.stepfns:alternatives", "alternatives": 2}])
-    old_done = [await operations.start_run("p", {}, "t") for _ in range(5)]
-    recent = await operations.start_run("p", {}, "t")
-    waiting = await operations.start_run("w", {}, "t")
+    old_done = [await operations.start_run(registry.get("p"), {}, "t") for _ in range(5)]
+    recent = await operations.start_run(registry.get("p"), {}, "t")
+    waiting = await operations.start_run(registry.get("w"), {}, "t")
     for run_id in [*old_done, recent]:
         await wait_run(run_id, "completed")
     await wait_run(waiting, "waiting")

@@ -16,6 +16,7 @@ from engine.db import current
 from engine.engine import Engine
 from engine.errors import Conflict
 from engine.hub import Change, ChangeKind
+from engine.registry import Registry
 from engine.store import fetch
 from tests.conftest import wait_run
 
@@ -25,7 +26,7 @@ RUNS = 250
 @pytest.mark.timeout(300)
 @pytest.mark.usefixtures("audit_clean")
 async def test_250_runs_cancelled_while_their_steps_start_end_in_true_states(
-    engine: Engine, define: Callable[..., Any]
+    engine: Engine, define: Callable[..., Any], registry: Registry
 ) -> None:
     # A fan-out and a join: each completion starts several steps, each in its own guarded batch.
     fan = [f"b{i}" for i in range(4)]
@@ -53,7 +54,7 @@ async def test_250_runs_cancelled_while_their_steps_start_end_in_true_states(
 
     remove = current().hub.add_listener(on_change)
     try:
-        runs = [await operations.start_run("race", {}, "tester") for _ in range(RUNS)]
+        runs = [await operations.start_run(registry.get("race"), {}, "tester") for _ in range(RUNS)]
         for run_id in runs:
             await wait_run(run_id, "cancelled", "completed", "failed", timeout_s=120)
         await asyncio.gather(*cancels)

@@ -13,6 +13,7 @@ import pytest
 
 from engine import leases, operations, orphans, queries, records, transitions
 from engine.orphans import MAX_RECOVERIES, orphan_action
+from engine.registry import Registry
 from engine.settings import Settings
 from engine.store import Stmt, fetch, run_batch
 from tests import stepfns
@@ -49,7 +50,7 @@ def test_orphan_policy(policy: str, recoveries: int, gone: bool, action: str) ->
 async def _orphaned_mid_step(define: Define, owner: str | None = None) -> int:
     """A run whose engine stopped while step 'b' ran (its heartbeat is ancient); by default a dead one."""
     owner = owner or _dead_owner()
-    define(
+    defn = define(
         "orphan",
         [
             {"key": "a", "call": "tests.stepfns:noop"},
@@ -57,7 +58,7 @@ async def _orphaned_mid_step(define: Define, owner: str | None = None) -> int:
             {"key": "c", "call": "tests.stepfns:noop"},
         ],
     )
-    run_id = await operations.start_run("orphan", {}, "tester")
+    run_id = await operations.start_run(defn, {}, "tester")
     assert await transitions.claim_run(run_id, await holding_lease(owner))
     ids = {r["key"]: r["id"] for r in await _step_ids(run_id)}
     a = await transitions.start_step(transitions.StepStart(run_id, ids["a"], "a", 1, (), {}, owner))
@@ -121,7 +122,7 @@ async def test_fail_policy_fails_an_orphan_naming_the_step(settings: Settings, d
 
 
 async def test_shutdown_grace_lets_a_running_step_finish_and_requeues_the_rest(
-    settings: Settings, define: Define
+    settings: Settings, define: Define, registry: Registry
 ) -> None:
     define(
         "graceful",
@@ -130,7 +131,7 @@ async def test_shutdown_grace_lets_a_running_step_finish_and_requeues_the_rest(
     )
     graceful = dataclasses.replace(settings, shutdown_grace_s=3.0)
     async with engine_running(graceful) as eng:
-        run_id = await operations.start_run("graceful", {}, "tester")
+        run_id = await operations.start_run(registry.get("graceful"), {}, "tester")
         await wait_for(lambda: _status_is(run_id, "a", "running"), 5, "a running")
         await eng.stop()
     assert (await step_of(run_id, "a"))["status"] == "completed"  # finished within the grace period
@@ -141,12 +142,12 @@ async def test_shutdown_grace_lets_a_running_step_finish_and_requeues_the_rest(
 
 
 async def test_shutdown_under_resume_requeues_a_step_cut_off_after_the_grace(
-    settings: Settings, define: Define
+    settings: Settings, define: Define, registry: Registry
 ) -> None:
     define("cut", [{"key": "a", "call": "tests.stepfns:sleepy"}], inputs={"sleep_s": {"type": "number", "default": 30}})
     resume = dataclasses.replace(settings, on_orphan="resume", shutdown_grace_s=0.2)
     async with engine_running(resume) as eng:
-        run_id = await operations.start_run("cut", {}, "tester")
+        run_id = await operations.start_run(registry.get("cut"), {}, "tester")
         await wait_for(lambda: _status_is(run_id, "a", "running"), 5, "a running")
         await eng.stop()
     assert await run_status(run_id) == "queued"
@@ -171,7 +172,9 @@ async def test_resume_fails_rather_than_requeues_a_run_whose_engine_may_be_alive
     assert "may still be running it" in (await queries.run_detail(run_id)).to_json()["error"]
 
 
-async def test_draining_starts_no_step_that_was_waiting_for_a_slot(settings: Settings, define: Define) -> None:
+async def test_draining_starts_no_step_that_was_waiting_for_a_slot(
+    settings: Settings, define: Define, registry: Registry
+) -> None:
     define(
         "one-slot",
         [{"key": k, "call": "tests.stepfns:nap", "needs": []} for k in ("a", "b")],
@@ -179,7 +182,7 @@ async def test_draining_starts_no_step_that_was_waiting_for_a_slot(settings: Set
     )
     narrow = dataclasses.replace(settings, max_concurrent_steps=1, shutdown_grace_s=2.0)
     async with engine_running(narrow) as eng:
-        run_id = await operations.start_run("one-slot", {}, "tester")
+        run_id = await operations.start_run(registry.get("one-slot"), {}, "tester")
         await wait_for(lambda: _status_is(run_id, "a", "running"), 5, "a running")
         await eng.stop()  # b waits for a's slot; once a finishes, b must not start
     assert (await step_of(run_id, "a"))["status"] == "completed"

@@ -12,6 +12,7 @@ import pytest
 
 from engine import operations, transitions
 from engine.engine import Engine
+from engine.registry import Registry
 from engine.settings import Settings
 from engine.store import fetch
 from tests import stepfns
@@ -36,13 +37,15 @@ async def _retrying(run_id: int, key: str) -> dict[str, Any] | None:
     return step if step["status"] == "retrying" else None
 
 
-async def test_a_flaky_step_completes_on_its_third_attempt_after_the_delays(engine: Engine, define: Define) -> None:
+async def test_a_flaky_step_completes_on_its_third_attempt_after_the_delays(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define(
         "flaky",
         [{"key": "a", "call": "tests.stepfns:flaky", "retries": 2, "retry_delay_s": 0.3, "retry_backoff": 2}],
         inputs=FAILURES,
     )
-    run_id = await operations.start_run("flaky", {}, "tester")
+    run_id = await operations.start_run(registry.get("flaky"), {}, "tester")
     await wait_run(run_id, "completed", timeout_s=30)
 
     attempts = await attempts_of(run_id, "a")
@@ -70,16 +73,18 @@ async def test_a_flaky_step_completes_on_its_third_attempt_after_the_delays(engi
     assert step["retry_at"] is None
 
 
-async def test_a_step_whose_retries_are_spent_fails_the_run(engine: Engine, define: Define) -> None:
+async def test_a_step_whose_retries_are_spent_fails_the_run(engine: Engine, define: Define, registry: Registry) -> None:
     define("spent", [{"key": "a", "call": "tests.stepfns:boom", "retries": 1, "retry_delay_s": 0}])
-    run_id = await operations.start_run("spent", {}, "tester")
+    run_id = await operations.start_run(registry.get("spent"), {}, "tester")
     await wait_run(run_id, "failed")
     assert [a["status"] for a in await attempts_of(run_id, "a")] == ["failed", "failed"]
     step = await step_of(run_id, "a")
     assert (step["status"], step["error"]) == ("failed", "ValueError: the step exploded")
 
 
-async def test_workflow_defaults_apply_and_retry_on_limits_what_is_retried(engine: Engine, define: Define) -> None:
+async def test_workflow_defaults_apply_and_retry_on_limits_what_is_retried(
+    engine: Engine, define: Define, registry: Registry
+) -> None:
     define(
         "only-timeouts",
         [{"key": "a", "call": "tests.stepfns:boom"}, {"key": "b", "call": "tests.stepfns:noop", "needs": []}],
@@ -87,27 +92,27 @@ async def test_workflow_defaults_apply_and_retry_on_limits_what_is_retried(engin
         retry_delay_s=0,
         retry_on=["timeout"],
     )
-    run_id = await operations.start_run("only-timeouts", {}, "tester")
+    run_id = await operations.start_run(registry.get("only-timeouts"), {}, "tester")
     await wait_run(run_id, "failed")
     assert len(await attempts_of(run_id, "a")) == 1  # an error is not in retry_on
     assert (await step_of(run_id, "a"))["retries"] == 3
 
 
-async def test_a_timeout_goes_through_the_same_policy(engine: Engine, define: Define) -> None:
+async def test_a_timeout_goes_through_the_same_policy(engine: Engine, define: Define, registry: Registry) -> None:
     define(
         "slow",
         [{"key": "a", "call": "tests.stepfns:sleepy", "timeout_s": 0.2, "retries": 1, "retry_delay_s": 0}],
         inputs={"sleep_s": {"type": "number", "default": 30}},
     )
-    run_id = await operations.start_run("slow", {}, "tester")
+    run_id = await operations.start_run(registry.get("slow"), {}, "tester")
     await wait_run(run_id, "failed", timeout_s=20)
     attempts = await attempts_of(run_id, "a")
     assert [(a["status"], a["error"]) for a in attempts] == [("failed", "timed out after 0.2 s")] * 2
 
 
-async def test_cancel_during_a_pending_retry_ends_it(engine: Engine, define: Define) -> None:
+async def test_cancel_during_a_pending_retry_ends_it(engine: Engine, define: Define, registry: Registry) -> None:
     define("later", [{"key": "a", "call": "tests.stepfns:boom", "retries": 2, "retry_delay_s": 600}])
-    run_id = await operations.start_run("later", {}, "tester")
+    run_id = await operations.start_run(registry.get("later"), {}, "tester")
     step = await wait_for(lambda: _retrying(run_id, "a"), 10, "the step to wait for its retry")
     assert step["retry_at"] is not None and step["error"] == "ValueError: the step exploded"
     assert (await fetch("SELECT status FROM runs WHERE id = ?", (run_id,)))[0]["status"] == "running"
@@ -125,9 +130,9 @@ async def _no_driver(engine: Engine, run_id: int) -> bool:
     return run_id not in engine.drivers
 
 
-async def test_a_persons_rerun_resets_the_count(engine: Engine, define: Define) -> None:
+async def test_a_persons_rerun_resets_the_count(engine: Engine, define: Define, registry: Registry) -> None:
     define("again", [{"key": "a", "call": "tests.stepfns:boom", "retries": 1, "retry_delay_s": 0}])
-    run_id = await operations.start_run("again", {}, "tester")
+    run_id = await operations.start_run(registry.get("again"), {}, "tester")
     await wait_run(run_id, "failed")
     await operations.rerun_from(run_id, "a", "alice")
     await wait_for(lambda: _attempts(run_id, "a", 4), 10, "two more attempts")
@@ -141,7 +146,7 @@ async def _attempts(run_id: int, key: str, n: int) -> bool:
 
 
 async def test_a_shutdown_keeps_the_pending_retry_and_the_next_engine_fires_it(
-    settings: Settings, define: Define
+    settings: Settings, define: Define, registry: Registry
 ) -> None:
     define(
         "restart",
@@ -149,7 +154,7 @@ async def test_a_shutdown_keeps_the_pending_retry_and_the_next_engine_fires_it(
         inputs={"failures": {"type": "integer", "default": 1}},
     )
     async with engine_running(settings):
-        run_id = await operations.start_run("restart", {}, "tester")
+        run_id = await operations.start_run(registry.get("restart"), {}, "tester")
         pending = await wait_for(lambda: _retrying(run_id, "a"), 10, "the pending retry")
     # The engine stopped: nothing was executing, so the run waits in the queue with its retry due.
     rows = await fetch("SELECT status, owner FROM runs WHERE id = ?", (run_id,))
@@ -163,7 +168,7 @@ async def test_a_shutdown_keeps_the_pending_retry_and_the_next_engine_fires_it(
     assert _at(attempts[1]["started_at"]) >= _at(pending["retry_at"])  # not before it was due
 
 
-async def test_the_sweeps_fail_drops_a_pending_retry(settings: Settings, define: Define) -> None:
+async def test_the_sweeps_fail_drops_a_pending_retry(settings: Settings, define: Define, registry: Registry) -> None:
     define(
         "swept",
         [
@@ -172,7 +177,7 @@ async def test_the_sweeps_fail_drops_a_pending_retry(settings: Settings, define:
         ],
     )
     async with engine_running(settings):
-        run_id = await operations.start_run("swept", {}, "tester")
+        run_id = await operations.start_run(registry.get("swept"), {}, "tester")
         await wait_for(lambda: _retrying(run_id, "a"), 10, "the pending retry")
         # As the sweep does when the run's heartbeat is stale, under the `fail` policy.
         assert await transitions.fail_running_run(run_id, "interrupted: stale", actor="sweep")
@@ -211,7 +216,7 @@ async def test_check_finds_impossible_retry_states(db: str) -> None:
 
 
 async def test_the_sweep_requeues_a_silent_engines_run_that_only_waits_for_a_retry(
-    settings: Settings, define: Define
+    settings: Settings, define: Define, registry: Registry
 ) -> None:
     from engine import orphans
     from engine.store import Stmt, run_batch
@@ -219,7 +224,7 @@ async def test_the_sweep_requeues_a_silent_engines_run_that_only_waits_for_a_ret
     define("silent", [{"key": "a", "call": "tests.stepfns:flaky", "retries": 1, "retry_delay_s": 0.5}], inputs=FAILURES)
     stepfns.reset()
     async with engine_running(settings):
-        run_id = await operations.start_run("silent", {"failures": 1}, "tester")
+        run_id = await operations.start_run(registry.get("silent"), {"failures": 1}, "tester")
         await wait_for(lambda: _retrying(run_id, "a"), 10, "the pending retry")
     # Make it look like the run of an engine on another host that stopped answering (not provably gone).
     await run_batch(
@@ -239,7 +244,7 @@ async def test_the_sweep_requeues_a_silent_engines_run_that_only_waits_for_a_ret
 
 
 async def test_a_failure_while_the_engine_drains_keeps_its_retry_for_the_next_engine(
-    settings: Settings, define: Define
+    settings: Settings, define: Define, registry: Registry
 ) -> None:
     import asyncio
     import dataclasses
@@ -247,7 +252,7 @@ async def test_a_failure_while_the_engine_drains_keeps_its_retry_for_the_next_en
     define("drain", [{"key": "a", "call": "tests.stepfns:fail_when_released", "retries": 1, "retry_delay_s": 0}])
     stepfns.reset()
     async with engine_running(dataclasses.replace(settings, shutdown_grace_s=30)) as engine:
-        run_id = await operations.start_run("drain", {}, "tester")
+        run_id = await operations.start_run(registry.get("drain"), {}, "tester")
         await wait_for(lambda: _calls("fail_when_released"), 10, "the step to start")
         stopping = asyncio.ensure_future(engine.stop())
         await wait_for(lambda: _draining(engine, run_id), 10, "the engine to drain")
@@ -272,10 +277,12 @@ async def _draining(engine: Engine, run_id: int) -> bool:
     return driver is not None and driver.draining
 
 
-async def test_cancelling_a_queued_run_drops_the_retry_it_waits_with(settings: Settings, define: Define) -> None:
+async def test_cancelling_a_queued_run_drops_the_retry_it_waits_with(
+    settings: Settings, define: Define, registry: Registry
+) -> None:
     define("queued-retry", [{"key": "a", "call": "tests.stepfns:boom", "retries": 1, "retry_delay_s": 600}])
     async with engine_running(settings):
-        run_id = await operations.start_run("queued-retry", {}, "tester")
+        run_id = await operations.start_run(registry.get("queued-retry"), {}, "tester")
         await wait_for(lambda: _retrying(run_id, "a"), 10, "the pending retry")
     assert (await fetch("SELECT status FROM runs WHERE id = ?", (run_id,)))[0]["status"] == "queued"
     assert await operations.cancel_run(run_id, "alice")

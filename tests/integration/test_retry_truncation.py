@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from engine.engine import Engine
+from engine.registry import Registry
 from engine.store import fetch
 from tests.conftest import attempts_of
 from tests.integration.test_llm import TOPIC, eng, llm, llm_settings, run_to_end, server, words
@@ -23,10 +24,10 @@ RETRY: dict[str, Any] = {"retries": 2, "retry_delay_s": 0, "retry_on": ["truncat
 
 @pytest.mark.parametrize("policy", ["warn", "fail"])
 async def test_a_cut_output_is_retried_with_a_higher_limit_until_it_fits(
-    eng: Engine, define: Define, policy: str
+    eng: Engine, define: Define, policy: str, registry: Registry
 ) -> None:
     define("cut-retry", [llm(max_tokens=5, on_truncation=policy, **RETRY)], inputs=TOPIC)
-    run = await run_to_end("cut-retry")
+    run = await run_to_end(registry.get("cut-retry"))
     assert run["status"] == "completed", run["error"]
     step = run["steps"][0]
     assert (step["output"], step["truncated"], step["max_tokens"]) == (words(0, 20), False, 20)
@@ -42,9 +43,11 @@ async def test_a_cut_output_is_retried_with_a_higher_limit_until_it_fits(
     assert cut == [("step.truncated", "write", "retrying")] * 2
 
 
-async def test_the_last_attempt_follows_on_truncation_when_retries_are_spent(eng: Engine, define: Define) -> None:
+async def test_the_last_attempt_follows_on_truncation_when_retries_are_spent(
+    eng: Engine, define: Define, registry: Registry
+) -> None:
     define("cut-spent", [llm(max_tokens=5, **{**RETRY, "retries": 1, "retry_max_tokens_factor": 1})], inputs=TOPIC)
-    run = await run_to_end("cut-spent")
+    run = await run_to_end(registry.get("cut-spent"))
     assert run["status"] == "completed"  # warn keeps the cut output of the last attempt
     attempts = await attempts_of(run["id"], "write")
     assert [(a["status"], a["max_tokens"]) for a in attempts] == [("failed", 5), ("completed", 5)]
@@ -52,8 +55,8 @@ async def test_the_last_attempt_follows_on_truncation_when_retries_are_spent(eng
     assert run["steps"][0]["truncated"] is True
 
 
-async def test_truncation_is_not_retried_unless_listed(eng: Engine, define: Define) -> None:
+async def test_truncation_is_not_retried_unless_listed(eng: Engine, define: Define, registry: Registry) -> None:
     define("cut-plain", [llm(max_tokens=5, retries=2, retry_delay_s=0)], inputs=TOPIC)
-    run = await run_to_end("cut-plain")
+    run = await run_to_end(registry.get("cut-plain"))
     assert run["status"] == "completed" and run["steps"][0]["truncated"] is True
     assert len(await attempts_of(run["id"], "write")) == 1

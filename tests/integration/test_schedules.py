@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,10 @@ from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from engine import operations
-from engine.definitions import Catalog, WorkflowDef
+from engine.definitions import WorkflowDef
 from engine.engine import Engine
 from engine.records import utcnow
-from engine.registry import workflows
+from engine.registry import Registry
 from engine.schedules import MISFIRE_GRACE_S, Schedules, job_id
 from models.tables import Run, ScheduleFire, ScheduleState
 from tests.conftest import attempts_of, step_of, wait_for, wait_run
@@ -57,34 +57,26 @@ def workflow_yaml(steps: str = "echo", **schedule: Any) -> str:
     return json.dumps(body, indent=1)
 
 
-@pytest.fixture(autouse=True)
-def registry() -> Iterator[None]:
-    """Each test sees only the definitions it installs: `Schedules.sync` acts on every loaded workflow."""
-    saved = (workflows.directory, workflows.catalog)
-    workflows.directory, workflows.catalog = None, Catalog()
-    yield
-    workflows.directory, workflows.catalog = saved
-
-
 @pytest.fixture
-def install(tmp_path: Path) -> Any:
-    """Write the workflow file into a definitions directory and load it, as the server does."""
+def install(tmp_path: Path, registry: Registry) -> Any:
+    """Write the workflow file into a definitions directory and load it into the test's registry, as the
+    server does (each test sees only the definitions it installs: `Schedules.sync` acts on every one)."""
     directory = tmp_path / "workflows"
     directory.mkdir()
 
     def _install(steps: str = "echo", **schedule: Any) -> WorkflowDef:
         (directory / f"{WORKFLOW}.yaml").write_text(workflow_yaml(steps, **schedule), encoding="utf-8")
-        catalog = workflows.load(directory)
+        catalog = registry.load(directory)
         assert catalog.errors == []
-        return workflows.get(WORKFLOW)
+        return registry.get(WORKFLOW)
 
     return _install
 
 
 @pytest.fixture
-async def schedules() -> AsyncIterator[Schedules]:
+async def schedules(registry: Registry) -> AsyncIterator[Schedules]:
     """Schedules on a scheduler that is not started unless a test starts it (then it is shut down)."""
-    sched = Schedules(AsyncIOScheduler(timezone="UTC"))
+    sched = Schedules(AsyncIOScheduler(timezone="UTC"), registry)
     yield sched
     if sched.scheduler.running:
         sched.scheduler.shutdown(wait=False)
@@ -166,21 +158,25 @@ async def test_a_disabled_schedule_or_an_unknown_one_starts_nothing(
 # --- one run per fire time ------------------------------------------------------------------------------
 
 
-async def test_firing_the_same_slot_twice_starts_one_run(db: str, install: Any, schedules: Schedules) -> None:
+async def test_firing_the_same_slot_twice_starts_one_run(
+    db: str, install: Any, schedules: Schedules, registry: Registry
+) -> None:
     install()
     first = await schedules.fire(WORKFLOW, "nightly", now=NIGHT)
     assert first is not None
     assert await schedules.fire(WORKFLOW, "nightly", now=NIGHT) is None
     assert await schedules.fire(WORKFLOW, "nightly", now=NIGHT + timedelta(minutes=3)) is None  # same slot, later
-    other = Schedules(AsyncIOScheduler(timezone="UTC"))  # a second scheduler on the same database
+    other = Schedules(AsyncIOScheduler(timezone="UTC"), registry)  # a second scheduler on the same database
     assert await other.fire(WORKFLOW, "nightly", now=NIGHT) is None
     assert [r.id for r in await scheduled_runs()] == [first]
     assert await fires() == [(NIGHT.astimezone(UTC), "started", first)]
 
 
-async def test_concurrent_fires_of_one_slot_start_one_run(db: str, install: Any, schedules: Schedules) -> None:
+async def test_concurrent_fires_of_one_slot_start_one_run(
+    db: str, install: Any, schedules: Schedules, registry: Registry
+) -> None:
     install()
-    other = Schedules(AsyncIOScheduler(timezone="UTC"))
+    other = Schedules(AsyncIOScheduler(timezone="UTC"), registry)
     night = NIGHT + timedelta(days=1)
     results = await asyncio.gather(*(s.fire(WORKFLOW, "nightly", now=night) for s in [schedules, other] * 10))
     started = [r for r in results if r is not None]
@@ -196,16 +192,17 @@ from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from engine.registry import workflows
+from engine.registry import Registry
 from engine.schedules import Schedules
 from engine.db import close_database, open_database
 
 
 async def main(db_url: str, directory: str, now: str, go: str) -> None:
+    workflows = Registry()
     workflows.load(Path(directory))
     await open_database(db_url)
     try:
-        schedules = Schedules(AsyncIOScheduler(timezone="UTC"))
+        schedules = Schedules(AsyncIOScheduler(timezone="UTC"), workflows)
         print("ready", flush=True)
         while not Path(go).exists():
             await asyncio.sleep(0.002)
@@ -221,7 +218,7 @@ asyncio.run(main(*sys.argv[1:]))
 
 
 async def test_two_processes_firing_one_slot_on_one_database_start_one_run(
-    db: str, install: Any, schedules: Schedules, tmp_path: Path
+    db: str, install: Any, schedules: Schedules, tmp_path: Path, registry: Registry
 ) -> None:
     install()
     go = tmp_path / "go"
@@ -232,7 +229,7 @@ async def test_two_processes_firing_one_slot_on_one_database_start_one_run(
             "-c",
             FIRE_SCRIPT,
             db,
-            str(workflows.directory),
+            str(registry.directory),
             now.isoformat(),
             str(go),
             cwd=ROOT,
@@ -299,7 +296,9 @@ async def test_sync_follows_the_definitions(db: str, install: Any, schedules: Sc
 # --- pause ------------------------------------------------------------------------------------------------
 
 
-async def test_pause_stops_fires_in_every_instance_until_resumed(db: str, install: Any, schedules: Schedules) -> None:
+async def test_pause_stops_fires_in_every_instance_until_resumed(
+    db: str, install: Any, schedules: Schedules, registry: Registry
+) -> None:
     install()
     schedules.scheduler.start()
     await schedules.sync(now=T0)
@@ -314,7 +313,7 @@ async def test_pause_stops_fires_in_every_instance_until_resumed(db: str, instal
     assert await schedules.fire(WORKFLOW, "nightly", now=NIGHT) is None
 
     # Another process's scheduler reads the pause from the database, at a fire and when it syncs.
-    other = Schedules(AsyncIOScheduler(timezone="UTC"))
+    other = Schedules(AsyncIOScheduler(timezone="UTC"), registry)
     assert await other.fire(WORKFLOW, "nightly", now=NIGHT) is None
     await other.sync(now=NIGHT + timedelta(days=2))  # no catch-up for a paused schedule either
     other_job = other.scheduler.get_job(jid)
@@ -336,11 +335,13 @@ async def test_pause_stops_fires_in_every_instance_until_resumed(db: str, instal
     assert [r.id for r in await scheduled_runs()] == [run_id]
 
 
-async def test_a_pause_from_another_process_shows_and_holds_here(db: str, install: Any, schedules: Schedules) -> None:
+async def test_a_pause_from_another_process_shows_and_holds_here(
+    db: str, install: Any, schedules: Schedules, registry: Registry
+) -> None:
     install()
     schedules.scheduler.start()
     await schedules.sync(now=T0)  # this process's job is scheduled and not paused
-    other = Schedules(AsyncIOScheduler(timezone="UTC"))
+    other = Schedules(AsyncIOScheduler(timezone="UTC"), registry)
     await other.set_paused(WORKFLOW, "nightly", True, "dave")
     (view,) = await schedules.overview()
     assert (view.paused, view.paused_by, view.next_fire_at) == (True, "dave", None)
@@ -369,7 +370,7 @@ async def test_run_now_starts_a_run_with_the_schedules_inputs_as_the_person(
 
 @pytest.mark.parametrize("policy", ["skip", "once"])
 async def test_catch_up_after_a_downtime_records_every_missed_fire_time_once(
-    db: str, install: Any, schedules: Schedules, policy: str
+    db: str, install: Any, schedules: Schedules, policy: str, registry: Registry
 ) -> None:
     install(cron="0 * * * *", timezone="UTC", catch_up=policy)
     await schedules.sync(now=T0)  # the schedule appears at 10:30
@@ -377,7 +378,7 @@ async def test_catch_up_after_a_downtime_records_every_missed_fire_time_once(
     assert state.first_seen_at == T0
     assert await fires() == []  # nothing before it appeared is due
 
-    restarted = Schedules(AsyncIOScheduler(timezone="UTC"))  # the server comes back three hours later
+    restarted = Schedules(AsyncIOScheduler(timezone="UTC"), registry)  # the server comes back three hours later
     await restarted.sync(now=T0 + timedelta(hours=3))
     runs = await scheduled_runs()
     expected: list[tuple[datetime, str, int | None]]
@@ -395,7 +396,7 @@ async def test_catch_up_after_a_downtime_records_every_missed_fire_time_once(
 
     # Idempotent: the same sync again, by this instance or another one, changes nothing.
     await restarted.sync(now=T0 + timedelta(hours=3))
-    await Schedules(AsyncIOScheduler(timezone="UTC")).sync(now=T0 + timedelta(hours=3, minutes=5))
+    await Schedules(AsyncIOScheduler(timezone="UTC"), registry).sync(now=T0 + timedelta(hours=3, minutes=5))
     assert await fires() == expected
     assert len(await scheduled_runs()) == len(runs)
 
@@ -473,24 +474,24 @@ async def test_fire_times_apscheduler_coalesced_into_one_are_recorded_as_missed(
 
 
 async def test_once_after_a_downtime_longer_than_the_slot_cap_runs_the_latest_fire_time(
-    db: str, install: Any, schedules: Schedules
+    db: str, install: Any, schedules: Schedules, registry: Registry
 ) -> None:
     install(cron="* * * * *", timezone="UTC", catch_up="once")
     await schedules.sync(now=T0)
     back = T0 + timedelta(days=8, minutes=7)  # 11,527 fire times later
-    await Schedules(AsyncIOScheduler(timezone="UTC")).sync(now=back)
+    await Schedules(AsyncIOScheduler(timezone="UTC"), registry).sync(now=back)
     [run] = await scheduled_runs()
     assert run.scheduled_for == back.replace(second=0, microsecond=0)
     missed = await ScheduleFire.filter(outcome="missed").count()
     assert 0 < missed <= 24 * 60  # the newest day one by one; the detail says there were more
     note = await ScheduleFire.filter(outcome="missed").first()
     assert note is not None and note.detail is not None and "one of many fire times missed since" in note.detail
-    await Schedules(AsyncIOScheduler(timezone="UTC")).sync(now=back)
+    await Schedules(AsyncIOScheduler(timezone="UTC"), registry).sync(now=back)
     assert len(await scheduled_runs()) == 1, "a second sync starts no second run"
 
 
 async def test_a_resume_in_another_process_resumes_this_process_job(
-    db: str, install: Any, schedules: Schedules
+    db: str, install: Any, schedules: Schedules, registry: Registry
 ) -> None:
     install(cron="0 * * * *", timezone="UTC")
     schedules.scheduler.start(paused=True)
@@ -499,7 +500,7 @@ async def test_a_resume_in_another_process_resumes_this_process_job(
         jid = "schedule:report:nightly"
         await schedules.set_paused(WORKFLOW, "nightly", True, "alice")
         assert (await job_of(schedules, jid)).next_run_time is None  # type: ignore[union-attr]
-        other = Schedules(AsyncIOScheduler(timezone="UTC"))
+        other = Schedules(AsyncIOScheduler(timezone="UTC"), registry)
         await other.set_paused(WORKFLOW, "nightly", False, "bob")
         await schedules.watch()  # this process's periodic check
         assert (await job_of(schedules, jid)).next_run_time is not None  # type: ignore[union-attr]

@@ -5,10 +5,13 @@ from typing import Any
 
 from engine import operations, queries
 from engine.engine import Engine
+from engine.registry import Registry
 from tests.conftest import wait_run
 
 
-async def test_linear_run_completes_with_outputs_passed_downstream(engine: Engine, define: Callable[..., Any]) -> None:
+async def test_linear_run_completes_with_outputs_passed_downstream(
+    engine: Engine, define: Callable[..., Any], registry: Registry
+) -> None:
     define(
         "lin",
         [
@@ -16,7 +19,7 @@ async def test_linear_run_completes_with_outputs_passed_downstream(engine: Engin
             {"key": "use", "call": "tests.stepfns:use_upstream"},
         ],
     )
-    run_id = await operations.start_run("lin", {}, "tester")
+    run_id = await operations.start_run(registry.get("lin"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "completed"
     run = (await queries.run_detail(run_id)).to_json()
     assert [s["key"] for s in run["steps"]] == ["gen", "use"]

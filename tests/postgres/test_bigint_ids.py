@@ -10,6 +10,7 @@ import httpx
 
 from engine import operations, queries
 from engine.engine import Engine
+from engine.registry import Registry
 from engine.store import Stmt, fetch, run_batch
 from tests.conftest import wait_run
 
@@ -18,7 +19,7 @@ SEQUENCES = ("runs", "steps", "attempts", "events", "notifications", "deliveries
 
 
 async def test_ids_past_two_to_the_31_are_stored_and_read_back(
-    db: str, engine: Engine, api: httpx.AsyncClient, define: Callable[..., Any]
+    db: str, engine: Engine, api: httpx.AsyncClient, define: Callable[..., Any], registry: Registry
 ) -> None:
     for table in SEQUENCES:  # refused ("out of bounds") by a 32-bit sequence
         await run_batch([Stmt(f"SELECT setval('{table}_id_seq', ?)", (PAST_32_BITS + SEQUENCES.index(table),))])
@@ -26,7 +27,7 @@ async def test_ids_past_two_to_the_31_are_stored_and_read_back(
         "wide", [{"key": "a", "call": "tests.stepfns:noop"}, {"key": "b", "call": "tests.stepfns:noop", "needs": ["a"]}]
     )
 
-    run_id = await operations.start_run("wide", {}, "t")
+    run_id = await operations.start_run(registry.get("wide"), {}, "t")
     assert run_id == PAST_32_BITS + 1
     assert await wait_run(run_id, "completed") == "completed"
 

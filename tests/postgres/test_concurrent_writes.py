@@ -12,6 +12,7 @@ import asyncpg
 from engine import operations
 from engine.engine import Engine
 from engine.orphans import prune_finished
+from engine.registry import Registry
 from engine.store import Stmt, fetch, run_batch
 from models.schema import dsn
 from tests.conftest import wait_for, wait_run
@@ -20,10 +21,10 @@ LONG_AGO = "2000-01-01 00:00:00+00:00"
 
 
 async def test_a_run_requeued_while_the_prune_waits_for_it_is_kept(
-    db: str, engine: Engine, define: Callable[..., Any]
+    db: str, engine: Engine, define: Callable[..., Any], registry: Registry
 ) -> None:
     define("p", [{"key": "a", "call": "tests.stepfns:noop"}])
-    run_id = await operations.start_run("p", {}, "t")
+    run_id = await operations.start_run(registry.get("p"), {}, "t")
     await wait_run(run_id, "completed")
     await run_batch([Stmt("UPDATE runs SET finished_at = ? WHERE id = ?", (LONG_AGO, run_id))])
     other = await asyncpg.connect(dsn(db))  # another process, re-queuing the run (a rerun)

@@ -14,6 +14,7 @@ from typing import Any
 from engine import auth, operations, orphans
 from engine.db import current
 from engine.db.postgres import PostgresDatabase
+from engine.registry import Registry
 from engine.settings import Settings
 from engine.store import fetch
 from tests import stepfns
@@ -44,7 +45,7 @@ async def host_clock_off_by(skew: timedelta) -> PostgresDatabase:
 
 
 async def test_an_engine_with_a_skewed_clock_writes_the_database_clock(
-    db: str, settings: Settings, define: Callable[..., Any]
+    db: str, settings: Settings, define: Callable[..., Any], registry: Registry
 ) -> None:
     await host_clock_off_by(SKEW)
     stepfns.reset()
@@ -53,7 +54,7 @@ async def test_an_engine_with_a_skewed_clock_writes_the_database_clock(
         [{"key": "a", "call": "tests.stepfns:blocking"}, {"key": "b", "call": "tests.stepfns:noop", "needs": ["a"]}],
     )
     async with engine_running(settings):
-        run_id = await operations.start_run("clock", {}, "tester")
+        run_id = await operations.start_run(registry.get("clock"), {}, "tester")
         claimed = await wait_for(lambda: _beat(run_id), what="the run to be claimed")
         # A heartbeat of the engine (every 0.2 s) while step a runs.
         await wait_for(lambda: _beat(run_id, after=claimed), what="a heartbeat after the claim")
@@ -75,13 +76,13 @@ async def test_an_engine_with_a_skewed_clock_writes_the_database_clock(
 
 
 async def test_retry_times_accounts_and_the_prune_cutoff_follow_the_database_clock(
-    db: str, settings: Settings, define: Callable[..., Any]
+    db: str, settings: Settings, define: Callable[..., Any], registry: Registry
 ) -> None:
     database = await host_clock_off_by(SKEW)
     stepfns.reset()
     define("late", [{"key": "a", "call": "tests.stepfns:boom", "retries": 1, "retry_delay_s": 300}])
     async with engine_running(settings):
-        run_id = await operations.start_run("late", {}, "tester")
+        run_id = await operations.start_run(registry.get("late"), {}, "tester")
         retry_at = await wait_for(lambda: _retry_at(run_id), what="the retry to be planned")
         await auth.add_user("clocked", "a long enough password", "viewer")
         await operations.cancel_run(run_id, "tester")

@@ -22,6 +22,7 @@ import pytest
 from engine.db import current
 from engine.engine import Engine
 from engine.hub import Change
+from engine.registry import Registry
 from engine.store import fetch
 from models.schema import dsn
 from tests.conftest import wait_for, wait_run
@@ -255,7 +256,7 @@ def test_changes_still_arrive_after_the_listening_connections_are_cut(tmp_path: 
 
 
 async def test_each_event_reaches_the_hub_once_whether_this_process_or_another_wrote_it(
-    db: str, engine: Engine, define: Callable[..., Any]
+    db: str, engine: Engine, define: Callable[..., Any], registry: Registry
 ) -> None:
     from engine import feed, operations
 
@@ -265,7 +266,7 @@ async def test_each_event_reaches_the_hub_once_whether_this_process_or_another_w
     remove = current().hub.add_listener(lambda change: seen.append(change) if change.event_id is not None else None)
     try:
         define("five", [{"key": f"s{i}", "call": "tests.stepfns:noop"} for i in range(5)])
-        run_id = await operations.start_run("five", {}, "t")
+        run_id = await operations.start_run(registry.get("five"), {}, "t")
         await wait_run(run_id, "completed")
         # Another process writes an event of the run (its connection has an application name of its own).
         other = await asyncpg.connect(dsn(db), server_settings={"application_name": "another process"})

@@ -17,6 +17,7 @@ import pytest
 
 from engine import operations, queries
 from engine.engine import Engine
+from engine.registry import Registry
 from models.schema import dsn
 from tests.conftest import wait_run
 from tests.integration.served import Server, Workspace
@@ -127,10 +128,10 @@ def test_60_runs_followed_with_reconnects_deliver_every_event_once(tmp_path: Pat
 
 
 async def test_an_event_committed_after_a_later_one_is_sent_before_it_and_a_resume_misses_neither(
-    db: str, engine: Engine, define: Callable[..., Any], api: httpx.AsyncClient
+    db: str, engine: Engine, define: Callable[..., Any], api: httpx.AsyncClient, registry: Registry
 ) -> None:
     define("one", [{"key": "a", "call": "tests.stepfns:noop"}])
-    run_id = await operations.start_run("one", {}, "t")
+    run_id = await operations.start_run(registry.get("one"), {}, "t")
     await wait_run(run_id, "completed")
     before = [e["id"] for e in await queries.events_after(run_id)]
     insert = "INSERT INTO events (run_id, kind, actor, created_at) VALUES ($1, 'action', $2, now()) RETURNING id"

@@ -18,6 +18,8 @@ import pytest
 from nicegui import ElementFilter, app, run, ui
 from nicegui.testing import User
 
+from engine.definitions import WorkflowDef
+from engine.registry import Registry
 from tests import pgdb, stepfns
 from tests.dbtemplate import migrated_copy
 
@@ -85,6 +87,17 @@ def add_workflows(directory: Path, definitions: dict[str, str]) -> None:
     """Put definitions (YAML texts by name, indented as in the test module) in the app's workflows directory."""
     for name, text in definitions.items():
         (directory / f"{name}.yaml").write_text(textwrap.dedent(text), encoding="utf-8")
+
+
+def app_workflows() -> Registry:
+    """The definitions of the app under test (`app.state.workflows`, loaded from its workflows directory)."""
+    workflows: Registry = app.state.workflows
+    return workflows
+
+
+def loaded(name: str) -> WorkflowDef:
+    """A definition the app under test loaded, to start a run of it in the test as the app would."""
+    return app_workflows().get(name)
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from nicegui import ui
 from nicegui.testing import User
 
 from engine import operations, queries
-from tests.ui.conftest import eventually, table_rows
+from tests.ui.conftest import eventually, loaded, table_rows
 from ui.pages import monitoring as monitoring_page
 
 WORKFLOW = "llm-tokens"
@@ -45,7 +45,7 @@ def llm_env(workflows_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def run_workflow(topic: str) -> int:
-    run_id = await operations.start_run(WORKFLOW, {"topic": topic}, "test")
+    run_id = await operations.start_run(loaded(WORKFLOW), {"topic": topic}, "test")
 
     async def completed() -> bool:
         run = (await queries.run_detail(run_id)).to_json()

@@ -11,7 +11,7 @@ from nicegui.testing import User
 
 from engine import operations
 from tests.receiver import Receiver
-from tests.ui.conftest import eventually, table_rows
+from tests.ui.conftest import eventually, loaded, table_rows
 
 TOKEN = "tok-ui-5e6f7a8b"
 FAILS = """\
@@ -38,7 +38,7 @@ def receiver(workflows_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[R
 async def test_deliveries_show_with_status_tries_and_a_redacted_target(user: User, receiver: Receiver) -> None:
     await user.open("/monitoring")
     await user.should_see("Notifications")
-    run_id = await operations.start_run("fails", {}, "tester")
+    run_id = await operations.start_run(loaded("fails"), {}, "tester")
 
     async def delivered() -> bool:
         rows = table_rows(user, "deliveries")

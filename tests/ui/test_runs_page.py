@@ -9,7 +9,7 @@ from nicegui.testing import User
 
 from engine import operations, queries
 from tests import stepfns
-from tests.ui.conftest import eventually, table_rows
+from tests.ui.conftest import eventually, loaded, table_rows
 from ui import run_list
 from ui.run_list import RunFilter
 
@@ -37,9 +37,9 @@ async def test_empty_state(user: User) -> None:
 
 
 async def test_lists_runs_with_status_and_progress(user: User) -> None:
-    done = await operations.start_run("ui-demo", {"topic": "bees"}, "test")
+    done = await operations.start_run(loaded("ui-demo"), {"topic": "bees"}, "test")
     await eventually(lambda: run_in(done, "completed"), f"run {done} to complete")
-    blocked = await operations.start_run("gated", {}, "test")
+    blocked = await operations.start_run(loaded("gated"), {}, "test")
     await eventually(lambda: run_in(blocked, "running"), f"run {blocked} to run")
 
     await user.open("/")
@@ -82,9 +82,9 @@ def test_relative_times_and_inputs_on_one_line() -> None:
 
 async def test_filters_come_from_the_url(user: User) -> None:
     """A filtered list can be linked to and reloaded (the page writes its filters into the URL)."""
-    first = await operations.start_run("ui-demo", {"topic": "honey bees"}, "test")
-    await operations.start_run("ui-demo", {"topic": "wasps"}, "test")
-    gated = await operations.start_run("gated", {}, "test")
+    first = await operations.start_run(loaded("ui-demo"), {"topic": "honey bees"}, "test")
+    await operations.start_run(loaded("ui-demo"), {"topic": "wasps"}, "test")
+    gated = await operations.start_run(loaded("gated"), {}, "test")
     await eventually(lambda: run_in(first, "completed"), f"run {first} to complete")
 
     await user.open("/?status=completed&q=honey")
@@ -101,7 +101,7 @@ async def test_filters_come_from_the_url(user: User) -> None:
 
 
 async def test_stale_steps_show_in_the_runs_list(user: User) -> None:
-    run_id = await operations.start_run("ui-demo", {"topic": "bees"}, "test")
+    run_id = await operations.start_run(loaded("ui-demo"), {"topic": "bees"}, "test")
     await eventually(lambda: run_in(run_id, "completed"), f"run {run_id} to complete")
     await user.open("/")
     assert (row_of(user, run_id) or {})["stale"] == 0
@@ -117,7 +117,7 @@ async def test_stale_steps_show_in_the_runs_list(user: User) -> None:
 async def test_status_change_shows_without_reload(user: User) -> None:
     await user.open("/")
     await user.should_see("No runs yet")
-    run_id = await operations.start_run("gated", {}, "test")
+    run_id = await operations.start_run(loaded("gated"), {}, "test")
     # The new run appears, then turns running, then completed: all without reopening the page.
     await eventually(lambda: (row_of(user, run_id) or {}).get("status") == "running", "the row to show running")
     stepfns.RELEASE.set()
@@ -129,9 +129,9 @@ async def test_status_change_shows_without_reload(user: User) -> None:
 
 
 async def test_filters(user: User) -> None:
-    first = await operations.start_run("ui-demo", {"topic": "honey bees"}, "test")
-    second = await operations.start_run("ui-demo", {"topic": "wasps"}, "test")
-    gated = await operations.start_run("gated", {}, "test")
+    first = await operations.start_run(loaded("ui-demo"), {"topic": "honey bees"}, "test")
+    second = await operations.start_run(loaded("ui-demo"), {"topic": "wasps"}, "test")
+    gated = await operations.start_run(loaded("gated"), {}, "test")
     await user.open("/")
     assert {r["id"] for r in table_rows(user, "runs-table")} == {first, second, gated}
 

@@ -16,7 +16,7 @@ from engine.cron import trigger
 from engine.records import utcnow
 from engine.schedules import Schedules
 from models.tables import Run, ScheduleState
-from tests.ui.conftest import eventually
+from tests.ui.conftest import app_workflows, eventually
 
 REPORT = """\
 name: report
@@ -93,7 +93,7 @@ async def test_shows_next_fire_time_and_the_last_run_with_link_and_status(user: 
 
     # A fire time passes (fired by a scheduler of its own, as a second server would): its run appears.
     fired_for = datetime(2024, 3, 4, 2, 0, 30, tzinfo=UTC)  # 03:00 in Berlin, plus 30 s
-    run_id = await Schedules(AsyncIOScheduler(timezone="UTC")).fire("report", "nightly", now=fired_for)
+    run_id = await Schedules(AsyncIOScheduler(timezone="UTC"), app_workflows()).fire("report", "nightly", now=fired_for)
     assert run_id is not None
 
     async def completed() -> bool:

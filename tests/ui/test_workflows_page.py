@@ -10,7 +10,7 @@ from nicegui.testing import User
 
 from engine import operations
 from engine.maintenance import SWEEP_JOB_ID
-from tests.ui.conftest import eventually, table_rows
+from tests.ui.conftest import eventually, loaded, table_rows
 from ui.components.dag import INLINE_MAX_STEPS
 
 
@@ -106,5 +106,5 @@ async def test_monitoring_shows_the_sweep_and_counts(user: User) -> None:
     await user.should_see("Token usage charts appear once LLM steps run.")
     await user.should_see("queued: 0")
 
-    await operations.start_run("gated", {}, "test")
+    await operations.start_run(loaded("gated"), {}, "test")
     await user.should_see("running: 1", retries=100)  # the counts follow the new run

@@ -165,7 +165,7 @@ class RunForm:
             return
         self.start_button.disable()  # one click, one run
         try:
-            run_id = await operations.start_run(self.defn.name, values, await security.acting())
+            run_id = await operations.start_run(self.defn, values, await security.acting())
         except Forbidden as exc:
             self.show_problems({}, str(exc))
             return

@@ -7,7 +7,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from engine.llm.providers import Providers
 from engine.maintenance import Maintenance
+from engine.registry import Registry
 from ui.live import LiveRuns
 
 
@@ -32,18 +34,19 @@ async def not_found(request: Request, exc: Exception) -> Response:
     return client.build_response(request, 404)
 
 
-def register_pages(maintenance: Maintenance, live: LiveRuns) -> None:
+def register_pages(maintenance: Maintenance, live: LiveRuns, clients: Providers, workflows: Registry) -> None:
     from nicegui import ui
 
     from ui.components import output_view
-    from ui.pages import monitoring, run_detail, runs, workflows
+    from ui.pages import monitoring, run_detail, runs
+    from ui.pages import workflows as workflows_page
     from ui.theme import BOOT_HTML, THEME_CSS
 
     ui.add_css(output_view.CSS + THEME_CSS, shared=True)
     ui.add_body_html(BOOT_HTML, shared=True)
 
     app.add_exception_handler(404, not_found)  # in place of NiceGUI's bare page
-    runs.register(live)
+    runs.register(live, workflows)
     run_detail.register(live)
-    workflows.register(maintenance.schedules)
+    workflows_page.register(workflows, maintenance.schedules, clients)
     monitoring.register(maintenance, live)

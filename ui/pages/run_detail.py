@@ -13,7 +13,6 @@ from nicegui import background_tasks, ui
 
 from engine import operations, queries
 from engine.errors import NotFound, OperationError
-from engine.registry import workflows
 from models.status import StepStatus
 from ui import security
 from ui.components.cost_view import cost_text
@@ -316,7 +315,7 @@ class RunPage:
         from ui.components.run_form import open_run_dialog
 
         try:
-            defn = workflows.get(self.state.view.workflow)
+            defn = self.live.workflows.get(self.state.view.workflow)
         except NotFound as exc:
             ui.notify(str(exc), type="warning")
             return

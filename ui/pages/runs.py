@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from nicegui import events, ui
 
 from engine.db import now as db_now
-from engine.registry import workflows
+from engine.registry import Registry
 from models.status import RunStatus, StepStatus
 from ui import run_list, security
 from ui.components.run_form import open_run_dialog
@@ -109,7 +109,8 @@ def table_row(run: RunRow, now: datetime) -> dict[str, Any]:
 class RunsTable:
     """One tab's runs table: its filter, its page, and the re-read that keeps them current."""
 
-    def __init__(self, initial: RunFilter | None = None) -> None:
+    def __init__(self, workflows: Registry, initial: RunFilter | None = None) -> None:
+        self.workflows = workflows  # the app's definitions: inputs in their declared order
         self.filter = initial or RunFilter()
         self.page = 1
         self.rows_per_page = ROWS_PER_PAGE
@@ -170,7 +171,7 @@ class RunsTable:
         generation, f, page, per_page = self._generation, self.filter, self.page, self.rows_per_page
         total = await run_list.count_runs(f)
         page = min(page, max(1, -(-total // per_page)))  # runs matching the filter may have gone
-        rows = await run_list.page_runs(f, page=page, rows_per_page=per_page)
+        rows = await run_list.page_runs(f, page=page, rows_per_page=per_page, workflows=self.workflows)
         if generation != self._generation or self.table.is_deleted:
             return
         self.page = page
@@ -191,7 +192,7 @@ class RunsTable:
         self.table.set_visibility(total > 0)
 
 
-def new_run_button() -> None:
+def new_run_button(workflows: Registry) -> None:
     names = sorted(workflows.definitions)
     with ui.button("New run", icon="add").mark("new-run") as button:
         if not security.may_act():
@@ -211,7 +212,7 @@ def filter_url(f: RunFilter) -> str:
     return "/?" + urlencode(query) if query else "/"
 
 
-def register(live: LiveRuns) -> None:
+def register(live: LiveRuns, workflows: Registry) -> None:
     ui.add_css(".runs-table tbody tr { cursor: pointer; }", shared=True)
 
     @dashboard_page("/")
@@ -226,7 +227,7 @@ def register(live: LiveRuns) -> None:
             if initial.workflow and initial.workflow not in known:
                 known.append(initial.workflow)
             with ui.row().classes("w-full items-end gap-4"):
-                new_run_button()
+                new_run_button(workflows)
                 status_select = ui.select(
                     [s.value for s in RunStatus], label="Status", clearable=True, value=initial.status
                 )
@@ -235,7 +236,7 @@ def register(live: LiveRuns) -> None:
                 workflow_select.classes("w-56").mark("filter-workflow")
                 search = ui.input("Search", placeholder="#id, workflow or input text", value=initial.search)
                 search.props("clearable debounce=300").classes("w-72").mark("filter-search")
-            runs = RunsTable(initial)
+            runs = RunsTable(workflows, initial)
             status_select.on_value_change(lambda e: runs.set_filter(status=e.value or None))
             workflow_select.on_value_change(lambda e: runs.set_filter(workflow=e.value or None))
             search.on_value_change(lambda e: runs.set_filter(search=e.value or ""))

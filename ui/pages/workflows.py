@@ -13,7 +13,8 @@ from nicegui import app, background_tasks, run, ui
 from engine.definitions import DefinitionError, StepDef, WorkflowDef
 from engine.errors import OperationError
 from engine.llm.model_check import model_warnings
-from engine.registry import workflows
+from engine.llm.providers import Providers
+from engine.registry import Registry
 from engine.schedules import Schedules
 from ui import security
 from ui.components.dag import dag_or_opener
@@ -127,7 +128,7 @@ def error_card(error: DefinitionError) -> None:
                     ui.label(f"{name}: {value}")
 
 
-def catalog_view() -> None:
+def catalog_view(workflows: Registry) -> None:
     for error in workflows.errors:
         error_card(error)
     if not workflows.definitions:
@@ -136,7 +137,9 @@ def catalog_view() -> None:
         definition_card(workflows.definitions[name])
 
 
-async def reload_definitions(view: ui.refreshable[[], None], schedules: SchedulesView) -> None:
+async def reload_definitions(
+    workflows: Registry, view: ui.refreshable[[Registry], None], schedules: SchedulesView
+) -> None:
     try:
         await security.acting()  # reloading imports step modules and may start scheduled runs
     except OperationError as exc:
@@ -157,12 +160,12 @@ async def reload_definitions(view: ui.refreshable[[], None], schedules: Schedule
     ui.notify(f"{len(catalog.definitions)} definition(s) loaded{broken}", type="warning" if broken else "positive")
 
 
-async def show_model_warnings(box: ui.column) -> None:
+async def show_model_warnings(box: ui.column, workflows: Registry, clients: Providers) -> None:
     """Warn about models the definitions name that the endpoint does not list (never blocks anything)."""
     settings = getattr(app.state, "settings", None)
     if settings is None:
         return
-    found = await model_warnings(settings, list(workflows.definitions.values()))
+    found = await model_warnings(settings, list(workflows.definitions.values()), clients)
     if box.is_deleted:
         return
     with box:
@@ -173,7 +176,7 @@ async def show_model_warnings(box: ui.column) -> None:
                     ui.label(f"{workflow}: {line}").classes("text-sm").mark(f"model-warning-{workflow}")
 
 
-def register(schedules: Schedules) -> None:
+def register(workflows: Registry, schedules: Schedules, clients: Providers) -> None:
     @dashboard_page("/workflows")
     async def workflows_page() -> None:
         with frame("Workflows"):
@@ -185,9 +188,9 @@ def register(schedules: Schedules) -> None:
                 reload.set_enabled(security.may_act())
             schedules_view = SchedulesView(schedules)
             await schedules_view.refresh()
-            reload.on_click(lambda: reload_definitions(view, schedules_view))
+            reload.on_click(lambda: reload_definitions(workflows, view, schedules_view))
             ui.label("Definitions").classes("text-h6")
             model_notes = ui.column().classes("w-full gap-1").mark("model-warnings")
-            view()
+            view(workflows)
             # The endpoint may take seconds to answer GET /v1/models: the page does not wait for it.
-            background_tasks.create(show_model_warnings(model_notes), name="workflows model check")
+            background_tasks.create(show_model_warnings(model_notes, workflows, clients), name="workflows model check")
