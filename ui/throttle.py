@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from nicegui import background_tasks
+from nicegui import app, background_tasks
 
 log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
@@ -29,6 +29,8 @@ class Throttle:
         self._task: asyncio.Task[None] | None = None
 
     def trigger(self) -> None:
+        if not app.is_started:
+            self.closed = True  # its app stopped: a later engine of the process must not refresh it
         if self.closed:
             return
         self._dirty = True

@@ -44,7 +44,12 @@ _listeners: list[Callable[[], None]] = []
 def add_listener(listener: Callable[[], None]) -> Callable[[], None]:
     """Call `listener` (on the event loop) whenever deliveries were made or tried; returns its remover."""
     _listeners.append(listener)
-    return lambda: _listeners.remove(listener)
+
+    def remove() -> None:
+        with contextlib.suppress(ValueError):  # removed already
+            _listeners.remove(listener)
+
+    return remove
 
 
 def _changed() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nicegui import Event, ui
+from nicegui import ui
 
 from engine.notify import notifier
 from engine.notify.targets import env_targets
@@ -25,9 +25,6 @@ COLUMNS: list[dict[str, Any]] = [
     {"name": "last_error", "label": "Last error", "field": "last_error", "align": "left"},
     {"name": "next_at", "label": "Next try", "field": "next_at", "align": "left"},
 ]
-# Deliveries were made or tried (by this process's engine): one event for every open Monitoring tab.
-deliveries_changed: Event[[]] = Event()
-notifier.add_listener(deliveries_changed.emit)
 
 
 def _row(d: dict[str, Any]) -> dict[str, Any]:
@@ -62,4 +59,12 @@ async def notifications_section(settings: Settings) -> None:
 
     throttle = Throttle(refresh, REFRESH_INTERVAL_S, name="monitoring deliveries refresh")
     await refresh()
-    deliveries_changed.subscribe(throttle.trigger)
+    # Deliveries made or tried by this process's engine refresh the table; the tab's listener goes with it
+    # (an app that stopped must not be called by the next engine of the process).
+    remove_listener = notifier.add_listener(throttle.trigger)
+
+    def gone() -> None:
+        remove_listener()
+        throttle.close()
+
+    ui.context.client.on_delete(gone)
