@@ -198,22 +198,28 @@ def post_cpu_ms(pid: int, post: Callable[[], object], count: int) -> float:
     return (_cpu_s(pid) - before) / count * 1000
 
 
+def wait_up(client: httpx.Client, proc: subprocess.Popen[bytes], path: str) -> None:
+    """Wait (a minute at most) until the process started to serve `client` answers `path`."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client.get(path)
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.1)
+
+
 @contextlib.contextmanager
-def http_floor() -> Iterator[tuple[int, Callable[[], object]]]:
-    """`bench/http_floor.py` served on a free port: its pid and a POST like `Server.start_run`'s."""
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.http_floor", str(port)], cwd=ROOT, env=clean_env())
+def serving_posts(
+    args: list[str], cwd: Path, env: dict[str, str], port: int, ready: str
+) -> Iterator[tuple[int, Callable[[], object]]]:
+    """`python ARGS` serving on `port` (ready once `ready` answers): its pid and a POST like `Server.start_run`'s."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    client.get("/docs")
-                    break
-                except httpx.TransportError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise
-                    time.sleep(0.1)
+            wait_up(client, proc, ready)
 
             def post() -> object:
                 r = client.post("/api/runs", json={"workflow": "par", "inputs": {}})
@@ -224,6 +230,14 @@ def http_floor() -> Iterator[tuple[int, Callable[[], object]]]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def http_floor() -> Iterator[tuple[int, Callable[[], object]]]:
+    """`bench/http_floor.py` served on a free port: its pid and a POST."""
+    port = free_port()
+    with serving_posts(["-m", "bench.http_floor", str(port)], ROOT, clean_env(), port, "/docs") as served:
+        yield served
 
 
 def post_figures(no_engine: Server, count: int, reps: int) -> tuple[float, float]:

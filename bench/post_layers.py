@@ -28,16 +28,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.middleware.gzip import GZipMiddleware
@@ -103,22 +100,10 @@ def serve_layer(layer: str, port: int) -> None:
 # --- measuring -------------------------------------------------------------------------------------
 
 
-def _wait_up(client: httpx.Client, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            client.get("/api/health")
-            return
-        except httpx.TransportError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise
-            time.sleep(0.1)
-
-
 @contextlib.contextmanager
 def layer_server(layer: str, tmp: Path) -> Iterator[tuple[int, Callable[[], object]]]:
     """A layer served on a free port, on a workspace of its own: its pid and one POST."""
-    from bench.engine import BENCH_STEPS, workflow_yaml
+    from bench.engine import BENCH_STEPS, serving_posts, workflow_yaml
     from tests.dbtemplate import migrated_copy
     from tests.integration.served import ROOT, Server, Workspace, free_port
 
@@ -140,20 +125,8 @@ def layer_server(layer: str, tmp: Path) -> Iterator[tuple[int, Callable[[], obje
         cwd, cmd = ROOT, ["-m", "bench.http_floor", str(port)]
     else:
         cwd, cmd = ROOT, ["-m", "bench.post_layers", "serve", layer, str(port)]
-    proc = subprocess.Popen([sys.executable, *cmd], cwd=cwd, env=ws.env)
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
-            _wait_up(client, proc)
-
-            def post() -> object:
-                r = client.post("/api/runs", json={"workflow": "par", "inputs": {}})
-                assert r.status_code == 201, r.text
-                return r.json()["id"]
-
-            yield proc.pid, post
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with serving_posts(cmd, cwd, ws.env, port, "/api/health") as served:
+        yield served
 
 
 def measure(layers: list[str], posts: int, reps: int) -> dict[str, list[float]]:
