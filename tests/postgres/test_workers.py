@@ -239,10 +239,17 @@ def test_cron_with_its_leader_killed_still_fires_the_next_time_once(tmp_path: Pa
                 (killed_at,),
             )
 
-        eventually("the next fire time starts a run", lambda: bool(fired_after_kill()), 150, logs)
+        def started_after_kill() -> list[dict[str, object]]:
+            return [f for f in fired_after_kill() if f["outcome"] == "started"]
+
+        eventually("a fire time after the kill starts a run", lambda: bool(started_after_kill()), 150, logs)
         eventually("a survivor leads", lambda: leader() in {i for i in ids if i != first}, 30, logs)
-        fire = fired_after_kill()[0]
-        assert fire["outcome"] == "started" and fire["run_id"] is not None
+        fire = started_after_kill()[0]
+        assert fire["run_id"] is not None
+        # On a loaded machine the takeover can outlast a minute: the fire times it passed are recorded as
+        # missed (the schedule's `skip`), never started late, and the next one is started.
+        before = [f for f in fired_after_kill() if f["fire_time"] < fire["fire_time"]]  # type: ignore[operator]
+        assert all(f["outcome"] == "missed" for f in before), before
         runs = ws.sql("SELECT count(*) AS n FROM runs WHERE scheduled_for = ?", (fire["fire_time"],))[0]["n"]
         assert runs == 1
         # Only the new leader fired it: no other process even tried (the unique key would have refused it).
