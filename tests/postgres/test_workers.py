@@ -74,6 +74,25 @@ def running_attempts(ws: Workspace, owner: str) -> set[tuple[int, str, int]]:
     return {(r["run_id"], r["key"], r["id"]) for r in rows}
 
 
+def frozen_with_attempts_in_flight(ws: Workspace, worker: Worker, worker_id: str) -> set[tuple[int, str, int]]:
+    """Stop the worker (SIGSTOP) at a moment it holds running attempts; those attempts.
+
+    Checking and then signalling would race: the attempts seen can finish before the signal lands. A
+    stopped process sends nothing more, so what the database shows once the stop has settled is what stays
+    in flight; when that is nothing, the worker is let go on and stopped again a moment later.
+    """
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        worker.signal(signal.SIGSTOP)
+        time.sleep(0.3)  # a statement already on its way to the server lands before the look
+        in_flight = running_attempts(ws, worker_id)
+        if in_flight:
+            return in_flight
+        worker.signal(signal.SIGCONT)
+        time.sleep(0.05)
+    raise AssertionError(f"{worker.name} was never stopped with an attempt in flight:\n{worker.log_tail()}")
+
+
 def all_completed(ws: Workspace, runs: int) -> bool:
     done: int = ws.sql("SELECT count(*) AS n FROM runs WHERE status = 'completed'")[0]["n"]
     return done == runs
@@ -127,8 +146,8 @@ def test_a_worker_killed_mid_load_loses_only_its_steps_in_flight(
             timeout_s=180,
             logs=logs,
         )
-        victim.kill()
-        in_flight = running_attempts(ws, victim_id)  # it can start nothing more: these stay as they were
+        in_flight = frozen_with_attempts_in_flight(ws, victim, victim_id)
+        victim.kill()  # stopped, it wrote nothing more: what was in flight stays as it was
         assert 1 <= len(in_flight) <= victim.concurrency
         restarted = Worker(ws, "worker-0-restarted", concurrency=4, env=identity)
         new_id = restarted.start(START_WAIT_S)
@@ -172,8 +191,7 @@ def test_a_worker_frozen_past_its_lease_loses_its_runs_and_writes_nothing_when_i
         for _ in range(runs):
             dashboard.start_run("chain")
         eventually("the frozen worker executes steps", lambda: bool(running_attempts(ws, frozen_id)), 120, logs)
-        frozen.signal(signal.SIGSTOP)
-        in_flight = running_attempts(ws, frozen_id)
+        in_flight = frozen_with_attempts_in_flight(ws, frozen, frozen_id)
         other.start(START_WAIT_S)
 
         # Its lease runs out; its runs are re-queued and the other worker completes them all.
