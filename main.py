@@ -204,8 +204,10 @@ def worker(settings: Settings, concurrency: int | None, health_port: int | None)
 
 async def _bind_problem(settings: Settings) -> str | None:
     from engine.db import connected
-    from ui.security import bind_problem
+    from ui.security import bind_problem, is_loopback
 
+    if is_loopback(settings.host):
+        return None  # the answer without the database: opening it costs a third of a second
     async with connected(settings.db_url):
         return await bind_problem(settings)
 
