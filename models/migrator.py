@@ -160,6 +160,8 @@ async def _apply_pending(connection: BaseDBAsyncClient, apps_config: dict[str, d
     await executor.recorder.ensure_schema(executor._schema_editor(atomic=False))
     applied_keys = set(await executor.recorder.applied_migrations())
     plan = executor._migration_plan(None, applied_keys, executor.loader.graph)
+    if not plan:
+        return []  # up to date (every start of a server): the models' state is not built
     state = await executor._project_state(applied_keys)
     done: list[str] = []
     for step in plan:
