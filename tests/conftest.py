@@ -32,6 +32,8 @@ from ui.api import router
 WAIT_ON_THE_CLOCK = ("tests/integration/test_schedules_served.py",)
 
 
+pytest_plugins = ["tests.hangs"]
+
 MODULE_FIXTURE = re.compile(r"@pytest\.fixture\([^)]*scope=\"module\"")
 
 
