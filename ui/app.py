@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -22,6 +25,11 @@ from ui import errors, security
 from ui.api import router
 from ui.live import LiveRuns
 from ui.pages import register_pages
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_STEP_S = 30.0  # the most one shutdown handler may take before the stop goes on without it
+ENGINE_STOP_BOUNDS_S = 15.0 + 10.0  # `Engine.stop`'s own waits past the grace period (claim, interruption)
 
 
 def mount(settings: Settings, workflows: Registry, engine: Engine | None) -> None:
@@ -43,14 +51,37 @@ def mount(settings: Settings, workflows: Registry, engine: Engine | None) -> Non
         app.on_startup(engine.start)
     app.on_startup(maintenance.start)
     app.on_startup(lambda: live.start(current().hub))
-    app.on_shutdown(live.stop)
-    app.on_shutdown(clients.close)
-    app.on_shutdown(maintenance.stop)
-    app.on_shutdown(maintenance.stop_leading)
+    on_shutdown("the live views", live.stop)
+    on_shutdown("the model clients", clients.close)
+    on_shutdown("the scheduler", maintenance.stop)
+    on_shutdown("the leader's lease", maintenance.stop_leading)
     if engine is not None:
-        # NiceGUI passes the app to a handler with one parameter: engine.stop's `why` must keep its default.
-        app.on_shutdown(lambda: engine.stop())
+        limit_s = settings.shutdown_grace_s + ENGINE_STOP_BOUNDS_S + SHUTDOWN_STEP_S
+        on_shutdown("the engine", engine.stop, limit_s)
     register_pages(maintenance, live, clients, workflows)
+
+
+def on_shutdown(name: str, handler: Callable[[], Any], limit_s: float = SHUTDOWN_STEP_S) -> None:
+    """Run `handler` when the app stops, for at most `limit_s` (see `bounded`)."""
+    app.on_shutdown(bounded(name, handler, limit_s))
+
+
+def bounded(name: str, handler: Callable[[], Any], limit_s: float) -> Callable[[], Awaitable[None]]:
+    """`handler` (sync or async) as a shutdown handler that takes at most `limit_s`: one that hangs is
+    given up with an error logged, and the stop goes on (the database is closed, the process exits). A
+    stop cut short leaves at worst a run active, which the sweep fails; a stop that never ends holds the
+    port and every run of this process."""
+
+    async def run() -> None:
+        result = handler()
+        if not inspect.isawaitable(result):
+            return
+        try:
+            await asyncio.wait_for(result, limit_s)
+        except TimeoutError:
+            log.error("stopping %s took longer than %g s: given up, the stop goes on", name, limit_s)
+
+    return run
 
 
 def _open_database_in_lifespan(db_url: str) -> None:
