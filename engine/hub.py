@@ -194,6 +194,32 @@ class Subscription:
             yield change
 
 
+class Signal:
+    """News without a payload for listeners of this process (sync callbacks, called on the event loop);
+    one that raises is logged and the others are still called."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._listeners: list[Callable[[], None]] = []
+
+    def add(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener` on every `emit`; returns a function that removes it (safe to call twice)."""
+        self._listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return remove
+
+    def emit(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("a listener of %s failed", self.name)
+
+
 class Hub:
     """Fan-out of the changes of one open database (`Database.hub`) to listeners (sync callbacks) and
     subscriptions (queues) of this process. A new database opened is a new hub: nothing of the one before
@@ -202,6 +228,8 @@ class Hub:
     def __init__(self) -> None:
         # Steps executing in this process, so that a viewer who arrives mid-stream sees the text so far.
         self.executing: dict[tuple[int, str], StepContext] = {}
+        # Notification deliveries were made or tried by this process (the Monitoring page's table).
+        self.deliveries = Signal("deliveries")
         self._listeners: list[Listener] = []
         self._subscriptions: set[Subscription] = set()
         self._loop: asyncio.AbstractEventLoop | None = None

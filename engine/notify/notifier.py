@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,28 +35,6 @@ MAX_BACKOFF_S = 3600.0
 BATCH = 200
 COALESCE_S = 0.05  # after a wake-up, let the transitions committing with it land: one round for a burst
 WAKE_ON = frozenset({"waiting", "completed", "failed", "cancelled"})
-
-
-_listeners: list[Callable[[], None]] = []
-
-
-def add_listener(listener: Callable[[], None]) -> Callable[[], None]:
-    """Call `listener` (on the event loop) whenever deliveries were made or tried; returns its remover."""
-    _listeners.append(listener)
-
-    def remove() -> None:
-        with contextlib.suppress(ValueError):  # removed already
-            _listeners.remove(listener)
-
-    return remove
-
-
-def _changed() -> None:
-    for listener in list(_listeners):
-        try:
-            listener()
-        except Exception:
-            log.exception("a deliveries listener failed")
 
 
 def backoff_s(first_s: float, attempts: int) -> float:
@@ -159,7 +136,7 @@ class Notifier:
             batches.append([Stmt(f"UPDATE notifications SET fanned_out = TRUE WHERE id IN ({marks})", unwanted)])
         await run_batches(batches)  # each alone: one fanned out by another process meanwhile changes nothing
         if made:
-            _changed()
+            self.hub.deliveries.emit()
         return made
 
     @staticmethod
@@ -183,7 +160,7 @@ class Notifier:
         tries = [self._deliver(client, r) for r in rows if r["id"] in claimed]
         await asyncio.gather(*tries)
         if tries:
-            _changed()
+            self.hub.deliveries.emit()
         return len(tries)
 
     async def _lease(self, ids: list[int], now: datetime) -> set[int]:

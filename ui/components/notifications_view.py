@@ -7,6 +7,7 @@ from typing import Any
 
 from nicegui import ui
 
+from engine.db import current
 from engine.notify import notifier
 from engine.notify.targets import env_targets
 from engine.settings import Settings
@@ -59,9 +60,8 @@ async def notifications_section(settings: Settings) -> None:
 
     throttle = Throttle(refresh, REFRESH_INTERVAL_S, name="monitoring deliveries refresh")
     await refresh()
-    # Deliveries made or tried by this process's engine refresh the table; the tab's listener goes with it
-    # (an app that stopped must not be called by the next engine of the process).
-    remove_listener = notifier.add_listener(throttle.trigger)
+    # Deliveries made or tried by this process's engine refresh the table; the tab's listener goes with it.
+    remove_listener = current().hub.deliveries.add(throttle.trigger)
 
     def gone() -> None:
         remove_listener()
