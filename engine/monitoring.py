@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, NamedTuple
 
 from engine import db
+from engine.db.base import Database
 from engine.store import fetch
 
 MAX_ROWS = 200_000  # newest rows of the window read at most; the report says when it was capped
@@ -324,7 +326,8 @@ async def token_report(days: int = 30, now: datetime | None = None) -> TokenRepo
     return _aggregate(raw, days, since, now)
 
 
-_in_flight: dict[int, asyncio.Task[TokenReport]] = {}
+# Reports being computed, by the database they read (held weakly: a closed database takes its own along).
+_in_flight: weakref.WeakKeyDictionary[Database, dict[int, asyncio.Task[TokenReport]]] = weakref.WeakKeyDictionary()
 
 
 async def shared_token_report(days: int = 30) -> TokenReport:
@@ -332,16 +335,16 @@ async def shared_token_report(days: int = 30) -> TokenReport:
 
     Every open monitoring tab refreshes on the same run change: they read the table once, not once each.
     """
-    loop = asyncio.get_running_loop()
-    task = _in_flight.get(days)
-    if task is None or task.done() or task.get_loop() is not loop:
-        task = _in_flight[days] = loop.create_task(token_report(days), name="stepdeck-token-report")
-        task.add_done_callback(lambda t: _forget(days, t))
+    in_flight = _in_flight.setdefault(db.current(), {})
+    task = in_flight.get(days)
+    if task is None or task.done():
+        task = in_flight[days] = asyncio.create_task(token_report(days), name="stepdeck-token-report")
+        task.add_done_callback(lambda t: _forget(in_flight, days, t))
     return await asyncio.shield(task)  # a caller that goes away does not cancel the others' result
 
 
-def _forget(days: int, task: asyncio.Task[TokenReport]) -> None:
-    if _in_flight.get(days) is task:
-        del _in_flight[days]
+def _forget(in_flight: dict[int, asyncio.Task[TokenReport]], days: int, task: asyncio.Task[TokenReport]) -> None:
+    if in_flight.get(days) is task:
+        del in_flight[days]
     if not task.cancelled():
         task.exception()  # retrieved here, so a result nobody awaited any more is not reported as lost

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from engine import records, transitions
+from engine.db import close_database, open_database
 from engine.monitoring import (
     RECENT_RUNS,
     Bin,
@@ -17,11 +20,13 @@ from engine.monitoring import (
     is_close_to_limit,
     nice_limit,
     percentile,
+    shared_token_report,
     suggest_limit,
     token_report,
 )
 from engine.store import Stmt, fetch, run_batch
 from tests.conftest import holding_lease
+from tests.dbtemplate import migrated_copy
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 OWNER = "test-host:1:boot"
@@ -209,3 +214,16 @@ async def test_token_report_reads_the_window_from_the_database(db: str) -> None:
     assert len(month.truncation_by_day) == 11  # ten days ago through today
     # `now` moves the window: seen from 20 days ahead, nothing is left.
     assert (await token_report(7, now=datetime.now(UTC) + timedelta(days=20))).empty
+
+
+async def test_reports_asked_for_at_once_are_one_report_of_the_open_database(db: str, tmp_path: Path) -> None:
+    first, second = await asyncio.gather(shared_token_report(30), shared_token_report(30))
+    assert first is second  # one read of the table, shared
+    assert first.empty
+    await _llm_run("article", {"outline": (50, [(50, True)])})
+    later = await shared_token_report(30)
+    assert later is not first and later.rows == 1  # asked after the first ended: read again
+    # Another database opened in its place: its report, never one computed from the database before.
+    await close_database()
+    await open_database(f"sqlite://{migrated_copy(tmp_path / 'other.db')}")
+    assert (await shared_token_report(30)).empty
