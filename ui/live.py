@@ -75,11 +75,11 @@ class StepLive:
 @dataclass(slots=True)
 class Patch:
     """What changed in a run since the last push: rows to redraw, steps whose bodies are out of date,
-    and the events for the timeline and log lines."""
+    and the changes for the timeline and log lines (as they came: a view converts only what it shows)."""
 
     rows: list[StepRow] = field(default_factory=list)
     bodies: set[str] = field(default_factory=set)
-    events: list[dict[str, Any]] = field(default_factory=list)
+    events: list[Change] = field(default_factory=list)
 
 
 Listener = Callable[[Patch], None]
@@ -377,7 +377,7 @@ class LiveRuns:
             state.dirty.add(key)  # a selection, a stale flag, a rerun: re-read the step
         if change.kind == ChangeKind.RUN and change.event_id is not None:
             state.header_dirty = True
-        state.pending.events.append(change.to_json())
+        state.pending.events.append(change)
         self._due.add(change.run_id)
         if self._push is None or self._push.done():
             self._push = background_tasks.create(self._push_due(), name="live-push")

@@ -24,7 +24,7 @@ from engine import operations, queries
 from engine.errors import Conflict
 from tests import stepfns
 from tests.conftest import wait_for
-from tests.ui.conftest import add_workflows
+from tests.ui.conftest import add_workflows, eventually, table_rows
 from ui.components.run_steps import RunSteps
 from ui.live import LiveRuns, RunState
 
@@ -582,3 +582,26 @@ async def test_the_graph_and_gantt_panels_follow_the_run(user: User) -> None:
         return bool(gantt.options.get("yAxis", {}).get("data") == ["First step", "Second step"])
 
     await wait_for(charted, TIMEOUT_S, "the Gantt chart to show both steps")
+
+
+async def test_the_open_timeline_gains_the_events_of_the_run_as_they_happen(user: User) -> None:
+    run_id = await start_run(user, "gated-pair")
+    await wait_step(user, run_id, "first", "running")
+    await user.open(f"/runs/{run_id}")
+    expand(user, "timeline")
+
+    def whats() -> list[str]:
+        return [row["what"] for row in table_rows(user, "timeline-rows")]
+
+    await eventually(whats, "the timeline to show the events so far", TIMEOUT_S)
+    assert "step first: pending → running" in whats()
+    assert "step second: pending → running" not in whats()
+
+    stepfns.gate("first").set()
+    stepfns.gate("second").set()
+    await wait_run(user, run_id, "completed")
+    expected = ["step first: running → completed", "step second: running → completed", "run: running → completed"]
+    await eventually(lambda: all(w in whats() for w in expected), "the timeline to show the run's end", TIMEOUT_S)
+    ids = [row["id"] for row in table_rows(user, "timeline-rows")]
+    assert len(ids) == len(set(ids)), "an event shows once"
+    assert ids == sorted(ids)

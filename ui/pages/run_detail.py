@@ -13,6 +13,7 @@ from nicegui import background_tasks, ui
 
 from engine import operations, queries
 from engine.errors import NotFound, OperationError
+from engine.hub import Change, ChangeKind
 from models.status import StepStatus
 from ui import security
 from ui.components.cost_view import cost_text
@@ -231,8 +232,7 @@ class RunPage:
             stale += [k for k in waiting if k not in stale]
         if stale:
             background_tasks.create(self._rebuild(stale), name="run-page-bodies")
-        for event in patch.events:
-            self._run_event(event)
+        self._run_events(patch.events)
 
     async def _rebuild(self, keys: list[str]) -> None:
         details = await queries.step_details(self.run_id, keys)
@@ -241,14 +241,18 @@ class RunPage:
             if body is not None and key in details:
                 body.render(details[key])
 
-    def _run_event(self, event: dict[str, Any]) -> None:
-        if event["kind"] == "log":
-            body = self.bodies.get(event.get("step") or "")
-            if body is not None:
-                body.append_log(str(event.get("line", "")), parse_time(event.get("at")))
-        elif event.get("id") is not None and self.timeline_rows is not None:
-            self.timeline_rows.rows.append(_timeline_row(event))
-            self.timeline_rows.update()
+    def _run_events(self, changes: list[Change]) -> None:
+        """Log lines to the open cards they belong to; persisted events to the timeline, when it is open
+        (one update of the table for the whole batch)."""
+        if self.bodies:
+            for change in changes:
+                if change.kind == ChangeKind.LOG and (body := self.bodies.get(change.step_key or "")) is not None:
+                    body.append_log(change.line or "", parse_time(change.at))
+        if self.timeline_rows is not None:
+            rows = [_timeline_row(c.to_json()) for c in changes if c.event_id is not None]
+            if rows:
+                self.timeline_rows.rows.extend(rows)
+                self.timeline_rows.update()
 
     # --- actions ------------------------------------------------------------------------------------
 
@@ -343,7 +347,7 @@ class RunPage:
                 with box:
                     self.timeline_rows = ui.table(
                         columns=columns, rows=[_timeline_row(e) for e in events], row_key="id", pagination=50
-                    ).classes("w-full")
+                    ).classes("w-full").mark("timeline-rows")
 
             box.on_value_change(load)
 
