@@ -140,10 +140,13 @@ async def save_partial(
     )
 
 
-async def record_late_result(ref: AttemptRef, what: str, llm: dict[str, Any] | None = None) -> None:
-    """Record that an attempt's result arrived after it had already ended; writes no status, but
-    keeps what its model calls cost (the tokens were spent)."""
+async def record_late_result(
+    ref: AttemptRef, outcome: AttemptStatus, llm: dict[str, Any] | None = None, error: str | None = None
+) -> None:
+    """Record that an attempt's result (`outcome`, with its `error` when it failed) arrived after it had
+    already ended; writes no status, but keeps what its model calls cost (the tokens were spent)."""
     now = utcnow()
+    what = f"{outcome}: {error}" if error else str(outcome)
     message = f"late result discarded: attempt {ref.number} {what} after it had already ended"
     event = events.EventSpec(ChangeKind.LATE_RESULT, ref.run_id, step_key=ref.key, attempt=ref.number, message=message)
     result = (await run_batches([events.batch(llm_stmts(ref, llm, AttemptStatus.FAILED, now), [event], now)]))[0]

@@ -32,7 +32,7 @@ from engine.llm.kind import TruncatedOutput
 from engine.outputs import clean_text, normalize_outputs
 from engine.records import AttemptRef, keep_partial_output, record_late_result, save_partial, utcnow
 from engine.retry import FailureKind
-from models.status import StepStatus
+from models.status import AttemptStatus, StepStatus
 
 if TYPE_CHECKING:
     from engine.driver import RunDriver, StepState
@@ -417,7 +417,7 @@ async def _after_thread(driver: RunDriver, s: StepState, ref: AttemptRef, ctx: S
             )
             await _completed(driver, s, ref, ctx, f.outputs)
         else:
-            await record_late_result(ref, "completed")
+            await record_late_result(ref, AttemptStatus.COMPLETED)
             driver.notice_outside_change()
         return
     _took_effect(driver, s, f)

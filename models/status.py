@@ -35,6 +35,14 @@ class AttemptStatus(StrEnum):
     CANCELLED = "cancelled"  # the run was cancelled while it executed
 
 
+class DeliveryStatus(StrEnum):
+    """Of one delivery of a notification to one target (the outbox, `engine/notify`)."""
+
+    PENDING = "pending"  # to be sent at `next_at` (first try, or a retry after a failure)
+    DELIVERED = "delivered"  # the target answered 2xx
+    FAILED = "failed"  # given up: retried for a day, or the target is no longer configured
+
+
 RUN_ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
 RUN_TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 STEP_FINISHED = frozenset({StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED})

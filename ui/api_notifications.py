@@ -3,12 +3,13 @@ host only: their URLs carry tokens). Included in the API's authenticated routes 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
 from engine.notify.notifier import list_deliveries
+from models.status import DeliveryStatus
 from ui.api_models import ErrorBody
 
 router = APIRouter()
@@ -42,6 +43,6 @@ class DeliveryOut(BaseModel):
 )
 async def notifications(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    status: Literal["pending", "delivered", "failed"] | None = None,
+    status: DeliveryStatus | None = None,
 ) -> list[dict[str, Any]]:
     return await list_deliveries(limit, status)

@@ -26,15 +26,16 @@ from engine.notify.targets import Target, env_targets, scrub, targets_for, workf
 from engine.records import utcnow
 from engine.settings import Settings
 from engine.store import Stmt, fetch, run_batch, run_batches
+from models.status import DeliveryStatus, RunStatus
 
 log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+PENDING, DELIVERED, FAILED = DeliveryStatus.PENDING, DeliveryStatus.DELIVERED, DeliveryStatus.FAILED
 LEASE_S = 120.0  # longer than any one send (its timeout), so a lease only lapses when its process died
 MAX_BACKOFF_S = 3600.0
 BATCH = 200
 COALESCE_S = 0.05  # after a wake-up, let the transitions committing with it land: one round for a burst
-WAKE_ON = frozenset({"waiting", "completed", "failed", "cancelled"})
+WAKE_ON = frozenset({RunStatus.WAITING, RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 
 
 def backoff_s(first_s: float, attempts: int) -> float:
@@ -248,7 +249,7 @@ def _dt(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value))
 
 
-async def list_deliveries(limit: int = 100, status: str | None = None) -> list[dict[str, Any]]:
+async def list_deliveries(limit: int = 100, status: DeliveryStatus | None = None) -> list[dict[str, Any]]:
     """Deliveries, newest first: event, run, target (scheme and host only), status, tries, last error."""
     where, params = ("WHERE status = ?", [status]) if status else ("", [])
     rows = await fetch(

@@ -207,7 +207,7 @@ async def complete_step_and_start(
     results = await run_batches(_completion_batches(c, starts, records.utcnow()))
     done, started = _completion_outcome(results, len(starts))
     if not done:
-        await record_late_result(ref, "completed", llm)
+        await record_late_result(ref, AttemptStatus.COMPLETED, llm)
     return done, started
 
 
@@ -274,5 +274,5 @@ async def fail_step(
         raise result
     if result.ok:
         return True
-    await record_late_result(ref, f"failed: {error}", llm)
+    await record_late_result(ref, AttemptStatus.FAILED, llm, error)
     return False

@@ -653,11 +653,16 @@ async def test_keep_partial_output_never_touches_a_completed_attempt() -> None:
 async def test_record_late_result_writes_an_event_and_no_status() -> None:
     made = await run_in(RunStatus.COMPLETED)
     before = await snapshot(made.run_id)
-    await records.record_late_result(made.refs["b"], "completed")
+    await records.record_late_result(made.refs["b"], AttemptStatus.COMPLETED)
+    await records.record_late_result(made.refs["b"], AttemptStatus.FAILED, error="RuntimeError: boom")
     after = await snapshot(made.run_id)
     assert {k: v for k, v in after.items() if k != "events"} == {k: v for k, v in before.items() if k != "events"}
-    assert len(after["events"]) == len(before["events"]) + 1
-    assert after["events"][-1]["kind"] == "late_result"
+    assert len(after["events"]) == len(before["events"]) + 2
+    assert [e["kind"] for e in after["events"][-2:]] == ["late_result", "late_result"]
+    assert [e["message"] for e in after["events"][-2:]] == [
+        "late result discarded: attempt 1 completed after it had already ended",
+        "late result discarded: attempt 1 failed: RuntimeError: boom after it had already ended",
+    ]
 
 
 # --- select_alternative ----------------------------------------------------------------------------

@@ -345,9 +345,11 @@ class RunPage:
                 loaded = True
                 events = await queries.events_after(self.run_id, 0, limit=100_000)
                 with box:
-                    self.timeline_rows = ui.table(
-                        columns=columns, rows=[_timeline_row(e) for e in events], row_key="id", pagination=50
-                    ).classes("w-full").mark("timeline-rows")
+                    self.timeline_rows = (
+                        ui.table(columns=columns, rows=[_timeline_row(e) for e in events], row_key="id", pagination=50)
+                        .classes("w-full")
+                        .mark("timeline-rows")
+                    )
 
             box.on_value_change(load)
 
