@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -114,18 +115,27 @@ def assert_check_is_clean(ws: Workspace) -> None:
     assert "no problems found" in done.stdout
 
 
+# Who the workers look like: each its own process on this host; two containers with one host name and
+# pid 1 each (only the worker id tells them apart); the one killed on another host (its pid means
+# nothing here, so only its lease can tell that it died).
+IDENTITIES: dict[str, Callable[[int], dict[str, str]]] = {
+    "own": lambda i: {},
+    "one-host-and-pid": lambda i: {"STEPDECK_SIMULATE_HOST_PID": "box:1"},
+    "killed-on-another-host": lambda i: {"STEPDECK_SIMULATE_HOST_PID": "far-away:4242"} if i == 0 else {},
+}
+
+
 @pytest.mark.parametrize(
-    ("workers", "runs", "same_host_and_pid"),
-    [(3, 100, False), (2, 30, True)],
-    ids=["three-workers-100-runs", "two-workers-one-host-and-pid"],
+    ("workers", "runs", "identities"),
+    [(3, 100, "own"), (2, 30, "one-host-and-pid"), (2, 30, "killed-on-another-host")],
+    ids=["three-workers-100-runs", "two-workers-one-host-and-pid", "two-workers-killed-one-on-another-host"],
 )
 def test_a_worker_killed_mid_load_loses_only_its_steps_in_flight(
-    tmp_path: Path, workers: int, runs: int, same_host_and_pid: bool
+    tmp_path: Path, workers: int, runs: int, identities: str
 ) -> None:
     ws = workspace(tmp_path, STEPS, sleep_s=0.05)
-    # Two containers with one host name and pid 1 each: only the worker id tells them apart.
-    identity = {"STEPDECK_SIMULATE_HOST_PID": "box:1"} if same_host_and_pid else {}
-    pool = [Worker(ws, f"worker-{i}", concurrency=4, env=identity) for i in range(workers)]
+    identity = IDENTITIES[identities]
+    pool = [Worker(ws, f"worker-{i}", concurrency=4, env=identity(i)) for i in range(workers)]
     dashboard = Server(ws, extra_args=["--no-engine"], log_name="dashboard.log")
     restarted: Worker | None = None
 
@@ -134,9 +144,14 @@ def test_a_worker_killed_mid_load_loses_only_its_steps_in_flight(
 
     try:
         ids = start_all(pool, dashboard)
-        if same_host_and_pid:
-            rows = ws.sql("SELECT host, pid FROM workers WHERE id = ANY(?)", (ids,))
-            assert {(r["host"], r["pid"]) for r in rows} == {("box", 1)} and len(rows) == workers
+        rows = {
+            r["id"]: (r["host"], r["pid"])
+            for r in ws.sql("SELECT id, host, pid FROM workers WHERE id = ANY(?)", (ids,))
+        }
+        if identities == "one-host-and-pid":
+            assert set(rows.values()) == {("box", 1)} and len(rows) == workers
+        elif identities == "killed-on-another-host":
+            assert rows[ids[0]] == ("far-away", 4242) and rows[ids[1]] != ("far-away", 4242)
         run_ids = [dashboard.start_run("chain") for _ in range(runs)]
         victim, victim_id = pool[0], ids[0]
         # Mid-load: a fifth of the steps done, and the victim executing some.
@@ -149,7 +164,7 @@ def test_a_worker_killed_mid_load_loses_only_its_steps_in_flight(
         in_flight = frozen_with_attempts_in_flight(ws, victim, victim_id)
         victim.kill()  # stopped, it wrote nothing more: what was in flight stays as it was
         assert 1 <= len(in_flight) <= victim.concurrency
-        restarted = Worker(ws, "worker-0-restarted", concurrency=4, env=identity)
+        restarted = Worker(ws, "worker-0-restarted", concurrency=4, env=identity(0))
         new_id = restarted.start(START_WAIT_S)
         assert new_id != victim_id
 
