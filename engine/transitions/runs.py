@@ -140,13 +140,17 @@ async def claim_run(run_id: int, owner: str) -> bool:
 
 _QUEUED, _RUNNING = RunStatus.QUEUED.value, RunStatus.RUNNING.value
 # Literal statuses: the partial index of queued runs (`runs_queued`) serves only a query that names its value.
+# The rows to take are picked once, in a CTE of their own: as `UPDATE … WHERE id IN (SELECT … LIMIT n FOR
+# UPDATE SKIP LOCKED)`, PostgreSQL may plan a nested-loop semi-join that runs the sub-select again for every
+# queued row, each time locking the next rows, so that one worker took every queued run whatever its limit.
 _CLAIM_QUEUED_SQL = (
-    "WITH claimed AS (UPDATE runs SET status = ?, owner = ?, heartbeat_at = ?, started_at = COALESCE(started_at, ?),"
+    f"WITH picked AS MATERIALIZED (SELECT id FROM runs WHERE status = '{_QUEUED}' AND id <> ALL(?)"
+    " ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED),"
+    " claimed AS (UPDATE runs SET status = ?, owner = ?, heartbeat_at = ?, started_at = COALESCE(started_at, ?),"
     " finished_at = NULL, error = NULL, updated_at = ?"
-    f" WHERE id IN (SELECT id FROM runs WHERE status = '{_QUEUED}' AND id <> ALL(?) ORDER BY id LIMIT ?"
-    " FOR UPDATE SKIP LOCKED)"
-    f" AND status = '{_QUEUED}' AND EXISTS (SELECT 1 FROM workers w WHERE w.id = ? AND w.lease_until > now())"
-    " RETURNING id)"
+    f" FROM picked WHERE runs.id = picked.id AND runs.status = '{_QUEUED}'"
+    " AND EXISTS (SELECT 1 FROM workers w WHERE w.id = ? AND w.lease_until > now())"
+    " RETURNING runs.id)"
     f" INSERT INTO events ({events.COLUMNS})"
     f" SELECT id, NULL, NULL, '{RUN.value}', '{_QUEUED}', '{_RUNNING}', NULL, ?, ? FROM claimed ORDER BY id"
     " RETURNING id, run_id, created_at"
@@ -158,7 +162,7 @@ async def claim_queued_runs(owner: str, limit: int, skip: Sequence[int] = ()) ->
     (PostgreSQL: `FOR UPDATE SKIP LOCKED`, the engines never wait for each other), leaving out `skip`;
     applies only while `owner` holds a live lease. Returns the ids claimed."""
     now = records.utcnow()
-    stmt = Stmt(_CLAIM_QUEUED_SQL, (RunStatus.RUNNING, owner, now, now, now, list(skip), limit, owner, owner, now))
+    stmt = Stmt(_CLAIM_QUEUED_SQL, (list(skip), limit, RunStatus.RUNNING, owner, now, now, now, owner, owner, now))
 
     def on_commit(result: BatchResult) -> None:
         hub = current().hub
