@@ -39,6 +39,9 @@ from models.status import RunStatus
 
 log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
+CLAIM_WAIT_S = 15.0  # how long a stop lets the claim in flight finish (cancelled mid-claim, a run would be lost)
+INTERRUPT_WAIT_S = 10.0  # how long a stop waits for the runs it interrupted to record it
+
 
 def make_owner_id(*, headless: bool = False) -> str:
     """host:pid:boot — the boot part tells a restarted process from the one before it."""
@@ -127,6 +130,10 @@ class Engine:
             raise RuntimeError("the engine has not started")
         return self._hub
 
+    def longest_stop_s(self) -> float:
+        """How long `stop` waits at most, by its own bounds (the grace period, a claim, the interruption)."""
+        return self.settings.shutdown_grace_s + CLAIM_WAIT_S + INTERRUPT_WAIT_S
+
     async def stop(self, why: str = "the server shut down", grace_s: float | None = None) -> None:
         """Stop claiming; give in-flight steps `grace_s` (default: the setting) to finish, then
         interrupt the rest (failed as interrupted, or re-queued under `resume`). Never leaves a run
@@ -138,7 +145,7 @@ class Engine:
         # owned by nobody alive): it notices `_stopping` and returns after the claim in flight.
         if self._dispatcher is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._dispatcher), timeout=15)
+                await asyncio.wait_for(asyncio.shield(self._dispatcher), timeout=CLAIM_WAIT_S)
         grace_s = self.settings.shutdown_grace_s if grace_s is None else grace_s
         for driver in list(self.drivers.values()):
             driver.drain()
@@ -147,7 +154,7 @@ class Engine:
         for driver in list(self.drivers.values()):
             driver.stop(StopReason.SHUTDOWN)
         if self._driver_tasks:
-            await asyncio.wait(self._driver_tasks, timeout=10)
+            await asyncio.wait(self._driver_tasks, timeout=INTERRUPT_WAIT_S)
         for task in list(self._driver_tasks):
             task.cancel()
         # Heartbeats went on through the grace period: a draining run is alive, not an orphan.

@@ -26,10 +26,9 @@ from ui.api import router
 from ui.live import LiveRuns
 from ui.pages import register_pages
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
 
 SHUTDOWN_STEP_S = 30.0  # the most one shutdown handler may take before the stop goes on without it
-ENGINE_STOP_BOUNDS_S = 15.0 + 10.0  # `Engine.stop`'s own waits past the grace period (claim, interruption)
 
 
 def mount(settings: Settings, workflows: Registry, engine: Engine | None) -> None:
@@ -56,7 +55,7 @@ def mount(settings: Settings, workflows: Registry, engine: Engine | None) -> Non
     on_shutdown("the scheduler", maintenance.stop)
     on_shutdown("the leader's lease", maintenance.stop_leading)
     if engine is not None:
-        limit_s = settings.shutdown_grace_s + ENGINE_STOP_BOUNDS_S + SHUTDOWN_STEP_S
+        limit_s = engine.longest_stop_s() + SHUTDOWN_STEP_S
         on_shutdown("the engine", engine.stop, limit_s)
     register_pages(maintenance, live, clients, workflows)
 

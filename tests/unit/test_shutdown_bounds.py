@@ -19,7 +19,7 @@ async def test_a_hanging_handler_is_given_up_after_its_limit_and_named_in_the_lo
     after: list[str] = []
     handlers = [bounded("a stuck thing", never.wait, 0.2), bounded("the next thing", lambda: after.append("ran"), 5)]
     started = time.monotonic()
-    with caplog.at_level(logging.ERROR, logger="ui.app"):
+    with caplog.at_level(logging.ERROR, logger="stepdeck.ui.app"):
         for handler in handlers:
             await handler()
     assert time.monotonic() - started < 30  # given up, not waited for (the limit is 0.2 s)
@@ -34,7 +34,7 @@ async def test_a_handler_that_ends_in_time_is_waited_for_and_logs_nothing(caplog
         await asyncio.sleep(0.01)
         done.append("stopped")
 
-    with caplog.at_level(logging.ERROR, logger="ui.app"):
+    with caplog.at_level(logging.ERROR, logger="stepdeck.ui.app"):
         await bounded("a quick thing", quick, 30)()
     assert done == ["stopped"]
     assert not caplog.records
