@@ -125,6 +125,9 @@ class Maintenance:
         state.last_run_at, state.runs = utcnow(), state.runs + 1
         try:
             result = await work()
+        except asyncio.CancelledError:  # the process stops mid-job: not the job's failure, and nothing to log
+            state.last_result = "stopped with the process"
+            return
         except Exception as exc:
             state.last_error = f"{type(exc).__name__}: {exc}"
             log.exception("maintenance job %s failed", job_id)

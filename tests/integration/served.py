@@ -9,6 +9,7 @@ script would: STEPDECK_* variables, command-line flags and HTTP.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -60,11 +61,22 @@ schedules:
 """
 
 
+# Ports for test servers come from below Linux's ephemeral range (32768-60999), where the kernel never
+# hands one to an outgoing connection, and each xdist process has its own band: a port picked here
+# cannot be taken by a client socket or by the other test process in the second before the server binds it.
+_PORT_BASE, _PORT_BAND = 20000, 3000
+_next_port = itertools.count(os.getpid() % _PORT_BAND)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    base = _PORT_BASE + (worker % 4) * _PORT_BAND
+    for _ in range(_PORT_BAND):
+        port = base + next(_next_port) % _PORT_BAND
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            return port
+    raise AssertionError(f"no free port in {base}-{base + _PORT_BAND - 1}")
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -192,6 +204,10 @@ class Workspace:
         return n
 
 
+class PortTaken(Exception):
+    """The server could not bind its port: another program took it after it was picked."""
+
+
 class Server:
     """`main.py serve` on a workspace, on a free port; `host=None` leaves the bind address to the default."""
 
@@ -218,6 +234,19 @@ class Server:
     def start(self, wait_s: float = PATIENCE_S) -> None:
         # A start that fails ends the process (seen at once); the wait only bounds a start on a starved machine.
         self.ws.migrate_for_serve()
+        for _ in range(3):  # a port taken by another program between the pick and the bind: take another
+            try:
+                self._start(wait_s)
+                return
+            except PortTaken:
+                self.stop()
+                self.port = free_port()
+                self.base_url = f"http://127.0.0.1:{self.port}"
+                self.client.close()
+                self.client = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(15.0))
+        self._start(wait_s)
+
+    def _start(self, wait_s: float) -> None:
         cmd = [sys.executable, "main.py", "serve", "--port", str(self.port), *self.extra_args]
         if self.host is not None:
             cmd += ["--host", self.host]
@@ -226,6 +255,8 @@ class Server:
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if f"{self.port}): address already in use" in self.log_tail():
+                    raise PortTaken(self.port)
                 raise AssertionError(f"server exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.base_url}/api/health", timeout=1.0).status_code == 200:
