@@ -12,12 +12,11 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from engine import retry, step_runner, transitions
+from engine import logs, retry, step_runner, transitions
 from engine.context import StepContext
 from engine.definitions import StepDef, WorkflowDef
 from engine.records import utcnow
@@ -28,7 +27,7 @@ from models.status import RunStatus, StepStatus
 if TYPE_CHECKING:
     from engine.engine import Engine
 
-log = logging.getLogger(__name__)
+log = logs.logger(__name__)
 
 FINISH_ATTEMPTS = 1000  # decisions the steps kept overturning before the run is failed as a bug of ours
 SHUTDOWN, CANCELLED, LOST, BROKEN = StopReason.SHUTDOWN, StopReason.CANCELLED, StopReason.LOST, StopReason.BROKEN

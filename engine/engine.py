@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import logging
 import os
 import secrets
 import socket
@@ -37,7 +36,7 @@ from engine.threads import DaemonPool
 from models.schema import is_postgres
 from models.status import RunStatus
 
-log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
+log = logs.logger(__name__)
 
 CLAIM_WAIT_S = 15.0  # how long a stop lets the claim in flight finish (cancelled mid-claim, a run would be lost)
 INTERRUPT_WAIT_S = 10.0  # how long a stop waits for the runs it interrupted to record it

@@ -11,14 +11,14 @@ there is nothing to do.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
+from engine import logs
 from engine.db import current
 from engine.hub import Change, Hub
 from engine.queries import event_json
 
-log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
+log = logs.logger(__name__)
 
 
 async def start() -> None:

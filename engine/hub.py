@@ -9,17 +9,18 @@ listens.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+from engine import logs
+
 if TYPE_CHECKING:
     from engine.context import StepContext
 
-log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
+log = logs.logger(__name__)
 
 
 class ChangeKind(StrEnum):

@@ -12,15 +12,14 @@ On SQLite (one process owns the file) every process is its own leader, as before
 
 from __future__ import annotations
 
-import logging
 import time
 
-from engine import leases
+from engine import leases, logs
 from engine.settings import Settings
 from engine.store import Stmt, fetch, run_batch
 from models.schema import is_postgres
 
-log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
+log = logs.logger(__name__)
 
 LEADER = "leader"
 

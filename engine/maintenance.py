@@ -11,7 +11,6 @@ times). Job state is kept for the Monitoring page.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,14 +18,14 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from engine import orphans
+from engine import logs, orphans
 from engine.leader import Leadership
 from engine.records import utcnow
 from engine.registry import Registry
 from engine.schedules import Schedules
 from engine.settings import Settings
 
-log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
+log = logs.logger(__name__)
 
 SWEEP_JOB_ID = "stepdeck-sweep"
 PRUNE_JOB_ID = "stepdeck-prune"

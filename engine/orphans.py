@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import os
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from engine import leases, records, transitions
+from engine import leases, logs, records, transitions
 from engine.settings import Settings
 from engine.store import Stmt, fetch, run_batch
 from models.status import RunStatus, StepStatus
 
-log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
+log = logs.logger(__name__)
 
 
 MAX_RECOVERIES = 3  # under `resume`, how often one run is re-queued before it is failed for good

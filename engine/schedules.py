@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,7 +20,7 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from engine import operations, records
+from engine import logs, operations, records
 from engine.cron import MAX_SLOTS, fire_times, latest_fire_time, trigger
 from engine.definitions import ScheduleDef, WorkflowDef
 from engine.errors import NotFound, OperationError
@@ -30,7 +29,7 @@ from engine.registry import Registry
 from engine.store import fetch
 from models.tables import ScheduleState
 
-log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
+log = logs.logger(__name__)
 
 JOB_PREFIX = "schedule:"
 MISFIRE_GRACE_S = 300  # a fire time APScheduler reaches this late still runs (a busy or sleeping machine)

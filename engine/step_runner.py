@@ -14,7 +14,6 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
-import logging
 import threading
 import traceback
 from collections.abc import Awaitable, Callable
@@ -37,7 +36,7 @@ from models.status import AttemptStatus, StepStatus
 if TYPE_CHECKING:
     from engine.driver import RunDriver, StepState
 
-log = logging.getLogger(__name__)
+log = logs.logger(__name__)
 
 WRITE_RETRY_DELAYS_S = (0.1, 0.5, 2.0)
 T = TypeVar("T")

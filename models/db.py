@@ -28,7 +28,7 @@ MIGRATIONS_MODULE = "models.migrations"
 # lock instead of failing at once.
 SQLITE_PRAGMAS = {"journal_mode": "WAL", "synchronous": "NORMAL", "busy_timeout": "10000", "foreign_keys": "ON"}
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"stepdeck.{__name__}")  # the namespace of engine/logs.py, which models/ may not import
 
 
 def is_sqlite(db_url: str) -> bool:

@@ -34,7 +34,7 @@ from tortoise.transactions import in_transaction
 from models.errors import DatabaseUnavailable
 from models.testhooks import pause_point
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"stepdeck.{__name__}")  # the namespace of engine/logs.py, which models/ may not import
 
 RECORD_TABLE = "tortoise_migrations"
 # What SQLite and PostgreSQL say when an object a migration creates is already there.

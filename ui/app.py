@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -14,7 +13,7 @@ from nicegui import app
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from engine import feed
+from engine import feed, logs
 from engine.db import close_database, current, open_database
 from engine.engine import Engine, make_owner_id
 from engine.llm.providers import Providers
@@ -26,7 +25,7 @@ from ui.api import router
 from ui.live import LiveRuns
 from ui.pages import register_pages
 
-log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
+log = logs.logger(__name__)
 
 SHUTDOWN_STEP_S = 30.0  # the most one shutdown handler may take before the stop goes on without it
 

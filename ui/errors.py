@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import logging
 import sqlite3
 from typing import Any
 
@@ -15,11 +14,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from tortoise.exceptions import BaseORMException
 
+from engine import logs
 from engine.errors import Conflict, Forbidden, InvalidInput, NotFound, OperationError
 from engine.outputs import clean_text
 from models.errors import DatabaseUnavailable
 
-log = logging.getLogger(__name__)
+log = logs.logger(__name__)
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 _PROBE: dict[str, Any] = {"type": "http", "headers": [], "query_string": b""}

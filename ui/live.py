@@ -11,7 +11,6 @@ client disconnects; nothing here can affect a run.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 from nicegui import Event, background_tasks
 from nicegui.binding import bindable_dataclass
 
-from engine import queries
+from engine import logs, queries
 from engine.context import StepContext
 from engine.hub import Change, ChangeKind, Hub
 from engine.llm.record import LlmJson
@@ -29,7 +28,7 @@ from engine.registry import Registry
 from models.status import RunStatus, StepStatus
 from ui.theme import status_color
 
-log = logging.getLogger(__name__)
+log = logs.logger(__name__)
 
 PUSH_DELAY_S = 0.1  # changes arriving within this window reach the tabs as one patch
 STREAM_TAIL_CHARS = 4000  # a card shows the end of the text a model is streaming (the rest follows at the end)

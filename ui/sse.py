@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
 
-from engine import queries
+from engine import logs, queries
 from engine.hub import Hub
 
-log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
+log = logs.logger(__name__)
 
 KEEPALIVE_S = 15.0
 POLL_S = 0.5  # how soon a stream notices the server is shutting down

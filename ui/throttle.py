@@ -7,13 +7,14 @@ at most every `interval_s` and always once more after the last change, so it end
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from nicegui import app, background_tasks
 
-log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
+from engine import logs
+
+log = logs.logger(__name__)
 
 
 class Throttle:

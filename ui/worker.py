@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import signal
 from dataclasses import replace
 
+from engine import logs
 from engine.db import connected
 from engine.engine import Engine
 from engine.maintenance import Maintenance
@@ -26,7 +26,7 @@ from engine.registry import Registry
 from engine.settings import Settings
 from models.schema import is_postgres
 
-log = logging.getLogger("stepdeck.worker")
+log = logs.logger(__name__)
 
 EXIT_OK = 0
 

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from engine import logs
 from engine.db.base import (
     SQLITE,
     Batch,
@@ -46,7 +47,7 @@ from engine.hub import Hub
 from models.db import frozen_flags
 from models.errors import DatabaseUnavailable
 
-log = logging.getLogger(__name__)
+log = logs.logger(__name__)
 
 MAX_GROUP = 64  # batches in one transaction at most (bounds how long one commit holds the lock)
 READERS = 2

@@ -6,14 +6,14 @@ be loaded later. Shown on the Workflows page and logged when the engine starts.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 
+from engine import logs
 from engine.definitions import WorkflowDef
 from engine.llm import providers
 from engine.settings import Settings
 
-log = logging.getLogger(__name__)
+log = logs.logger(__name__)
 SHOWN_MODELS = 8  # models listed in a warning at most
 
 

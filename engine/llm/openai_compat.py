@@ -11,13 +11,13 @@ their context window. The API key never leaves this module: messages are scrubbe
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import time
 from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
+from engine import logs
 from engine.llm.calls import (
     OPENAI_COMPATIBLE,
     Call,
@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # imported when a real endpoint is used: `openai` takes a sec
     import httpx2
     import openai
 
-log = logging.getLogger(__name__)
+log = logs.logger(__name__)
 
 MAX_RETRY_AFTER_S = 60.0
 CONNECT_TIMEOUT_S = 10.0

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import time
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 
+from engine import logs
 from engine.hub import Change, ChangeKind, Hub
 from engine.notify import payload, sender
 from engine.notify.targets import Target, env_targets, scrub, targets_for, workflow_targets
@@ -28,7 +28,7 @@ from engine.settings import Settings
 from engine.store import Stmt, fetch, run_batch, run_batches
 from models.status import DeliveryStatus, RunStatus
 
-log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
+log = logs.logger(__name__)
 
 PENDING, DELIVERED, FAILED = DeliveryStatus.PENDING, DeliveryStatus.DELIVERED, DeliveryStatus.FAILED
 LEASE_S = 120.0  # longer than any one send (its timeout), so a lease only lapses when its process died

@@ -11,10 +11,11 @@ from typing import Any
 
 import httpx
 
+from engine import logs
 from engine.notify import payload
 from engine.notify.targets import WEBHOOK, Target
 
-log = logging.getLogger(f"stepdeck.{__name__}")  # engine/logs.py
+log = logs.logger(__name__)
 # Apprise and httpx log the URLs they send to (httpx each request at INFO): keep those records out of our
 # logs, since target URLs carry tokens.
 logging.getLogger("apprise").setLevel(logging.CRITICAL + 1)

@@ -95,3 +95,15 @@ def test_the_ui_names_statuses_by_their_enums() -> None:
     stray = sorted(f"{path}:{line} {text!r}" for path, line, text in literals if (path, text) not in NOT_STATUSES)
     assert stray == [], "use RunStatus / StepStatus / AttemptStatus (models/status.py)"
     assert {(path, text) for path, _, text in literals} == NOT_STATUSES, "the allowed words are still there"
+
+
+def test_every_module_logs_in_the_stepdeck_namespace() -> None:
+    # One namespace (engine/logs.py) so one handler and one level cover every line the product writes.
+    bare = re.compile(r"getLogger\(__name__\)")
+    stray = [
+        f"{path.relative_to(ROOT)}:{n}"
+        for path in [*sources("engine", "ui", "models"), ROOT / "main.py"]
+        for n, text in enumerate(path.read_text().splitlines(), 1)
+        if bare.search(text)
+    ]
+    assert stray == [], "use `log = logs.logger(__name__)` (models/: getLogger(f'stepdeck.{__name__}'))"

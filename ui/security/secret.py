@@ -7,19 +7,18 @@ else (SQLite: one host) a file readable by its owner only, made on first start.
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 from pathlib import Path
 
-from engine import auth
+from engine import auth, logs
 from engine.db import connected
 from engine.settings import Settings
 from models.schema import is_postgres
 
 SESSION_SECRET = "session"  # its name among the database's shared secrets
 
-log = logging.getLogger(__name__)
+log = logs.logger(__name__)
 
 
 def storage_secret(path: Path) -> str:
