@@ -9,9 +9,9 @@ that step starts if nothing was spent since it was held; each further step is he
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from engine.context import WaitForPerson
 from engine.db import now as db_now
@@ -23,6 +23,14 @@ _EPSILON_USD = 1e-9
 
 def dollars(amount: float) -> str:
     return f"${amount:,.2f}" if amount >= 1 else f"${amount:,.4f}"
+
+
+class HoldJson(TypedDict):
+    """A `Hold` as kept in the attempt's LLM record (`budget_hold`)."""
+
+    scope: str
+    spent: float
+    limit: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +47,8 @@ class Hold:
             return f"budget reached: {dollars(self.spent)} of {dollars(self.limit)} (max_cost of this run)"
         return f"daily budget reached: {dollars(self.spent)} of {dollars(self.limit)} (STEPDECK_LLM_DAILY_BUDGET)"
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_json(self) -> HoldJson:
+        return {"scope": self.scope, "spent": self.spent, "limit": self.limit}
 
 
 class BudgetReached(WaitForPerson):

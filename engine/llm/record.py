@@ -8,10 +8,13 @@ whatever way the step ends (completed, failed, timed out, cancelled, held by the
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, NotRequired, TypedDict, cast
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 from engine.llm.calls import SIMULATED, Call
 from engine.llm.prices import Price
+
+if TYPE_CHECKING:
+    from engine.llm.budget import HoldJson
 
 
 class UsageJson(TypedDict):
@@ -56,7 +59,7 @@ class LlmJson(TypedDict):
     finish_reason: str | None
     context_length: NotRequired[int | None]
     price: NotRequired[dict[str, float] | None]
-    budget_hold: NotRequired[dict[str, Any] | None]
+    budget_hold: NotRequired[HoldJson | None]
     requested_max_tokens: NotRequired[int | None]
     messages: NotRequired[list[dict[str, str]]]
     simulated: NotRequired[bool]
@@ -102,7 +105,7 @@ class LlmRecord:
     calls: list[dict[str, Any]] = field(default_factory=list)
     context_length: int | None = None  # the model's context window, where the server tells it
     price: dict[str, float] | None = None  # USD per 1M prompt / completion tokens, from the price file
-    budget_hold: dict[str, Any] | None = None  # the budget this attempt was held for (it made no call)
+    budget_hold: HoldJson | None = None  # the budget this attempt was held for (it made no call)
     requested_max_tokens: int | None = None  # the step's max_tokens when it was clamped to the context window
     messages: list[dict[str, str]] = field(default_factory=list)  # what the model was asked (rendered)
 
