@@ -128,7 +128,7 @@ async def health() -> JSONResponse:
     responses=SIGN_IN,
     summary="The model provider LLM steps use (simulated when none is set)",
 )
-async def llm_provider(request: Request) -> dict[str, Any]:
+async def llm_provider(request: Request) -> providers.ProviderJson:
     return providers.describe(request.app.state.settings)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any
+from typing import Any, TypedDict
 
 from engine.llm.calls import OPENAI_COMPATIBLE as OPENAI_COMPATIBLE
 from engine.llm.calls import SIMULATED as SIMULATED
@@ -38,7 +38,17 @@ def provider_name(settings: Settings) -> str:
     return SIMULATED
 
 
-def describe(settings: Settings) -> dict[str, Any]:
+class ProviderJson(TypedDict):
+    """The provider LLM steps use (`describe`)."""
+
+    provider: str  # SIMULATED or OPENAI_COMPATIBLE
+    simulated: bool
+    base_url: str | None  # without credentials
+    model: str | None  # the default model
+    max_tokens: int  # the default limit
+
+
+def describe(settings: Settings) -> ProviderJson:
     """The provider LLM steps use, as shown in pages and the API (never the key)."""
     name = provider_name(settings)
     simulated = name == SIMULATED
