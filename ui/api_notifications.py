@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from engine.notify.notifier import list_deliveries
+from engine.notify.notifier import DeliveryJson, list_deliveries
 from models.status import DeliveryStatus
 from ui.api_models import ErrorBody
 
@@ -44,5 +44,5 @@ class DeliveryOut(BaseModel):
 async def notifications(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     status: DeliveryStatus | None = None,
-) -> list[dict[str, Any]]:
+) -> list[DeliveryJson]:
     return await list_deliveries(limit, status)

@@ -15,7 +15,7 @@ import contextlib
 import json
 import time
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx
 
@@ -249,7 +249,25 @@ def _dt(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value))
 
 
-async def list_deliveries(limit: int = 100, status: DeliveryStatus | None = None) -> list[dict[str, Any]]:
+class DeliveryJson(TypedDict):
+    """One delivery as the API and the Monitoring page show it (`list_deliveries`)."""
+
+    id: int
+    notification_id: int
+    run_id: int
+    event: str  # engine/notify/kinds.py: run.failed, run.waiting, ...
+    target: str  # scheme and host only: the URL carries tokens
+    channel: str  # webhook | apprise
+    status: DeliveryStatus
+    attempts: int
+    last_error: str | None
+    response_code: int | None
+    created_at: str | None
+    next_at: str | None  # when a pending delivery is tried next
+    delivered_at: str | None
+
+
+async def list_deliveries(limit: int = 100, status: DeliveryStatus | None = None) -> list[DeliveryJson]:
     """Deliveries, newest first: event, run, target (scheme and host only), status, tries, last error."""
     where, params = ("WHERE status = ?", [status]) if status else ("", [])
     rows = await fetch(
@@ -265,7 +283,7 @@ async def list_deliveries(limit: int = 100, status: DeliveryStatus | None = None
             "event": r["event"],
             "target": r["target_label"],
             "channel": r["channel"],
-            "status": r["status"],
+            "status": DeliveryStatus(r["status"]),
             "attempts": r["attempts"],
             "last_error": r["last_error"],
             "response_code": r["response_code"],

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from engine import operations
-from engine.notify.notifier import list_deliveries
+from engine.notify.notifier import DeliveryJson, list_deliveries
 from engine.registry import Registry
 from engine.settings import Secret, Settings
 from engine.store import fetch
@@ -117,7 +117,7 @@ async def test_a_receiver_that_is_down_gets_it_once_it_is_back(
     assert delivery["status"] == "delivered" and delivery["attempts"] >= 2 and delivery["last_error"] is None
 
 
-async def _tried_and_pending() -> dict[str, Any] | None:
+async def _tried_and_pending() -> DeliveryJson | None:
     return next((d for d in await list_deliveries() if d["attempts"] >= 1 and d["status"] == "pending"), None)
 
 

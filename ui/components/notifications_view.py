@@ -9,6 +9,7 @@ from nicegui import ui
 
 from engine.db import current
 from engine.notify import notifier
+from engine.notify.notifier import DeliveryJson
 from engine.notify.targets import env_targets
 from engine.settings import Settings
 from ui.throttle import Throttle
@@ -28,9 +29,18 @@ COLUMNS: list[dict[str, Any]] = [
 ]
 
 
-def _row(d: dict[str, Any]) -> dict[str, Any]:
-    short = {k: (d[k] or "")[:19].replace("T", " ") for k in ("created_at", "next_at")}
-    return {**d, **short, "last_error": (d["last_error"] or "")[:200], "response_code": d["response_code"] or ""}
+def _row(d: DeliveryJson) -> dict[str, Any]:
+    return {
+        **d,
+        "created_at": _short(d["created_at"]),
+        "next_at": _short(d["next_at"]),
+        "last_error": (d["last_error"] or "")[:200],
+        "response_code": d["response_code"] or "",
+    }
+
+
+def _short(at: str | None) -> str:
+    return (at or "")[:19].replace("T", " ")
 
 
 async def notifications_section(settings: Settings) -> None:
