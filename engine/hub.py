@@ -13,12 +13,13 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from engine import logs
 
 if TYPE_CHECKING:
     from engine.context import StepContext
+    from engine.queries import EventJson
 
 log = logs.logger(__name__)
 
@@ -48,6 +49,27 @@ class TokenDelta:
     reset: bool = False
 
 
+class ChangeJson(TypedDict):
+    """A change in the shape of the API's events (`Change.to_json`), with the fields its kind has."""
+
+    id: int | None
+    run_id: int
+    step: str | None
+    kind: ChangeKind
+    attempt: int | None
+    from_status: str | None
+    to_status: str | None
+    actor: str | None
+    message: str | None
+    at: str | None
+    fraction: NotRequired[float | None]  # progress
+    line: NotRequired[str | None]  # log
+    alternative: NotRequired[int]  # tokens: a TokenDelta's fields
+    offset: NotRequired[int]
+    text: NotRequired[str]
+    reset: NotRequired[bool]
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """One change: a persisted event (`event_id` set) or an ephemeral notice (progress, log, tokens)."""
@@ -68,13 +90,13 @@ class Change:
     truncated: bool | None = None  # a step change: the attempt's output was cut off at the token limit
     remote: bool = False  # an ephemeral notice that another process sent (never sent on again)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> ChangeJson:
         """The change in the shape of the API's events (SSE `data:`), with the fields its kind has."""
-        data: dict[str, Any] = {
+        data: ChangeJson = {
             "id": self.event_id,
             "run_id": self.run_id,
             "step": self.step_key,
-            "kind": self.kind.value,
+            "kind": self.kind,
             "attempt": self.attempt,
             "from_status": self.from_status,
             "to_status": self.to_status,
@@ -87,12 +109,10 @@ class Change:
         elif self.kind == ChangeKind.LOG:
             data["line"] = self.line
         elif self.kind == ChangeKind.TOKENS and self.tokens is not None:
-            data.update(
-                alternative=self.tokens.alternative,
-                offset=self.tokens.offset,
-                text=self.tokens.text,
-                reset=self.tokens.reset,
-            )
+            data["alternative"] = self.tokens.alternative
+            data["offset"] = self.tokens.offset
+            data["text"] = self.tokens.text
+            data["reset"] = self.tokens.reset
         return data
 
     @property
@@ -122,11 +142,11 @@ class Change:
         )
 
     @classmethod
-    def from_event(cls, event: dict[str, Any]) -> Change:
+    def from_event(cls, event: EventJson) -> Change:
         """A persisted event as read back from the table (`queries.event_json`)."""
         return cls(
             run_id=event["run_id"],
-            kind=ChangeKind(event["kind"]),
+            kind=event["kind"],
             step_key=event["step"],
             event_id=event["id"],
             attempt=event["attempt"],

@@ -8,10 +8,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from engine.db import current
 from engine.errors import NotFound
+from engine.hub import ChangeKind
 from engine.json_limits import load_stored
 from engine.llm.record import LlmJson, llm_json
 from engine.readmodel import (
@@ -302,13 +303,28 @@ def _attempt_json(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def event_json(row: dict[str, Any]) -> dict[str, Any]:
+class EventJson(TypedDict):
+    """A persisted event as the API serves it (`event_json`)."""
+
+    id: int
+    run_id: int
+    step: str | None
+    attempt: int | None
+    kind: ChangeKind
+    from_status: str | None  # a RunStatus or StepStatus value, by `kind`
+    to_status: str | None
+    actor: str | None
+    message: str | None
+    at: str | None
+
+
+def event_json(row: dict[str, Any]) -> EventJson:
     return {
         "id": row["id"],
         "run_id": row["run_id"],
         "step": row["step_key"],
         "attempt": row["attempt"],
-        "kind": row["kind"],
+        "kind": ChangeKind(row["kind"]),
         "from_status": row["from_status"],
         "to_status": row["to_status"],
         "actor": row["actor"],
@@ -317,7 +333,7 @@ def event_json(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def events_after(run_id: int, after_id: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+async def events_after(run_id: int, after_id: int = 0, limit: int = 1000) -> list[EventJson]:
     """The run's events with id greater than `after_id`, oldest first."""
     rows = await fetch(
         "SELECT id, run_id, step_key, attempt, kind, from_status, to_status, actor, message, created_at"
@@ -361,7 +377,7 @@ async def event_cursor(run_id: int, after_id: int) -> EventCursor:
 
 async def events_committed_after(
     run_id: int, cursor: EventCursor, limit: int = 10_000
-) -> tuple[list[tuple[EventCursor, dict[str, Any]]], bool]:
+) -> tuple[list[tuple[EventCursor, EventJson]], bool]:
     """The run's events after `cursor` in commit order that no transaction in flight can precede, each with
     its cursor; and whether later ones are committed but held back behind a transaction still in flight."""
     rows = await fetch(
@@ -370,7 +386,7 @@ async def events_committed_after(
         " WHERE run_id = ? AND (tx, id) > (?, ?) AND id > ? ORDER BY tx, id LIMIT ?",
         (run_id, cursor.tx, cursor.id, cursor.min_id, limit),
     )
-    out: list[tuple[EventCursor, dict[str, Any]]] = []
+    out: list[tuple[EventCursor, EventJson]] = []
     for row in rows:
         if not row["final"]:
             return out, True

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -217,14 +217,19 @@ async def wait_run(run_id: int, *statuses: str, timeout_s: float = 10.0) -> str:
     return result
 
 
+def as_json(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A typed read as the tests take it: a JSON document, read as a client of the API reads it."""
+    return dict(document)
+
+
 async def step_of(run_id: int, key: str) -> dict[str, Any]:
     run = (await queries.run_detail(run_id)).to_json()
-    return next(s for s in run["steps"] if s["key"] == key)
+    return as_json(next(s for s in run["steps"] if s["key"] == key))
 
 
 async def attempts_of(run_id: int, key: str) -> list[dict[str, Any]]:
-    return [a for a in await queries.list_attempts(run_id) if a["step"] == key]
+    return [as_json(a) for a in await queries.list_attempts(run_id) if a["step"] == key]
 
 
 async def events_of(run_id: int, kind: str | None = None) -> list[dict[str, Any]]:
-    return [e for e in await queries.events_after(run_id) if kind is None or e["kind"] == kind]
+    return [as_json(e) for e in await queries.events_after(run_id) if kind is None or e["kind"] == kind]

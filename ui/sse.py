@@ -17,12 +17,11 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.requests import Request
 
 from engine import logs, queries
-from engine.hub import Hub
+from engine.hub import ChangeJson, Hub
 
 log = logs.logger(__name__)
 
@@ -41,7 +40,7 @@ def server_stopping() -> bool:
     return bool(instance is not None and instance.should_exit)
 
 
-def format_sse(data: dict[str, Any], kind: str, event_id: int | None = None) -> str:
+def format_sse(data: queries.EventJson | ChangeJson, kind: str, event_id: int | None = None) -> str:
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 

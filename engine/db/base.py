@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NewType, Protocol
 
-from engine.hub import Hub
+from engine.hub import ChangeJson, Hub
 from models.errors import StepdeckError
 
 
@@ -169,7 +169,7 @@ class Database(Protocol):
         the ephemeral notices they send (where several processes can write: PostgreSQL; nothing on SQLite)."""
         ...
 
-    def send_live(self, notice: dict[str, Any]) -> bool:
+    def send_live(self, notice: ChangeJson) -> bool:
         """Send an ephemeral notice of this process (a progress, a log line, streamed text) to the others
         that follow the feed: soon, batched, never on the caller's path (nothing on SQLite). False once
         the database is closed: the caller stops sending."""

@@ -19,12 +19,13 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
 
 from engine import logs
+from engine.hub import ChangeJson
 
 log = logs.logger(__name__)
 
@@ -133,11 +134,11 @@ class Notifier(_Sender):
                 return
 
 
-def _dumps(notice: dict[str, Any]) -> str:
+def _dumps(notice: Mapping[str, Any]) -> str:
     return json.dumps(notice, ensure_ascii=False, separators=(",", ":"))
 
 
-def _fitted(notice: dict[str, Any], limit: int) -> list[str]:
+def _fitted(notice: Mapping[str, Any], limit: int) -> list[str]:
     """The notice as JSON pieces of at most `limit` bytes each: streamed text split at offsets (it joins up
     again), a long log line or message cut (the attempt keeps it whole)."""
     part = _dumps(notice)
@@ -157,7 +158,7 @@ def _fitted(notice: dict[str, Any], limit: int) -> list[str]:
     return []  # nothing left to cut: not sent (the attempt keeps it)
 
 
-def live_payloads(instance: str, notices: list[dict[str, Any]]) -> list[str]:
+def live_payloads(instance: str, notices: Sequence[ChangeJson]) -> list[str]:
     """The notices as notification payloads, in order, each at most MAX_PAYLOAD bytes."""
     head = f'{{"from":{json.dumps(instance)},"notices":['
     room = MAX_PAYLOAD - len(head.encode()) - 2
@@ -184,12 +185,12 @@ class LiveSender(_Sender):
 
     def __init__(self, dsn: str, instance: str) -> None:
         super().__init__(dsn, instance)
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[ChangeJson] = []
         self._window_start = 0.0
         self._window_bytes = 0
         self.dropped = 0
 
-    def offer(self, notice: dict[str, Any]) -> bool:
+    def offer(self, notice: ChangeJson) -> bool:
         """Queue a notice (on the event loop); it is sent within LIVE_INTERVAL_S. False once closed."""
         if self._closed:
             return False

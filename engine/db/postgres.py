@@ -46,7 +46,7 @@ from engine.db.base import (
     StoreIntegrityError,
     guard_holds,
 )
-from engine.hub import Hub
+from engine.hub import ChangeJson, Hub
 from models.schema import dsn, is_postgres
 
 __all__ = ["PostgresDatabase", "dsn", "is_postgres"]
@@ -546,7 +546,7 @@ class PostgresDatabase:
             await feed.start()
             self.feed = feed
 
-    def send_live(self, notice: dict[str, Any]) -> bool:
+    def send_live(self, notice: ChangeJson) -> bool:
         return self._live.offer(notice)
 
     async def close(self) -> None:

@@ -43,7 +43,7 @@ from engine.db.base import (
     caller_wakes_loop,
     guard_holds,
 )
-from engine.hub import Hub
+from engine.hub import ChangeJson, Hub
 from models.db import frozen_flags
 from models.errors import DatabaseUnavailable
 
@@ -318,7 +318,7 @@ class SqliteDatabase:
     async def start_feed(self, deliver: DeliverEvents, deliver_live: DeliverLive) -> None:
         """Nothing: the other processes on a SQLite file (a headless `run`) are found by polling."""
 
-    def send_live(self, notice: dict[str, Any]) -> bool:
+    def send_live(self, notice: ChangeJson) -> bool:
         """Nothing: no other process follows this one's notices."""
         return False
 

@@ -23,7 +23,7 @@ from engine import logs, operations, queries
 from engine.db import current
 from engine.definitions import WorkflowDef, load_file
 from engine.engine import Engine
-from engine.hub import Change, Subscription
+from engine.hub import Change, ChangeJson, Subscription
 from engine.llm import providers
 from engine.llm.kind import CONTINUE_PROMPT, MAX_CONTINUATIONS
 from engine.registry import Registry
@@ -707,7 +707,7 @@ async def test_the_bundled_article_workflow_completes_offline_on_the_simulated_p
 # --- streaming to viewers ------------------------------------------------------------------------------------
 
 
-async def run_watching_tokens(workflow: WorkflowDef) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+async def run_watching_tokens(workflow: WorkflowDef) -> tuple[dict[str, Any], list[ChangeJson]]:
     """Run the workflow to its end while subscribed to the hub; returns the run and its `tokens` changes."""
     sub = current().hub.subscribe()
     try:
@@ -762,7 +762,7 @@ async def drain(sub: Subscription) -> list[Change]:
     return changes
 
 
-def streamed(tokens: list[dict[str, Any]], alternative: int) -> str:
+def streamed(tokens: list[ChangeJson], alternative: int) -> str:
     """The text of one alternative put together from `tokens` changes, checking they fit end to end."""
     text = ""
     for t in sorted((t for t in tokens if t["alternative"] == alternative), key=lambda t: t["offset"]):

@@ -13,7 +13,7 @@ from nicegui import background_tasks, ui
 
 from engine import operations, queries
 from engine.errors import NotFound, OperationError
-from engine.hub import Change, ChangeKind
+from engine.hub import Change, ChangeJson, ChangeKind
 from models.status import StepStatus
 from ui import security
 from ui.components.cost_view import cost_text
@@ -362,7 +362,7 @@ def _took(started: str, finished: str) -> str:
     return f"took {format_duration(max(0.0, seconds))}"
 
 
-def _timeline_row(event: dict[str, Any]) -> dict[str, Any]:
+def _timeline_row(event: queries.EventJson | ChangeJson) -> dict[str, Any]:
     kind, step = event["kind"], event.get("step")
     where = f"step {step}" if step else "run"
     if kind in ("run", "step"):
