@@ -1,5 +1,5 @@
 """Read side: runs and steps as the typed read model (`engine/readmodel.py`), and summaries,
-attempts and events as JSON-ready dicts, for the dashboard, the API and the command line. Reads run
+attempts and events as JSON-ready TypedDicts, for the dashboard, the API and the command line. Reads run
 on the database's reader connections: never behind the engine's writes.
 """
 
@@ -8,19 +8,22 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from engine.db import current
 from engine.errors import NotFound
 from engine.hub import ChangeKind
 from engine.json_limits import load_stored
-from engine.llm.record import LlmJson, llm_json
+from engine.llm.record import LlmJson, UsageJson, llm_json
 from engine.readmodel import (
     ENDED,
     PRODUCED,
+    CostJson,
     RunDetail,
+    RunJson,
     StepDetail,
     StepRow,
+    SummaryJson,
     cut_off,
     line_times,
     log_time_iso,
@@ -29,7 +32,7 @@ from engine.readmodel import (
 )
 from engine.registry import Registry, inputs_in_order
 from engine.store import fetch
-from models.status import RunStatus, StepStatus
+from models.status import AttemptStatus, RunStatus, StepStatus
 
 MAX_PAGE = 500
 
@@ -86,7 +89,7 @@ def _run(row: dict[str, Any], workflows: Registry | None, steps: tuple[StepDetai
     )
 
 
-def _run_json(row: dict[str, Any], workflows: Registry | None) -> dict[str, Any]:
+def _run_json(row: dict[str, Any], workflows: Registry | None) -> RunJson:
     return run_json(_run(row, workflows))
 
 
@@ -127,7 +130,19 @@ def step_detail(row: dict[str, Any]) -> StepDetail:
     )
 
 
-def llm_fields(llm: LlmJson | None) -> dict[str, Any]:
+class LlmFieldsJson(TypedDict):
+    """What an attempt's LLM record shows on its step or attempt (`llm_fields`)."""
+
+    usage: UsageJson | None
+    max_tokens: int | None
+    finish_reason: str | None
+    truncated: bool
+    provider: str | None
+    model: str | None
+    llm: LlmJson | None
+
+
+def llm_fields(llm: LlmJson | None) -> LlmFieldsJson:
     """What an attempt's LLM record shows on its step: usage against the limit and truncation."""
     if llm is None:
         return {
@@ -174,7 +189,7 @@ async def run_detail(run_id: int, workflows: Registry | None = None) -> RunDetai
     return _run(rows[0], workflows, details)
 
 
-async def step_costs(run_id: int) -> dict[str, dict[str, Any]]:
+async def step_costs(run_id: int) -> dict[str, CostJson]:
     """LLM cost per step of a run, over all attempts (retries cost too), from the usage rows."""
     rows = await fetch(
         "SELECT step_key, SUM(cost) AS usd, MAX(CASE WHEN estimated THEN 1 ELSE 0 END) AS estimated"
@@ -193,7 +208,30 @@ _SUMMARY_SQL = (
 )
 
 
-def step_summary_json(row: dict[str, Any]) -> dict[str, Any]:
+class StepSummaryJson(TypedDict):
+    """A step in the runs list (`step_summary_json`)."""
+
+    key: str
+    label: str
+    kind: str
+    needs: list[str]
+    status: StepStatus
+    attempt: int
+    stale: bool
+    truncated: bool
+    error: str | None  # the first ERROR_SUMMARY_CHARS characters
+    started_at: str | None
+    completed_at: str | None
+    duration_s: float | None
+
+
+class RunSummaryJson(RunJson, SummaryJson):
+    """A run in the runs list (`list_runs`)."""
+
+    steps: NotRequired[list[StepSummaryJson]]  # with `include_steps`
+
+
+def step_summary_json(row: dict[str, Any]) -> StepSummaryJson:
     """A step's state without what it produced: bounded in size whatever it output or logged."""
     status = StepStatus(row["status"])
     has_attempt = row["attempt_status"] is not None and status != StepStatus.PENDING
@@ -207,7 +245,7 @@ def step_summary_json(row: dict[str, Any]) -> dict[str, Any]:
         "label": row["label"],
         "kind": row["kind"],
         "needs": _json(row["needs"]),
-        "status": status.value,
+        "status": status,
         "attempt": row["attempt"],
         "stale": bool(row["stale"]),
         "truncated": cut_off(llm, row["selected_index"]),
@@ -228,7 +266,7 @@ async def list_runs(
     offset: int = 0,
     include_steps: bool = False,
     workflows: Registry | None = None,
-) -> list[dict[str, Any]]:
+) -> list[RunSummaryJson]:
     """Runs, newest first, filtered by status and workflow, as summaries: step states (with
     `include_steps`), never outputs or logs, so a page of runs stays small whatever they produced; inputs
     as in `run_detail`."""
@@ -245,26 +283,67 @@ async def list_runs(
         f"SELECT {_RUN_COLUMNS} FROM runs r{clause} ORDER BY r.id DESC LIMIT ? OFFSET ?",
         (*params, limit, max(0, offset)),
     )
-    runs = [_run_json(r, workflows) for r in rows]
-    if not runs:
-        return runs
-    marks = ", ".join("?" for _ in runs)
+    headers = [_run_json(r, workflows) for r in rows]
+    if not headers:
+        return []
+    marks = ", ".join("?" for _ in headers)
     step_rows = await fetch(
         _SUMMARY_SQL + f" WHERE s.run_id IN ({marks}) ORDER BY s.run_id, s.position",
-        [ERROR_SUMMARY_CHARS, *(r["id"] for r in runs)],
+        [ERROR_SUMMARY_CHARS, *(r["id"] for r in headers)],
     )
-    by_run: dict[int, list[dict[str, Any]]] = {}
+    by_run: dict[int, list[StepSummaryJson]] = {}
     for row in step_rows:
         by_run.setdefault(row["run_id"], []).append(step_summary_json(row))
-    for run in runs:
-        steps = by_run.get(run["id"], [])
-        run.update(_summary(steps))
-        if include_steps:
-            run["steps"] = steps
+    runs: list[RunSummaryJson] = []
+    for header in headers:
+        steps = by_run.get(header["id"], [])
+        # With the steps, then without: mypy refuses a literal that unpacks TypedDicts but omits an optional key.
+        run: RunSummaryJson = {**header, **_summary(steps), "steps": steps}
+        if not include_steps:
+            del run["steps"]
+        runs.append(run)
     return runs
 
 
-async def list_attempts(run_id: int) -> list[dict[str, Any]]:
+class ConsumedJson(TypedDict):
+    """What an attempt read of one of its needs: that step's attempt and chosen alternative."""
+
+    attempt: int
+    index: int | None
+
+
+class AttemptJson(TypedDict):
+    """One attempt of a step (`list_attempts`)."""
+
+    id: int
+    step: str
+    number: int
+    current: bool  # the step's current attempt (the others are history)
+    status: AttemptStatus
+    outputs: list[Any] | None
+    selected_index: int | None
+    partial_output: str | None
+    error: str | None
+    error_detail: str | None
+    consumed: dict[str, ConsumedJson]  # by upstream step
+    logs: list[str]
+    log_times: list[str | None]
+    progress: float | None
+    progress_message: str | None
+    owner: str | None
+    started_at: str | None
+    finished_at: str | None
+    duration_s: float | None
+    usage: UsageJson | None
+    max_tokens: int | None
+    finish_reason: str | None
+    truncated: bool
+    provider: str | None
+    model: str | None
+    llm: LlmJson | None
+
+
+async def list_attempts(run_id: int) -> list[AttemptJson]:
     """Every attempt of the run's steps (history included), by step order then attempt number."""
     if not await fetch("SELECT id FROM runs WHERE id = ?", (run_id,)):
         raise NotFound(f"run {run_id} does not exist")
@@ -276,7 +355,7 @@ async def list_attempts(run_id: int) -> list[dict[str, Any]]:
     return [_attempt_json(r) for r in rows]
 
 
-def _attempt_json(r: dict[str, Any]) -> dict[str, Any]:
+def _attempt_json(r: dict[str, Any]) -> AttemptJson:
     logs = _json(r["logs"]) or []
     times = _json(r["log_times"]) if r["log_times"] is not None else None
     return {
@@ -284,7 +363,7 @@ def _attempt_json(r: dict[str, Any]) -> dict[str, Any]:
         "step": r["key"],
         "number": r["number"],
         "current": r["number"] == r["current_number"],
-        "status": r["status"],
+        "status": AttemptStatus(r["status"]),
         "outputs": _json(r["outputs"]) if r["outputs"] is not None else None,
         "selected_index": r["selected_index"],
         "partial_output": r["partial_output"],
@@ -446,7 +525,7 @@ async def step_details(run_id: int, keys: Sequence[str]) -> dict[str, StepDetail
     return {r["key"]: step_detail(r) for r in rows}
 
 
-async def run_header(run_id: int, workflows: Registry | None = None) -> dict[str, Any]:
+async def run_header(run_id: int, workflows: Registry | None = None) -> RunJson:
     """The run without its steps (inputs as in `run_detail`); NotFound if there is no such run."""
     rows = await fetch(f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.id = ?", (run_id,))
     if not rows:
@@ -454,9 +533,9 @@ async def run_header(run_id: int, workflows: Registry | None = None) -> dict[str
     return _run_json(rows[0], workflows)
 
 
-async def run_cost(run_id: int) -> dict[str, Any] | None:
-    """What the run's LLM calls cost over every attempt: {"usd", "estimated"}; None without LLM usage
-    (usd None when no model it used has a price)."""
+async def run_cost(run_id: int) -> CostJson | None:
+    """What the run's LLM calls cost over every attempt; None without LLM usage (usd None when no model
+    it used has a price)."""
     rows = await fetch(
         "SELECT COUNT(*) AS n, SUM(cost) AS usd, COUNT(cost) AS priced,"
         " SUM(CASE WHEN estimated THEN 1 ELSE 0 END) AS estimated FROM llm_usage WHERE run_id = ?",

@@ -7,12 +7,12 @@ rerun shows no output, alternatives or error, even though its earlier attempts k
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
-from engine.llm.record import LlmJson
+from engine.llm.record import LlmJson, UsageJson
 from models.status import RunStatus, StepStatus
 
 if TYPE_CHECKING:
@@ -62,6 +62,101 @@ def duration_s(start: datetime | None, end: datetime | None) -> float | None:
     return round((end - start).total_seconds(), 3) if start is not None and end is not None else None
 
 
+class CostJson(TypedDict):
+    """What LLM calls cost in USD (None when no model they used has a price); estimated when some token
+    counts were."""
+
+    usd: float | None
+    estimated: bool
+
+
+class StepJson(TypedDict):
+    """A step as the API shows it (`StepDetail.to_json`)."""
+
+    key: str
+    label: str
+    kind: str
+    needs: list[str]
+    status: StepStatus
+    attempt: int
+    output: Any
+    alternatives: list[Any]
+    selected_index: int | None
+    partial_output: str | None
+    error: str | None
+    error_detail: str | None
+    stale: bool
+    stale_reason: str | None
+    started_at: str | None
+    completed_at: str | None
+    duration_s: float | None
+    progress: float | None
+    progress_message: str | None
+    logs: list[str]
+    log_times: list[str | None]
+    usage: UsageJson | None
+    max_tokens: int | None
+    finish_reason: str | None
+    truncated: bool
+    provider: str | None
+    model: str | None
+    llm: LlmJson | None
+    cost: CostJson | None
+    retries: int
+    retries_used: int
+    retry_at: str | None
+
+
+class RunJson(TypedDict):
+    """A run's own fields, without its steps (`run_json`)."""
+
+    id: int
+    workflow: str
+    status: RunStatus
+    error: str | None
+    inputs: dict[str, Any]
+    actor: str
+    owner: str | None
+    heartbeat_at: str | None
+    recoveries: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    updated_at: str
+    duration_s: float | None
+
+
+class ProgressJson(TypedDict):
+    completed: int
+    total: int
+
+
+class StepStateJson(TypedDict):
+    """What `summary` reads of a step as JSON: its full JSON or its summary in the runs list."""
+
+    key: str
+    status: StepStatus
+    stale: bool
+    truncated: bool
+
+
+class SummaryJson(TypedDict):
+    """Progress, per-status counts and the steps that need a look (`summary`)."""
+
+    progress: ProgressJson
+    step_counts: dict[StepStatus, int]
+    needs_choice: list[str]
+    stale_steps: list[str]
+    truncated_steps: list[str]
+
+
+class RunDetailJson(RunJson, SummaryJson):
+    """A run with its steps as the API shows it (`RunDetail.to_json`): its fields, the summary, the cost."""
+
+    cost: CostJson | None
+    steps: list[StepJson]
+
+
 @dataclass(frozen=True, slots=True)
 class StepDetail:
     """A step with what its current attempt shows, by the step's status."""
@@ -85,8 +180,7 @@ class StepDetail:
     progress_message: str | None
     logs: tuple[str, ...]
     llm: LlmJson | None  # the current attempt's LLM record (usage, calls, truncation)
-    # LLM cost over all the step's attempts: {"usd": float | None, "estimated": bool}; None without usage
-    cost: Mapping[str, Any] | None = None
+    cost: CostJson | None = None  # LLM cost over all the step's attempts; None without usage
     retries: int = 0  # automatic retries its policy allows
     retries_used: int = 0  # automatic retries made since it started or a person reset it
     retry_at: datetime | None = None  # RETRYING: when its next attempt is due
@@ -112,14 +206,14 @@ class StepDetail:
     def duration_s(self) -> float | None:
         return duration_s(self.started_at, self.completed_at)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> StepJson:
         llm = self.llm
         return {
             "key": self.key,
             "label": self.label,
             "kind": self.kind,
             "needs": list(self.needs),
-            "status": self.status.value,
+            "status": self.status,
             "attempt": self.attempt,
             "output": self.output,
             "alternatives": list(self.alternatives),
@@ -143,7 +237,7 @@ class StepDetail:
             "provider": llm["provider"] if llm else None,
             "model": llm["model"] if llm else None,
             "llm": llm,
-            "cost": dict(self.cost) if self.cost is not None else None,
+            "cost": self.cost.copy() if self.cost is not None else None,
             "retries": self.retries,
             "retries_used": self.retries_used,
             "retry_at": iso(self.retry_at),
@@ -173,12 +267,12 @@ class RunDetail:
         return next(s for s in self.steps if s.key == key)
 
     @property
-    def cost(self) -> dict[str, Any] | None:
+    def cost(self) -> CostJson | None:
         """The run's LLM cost (None without LLM usage; usd None when no model used has a price)."""
         costs = [s.cost for s in self.steps if s.cost is not None]
         return total_cost(costs) if costs else None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> RunDetailJson:
         steps = [s.to_json() for s in self.steps]
         shown = summary(steps)
         if self.status in (RunStatus.FAILED, RunStatus.CANCELLED):
@@ -231,36 +325,36 @@ def queued_run(run_id: int, defn: WorkflowDef, inputs: dict[str, Any], actor: st
     )
 
 
-def total_cost(costs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def total_cost(costs: Iterable[CostJson]) -> CostJson:
     """The sum of costs; estimated if any part was."""
     parts = list(costs)
-    priced = [c["usd"] for c in parts if c.get("usd") is not None]
+    priced = [usd for c in parts if (usd := c.get("usd")) is not None]
     return {"usd": sum(priced) if priced else None, "estimated": any(c.get("estimated") for c in parts)}
 
 
-def run_json(run: RunDetail) -> dict[str, Any]:
+def run_json(run: RunDetail) -> RunJson:
     """The run's own fields (without its steps)."""
     return {
         "id": run.id,
         "workflow": run.workflow,
-        "status": run.status.value,
+        "status": run.status,
         "error": run.error,
         "inputs": run.inputs,
         "actor": run.actor,
         "owner": run.owner,
         "heartbeat_at": iso(run.heartbeat_at),
         "recoveries": run.recoveries,
-        "created_at": iso(run.created_at),
+        "created_at": run.created_at.isoformat(),
         "started_at": iso(run.started_at),
         "finished_at": iso(run.finished_at),
-        "updated_at": iso(run.updated_at),
+        "updated_at": run.updated_at.isoformat(),
         "duration_s": duration_s(run.started_at, run.finished_at),
     }
 
 
-def summary(steps: list[dict[str, Any]]) -> dict[str, Any]:
+def summary(steps: Sequence[StepStateJson]) -> SummaryJson:
     """Progress, per-status counts and the steps that need a look, from steps as JSON."""
-    counts: dict[str, int] = {}
+    counts: dict[StepStatus, int] = {}
     for s in steps:
         counts[s["status"]] = counts.get(s["status"], 0) + 1
     return {

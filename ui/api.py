@@ -174,7 +174,7 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=queries.MAX_PAGE)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     include_steps: Annotated[bool, Query(description="include each run's steps (their states, not outputs)")] = False,
-) -> list[dict[str, Any]]:
+) -> list[queries.RunSummaryJson]:
     return await queries.list_runs(
         status=status.value if status else None,
         workflow=workflow,
@@ -268,7 +268,7 @@ async def get_step(workflows: Workflows, run_id: str, key: str) -> JSONResponse:
     responses=ERRORS,
     summary="Every attempt of the run's steps, history included",
 )
-async def list_attempts(run_id: str) -> list[dict[str, Any]]:
+async def list_attempts(run_id: str) -> list[queries.AttemptJson]:
     return await queries.list_attempts(parse_run_id(run_id))
 
 

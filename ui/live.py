@@ -23,7 +23,7 @@ from engine import logs, queries
 from engine.context import StepContext
 from engine.hub import Change, ChangeKind, Hub
 from engine.llm.record import LlmJson
-from engine.readmodel import StepRow
+from engine.readmodel import RunJson, StepRow
 from engine.registry import Registry
 from models.status import RunStatus, StepStatus
 from ui.theme import status_color
@@ -99,7 +99,7 @@ class RunState:
 
     def __init__(
         self,
-        header: dict[str, Any],
+        header: RunJson,
         rows: list[StepRow],
         executing: dict[tuple[int, str], StepContext],
         workflows: Registry,
@@ -154,7 +154,7 @@ class RunState:
 
     # --- changes ------------------------------------------------------------------------------------
 
-    def _apply_header(self, header: dict[str, Any]) -> None:
+    def _apply_header(self, header: RunJson) -> None:
         v = self.view
         v.status, v.color, v.error = header["status"], status_color(header["status"]), header["error"] or ""
         v.created_at, v.started_at = header["created_at"] or "", header["started_at"] or ""

@@ -248,6 +248,7 @@ async def test_a_raising_step_fails_with_its_error_and_traceback(
     assert run["error"] == "step 'x' failed: ValueError: the step exploded"
     x, y = run["steps"]
     assert (x["status"], x["error"]) == ("failed", "ValueError: the step exploded")
+    assert x["error_detail"] is not None
     assert x["error_detail"].startswith("Traceback (most recent call last)")
     assert 'raise ValueError("the step exploded")' in x["error_detail"]
     assert "stepfns.py" in x["error_detail"]
@@ -383,8 +384,8 @@ async def test_parallel_branches_run_at_the_same_time_and_the_join_sees_all(
     assert await wait_run(run_id, "completed", "failed") == "completed"
     assert (await step_of(run_id, "join"))["output"] == {"a": "a woke", "b": "b woke", "c": "c woke"}
     branches = [a for a in await queries.list_attempts(run_id) if a["step"] in ("a", "b", "c")]
-    starts = [datetime.fromisoformat(a["started_at"]) for a in branches]
-    ends = [datetime.fromisoformat(a["finished_at"]) for a in branches]
+    starts = [datetime.fromisoformat(str(a["started_at"])) for a in branches]
+    ends = [datetime.fromisoformat(str(a["finished_at"])) for a in branches]
     assert max(starts) < min(ends)  # all three were running at once (whatever the machine's speed)
     assert stepfns.CALLS["collect"] == 1
 
@@ -466,6 +467,7 @@ async def test_engine_shutdown_mid_step_fails_the_run_as_interrupted(
         assert time.monotonic() - started < PROMPT_S  # not the step's 30 s, nor the engine's 10 s last wait
     run = (await queries.run_detail(run_id)).to_json()
     assert run["status"] == "failed"
+    assert run["error"] is not None
     assert run["error"].startswith("interrupted:")
     assert run["finished_at"] is not None
     assert [s["status"] for s in run["steps"]] == ["failed", "pending"]
@@ -489,6 +491,7 @@ async def test_the_interrupted_run_error_names_the_step_that_was_running(
         await wait_for(lambda: calls("sleepy"), 5, "the step to start")
         await eng.stop()
     error = (await queries.run_detail(run_id)).to_json()["error"]
+    assert error is not None
     assert error.startswith("interrupted:")
     assert "'work'" in error, error
 

@@ -59,6 +59,7 @@ async def test_a_database_refusing_the_outcome_ends_in_a_failed_run_not_a_busy_o
     assert [v.run_id for v in failed] == [run_id]
     assert await run_status(run_id) == "failed"
     run = (await queries.run_detail(run_id)).to_json()
+    assert run["error"] is not None
     assert "driver in this engine stopped" in run["error"]
     assert all(s["status"] != "running" for s in run["steps"])
 

@@ -29,7 +29,7 @@ from engine.llm.kind import CONTINUE_PROMPT, MAX_CONTINUATIONS
 from engine.registry import Registry
 from engine.settings import Secret, Settings
 from engine.store import fetch
-from tests.conftest import api_client, attempts_of, engine_running, step_of, wait_for, wait_run
+from tests.conftest import api_client, as_json, attempts_of, engine_running, step_of, wait_for, wait_run
 from tests.llm_server import LLMServer, error_body
 
 Define = Callable[..., Any]
@@ -95,7 +95,7 @@ async def run_to_end(
 ) -> dict[str, Any]:
     run_id = await operations.start_run(defn, inputs or {}, "tester")
     await wait_run(run_id, *ENDED, timeout_s=timeout_s)
-    return (await queries.run_detail(run_id)).to_json()
+    return as_json((await queries.run_detail(run_id)).to_json())
 
 
 async def usage_rows(run_id: int) -> list[dict[str, Any]]:

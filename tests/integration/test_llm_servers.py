@@ -25,7 +25,7 @@ from engine.llm.model_check import model_warnings
 from engine.registry import Registry
 from engine.settings import Secret, Settings
 from engine.store import fetch
-from tests.conftest import api_client, attempts_of, engine_running, wait_for, wait_run
+from tests.conftest import api_client, as_json, attempts_of, engine_running, wait_for, wait_run
 from tests.integration.test_llm import ENDED, MODEL, TOPIC, bodies, llm, words
 from tests.llm_server import LLMServer
 
@@ -62,7 +62,7 @@ async def eng(llm_settings: Settings, registry: Registry) -> AsyncIterator[Engin
 async def run_to_end(defn: WorkflowDef, timeout_s: float = 20.0) -> dict[str, Any]:
     run_id = await operations.start_run(defn, {}, "tester")
     await wait_run(run_id, *ENDED, timeout_s=timeout_s)
-    return (await queries.run_detail(run_id)).to_json()
+    return as_json((await queries.run_detail(run_id)).to_json())
 
 
 # --- 1. a stream that ends without a finish reason -------------------------------------------------------

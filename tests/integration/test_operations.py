@@ -240,6 +240,7 @@ async def test_changing_a_completed_selection_flags_consumers_stale_until_rerun(
         assert steps[key]["stale"] is True
         assert steps[key]["status"] == "completed"
         reason = steps[key]["stale_reason"]
+        assert reason is not None
         assert "'gen'" in reason
         assert "from alternative 1 to 2" in reason
     assert run["stale_steps"] == ["mid", "end"]

@@ -106,6 +106,7 @@ async def test_resume_gives_up_after_the_limit_with_a_reason(settings: Settings,
     assert [(v.run_id, v.action) for v in handled] == [(run_id, "fail")]
     assert await run_status(run_id) == "failed"
     error = (await queries.run_detail(run_id)).to_json()["error"]
+    assert error is not None
     assert "not re-queued again" in error
     assert f"at most {MAX_RECOVERIES} times" in error
     assert "'b'" in error
@@ -117,6 +118,7 @@ async def test_fail_policy_fails_an_orphan_naming_the_step(settings: Settings, d
     assert [v.action for v in handled] == ["fail"]
     run = (await queries.run_detail(run_id)).to_json()
     assert run["status"] == "failed"
+    assert run["error"] is not None
     assert "step 'b' was running" in run["error"]
     assert all(s["status"] != "running" for s in run["steps"])
 
@@ -169,7 +171,7 @@ async def test_resume_fails_rather_than_requeues_a_run_whose_engine_may_be_alive
     resume = dataclasses.replace(settings, on_orphan="resume")
     handled = await orphans.recover_orphans(resume, "thishost:1:me")
     assert [(v.run_id, v.action) for v in handled] == [(run_id, "fail")]
-    assert "may still be running it" in (await queries.run_detail(run_id)).to_json()["error"]
+    assert "may still be running it" in str((await queries.run_detail(run_id)).to_json()["error"])
 
 
 async def test_draining_starts_no_step_that_was_waiting_for_a_slot(

@@ -8,6 +8,7 @@ import pytest
 from nicegui.testing import User
 
 from engine import operations, queries
+from engine.readmodel import RunDetailJson
 from tests import stepfns
 from tests.ui.conftest import eventually, loaded, table_rows
 from ui import run_list
@@ -25,7 +26,7 @@ def choose(user: User, marker: str, value: str) -> None:
         select.value = value  # type: ignore[attr-defined]
 
 
-async def run_in(run_id: int, *statuses: str) -> dict[str, Any] | None:
+async def run_in(run_id: int, *statuses: str) -> RunDetailJson | None:
     run = (await queries.run_detail(run_id)).to_json()
     return run if run["status"] in statuses else None
 

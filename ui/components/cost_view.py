@@ -9,6 +9,7 @@ from typing import Any
 from engine.llm.budget import Hold
 from engine.llm.prices import usd
 from engine.monitoring import Cost, TokenReport
+from engine.readmodel import CostJson
 
 COST_COLUMNS: list[dict[str, Any]] = [
     {"name": "kind", "label": "Per", "field": "kind", "align": "left", "sortable": True},
@@ -18,14 +19,15 @@ COST_COLUMNS: list[dict[str, Any]] = [
 ]
 
 
-def cost_text(cost: Mapping[str, Any] | None) -> str | None:
+def cost_text(cost: CostJson | None) -> str | None:
     """`cost $0.0123`, `cost ~$0.0123 (estimated)`, `cost: no price for this model`; None without LLM usage."""
     if cost is None:
         return None
-    if cost.get("usd") is None:
+    amount = cost["usd"]
+    if amount is None:
         return "cost: no price for this model"
-    estimated = bool(cost.get("estimated"))
-    return f"cost {usd(cost['usd'], estimated)}" + (" (estimated)" if estimated else "")
+    estimated = bool(cost["estimated"])
+    return f"cost {usd(amount, estimated)}" + (" (estimated)" if estimated else "")
 
 
 def _cell(c: Cost) -> str:
@@ -66,7 +68,7 @@ def llm_note(llm: Mapping[str, Any] | None) -> str | None:
     if llm.get("context_length"):
         parts.append(f"context window {llm['context_length']:,} tokens")
     if "cost" in llm:
-        text = cost_text({"usd": llm["cost"], "estimated": usage.get("estimated")})
+        text = cost_text({"usd": llm["cost"], "estimated": bool(usage.get("estimated"))})
         parts.append(f"{text} for this attempt" if llm["cost"] is not None else str(text))
     return " · ".join(parts) or None
 

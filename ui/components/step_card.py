@@ -271,7 +271,7 @@ class StepBody:
 
         history.on_value_change(load)
 
-    def _attempts(self, attempts: list[dict[str, Any]]) -> None:
+    def _attempts(self, attempts: list[queries.AttemptJson]) -> None:
         for a in reversed(attempts):
             current = " (current)" if a["current"] else ""
             title = f"Attempt {a['number']}{current} — {a['status']}"
@@ -295,5 +295,6 @@ class StepBody:
                 diff_view(_chosen(older), _chosen(newest), f"attempt {older['number']}", f"attempt {newest['number']}")
 
 
-def _chosen(attempt: dict[str, Any]) -> Any:
-    return attempt["outputs"][attempt["selected_index"] or 0]
+def _chosen(attempt: queries.AttemptJson) -> Any:
+    outputs = attempt["outputs"] or []
+    return outputs[attempt["selected_index"] or 0]
