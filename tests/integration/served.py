@@ -79,6 +79,16 @@ def free_port() -> int:
     raise AssertionError(f"no free port in {base}-{base + _PORT_BAND - 1}")
 
 
+# libfaketime (Debian's faketime) shifts a process's wall clock and leaves its monotonic clock alone.
+FAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), None)
+
+
+def shifted_clock(offset: str) -> dict[str, str]:
+    """The environment of a process whose wall clock is `offset` away from the host's ("+20", "-3d")."""
+    assert FAKETIME is not None, "Debian's faketime is needed (.ci/run installs it)"
+    return {"LD_PRELOAD": str(FAKETIME), "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The current environment without STEPDECK_* settings (so only what a test sets applies)."""
     # PYTEST_* too: NiceGUI treats a process that has PYTEST_CURRENT_TEST as its own screen test.

@@ -19,10 +19,8 @@ from engine.settings import Settings
 from engine.store import fetch
 from tests import stepfns
 from tests.conftest import engine_running, wait_for, wait_run
-from tests.integration.served import PATIENCE_S, Workspace
+from tests.integration.served import PATIENCE_S, Workspace, shifted_clock
 
-# libfaketime (Debian's faketime) shifts a process's wall clock and leaves its monotonic clock alone.
-FAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), None)
 LATE = """\
 name: late
 steps:
@@ -128,8 +126,7 @@ def _times(table: str, rows: list[dict[str, Any]]) -> dict[str, datetime]:
 def test_processes_on_a_host_three_days_behind_write_the_database_clock(tmp_path: Path) -> None:
     """Real processes whose host clock is three days behind (libfaketime): a `users add` and a headless run
     that plans a retry. Every time they write is the database's."""
-    assert FAKETIME is not None, "Debian's faketime is needed (.ci/run installs it)"
-    host_behind = {"LD_PRELOAD": str(FAKETIME), "FAKETIME": "-3d", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    host_behind = shifted_clock("-3d")
     ws = Workspace(tmp_path, workflows={"late": LATE}, env=host_behind)
     ws.migrate_for_serve()
     behind = ws.cli("users", "add", "clocked", "--role", "viewer", input="a long enough password\n")
