@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.served import Server, Workspace, serving
+from tests.integration.served import ROOT, Server, Workspace, serving
 
 STEPS_MODULE = '''
 import pathlib
@@ -568,6 +568,19 @@ def test_migrate_twice_then_up_to_date_and_sweep_on_a_quiet_database(tmp_path: P
     swept = ws.cli("sweep")
     assert swept.returncode == 0, swept.stderr
     assert "0 orphaned run(s) failed" in swept.stdout
+
+
+@pytest.mark.sqlite_only  # on PostgreSQL `migrate` is a step of its own (tests/postgres/test_schema_version.py)
+def test_a_first_serve_creates_and_migrates_a_new_database_file_then_runs(tmp_path: Path) -> None:
+    ws = Workspace(tmp_path / "ws", WORKFLOWS, MODULES, migrated=False)
+    assert not ws.db_path.exists()
+    with serving(ws) as server:
+        run_id = server.start_run("proc-pick")
+        assert server.wait_run(run_id, "waiting")["status"] == "waiting"
+    names = {p.stem for p in (ROOT / "models" / "migrations").glob("[0-9]*.py")}
+    assert {r["name"] for r in ws.sql("SELECT name FROM tortoise_migrations")} == names
+    check = ws.cli("check")
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_bad_setting_in_the_environment_exits_2_naming_it(tmp_path: Path) -> None:
