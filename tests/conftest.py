@@ -41,7 +41,7 @@ MODULE_FIXTURE = re.compile(r"@pytest\.fixture\([^)]*scope=\"module\"")
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """The suite runs on two processes (pytest-xdist, `-n 2` in pyproject.toml), test by test, except that
+    """The suite runs on three processes (pytest-xdist, `-n 3` in pyproject.toml), test by test, except that
     the tests of a module with module-scoped fixtures (a served process, a browser; their own or from a
     conftest) stay on one worker, which sets them up once. (A session-scoped fixture is set up once per
     worker anyway. xdist's own `loadgroup` does not work with pytest 9: it renames node ids through an
