@@ -14,7 +14,7 @@ from engine.db import current
 from engine.errors import NotFound
 from engine.hub import ChangeKind
 from engine.json_limits import load_stored
-from engine.llm.record import LlmJson, UsageJson, llm_json
+from engine.llm.record import LlmFieldsJson, LlmJson, llm_json
 from engine.readmodel import (
     ENDED,
     PRODUCED,
@@ -22,6 +22,7 @@ from engine.readmodel import (
     RunDetail,
     RunJson,
     StepDetail,
+    StepHeadJson,
     StepRow,
     SummaryJson,
     cut_off,
@@ -130,18 +131,6 @@ def step_detail(row: dict[str, Any]) -> StepDetail:
     )
 
 
-class LlmFieldsJson(TypedDict):
-    """What an attempt's LLM record shows on its step or attempt (`llm_fields`)."""
-
-    usage: UsageJson | None
-    max_tokens: int | None
-    finish_reason: str | None
-    truncated: bool
-    provider: str | None
-    model: str | None
-    llm: LlmJson | None
-
-
 def llm_fields(llm: LlmJson | None) -> LlmFieldsJson:
     """What an attempt's LLM record shows on its step: usage against the limit and truncation."""
     if llm is None:
@@ -208,15 +197,9 @@ _SUMMARY_SQL = (
 )
 
 
-class StepSummaryJson(TypedDict):
+class StepSummaryJson(StepHeadJson):
     """A step in the runs list (`step_summary_json`)."""
 
-    key: str
-    label: str
-    kind: str
-    needs: list[str]
-    status: StepStatus
-    attempt: int
     stale: bool
     truncated: bool
     error: str | None  # the first ERROR_SUMMARY_CHARS characters
@@ -312,8 +295,8 @@ class ConsumedJson(TypedDict):
     index: int | None
 
 
-class AttemptJson(TypedDict):
-    """One attempt of a step (`list_attempts`)."""
+class AttemptJson(LlmFieldsJson):
+    """One attempt of a step (`list_attempts`), with what its LLM record shows."""
 
     id: int
     step: str
@@ -334,13 +317,6 @@ class AttemptJson(TypedDict):
     started_at: str | None
     finished_at: str | None
     duration_s: float | None
-    usage: UsageJson | None
-    max_tokens: int | None
-    finish_reason: str | None
-    truncated: bool
-    provider: str | None
-    model: str | None
-    llm: LlmJson | None
 
 
 async def list_attempts(run_id: int) -> list[AttemptJson]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from engine.llm.record import LlmJson, UsageJson
+from engine.llm.record import LlmFieldsJson, LlmJson
 from models.status import RunStatus, StepStatus
 
 if TYPE_CHECKING:
@@ -70,8 +70,8 @@ class CostJson(TypedDict):
     estimated: bool
 
 
-class StepJson(TypedDict):
-    """A step as the API shows it (`StepDetail.to_json`)."""
+class StepHeadJson(TypedDict):
+    """What every view of a step starts with: which step it is and where it stands."""
 
     key: str
     label: str
@@ -79,6 +79,11 @@ class StepJson(TypedDict):
     needs: list[str]
     status: StepStatus
     attempt: int
+
+
+class StepJson(StepHeadJson, LlmFieldsJson):
+    """A step as the API shows it (`StepDetail.to_json`), with what its current attempt's LLM record shows."""
+
     output: Any
     alternatives: list[Any]
     selected_index: int | None
@@ -94,13 +99,6 @@ class StepJson(TypedDict):
     progress_message: str | None
     logs: list[str]
     log_times: list[str | None]
-    usage: UsageJson | None
-    max_tokens: int | None
-    finish_reason: str | None
-    truncated: bool
-    provider: str | None
-    model: str | None
-    llm: LlmJson | None
     cost: CostJson | None
     retries: int
     retries_used: int

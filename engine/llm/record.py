@@ -222,3 +222,15 @@ def parallel_requests(configured: Any, supports_n: bool | None, n: int) -> int:
     if isinstance(configured, int) and configured >= 1:
         return configured
     return 1 if supports_n is False else max(n, 1)
+
+
+class LlmFieldsJson(TypedDict):
+    """What an attempt's LLM record shows on its step or attempt (`llm_fields`)."""
+
+    usage: UsageJson | None
+    max_tokens: int | None
+    finish_reason: str | None
+    truncated: bool
+    provider: str | None
+    model: str | None
+    llm: LlmJson | None
