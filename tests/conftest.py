@@ -37,15 +37,18 @@ WAIT_ON_THE_CLOCK = ("tests/integration/test_schedules_served.py",)
 
 pytest_plugins = ["tests.hangs"]
 
+# Its tests start several processes, each with its pools of connections: one at a time, so that the suite
+# stays under PostgreSQL's max_connections (100 by default) on any number of workers.
+CLUSTER_TIER = "tests/postgres/"
 MODULE_FIXTURE = re.compile(r"@pytest\.fixture\([^)]*scope=\"module\"")
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """The suite runs on three processes (pytest-xdist, `-n 3` in pyproject.toml), test by test, except that
     the tests of a module with module-scoped fixtures (a served process, a browser; their own or from a
-    conftest) stay on one worker, which sets them up once. (A session-scoped fixture is set up once per
-    worker anyway. xdist's own `loadgroup` does not work with pytest 9: it renames node ids through an
-    attribute pytest no longer reads.)"""
+    conftest) stay on one worker, which sets them up once, and so do the tests of `CLUSTER_TIER`. (A
+    session-scoped fixture is set up once per worker anyway. xdist's own `loadgroup` does not work with
+    pytest 9: it renames node ids through an attribute pytest no longer reads.)"""
     if config.getvalue("dist") != "load":  # another mode asked for on the command line
         return None
     from xdist.scheduler import LoadScopeScheduling
@@ -67,6 +70,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     class Scheduling(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::")[0]
+            if module.startswith(CLUSTER_TIER):
+                return CLUSTER_TIER
             return module if has_module_fixtures(module) else nodeid
 
     config.option.loadscopereorder = False  # keep the collection's order: what waits on the clock first
