@@ -316,8 +316,12 @@ class RunDriver:
     async def wait_until(self, due: datetime | None) -> bool:
         """Wait for a pending retry's due time (at once when overdue); False when the run stopped or drained
         meanwhile (the retry stays pending in the database)."""
-        delay = (due - utcnow()).total_seconds() if due is not None else 0.0
-        if delay > 0 and not self._halt.is_set():
+        # Until the clock the attempt's start is written with says so: the loop's timer runs on the
+        # monotonic clock and may wake a little before the wall clock reaches `due`.
+        while due is not None and not self._halt.is_set():
+            delay = (due - utcnow()).total_seconds()
+            if delay <= 0:
+                break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._halt.wait(), delay)
         return not self.stopping
