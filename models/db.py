@@ -10,7 +10,7 @@ import os
 import sqlite3
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tortoise import Tortoise
 from tortoise.connection import connections
@@ -58,8 +58,14 @@ def with_sqlite_pragmas(db_url: str) -> str:
     return f"sqlite://{_raw_sqlite_path(db_url)}?{urlencode(query)}"
 
 
+# Tortoise keeps the schema, migrations and a few simple reads and writes; the engine and the pages use
+# pools of their own (engine/db). Its default pool of 5 would hold connections that stay idle, and every
+# process counts against PostgreSQL's max_connections: 2 unless the URL says (`?maxsize=`).
+TORTOISE_PG_POOL = {"minsize": "1", "maxsize": "2"}
+
+
 def tortoise_config(db_url: str) -> dict[str, Any]:
-    url = with_sqlite_pragmas(db_url) if is_sqlite(db_url) else db_url
+    url = with_sqlite_pragmas(db_url) if is_sqlite(db_url) else _with_pool_sizes(db_url)
     return {
         "connections": {"default": url},
         "apps": {
@@ -72,6 +78,12 @@ def tortoise_config(db_url: str) -> dict[str, Any]:
         "use_tz": True,
         "timezone": "UTC",
     }
+
+
+def _with_pool_sizes(db_url: str) -> str:
+    parts = urlsplit(db_url)
+    query = {**TORTOISE_PG_POOL, **dict(parse_qsl(parts.query))}
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def check_url(db_url: str, *, must_exist: bool = False) -> None:

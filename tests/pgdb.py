@@ -14,10 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
+import fcntl
 import os
 import secrets
+import subprocess
+import tempfile
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -254,3 +260,81 @@ def sql(url: str, query: str, params: Sequence[Any] = ()) -> list[dict[str, Any]
 
     rows: list[dict[str, Any]] = _in_thread(work)
     return rows
+
+
+class ServedProcesses:
+    """Keeps the suite's served processes under the PostgreSQL server's `max_connections` (100 by default),
+    on any number of xdist workers and across suites sharing the server.
+
+    A served process holds a dozen connections or so when busy (its pools, its listening connection), so
+    at most `BUDGET` of them run on the server at once: a process is counted from just before its start
+    until it has exited, in a file shared by every test process (under `flock`, each entry the pid of
+    a served process, dropped when that process has ended). A start waits for room; one that has waited
+    `WAIT_S` goes ahead anyway, so tests that each hold a process while waiting for another cannot wait
+    on each other for ever."""
+
+    BUDGET = 6
+    WAIT_S = 60.0
+    RESERVED_S = 30.0  # how long a place taken for a process about to start counts without its pid
+
+    def __init__(self) -> None:
+        parts = urlsplit(SERVER)
+        self._path = Path(tempfile.gettempdir()) / f"stepdeck-pg-{parts.hostname or 'localhost'}-{parts.port or 5432}"
+        self._place: str | None = None  # the place taken by `before_start`, until `add` names its process
+
+    def before_start(self) -> None:
+        """Call before a served process starts (waits for room); then `add` it. Nothing on SQLite."""
+        if not ENABLED:
+            return
+        deadline = time.monotonic() + self.WAIT_S
+        while True:
+            with self._entries() as entries:
+                if len(entries) < self.BUDGET or time.monotonic() > deadline:
+                    self._place = f"reserved:{os.getpid()}:{time.time() + self.RESERVED_S}"
+                    entries.append(self._place)
+                    return
+            time.sleep(0.2)
+
+    def add(self, proc: subprocess.Popen[bytes]) -> None:
+        if not ENABLED:
+            return
+        with self._entries() as entries:
+            if self._place in entries:
+                entries.remove(self._place)
+            entries.append(str(proc.pid))
+        self._place = None
+
+    @contextlib.contextmanager
+    def _entries(self) -> Iterator[list[str]]:
+        with open(self._path, "a+", encoding="utf-8") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            entries = [e for e in f.read().split() if _alive(e)]
+            yield entries
+            f.seek(0)
+            f.truncate()
+            f.write("\n".join(entries))
+
+
+def _alive(entry: str) -> bool:
+    """A served process's pid that is still running, or a place reserved for one that has not expired."""
+    if entry.startswith("reserved:"):
+        _, pid, until = entry.split(":")
+        return time.time() < float(until) and _running(int(pid))
+    return entry.isdigit() and _running(int(entry))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A child that has exited but is not reaped yet still answers: it holds no connection any more.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    return True
+
+
+served_processes = ServedProcesses()

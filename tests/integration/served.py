@@ -279,7 +279,9 @@ class Server:
         if self.host is not None:
             cmd += ["--host", self.host]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        pgdb.served_processes.before_start()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.ws.env, stdout=self._log, stderr=subprocess.STDOUT)
+        pgdb.served_processes.add(self.proc)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

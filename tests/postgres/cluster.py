@@ -21,6 +21,7 @@ from typing import IO, Any
 
 import httpx
 
+from tests import pgdb
 from tests.integration.served import ROOT, Workspace, free_port
 
 COUNTING_STEPS = """\
@@ -62,7 +63,9 @@ class Worker:
         cmd += ["--health-port", str(self.port)]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         env = {**self.ws.env, **self.env}
+        pgdb.served_processes.before_start()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        pgdb.served_processes.add(self.proc)
         return self.wait_healthy(wait_s)
 
     def health(self) -> tuple[int, dict[str, Any]] | None:
