@@ -41,10 +41,12 @@ def _migrate_with_file_limit(ws: Workspace, limit_bytes: int) -> subprocess.Comp
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
 
+    # Nor any bytecode: Python writes a .pyc with one write() and does not check that it was whole, so a
+    # module compiled under the limit would be left cut short in the suite's shared cache for every process.
     return subprocess.run(
         [sys.executable, "main.py", "migrate"],
         cwd=ROOT,
-        env=ws.env,
+        env={**ws.env, "PYTHONDONTWRITEBYTECODE": "1"},
         preexec_fn=limit,
         capture_output=True,
         text=True,
