@@ -295,8 +295,9 @@ class ConsumedJson(TypedDict):
     index: int | None
 
 
-class AttemptJson(LlmFieldsJson):
-    """One attempt of a step (`list_attempts`), with what its LLM record shows."""
+class AttemptShownJson(TypedDict):
+    """What an attempt shows besides its LLM record (`AttemptJson`, which adds that record after it: the
+    order the API lists an attempt's fields in)."""
 
     id: int
     step: str
@@ -317,6 +318,10 @@ class AttemptJson(LlmFieldsJson):
     started_at: str | None
     finished_at: str | None
     duration_s: float | None
+
+
+class AttemptJson(AttemptShownJson, LlmFieldsJson):
+    """One attempt of a step (`list_attempts`), with what its LLM record shows."""
 
 
 async def list_attempts(run_id: int) -> list[AttemptJson]:

@@ -81,8 +81,9 @@ class StepHeadJson(TypedDict):
     attempt: int
 
 
-class StepJson(StepHeadJson, LlmFieldsJson):
-    """A step as the API shows it (`StepDetail.to_json`), with what its current attempt's LLM record shows."""
+class StepShownJson(StepHeadJson):
+    """What a step shows of its current attempt besides the LLM record (`StepJson`, which adds that record
+    after it: the order the API lists a step's fields in)."""
 
     output: Any
     alternatives: list[Any]
@@ -98,8 +99,13 @@ class StepJson(StepHeadJson, LlmFieldsJson):
     progress: float | None
     progress_message: str | None
     logs: list[str]
-    log_times: list[str | None]
-    cost: CostJson | None
+    log_times: list[str | None]  # when each line of `logs` was written (ISO 8601, UTC); None: not known
+
+
+class StepJson(StepShownJson, LlmFieldsJson):
+    """A step as the API shows it (`StepDetail.to_json`), with what its current attempt's LLM record shows."""
+
+    cost: CostJson | None  # over all attempts of the step (None without LLM usage)
     retries: int
     retries_used: int
     retry_at: str | None

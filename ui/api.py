@@ -30,6 +30,7 @@ from ui.api_models import (
     RunSummaryOut,
     StepOut,
     WorkflowOut,
+    list_of,
     workflow_json,
 )
 from ui.api_notifications import router as notifications_router
@@ -163,7 +164,7 @@ async def start_run(workflows: Workflows, body: StartRunIn, actor: Operator) -> 
 
 @protected.get(
     "/runs",
-    response_model=list[RunSummaryOut],
+    response_model=list_of(RunSummaryOut),
     responses=ERRORS,
     summary="Runs, newest first, as summaries (a run's outputs and logs come from GET /api/runs/{id})",
 )
@@ -264,7 +265,7 @@ async def get_step(workflows: Workflows, run_id: str, key: str) -> JSONResponse:
 
 @protected.get(
     "/runs/{run_id}/attempts",
-    response_model=list[AttemptOut],
+    response_model=list_of(AttemptOut),
     responses=ERRORS,
     summary="Every attempt of the run's steps, history included",
 )

@@ -1,14 +1,23 @@
-"""Response shapes of the JSON API, for the OpenAPI document and response validation."""
+"""Response shapes of the JSON API, for the OpenAPI document and response validation: the run, step and
+attempt shapes documented from the engine's own (`documented`), the rest declared here."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import operator
+from collections.abc import Collection
+from enum import Enum
+from functools import reduce
+from types import UnionType
+from typing import Any, NotRequired, Union, get_args, get_origin, get_type_hints
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, create_model
 
 from engine.definitions import WorkflowDef
+from engine.llm.record import LlmJson, UsageJson
 from engine.operations import RerunPlan
+from engine.queries import AttemptJson, ConsumedJson, RunSummaryJson, StepSummaryJson
+from engine.readmodel import CostJson, ProgressJson, RunDetailJson, StepJson
 
 
 class ErrorBody(BaseModel):
@@ -24,6 +33,11 @@ class Usage(BaseModel):
     estimated: bool = False  # some counts were estimated from the text: the server reported none
 
 
+class Progress(BaseModel):
+    completed: int
+    total: int
+
+
 class Cost(BaseModel):
     """LLM cost in USD from the price file (STEPDECK_LLM_PRICES); usd is null when the model has no price."""
 
@@ -31,141 +45,92 @@ class Cost(BaseModel):
     estimated: bool  # from estimated token counts
 
 
-class StepOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    key: str
-    label: str
-    kind: str
-    needs: list[str]
-    status: str
-    attempt: int
-    output: Any = None
-    alternatives: list[Any]
-    selected_index: int | None
-    partial_output: str | None
-    error: str | None
-    error_detail: str | None
-    stale: bool
-    stale_reason: str | None
-    started_at: str | None
-    completed_at: str | None
-    duration_s: float | None
-    progress: float | None
-    progress_message: str | None
-    logs: list[str]
-    log_times: list[str | None]  # when each line of `logs` was written (ISO 8601, UTC); null: not known
-    # LLM steps (None/False for other kinds): tokens used against the limit sent, and truncation.
-    usage: Usage | None
-    max_tokens: int | None
-    finish_reason: str | None
-    truncated: bool
-    provider: str | None  # "simulated" when no model endpoint is configured
-    model: str | None
-    llm: dict[str, Any] | None  # the full record: per-alternative usage and cost, every call made
-    cost: Cost | None = None  # over all attempts of the step (None without LLM usage)
+# What an engine JSON shape is typed as in the document, where not as itself (`as_documented`): shapes with a
+# response model of their own (`documented` adds them), and records shown as free-form objects.
+DOCUMENTED_AS: dict[Any, Any] = {
+    UsageJson: Usage,
+    CostJson: Cost,
+    ProgressJson: Progress,
+    LlmJson: dict[str, Any],  # the full record: per-alternative usage and cost, every call made
+    ConsumedJson: Any,
+}
 
 
-class StepSummaryOut(BaseModel):
-    """A step in the runs list: its state, not what it produced (outputs and logs come per run)."""
-
-    key: str
-    label: str
-    kind: str
-    needs: list[str]
-    status: str
-    attempt: int
-    stale: bool
-    truncated: bool
-    error: str | None  # the first ERROR_SUMMARY_CHARS characters of a failed or cancelled step's error
-    started_at: str | None
-    completed_at: str | None
-    duration_s: float | None
-
-
-class AttemptOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    id: int
-    step: str
-    number: int
-    current: bool  # the step's current attempt (the others are history)
-    status: str
-    outputs: list[Any] | None
-    selected_index: int | None
-    partial_output: str | None
-    error: str | None
-    error_detail: str | None
-    consumed: dict[str, Any]  # upstream step -> {attempt, index} it read
-    logs: list[str]
-    log_times: list[str | None]  # index for index with `logs`, as on a step
-    progress: float | None
-    progress_message: str | None
-    owner: str | None
-    started_at: str | None
-    finished_at: str | None
-    duration_s: float | None
-    usage: Usage | None
-    max_tokens: int | None
-    finish_reason: str | None
-    truncated: bool
-    provider: str | None
-    model: str | None
-    llm: dict[str, Any] | None
+def as_documented(hint: Any) -> Any:
+    """The type the document gives a field the engine types `hint`: statuses are strings, engine shapes their
+    response models (`DOCUMENTED_AS`), the same through lists, dicts and `| None`."""
+    if hint in DOCUMENTED_AS:
+        return DOCUMENTED_AS[hint]
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return str
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is NotRequired:
+        return as_documented(args[0])
+    if origin in (Union, UnionType):
+        return reduce(operator.or_, map(as_documented, args))
+    if origin in (list, dict):
+        return origin[tuple(map(as_documented, args))]
+    return hint
 
 
-class Progress(BaseModel):
-    completed: int
-    total: int
+def field_of(hint: Any, *, optional: bool) -> tuple[Any, Any]:
+    """A response model's field (type, default) for a key the engine types `hint`: an optional or NotRequired
+    key may be null, and is not required."""
+    if optional or get_origin(hint) is NotRequired:
+        documented_type = as_documented(hint)
+        return (documented_type if documented_type is Any else documented_type | None), None
+    return as_documented(hint), ...
 
 
-class RunOut(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    id: int
-    workflow: str
-    status: str
-    error: str | None
-    inputs: dict[str, Any]
-    actor: str
-    owner: str | None
-    heartbeat_at: str | None
-    recoveries: int
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    updated_at: str
-    duration_s: float | None
-    progress: Progress
-    step_counts: dict[str, int]
-    needs_choice: list[str]
-    stale_steps: list[str]
-    truncated_steps: list[str]  # steps whose current output was cut off at the token limit
-    cost: Cost | None = None  # LLM cost of the run (None without LLM usage)
-    steps: list[StepOut] | None = None
+def documented(
+    shape: Any,
+    name: str,
+    *,
+    doc: str | None = None,
+    open_ended: bool = False,
+    optional: Collection[str] = (),
+    undocumented: Collection[str] = (),
+) -> type[BaseModel]:
+    """The response model of an engine JSON shape (a TypedDict): its fields in its order, typed by
+    `as_documented`, so that the document follows the shape the engine returns. `optional` fields (and the
+    shape's NotRequired ones) default to None; `undocumented` ones stay out of the document; `open_ended`
+    passes on what the model does not declare."""
+    hints = get_type_hints(shape, include_extras=True)
+    fields: dict[str, Any] = {
+        key: field_of(hint, optional=key in optional) for key, hint in hints.items() if key not in undocumented
+    }
+    config = ConfigDict(extra="allow") if open_ended else None
+    model: type[BaseModel] = create_model(name, __config__=config, __doc__=doc, **fields)
+    DOCUMENTED_AS[shape] = model
+    return model
 
 
-class RunSummaryOut(BaseModel):
-    """A run in the runs list: bounded in size whatever its steps produced or logged."""
+def list_of(model: type[BaseModel]) -> Any:
+    """`list[model]`, as a route's response model, for a model made by `documented` (mypy reads `list[X]`
+    in an expression as a type, which a model made at run time is not)."""
+    return list[model]  # type: ignore[valid-type]
 
-    model_config = ConfigDict(extra="allow")
-    id: int
-    workflow: str
-    status: str
-    error: str | None
-    inputs: dict[str, Any]
-    actor: str
-    owner: str | None
-    heartbeat_at: str | None
-    recoveries: int
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    updated_at: str
-    duration_s: float | None
-    progress: Progress
-    step_counts: dict[str, int]
-    needs_choice: list[str]
-    stale_steps: list[str]
-    truncated_steps: list[str]
-    steps: list[StepSummaryOut] | None = None  # with ?include_steps=true
+
+StepOut = documented(
+    StepJson,
+    "StepOut",
+    open_ended=True,
+    optional=("output", "cost"),
+    undocumented=("retries", "retries_used", "retry_at"),
+)
+StepSummaryOut = documented(
+    StepSummaryJson,
+    "StepSummaryOut",
+    doc="A step in the runs list: its state, not what it produced (outputs and logs come per run).",
+)
+AttemptOut = documented(AttemptJson, "AttemptOut", open_ended=True)
+RunOut = documented(RunDetailJson, "RunOut", open_ended=True, optional=("cost", "steps"))
+RunSummaryOut = documented(
+    RunSummaryJson,
+    "RunSummaryOut",
+    doc="A run in the runs list: bounded in size whatever its steps produced or logged.",
+    open_ended=True,
+)
 
 
 class PlanOut(BaseModel):

@@ -6,11 +6,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
 
 from engine.notify.notifier import DeliveryJson, list_deliveries
 from models.status import DeliveryStatus
-from ui.api_models import ErrorBody
+from ui.api_models import ErrorBody, documented, list_of
 
 router = APIRouter()
 RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -19,25 +18,12 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-class DeliveryOut(BaseModel):
-    id: int
-    notification_id: int
-    run_id: int
-    event: str  # run.failed, run.waiting, run.completed, run.cancelled, step.truncated, budget.reached
-    target: str  # scheme and host, e.g. https://hooks.example.com/…
-    channel: str  # webhook | apprise
-    status: str  # pending | delivered | failed (given up)
-    attempts: int
-    last_error: str | None
-    response_code: int | None
-    created_at: str | None
-    next_at: str | None  # when a pending delivery is tried next
-    delivered_at: str | None
+DeliveryOut = documented(DeliveryJson, "DeliveryOut")
 
 
 @router.get(
     "/notifications",
-    response_model=list[DeliveryOut],
+    response_model=list_of(DeliveryOut),
     responses=RESPONSES,
     summary="Deliveries of notifications (webhooks, Apprise), newest first",
 )

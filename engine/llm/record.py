@@ -227,10 +227,10 @@ def parallel_requests(configured: Any, supports_n: bool | None, n: int) -> int:
 class LlmFieldsJson(TypedDict):
     """What an attempt's LLM record shows on its step or attempt (`llm_fields`)."""
 
-    usage: UsageJson | None
+    usage: UsageJson | None  # tokens used, against the limit sent (`max_tokens`)
     max_tokens: int | None
     finish_reason: str | None
     truncated: bool
-    provider: str | None
+    provider: str | None  # "simulated" when no model endpoint is configured
     model: str | None
-    llm: LlmJson | None
+    llm: LlmJson | None  # the full record: per-alternative usage and cost, every call made
