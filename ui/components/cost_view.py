@@ -10,12 +10,13 @@ from engine.llm.budget import Hold
 from engine.llm.prices import usd
 from engine.monitoring import Cost, TokenReport
 from engine.readmodel import CostJson
+from ui.components.columns import column
 
 COST_COLUMNS: list[dict[str, Any]] = [
-    {"name": "kind", "label": "Per", "field": "kind", "align": "left", "sortable": True},
-    {"name": "name", "label": "Day or workflow", "field": "name", "align": "left", "sortable": True},
-    {"name": "outputs", "label": "Outputs", "field": "outputs", "align": "right", "sortable": True},
-    {"name": "cost", "label": "Cost", "field": "cost", "align": "right"},
+    column("kind", "Per", sortable=True),
+    column("name", "Day or workflow", sortable=True),
+    column("outputs", "Outputs", "right", sortable=True),
+    column("cost", "Cost", "right"),
 ]
 
 

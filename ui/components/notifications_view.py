@@ -12,20 +12,21 @@ from engine.notify import notifier
 from engine.notify.notifier import DeliveryJson
 from engine.notify.targets import env_targets
 from engine.settings import Settings
+from ui.components.columns import column
 from ui.throttle import Throttle
 
 REFRESH_INTERVAL_S = 1.0
 SHOWN = 50
 COLUMNS: list[dict[str, Any]] = [
-    {"name": "created_at", "label": "Event at", "field": "created_at", "align": "left"},
-    {"name": "event", "label": "Event", "field": "event", "align": "left"},
-    {"name": "run_id", "label": "Run", "field": "run_id", "align": "right"},
-    {"name": "target", "label": "Target", "field": "target", "align": "left"},
-    {"name": "status", "label": "Status", "field": "status", "align": "left"},
-    {"name": "attempts", "label": "Tries", "field": "attempts", "align": "right"},
-    {"name": "response_code", "label": "Response", "field": "response_code", "align": "right"},
-    {"name": "last_error", "label": "Last error", "field": "last_error", "align": "left"},
-    {"name": "next_at", "label": "Next try", "field": "next_at", "align": "left"},
+    column("created_at", "Event at"),
+    column("event", "Event"),
+    column("run_id", "Run", "right"),
+    column("target", "Target"),
+    column("status", "Status"),
+    column("attempts", "Tries", "right"),
+    column("response_code", "Response", "right"),
+    column("last_error", "Last error"),
+    column("next_at", "Next try"),
 ]
 
 

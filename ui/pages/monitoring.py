@@ -17,6 +17,7 @@ from nicegui import background_tasks, events, ui
 from engine.maintenance import JobState, Maintenance
 from engine.monitoring import TokenReport, shared_token_report
 from ui import run_list
+from ui.components.columns import column
 from ui.components.cost_view import COST_COLUMNS, cost_rows, cost_summary
 from ui.components.notifications_view import notifications_section
 from ui.components.token_charts import (
@@ -124,18 +125,16 @@ def register(maintenance: Maintenance, live: LiveRuns) -> None:
             await notifications_section(settings)
 
 
+AS_PERCENT = {":format": "v => Math.round(v * 100) + ' %'"}  # a fraction shown as a whole percentage
 STEP_COLUMNS: list[dict[str, Any]] = [
-    {"name": "workflow", "label": "Workflow", "field": "workflow", "align": "left", "sortable": True},
-    {"name": "step", "label": "Step", "field": "step", "align": "left", "sortable": True},
-    {"name": "rows", "label": "Outputs", "field": "rows", "align": "right", "sortable": True},
-    {"name": "limit", "label": "Limit", "field": "limit", "align": "right", "sortable": True},
-    {"name": "p95", "label": "p95 tokens", "field": "p95", "align": "right", "sortable": True},
-    {"name": "p95_fraction", "label": "p95 of limit", "field": "p95_fraction", "align": "right", "sortable": True,
-     ":format": "v => Math.round(v * 100) + ' %'"},
-    {"name": "truncation_rate", "label": "Truncated", "field": "truncation_rate", "align": "right", "sortable": True,
-     ":format": "v => Math.round(v * 100) + ' %'"},
-    {"name": "suggested", "label": "Suggested limit", "field": "suggested", "align": "right",
-     ":format": "v => v ?? '—'"},
+    column("workflow", "Workflow", sortable=True),
+    column("step", "Step", sortable=True),
+    column("rows", "Outputs", "right", sortable=True),
+    column("limit", "Limit", "right", sortable=True),
+    column("p95", "p95 tokens", "right", sortable=True),
+    column("p95_fraction", "p95 of limit", "right", sortable=True, **AS_PERCENT),
+    column("truncation_rate", "Truncated", "right", sortable=True, **AS_PERCENT),
+    column("suggested", "Suggested limit", "right", **{":format": "v => v ?? '—'"}),
 ]  # fmt: skip
 # Steps close to their limit are highlighted in the browser from a row field: the table stays one element.
 STEP_ROW = """

@@ -16,6 +16,7 @@ from engine.errors import NotFound, OperationError
 from engine.hub import Change, ChangeJson, ChangeKind
 from models.status import StepStatus
 from ui import security
+from ui.components.columns import column
 from ui.components.cost_view import cost_text
 from ui.components.log_view import parse_time
 from ui.components.run_graphs import RunGraphs
@@ -331,9 +332,9 @@ class RunPage:
 
     def _timeline(self) -> None:
         columns = [
-            {"name": "at", "label": "When (UTC)", "field": "at", "align": "left"},
-            {"name": "what", "label": "What", "field": "what", "align": "left"},
-            {"name": "who", "label": "Who", "field": "who", "align": "left"},
+            column("at", "When (UTC)"),
+            column("what", "What"),
+            column("who", "Who"),
         ]
         with ui.expansion("Timeline", icon="timeline").classes("w-full").mark("timeline") as box:
             loaded = False

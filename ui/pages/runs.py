@@ -18,6 +18,7 @@ from engine.db import now as db_now
 from engine.registry import Registry
 from models.status import RunStatus, StepStatus
 from ui import run_list, security
+from ui.components.columns import column
 from ui.components.run_form import open_run_dialog
 from ui.format import ago, format_duration
 from ui.live import LiveRuns
@@ -31,14 +32,14 @@ REFRESH_INTERVAL_S = 0.5
 # Columns a phone has no room for are hidden below 600 px (Quasar's `gt-xs`).
 WIDE_ONLY = {"classes": "gt-xs", "headerClasses": "gt-xs"}
 COLUMNS: list[dict[str, Any]] = [
-    {"name": "id", "label": "Run", "field": "id", "align": "left"},
-    {"name": "workflow", "label": "Workflow", "field": "workflow", "align": "left"},
-    {"name": "status", "label": "Status", "field": "status", "align": "left"},
-    {"name": "progress", "label": "Progress", "field": "progress", "align": "left"},
-    {"name": "inputs", "label": "Inputs", "field": "inputs", "align": "left", **WIDE_ONLY},
-    {"name": "actor", "label": "Started by", "field": "actor", "align": "left", **WIDE_ONLY},
-    {"name": "started", "label": "Started", "field": "started", "align": "left", **WIDE_ONLY},
-    {"name": "duration", "label": "Duration", "field": "duration", "align": "right", **WIDE_ONLY},
+    column("id", "Run"),
+    column("workflow", "Workflow"),
+    column("status", "Status"),
+    column("progress", "Progress"),
+    column("inputs", "Inputs", **WIDE_ONLY),
+    column("actor", "Started by", **WIDE_ONLY),
+    column("started", "Started", **WIDE_ONLY),
+    column("duration", "Duration", "right", **WIDE_ONLY),
 ]
 
 # Slots render in the browser from row fields: a page of 100 rows stays one element, not hundreds.

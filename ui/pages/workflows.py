@@ -17,26 +17,27 @@ from engine.llm.providers import Providers
 from engine.registry import Registry
 from engine.schedules import Schedules
 from ui import security
+from ui.components.columns import column
 from ui.components.dag import dag_or_opener
 from ui.components.run_form import open_run_dialog
 from ui.components.schedules_view import SchedulesView
 from ui.theme import dashboard_page, frame
 
 INPUT_COLUMNS = [
-    {"name": "name", "label": "Input", "field": "name", "align": "left"},
-    {"name": "type", "label": "Type", "field": "type", "align": "left"},
-    {"name": "required", "label": "Required", "field": "required", "align": "left"},
-    {"name": "default", "label": "Default", "field": "default", "align": "left"},
-    {"name": "description", "label": "Description", "field": "description", "align": "left"},
+    column("name", "Input"),
+    column("type", "Type"),
+    column("required", "Required"),
+    column("default", "Default"),
+    column("description", "Description"),
 ]
 STEP_COLUMNS = [
-    {"name": "key", "label": "Key", "field": "key", "align": "left"},
-    {"name": "label", "label": "Label", "field": "label", "align": "left"},
-    {"name": "kind", "label": "Kind", "field": "kind", "align": "left"},
-    {"name": "needs", "label": "Needs", "field": "needs", "align": "left"},
-    {"name": "alternatives", "label": "Alternatives", "field": "alternatives", "align": "right"},
-    {"name": "select", "label": "Select", "field": "select", "align": "left"},
-    {"name": "runs", "label": "Runs", "field": "runs", "align": "left"},
+    column("key", "Key"),
+    column("label", "Label"),
+    column("kind", "Kind"),
+    column("needs", "Needs"),
+    column("alternatives", "Alternatives", "right"),
+    column("select", "Select"),
+    column("runs", "Runs"),
 ]
 
 
