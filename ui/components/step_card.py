@@ -16,6 +16,7 @@ from engine.readmodel import PRODUCED, StepDetail
 from models.status import StepStatus
 from ui import security
 from ui.components.cost_view import alternative_note, budget_hold_text, llm_note
+from ui.components.expansion import fill_on_first_open
 from ui.components.log_view import LogView
 from ui.components.output_view import diff_view, output_view, traceback_view
 from ui.components.retry_view import retry_note
@@ -256,20 +257,15 @@ class StepBody:
         if step.attempt < 2 and step.status is not StepStatus.PENDING:
             return
         history = ui.expansion("Attempt history", icon="history").classes("w-full").mark(f"history-{self.key}")
-        loaded = False
 
-        async def load(event: Any) -> None:
-            nonlocal loaded
-            if not event.value or loaded:
-                return
-            loaded = True
+        async def fill() -> None:
             attempts = [a for a in await queries.list_attempts(self.state.view.id) if a["step"] == self.key]
             with history:
                 if not attempts:
                     ui.label("No attempts yet").classes("text-grey-6")
                 self._attempts(attempts)
 
-        history.on_value_change(load)
+        fill_on_first_open(history, fill)
 
     def _attempts(self, attempts: list[queries.AttemptJson]) -> None:
         for a in reversed(attempts):

@@ -18,6 +18,7 @@ from models.status import StepStatus
 from ui import security
 from ui.components.columns import column
 from ui.components.cost_view import cost_text
+from ui.components.expansion import fill_on_first_open
 from ui.components.log_view import parse_time
 from ui.components.run_graphs import RunGraphs
 from ui.components.run_steps import RunSteps
@@ -336,23 +337,18 @@ class RunPage:
             column("what", "What"),
             column("who", "Who"),
         ]
-        with ui.expansion("Timeline", icon="timeline").classes("w-full").mark("timeline") as box:
-            loaded = False
+        box = ui.expansion("Timeline", icon="timeline").classes("w-full").mark("timeline")
 
-            async def load(event: Any) -> None:
-                nonlocal loaded
-                if not event.value or loaded:
-                    return
-                loaded = True
-                events = await queries.events_after(self.run_id, 0, limit=100_000)
-                with box:
-                    self.timeline_rows = (
-                        ui.table(columns=columns, rows=[_timeline_row(e) for e in events], row_key="id", pagination=50)
-                        .classes("w-full")
-                        .mark("timeline-rows")
-                    )
+        async def fill() -> None:
+            events = await queries.events_after(self.run_id, 0, limit=100_000)
+            with box:
+                self.timeline_rows = (
+                    ui.table(columns=columns, rows=[_timeline_row(e) for e in events], row_key="id", pagination=50)
+                    .classes("w-full")
+                    .mark("timeline-rows")
+                )
 
-            box.on_value_change(load)
+        fill_on_first_open(box, fill)
 
 
 def _took(started: str, finished: str) -> str:
