@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBearer
+from fastapi.types import DecoratedCallable
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from engine import auth, operations, queries
@@ -111,6 +112,18 @@ async def registry(request: Request) -> Registry:
 Workflows = Annotated[Registry, Depends(registry)]
 
 
+def run_action(path: str, summary: str) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """The route of an action on a run: a POST that only an operator may make, answered with the run as it
+    is afterwards (`run_response`)."""
+    return protected.post(path, response_model=RunOut, responses=ACTIONS, summary=summary)
+
+
+async def run_response(run_id: int, workflows: Workflows) -> JSONResponse:
+    """The run as read now: the answer of its reads and of every action on it, sent as `RunDetail.to_json`
+    builds it (`RunOut` documents it)."""
+    return JSONResponse((await queries.run_detail(run_id, workflows)).to_json())
+
+
 @router.get(
     "/health",
     summary="Liveness probe (open: it says nothing but that the server answers and has its database)",
@@ -188,23 +201,21 @@ async def list_runs(
 
 @protected.get("/runs/{run_id}", response_model=RunOut, responses=ERRORS, summary="A run with its steps")
 async def get_run(workflows: Workflows, run_id: str) -> JSONResponse:
-    return JSONResponse((await queries.run_detail(parse_run_id(run_id), workflows)).to_json())
+    return await run_response(parse_run_id(run_id), workflows)
 
 
-@protected.post("/runs/{run_id}/cancel", response_model=RunOut, responses=ACTIONS, summary="Cancel a run")
+@run_action("/runs/{run_id}/cancel", "Cancel a run")
 async def cancel_run(workflows: Workflows, run_id: str, actor: Operator) -> JSONResponse:
     rid = parse_run_id(run_id)
     await operations.cancel_run(rid, actor)
-    return JSONResponse((await queries.run_detail(rid, workflows)).to_json())
+    return await run_response(rid, workflows)
 
 
-@protected.post(
-    "/runs/{run_id}/resume", response_model=RunOut, responses=ACTIONS, summary="Resume from the first unfinished step"
-)
+@run_action("/runs/{run_id}/resume", "Resume from the first unfinished step")
 async def resume_run(workflows: Workflows, run_id: str, actor: Operator) -> JSONResponse:
     rid = parse_run_id(run_id)
     await operations.resume_run(rid, actor)
-    return JSONResponse((await queries.run_detail(rid, workflows)).to_json())
+    return await run_response(rid, workflows)
 
 
 @protected.get(
@@ -218,40 +229,27 @@ async def rerun_plan(run_id: str, key: str) -> dict[str, Any]:
     return PlanOut.from_plan(plan).model_dump()
 
 
-@protected.post(
-    "/runs/{run_id}/steps/{key}/rerun",
-    response_model=RunOut,
-    responses=ACTIONS,
-    summary="Re-run this step and its dependents (retry / resume from here)",
-)
+@run_action("/runs/{run_id}/steps/{key}/rerun", "Re-run this step and its dependents (retry / resume from here)")
 async def rerun_step(workflows: Workflows, run_id: str, key: str, actor: Operator) -> JSONResponse:
     rid = parse_run_id(run_id)
     await operations.rerun_from(rid, key, actor)
-    return JSONResponse((await queries.run_detail(rid, workflows)).to_json())
+    return await run_response(rid, workflows)
 
 
-@protected.post(
-    "/runs/{run_id}/refresh-stale",
-    response_model=RunOut,
-    responses=ACTIONS,
-    summary="Re-run the run's stale steps (and what depends on them); 409 when none is stale",
+@run_action(
+    "/runs/{run_id}/refresh-stale", "Re-run the run's stale steps (and what depends on them); 409 when none is stale"
 )
 async def refresh_stale(workflows: Workflows, run_id: str, actor: Operator) -> JSONResponse:
     rid = parse_run_id(run_id)
     await operations.refresh_stale(rid, actor)
-    return JSONResponse((await queries.run_detail(rid, workflows)).to_json())
+    return await run_response(rid, workflows)
 
 
-@protected.post(
-    "/runs/{run_id}/steps/{key}/select",
-    response_model=RunOut,
-    responses=ACTIONS,
-    summary="Select an alternative of the step's current attempt",
-)
+@run_action("/runs/{run_id}/steps/{key}/select", "Select an alternative of the step's current attempt")
 async def select(workflows: Workflows, run_id: str, key: str, body: SelectIn, actor: Operator) -> JSONResponse:
     rid = parse_run_id(run_id)
     await operations.select(rid, key, body.index, actor)
-    return JSONResponse((await queries.run_detail(rid, workflows)).to_json())
+    return await run_response(rid, workflows)
 
 
 @protected.get("/runs/{run_id}/steps/{key}", response_model=StepOut, responses=ERRORS, summary="One step of a run")
