@@ -15,6 +15,11 @@ from tortoise.models import Model
 from models.status import AttemptStatus, RunStatus, StepStatus
 
 
+def part_of(owner: str, related_name: str) -> fields.ForeignKeyRelation[Any]:
+    """A row's key to the row it is part of (`owner`, as "models.Run"): deleting that row deletes this one."""
+    return fields.ForeignKeyField(owner, related_name=related_name, on_delete=fields.CASCADE)
+
+
 class Run(Model):
     """One execution of a workflow with inputs, with a snapshot of the definition it started with."""
 
@@ -51,9 +56,7 @@ class Step(Model):
     """One node of a run. What it produced lives on its attempts (the current one is `attempt`)."""
 
     id = fields.BigIntField(primary_key=True)
-    run: fields.ForeignKeyRelation[Run] = fields.ForeignKeyField(
-        "models.Run", related_name="steps", on_delete=fields.CASCADE
-    )
+    run: fields.ForeignKeyRelation[Run] = part_of("models.Run", "steps")
     run_id: int
     key = fields.CharField(max_length=100)
     label = fields.CharField(max_length=200)
@@ -79,13 +82,9 @@ class Attempt(Model):
     """One execution of a step. It owns everything the execution produced and is never reused by a retry."""
 
     id = fields.BigIntField(primary_key=True)
-    run: fields.ForeignKeyRelation[Run] = fields.ForeignKeyField(
-        "models.Run", related_name="attempts", on_delete=fields.CASCADE
-    )
+    run: fields.ForeignKeyRelation[Run] = part_of("models.Run", "attempts")
     run_id: int
-    step: fields.ForeignKeyRelation[Step] = fields.ForeignKeyField(
-        "models.Step", related_name="attempts", on_delete=fields.CASCADE
-    )
+    step: fields.ForeignKeyRelation[Step] = part_of("models.Step", "attempts")
     step_id: int
     number = fields.IntField()
     status = fields.CharEnumField(AttemptStatus, max_length=16, default=AttemptStatus.RUNNING)
@@ -115,13 +114,9 @@ class LlmUsage(Model):
     """Tokens one alternative of an LLM attempt used against its limit, one row each, for monitoring."""
 
     id = fields.BigIntField(primary_key=True)
-    run: fields.ForeignKeyRelation[Run] = fields.ForeignKeyField(
-        "models.Run", related_name="llm_usage", on_delete=fields.CASCADE
-    )
+    run: fields.ForeignKeyRelation[Run] = part_of("models.Run", "llm_usage")
     run_id: int
-    attempt: fields.ForeignKeyRelation[Attempt] = fields.ForeignKeyField(
-        "models.Attempt", related_name="llm_usage", on_delete=fields.CASCADE
-    )
+    attempt: fields.ForeignKeyRelation[Attempt] = part_of("models.Attempt", "llm_usage")
     attempt_id: int
     workflow = fields.CharField(max_length=200)
     step_key = fields.CharField(max_length=100)
@@ -154,9 +149,7 @@ class Event(Model):
     """Append-only record of a transition or a human action. Its id orders the timeline of the run."""
 
     id = fields.BigIntField(primary_key=True)
-    run: fields.ForeignKeyRelation[Run] = fields.ForeignKeyField(
-        "models.Run", related_name="events", on_delete=fields.CASCADE
-    )
+    run: fields.ForeignKeyRelation[Run] = part_of("models.Run", "events")
     run_id: int
     step_key = fields.CharField(max_length=100, null=True)
     attempt = fields.IntField(null=True)
@@ -191,9 +184,7 @@ class ApiToken(Model):
     """A bearer token of a user for scripts, kept only as a hash."""
 
     id = fields.BigIntField(primary_key=True)
-    user: fields.ForeignKeyRelation[User] = fields.ForeignKeyField(
-        "models.User", related_name="tokens", on_delete=fields.CASCADE
-    )
+    user: fields.ForeignKeyRelation[User] = part_of("models.User", "tokens")
     user_id: int
     name = fields.CharField(max_length=100)
     prefix = fields.CharField(max_length=16)  # the first characters, to recognise a token in lists
@@ -264,9 +255,7 @@ class Notification(Model):
     The notifier fans it out into one delivery per target that wants it."""
 
     id = fields.BigIntField(primary_key=True)
-    run: fields.ForeignKeyRelation[Run] = fields.ForeignKeyField(
-        "models.Run", related_name="notifications", on_delete=fields.CASCADE
-    )
+    run: fields.ForeignKeyRelation[Run] = part_of("models.Run", "notifications")
     run_id: int
     event = fields.CharField(max_length=40)  # run.failed, run.waiting, step.truncated, budget.reached ...
     step_key = fields.CharField(max_length=100, null=True)
@@ -290,9 +279,7 @@ class Delivery(Model):
     kept as a fingerprint and a redacted label, never as its URL (URLs carry tokens)."""
 
     id = fields.BigIntField(primary_key=True)
-    notification: fields.ForeignKeyRelation[Notification] = fields.ForeignKeyField(
-        "models.Notification", related_name="deliveries", on_delete=fields.CASCADE
-    )
+    notification: fields.ForeignKeyRelation[Notification] = part_of("models.Notification", "deliveries")
     notification_id: int
     run_id = fields.BigIntField()
     event = fields.CharField(max_length=40)
