@@ -19,8 +19,16 @@ from engine.inputs import InputError as InputError
 from engine.inputs import validate_inputs as validate_inputs
 from engine.llm import templates
 from engine.notify.kinds import DEFAULT_EVENTS, EVENTS
+from engine.retry import (
+    DEFAULT_POLICY,
+    MAX_DELAY_S,
+    MAX_RETRIES,
+    MAX_TOKENS_FACTOR,
+    RETRY_ON_DEFAULT,
+    FailureKind,
+    RetryPolicy,
+)
 from engine.retry import DEFAULTS as RETRY_DEFAULTS
-from engine.retry import MAX_DELAY_S, MAX_RETRIES, MAX_TOKENS_FACTOR, RETRY_ON_DEFAULT, FailureKind, RetryPolicy
 from engine.yaml_limits import MAX_DEPTH, MAX_FILE_BYTES, YamlLimitError, check_expanded_size
 from models.errors import StepdeckError
 
@@ -146,12 +154,12 @@ class StepDef:
     call: str | None = None
     description: str = ""
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    retries: int = 0
-    retry_delay_s: float = 10.0
-    retry_backoff: float = 2.0
-    retry_max_delay_s: float = 600.0
-    retry_on: tuple[str, ...] = RETRY_ON_DEFAULT
-    retry_max_tokens_factor: float = 1.0
+    retries: int = DEFAULT_POLICY.retries
+    retry_delay_s: float = DEFAULT_POLICY.delay_s
+    retry_backoff: float = DEFAULT_POLICY.backoff
+    retry_max_delay_s: float = DEFAULT_POLICY.max_delay_s
+    retry_on: tuple[str, ...] = DEFAULT_POLICY.on
+    retry_max_tokens_factor: float = DEFAULT_POLICY.max_tokens_factor
 
     @property
     def retry_policy(self) -> RetryPolicy:

@@ -21,14 +21,6 @@ class FailureKind(StrEnum):
 
 
 RETRY_ON_DEFAULT = (FailureKind.ERROR.value, FailureKind.TIMEOUT.value)
-DEFAULTS = {
-    "retries": 0,
-    "retry_delay_s": 10.0,
-    "retry_backoff": 2.0,
-    "retry_max_delay_s": 600.0,
-    "retry_on": RETRY_ON_DEFAULT,
-    "retry_max_tokens_factor": 1.0,
-}
 MAX_RETRIES = 100
 MAX_DELAY_S = 7 * 24 * 3600.0
 MAX_TOKENS_FACTOR = 16.0
@@ -42,6 +34,19 @@ class RetryPolicy:
     max_delay_s: float = 600.0
     on: tuple[str, ...] = RETRY_ON_DEFAULT
     max_tokens_factor: float = 1.0
+
+
+# What a definition that says nothing of retries gets: no retry. Its fields, by the names a definition
+# gives them (a step's, or a workflow's for its steps), are the defaults `definitions.parse_retry` starts from.
+DEFAULT_POLICY = RetryPolicy()
+DEFAULTS = {
+    "retries": DEFAULT_POLICY.retries,
+    "retry_delay_s": DEFAULT_POLICY.delay_s,
+    "retry_backoff": DEFAULT_POLICY.backoff,
+    "retry_max_delay_s": DEFAULT_POLICY.max_delay_s,
+    "retry_on": DEFAULT_POLICY.on,
+    "retry_max_tokens_factor": DEFAULT_POLICY.max_tokens_factor,
+}
 
 
 @dataclass(frozen=True, slots=True)
