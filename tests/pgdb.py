@@ -273,7 +273,7 @@ class ServedProcesses:
     `WAIT_S` goes ahead anyway, so tests that each hold a process while waiting for another cannot wait
     on each other for ever."""
 
-    BUDGET = 6
+    BUDGET = 5
     WAIT_S = 60.0
     RESERVED_S = 30.0  # how long a place taken for a process about to start counts without its pid
 

@@ -30,10 +30,15 @@ def test_pragmas_added_and_user_values_win() -> None:
     assert "busy_timeout=500" in url and "busy_timeout=10000" not in url
 
 
-def test_other_databases_pass_through() -> None:
+def test_a_postgresql_url_gets_a_small_pool_for_tortoise_unless_it_sets_one() -> None:
+    # Tortoise keeps the schema and a few simple queries: its connections count against max_connections.
     assert (
         tortoise_config("postgres://u@localhost:5432/test")["connections"]["default"]
-        == "postgres://u@localhost:5432/test"
+        == "postgres://u@localhost:5432/test?minsize=1&maxsize=2"
+    )
+    assert (
+        tortoise_config("postgresql://u@db:5432/test?maxsize=8&minsize=3")["connections"]["default"]
+        == "postgresql://u@db:5432/test?minsize=3&maxsize=8"
     )
 
 
