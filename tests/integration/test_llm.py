@@ -7,6 +7,7 @@ viewers and checkpoints. Every scenario ends with a clean audit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -68,22 +69,36 @@ def server() -> Iterator[KeyEchoServer]:
 
 @pytest.fixture
 def llm_settings(settings: Settings, server: LLMServer) -> Settings:
-    return settings.with_overrides(
-        llm_base_url=server.base_url,
-        llm_api_key=Secret(KEY),
-        llm_model=MODEL,
-        llm_retry_base_s=0.01,
-        llm_checkpoint_s=0.2,
-    )
+    return pointed_at(settings, server.base_url, llm_retry_base_s=0.01, llm_checkpoint_s=0.2)
 
 
 @pytest.fixture
 async def eng(llm_settings: Settings, registry: Registry) -> AsyncIterator[Engine]:
-    # The engine imports the client in the background (about a second); a step that starts before that
-    # is done waits for it, which would eat the short timeouts used here.
-    await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(llm_settings, registry) as engine:
+    async with llm_engine(llm_settings, registry) as engine:
         yield engine
+
+
+def pointed_at(settings: Settings, base_url: str, **overrides: Any) -> Settings:
+    """`settings` with the model endpoint at `base_url`, the test key and the test model, which every LLM test sets,
+    and `overrides`: what the test itself is about."""
+    return settings.with_overrides(llm_base_url=base_url, llm_api_key=Secret(KEY), llm_model=MODEL, **overrides)
+
+
+@contextlib.asynccontextmanager
+async def llm_engine(settings: Settings, registry: Registry) -> AsyncIterator[Engine]:
+    """A started engine with the `openai` client already imported. The engine imports it in the background (about
+    a second); a step that starts before that is done waits for it, which would eat the short timeouts used here."""
+    await asyncio.to_thread(importlib.import_module, "openai")
+    async with engine_running(settings, registry) as engine:
+        yield engine
+
+
+def unreachable_base_url() -> str:
+    """A loopback endpoint nobody listens on: the port is bound to find a free one, then closed again."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
 
 
 def llm(key: str = "write", prompt: str = "Write about {{ inputs.topic }}.", **fields: Any) -> dict[str, Any]:
@@ -382,14 +397,10 @@ async def test_a_refused_request_is_not_retried(
 async def test_an_endpoint_nobody_listens_on_fails_the_step_with_a_readable_message(
     settings: Settings, define: Define, registry: Registry
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # closed on leaving: nothing listens there
-    base_url = f"http://127.0.0.1:{port}/v1"
+    base_url = unreachable_base_url()
     define("unreachable", [llm()], inputs=TOPIC)
-    overrides = {"llm_base_url": base_url, "llm_api_key": Secret(KEY), "llm_model": MODEL, "llm_retry_base_s": 0.01}
     started = time.monotonic()
-    async with engine_running(settings.with_overrides(**overrides), registry):
+    async with engine_running(pointed_at(settings, base_url, llm_retry_base_s=0.01), registry):
         run = await run_to_end(registry.get("unreachable"))
     assert time.monotonic() - started < 5
     assert run["status"] == "failed"
@@ -618,11 +629,7 @@ async def test_query_parameters_of_the_base_url_are_sent_as_parameters_and_never
 ) -> None:
     caplog.set_level(logging.DEBUG)
     url = f"{server.base_url}?sig=SIG-SECRET-42&api-version=2024"
-    llm_settings = settings.with_overrides(
-        llm_base_url=url, llm_api_key=Secret(KEY), llm_model=MODEL, llm_retry_base_s=0.01
-    )
-    await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(llm_settings, registry):
+    async with llm_engine(pointed_at(settings, url, llm_retry_base_s=0.01), registry):
         define("query", [llm()], inputs=TOPIC)
         run = await run_to_end(registry.get("query"))
     assert run["status"] == "completed", run["error"]
@@ -642,8 +649,7 @@ async def test_a_base_url_with_a_password_fails_the_step_without_showing_it(
     url = server.base_url.replace("http://", "http://bob:hunter2-SECRET@")
     # Settings made in code skip the environment's checks; the provider refuses the URL itself.
     llm_settings = dataclasses.replace(settings, llm_base_url=url, llm_api_key=Secret(KEY), llm_model=MODEL)
-    await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(llm_settings, registry):
+    async with llm_engine(llm_settings, registry):
         define("userinfo", [llm()], inputs=TOPIC)
         run = await run_to_end(registry.get("userinfo"))
     assert run["status"] == "failed"

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 
-from engine import operations, queries
+from engine import operations
 from engine.db import current
 from engine.definitions import WorkflowDef
 from engine.engine import Engine
@@ -23,46 +22,35 @@ from engine.hub import Subscription
 from engine.llm import providers
 from engine.llm.model_check import model_warnings
 from engine.registry import Registry
-from engine.settings import Secret, Settings
+from engine.settings import Settings
 from engine.store import fetch
-from tests.conftest import api_client, as_json, attempts_of, engine_running, wait_for, wait_run
-from tests.integration.test_llm import ENDED, MODEL, TOPIC, bodies, llm, words
+from tests.conftest import api_client, attempts_of, engine_running, wait_for, wait_run
+from tests.integration import test_llm
+from tests.integration.test_llm import (
+    ENDED,
+    MODEL,
+    TOPIC,
+    bodies,
+    llm,
+    llm_engine,
+    pointed_at,
+    unreachable_base_url,
+    words,
+)
 from tests.llm_server import LLMServer
 
 Define = Callable[..., Any]
 
+# The loopback server, the settings pointing at it and the started engine are the other LLM tests' own fixtures
+# (a server whose 401 may quote the key behaves like the plain one until a test asks it to refuse the key).
+server, llm_settings, eng = test_llm.server, test_llm.llm_settings, test_llm.eng
+
 pytestmark = pytest.mark.usefixtures("audit_clean")
 
 
-@pytest.fixture
-def server() -> Iterator[LLMServer]:
-    with LLMServer(reply_tokens=20) as srv:
-        yield srv
-    assert srv.errors == [], "the test server's handlers raised"
-
-
-@pytest.fixture
-def llm_settings(settings: Settings, server: LLMServer) -> Settings:
-    return settings.with_overrides(
-        llm_base_url=server.base_url,
-        llm_api_key=Secret("sk-x"),
-        llm_model=MODEL,
-        llm_retry_base_s=0.01,
-        llm_checkpoint_s=0.2,
-    )
-
-
-@pytest.fixture
-async def eng(llm_settings: Settings, registry: Registry) -> AsyncIterator[Engine]:
-    await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(llm_settings, registry) as engine:
-        yield engine
-
-
-async def run_to_end(defn: WorkflowDef, timeout_s: float = 20.0) -> dict[str, Any]:
-    run_id = await operations.start_run(defn, {}, "tester")
-    await wait_run(run_id, *ENDED, timeout_s=timeout_s)
-    return as_json((await queries.run_detail(run_id)).to_json())
+async def run_to_end(defn: WorkflowDef) -> dict[str, Any]:
+    """A run of `defn` with no inputs, to its end: within 20 s, as these servers' one-at-a-time answers take longer."""
+    return await test_llm.run_to_end(defn, timeout_s=20.0)
 
 
 # --- 1. a stream that ends without a finish reason -------------------------------------------------------
@@ -228,14 +216,8 @@ async def test_a_refusal_of_n_is_remembered_for_that_model_only(
 async def test_a_call_that_fails_after_its_retries_is_listed_in_the_attempts_calls(
     settings: Settings, define: Define, registry: Registry
 ) -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    dead = settings.with_overrides(
-        llm_base_url=f"http://127.0.0.1:{port}/v1", llm_api_key=Secret("sk-x"), llm_model=MODEL, llm_retry_base_s=0.01
-    )
-    await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(dead, registry):
+    dead = pointed_at(settings, unreachable_base_url(), llm_retry_base_s=0.01)
+    async with llm_engine(dead, registry):
         define("dead", [llm()], inputs=TOPIC)
         run = await run_to_end(registry.get("dead"))
     assert run["status"] == "failed"
@@ -317,12 +299,9 @@ async def test_cost_per_alternative_attempt_step_and_run_in_the_api(
 ) -> None:
     prices = tmp_path / "prices.yaml"
     prices.write_text("models:\n  stepdeck-test: {prompt: 2.0, completion: 10.0}\n")
-    priced = settings.with_overrides(
-        llm_base_url=server.base_url, llm_api_key=Secret("sk-x"), llm_model=MODEL, llm_prices=str(prices)
-    )
+    priced = pointed_at(settings, server.base_url, llm_prices=str(prices))
     server.reply_tokens = 5
-    await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(priced, registry), api_client(priced, registry) as api:
+    async with llm_engine(priced, registry), api_client(priced, registry) as api:
         define("priced", [llm("a", alternatives=2, select="auto"), llm("b", max_tokens=3)], inputs=TOPIC)
         created = await api.post("/api/runs", json={"workflow": "priced", "inputs": {}})
         run_id = created.json()["id"]
@@ -355,12 +334,9 @@ async def test_a_model_without_a_price_has_no_cost_not_a_zero_one(
 async def test_the_endpoints_concurrency_limit_holds_across_runs(
     settings: Settings, server: LLMServer, define: Define, registry: Registry
 ) -> None:
-    limited = settings.with_overrides(
-        llm_base_url=server.base_url, llm_api_key=Secret("sk-x"), llm_model=MODEL, llm_max_concurrent=2
-    )
+    limited = pointed_at(settings, server.base_url, llm_max_concurrent=2)
     server.reply_tokens, server.chunk_delay_s = 10, 0.02
-    await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(limited, registry), api_client(limited, registry) as api:
+    async with llm_engine(limited, registry), api_client(limited, registry) as api:
         define("crowd", [llm()], inputs=TOPIC)
         ids = [(await api.post("/api/runs", json={"workflow": "crowd", "inputs": {}})).json()["id"] for _ in range(6)]
         statuses = [await wait_run(i, *ENDED, timeout_s=30) for i in ids]
@@ -375,9 +351,7 @@ async def test_the_endpoints_concurrency_limit_holds_across_runs(
 async def test_a_request_past_the_per_minute_limit_waits_and_says_why(
     settings: Settings, server: LLMServer, define: Define, registry: Registry
 ) -> None:
-    limited = settings.with_overrides(
-        llm_base_url=server.base_url, llm_api_key=Secret("sk-x"), llm_model=MODEL, llm_requests_per_minute=2
-    )
+    limited = pointed_at(settings, server.base_url, llm_requests_per_minute=2)
     server.reply_tokens = 3
     await asyncio.to_thread(importlib.import_module, "openai")
     sub = current().hub.subscribe()
@@ -418,8 +392,7 @@ async def test_a_model_the_endpoint_does_not_list_is_warned_about_at_start_and_s
 ) -> None:
     define("typo", [llm(model="stepdeck-tset")], inputs=TOPIC)  # llama-cpp-python answers to any name
     define("fine", [llm()], inputs=TOPIC)
-    await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(llm_settings, registry):
+    async with llm_engine(llm_settings, registry):
         await wait_for(
             lambda: _logged(caplog, "workflow typo: step 'write': model 'stepdeck-tset' is not among the models"),
             what="the warning",
@@ -456,17 +429,14 @@ async def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
 def priced_settings(settings: Settings, server: LLMServer, tmp_path: Path, **extra: Any) -> Settings:
     prices = tmp_path / "prices.toml"
     prices.write_text('[models."stepdeck-test"]\nprompt = 10.0\ncompletion = 10.0\n')  # 24 tokens: $0.00024
-    return settings.with_overrides(
-        llm_base_url=server.base_url, llm_api_key=Secret("sk-x"), llm_model=MODEL, llm_prices=str(prices), **extra
-    )
+    return pointed_at(settings, server.base_url, llm_prices=str(prices), **extra)
 
 
 async def test_a_step_past_the_runs_max_cost_waits_for_a_person_who_can_let_it_run(
     settings: Settings, server: LLMServer, define: Define, tmp_path: Path, registry: Registry
 ) -> None:
     priced = priced_settings(settings, server, tmp_path)
-    await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(priced, registry), api_client(priced, registry) as api:
+    async with llm_engine(priced, registry), api_client(priced, registry) as api:
         define("capped", [llm("a"), llm("b"), llm("c")], inputs=TOPIC, max_cost=0.0002)
         run_id = (await api.post("/api/runs", json={"workflow": "capped", "inputs": {}})).json()["id"]
         assert await wait_run(run_id, *ENDED) == "waiting"
@@ -493,8 +463,7 @@ async def test_a_step_past_the_daily_budget_waits_and_a_run_within_it_does_not(
     settings: Settings, server: LLMServer, define: Define, tmp_path: Path, registry: Registry
 ) -> None:
     priced = priced_settings(settings, server, tmp_path, llm_daily_budget=0.0003)
-    await asyncio.to_thread(importlib.import_module, "openai")
-    async with engine_running(priced, registry), api_client(priced, registry) as api:
+    async with llm_engine(priced, registry), api_client(priced, registry) as api:
         define("daily", [llm()], inputs=TOPIC)
         first = (await api.post("/api/runs", json={"workflow": "daily", "inputs": {}})).json()["id"]
         second_status = third_status = None
@@ -518,9 +487,8 @@ async def test_an_engine_closes_its_model_clients_when_it_stops_and_the_next_eng
     llm_settings: Settings, server: LLMServer, define: Define, registry: Registry
 ) -> None:
     define("owned", [llm()], inputs=TOPIC)
-    await asyncio.to_thread(importlib.import_module, "openai")
     for _ in range(2):  # the second engine, on the same loop, finds nothing of the first one's clients
-        async with engine_running(llm_settings, registry):
+        async with llm_engine(llm_settings, registry):
             assert (await run_to_end(registry.get("owned")))["status"] == "completed"
             assert server.open_connections > 0  # kept alive for the engine's next call
 
