@@ -113,6 +113,16 @@ async def run_to_end(
     return as_json((await queries.run_detail(run_id)).to_json())
 
 
+async def start_streaming(
+    server: LLMServer, define: Define, registry: Registry, name: str, tokens: int, delay_s: float
+) -> int:
+    """Start a run of a one-LLM-step workflow `name` whose reply streams `tokens` tokens `delay_s` apart: for the
+    tests that act while the text is still coming. Returns the run id."""
+    server.reply_tokens, server.chunk_delay_s = tokens, delay_s
+    define(name, [llm()], inputs=TOPIC)
+    return await operations.start_run(registry.get(name), {}, "tester")
+
+
 async def usage_rows(run_id: int) -> list[dict[str, Any]]:
     return await fetch("SELECT * FROM llm_usage WHERE run_id = ? ORDER BY attempt_id, alternative", (run_id,))
 
@@ -432,9 +442,7 @@ async def _partial_in_db(run_id: int) -> str | None:
 async def test_cancelling_mid_stream_aborts_the_request_and_keeps_the_partial_text(
     eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
-    server.reply_tokens, server.chunk_delay_s = 400, 0.02
-    define("cancel-llm", [llm()], inputs=TOPIC)
-    run_id = await operations.start_run(registry.get("cancel-llm"), {}, "tester")
+    run_id = await start_streaming(server, define, registry, "cancel-llm", 400, 0.02)
     await wait_for(lambda: _partial_in_db(run_id), 5, "streamed text checkpointed")
     assert await operations.cancel_run(run_id, "alice") is True
     started = time.monotonic()
@@ -485,9 +493,7 @@ async def test_a_server_that_never_answers_times_out_and_the_request_is_aborted(
 async def test_streamed_text_is_checkpointed_on_the_running_attempt(
     eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
-    server.reply_tokens, server.chunk_delay_s = 40, 0.03
-    define("checkpoint", [llm()], inputs=TOPIC)
-    run_id = await operations.start_run(registry.get("checkpoint"), {}, "tester")
+    run_id = await start_streaming(server, define, registry, "checkpoint", 40, 0.03)
     partial = await wait_for(lambda: _partial_in_db(run_id), 3, "a checkpoint of the streamed text")
     running = await step_of(run_id, "write")
     assert running["status"] == "running"

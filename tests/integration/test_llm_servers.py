@@ -34,6 +34,7 @@ from tests.integration.test_llm import (
     llm,
     llm_engine,
     pointed_at,
+    start_streaming,
     unreachable_base_url,
     words,
 )
@@ -232,9 +233,7 @@ async def test_a_call_that_fails_after_its_retries_is_listed_in_the_attempts_cal
 async def test_a_cancelled_call_is_recorded_with_its_real_latency_and_first_token(
     eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
-    server.reply_tokens, server.chunk_delay_s = 2000, 0.01
-    define("cancel-mid", [llm()], inputs=TOPIC)
-    run_id = await operations.start_run(registry.get("cancel-mid"), {}, "tester")
+    run_id = await start_streaming(server, define, registry, "cancel-mid", 2000, 0.01)
 
     async def streamed() -> bool:  # the checkpointed text: at least 5 tokens have arrived
         return (len(server.completion_requests) > 0) and len(await streamed_text()) >= 5
