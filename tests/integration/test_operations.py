@@ -37,6 +37,17 @@ def define_pick(define: Define, name: str = "pick", alternatives: int = 3, downs
     )
 
 
+async def start_waiting_pick(
+    define: Define, registry: Registry, name: str, alternatives: int = 3, downstream: str = "use_upstream"
+) -> int:
+    """Start a run of `define_pick`'s workflow and wait until `gen` waits for a person to pick: where the tests of
+    selecting, cancelling and rerunning a waiting step begin. Returns the run id."""
+    define_pick(define, name, alternatives, downstream)
+    run_id = await operations.start_run(registry.get(name), {}, "tester")
+    assert await wait_run(run_id, "waiting", "failed") == "waiting"
+    return run_id
+
+
 # --- start ---------------------------------------------------------------------------------------
 
 
@@ -71,9 +82,7 @@ async def test_a_started_run_is_returned_as_reading_it_back_shows_it(
 async def test_retry_of_a_step_with_alternatives_runs_it_again_in_a_new_attempt(
     engine: Engine, define: Define, api: httpx.AsyncClient, registry: Registry
 ) -> None:
-    define_pick(define)
-    run_id = await operations.start_run(registry.get("pick"), {}, "tester")
-    assert await wait_run(run_id, "waiting", "failed") == "waiting"
+    run_id = await start_waiting_pick(define, registry, "pick")
     gen = await step_of(run_id, "gen")
     assert (gen["status"], gen["alternatives"], gen["selected_index"]) == (
         "waiting",
@@ -265,9 +274,7 @@ async def test_changing_a_completed_selection_flags_consumers_stale_until_rerun(
 async def test_changing_a_completed_selection_while_the_run_is_running_is_a_conflict(
     engine: Engine, define: Define, registry: Registry
 ) -> None:
-    define_pick(define, "busy-pick", 2, downstream="blocking")
-    run_id = await operations.start_run(registry.get("busy-pick"), {}, "tester")
-    assert await wait_run(run_id, "waiting", "failed") == "waiting"
+    run_id = await start_waiting_pick(define, registry, "busy-pick", 2, downstream="blocking")
     assert await operations.select(run_id, "gen", 0, "alice")
     await wait_for(lambda: _status_is(run_id, "use", "running"), 5, "use running")
     events_before = await events_of(run_id)
@@ -331,6 +338,17 @@ async def test_changing_a_selection_flags_a_waiting_consumer_of_the_old_choice(
 # --- concurrent operations -------------------------------------------------------------------------
 
 
+async def rerun_five_at_once(run_id: int, key: str) -> None:
+    """Five people rerun `run_id` from `key` at the same moment: exactly one rerun takes effect, the other four are
+    refused with a Conflict, and the run then completes."""
+    results = await asyncio.gather(
+        *(operations.rerun_from(run_id, key, f"user{i}") for i in range(5)), return_exceptions=True
+    )
+    assert sum(isinstance(r, operations.RerunPlan) for r in results) == 1
+    assert sum(isinstance(r, Conflict) for r in results) == 4, results
+    assert await wait_run(run_id, "completed", "failed") == "completed"
+
+
 async def test_concurrent_reruns_of_a_completed_run_take_effect_once(
     engine: Engine, define: Define, registry: Registry
 ) -> None:
@@ -344,12 +362,7 @@ async def test_concurrent_reruns_of_a_completed_run_take_effect_once(
     )
     run_id = await operations.start_run(registry.get("double"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "completed"
-    results = await asyncio.gather(
-        *(operations.rerun_from(run_id, "gen", f"user{i}") for i in range(5)), return_exceptions=True
-    )
-    assert sum(isinstance(r, operations.RerunPlan) for r in results) == 1
-    assert sum(isinstance(r, Conflict) for r in results) == 4, results
-    assert await wait_run(run_id, "completed", "failed") == "completed"
+    await rerun_five_at_once(run_id, "gen")
     gen = await step_of(run_id, "gen")
     assert (gen["attempt"], gen["output"]) == (2, ["call2-alt0"])  # one alternative: the list is the output
     assert stepfns.CALLS["alternatives"] == 2
@@ -365,12 +378,7 @@ async def test_concurrent_retries_of_a_failed_step_take_effect_once(
     define("flaky", [{"key": "a", "call": "tests.stepfns:fail_first"}, {"key": "b", "call": "tests.stepfns:noop"}])
     run_id = await operations.start_run(registry.get("flaky"), {}, "tester")
     assert await wait_run(run_id, "completed", "failed") == "failed"
-    results = await asyncio.gather(
-        *(operations.rerun_from(run_id, "a", f"user{i}") for i in range(5)), return_exceptions=True
-    )
-    assert sum(isinstance(r, operations.RerunPlan) for r in results) == 1
-    assert sum(isinstance(r, Conflict) for r in results) == 4, results
-    assert await wait_run(run_id, "completed", "failed") == "completed"
+    await rerun_five_at_once(run_id, "a")
     a = await step_of(run_id, "a")
     assert (a["attempt"], a["output"]) == (2, "succeeded on call 2")
     assert (stepfns.CALLS["fail_first"], stepfns.CALLS["noop"]) == (2, 1)
@@ -380,22 +388,16 @@ async def test_concurrent_retries_of_a_failed_step_take_effect_once(
 async def test_concurrent_selections_of_the_same_alternative_take_effect_once(
     engine: Engine, define: Define, registry: Registry
 ) -> None:
-    define_pick(define, "dsel", 2, downstream="blocking")
-    run_id = await operations.start_run(registry.get("dsel"), {}, "tester")
-    assert await wait_run(run_id, "waiting", "failed") == "waiting"
+    run_id = await start_waiting_pick(define, registry, "dsel", 2, downstream="blocking")
     results = await asyncio.gather(*(operations.select(run_id, "gen", 1, f"u{i}") for i in range(3)))
     assert sorted(results) == [False, False, True]
-    stepfns.RELEASE.set()
-    assert await wait_run(run_id, "completed", "failed") == "completed"
-    await _assert_selected_once(run_id, 1)
+    await release_and_assert_selected_once(run_id, 1)
 
 
 async def test_concurrent_selections_of_different_alternatives_take_effect_once(
     engine: Engine, define: Define, registry: Registry
 ) -> None:
-    define_pick(define, "dsel2", 2, downstream="blocking")
-    run_id = await operations.start_run(registry.get("dsel2"), {}, "tester")
-    assert await wait_run(run_id, "waiting", "failed") == "waiting"
+    run_id = await start_waiting_pick(define, registry, "dsel2", 2, downstream="blocking")
     results = await asyncio.gather(
         operations.select(run_id, "gen", 0, "alice"), operations.select(run_id, "gen", 1, "bob"), return_exceptions=True
     )
@@ -403,12 +405,14 @@ async def test_concurrent_selections_of_different_alternatives_take_effect_once(
     assert len(winners) == 1, results
     loser = results[1 - winners[0]]
     assert loser is False or isinstance(loser, Conflict), loser
+    await release_and_assert_selected_once(run_id, winners[0])
+
+
+async def release_and_assert_selected_once(run_id: int, index: int) -> None:
+    """Let the blocking step after `gen` finish, and check the run completed with alternative `index` selected by
+    one action only: one selection event, one completion of `gen`, one call of each step function."""
     stepfns.RELEASE.set()
     assert await wait_run(run_id, "completed", "failed") == "completed"
-    await _assert_selected_once(run_id, winners[0])
-
-
-async def _assert_selected_once(run_id: int, index: int) -> None:
     gen = await step_of(run_id, "gen")
     assert (gen["status"], gen["attempt"], gen["selected_index"]) == ("completed", 1, index)
     selected = [e for e in await events_of(run_id, "action") if (e["message"] or "").startswith("selected")]
@@ -456,9 +460,7 @@ async def test_cancel_of_a_queued_run_leaves_its_steps_pending_and_it_can_be_res
 async def test_cancel_of_a_waiting_run_and_resume_keeps_the_alternatives(
     engine: Engine, define: Define, registry: Registry
 ) -> None:
-    define_pick(define, "wcancel", 2)
-    run_id = await operations.start_run(registry.get("wcancel"), {}, "tester")
-    assert await wait_run(run_id, "waiting", "failed") == "waiting"
+    run_id = await start_waiting_pick(define, registry, "wcancel", 2)
     assert await operations.cancel_run(run_id, "alice") is True
     assert await run_status(run_id) == "cancelled"
     gen = await step_of(run_id, "gen")
@@ -509,9 +511,7 @@ async def _no_driver(engine: Engine, run_id: int) -> bool:
 
 
 async def test_operations_name_what_is_wrong(engine: Engine, define: Define, registry: Registry) -> None:
-    define_pick(define, "bad", 2)
-    run_id = await operations.start_run(registry.get("bad"), {}, "tester")
-    assert await wait_run(run_id, "waiting", "failed") == "waiting"
+    run_id = await start_waiting_pick(define, registry, "bad", 2)
     with pytest.raises(InvalidInput, match="out of range"):
         await operations.select(run_id, "gen", 2, "alice")
     with pytest.raises(InvalidInput, match="integer"):
