@@ -151,41 +151,30 @@ def test_a_base_exception_or_an_unprintable_one_is_the_steps_failure(tmp_path: P
 
 
 def test_a_step_that_forks_leaves_no_child_on_the_port(tmp_path: Path) -> None:
-    ws = _ws(tmp_path)
-    server = Server(ws)
+    assert_the_child_keeps_no_listening_socket(tmp_path, "fork")
+
+
+def test_a_program_a_step_starts_does_not_inherit_the_listening_socket(tmp_path: Path) -> None:
+    assert_the_child_keeps_no_listening_socket(tmp_path, "spawn")
+
+
+def assert_the_child_keeps_no_listening_socket(tmp_path: Path, workflow: str) -> None:
+    """Run `workflow`, whose step leaves a child process sleeping (its output: `parent of <pid>`), stop the server
+    and bind its port again while the child still lives: the child did not keep the listening socket, so a
+    restarted server can bind it. The child is killed afterwards."""
+    server = Server(_ws(tmp_path))
     child: int | None = None
     try:
         server.start()
-        run = server.wait_run(server.start_run("fork"), "completed", "failed", timeout_s=60)
+        run = server.wait_run(server.start_run(workflow), "completed", "failed", timeout_s=60)
         assert run["steps"][0]["output"].startswith("parent of "), run["steps"][0]
         child = int(run["steps"][0]["output"].removeprefix("parent of "))
         port = server.port
         assert server.stop(signal.SIGTERM) is not None
-        # The child (still sleeping in the step) does not hold the listening socket: the port is free.
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a restarted server binds
             s.bind(("127.0.0.1", port))
-        assert _alive(child)
-    finally:
-        server.close()
-        if child is not None and _alive(child):
-            os.kill(child, signal.SIGKILL)
-
-
-def test_a_program_a_step_starts_does_not_inherit_the_listening_socket(tmp_path: Path) -> None:
-    ws = _ws(tmp_path)
-    server = Server(ws)
-    child: int | None = None
-    try:
-        server.start()
-        run = server.wait_run(server.start_run("spawn"), "completed", timeout_s=60)
-        child = int(run["steps"][0]["output"].removeprefix("parent of "))
-        port = server.port
-        assert server.stop(signal.SIGTERM) is not None
-        assert _alive(child)
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("127.0.0.1", port))
+        assert _alive(child)  # so it lived while the port was bound
     finally:
         server.close()
         if child is not None and _alive(child):
