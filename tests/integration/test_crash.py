@@ -97,31 +97,27 @@ def chatty(ctx):
     return f"said {n} lines"
 '''
 
+
+def quick_around(name: str, middle: str) -> str:
+    """A workflow of three steps in a row: `first` and `last` quick, and `wait` calling crashsteps:`middle`, the step
+    the crash tests stop or kill the server in."""
+    return f"""
+        name: {name}
+        inputs:
+          dir: string
+        steps:
+          - key: first
+            call: crashsteps:quick
+          - key: wait
+            call: crashsteps:{middle}
+          - key: last
+            call: crashsteps:quick
+        """
+
+
 WORKFLOWS = {
-    "crash-chain": """
-        name: crash-chain
-        inputs:
-          dir: string
-        steps:
-          - key: first
-            call: crashsteps:quick
-          - key: wait
-            call: crashsteps:gated
-          - key: last
-            call: crashsteps:quick
-        """,
-    "crash-stubborn": """
-        name: crash-stubborn
-        inputs:
-          dir: string
-        steps:
-          - key: first
-            call: crashsteps:quick
-          - key: wait
-            call: crashsteps:stubborn
-          - key: last
-            call: crashsteps:quick
-        """,
+    "crash-chain": quick_around("crash-chain", "gated"),
+    "crash-stubborn": quick_around("crash-stubborn", "stubborn"),
     "crash-block": """
         name: crash-block
         inputs:
