@@ -173,3 +173,29 @@ def table_rows(user: User, marker: str) -> list[dict[str, Any]]:
         tables = list(ElementFilter(kind=ui.table, marker=marker, local_scope=False, only_visible=True))
     assert len(tables) <= 1, f"expected one table marked {marker!r}, found {len(tables)}"
     return list(tables[0].rows) if tables else []
+
+
+def caught_navigations(user: User, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths the page sends the browser to from now on, caught instead of followed: a run started from the
+    page goes to the run's page, and the test reads the new run's id from it."""
+    went_to: list[str] = []
+    monkeypatch.setattr(user.navigate, "to", went_to.append)
+    return went_to
+
+
+async def open_run_dialog(user: User, monkeypatch: pytest.MonkeyPatch, path: str, *buttons: str) -> list[str]:
+    """Open `path` and click `buttons` (markers) to open the dialog that starts a run; returns the navigations
+    caught from then on (see `caught_navigations`)."""
+    await user.open(path)
+    went_to = caught_navigations(user, monkeypatch)
+    for marker in buttons:
+        user.find(marker).click()
+    return went_to
+
+
+async def new_run_id(went_to: list[str]) -> int:
+    """The id of the run the page went to once it started one: the only navigation caught is to that run's page."""
+    await eventually(lambda: went_to, "navigation to the new run")
+    run_id = int(went_to[0].removeprefix("/runs/"))
+    assert went_to == [f"/runs/{run_id}"]
+    return run_id

@@ -10,7 +10,7 @@ from nicegui.testing import User
 from engine import operations, queries
 from engine.readmodel import RunDetailJson
 from tests import stepfns
-from tests.ui.conftest import eventually, loaded, table_rows
+from tests.ui.conftest import eventually, loaded, new_run_id, open_run_dialog, table_rows
 from ui import run_list
 from ui.run_list import RunFilter
 
@@ -148,11 +148,7 @@ async def test_filters(user: User) -> None:
 
 
 async def test_start_run_from_dialog(user: User, monkeypatch: pytest.MonkeyPatch) -> None:
-    went_to: list[str] = []
-    await user.open("/")
-    monkeypatch.setattr(user.navigate, "to", went_to.append)
-    user.find("new-run").click()
-    user.find("new-run-ui-demo").click()
+    went_to = await open_run_dialog(user, monkeypatch, "/", "new-run", "new-run-ui-demo")
     await user.should_see(marker="run-dialog")
     (topic,) = user.find("input-topic").elements
     assert topic.props["hint"] == "What the run is about."  # descriptions show under their fields
@@ -165,9 +161,7 @@ async def test_start_run_from_dialog(user: User, monkeypatch: pytest.MonkeyPatch
     user.find("input-loud").click()
     user.find("start-run").click()
 
-    await eventually(lambda: went_to, "navigation to the new run")
-    run_id = int(went_to[0].removeprefix("/runs/"))
-    assert went_to == [f"/runs/{run_id}"]
+    run_id = await new_run_id(went_to)
     run = (await queries.run_detail(run_id)).to_json()
     assert run["workflow"] == "ui-demo"
     assert run["actor"] == "ui"
@@ -178,11 +172,7 @@ async def test_start_run_from_dialog(user: User, monkeypatch: pytest.MonkeyPatch
 
 
 async def test_bad_input_keeps_the_dialog_open_and_starts_nothing(user: User, monkeypatch: pytest.MonkeyPatch) -> None:
-    went_to: list[str] = []
-    await user.open("/")
-    monkeypatch.setattr(user.navigate, "to", went_to.append)
-    user.find("new-run").click()
-    user.find("new-run-ui-demo").click()
+    went_to = await open_run_dialog(user, monkeypatch, "/", "new-run", "new-run-ui-demo")
     user.find("input-count").clear().type("12")
 
     # The engine refuses a missing required input: the problem shows on its field.
@@ -207,7 +197,6 @@ async def test_bad_input_keeps_the_dialog_open_and_starts_nothing(user: User, mo
     await user.should_not_see("required input missing")
     await user.should_not_see("not valid JSON")
     user.find("start-run").click()
-    await eventually(lambda: went_to, "navigation to the new run")
-    run = (await queries.run_detail(int(went_to[0].removeprefix("/runs/")))).to_json()
+    run = (await queries.run_detail(await new_run_id(went_to))).to_json()
     assert run["inputs"] == {"topic": "bees", "count": 12, "tone": "friendly", "payload": [1, 2], "loud": False}
     assert await run_list.count_runs(RunFilter()) == 1

@@ -16,7 +16,7 @@ from engine.cron import trigger
 from engine.records import utcnow
 from engine.schedules import Schedules
 from models.tables import Run, ScheduleState
-from tests.ui.conftest import app_workflows, eventually
+from tests.ui.conftest import app_workflows, caught_navigations, eventually, new_run_id
 
 REPORT = """\
 name: report
@@ -132,10 +132,8 @@ async def test_pause_resume_and_run_now_from_the_page(user: User, monkeypatch: p
     state = await ScheduleState.get(workflow="report", name="nightly")
     assert (state.paused, state.paused_by) == (False, None)
 
-    went_to: list[str] = []
-    monkeypatch.setattr(user.navigate, "to", went_to.append)
+    went_to = caught_navigations(user, monkeypatch)
     user.find(f"{MARK}-run-now").click()
-    await eventually(lambda: went_to, "navigation to the new run")
-    run = await Run.get(id=int(went_to[0].removeprefix("/runs/")))
+    run = await Run.get(id=await new_run_id(went_to))
     assert (run.workflow, run.actor, run.schedule) == ("report", "ui", None)
     assert run.inputs == {"topic": "from the schedule"}

@@ -10,7 +10,7 @@ from nicegui.testing import User
 
 from engine import operations
 from engine.maintenance import SWEEP_JOB_ID
-from tests.ui.conftest import eventually, loaded, table_rows
+from tests.ui.conftest import eventually, loaded, new_run_id, open_run_dialog, table_rows
 from ui.components.dag import INLINE_MAX_STEPS
 
 
@@ -84,15 +84,11 @@ async def test_reload_picks_up_new_and_fixed_files(user: User, workflows_dir: Pa
 
 
 async def test_start_run_button_opens_the_form(user: User, monkeypatch: pytest.MonkeyPatch) -> None:
-    went_to: list[str] = []
-    await user.open("/workflows")
-    monkeypatch.setattr(user.navigate, "to", went_to.append)
-    user.find("start-ui-demo").click()
+    went_to = await open_run_dialog(user, monkeypatch, "/workflows", "start-ui-demo")
     await user.should_see(marker="run-dialog")
     user.find("input-topic").type("from the workflows page")
     user.find("start-run").click()
-    await eventually(lambda: went_to, "navigation to the new run")
-    assert went_to[0].startswith("/runs/")
+    await new_run_id(went_to)  # the run's page, /runs/<id>
 
 
 async def test_monitoring_shows_the_sweep_and_counts(user: User) -> None:
