@@ -11,32 +11,44 @@ import atexit
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 from models.db import migrate
 
+T = TypeVar("T")
+
 _lock = threading.Lock()
 _template: Path | None = None
+
+
+def on_own_loop(work: Callable[[], Coroutine[Any, Any, T]], thread_name: str) -> T:
+    """Run `work` to its end on a new event loop in a thread of its own, and return what it returns (or raise what
+    it raised): the callers, which make and drop test databases, may already run inside an event loop (async
+    fixtures) that cannot be waited on from within."""
+    out: list[T] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            out.append(asyncio.run(work()))
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name=thread_name)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return out[0]
 
 
 def _build() -> Path:
     directory = Path(tempfile.mkdtemp(prefix="stepdeck-template-"))
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
     path = directory / "template.db"
-    # Its own thread and loop: callers may already run inside an event loop (async fixtures).
-    failure: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            asyncio.run(migrate(f"sqlite://{path}"))
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=work, name="stepdeck-template")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
+    on_own_loop(lambda: migrate(f"sqlite://{path}"), "stepdeck-template")
     # Closing the last connection checkpoints the WAL into the file: the file alone is the database.
     for suffix in ("-wal", "-shm"):
         assert not Path(f"{path}{suffix}").exists() or Path(f"{path}{suffix}").stat().st_size == 0

@@ -22,20 +22,23 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from engine.db.postgres import _Conn, dsn
 from models.db import migrate
+from tests.dbtemplate import on_own_loop
 
 ENABLED = os.environ.get("STEPDECK_TEST_DB", "sqlite").lower() in ("postgres", "postgresql")
 SERVER = os.environ.get("STEPDECK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 # Every database made here is named with this prefix (a CI run sets its own, to find what it leaves).
 PREFIX = os.environ.get("STEPDECK_TEST_PG_PREFIX", "stepdeck_test_")
+
+T = TypeVar("T")
 
 _lock = threading.Lock()
 _template: str | None = None
@@ -65,23 +68,9 @@ def url_of(name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", "", ""))
 
 
-def _in_thread(work: Callable[[], Awaitable[Any]]) -> Any:
+def _in_thread(work: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run `work` on a loop of its own (callers may be inside an event loop already)."""
-    out: list[Any] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            out.append(asyncio.run(work()))  # type: ignore[arg-type]
-        except BaseException as exc:
-            failure.append(exc)
-
-    thread = threading.Thread(target=target, name="stepdeck-pg-admin")
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return out[0] if out else None
+    return on_own_loop(work, "stepdeck-pg-admin")
 
 
 async def _admin(sql: str) -> None:
