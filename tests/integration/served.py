@@ -19,7 +19,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -236,7 +236,58 @@ class PortTaken(Exception):
     """The server could not bind its port: another program took it after it was picked."""
 
 
-class Server:
+class LoggedProcess:
+    """A `main.py` command run as a subprocess with its output in a log file: `Server` here and the PostgreSQL
+    tests' workers. Starting, stopping and quoting the log when a test fails are the same for every command."""
+
+    tail_lines = 60  # how many of the log's last lines a failure quotes
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def _launch(self, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """Start `cmd` in the repository with its output appended to the log, counted among the served processes
+        (PostgreSQL's connections are limited)."""
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _end()
+        pgdb.served_processes.before_start()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        pgdb.served_processes.add(self.proc)
+        return self.proc
+
+    def _end(self, signals: Sequence[signal.Signals], timeout_s: float) -> int | None:
+        """Send `signals` in turn to a running process and wait for its exit, SIGKILL after `timeout_s`; close the
+        log. Returns the exit code (None if it was killed or never started)."""
+        code: int | None = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    for sig in signals:
+                        self.proc.send_signal(sig)
+                try:
+                    code = self.proc.wait(timeout=timeout_s)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait(timeout=10)
+            else:
+                code = self.proc.returncode
+            self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        return code
+
+    def log_text(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace")
+        return ""
+
+    def log_tail(self, lines: int | None = None) -> str:
+        return "\n".join(self.log_text().splitlines()[-(lines or self.tail_lines) :])
+
+
+class Server(LoggedProcess):
     """`main.py serve` on a workspace, on a free port; `host=None` leaves the bind address to the default."""
 
     def __init__(
@@ -252,9 +303,7 @@ class Server:
         self.extra_args = extra_args or []
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = ws.dir / log_name
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        super().__init__(ws.dir / log_name)
         self.client = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(15.0))
 
     # --- process ---------------------------------------------------------------------------------
@@ -278,16 +327,13 @@ class Server:
         cmd = [sys.executable, "main.py", "serve", "--port", str(self.port), *self.extra_args]
         if self.host is not None:
             cmd += ["--host", self.host]
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        pgdb.served_processes.before_start()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.ws.env, stdout=self._log, stderr=subprocess.STDOUT)
-        pgdb.served_processes.add(self.proc)
+        proc = self._launch(cmd, self.ws.env)
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 if f"{self.port}): address already in use" in self.log_tail():
                     raise PortTaken(self.port)
-                raise AssertionError(f"server exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
+                raise AssertionError(f"server exited with {proc.returncode} while starting:\n{self.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.base_url}/api/health", timeout=1.0).status_code == 200:
                     return
@@ -296,36 +342,11 @@ class Server:
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, timeout_s: float = 20.0) -> int | None:
         """Send `sig` and wait for the exit; SIGKILL after `timeout_s`. Returns the exit code (None if killed)."""
-        code: int | None = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.send_signal(sig)
-                try:
-                    code = self.proc.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(timeout=10)
-                    code = None
-            else:
-                code = self.proc.returncode
-            self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return code
+        return self._end([sig], timeout_s)
 
     def close(self) -> None:
         self.stop()
         self.client.close()
-
-    def log_text(self) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")
-        return ""
-
-    def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
 
     # --- HTTP ----------------------------------------------------------------------------------------
 

@@ -11,18 +11,16 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
-from tests import pgdb
-from tests.integration.served import ROOT, Workspace, free_port
+from tests.integration.served import LoggedProcess, Workspace, free_port
 
 COUNTING_STEPS = """\
 import os
@@ -44,8 +42,10 @@ def chain(name: str, steps: int, sleep_s: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-class Worker:
+class Worker(LoggedProcess):
     """`main.py worker` on a workspace, with a health port."""
+
+    tail_lines = 80
 
     def __init__(self, ws: Workspace, name: str, concurrency: int = 4, env: dict[str, str] | None = None) -> None:
         self.ws = ws
@@ -53,19 +53,13 @@ class Worker:
         self.concurrency = concurrency
         self.env = env or {}
         self.port = free_port()
-        self.log_path = ws.dir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        super().__init__(ws.dir / f"{name}.log")
 
     def start(self, wait_s: float = 90.0) -> str:
         """Start and wait until it takes work; returns its worker id."""
         cmd = [sys.executable, "main.py", "worker", "--concurrency", str(self.concurrency)]
         cmd += ["--health-port", str(self.port)]
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        env = {**self.ws.env, **self.env}
-        pgdb.served_processes.before_start()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        pgdb.served_processes.add(self.proc)
+        self._launch(cmd, {**self.ws.env, **self.env})
         return self.wait_healthy(wait_s)
 
     def health(self) -> tuple[int, dict[str, Any]] | None:
@@ -101,29 +95,8 @@ class Worker:
         self.proc = None
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        code = None
-        if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(signal.SIGCONT)
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                code = self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-            self.proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return code
-
-    def log_text(self) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")
-        return ""
-
-    def log_tail(self, lines: int = 80) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
+        """SIGTERM (after a SIGCONT, should a test have stopped it) and wait; SIGKILL after `timeout_s`."""
+        return self._end([signal.SIGCONT, signal.SIGTERM], timeout_s)
 
 
 def executions(count_file: Path) -> Counter[tuple[int, str]]:
