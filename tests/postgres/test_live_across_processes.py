@@ -155,6 +155,34 @@ class EventReader:
         self._stop.set()
 
 
+@contextlib.contextmanager
+def live_events(dashboard: Server, run_id: int) -> Iterator[EventReader]:
+    """The dashboard's event stream of `run_id`, once it is live: what arrives from then on came through the
+    database's notifications, not the replay of what was stored before."""
+    reader = EventReader(dashboard, run_id)
+    try:
+        assert reader.live.wait(30), "the dashboard's stream never went live"
+        yield reader
+    finally:
+        reader.close()
+
+
+def gates_of(ws: Workspace) -> Path:
+    """The folder the steps of GATES watch: `open-<run>` lets `hold` finish, `stopped-<run>` tells a cancel arrived."""
+    assert ws.workflows_dir is not None
+    return ws.workflows_dir
+
+
+def cancel_on_the_dashboard(ws: Workspace, dashboard: Server, engine: Server, run_id: int) -> None:
+    """Cancel `run_id` through the dashboard and wait until the step waiting in the engine process was stopped."""
+    r = dashboard.client.post(f"/api/runs/{run_id}/cancel")
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 30
+    while not (gates_of(ws) / f"stopped-{run_id}").exists():
+        assert time.monotonic() < deadline, f"the cancel did not reach the step:\n{engine.log_tail()}"
+        time.sleep(0.02)
+
+
 def log_line(text: str) -> Callable[[dict[str, Any]], bool]:
     return lambda e: e["kind"] == "log" and e["line"] == text
 
@@ -170,25 +198,15 @@ def test_a_dashboard_shows_a_step_running_in_another_process_live_and_its_cancel
     with dashboard_and_engine(tmp_path) as (ws, dashboard, engine):
         run_id = dashboard.start_run("slow")
         engine.wait_step(run_id, "hold", "running")  # claimed by the engine process, woken by the dashboard's run
-        reader = EventReader(dashboard, run_id)
-        try:
-            assert reader.live.wait(30), "the dashboard's stream never went live"
+        with live_events(dashboard, run_id) as reader:
             before = len(reader.events)
-            assert ws.workflows_dir is not None
-            (ws.workflows_dir / f"open-{run_id}").write_text("go")
+            (gates_of(ws) / f"open-{run_id}").write_text("go")
             running = reader.wait(step_event("wait", "running"), "step 'wait' running")
             assert reader.events.index(running) >= before  # delivered live, not replayed
-            assert not (ws.workflows_dir / f"stopped-{run_id}").exists()
+            assert not (gates_of(ws) / f"stopped-{run_id}").exists()
 
-            r = dashboard.client.post(f"/api/runs/{run_id}/cancel")
-            assert r.status_code == 200, r.text
-            deadline = time.monotonic() + 30
-            while not (ws.workflows_dir / f"stopped-{run_id}").exists():
-                assert time.monotonic() < deadline, f"the cancel did not reach the step:\n{engine.log_tail()}"
-                time.sleep(0.02)
+            cancel_on_the_dashboard(ws, dashboard, engine, run_id)
             reader.wait(step_event("wait", "cancelled"), "step 'wait' cancelled")
-        finally:
-            reader.close()
         run = engine.wait_run(run_id, "cancelled")
         assert [s["status"] for s in run["steps"]] == ["completed", "cancelled"]
 
@@ -200,9 +218,7 @@ def test_a_dashboard_shows_the_log_lines_and_progress_of_a_step_running_in_anoth
     """Log lines and progress are no event rows: they reach the other processes in the notifications."""
     with dashboard_and_engine(tmp_path) as (ws, dashboard, engine):
         run_id = dashboard.start_run("chatty")
-        reader = EventReader(dashboard, run_id)
-        try:
-            assert reader.live.wait(30), "the dashboard's stream never went live"
+        with live_events(dashboard, run_id) as reader:
             lines = [reader.wait(log_line(f"line {n} of run {run_id}"), f"line {n}") for n in (1, 2, 3)]
             assert [e["step"] for e in lines] == ["talk"] * 3
             assert [reader.events.index(e) for e in lines] == sorted(reader.events.index(e) for e in lines)
@@ -212,11 +228,8 @@ def test_a_dashboard_shows_the_log_lines_and_progress_of_a_step_running_in_anoth
             assert (progress["fraction"], progress["message"]) == (0.5, "half way")
             # All of it while the step still runs in the other process.
             assert engine.run(run_id)["steps"][0]["status"] == "running"
-            assert ws.workflows_dir is not None
-            (ws.workflows_dir / f"open-{run_id}").write_text("go")
+            (gates_of(ws) / f"open-{run_id}").write_text("go")
             reader.wait(step_event("talk", "completed"), "step 'talk' completed")
-        finally:
-            reader.close()
         # Each line once on the dashboard, though both processes' hubs carried it.
         assert sum(1 for e in reader.events if e["kind"] == "log" and e["line"] == f"line 1 of run {run_id}") == 1
 
@@ -243,15 +256,9 @@ def test_changes_still_arrive_after_the_listening_connections_are_cut(tmp_path: 
         assert len(cut) == 2 and all(row["cut"] for row in cut), cut  # one per process
         run_id = dashboard.start_run("slow")
         engine.wait_step(run_id, "hold", "running")
-        assert ws.workflows_dir is not None
-        (ws.workflows_dir / f"open-{run_id}").write_text("go")
+        (gates_of(ws) / f"open-{run_id}").write_text("go")
         engine.wait_step(run_id, "wait", "running")
-        r = dashboard.client.post(f"/api/runs/{run_id}/cancel")
-        assert r.status_code == 200, r.text
-        deadline = time.monotonic() + 30
-        while not (ws.workflows_dir / f"stopped-{run_id}").exists():
-            assert time.monotonic() < deadline, f"the cancel did not reach the step:\n{engine.log_tail()}"
-            time.sleep(0.02)
+        cancel_on_the_dashboard(ws, dashboard, engine, run_id)
         engine.wait_run(run_id, "cancelled")
 
 
