@@ -176,3 +176,15 @@ def gate_dir(tmp_path: Path) -> Path:
     gates = tmp_path / "gates"
     gates.mkdir()
     return gates
+
+
+def open_gated_run(page: Page, server: Server, tmp_path: Path, workflow: str, *running: str) -> tuple[int, Path]:
+    """Start `workflow`, whose steps wait for files in a gate folder, wait until the `running` steps run, and open
+    the run's page: the test then touches the gates to watch the page change live. Returns the run id and the
+    gate folder."""
+    gates = gate_dir(tmp_path)
+    run_id = server.start_run(workflow, {"gate_dir": str(gates)})
+    for key in running:
+        server.wait_step(run_id, key, "running")
+    open_run(page, server, run_id)
+    return run_id, gates

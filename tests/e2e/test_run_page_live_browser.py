@@ -21,6 +21,7 @@ from tests.e2e.run_page import (
     colour,
     epoch_s,
     gate_dir,
+    open_gated_run,
     open_run,
     pill,
     screenshot,
@@ -33,10 +34,7 @@ def test_a_pill_changes_colour_live_when_its_step_completes(
     wide: Page, server: Server, tmp_path: Path, artifacts: Path
 ) -> None:
     page = wide
-    gates = gate_dir(tmp_path)
-    run_id = server.start_run("gated-trio", {"gate_dir": str(gates)})
-    server.wait_step(run_id, "bravo", "running")
-    open_run(page, server, run_id)
+    run_id, gates = open_gated_run(page, server, tmp_path, "gated-trio", "bravo")
     bravo, charlie = pill(page, "bravo"), pill(page, "charlie")
     expect(bravo).to_have_attribute("data-status", "running")
     expect(bravo.locator(".q-icon")).to_have_class(re.compile(rf"\btext-{STATUS_COLORS['running']}\b"))
@@ -65,11 +63,7 @@ def test_a_pill_changes_colour_live_when_its_step_completes(
 
 def test_a_step_that_fails_or_waits_live_opens_its_card(wide: Page, server: Server, tmp_path: Path) -> None:
     page = wide
-    gates = gate_dir(tmp_path)
-    run_id = server.start_run("live-attention", {"gate_dir": str(gates)})
-    server.wait_step(run_id, "bravo", "running")
-    server.wait_step(run_id, "charlie", "running")
-    open_run(page, server, run_id)
+    _, gates = open_gated_run(page, server, tmp_path, "live-attention", "bravo", "charlie")
     for key in ("alpha", "bravo", "charlie"):
         expect(card(page, key)).to_have_attribute("data-open", "false")
     page.evaluate("window.stepdeckNoReload = true")
@@ -107,10 +101,7 @@ def test_a_watched_300_step_run_reaches_completed_soon_after_the_api(
     wide: Page, server: Server, tmp_path: Path
 ) -> None:
     page = wide
-    gates = gate_dir(tmp_path)
-    run_id = server.start_run("long-gated", {"gate_dir": str(gates)})
-    server.wait_step(run_id, "gate", "running")
-    open_run(page, server, run_id)
+    run_id, gates = open_gated_run(page, server, tmp_path, "long-gated", "gate")
     root = page.locator("#run-root")
     expect(root).to_have_attribute("data-run-status", "running")
     # When the page's hook turns completed, by the browser's clock (the server's, on this machine).
@@ -141,10 +132,7 @@ def test_a_watched_300_step_run_reaches_completed_soon_after_the_api(
 
 def test_a_tab_that_lost_its_connection_catches_up_without_reload(wide: Page, server: Server, tmp_path: Path) -> None:
     page = wide
-    gates = gate_dir(tmp_path)
-    run_id = server.start_run("gated-trio", {"gate_dir": str(gates)})
-    server.wait_step(run_id, "bravo", "running")
-    open_run(page, server, run_id)
+    run_id, gates = open_gated_run(page, server, tmp_path, "gated-trio", "bravo")
     bravo = pill(page, "bravo")
     expect(bravo).to_have_attribute("data-status", "running")
     page.evaluate("window.stepdeckNoReload = true")
@@ -166,10 +154,7 @@ def test_a_tab_that_lost_its_connection_catches_up_without_reload(wide: Page, se
 
 def test_a_model_starting_to_write_opens_its_card_and_streams_there(wide: Page, server: Server, tmp_path: Path) -> None:
     page = wide
-    gates = gate_dir(tmp_path)
-    run_id = server.start_run("live-llm", {"gate_dir": str(gates)})
-    server.wait_step(run_id, "gate", "running")
-    open_run(page, server, run_id)
+    run_id, gates = open_gated_run(page, server, tmp_path, "live-llm", "gate")
     write = card(page, "write")
     expect(write).to_have_attribute("data-open", "false")
 
@@ -191,10 +176,7 @@ def test_a_log_line_arrives_live_after_the_time_it_was_written(
     wide: Page, server: Server, tmp_path: Path, artifacts: Path
 ) -> None:
     page = wide
-    gates = gate_dir(tmp_path)
-    run_id = server.start_run("live-log", {"gate_dir": str(gates)})
-    server.wait_step(run_id, "talk", "running")
-    open_run(page, server, run_id)
+    run_id, gates = open_gated_run(page, server, tmp_path, "live-log", "talk")
     pill(page, "talk").click()
     expect(card(page, "talk")).to_have_attribute("data-open", "true")
     lines = body(page, "talk").locator(".sd-log .q-scrollarea__content > *")  # one per line
