@@ -33,6 +33,7 @@ WIDE = {"width": 1400, "height": 900}
 NARROW = {"width": 390, "height": 844}
 
 STEP_COUNT = 50
+LAST = f"s{STEP_COUNT:02d}"  # the key of the last step of the 50-step run
 LONG_RUN = 300  # steps of the long runs (the overview strip, jumps, liveness)
 FAILING_AT = (120, 250)  # the steps of the long mixed run that fail
 LONG_TOKEN = "x" * 300  # the unbroken word in their error
@@ -182,14 +183,23 @@ def mixed_steps(name: str, count: int, failing: tuple[int, ...]) -> str:
     return f"name: {name}\nsteps:\n{steps}"
 
 
+def step(key: str, call: str, **fields: object) -> str:
+    """One step of a workflow's YAML, labelled with its key capitalised: it calls e2e_steps:`call`, and `fields`
+    are written as they are given."""
+    extra = "".join(f"    {field}: {value}\n" for field, value in fields.items())
+    return f"  - key: {key}\n    label: {key.capitalize()}\n    call: e2e_steps:{call}\n{extra}"
+
+
+def gated_workflow(name: str, *steps: str) -> str:
+    """A workflow of `steps` whose gated ones wait for files in the folder the run is given as `gate_dir`."""
+    return f"name: {name}\ninputs:\n  gate_dir:\n    type: string\nsteps:\n{''.join(steps)}"
+
+
 def gated_steps(name: str, count: int) -> str:
     """A gated first step (key `gate`, waits for the file <gate_dir>/gate) and then `count - 1` quick steps
     in sequence."""
     steps = "".join(f"  - key: s{i:02d}\n    call: e2e_steps:quick\n" for i in range(2, count + 1))
-    return (
-        f"name: {name}\ninputs:\n  gate_dir:\n    type: string\nsteps:\n"
-        f"  - key: gate\n    call: e2e_steps:gated\n{steps}"
-    )
+    return gated_workflow(name, "  - key: gate\n    call: e2e_steps:gated\n", steps)
 
 
 def choice_at_the_end(name: str, before: int) -> str:
@@ -198,40 +208,8 @@ def choice_at_the_end(name: str, before: int) -> str:
         f"  - key: s{i:02d}\n    label: {step_label(i)}\n    call: e2e_steps:quick\n" for i in range(1, before + 1)
     )
     pick = "  - key: pick\n    label: Pick one\n    call: e2e_steps:gated_pick\n    alternatives: 2\n"
-    return f"name: {name}\ninputs:\n  gate_dir:\n    type: string\nsteps:\n{steps}{pick}"
+    return gated_workflow(name, steps, pick)
 
-
-# Bravo fails and charlie waits for a choice, each when the test lets it (both start at once).
-LIVE_ATTENTION = """
-name: live-attention
-inputs:
-  gate_dir:
-    type: string
-steps:
-  - key: alpha
-    label: Alpha
-    call: e2e_steps:quick
-  - key: bravo
-    label: Bravo
-    call: e2e_steps:gated_boom
-  - key: charlie
-    label: Charlie
-    call: e2e_steps:gated_pick
-    alternatives: 2
-    needs: [alpha]
-"""
-
-# A step that logs a line when the test lets it, then runs on until the test lets it finish.
-LIVE_LOG = """
-name: live-log
-inputs:
-  gate_dir:
-    type: string
-steps:
-  - key: talk
-    label: Talk
-    call: e2e_steps:gated_log
-"""
 
 LONG_LOG = """
 name: long-log
@@ -240,22 +218,19 @@ steps:
     call: e2e_steps:many_lines
 """
 
-GATED_TRIO = """
-name: gated-trio
-inputs:
-  gate_dir:
-    type: string
-steps:
-  - key: alpha
-    label: Alpha
-    call: e2e_steps:quick
-  - key: bravo
-    label: Bravo
-    call: e2e_steps:gated
-  - key: charlie
-    label: Charlie
-    call: e2e_steps:quick
-"""
+
+GATED_TRIO = gated_workflow("gated-trio", step("alpha", "quick"), step("bravo", "gated"), step("charlie", "quick"))
+
+# Bravo fails and charlie waits for a choice, each when the test lets it (both start at once).
+LIVE_ATTENTION = gated_workflow(
+    "live-attention",
+    step("alpha", "quick"),
+    step("bravo", "gated_boom"),
+    step("charlie", "gated_pick", alternatives=2, needs="[alpha]"),
+)
+
+# A step that logs a line when the test lets it, then runs on until the test lets it finish.
+LIVE_LOG = gated_workflow("live-log", step("talk", "gated_log"))
 
 
 def artifacts_dir() -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from playwright.sync_api import Page, expect
 
-from tests.e2e.conftest import FAILING_AT, STEP_COUNT, WIDE
+from tests.e2e.conftest import FAILING_AT, LAST, WIDE
 from tests.e2e.run_page import (
     PILL_SHOWN,
     assert_card_in_view,
@@ -24,8 +24,6 @@ from tests.e2e.run_page import (
     topmost_inside,
 )
 from tests.integration.served import Server
-
-LAST = f"s{STEP_COUNT:02d}"
 
 
 def test_navigation_bar_stays_at_the_top_after_scrolling_to_the_bottom(

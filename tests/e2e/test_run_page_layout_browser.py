@@ -9,7 +9,7 @@ from pathlib import Path
 
 from playwright.sync_api import Browser, Page, expect
 
-from tests.e2e.conftest import FAILING_AT, LONG_RUN, LONG_TOKEN, NARROW, STEP_COUNT, WIDE
+from tests.e2e.conftest import FAILING_AT, LAST, LONG_RUN, LONG_TOKEN, NARROW, WIDE
 from tests.e2e.run_page import (
     CELL_COLOURS,
     assert_card_in_view,
@@ -25,8 +25,6 @@ from tests.e2e.run_page import (
     screenshot,
 )
 from tests.integration.served import Server
-
-LAST = f"s{STEP_COUNT:02d}"
 
 
 def test_narrow_window_stacks_cards_and_keeps_the_pills_scrollable(
