@@ -18,7 +18,6 @@ import contextlib
 import fcntl
 import os
 import secrets
-import subprocess
 import tempfile
 import threading
 import time
@@ -284,13 +283,13 @@ class ServedProcesses:
                     return
             time.sleep(0.2)
 
-    def add(self, proc: subprocess.Popen[bytes]) -> None:
+    def add(self, pid: int) -> None:
         if not ENABLED:
             return
         with self._entries() as entries:
             if self._place in entries:
                 entries.remove(self._place)
-            entries.append(str(proc.pid))
+            entries.append(str(pid))
         self._place = None
 
     @contextlib.contextmanager

@@ -8,6 +8,7 @@ script would: STEPDECK_* variables, command-line flags and HTTP.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import json
@@ -27,6 +28,7 @@ import httpx
 
 from tests import pgdb
 from tests.dbtemplate import migrated_copy
+from tests.integration.zygote import Forked, Zygote
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTLED_RUN = {"completed", "failed", "cancelled", "waiting"}
@@ -232,6 +234,12 @@ class Workspace:
         return n
 
 
+# The suite's served processes are forks of one preloaded process per test process (`zygote.py`).
+ZYGOTE = Zygote()
+atexit.register(ZYGOTE.close)
+Process = subprocess.Popen[bytes] | Forked
+
+
 class PortTaken(Exception):
     """The server could not bind its port: another program took it after it was picked."""
 
@@ -244,16 +252,19 @@ class LoggedProcess:
 
     def __init__(self, log_path: Path) -> None:
         self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Process | None = None
         self._log: IO[bytes] | None = None
 
-    def _launch(self, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    def _launch(self, cmd: list[str], env: dict[str, str]) -> Process:
         """Start `cmd` in the repository with its output appended to the log, counted among the served processes
-        (PostgreSQL's connections are limited)."""
+        (PostgreSQL's connections are limited): a fork of the test process's zygote where it can run it."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _end()
         pgdb.served_processes.before_start()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        pgdb.served_processes.add(self.proc)
+        if ZYGOTE.can_start(cmd, env):
+            self.proc = ZYGOTE.spawn(cmd, env, self.log_path)
+        else:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        pgdb.served_processes.add(self.proc.pid)
         return self.proc
 
     def _end(self, signals: Sequence[signal.Signals], timeout_s: float) -> int | None:
