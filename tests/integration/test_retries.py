@@ -5,7 +5,7 @@ scenario ends with a clean audit."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,7 +14,7 @@ from engine import operations, transitions
 from engine.engine import Engine
 from engine.registry import Registry
 from engine.settings import Settings
-from engine.store import fetch
+from engine.store import Stmt, fetch, run_batch
 from tests import stepfns
 from tests.conftest import attempts_of, engine_running, events_of, step_of, wait_for, wait_run
 
@@ -35,6 +35,15 @@ def _gap_s(earlier: dict[str, Any], later: dict[str, Any]) -> float:
 async def _retrying(run_id: int, key: str) -> dict[str, Any] | None:
     step = await step_of(run_id, key)
     return step if step["status"] == "retrying" else None
+
+
+async def _due_soon(run_id: int, key: str) -> datetime:
+    """Bring a pending retry's due time to half a second from now, and return it. A test that must see the
+    retry still pending after stopping its engine plans it far ahead (a short delay could run out first on
+    a loaded machine), then makes it due for the next engine."""
+    due = datetime.now(UTC) + timedelta(seconds=0.5)
+    await run_batch([Stmt("UPDATE steps SET retry_at = ? WHERE run_id = ? AND key = ?", (due, run_id, key))])
+    return due
 
 
 async def test_a_flaky_step_completes_on_its_third_attempt_after_the_delays(
@@ -150,7 +159,7 @@ async def test_a_shutdown_keeps_the_pending_retry_and_the_next_engine_fires_it(
 ) -> None:
     define(
         "restart",
-        [{"key": "a", "call": "tests.stepfns:flaky", "retries": 1, "retry_delay_s": 1.0}],
+        [{"key": "a", "call": "tests.stepfns:flaky", "retries": 1, "retry_delay_s": 600}],
         inputs={"failures": {"type": "integer", "default": 1}},
     )
     async with engine_running(settings):
@@ -161,11 +170,12 @@ async def test_a_shutdown_keeps_the_pending_retry_and_the_next_engine_fires_it(
     assert (rows[0]["status"], rows[0]["owner"]) == ("queued", None)
     assert (await step_of(run_id, "a"))["retry_at"] == pending["retry_at"]
 
+    due = await _due_soon(run_id, "a")  # not in ten minutes: the next engine must fire it, when it is due
     async with engine_running(settings):
         await wait_run(run_id, "completed", timeout_s=20)
     attempts = await attempts_of(run_id, "a")
     assert [a["status"] for a in attempts] == ["failed", "completed"]
-    assert _at(attempts[1]["started_at"]) >= _at(pending["retry_at"])  # not before it was due
+    assert _at(attempts[1]["started_at"]) >= due  # not before it was due
 
 
 async def test_the_sweeps_fail_drops_a_pending_retry(settings: Settings, define: Define, registry: Registry) -> None:
@@ -197,8 +207,6 @@ async def test_check_finds_impossible_retry_states(db: str) -> None:
     run_id = (await transitions.create_run("w", {}, {}, [transitions.NewStep("a", "A", "python", [], 1)], "t")).id
     # Planted: a retrying step without a due time, in a run that is neither running nor queued, and
     # without a failed attempt.
-    from engine.store import Stmt, run_batch
-
     await run_batch(
         [
             Stmt("UPDATE runs SET status = 'completed', finished_at = updated_at WHERE id = ?", (run_id,)),
@@ -219,13 +227,13 @@ async def test_the_sweep_requeues_a_silent_engines_run_that_only_waits_for_a_ret
     settings: Settings, define: Define, registry: Registry
 ) -> None:
     from engine import orphans
-    from engine.store import Stmt, run_batch
 
-    define("silent", [{"key": "a", "call": "tests.stepfns:flaky", "retries": 1, "retry_delay_s": 0.5}], inputs=FAILURES)
+    define("silent", [{"key": "a", "call": "tests.stepfns:flaky", "retries": 1, "retry_delay_s": 600}], inputs=FAILURES)
     stepfns.reset()
     async with engine_running(settings):
         run_id = await operations.start_run(registry.get("silent"), {"failures": 1}, "tester")
         await wait_for(lambda: _retrying(run_id, "a"), 10, "the pending retry")
+    await _due_soon(run_id, "a")
     # Make it look like the run of an engine on another host that stopped answering (not provably gone).
     await run_batch(
         [
