@@ -147,11 +147,14 @@ class Workspace:
         """Run `main.py ARGS` from the project root, stdin not a terminal (empty, or `input`: a password for
         `users add`); returns the finished process."""
         self._prepare_for(args)
+        cmd, full_env = [sys.executable, "main.py", *args], {**self.env, **(env or {})}
+        if ZYGOTE.can_start(cmd, full_env):
+            return ZYGOTE.run(cmd, full_env, timeout_s, input)
         stdin: dict[str, Any] = {"stdin": subprocess.DEVNULL} if input is None else {"input": input}
         return subprocess.run(
-            [sys.executable, "main.py", *args],
+            cmd,
             cwd=ROOT,
-            env={**self.env, **(env or {})},
+            env=full_env,
             **stdin,
             capture_output=True,
             text=True,
@@ -261,7 +264,7 @@ class LoggedProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in _end()
         pgdb.served_processes.before_start()
         if ZYGOTE.can_start(cmd, env):
-            self.proc = ZYGOTE.spawn(cmd, env, self.log_path)
+            self.proc = ZYGOTE.spawn(cmd, env, stdout=self.log_path)
         else:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         pgdb.served_processes.add(self.proc.pid)

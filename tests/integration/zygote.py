@@ -7,6 +7,8 @@ that then runs `main.main(argv)` with its own environment, working directory and
 (`python main.py ...` is what runs when the environment asks for what a fork cannot give: a preloaded
 library, other Python settings).
 
+Command-line runs of `main.py` (`Workspace.cli`) are forks too, their output read from files.
+
 The test process talks to it over a Unix socket, one JSON line each way: `spawn` (the child's pid) and
 `status` (its exit code once it has ended, as `Popen.returncode` gives it). It reaps its children, and it
 exits when the test process that started it is gone.
@@ -23,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -100,13 +103,14 @@ def _reap(exits: dict[int, int]) -> None:
 def _child(request: dict[str, Any]) -> None:
     code: Any = 1
     try:
-        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(log)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        os.close(devnull)
+        for fd, path, flags in (
+            (0, request["stdin"], os.O_RDONLY),
+            (1, request["stdout"], os.O_WRONLY | os.O_APPEND | os.O_CREAT),
+            (2, request["stderr"], os.O_WRONLY | os.O_APPEND | os.O_CREAT),
+        ):
+            opened = os.open(path, flags, 0o644)
+            os.dup2(opened, fd)
+            os.close(opened)
         sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True, write_through=True)
         sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True, write_through=True)
         os.chdir(request["cwd"])
@@ -189,9 +193,29 @@ class Zygote:
         base = self._env or _zygote_env()
         return all(env.get(name) == base.get(name) for name in AT_START)
 
-    def spawn(self, cmd: list[str], env: dict[str, str], log: Path) -> Forked:
-        answer = self._ask({"op": "spawn", "argv": cmd[1:], "env": env, "cwd": str(ROOT), "log": str(log)})
+    def spawn(
+        self, cmd: list[str], env: dict[str, str], stdout: Path, stderr: Path | None = None, stdin: Path | None = None
+    ) -> Forked:
+        """Fork a child running `cmd` with its output appended to `stdout` (and `stderr`, else the same file)."""
+        streams = {"stdin": str(stdin or os.devnull), "stdout": str(stdout), "stderr": str(stderr or stdout)}
+        answer = self._ask({"op": "spawn", "argv": cmd[1:], "env": env, "cwd": str(ROOT), **streams})
         return Forked(self, int(answer["pid"]))
+
+    def run(
+        self, cmd: list[str], env: dict[str, str], timeout_s: float, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """As `subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)`, in a fork."""
+        with tempfile.TemporaryDirectory(prefix="stepdeck-cli-") as tmp:
+            out, err, given = Path(tmp) / "out", Path(tmp) / "err", Path(tmp) / "in"
+            given.write_text(input or "")
+            child = self.spawn(cmd, env, out, err, given if input is not None else None)
+            try:
+                code = child.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+                raise
+            return subprocess.CompletedProcess(cmd, code, _text(out), _text(err))
 
     def exit_code(self, pid: int) -> int | None:
         code = self._ask({"op": "status", "pid": pid})["code"]
@@ -208,8 +232,6 @@ class Zygote:
     def _start(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             return
-        import tempfile
-
         self._path = str(Path(tempfile.mkdtemp(prefix="stepdeck-zygote-")) / "socket")
         self._env = _zygote_env()
         code = f"from tests.integration import zygote; zygote.serve({self._path!r}, {os.getpid()})"
@@ -226,6 +248,10 @@ class Zygote:
             self._proc.kill()
             self._proc.wait()
             self._proc = None
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def _zygote_env() -> dict[str, str]:
