@@ -44,7 +44,7 @@ MODULE_FIXTURE = re.compile(r"@pytest\.fixture\([^)]*scope=\"module\"")
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """The suite runs on three processes (pytest-xdist, `-n 3` in pyproject.toml), test by test, except that
+    """The suite runs on four processes (pytest-xdist, `-n 4` in pyproject.toml), test by test, except that
     the tests of a module with module-scoped fixtures (a served process, a browser; their own or from a
     conftest) stay on one worker, which sets them up once, and so do the tests of `CLUSTER_TIER`. (A
     session-scoped fixture is set up once per worker anyway. xdist's own `loadgroup` does not work with
@@ -80,6 +80,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 def pytest_configure(config: pytest.Config) -> None:
     keep_bytecode()
+    if config.getvalue("dist") != "no" and not hasattr(config, "workerinput"):
+        from tests.integration.served import ZYGOTE
+
+        ZYGOTE.start_for_workers()  # xdist's controller: one zygote for the workers it starts next
     config.addinivalue_line(
         "markers",
         "sqlite_only: about SQLite itself (its files, its query plans, liveness by process and heartbeat);"

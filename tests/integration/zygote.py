@@ -42,6 +42,7 @@ AT_START = (
     "PYTHONPYCACHEPREFIX",
     "PYTHONHASHSEED",
 )
+SHARED = "STEPDECK_TEST_ZYGOTE"  # names the socket of a zygote shared by the test processes
 ACCEPT_S = 0.2  # how often it reaps children and looks for its parent while nobody asks
 
 
@@ -185,6 +186,7 @@ class Zygote:
         self._proc: subprocess.Popen[str] | None = None
         self._path = ""
         self._env: dict[str, str] = {}
+        self._shared = os.environ.get(SHARED)  # the socket of the zygote the xdist controller started
 
     def can_start(self, cmd: list[str], env: dict[str, str]) -> bool:
         """Whether a fork runs `cmd` as a new interpreter would: `main.py` under the same start-up settings."""
@@ -221,8 +223,24 @@ class Zygote:
         code = self._ask({"op": "status", "pid": pid})["code"]
         return None if code is None else int(code)
 
+    def start_for_workers(self) -> None:
+        """Start now, and name the socket to the test processes started later (xdist's workers): one zygote
+        for them all, instead of the imports done again in each."""
+        self._start()
+        os.environ[SHARED] = self._path
+
     def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
         self._start()
+        try:
+            return self._exchange(request)
+        except OSError:
+            if self._proc is not None:
+                raise
+            self._shared = None  # the shared one is gone: one of our own
+            self._start()
+            return self._exchange(request)
+
+    def _exchange(self, request: dict[str, Any]) -> dict[str, Any]:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.connect(self._path)
             s.sendall(json.dumps(request).encode() + b"\n")
@@ -231,6 +249,9 @@ class Zygote:
 
     def _start(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
+            return
+        if self._proc is None and self._shared:
+            self._path = self._shared
             return
         self._path = str(Path(tempfile.mkdtemp(prefix="stepdeck-zygote-")) / "socket")
         self._env = _zygote_env()
