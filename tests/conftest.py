@@ -43,8 +43,15 @@ CLUSTER_TIER = "tests/postgres/"
 MODULE_FIXTURE = re.compile(r"@pytest\.fixture\([^)]*scope=\"module\"")
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (pyproject.toml): four test processes, three on PostgreSQL, where each process's test
+    databases hold connections of their own beside the served processes (`pgdb.ServedProcesses`), all
+    under the server's `max_connections`."""
+    return 3 if pgdb.ENABLED else 4
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """The suite runs on four processes (pytest-xdist, `-n 4` in pyproject.toml), test by test, except that
+    """The suite runs on four processes (pytest-xdist, `-n auto` in pyproject.toml), test by test, except that
     the tests of a module with module-scoped fixtures (a served process, a browser; their own or from a
     conftest) stay on one worker, which sets them up once, and so do the tests of `CLUSTER_TIER`. (A
     session-scoped fixture is set up once per worker anyway. xdist's own `loadgroup` does not work with
@@ -260,3 +267,10 @@ async def attempts_of(run_id: int, key: str) -> list[dict[str, Any]]:
 
 async def events_of(run_id: int, kind: str | None = None) -> list[dict[str, Any]]:
     return [as_json(e) for e in await queries.events_after(run_id) if kind is None or e["kind"] == kind]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_step_functions() -> None:
+    """The step functions of `tests/stepfns.py` count their calls per run id and step in this process; a test
+    database's run ids start at 1 again, so a count left by an earlier test would change what a step does."""
+    stepfns.reset()
