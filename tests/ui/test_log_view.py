@@ -4,9 +4,11 @@ before times were kept show no time."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nicegui import ui
@@ -103,3 +105,45 @@ async def test_a_line_logged_while_the_page_is_open_arrives_with_its_time(user: 
     [at] = [utc(t) for t in step["log_times"]]
     assert text == f"{prefix(at)} through the first gate"  # the time shown live is the one kept
     assert title == f"{at:%Y-%m-%d} {prefix(at)} UTC"
+
+
+@pytest.mark.parametrize("logged", ["before the read ends", "after the read"])
+async def test_a_line_logged_while_the_card_is_being_opened_is_shown_once(
+    user: User, monkeypatch: pytest.MonkeyPatch, logged: str
+) -> None:
+    # Opening a card reads the step, then builds its body. A line logged meanwhile reaches the page while
+    # there is no body yet: it may be in what was read or not, and must be shown either way, once.
+    from engine import queries
+
+    run_id = await start_run(user, "live-log")
+    await wait_step(user, run_id, "talk", "running")
+    read = queries.step_details
+
+    async def the_line_is_logged() -> None:
+        stepfns.gate("talk:log").set()
+        await wait_for(lambda: _logged(run_id), 10, "the line logged")
+        await asyncio.sleep(1.0)  # the page hears of it while the body is still being built
+
+    async def reading(run: int, keys: list[str]) -> Any:
+        if logged == "before the read ends":
+            await the_line_is_logged()
+        details = await read(run, keys)
+        if logged == "after the read":
+            await the_line_is_logged()
+        return details
+
+    monkeypatch.setattr(queries, "step_details", reading)
+    await user.open(f"/runs/{run_id}")
+    await show(user, "talk")
+    await wait_shown(user, "log-talk", "Log · 1 line")
+    [(text, _)] = shown_lines(user, "talk")
+    assert re.fullmatch(rf"{TIME} through the first gate", text), text
+    stepfns.gate("talk").set()
+    await wait_step(user, run_id, "talk", "completed")
+
+
+async def _logged(run_id: int) -> bool:
+    from engine.db import current
+
+    ctx = current().hub.executing.get((run_id, "talk"))
+    return ctx is not None and len(ctx.logs) == 1

@@ -4,6 +4,7 @@ and the run's timeline. Everything acts through engine operations; nothing here 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -71,6 +72,9 @@ class RunPage:
         self.initial = initial if initial in state.rows else ""
         self.bodies: dict[str, StepBody] = {}
         self.wanted: list[str] = []
+        # Log lines of steps whose body is being read: a line that arrives during the read may be in what was
+        # read or not, and the body adds those that are not once it is built (`_bodies`).
+        self.arriving: dict[str, list[tuple[datetime | None, str]]] = {}
         self.client = ui.context.client
 
     def build(self) -> None:
@@ -207,14 +211,25 @@ class RunPage:
         self.wanted = keys
         for key in [k for k in self.bodies if k not in keys]:
             self.bodies.pop(key).delete()
-        missing = [k for k in keys if k not in self.bodies]
+        missing = [k for k in keys if k not in self.bodies and k not in self.arriving]
         if not missing:
             return
-        details = await queries.step_details(self.run_id, missing)
+        for key in missing:
+            self.arriving[key] = []
+        try:
+            details = await queries.step_details(self.run_id, missing)
+        finally:
+            arrived = {key: self.arriving.pop(key) for key in missing}
         for key in missing:
             if key in details and key in self.wanted and key not in self.bodies:
                 with self.steps:
-                    self.bodies[key] = StepBody(self.state, details[key], select=self.select, rerun=self.rerun)
+                    body = self.bodies[key] = StepBody(self.state, details[key], select=self.select, rerun=self.rerun)
+                read = Counter(details[key].timed_logs)
+                for line in arrived[key]:
+                    if read[line]:
+                        read[line] -= 1  # it was written before the read: the body shows it already
+                    else:
+                        body.append_log(line[1], line[0])
 
     def _patch(self, patch: Patch) -> None:
         """A batch of changes of the run: redraw the changed rows, re-read the open bodies they touch."""
@@ -246,10 +261,15 @@ class RunPage:
     def _run_events(self, changes: list[Change]) -> None:
         """Log lines to the open cards they belong to; persisted events to the timeline, when it is open
         (one update of the table for the whole batch)."""
-        if self.bodies:
+        if self.bodies or self.arriving:
             for change in changes:
-                if change.kind == ChangeKind.LOG and (body := self.bodies.get(change.step_key or "")) is not None:
-                    body.append_log(change.line or "", parse_time(change.at))
+                if change.kind != ChangeKind.LOG:
+                    continue
+                key, line = change.step_key or "", (parse_time(change.at), change.line or "")
+                if (body := self.bodies.get(key)) is not None:
+                    body.append_log(line[1], line[0])
+                elif key in self.arriving:
+                    self.arriving[key].append(line)
         if self.timeline_rows is not None:
             rows = [_timeline_row(c.to_json()) for c in changes if c.event_id is not None]
             if rows:
