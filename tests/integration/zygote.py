@@ -117,9 +117,12 @@ def _child(request: dict[str, Any]) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        # As a new interpreter has them: SIGINT raises KeyboardInterrupt, SIGPIPE stays ignored (a write to a
+        # closed socket is an error, not the end of the process), the others are the defaults.
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
+        for sig in (signal.SIGTERM, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         _read_environment_again()
         sys.argv = list(request["argv"])
         import main
