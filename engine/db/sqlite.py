@@ -69,17 +69,24 @@ def encode(value: Any) -> Any:
 
 # Parameters SQLite takes as they are: most of a batch's, bound without a call.
 _PLAIN = frozenset({str, int, float, bool, bytes, type(None)})
+# Text enums (statuses) met so far: bound as their value, without a call (SQLite would look up an adapter).
+_TEXT_ENUMS: set[type] = set()
 
 
 def _bind(params: Sequence[Any], rows: list[list[tuple[Any, ...]]], encoded: dict[int, Any]) -> list[Any]:
     """The parameters of one statement (or one row of a `many`), as SQLite takes them; `encoded` holds what
-    was encoded for the batch so far, by object: a batch's clock and statuses repeat in every row."""
-    return [v if type(v) in _PLAIN else _encoded(v, rows, encoded) for v in params]
+    was encoded for the batch so far, by object: a batch's clock and its JSON values."""
+    return [
+        v if type(v) in _PLAIN else v._value_ if type(v) in _TEXT_ENUMS else _encoded(v, rows, encoded) for v in params
+    ]
 
 
 def _encoded(value: Any, rows: list[list[tuple[Any, ...]]], encoded: dict[int, Any]) -> Any:
     if isinstance(value, Ref):
         return encode(rows[value.index][0][0])
+    if isinstance(value, StrEnum):
+        _TEXT_ENUMS.add(type(value))
+        return value.value
     # By identity: every such value is held by the batch while it runs, so no other object takes its id.
     found = encoded.get(id(value), encoded)
     if found is encoded:
