@@ -201,6 +201,18 @@ class RunDriver:
         self.tasks[s.defn.key] = task
         return task
 
+    def advance(self, done: str, successor: StepState) -> None:
+        """The task that executed step `done` goes on with `successor`, chained to it in its worker thread
+        (`step_runner._go_on`). Dependents of `done` that its completion could not start (no step slot
+        was free) get their tasks now, as when a step's task ends."""
+        self.tasks[successor.defn.key] = self.tasks.pop(done)
+        self.contexts.pop(done, None)
+        waiting = self._ready(self.dependents[done])
+        for s in waiting:
+            self.spawn(s)
+        if waiting:
+            self._signal_loop()  # the loop waits on the tasks it knew: wake it to wait on these too
+
     async def _loop(self) -> None:
         candidates = list(self.steps)
         while self.stop_reason is None:

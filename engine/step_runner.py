@@ -3,8 +3,11 @@
 Every exit of a step's execution ends in a true state: completed (its successors started in the same
 commit), failed with the reason (an error, a timeout, a step that would not stop), or stopped with
 the run. A sync python step completes in the worker thread it ran in (`ThreadFinish`), so it costs
-one thread round trip, not two. A step that ignores its cancellation is abandoned after a grace
-period: its slot is freed and its attempt ends, though its task may go on in the background.
+one thread round trip, not two; the successor it starts in that commit, when it is a sync python step
+too, runs next in the same thread (`Chained`) and is followed by the same task (`_go_on`): a chain of
+such steps costs the event loop one wake-up per step and no new task. A step that ignores its
+cancellation is abandoned after a grace period: its slot is freed and its attempt ends, though its
+task may go on in the background.
 """
 
 from __future__ import annotations
@@ -77,7 +80,8 @@ async def execute(
     worker thread is executing it already).
 
     A predecessor that starts us also took our step slot; it is released when our task ends (a
-    done-callback, so also when we are cancelled before running at all).
+    done-callback, so also when we are cancelled before running at all). The task holds one slot
+    throughout: the chained successors it goes on with (`_go_on`) bring their own, and give back one.
     """
     slots = driver.engine.step_slots
     try:
@@ -94,16 +98,28 @@ async def execute(
                     driver.notice_outside_change()
                     return
                 driver.mark_running(s, start.number)
-                await _attempt(driver, s, attempt_id, start.number)
+                await _go_on(driver, s, await _attempt(driver, s, attempt_id, start.number))
             finally:
                 slots.release()
         else:
-            await _attempt(driver, s, *started, chained=chained)
+            await _go_on(driver, s, await _attempt(driver, s, *started, chained=chained))
     except Exception as exc:
         # Not the step's failure (that is recorded by _attempt): the database refused our writes.
         log.exception("run %s: could not record the outcome of step %r", driver.run_id, s.defn.key)
         driver.broken = exc
         driver.stop(StopReason.BROKEN)
+
+
+async def _go_on(driver: RunDriver, s: StepState, following: Following | None) -> None:
+    """Execute, one after the other in this task, the chained successors that the worker thread went on
+    with (`Chained`): the task becomes each one's, as a task spawned for it would be."""
+    slots = driver.engine.step_slots
+    while following is not None:
+        successor, started, chained = following
+        driver.advance(s.defn.key, successor)
+        slots.release()  # the slot taken for the successor stands for the one this task held for `s`
+        s = successor
+        following = await _attempt(driver, s, *started, chained=chained)
 
 
 @dataclass(slots=True)
@@ -124,6 +140,11 @@ class Finished:
     def then(self) -> kinds.InThread | None:
         """What the worker thread goes on with once it handed this over (`kinds._in_thread`)."""
         return self.chained.work if self.chained is not None else None
+
+
+# A successor started in a completion's commit and executing in the worker thread already: the step, its
+# attempt (id, number) and what the thread does with it; its task is the one of the step before.
+Following = tuple["StepState", tuple[int, int], "Chained"]
 
 
 @dataclass(slots=True)
@@ -293,7 +314,8 @@ ABANDONED = "did not stop when cancelled (its task may still be running)"
 
 async def _attempt(
     driver: RunDriver, s: StepState, attempt_id: int, number: int, chained: Chained | None = None
-) -> None:
+) -> Following | None:
+    """Execute step `s`'s started attempt and write its outcome; what follows it in this task, if anything."""
     d = s.defn
     engine = driver.engine
     if d.kind == "llm" and s.retries_used and d.retry_max_tokens_factor != 1.0:
@@ -345,46 +367,46 @@ async def _attempt(
         ctx.cancelled.set()
         if finish is not None and finish.take_over():
             await asyncio.shield(_after_thread_outcome(driver, s, ref, ctx, finish))
-            return
+            return None
         task = asyncio.current_task()
         if driver.stop_reason is None and task is not None and not task.cancelling():
             # Raised by the step itself, not a stop of ours: a failure like any other exception.
             await asyncio.shield(_failed(driver, s, ref, ctx, exc))
-            return
+            return None
         await asyncio.shield(_stopped(driver, s, ref, ctx))
-        return
+        return None
     except TimeoutError as exc:
         ctx.cancelled.set()
         if finish is not None and finish.take_over():
             await asyncio.shield(_after_thread_outcome(driver, s, ref, ctx, finish))
-            return
+            return None
         if not timeout.expired():
             await asyncio.shield(_failed(driver, s, ref, ctx, exc))
-            return
+            return None
         error = f"timed out after {d.timeout_s:g} s" + (f" and {ABANDONED}" if ctx.abandoned else "")
         await asyncio.shield(_fail(driver, s, ref, ctx, error, None, FailureKind.TIMEOUT))
-        return
+        return None
     except WaitForPerson as hold:
         ctx.log(str(hold))
         await asyncio.shield(_completed(driver, s, ref, ctx, [], hold=True))
-        return
+        return None
     except BaseException as exc:
         # Any exception of the step is its failure, BaseException subclasses of its own included.
         if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(exc, kinds.StepExit):
             exc = kinds.StepExit(f"the step raised {type(exc).__name__}({describe(exc)})")
         await asyncio.shield(_failed(driver, s, ref, ctx, exc))
-        return
+        return None
     finally:
         if executing.get((driver.run_id, d.key)) is ctx:
             del executing[(driver.run_id, d.key)]
     # Outside the try: a stop arriving while the outcome is written must not write it a second time.
     if isinstance(result, Finished):
         if _committed(result):
-            _took_effect(driver, s, result)  # the common case, with nothing left to write: no task, no wait
-        else:
-            await asyncio.shield(_after_thread(driver, s, ref, ctx, result))
+            return _took_effect(driver, s, result)  # the common case, with nothing left to write: no wait
+        await asyncio.shield(_after_thread(driver, s, ref, ctx, result))
     else:
         await asyncio.shield(_completed(driver, s, ref, ctx, result))
+    return None
 
 
 async def _after_thread_outcome(
@@ -419,19 +441,19 @@ async def _after_thread(driver: RunDriver, s: StepState, ref: AttemptRef, ctx: S
             await record_late_result(ref, AttemptStatus.COMPLETED)
             driver.notice_outside_change()
         return
-    _took_effect(driver, s, f)
+    _spawn(driver, _took_effect(driver, s, f))
 
 
 def _committed(f: Finished) -> bool:
     return f.handled and f.error is None and f.commit_error is None and f.done
 
 
-def _took_effect(driver: RunDriver, s: StepState, f: Finished) -> None:
+def _took_effect(driver: RunDriver, s: StepState, f: Finished) -> Following | None:
     """The thread committed the completion (and the starts of the successors it made ready)."""
     index = 0 if s.defn.select == "auto" else None
     s.status = StepStatus.COMPLETED if index is not None else StepStatus.WAITING
     s.outputs, s.selected_index = f.outputs, index
-    _start_successors(driver, f.successors, f.started, f.chained)
+    return _start_successors(driver, f.successors, f.started, f.chained)
 
 
 def _start_successors(
@@ -439,10 +461,12 @@ def _start_successors(
     successors: list[tuple[StepState, transitions.StepStart]],
     attempt_ids: list[int | None],
     chained: Chained | None = None,
-) -> None:
-    """Tasks for the successors started in a completion's commit (each holds the slot taken for it); the
-    `chained` one is executing in the worker thread already, and its task adopts it."""
+) -> Following | None:
+    """Tasks for the successors started in a completion's commit (each holds the slot taken for it), but
+    for the `chained` one: it is executing in the worker thread already, and is returned for the task of
+    the step before to follow it (`_go_on`), or to give it a task of its own (`_spawn`)."""
     slots = driver.engine.step_slots
+    following: Following | None = None
     for (successor, start), attempt_id in zip(successors, attempt_ids, strict=True):
         if attempt_id is None:
             slots.release()
@@ -450,13 +474,25 @@ def _start_successors(
             continue
         driver.mark_running(successor, start.number)
         adopted = chained if chained is not None and chained.ctx.step_key == successor.defn.key else None
-        if driver.stop_reason is not None and adopted is None:
+        if adopted is not None:
+            following = (successor, (attempt_id, start.number), adopted)
+            continue
+        if driver.stop_reason is not None:
             slots.release()  # stopped meanwhile: the stop's transition ends its attempt with the run
             continue
-        task = driver.spawn(successor, (attempt_id, start.number), adopted)
+        task = driver.spawn(successor, (attempt_id, start.number))
         task.add_done_callback(lambda _: slots.release())
-        if adopted is not None:
-            task.add_done_callback(functools.partial(_unadopted, driver, successor, adopted))
+    return following
+
+
+def _spawn(driver: RunDriver, following: Following | None) -> None:
+    """A task of its own for a chained successor that the task of the step before cannot follow."""
+    if following is None:
+        return
+    successor, started, chained = following
+    task = driver.spawn(successor, started, chained)
+    task.add_done_callback(lambda _: driver.engine.step_slots.release())
+    task.add_done_callback(functools.partial(_unadopted, driver, successor, chained))
 
 
 _orphans: set[asyncio.Task[None]] = set()  # outcomes of chained steps whose task was stopped before adopting them
@@ -514,7 +550,7 @@ async def _completed(
         s.outputs, s.selected_index = outputs, index
     else:
         driver.notice_outside_change()
-    _start_successors(driver, successors, attempt_ids)
+    _spawn(driver, _start_successors(driver, successors, attempt_ids))
 
 
 async def _failed(driver: RunDriver, s: StepState, ref: AttemptRef, ctx: StepContext, exc: BaseException) -> None:

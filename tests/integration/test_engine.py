@@ -4,6 +4,7 @@ shutdown mid-step, heartbeats. Every scenario ends with a clean audit."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -165,6 +166,32 @@ async def test_a_chain_of_sync_steps_sees_each_predecessors_output(
     for i in range(2, 5):
         assert outputs[f"s{i}"] == {f"s{i - 1}": outputs[f"s{i - 1}"]}
     assert outputs["join"] == {"s2": outputs["s2"], "s4": outputs["s4"]}
+
+
+async def test_a_branch_that_found_no_free_slot_runs_once_the_chain_beside_it_goes_on(
+    settings: Settings, define: Define, registry: Registry
+) -> None:
+    # Two step slots: `root` holds one when it completes, so its commit starts `left` (chained, run on by the
+    # same thread and task) and finds none for `right`. `right` must get its turn as the chain goes on, as
+    # it would if the task of `root` had ended; every slot comes back.
+    steps: list[dict[str, Any]] = [{"key": "root", "call": "tests.stepfns:noop"}]
+    for side in ("left", "right"):
+        steps.append({"key": side, "call": "tests.stepfns:collect", "needs": ["root"]})
+        steps += [
+            {"key": f"{side}{i}", "call": "tests.stepfns:collect", "needs": [f"{side}{i - 1}" if i else side]}
+            for i in range(3)
+        ]
+    define("chain-fan", steps)
+    two_slots = dataclasses.replace(settings, max_concurrent_steps=2)
+    stepfns.reset()
+    async with engine_running(two_slots, registry) as eng:
+        run_id = await operations.start_run(registry.get("chain-fan"), {}, "tester")
+        assert await wait_run(run_id, "completed", "failed") == "completed"
+        detail = (await queries.run_detail(run_id)).to_json()
+        assert {s["key"]: s["status"] for s in detail["steps"]} == {s["key"]: "completed" for s in steps}
+        assert detail["steps"][-1]["output"] == {"right1": {"right0": {"right": {"root": "ok"}}}}
+        await eng.wait_idle()
+        assert eng.step_slots.free == 2
 
 
 async def test_a_chained_sync_step_past_its_timeout_fails_and_is_told_to_stop(
