@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -135,7 +136,7 @@ def _in_thread(
     thread does that next, without a round trip through the loop."""
     loop = asyncio.get_running_loop()
     work = in_thread(loop, contextvars.copy_context(), fn, ctx, finish)
-    db = current()
+    handing = _HandOvers(loop, current())
 
     def job() -> None:
         step: InThread | None = work
@@ -148,25 +149,55 @@ def _in_thread(
             except BaseException as exc:  # `_capture` keeps the step's own exceptions: this is ours
                 error = exc
             then = getattr(result, "then", None) if error is None else None
+            following = then if isinstance(then, InThread) else None
             try:
-                loop.call_soon_threadsafe(_hand_over, db, step.future, result, error)
+                handing.put(step.future, result, error, last=following is None)
             except RuntimeError:
                 return  # the loop is closed: nobody waits any more
-            step = then if isinstance(then, InThread) else None
+            step = following
 
     submitted = threads.submit(job)
     work.future.add_done_callback(lambda f: submitted.cancel() if f.cancelled() else None)  # not started: never is
     return work.future
 
 
-def _hand_over(db: Database, future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    db.deliver_committed()  # first: the hub hears of the commit before the step's task goes on
-    if future.done():
-        return  # its task gave up (timed out, stopped): the thread's commit was delivered all the same
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
+GATHER_S = 0.002  # how long the outcomes of a chain's steps may wait to be handed over together
+
+
+class _HandOvers:
+    """The outcomes of one worker thread's steps, handed to the event loop: at once when its chain ends,
+    else gathered for up to GATHER_S, so that a chain of quick steps wakes the loop once per batch rather
+    than once per step (each wake-up takes the GIL from the thread that commits)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, db: Database) -> None:
+        self._loop, self._db = loop, db
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        self._armed = False
+
+    def put(self, future: asyncio.Future[Any], result: Any, error: BaseException | None, *, last: bool) -> None:
+        """Hand over a step's outcome (from the worker thread); RuntimeError when the loop is closed."""
+        with self._lock:
+            self._pending.append((future, result, error))
+            if last:
+                self._loop.call_soon_threadsafe(self._deliver)
+            elif not self._armed:
+                self._armed = True
+                self._loop.call_soon_threadsafe(self._loop.call_later, GATHER_S, self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            pending, self._pending, self._armed = self._pending, [], False
+        if not pending:
+            return
+        self._db.deliver_committed()  # first: the hub hears of the commits before the steps' task goes on
+        for future, result, error in pending:
+            if future.done():
+                continue  # its task gave up (timed out, stopped): the thread's commit was delivered all the same
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
 
 
 class StepExit(StepdeckError):
