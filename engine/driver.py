@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from engine import logs, retry, step_runner, transitions
+from engine import kinds, logs, retry, step_runner, transitions
 from engine.context import StepContext
 from engine.definitions import StepDef, WorkflowDef
 from engine.records import utcnow
@@ -71,6 +72,7 @@ class RunDriver:
     draining: bool = False  # the engine is stopping: in-flight steps may finish, no new step starts
     _halt: asyncio.Event = field(default_factory=asyncio.Event)  # ends waits for pending retries
     owner: str = ""  # the engine's id when it claimed the run (an engine that lost its lease takes a new one)
+    _sync_functions: dict[str, Callable[..., Any] | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.owner = self.owner or self.engine.owner
@@ -355,6 +357,17 @@ class RunDriver:
                     break
                 chosen.append((d, self.start_of(d, done=(key, number, index))))
         return chosen
+
+    def sync_function(self, d: StepDef) -> Callable[..., Any] | None:
+        """The function of step `d` when it `completes_in_thread` (a sync python step), else None; looked up
+        once per function the run calls (a chain asks for every step it goes on with)."""
+        if d.kind != "python" or d.call is None:
+            return None
+        if d.call not in self._sync_functions:
+            settings = self.engine.settings
+            in_thread = kinds.completes_in_thread(d, settings)
+            self._sync_functions[d.call] = kinds.sync_function(d, settings) if in_thread else None
+        return self._sync_functions[d.call]
 
     def mark_running(self, s: StepState, number: int) -> None:
         s.status, s.attempt, s.outputs, s.selected_index, s.error = StepStatus.RUNNING, number, None, None, None

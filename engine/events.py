@@ -148,6 +148,10 @@ def batch(stmts: Sequence[Stmt], events: Sequence[EventSpec], now: datetime, sto
         publish(hub, result, events, first, now)
 
     # Every run named by an event (a new run, still a `Ref`, cannot be held by anyone else).
+    if len(events) == 1:  # most transitions: without a set and a generator
+        only = events[0]
+        runs = [only.run_id] if isinstance(only.run_id, int) else []
+        return Batch([*stmts, only.stmt(now)], on_commit, runs, clock=now)
     runs = sorted({e.run_id for e in events if isinstance(e.run_id, int)})
     stmts = [*stmts, *(e.stmt(now) for e in events)]
     return Batch(stmts, on_commit if events or stopped else None, runs, clock=now)

@@ -143,11 +143,13 @@ def _in_thread(
         while step is not None:
             result: Any = None
             error: BaseException | None = None
+            loop_woken_by_caller(True)
             try:
-                with loop_woken_by_caller():
-                    result = step.call()
+                result = step.call()
             except BaseException as exc:  # `_capture` keeps the step's own exceptions: this is ours
                 error = exc
+            finally:
+                loop_woken_by_caller(False)
             then = getattr(result, "then", None) if error is None else None
             following = then if isinstance(then, InThread) else None
             try:

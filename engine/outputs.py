@@ -10,6 +10,7 @@ from engine.json_limits import MAX_JSON_DEPTH, json_problem
 from models.errors import StepdeckError
 
 MAX_OUTPUT_BYTES = 10 * 1024 * 1024
+_json_text = json.JSONEncoder(ensure_ascii=False).encode  # made once: `json.dumps` with options makes one per call
 
 
 class OutputError(StepdeckError, ValueError):
@@ -28,7 +29,7 @@ def normalize_outputs(result: Any, alternatives: int) -> list[Any]:
             f"the step asks for {alternatives} alternatives: return a list of {alternatives} outputs, got {got}"
         )
     cleaned = [clean_json(v, f"alternative {i + 1}" if alternatives > 1 else "output") for i, v in enumerate(values)]
-    size = len(json.dumps(cleaned, ensure_ascii=False).encode())
+    size = len(_json_text(cleaned).encode())
     if size > MAX_OUTPUT_BYTES:
         raise OutputError(f"the output is {size:,} bytes, more than the limit of {MAX_OUTPUT_BYTES:,}")
     return cleaned

@@ -183,7 +183,7 @@ class ThreadFinish:
         self._finished: Finished | None = None
         self._waited = False  # the loop took over while the thread was committing: tell it when done
         self._loop = loop or asyncio.get_running_loop()
-        self._outcome: asyncio.Future[Finished] = self._loop.create_future()
+        self._outcome: asyncio.Future[Finished] | None = None  # made by `take_over`, on the event loop
 
     def __call__(self, result: Any) -> Finished:
         with self._lock:
@@ -196,6 +196,7 @@ class ThreadFinish:
             self._state, self._finished = "finished", finished
             waited = self._waited
         if waited:  # otherwise the loop gets it as the thread's return value: one wake-up, not two
+            assert self._outcome is not None
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
                 self._loop.call_soon_threadsafe(_delivered_then_resolve, current(), self._outcome, finished)
         return finished
@@ -229,12 +230,13 @@ class ThreadFinish:
     ) -> Chained | None:
         """The first successor started with this completion that is a sync python step, made ready to
         execute in this thread (its context sees this step's output)."""
-        driver, settings = self.driver, self.driver.engine.settings
+        driver = self.driver
         if driver.stopping:
             return None
         for (successor, start), attempt_id in zip(successors, started, strict=True):
             d = successor.defn
-            if attempt_id is None or not kinds.completes_in_thread(d, settings):
+            function = driver.sync_function(d)
+            if attempt_id is None or function is None:
                 continue
             key, output = self.s.defn.key, outputs[index]
             ctx = StepContext(
@@ -250,7 +252,7 @@ class ThreadFinish:
             finish = ThreadFinish(driver, successor, ref, ctx, self._loop)
             context = contextvars.copy_context()
             context.run(logs.bind, step=d.key, attempt=start.number)
-            work = kinds.in_thread(self._loop, context, kinds.sync_function(d, settings), ctx, finish)
+            work = kinds.in_thread(self._loop, context, function, ctx, finish)
             return Chained(ctx, finish, work)
         return None
 
@@ -258,6 +260,7 @@ class ThreadFinish:
         """On a timeout or a stop: True when the thread is committing or has committed (await
         `outcome()`), else the thread will not write and the loop does."""
         with self._lock:
+            self._outcome = self._outcome or self._loop.create_future()
             if self._state == "finished":
                 assert self._finished is not None
                 _resolve(self._outcome, self._finished)
@@ -269,6 +272,8 @@ class ThreadFinish:
             return False
 
     async def outcome(self) -> Finished:
+        """What the thread did; after `take_over` returned True."""
+        assert self._outcome is not None
         return await asyncio.shield(self._outcome)
 
 
@@ -343,21 +348,17 @@ async def _attempt(
     executing = engine.hub.executing
     executing[(driver.run_id, d.key)] = ctx
 
-    async def checkpoint(text: str, llm: dict[str, Any] | None) -> None:
-        await save_partial(ref, text, llm)
-
     if chained is not None:
         finish: ThreadFinish | None = chained.finish
     else:
-        finish = ThreadFinish(driver, s, ref, ctx) if kinds.completes_in_thread(d, engine.settings) else None
-    env = kinds.KindEnv(engine.threads, engine.settings, engine.providers, checkpoint, finish, driver.defn.max_cost)
+        finish = ThreadFinish(driver, s, ref, ctx) if driver.sync_function(d) is not None else None
     timeout = asyncio.timeout(d.timeout_s)
     try:
         async with timeout:
             if chained is not None:
                 result = await kinds.thread_outcome(chained.work.future)
             else:
-                run = kinds.KINDS[d.kind](d, ctx, env)
+                run = kinds.KINDS[d.kind](d, ctx, _kind_env(driver, ref, finish))
                 result = await (run if finish is not None else _cancellable(run, ctx, engine.settings.cancel_grace_s))
         if isinstance(result, Finished) and not result.handled:
             result = result.result  # the thread left the completion to us
@@ -407,6 +408,15 @@ async def _attempt(
     else:
         await asyncio.shield(_completed(driver, s, ref, ctx, result))
     return None
+
+
+def _kind_env(driver: RunDriver, ref: AttemptRef, finish: ThreadFinish | None) -> kinds.KindEnv:
+    engine = driver.engine
+
+    async def checkpoint(text: str, llm: dict[str, Any] | None) -> None:
+        await save_partial(ref, text, llm)
+
+    return kinds.KindEnv(engine.threads, engine.settings, engine.providers, checkpoint, finish, driver.defn.max_cost)
 
 
 async def _after_thread_outcome(

@@ -8,9 +8,8 @@ or not at all. SQL is written once, portably, with `?` placeholders; a backend t
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NewType, Protocol
@@ -118,20 +117,16 @@ class _HandOver(threading.local):
 _hand_over = _HandOver()
 
 
-@contextlib.contextmanager
-def loop_woken_by_caller() -> Iterator[None]:
-    """In a worker thread that hands its result to the event loop itself, and calls the database's
-    `deliver_committed` there first: what it commits meanwhile is delivered then, so that the loop is woken
-    once per step instead of twice (once for the commit, once for the result)."""
-    _hand_over.active = True
-    try:
-        yield
-    finally:
-        _hand_over.active = False
+def loop_woken_by_caller(active: bool) -> None:
+    """Set (True, then False in a `finally`) in a worker thread that hands its result to the event loop
+    itself, and calls the database's `deliver_committed` there first: what it commits meanwhile is
+    delivered then, so that the loop is woken once per step instead of twice (once for the commit, once
+    for the result). A plain flag, not a context manager: it is set twice per step of a chain."""
+    _hand_over.active = active
 
 
 def caller_wakes_loop() -> bool:
-    """Whether this thread is inside `loop_woken_by_caller`."""
+    """Whether this thread set `loop_woken_by_caller`."""
     return _hand_over.active
 
 

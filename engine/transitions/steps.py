@@ -4,6 +4,7 @@ commit), fail."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,29 +35,29 @@ class StepStart:
     message: str | None = None
 
 
+@functools.cache
+def _start_sql(needs: int, lease: str) -> str:
+    """The guarded UPDATE that starts a step with `needs` needs (`lease`: `leases.live_lease_sql`)."""
+    sql = (
+        "UPDATE steps SET status = ?, attempt = ?, retry_at = NULL, updated_at = ? WHERE id = ? AND status = ?"
+        f" AND EXISTS (SELECT 1 FROM runs WHERE runs.id = ? AND runs.status = ? AND runs.owner = ?{lease})"
+    )
+    if needs:
+        marks = ", ".join("?" for _ in range(needs))
+        sql += f" AND NOT EXISTS (SELECT 1 FROM steps n WHERE n.run_id = ? AND n.key IN ({marks}) AND n.status != ?)"
+    return sql
+
+
 def _start_batch(start: StepStart, now: datetime) -> Batch:
     # Readiness is checked by the database too: every need must be COMPLETED when the step starts, and
     # the run RUNNING in the hands of the engine that starts it (while its lease holds, where there are leases).
     assert start.from_status in (StepStatus.PENDING, StepStatus.RETRYING)
-    needs_done = ""
     params: list[Any] = [StepStatus.RUNNING, start.number, now, start.step_id, start.from_status]
     params += [start.run_id, RunStatus.RUNNING, start.owner]
     if start.needs:
-        marks = ", ".join("?" for _ in start.needs)
-        needs_done = (
-            f" AND NOT EXISTS (SELECT 1 FROM steps n WHERE n.run_id = ? AND n.key IN ({marks}) AND n.status != ?)"
-        )
         params += [start.run_id, *start.needs, StepStatus.COMPLETED]
     stmts = [
-        Stmt(
-            "UPDATE steps SET status = ?, attempt = ?, retry_at = NULL, updated_at = ? WHERE id = ? AND status = ?"
-            " AND EXISTS (SELECT 1 FROM runs WHERE runs.id = ? AND runs.status = ? AND runs.owner = ?"
-            + leases.live_lease_sql("runs.owner")
-            + ")"
-            + needs_done,
-            params,
-            guard=True,
-        ),
+        Stmt(_start_sql(len(start.needs), leases.live_lease_sql("runs.owner")), params, guard=True),
         Stmt(
             "INSERT INTO attempts (run_id, step_id, number, status, consumed, logs, log_times, owner, started_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
