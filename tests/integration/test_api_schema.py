@@ -16,15 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-import schemathesis
-from schemathesis import BaseSchema
-from schemathesis.engine import StopReason, events, from_schema
-from schemathesis.engine.recorder import CheckFailureInfo
 
 from tests.integration.served import Server, Workspace, serving
+
+if TYPE_CHECKING:  # imported by the test itself: every test process collects this module, one runs it
+    from schemathesis import BaseSchema
+    from schemathesis.engine import events
+    from schemathesis.engine.recorder import CheckFailureInfo
 
 PASSWORD = "schema-test-password"
 SEED = 20240611  # a fixed seed: the same cases every run (change it to explore other ones)
@@ -114,6 +115,8 @@ class Served:
         }
         if signed_in:
             config["headers"] = self.auth
+        import schemathesis
+
         return schemathesis.openapi.from_url(
             f"{self.server.base_url}/openapi.json", config=schemathesis.Config.from_dict(config), headers=self.auth
         )
@@ -185,6 +188,8 @@ def describe(label: str, check: str, info: CheckFailureInfo) -> str:
 
 def test_every_operation_conforms_to_the_openapi_document(served: Served) -> None:
     """Schemathesis's examples, coverage, fuzzing and stateful phases with every check, signed in."""
+    from schemathesis.engine import StopReason, events, from_schema
+
     failures: set[str] = set()
     errors: list[str] = []
     tested: set[str] = set()
