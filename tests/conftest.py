@@ -25,7 +25,7 @@ from engine.engine import Engine
 from engine.registry import Registry
 from engine.settings import Settings
 from engine.store import fetch
-from tests import pgdb, stepfns
+from tests import dbtemplate, pgdb, stepfns
 from tests.dbtemplate import migrated_copy
 from ui import errors
 from ui.api import router
@@ -91,6 +91,7 @@ def pytest_configure(config: pytest.Config) -> None:
         from tests.integration.served import ZYGOTE
 
         ZYGOTE.start_for_workers()  # xdist's controller: one zygote for the workers it starts next
+        dbtemplate.share_with_workers()  # and one migrated template
     config.addinivalue_line(
         "markers",
         "sqlite_only: about SQLite itself (its files, its query plans, liveness by process and heartbeat);"
