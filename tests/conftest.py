@@ -14,8 +14,26 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+
+
+def keep_bytecode() -> None:
+    """The suite starts hundreds of processes (servers, workers, the command line). Where the environment
+    says not to write bytecode (PYTHONDONTWRITEBYTECODE), each would compile every module it imports
+    again, about a second of CPU a start: they keep it in one cache outside the source tree instead
+    (a cache the environment names is kept). The xdist workers and every process started later inherit it.
+
+    Called before this module imports NiceGUI, FastAPI and our own modules (below, and the plugins of
+    `pytest_plugins`): the first test process, which starts the others, uses the cache for them too."""
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    default = Path(tempfile.gettempdir()) / f"stepdeck-pycache-{os.getuid()}"
+    prefix = os.environ.setdefault("PYTHONPYCACHEPREFIX", str(default))
+    sys.dont_write_bytecode, sys.pycache_prefix = False, prefix
+
+
+keep_bytecode()
+
+import httpx
 from fastapi import FastAPI
 
 from engine import audit, leases, queries
@@ -35,7 +53,9 @@ from ui.api import router
 WAIT_ON_THE_CLOCK = ("tests/integration/test_schedules_served.py",)
 
 
-pytest_plugins = ["tests.hangs"]
+# NiceGUI's `user` fixture: a plugin of this file rather than `-p` in pyproject.toml's addopts, so that it is
+# imported after `keep_bytecode()`.
+pytest_plugins = ["tests.hangs", "nicegui.testing.user_plugin"]
 
 # Its tests start several processes, each with its pools of connections: one at a time, so that the suite
 # stays under PostgreSQL's max_connections (100 by default) on any number of workers.
@@ -86,7 +106,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    keep_bytecode()
     if config.getvalue("dist") != "no" and not hasattr(config, "workerinput"):
         from tests.integration.served import ZYGOTE
 
@@ -97,17 +116,6 @@ def pytest_configure(config: pytest.Config) -> None:
         "sqlite_only: about SQLite itself (its files, its query plans, liveness by process and heartbeat);"
         " left out on PostgreSQL",
     )
-
-
-def keep_bytecode() -> None:
-    """The suite starts hundreds of processes (servers, workers, the command line). Where the environment
-    says not to write bytecode (PYTHONDONTWRITEBYTECODE), each would compile every module it imports
-    again, about a second of CPU a start: they keep it in one cache outside the source tree instead
-    (a cache the environment names is kept). The xdist workers and every process started later inherit it."""
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    default = Path(tempfile.gettempdir()) / f"stepdeck-pycache-{os.getuid()}"
-    prefix = os.environ.setdefault("PYTHONPYCACHEPREFIX", str(default))
-    sys.dont_write_bytecode, sys.pycache_prefix = False, prefix
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
