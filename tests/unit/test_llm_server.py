@@ -8,13 +8,17 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import openai
 import pytest
-from openai.types.chat import ChatCompletionMessageParam
 
 from tests.llm_server import LLMServer
+
+# Imported by the tests that use it: the client takes about half a second to import, and every test process
+# collects this module.
+if TYPE_CHECKING:
+    import openai
+    from openai.types.chat import ChatCompletionMessageParam
 
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello there"}]
 # "Quickly", on a loaded machine too: far above what these take, far below the streams they cut short (50 s or more).
@@ -29,6 +33,8 @@ def server() -> Iterator[LLMServer]:
 
 @pytest.fixture
 async def client(server: LLMServer) -> AsyncIterator[openai.AsyncOpenAI]:
+    import openai
+
     async with openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0) as opened:
         yield opened
 
@@ -135,18 +141,21 @@ async def test_reply_tokens_may_depend_on_the_request(server: LLMServer, client:
 @pytest.mark.parametrize(
     ("status", "error"),
     [
-        (429, openai.RateLimitError),
-        (500, openai.InternalServerError),
-        (503, openai.InternalServerError),
-        (400, openai.BadRequestError),
+        (429, "RateLimitError"),
+        (500, "InternalServerError"),
+        (503, "InternalServerError"),
+        (400, "BadRequestError"),
     ],
 )
 async def test_scripted_status_raises_the_client_error(
-    server: LLMServer, client: openai.AsyncOpenAI, status: int, error: type[openai.APIStatusError]
+    server: LLMServer, client: openai.AsyncOpenAI, status: int, error: str
 ) -> None:
+    import openai
+
+    expected: type[openai.APIStatusError] = getattr(openai, error)
     server.fail_next((status, {"retry-after": "0.05"}))
 
-    with pytest.raises(error) as raised:
+    with pytest.raises(expected) as raised:
         await stream_texts(client)
     texts, _, _ = await stream_texts(client)  # one failure per request: the next one is served
 
@@ -157,6 +166,8 @@ async def test_scripted_status_raises_the_client_error(
 
 
 async def test_failures_are_consumed_in_order(server: LLMServer, client: openai.AsyncOpenAI) -> None:
+    import openai
+
     server.fail_next(429, 500)
 
     with pytest.raises(openai.RateLimitError):
@@ -173,6 +184,8 @@ def test_unknown_failures_are_refused() -> None:
 
 
 async def test_api_key_is_required_when_set(server: LLMServer, client: openai.AsyncOpenAI) -> None:
+    import openai
+
     server.api_key = "secret"
 
     with pytest.raises(openai.AuthenticationError) as raised:
@@ -197,6 +210,8 @@ async def test_malformed_chunk_raises_json_error(server: LLMServer, client: open
 
 
 async def test_disconnect_mid_stream_raises_connection_error(server: LLMServer, client: openai.AsyncOpenAI) -> None:
+    import openai
+
     server.fail_next("disconnect", "disconnect")
     received: list[str] = []
 
@@ -230,6 +245,8 @@ async def test_closing_a_stream_midway_counts_as_aborted(server: LLMServer, clie
 
 
 async def test_hang_answers_nothing_until_the_client_gives_up(server: LLMServer) -> None:
+    import openai
+
     server.fail_next("hang")
 
     async with openai.AsyncOpenAI(base_url=server.base_url, api_key="x", max_retries=0, timeout=0.3) as impatient:
@@ -241,6 +258,8 @@ async def test_hang_answers_nothing_until_the_client_gives_up(server: LLMServer)
 
 @pytest.mark.parametrize("failure", [None, "hang"])
 async def test_close_is_quick_while_a_client_waits(failure: str | None) -> None:
+    import openai
+
     server = LLMServer(reply_tokens=10_000, chunk_delay_s=0.05).start()
     if failure == "hang":
         server.fail_next("hang")
@@ -284,6 +303,8 @@ async def test_requests_are_recorded_and_reset_clears_them(server: LLMServer, cl
 
 
 def test_sync_client_and_subprocess_reach_it(server: LLMServer) -> None:
+    import openai
+
     with openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0) as sync_client:
         stream = sync_client.chat.completions.create(model="m", messages=HELLO, stream=True)
         text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
@@ -350,6 +371,8 @@ async def test_like_llama_server_max_tokens_capped_at_the_context_size_told_by_p
 async def test_refusals_of_a_strict_server(
     server: LLMServer, client: openai.AsyncOpenAI, setting: str, kwargs: dict[str, Any], message: str
 ) -> None:
+    import openai
+
     setattr(server, setting, True)
     with pytest.raises(openai.BadRequestError, match=message):
         await client.chat.completions.create(**{"model": "stepdeck-test", "messages": HELLO, "stream": True, **kwargs})
