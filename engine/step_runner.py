@@ -352,7 +352,10 @@ async def _attempt(
         finish: ThreadFinish | None = chained.finish
     else:
         finish = ThreadFinish(driver, s, ref, ctx) if driver.sync_function(d) is not None else None
-    timeout = asyncio.timeout(d.timeout_s)
+    # A chained step whose thread has handed its outcome over already cannot time out any more (a timeout
+    # would find its outcome written): no timer for it, and a chain of quick steps arms one per batch.
+    handed_over = chained is not None and chained.work.future.done()
+    timeout = asyncio.timeout(None if handed_over else d.timeout_s)
     try:
         async with timeout:
             if chained is not None:
