@@ -69,6 +69,21 @@ def settled_box(locator: Locator, timeout_s: float = 5.0) -> dict[str, float]:
     raise AssertionError(f"{locator} kept moving for {timeout_s} s (last box {last})")
 
 
+# True once the element's box and the window's scroll have not changed for `frames` animation frames in a row
+# (evaluated at each frame: a slower machine draws its frames later, and waits as many of them).
+STILL = """([el, frames]) => {
+    const r = el.getBoundingClientRect();
+    const now = [r.x, r.y, r.width, r.height, window.scrollX, window.scrollY].join();
+    if (el.sdStillAt !== now) { el.sdStillAt = now; el.sdStillFor = 0; return false; }
+    return ++el.sdStillFor >= frames;
+}"""
+
+
+def wait_still(page: Page, locator: Locator, frames: int = 10) -> None:
+    """Wait until `locator` stops moving on screen (a jump's scroll has ended), frame by frame."""
+    page.wait_for_function(STILL, arg=[locator.element_handle(), frames], polling="raf")
+
+
 def topmost_inside(page: Page, locator: Locator, x: float, y: float) -> bool:
     """Whether the element drawn at viewport point (x, y) belongs to `locator` (nothing covers it there)."""
     handle = locator.element_handle()
