@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from tests.integration.served import ROOT, Server, Workspace, serving
 
@@ -308,22 +308,46 @@ def mixed_run(server: Server) -> int:
     return run_id
 
 
-def _page(browser: Browser, size: dict[str, int]) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": size["width"], "height": size["height"]})
+@pytest.fixture(scope="module")
+def shared_context(browser: Browser) -> Iterator[BrowserContext]:
+    """The browser context of a module's `wide` and `narrow` pages. Its HTTP cache keeps NiceGUI's scripts,
+    styles and fonts (served as immutable) from one test to the next, as a person's browser does: a page
+    opened in a new context fetches and compiles them all again. What a test could leave behind is
+    cleared around each test (see `new_page`)."""
+    context = browser.new_context(viewport={"width": WIDE["width"], "height": WIDE["height"]})
     try:
-        yield context.new_page()
+        yield context
     finally:
         context.close()
 
 
-@pytest.fixture
-def wide(browser: Browser) -> Iterator[Page]:
-    yield from _page(browser, WIDE)
+def _fresh(context: BrowserContext) -> None:
+    """No cookie (the browser's id, and so the theme a person chose; a sign-in) and not offline. The pages'
+    own storage (NiceGUI's tab id in sessionStorage) goes with each page."""
+    context.clear_cookies()
+    context.set_offline(False)
+
+
+def new_page(context: BrowserContext, size: dict[str, int]) -> Iterator[Page]:
+    """A new page of `size` in `context`, the light colour scheme, as in a new context."""
+    _fresh(context)
+    page = context.new_page()
+    try:
+        page.set_viewport_size({"width": size["width"], "height": size["height"]})
+        yield page
+    finally:
+        page.close()
+        _fresh(context)
 
 
 @pytest.fixture
-def narrow(browser: Browser) -> Iterator[Page]:
-    yield from _page(browser, NARROW)
+def wide(shared_context: BrowserContext) -> Iterator[Page]:
+    yield from new_page(shared_context, WIDE)
+
+
+@pytest.fixture
+def narrow(shared_context: BrowserContext) -> Iterator[Page]:
+    yield from new_page(shared_context, NARROW)
 
 
 @pytest.fixture

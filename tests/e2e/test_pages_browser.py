@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import NARROW, WIDE
 from tests.e2e.run_page import page_width, screenshot
@@ -35,27 +35,23 @@ def header_fits(page: Page, width: int) -> None:
 @pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
 @pytest.mark.parametrize("size", [WIDE, NARROW], ids=["1400", "390"])
 def test_pages_fit_the_window_light_and_dark(
-    browser: Browser, server: Server, fifty_run: int, mixed_run: int, artifacts: Path, size: dict[str, int], dark: bool
+    wide: Page, server: Server, fifty_run: int, mixed_run: int, artifacts: Path, size: dict[str, int], dark: bool
 ) -> None:
-    context = browser.new_context(
-        viewport={"width": size["width"], "height": size["height"]}, color_scheme="dark" if dark else "light"
-    )
-    try:
-        page = context.new_page()
-        for name, path, title in PAGES:
-            page.goto(f"{server.base_url}{path}")
-            expect(page).to_have_title(re.compile(title))
-            page.wait_for_load_state("networkidle")
-            body = page.locator("body")
-            if dark:
-                expect(body).to_have_class(re.compile(r"\bbody--dark\b"))
-            else:
-                expect(body).not_to_have_class(re.compile(r"\bbody--dark\b"))
-            header_fits(page, size["width"])
-            assert page_width(page) <= size["width"], f"{path} scrolls sideways: {page_width(page)} px"
-            screenshot(page, artifacts, f"{name}-{size['width']}-{'dark' if dark else 'light'}.png")
-    finally:
-        context.close()
+    page = wide
+    page.set_viewport_size({"width": size["width"], "height": size["height"]})
+    page.emulate_media(color_scheme="dark" if dark else "light")
+    for name, path, title in PAGES:
+        page.goto(f"{server.base_url}{path}")
+        expect(page).to_have_title(re.compile(title))
+        page.wait_for_load_state("networkidle")
+        body = page.locator("body")
+        if dark:
+            expect(body).to_have_class(re.compile(r"\bbody--dark\b"))
+        else:
+            expect(body).not_to_have_class(re.compile(r"\bbody--dark\b"))
+        header_fits(page, size["width"])
+        assert page_width(page) <= size["width"], f"{path} scrolls sideways: {page_width(page)} px"
+        screenshot(page, artifacts, f"{name}-{size['width']}-{'dark' if dark else 'light'}.png")
 
 
 def test_a_row_opens_its_run_and_back_keeps_the_filters(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import FAILING_AT, LAST, LONG_RUN, LONG_TOKEN, NARROW, WIDE
 from tests.e2e.run_page import (
@@ -143,21 +143,18 @@ def test_screenshots_light_and_dark(wide: Page, server: Server, mixed_run: int, 
 
 
 def test_the_system_dark_preference_is_followed_until_a_choice_is_made(
-    browser: Browser, server: Server, fifty_run: int
+    wide: Page, server: Server, fifty_run: int
 ) -> None:
-    context = browser.new_context(viewport={"width": WIDE["width"], "height": WIDE["height"]}, color_scheme="dark")
-    try:
-        page = context.new_page()
-        open_run(page, server, fifty_run)
-        expect(page.locator("body")).to_have_class(re.compile(r"\bbody--dark\b"))
-        page.locator(".q-header button", has_text="brightness_auto").click()  # → dark, remembered
-        page.locator(".q-header button", has_text="dark_mode").click()  # → light, remembered
-        expect(page.locator("body")).not_to_have_class(re.compile(r"\bbody--dark\b"))
-        page.reload()
-        open_run(page, server, fifty_run)
-        expect(page.locator("body")).not_to_have_class(re.compile(r"\bbody--dark\b"))
-    finally:
-        context.close()
+    page = wide
+    page.emulate_media(color_scheme="dark")
+    open_run(page, server, fifty_run)
+    expect(page.locator("body")).to_have_class(re.compile(r"\bbody--dark\b"))
+    page.locator(".q-header button", has_text="brightness_auto").click()  # → dark, remembered
+    page.locator(".q-header button", has_text="dark_mode").click()  # → light, remembered
+    expect(page.locator("body")).not_to_have_class(re.compile(r"\bbody--dark\b"))
+    page.reload()
+    open_run(page, server, fifty_run)
+    expect(page.locator("body")).not_to_have_class(re.compile(r"\bbody--dark\b"))
 
 
 def test_a_page_shows_its_loading_state_until_it_is_built_never_a_blank_page(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import NARROW, WIDE
 from tests.e2e.run_page import body, open_run, page_width, screenshot, wait_still
@@ -36,26 +36,22 @@ def shoot_all(page: Page, server: Server, run_id: int, query: str, name: str, ar
             screenshot(page, artifacts, f"run-{name}-{size['width']}-{'dark' if dark else 'light'}.png")
 
 
-def test_waiting_cut_off_and_stale_states(browser: Browser, server: Server, artifacts: Path) -> None:
+def test_waiting_cut_off_and_stale_states(wide: Page, server: Server, artifacts: Path) -> None:
     run_id = server.start_run("states")
     run = server.wait_run(run_id, "waiting", timeout_s=60)
     assert run["truncated_steps"] == ["short"] and run["needs_choice"] == ["draft"]
 
-    context = browser.new_context(viewport={"width": WIDE["width"], "height": WIDE["height"]})
-    try:
-        page = context.new_page()
-        open_run(page, server, run_id)
-        expect(page.get_by_text("A choice is needed: Drafts")).to_be_visible()
-        expect(page.get_by_text("Cut off at the token limit: Too short")).to_be_visible()
-        expect(page.get_by_test_id("card-draft")).to_have_attribute("data-open", "true")  # needs a person: open
-        shoot_all(page, server, run_id, "?step=draft", "waiting", artifacts)
-        shoot_all(page, server, run_id, "?step=short", "cut-off", artifacts)
+    page = wide
+    open_run(page, server, run_id)
+    expect(page.get_by_text("A choice is needed: Drafts")).to_be_visible()
+    expect(page.get_by_text("Cut off at the token limit: Too short")).to_be_visible()
+    expect(page.get_by_test_id("card-draft")).to_have_attribute("data-open", "true")  # needs a person: open
+    shoot_all(page, server, run_id, "?step=draft", "waiting", artifacts)
+    shoot_all(page, server, run_id, "?step=short", "cut-off", artifacts)
 
-        for index in (0, 1):  # choose, then change the choice: polish was made from the first one
-            r = server.client.post(f"/api/runs/{run_id}/steps/draft/select", json={"index": index})
-            assert r.status_code == 200, r.text
-            server.wait_run(run_id, "completed", timeout_s=60)
-        assert server.run(run_id)["stale_steps"] == ["polish"]
-        shoot_all(page, server, run_id, "?step=polish", "stale", artifacts)
-    finally:
-        context.close()
+    for index in (0, 1):  # choose, then change the choice: polish was made from the first one
+        r = server.client.post(f"/api/runs/{run_id}/steps/draft/select", json={"index": index})
+        assert r.status_code == 200, r.text
+        server.wait_run(run_id, "completed", timeout_s=60)
+    assert server.run(run_id)["stale_steps"] == ["polish"]
+    shoot_all(page, server, run_id, "?step=polish", "stale", artifacts)

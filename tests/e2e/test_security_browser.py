@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, expect
+from playwright.sync_api import BrowserContext, ConsoleMessage, Dialog, Page, expect
 from playwright.sync_api import Error as PlaywrightError
 
-from tests.e2e.conftest import DESKTOP, E2E_STEPS, GATED_TRIO
+from tests.e2e.conftest import DESKTOP, E2E_STEPS, GATED_TRIO, new_page
 from tests.integration.served import Server, Workspace, serving
 
 PASSWORD = "correct horse battery staple"
@@ -204,10 +204,14 @@ class Watched:
 
 
 @pytest.fixture
-def watched(browser: Browser) -> Iterator[Watched]:
-    context = browser.new_context(viewport={"width": DESKTOP["width"], "height": DESKTOP["height"]})
-    context.add_init_script(RECORD_VIOLATIONS)
-    page = context.new_page()
+def desktop(shared_context: BrowserContext) -> Iterator[Page]:
+    yield from new_page(shared_context, DESKTOP)
+
+
+@pytest.fixture
+def watched(desktop: Page) -> Watched:
+    page = desktop
+    page.add_init_script(RECORD_VIOLATIONS)
     seen = Watched(page)
 
     def on_dialog(dialog: Dialog) -> None:
@@ -220,10 +224,7 @@ def watched(browser: Browser) -> Iterator[Watched]:
     page.on("dialog", on_dialog)
     page.on("console", on_console)
     page.on("pageerror", lambda exc: seen.errors.append(str(exc)))
-    try:
-        yield seen
-    finally:
-        context.close()
+    return seen
 
 
 def wait_until(check: Any, what: str, timeout_s: float = 10.0) -> None:
@@ -344,52 +345,48 @@ def signed_server(tmp_path: Path) -> Iterator[Server]:
 
 
 def test_sign_in_through_the_form_leads_to_a_live_page_and_sign_out_locks_it_again(
-    browser: Browser, signed_server: Server, tmp_path: Path, artifacts: Path
+    signed_server: Server, desktop: Page, tmp_path: Path, artifacts: Path
 ) -> None:
     server = signed_server
     gate_dir = tmp_path / "gates"
     gate_dir.mkdir()
     run_id = server.start_run("gated-trio", {"gate_dir": str(gate_dir)})
     server.wait_step(run_id, "bravo", "running")
-    context = browser.new_context(viewport={"width": DESKTOP["width"], "height": DESKTOP["height"]})
-    page = context.new_page()
-    try:
-        page.goto(f"{server.base_url}/runs/{run_id}")
-        expect(page).to_have_url(f"{server.base_url}/login?next=/runs/{run_id}")
-        expect(page.get_by_role("button", name="Sign in")).to_be_visible()
-        expect(page.get_by_text("Expand all")).to_have_count(0)
-        page.screenshot(path=str(artifacts / "login-page.png"))
-        assert (artifacts / "login-page.png").stat().st_size > 0
+    page = desktop
+    page.goto(f"{server.base_url}/runs/{run_id}")
+    expect(page).to_have_url(f"{server.base_url}/login?next=/runs/{run_id}")
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    expect(page.get_by_text("Expand all")).to_have_count(0)
+    page.screenshot(path=str(artifacts / "login-page.png"))
+    assert (artifacts / "login-page.png").stat().st_size > 0
 
-        page.get_by_label("Name").fill("alice")
-        page.get_by_label("Password").fill("wrong password")
-        page.get_by_role("button", name="Sign in").click()
-        expect(page.get_by_role("alert")).to_have_text("Wrong name or password.")
-        page.screenshot(path=str(artifacts / "login-page-error.png"))
+    page.get_by_label("Name").fill("alice")
+    page.get_by_label("Password").fill("wrong password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("Wrong name or password.")
+    page.screenshot(path=str(artifacts / "login-page-error.png"))
 
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Sign in").click()
-        expect(page).to_have_url(f"{server.base_url}/runs/{run_id}")
-        header = page.locator(".q-header")
-        expect(header).to_contain_text("alice · operator")
-        bravo = page.get_by_test_id("pill-bravo")
-        expect(bravo).to_have_attribute("data-status", "running")
-        page.evaluate("window.stepdeckNoReload = true")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{server.base_url}/runs/{run_id}")
+    header = page.locator(".q-header")
+    expect(header).to_contain_text("alice · operator")
+    bravo = page.get_by_test_id("pill-bravo")
+    expect(bravo).to_have_attribute("data-status", "running")
+    page.evaluate("window.stepdeckNoReload = true")
 
-        (gate_dir / "bravo").touch()  # the step completes; only the websocket can tell the page
+    (gate_dir / "bravo").touch()  # the step completes; only the websocket can tell the page
 
-        expect(bravo).to_have_attribute("data-status", "completed")
-        run_header = page.locator(".q-card", has_text=f"Run {run_id}").first
-        expect(run_header.locator(".q-badge").first).to_have_text("completed")
-        expect(page.locator("#run-root")).to_have_attribute("data-run-status", "completed")
-        assert page.evaluate("window.stepdeckNoReload === true"), "the page was reloaded"
+    expect(bravo).to_have_attribute("data-status", "completed")
+    run_header = page.locator(".q-card", has_text=f"Run {run_id}").first
+    expect(run_header.locator(".q-badge").first).to_have_text("completed")
+    expect(page.locator("#run-root")).to_have_attribute("data-run-status", "completed")
+    assert page.evaluate("window.stepdeckNoReload === true"), "the page was reloaded"
 
-        header.locator("button", has_text="logout").click()  # the "Sign out" button (its icon's name)
-        expect(page).to_have_url(f"{server.base_url}/login")
-        page.goto(f"{server.base_url}/")
-        expect(page).to_have_url(f"{server.base_url}/login")
-        expect(page.get_by_role("button", name="Sign in")).to_be_visible()
-        page.goto(f"{server.base_url}/runs/{run_id}")
-        expect(page).to_have_url(f"{server.base_url}/login?next=/runs/{run_id}")
-    finally:
-        context.close()
+    header.locator("button", has_text="logout").click()  # the "Sign out" button (its icon's name)
+    expect(page).to_have_url(f"{server.base_url}/login")
+    page.goto(f"{server.base_url}/")
+    expect(page).to_have_url(f"{server.base_url}/login")
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    page.goto(f"{server.base_url}/runs/{run_id}")
+    expect(page).to_have_url(f"{server.base_url}/login?next=/runs/{run_id}")
