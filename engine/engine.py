@@ -20,7 +20,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from engine import forks, leases, logs, orphans, records, transitions
+from engine import forks, kinds, leases, logs, orphans, records, transitions
 from engine.db import current
 from engine.driver import RunDriver
 from engine.hub import Change, ChangeKind, Hub
@@ -69,6 +69,7 @@ class Engine:
         self.registered = False
         self.fenced = 0  # how often this process lost its lease and stopped its runs
         self.threads = DaemonPool()
+        self.hand_overs: kinds.HandOvers | None = None  # how its threads hand sync steps' outcomes to the loop
         self.providers = providers.Providers()  # the model clients of its LLM steps, closed when it stops
         self.step_slots = StepSlots(settings.max_concurrent_steps)
         self.drivers: dict[int, RunDriver] = {}
@@ -87,6 +88,7 @@ class Engine:
         """Recover orphans (runs of dead owners), then start claiming and heartbeating."""
         hub = self._hub = current().hub
         hub.bind_loop(asyncio.get_running_loop())
+        self.hand_overs = kinds.HandOvers(asyncio.get_running_loop(), current())
         forks.install()
         if providers.provider_name(self.settings) != providers.SIMULATED:
             # The model client takes about a second to import: not on the event loop at the first LLM step.

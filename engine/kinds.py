@@ -38,6 +38,7 @@ class KindEnv:
     # there (see `engine/step_runner.py`), and its result is what the kind returns.
     finish: Callable[[Any], Any] | None = None
     max_cost: float | None = None  # the workflow's LLM budget per run (USD)
+    hand_overs: HandOvers | None = None  # the engine's, for its worker threads' outcomes (else one per call)
 
 
 KindRunner = Callable[[StepDef, StepContext, KindEnv], Awaitable[Any]]
@@ -78,7 +79,7 @@ async def run_python(step: StepDef, ctx: StepContext, env: KindEnv) -> Any:
                 forks.leave_if_forked()
         except (SystemExit, KeyboardInterrupt) as exc:
             raise _exit_of(exc) from exc
-    return await thread_outcome(_in_thread(env.threads, fn, ctx, env.finish))
+    return await thread_outcome(_in_thread(env.threads, fn, ctx, env.finish, env.hand_overs))
 
 
 def sync_function(step: StepDef, settings: Settings) -> Callable[..., Any]:
@@ -128,7 +129,11 @@ def in_thread(
 
 
 def _in_thread(
-    threads: Executor, fn: Callable[..., Any], ctx: StepContext, finish: Callable[[Any], Any] | None
+    threads: Executor,
+    fn: Callable[..., Any],
+    ctx: StepContext,
+    finish: Callable[[Any], Any] | None,
+    hand_overs: HandOvers | None = None,
 ) -> asyncio.Future[Any]:
     """Run `fn(ctx)` in a worker thread (in a copy of this context). What it commits is delivered with its
     result, in one wake-up of the event loop (`engine.db.base.loop_woken_by_caller`). When its outcome
@@ -136,7 +141,7 @@ def _in_thread(
     thread does that next, without a round trip through the loop."""
     loop = asyncio.get_running_loop()
     work = in_thread(loop, contextvars.copy_context(), fn, ctx, finish)
-    handing = _HandOvers(loop, current())
+    handing = hand_overs or HandOvers(loop, current())
 
     def job() -> None:
         step: InThread | None = work
@@ -166,10 +171,11 @@ def _in_thread(
 GATHER_S = 0.002  # how long the outcomes of a chain's steps may wait to be handed over together
 
 
-class _HandOvers:
-    """The outcomes of one worker thread's steps, handed to the event loop: at once when its chain ends,
-    else gathered for up to GATHER_S, so that a chain of quick steps wakes the loop once per batch rather
-    than once per step (each wake-up takes the GIL from the thread that commits)."""
+class HandOvers:
+    """The outcomes of sync steps, handed from worker threads to the event loop: at once when a thread's
+    chain ends, else gathered for up to GATHER_S, so that chains of quick steps wake the loop once per
+    batch rather than once per step (each wake-up takes the GIL from the threads that commit). One per
+    engine (`Engine.hand_overs`): its worker threads share one timer."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, db: Database) -> None:
         self._loop, self._db = loop, db

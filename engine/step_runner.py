@@ -419,7 +419,15 @@ def _kind_env(driver: RunDriver, ref: AttemptRef, finish: ThreadFinish | None) -
     async def checkpoint(text: str, llm: dict[str, Any] | None) -> None:
         await save_partial(ref, text, llm)
 
-    return kinds.KindEnv(engine.threads, engine.settings, engine.providers, checkpoint, finish, driver.defn.max_cost)
+    return kinds.KindEnv(
+        engine.threads,
+        engine.settings,
+        engine.providers,
+        checkpoint,
+        finish,
+        driver.defn.max_cost,
+        engine.hand_overs,
+    )
 
 
 async def _after_thread_outcome(
