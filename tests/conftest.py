@@ -60,6 +60,9 @@ pytest_plugins = ["tests.hangs", "nicegui.testing.user_plugin"]
 # Its tests start several processes, each with its pools of connections: one at a time, so that the suite
 # stays under PostgreSQL's max_connections (100 by default) on any number of workers.
 CLUSTER_TIER = "tests/postgres/"
+# The browser tests share a served process and their big runs (session-scoped fixtures of tests/e2e/conftest.py):
+# on one worker, which sets them up once, rather than on every worker that gets one of its modules.
+BROWSER_TIER = "tests/e2e/"
 MODULE_FIXTURE = re.compile(r"@pytest\.fixture\([^)]*scope=\"module\"")
 
 
@@ -73,9 +76,9 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """The suite runs on four processes (pytest-xdist, `-n auto` in pyproject.toml), test by test, except that
     the tests of a module with module-scoped fixtures (a served process, a browser; their own or from a
-    conftest) stay on one worker, which sets them up once, and so do the tests of `CLUSTER_TIER`. (A
-    session-scoped fixture is set up once per worker anyway. xdist's own `loadgroup` does not work with
-    pytest 9: it renames node ids through an attribute pytest no longer reads.)"""
+    conftest) stay on one worker, which sets them up once, and so do the tests of `CLUSTER_TIER` and of
+    `BROWSER_TIER`. (A session-scoped fixture is set up once per worker anyway. xdist's own `loadgroup` does
+    not work with pytest 9: it renames node ids through an attribute pytest no longer reads.)"""
     if config.getvalue("dist") != "load":  # another mode asked for on the command line
         return None
     from xdist.scheduler import LoadScopeScheduling
@@ -97,8 +100,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     class Scheduling(LoadScopeScheduling):  # type: ignore[misc]
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::")[0]
-            if module.startswith(CLUSTER_TIER):
-                return CLUSTER_TIER
+            for tier in (CLUSTER_TIER, BROWSER_TIER):
+                if module.startswith(tier):
+                    return tier
             return module if has_module_fixtures(module) else nodeid
 
     config.option.loadscopereorder = False  # keep the collection's order: what waits on the clock first
@@ -119,9 +123,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # What waits on the clock first, then the one long chunk of `CLUSTER_TIER`: neither is left for the end.
+    # What waits on the clock first, then the long chunks of `CLUSTER_TIER` and `BROWSER_TIER`: none is left for
+    # the end.
     items.sort(
-        key=lambda item: (not item.nodeid.startswith(WAIT_ON_THE_CLOCK), not item.nodeid.startswith(CLUSTER_TIER))
+        key=lambda item: (
+            not item.nodeid.startswith(WAIT_ON_THE_CLOCK),
+            not item.nodeid.startswith(CLUSTER_TIER),
+            not item.nodeid.startswith(BROWSER_TIER),
+        )
     )
     # Left out (deselected, not skipped) when the suite runs on PostgreSQL.
     if pgdb.ENABLED:
