@@ -7,7 +7,8 @@ Measured side by side in one run (absolute times on a shared machine are noise; 
 
 (a) Watching costs nothing: a sequential run of N sync steps (default 1,000), unwatched and watched by
     a tab on its page, interleaved `--reps` times. Its first step waits for a gate file, so the tab
-    is open and loaded before the work starts; the figure is the run's own time from the gate's step
+    is open, loaded and settled (no request for half a second, as a tab watching a long run is) before
+    the work starts; the figure is the run's own time from the gate's step
     ending to the run finishing (database timestamps). Target: watched / unwatched <= 1.3.
 (b) The page keeps up: in the watched runs, the time from the run finishing (its `finished_at`) to
     the tab's `#run-root` reading `data-run-status="completed"` (a MutationObserver's Date.now();
@@ -130,6 +131,7 @@ def one_run(
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.goto(f"{server.base_url}/runs/{run_id}")
         page.wait_for_selector("[data-testid=card-header-gate]")
+        page.wait_for_load_state("networkidle")  # loaded and settled, as a tab watching a long run is
         page.evaluate(WATCH_JS)
     (gate_dir / "go").touch()
     row = wait_finished(ws, run_id)

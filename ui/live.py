@@ -274,8 +274,9 @@ class RunState:
         patch, self.pending = self.pending, Patch()
         if not (patch.rows or patch.bodies or patch.events):
             return
-        unique = {id(r): r for r in patch.rows}
-        patch.rows = list(unique.values())
+        # One row per step, its latest: a step's status from the hub, then its re-read, are two row objects.
+        latest = {r.key: r for r in patch.rows}
+        patch.rows = list(latest.values())
         for listener in list(self.listeners):
             try:
                 listener(patch)
