@@ -571,20 +571,17 @@ class LLMServer:
     @property
     def aborted(self) -> int:
         """Completion requests the client closed before the server finished answering."""
-        with self._lock:
-            return self._counts["aborted"]
+        return self._counted("aborted")
 
     @property
     def cut(self) -> int:
         """Streams ended early, without a finish reason, because another request queued (cut_on_queue)."""
-        with self._lock:
-            return self._counts["cut"]
+        return self._counted("cut")
 
     @property
     def completed(self) -> int:
         """Completion requests answered in full (streamed or not)."""
-        with self._lock:
-            return self._counts["completed"]
+        return self._counted("completed")
 
     @property
     def busy_s(self) -> float:
@@ -623,6 +620,10 @@ class LLMServer:
         with self._lock:
             self._requests.append(request)
             self._lock.notify_all()
+
+    def _counted(self, name: str) -> int:
+        with self._lock:
+            return self._counts[name]
 
     def _count(self, name: str) -> None:
         with self._lock:
