@@ -4,6 +4,7 @@ every mistake reported with its file, line and field."""
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -81,54 +82,85 @@ def test_defaults_skip_enabled_and_the_servers_time_zone(tmp_path: Path, monkeyp
     assert (sched.timezone, sched.enabled, sched.catch_up, sched.inputs) == ("Asia/Tokyo", True, "skip", {"topic": "x"})
 
 
-def test_invalid_cron_expression(tmp_path: Path) -> None:
-    exc = error(tmp_path, '- name: broken\n  cron: "61 * * * *"\n  inputs: {topic: x}', "cron:")
-    assert exc.field == "schedules.broken.cron"
-    assert "invalid cron expression '61 * * * *'" in exc.detail
+# How an error's detail reads: it holds the text, starts with it, or is it.
+READS: dict[str, Callable[[str, str], bool]] = {"holds": str.__contains__, "starts": str.startswith, "is": str.__eq__}
 
 
-def test_cron_with_the_wrong_number_of_fields(tmp_path: Path) -> None:
-    exc = error(tmp_path, '- name: six\n  cron: "0 0 9 * * 1"\n  inputs: {topic: x}', "cron:")
-    assert exc.field == "schedules.six.cron"
-    assert "expected 5 fields" in exc.detail
-
-
-def test_missing_cron(tmp_path: Path) -> None:
-    exc = error(tmp_path, "- name: nothing\n  inputs: {topic: x}", "- name: nothing")
-    assert exc.field == "schedules.nothing.cron"
-    assert exc.detail.startswith("required")
-
-
-def test_unknown_time_zone(tmp_path: Path) -> None:
-    exc = error(
-        tmp_path, '- name: far\n  cron: "0 9 * * *"\n  timezone: Mars/Olympus\n  inputs: {topic: x}', "timezone:"
-    )
-    assert exc.field == "schedules.far.timezone"
-    assert "unknown time zone 'Mars/Olympus'" in exc.detail
-
-
-def test_inputs_that_fail_the_workflows_validation(tmp_path: Path) -> None:
-    exc = error(tmp_path, '- name: typed\n  cron: "0 9 * * *"\n  inputs: {topic: x, count: many}', "inputs: {")
-    assert exc.field == "schedules.typed.inputs"
-    assert exc.detail.startswith("count: ")
-
-
-def test_inputs_missing_a_required_one(tmp_path: Path) -> None:
-    exc = error(tmp_path, '- name: bare\n  cron: "0 9 * * *"', "- name: bare")
-    assert exc.field == "schedules.bare.inputs"
-    assert exc.detail == "topic: required input missing"
-
-
-def test_unknown_input(tmp_path: Path) -> None:
-    exc = error(tmp_path, '- name: extra\n  cron: "0 9 * * *"\n  inputs: {topic: x, colour: red}', "inputs: {")
-    assert exc.field == "schedules.extra.inputs"
-    assert "colour: unknown input" in exc.detail
-
-
-def test_unknown_field(tmp_path: Path) -> None:
-    exc = error(tmp_path, '- name: typo\n  cron: "0 9 * * *"\n  inputs: {topic: x}\n  timzone: UTC', "timzone:")
-    assert exc.field == "schedules.typo.timzone"
-    assert "unknown field 'timzone'" in exc.detail
+@pytest.mark.parametrize(
+    ("entry", "needle", "field", "reads", "says"),
+    [
+        pytest.param(
+            '- name: broken\n  cron: "61 * * * *"\n  inputs: {topic: x}',
+            "cron:",
+            "schedules.broken.cron",
+            "holds",
+            "invalid cron expression '61 * * * *'",
+            id="invalid_cron_expression",
+        ),
+        pytest.param(
+            '- name: six\n  cron: "0 0 9 * * 1"\n  inputs: {topic: x}',
+            "cron:",
+            "schedules.six.cron",
+            "holds",
+            "expected 5 fields",
+            id="cron_with_the_wrong_number_of_fields",
+        ),
+        pytest.param(
+            "- name: nothing\n  inputs: {topic: x}",
+            "- name: nothing",
+            "schedules.nothing.cron",
+            "starts",
+            "required",
+            id="missing_cron",
+        ),
+        pytest.param(
+            '- name: far\n  cron: "0 9 * * *"\n  timezone: Mars/Olympus\n  inputs: {topic: x}',
+            "timezone:",
+            "schedules.far.timezone",
+            "holds",
+            "unknown time zone 'Mars/Olympus'",
+            id="unknown_time_zone",
+        ),
+        pytest.param(
+            '- name: typed\n  cron: "0 9 * * *"\n  inputs: {topic: x, count: many}',
+            "inputs: {",
+            "schedules.typed.inputs",
+            "starts",
+            "count: ",
+            id="inputs_that_fail_the_workflows_validation",
+        ),
+        pytest.param(
+            '- name: bare\n  cron: "0 9 * * *"',
+            "- name: bare",
+            "schedules.bare.inputs",
+            "is",
+            "topic: required input missing",
+            id="inputs_missing_a_required_one",
+        ),
+        pytest.param(
+            '- name: extra\n  cron: "0 9 * * *"\n  inputs: {topic: x, colour: red}',
+            "inputs: {",
+            "schedules.extra.inputs",
+            "holds",
+            "colour: unknown input",
+            id="unknown_input",
+        ),
+        pytest.param(
+            '- name: typo\n  cron: "0 9 * * *"\n  inputs: {topic: x}\n  timzone: UTC',
+            "timzone:",
+            "schedules.typo.timzone",
+            "holds",
+            "unknown field 'timzone'",
+            id="unknown_field",
+        ),
+    ],
+)
+def test_a_mistake_names_its_line_and_field(
+    tmp_path: Path, entry: str, needle: str, field: str, reads: str, says: str
+) -> None:
+    exc = error(tmp_path, entry, needle)
+    assert exc.field == field
+    assert READS[reads](exc.detail, says), f"the detail {exc.detail!r} should {reads} {says!r}"
 
 
 def test_duplicate_name_points_at_the_second(tmp_path: Path) -> None:
