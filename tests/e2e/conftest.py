@@ -14,6 +14,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
 from tests.integration.served import ROOT, Server, Workspace, serving
+from tests.workflow_yaml import TOO_SHORT_STEP
 
 # What a browser test waits for comes; on a loaded machine it comes later. A generous wait changes
 # how long a failing test takes, never a verdict.
@@ -112,15 +113,10 @@ def nested(ctx):
 '''
 
 # A cut-off LLM output, then a choice among three drafts, then a step made from the choice.
-STATES = """
+STATES = f"""
 name: states
 steps:
-  - key: short
-    label: Too short
-    kind: llm
-    prompt: Write a long story about tide pools.
-    max_tokens: 5
-  - key: draft
+{TOO_SHORT_STEP}  - key: draft
     label: Drafts
     call: e2e_steps:drafts
     alternatives: 3

@@ -23,6 +23,7 @@ from tests.ui.test_run_page import (
     wait_shown,
     wait_step,
 )
+from tests.workflow_yaml import TOO_SHORT_STEP
 from ui.theme import STATUS_COLORS
 
 WORKFLOWS = {
@@ -35,19 +36,14 @@ WORKFLOWS = {
             prompt: Write a long story about tide pools.
             max_tokens: 150
     """,
-    "cut-llm": """
-        name: cut-llm
-        steps:
-          - key: short
-            label: Too short
-            kind: llm
-            prompt: Write a long story about tide pools.
-            max_tokens: 5
-          - key: after
-            label: After
-            kind: llm
-            prompt: "Summarise: {{ steps.short.output }}"
-    """,
+    "cut-llm": "name: cut-llm\nsteps:\n"
+    + TOO_SHORT_STEP
+    + """\
+  - key: after
+    label: After
+    kind: llm
+    prompt: "Summarise: {{ steps.short.output }}"
+""",
 }
 
 
