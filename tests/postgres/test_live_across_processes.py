@@ -28,6 +28,9 @@ from models.schema import dsn
 from tests.conftest import wait_for, wait_run
 from tests.integration.served import Server, Workspace
 
+# Most tests here start two servers: slow on a loaded machine, though never this slow.
+pytestmark = pytest.mark.timeout(300)
+
 SLOW_POLLS = {
     "STEPDECK_HEARTBEAT_INTERVAL_S": "60",
     "STEPDECK_STALE_AFTER_S": "600",
@@ -191,7 +194,6 @@ def step_event(key: str, status: str) -> Callable[[dict[str, Any]], bool]:
     return lambda e: e["kind"] == "step" and e["step"] == key and e["to_status"] == status
 
 
-@pytest.mark.timeout(300)  # starts two servers: slow on a loaded machine
 def test_a_dashboard_shows_a_step_running_in_another_process_live_and_its_cancel_stops_the_step(
     tmp_path: Path,
 ) -> None:
@@ -211,7 +213,6 @@ def test_a_dashboard_shows_a_step_running_in_another_process_live_and_its_cancel
         assert [s["status"] for s in run["steps"]] == ["completed", "cancelled"]
 
 
-@pytest.mark.timeout(300)  # starts two servers: slow on a loaded machine
 def test_a_dashboard_shows_the_log_lines_and_progress_of_a_step_running_in_another_process_as_they_come(
     tmp_path: Path,
 ) -> None:
@@ -234,7 +235,6 @@ def test_a_dashboard_shows_the_log_lines_and_progress_of_a_step_running_in_anoth
         assert sum(1 for e in reader.events if e["kind"] == "log" and e["line"] == f"line 1 of run {run_id}") == 1
 
 
-@pytest.mark.timeout(300)  # starts two servers: slow on a loaded machine
 def test_a_choice_made_on_the_dashboard_continues_the_run_in_the_engine_process(tmp_path: Path) -> None:
     with dashboard_and_engine(tmp_path) as (_, dashboard, _engine):
         run_id = dashboard.start_run("pick")
@@ -246,7 +246,6 @@ def test_a_choice_made_on_the_dashboard_continues_the_run_in_the_engine_process(
         assert [s["output"] for s in run["steps"]] == ["second", "after second"]
 
 
-@pytest.mark.timeout(300)  # starts two servers: slow on a loaded machine
 def test_changes_still_arrive_after_the_listening_connections_are_cut(tmp_path: Path) -> None:
     with dashboard_and_engine(tmp_path) as (ws, dashboard, engine):
         cut = ws.sql(
