@@ -28,13 +28,22 @@ from models.status import RUN_ACTIVE, RunStatus, StepStatus
 async def start_run(defn: WorkflowDef, inputs: Mapping[str, Any], actor: str, *, from_strings: bool = False) -> int:
     """Validate the inputs and queue a new run of `defn` (the caller looks it up in its `Registry`); returns
     its id."""
-    return (await start_run_detail(defn, inputs, actor, from_strings=from_strings)).id
+    _, created = await _create(defn, inputs, actor, from_strings)
+    return created.id
 
 
 async def start_run_detail(
     defn: WorkflowDef, inputs: Mapping[str, Any], actor: str, *, from_strings: bool = False
 ) -> RunDetail:
     """`start_run`, returning the run as created (queued, every step pending) without reading it back."""
+    values, created = await _create(defn, inputs, actor, from_strings)
+    return queued_run(created.id, defn, declared_order(defn, values), actor, created.created_at)
+
+
+async def _create(
+    defn: WorkflowDef, inputs: Mapping[str, Any], actor: str, from_strings: bool
+) -> tuple[dict[str, Any], transitions.CreatedRun]:
+    """The inputs validated, and the run queued with them."""
     if not isinstance(inputs, Mapping):
         raise InvalidInput("inputs must be an object mapping input names to values")
     broken = _invalid_text(inputs)
@@ -45,8 +54,7 @@ async def start_run_detail(
     except InputError as exc:
         raise InvalidInput(str(exc), exc.problems) from None
     steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs), s.retries) for s in defn.steps]
-    created = await transitions.create_run(defn.name, JsonText(defn.snapshot_json()), values, steps, actor)
-    return queued_run(created.id, defn, declared_order(defn, values), actor, created.created_at)
+    return values, await transitions.create_run(defn.name, JsonText(defn.snapshot_json()), values, steps, actor)
 
 
 async def start_scheduled_run(defn: WorkflowDef, schedule: str, fire_time: datetime) -> int | None:
