@@ -466,12 +466,16 @@ async def _no_driver(engine: Engine, run_id: int) -> bool:
 async def test_a_timeout_fails_the_step_and_keeps_the_partial_text(
     eng: Engine, server: LLMServer, define: Define, registry: Registry
 ) -> None:
+    # Text must have arrived before the timeout, whatever the machine: the model client is imported before
+    # the step starts (its first import takes a second of CPU, more on a loaded machine), and the timeout
+    # leaves 2 s for the first words of a stream that lasts 8.
+    await asyncio.to_thread(importlib.import_module, "openai")
     server.reply_tokens, server.chunk_delay_s = 400, 0.02
-    define("timeout-llm", [llm(timeout_s=0.5)], inputs=TOPIC)
+    define("timeout-llm", [llm(timeout_s=2)], inputs=TOPIC)
     run = await run_to_end(registry.get("timeout-llm"))
     assert run["status"] == "failed"
     step = run["steps"][0]
-    assert step["error"] == "timed out after 0.5 s"
+    assert step["error"] == "timed out after 2 s"
     assert step["partial_output"].startswith("w0 w1 ")
     assert step["partial_output"] == words(0, len(step["partial_output"].split()))
     assert await asyncio.to_thread(server.wait_aborted, 1, 2.0), "the HTTP request was not aborted"
