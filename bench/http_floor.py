@@ -13,20 +13,19 @@ from datetime import UTC, datetime
 
 import uvicorn
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 
 from engine.definitions import parse_definition
-from engine.readmodel import queued_run
-from ui.api import StartRunIn
+from engine.readmodel import queued_run_json
+from ui.api import OrjsonResponse, StartRunIn
 
 app = FastAPI()
 PAR = parse_definition({"name": "par", "steps": [{"key": f"s{i}", "call": "bench.steps:noop"} for i in range(10)]}, "")
 
 
 @app.post("/api/runs", status_code=201)
-async def start_run(body: StartRunIn) -> JSONResponse:
-    run = queued_run(1, PAR, dict(body.inputs), "api@127.0.0.1", datetime.now(UTC))
-    return JSONResponse(run.to_json(), status_code=201)
+async def start_run(body: StartRunIn) -> OrjsonResponse:
+    run = queued_run_json(1, PAR, dict(body.inputs), "api@127.0.0.1", datetime.now(UTC))
+    return OrjsonResponse(run, status_code=201)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ than over HTTP, and the least round of many is steadier still on a busy machine.
 
     uv run python -m bench.post_asgi [--posts 200] [--reps 40] [--no-db]
 
-`--no-db`: `operations.start_run_detail` answers with the floor's run (`queued_run`) without writing it,
+`--no-db`: `operations.start_run_json` answers with the floor's run (`queued_run`) without writing it,
 so what is left above the floor is the HTTP layers' own cost (router, dependencies, error handlers,
 GZip, the gate). The served app (NiceGUI's, with `ApiFastPath`) is measured over HTTP only.
 """
@@ -27,7 +27,7 @@ from bench.post_layers import LAYERS, layer_app, print_table
 from engine import operations
 from engine.db import close_database, open_database
 from engine.definitions import WorkflowDef
-from engine.readmodel import RunDetail, queued_run
+from engine.readmodel import RunDetailJson, queued_run_json
 from tests.dbtemplate import migrated_copy
 from tests.integration.served import Workspace
 
@@ -77,8 +77,8 @@ async def post(app: Any) -> None:
     assert statuses == [201], statuses
 
 
-async def _without_writing(defn: WorkflowDef, inputs: Any, actor: str, *, from_strings: bool = False) -> RunDetail:
-    return queued_run(1, defn, dict(inputs), actor, datetime.now(UTC))
+async def _without_writing(defn: WorkflowDef, inputs: Any, actor: str, *, from_strings: bool = False) -> RunDetailJson:
+    return queued_run_json(1, defn, dict(inputs), actor, datetime.now(UTC))
 
 
 async def measure(apps: dict[str, Any], db_url: str, posts: int, reps: int) -> dict[str, list[float]]:
@@ -103,7 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--posts", type=int, default=200, help="requests per layer and round")
     parser.add_argument("--reps", type=int, default=40, help="interleaved rounds")
-    parser.add_argument("--no-db", action="store_true", help="start_run_detail writes nothing (HTTP layers only)")
+    parser.add_argument("--no-db", action="store_true", help="start_run_json writes nothing (HTTP layers only)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="stepdeck-bench-asgi-") as name:
         ws = Workspace(Path(name), {"par": workflow_yaml("par", 10)}, {"benchsteps": BENCH_STEPS})
@@ -113,7 +113,7 @@ def main() -> None:
 
         apps = {"floor": floor_app, **{layer: layer_app(layer) for layer in LAYERS if layer not in ("floor", "served")}}
         if args.no_db:
-            operations.start_run_detail = _without_writing
+            operations.start_run_json = _without_writing
             del apps["insert"]
         samples = asyncio.run(measure(apps, ws.db_url, args.posts, args.reps))
     what = "no database" if args.no_db else "SQLite"

@@ -9,7 +9,7 @@ shared machine are noise.
 Each layer adds one thing to the one before:
 
 - floor: `bench/http_floor.py` (uvicorn, FastAPI validating the body model, the JSON of a queued run)
-- insert: the floor's route doing the real work, `operations.start_run_detail` (inputs checked, the run
+- insert: the floor's route doing the real work, `operations.start_run_json` (inputs checked, the run
   and its steps written through the SQLite writer, the read model built), on an open database
 - route: the API's own router instead (`ui/api.py`: its nested routers, dependencies, the route)
 - errors: + the API's error handlers (`ui/errors.py`)
@@ -44,7 +44,7 @@ from engine.db import close_database, open_database
 from engine.registry import Registry
 from engine.settings import from_env
 from ui import errors
-from ui.api import StartRunIn, router
+from ui.api import OrjsonResponse, StartRunIn, router
 from ui.app import api_app
 from ui.security import SessionCache
 
@@ -79,8 +79,8 @@ def layer_app(layer: str) -> Any:
 
         @app.post("/api/runs", status_code=201)
         async def start_run(body: StartRunIn) -> JSONResponse:
-            run = await operations.start_run_detail(workflows.get(body.workflow), body.inputs, "api@127.0.0.1")
-            return JSONResponse(run.to_json(), status_code=201)
+            run = await operations.start_run_json(workflows.get(body.workflow), body.inputs, "api@127.0.0.1")
+            return OrjsonResponse(run, status_code=201)
 
         return app
     app.include_router(router)

@@ -6,7 +6,7 @@ import math
 import re
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import yaml
 
@@ -206,6 +206,13 @@ def _shallow(item: Any) -> dict[str, Any]:
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}
 
 
+_T = TypeVar("_T")
+
+
+def _snapshot_text(defn: "WorkflowDef") -> str:
+    return json.dumps(defn.to_snapshot(), ensure_ascii=False)
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class WorkflowDef:
     """A validated workflow: inputs, and steps in declared order."""
@@ -218,8 +225,10 @@ class WorkflowDef:
     schedules: tuple[ScheduleDef, ...] = ()
     max_cost: float | None = None  # USD of LLM cost per run; a step that would start past it waits for a person
     notify: tuple[NotifyDef, ...] = ()
-    # `snapshot()`, made at its first use and kept with the definition (which never changes).
-    _snapshot: str | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
+    # What `derived` made from this definition, by the function that made it (the definition never changes).
+    _derived: dict[Callable[..., Any], Any] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def step(self, key: str) -> StepDef:
         """Return the step with this key; KeyError if there is none."""
@@ -265,11 +274,17 @@ class WorkflowDef:
     def snapshot_json(self) -> str:
         """`to_snapshot()` as JSON text, made once per definition: every run started from it stores the same
         text, encoded once."""
-        snapshot = self._snapshot
-        if snapshot is None:
-            snapshot = json.dumps(self.to_snapshot(), ensure_ascii=False)
-            object.__setattr__(self, "_snapshot", snapshot)  # a cache, not a change: the fields stay as they are
-        return snapshot
+        return self.derived(_snapshot_text)
+
+    def derived(self, make: Callable[["WorkflowDef"], _T]) -> _T:
+        """`make(self)`, made at the first call and kept with this definition for every later one: what
+        every run of the definition starts from (its snapshot, its pending steps) is made once, not per run.
+        `make` must be a module-level function of the definition alone; two threads may both make it once."""
+        try:
+            return self._derived[make]  # type: ignore[no-any-return]
+        except KeyError:
+            value = self._derived[make] = make(self)
+            return value
 
     @classmethod
     def from_snapshot(cls, data: Mapping[str, Any]) -> Self:

@@ -19,7 +19,7 @@ from engine.definitions import WorkflowDef
 from engine.errors import Conflict, InvalidInput, NotFound
 from engine.inputs import InputError, validate_inputs
 from engine.outputs import clean_text
-from engine.readmodel import RunDetail, queued_run
+from engine.readmodel import RunDetail, RunDetailJson, queued_run, queued_run_json
 from engine.registry import declared_order
 from engine.store import fetch
 from models.status import RUN_ACTIVE, RunStatus, StepStatus
@@ -40,6 +40,14 @@ async def start_run_detail(
     return queued_run(created.id, defn, declared_order(defn, values), actor, created.created_at)
 
 
+async def start_run_json(
+    defn: WorkflowDef, inputs: Mapping[str, Any], actor: str, *, from_strings: bool = False
+) -> RunDetailJson:
+    """`start_run_detail(...).to_json()`, its steps' part made once per definition (what the API answers)."""
+    values, created = await _create(defn, inputs, actor, from_strings)
+    return queued_run_json(created.id, defn, declared_order(defn, values), actor, created.created_at)
+
+
 async def _create(
     defn: WorkflowDef, inputs: Mapping[str, Any], actor: str, from_strings: bool
 ) -> tuple[dict[str, Any], transitions.CreatedRun]:
@@ -53,8 +61,15 @@ async def _create(
         values = validate_inputs(defn, inputs, from_strings=from_strings)
     except InputError as exc:
         raise InvalidInput(str(exc), exc.problems) from None
-    steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs), s.retries) for s in defn.steps]
+    steps = defn.derived(_new_steps)
     return values, await transitions.create_run(defn.name, JsonText(defn.snapshot_json()), values, steps, actor)
+
+
+def _new_steps(defn: WorkflowDef) -> tuple[transitions.NewStep, ...]:
+    """The rows every run of `defn` starts with (made once per definition, its `needs` encoded once)."""
+    return tuple(
+        transitions.NewStep(s.key, s.label, s.kind, JsonText(json.dumps(list(s.needs))), s.retries) for s in defn.steps
+    )
 
 
 async def start_scheduled_run(defn: WorkflowDef, schedule: str, fire_time: datetime) -> int | None:
@@ -64,7 +79,7 @@ async def start_scheduled_run(defn: WorkflowDef, schedule: str, fire_time: datet
         values = validate_inputs(defn, sched.inputs)
     except InputError as exc:
         raise InvalidInput(str(exc), exc.problems) from None
-    steps = [transitions.NewStep(s.key, s.label, s.kind, list(s.needs), s.retries) for s in defn.steps]
+    steps = defn.derived(_new_steps)
     fire = records.ScheduledFire(defn.name, schedule, fire_time.astimezone(UTC))
     return await transitions.create_scheduled_run(JsonText(defn.snapshot_json()), values, steps, fire)
 

@@ -286,7 +286,36 @@ class RunDetail:
 
 def queued_run(run_id: int, defn: WorkflowDef, inputs: dict[str, Any], actor: str, created_at: datetime) -> RunDetail:
     """A run as it is created: queued, every step pending (what reading it back would show)."""
-    steps = tuple(
+    return RunDetail(
+        id=run_id,
+        workflow=defn.name,
+        status=RunStatus.QUEUED,
+        error=None,
+        inputs=inputs,
+        actor=actor,
+        owner=None,
+        heartbeat_at=None,
+        recoveries=0,
+        created_at=created_at,
+        started_at=None,
+        finished_at=None,
+        updated_at=created_at,
+        steps=defn.derived(_pending_steps),
+    )
+
+
+def queued_run_json(
+    run_id: int, defn: WorkflowDef, inputs: dict[str, Any], actor: str, created_at: datetime
+) -> RunDetailJson:
+    """`queued_run(...).to_json()`, its steps and their summary made once per definition (what starting a
+    run over the API answers: the same for every run of a definition but the run's own fields)."""
+    steps, shown = defn.derived(_pending_json)
+    return {**run_json(queued_run(run_id, defn, inputs, actor, created_at)), **shown, "cost": None, "steps": steps}
+
+
+def _pending_steps(defn: WorkflowDef) -> tuple[StepDetail, ...]:
+    """The steps of a new run of `defn`, all pending (frozen: one tuple serves every run of it)."""
+    return tuple(
         StepDetail(
             key=s.key,
             label=s.label,
@@ -311,22 +340,11 @@ def queued_run(run_id: int, defn: WorkflowDef, inputs: dict[str, Any], actor: st
         )
         for s in defn.steps
     )
-    return RunDetail(
-        id=run_id,
-        workflow=defn.name,
-        status=RunStatus.QUEUED,
-        error=None,
-        inputs=inputs,
-        actor=actor,
-        owner=None,
-        heartbeat_at=None,
-        recoveries=0,
-        created_at=created_at,
-        started_at=None,
-        finished_at=None,
-        updated_at=created_at,
-        steps=steps,
-    )
+
+
+def _pending_json(defn: WorkflowDef) -> tuple[list[StepJson], SummaryJson]:
+    steps = [s.to_json() for s in defn.derived(_pending_steps)]
+    return steps, summary(steps)
 
 
 def total_cost(costs: Iterable[CostJson]) -> CostJson:

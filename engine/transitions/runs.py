@@ -36,7 +36,7 @@ class NewStep:
     key: str
     label: str
     kind: str
-    needs: list[str]
+    needs: list[str] | JsonText  # the keys, or their JSON list encoded already
     retries: int = 0  # automatic retries its policy allows (shown as "attempt 2 of 3")
 
 

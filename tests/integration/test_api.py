@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi.responses import JSONResponse
 
 from engine.definitions import parse_definition
+from engine.readmodel import queued_run_json
 from engine.registry import Registry
 from engine.settings import Settings
 from tests import stepfns
 from tests.conftest import api_client, wait_for, wait_run
+from ui.api import OrjsonResponse
 
 RUN_FIELDS = {"id", "workflow", "status", "error", "inputs", "created_at", "started_at", "finished_at", "steps"}
 STEP_FIELDS = {
@@ -304,6 +307,17 @@ async def test_get_run_and_get_one_step(api: httpx.AsyncClient, define: Define) 
     assert r.status_code == 200
     assert r.json() == step_of(run, "two")
     assert r.json()["label"] == "Step TWO"
+
+
+def test_run_json_is_encoded_to_starlettes_bytes_and_what_orjson_refuses_falls_back() -> None:
+    """The API encodes run JSON with orjson: the same bytes as Starlette's encoder (statuses as their text,
+    also as keys); a value orjson refuses (an integer past 64 bits, which inputs and outputs are checked
+    against but an older version may have stored) takes Starlette's encoder instead of failing."""
+    defn = parse_definition({"name": "enc", "steps": [{"key": "a", "call": "tests.stepfns:noop"}]}, "")
+    run = queued_run_json(7, defn, {"topic": "é ✓", "x": 1.5, "ok": True}, "api@127.0.0.1", datetime.now(UTC))
+    assert OrjsonResponse(run).body == JSONResponse(run).body
+    beyond = {"n": 2**70, "run": run}
+    assert OrjsonResponse(beyond).body == JSONResponse(beyond).body
 
 
 async def test_logs_stay_a_list_of_lines_and_log_times_give_when_each_was_written(

@@ -74,6 +74,10 @@ async def test_a_started_run_is_returned_as_reading_it_back_shows_it(
 
     assert started.to_json() == (await queries.run_detail(started.id)).to_json()
     assert list(started.to_json()["inputs"]) == ["topic", "count", "extra"]
+    for _ in range(2):  # the API's answer; the second takes the steps' part that the first one made
+        answered = await operations.start_run_json(registry.get("shown"), inputs, "tester")
+        assert answered == (await queries.run_detail(answered["id"])).to_json()
+        assert list(answered["inputs"]) == ["topic", "count", "extra"]
 
 
 # --- retry of a step with alternatives -------------------------------------------------------------
