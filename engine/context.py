@@ -58,16 +58,7 @@ class StepContext:
         now = time.monotonic()
         if now - self._last_progress_at >= PROGRESS_MIN_INTERVAL_S or self.fraction >= 1.0:
             self._last_progress_at = now
-            self.hub.publish(
-                Change(
-                    self.run_id,
-                    ChangeKind.PROGRESS,
-                    step_key=self.step_key,
-                    attempt=self.attempt,
-                    fraction=self.fraction,
-                    message=self.message,
-                )
-            )
+            self._publish(ChangeKind.PROGRESS, fraction=self.fraction, message=self.message)
 
     def log(self, message: str) -> None:
         """Append a log line to the attempt (kept with it, with the time it was written) and show it live."""
@@ -81,16 +72,11 @@ class StepContext:
         elif len(self.logs) == MAX_LOG_LINES:
             self.log_times.append(at_ms)
             self.logs.append(f"… further log lines dropped (limit {MAX_LOG_LINES})")
-        self.hub.publish(
-            Change(
-                self.run_id,
-                ChangeKind.LOG,
-                step_key=self.step_key,
-                attempt=self.attempt,
-                at=log_time_iso(at_ms),
-                line=line,
-            )
-        )
+        self._publish(ChangeKind.LOG, at=log_time_iso(at_ms), line=line)
+
+    def _publish(self, kind: ChangeKind, **fields: Any) -> None:
+        """Tell viewers of this step's attempt what happened (`fields` as `Change` takes them)."""
+        self.hub.publish(Change(self.run_id, kind, step_key=self.step_key, attempt=self.attempt, **fields))
 
     @property
     def is_cancelled(self) -> bool:
@@ -119,7 +105,7 @@ class StepContext:
         self._streams[index] = [text] if text else []
         self._lengths[index] = len(text)
         self._unsent.pop(index, None)
-        self.hub.publish(self._tokens(index, length, "", reset=True))
+        self._publish(ChangeKind.TOKENS, tokens=TokenDelta(index, length, "", reset=True))
 
     def flush_stream(self) -> None:
         """Send viewers what they have not seen yet."""
@@ -129,11 +115,7 @@ class StepContext:
         self._last_tokens_at = time.monotonic()
         unsent, self._unsent = self._unsent, {}
         for index, (offset, chunks) in unsent.items():
-            self.hub.publish(self._tokens(index, offset, "".join(chunks)))
-
-    def _tokens(self, index: int, offset: int, text: str, reset: bool = False) -> Change:
-        delta = TokenDelta(index, offset, text, reset)
-        return Change(self.run_id, ChangeKind.TOKENS, step_key=self.step_key, attempt=self.attempt, tokens=delta)
+            self._publish(ChangeKind.TOKENS, tokens=TokenDelta(index, offset, "".join(chunks)))
 
     def stream_length(self, index: int) -> int:
         return self._lengths.get(index, 0)
