@@ -58,9 +58,7 @@ RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
         {RunStatus.WAITING, RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.QUEUED}
     ),
     RunStatus.WAITING: frozenset({RunStatus.QUEUED, RunStatus.CANCELLED}),
-    RunStatus.COMPLETED: frozenset({RunStatus.QUEUED}),
-    RunStatus.FAILED: frozenset({RunStatus.QUEUED}),
-    RunStatus.CANCELLED: frozenset({RunStatus.QUEUED}),
+    **dict.fromkeys(RUN_TERMINAL, frozenset({RunStatus.QUEUED})),
 }
 
 STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
@@ -69,16 +67,12 @@ STEP_TRANSITIONS: dict[StepStatus, frozenset[StepStatus]] = {
         {StepStatus.WAITING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.RETRYING}
     ),
     StepStatus.WAITING: frozenset({StepStatus.COMPLETED, StepStatus.PENDING}),
-    StepStatus.COMPLETED: frozenset({StepStatus.PENDING}),
-    StepStatus.FAILED: frozenset({StepStatus.PENDING}),
-    StepStatus.CANCELLED: frozenset({StepStatus.PENDING}),
+    **dict.fromkeys(STEP_FINISHED, frozenset({StepStatus.PENDING})),  # a person's rerun resets it
     # Fired at its due time (a new attempt), or ended with its run (cancelled, or failed by the sweep).
     StepStatus.RETRYING: frozenset({StepStatus.RUNNING, StepStatus.CANCELLED, StepStatus.FAILED}),
 }
 
 ATTEMPT_TRANSITIONS: dict[AttemptStatus, frozenset[AttemptStatus]] = {
-    AttemptStatus.RUNNING: frozenset({AttemptStatus.COMPLETED, AttemptStatus.FAILED, AttemptStatus.CANCELLED}),
-    AttemptStatus.COMPLETED: frozenset(),
-    AttemptStatus.FAILED: frozenset(),
-    AttemptStatus.CANCELLED: frozenset(),
+    AttemptStatus.RUNNING: ATTEMPT_TERMINAL,
+    **dict.fromkeys(ATTEMPT_TERMINAL, frozenset()),  # an attempt is never reused
 }
