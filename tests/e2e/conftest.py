@@ -306,7 +306,7 @@ def mixed_run(server: Server) -> int:
 
 @pytest.fixture(scope="module")
 def shared_context(browser: Browser) -> Iterator[BrowserContext]:
-    """The browser context of a module's `wide` and `narrow` pages. Its HTTP cache keeps NiceGUI's scripts,
+    """The browser context of a module's `page` (wide) and `narrow` pages. Its HTTP cache keeps NiceGUI's scripts,
     styles and fonts (served as immutable) from one test to the next, as a person's browser does: a page
     opened in a new context fetches and compiles them all again. What a test could leave behind is
     cleared around each test (see `new_page`)."""
@@ -337,7 +337,8 @@ def new_page(context: BrowserContext, size: dict[str, int]) -> Iterator[Page]:
 
 
 @pytest.fixture
-def wide(shared_context: BrowserContext) -> Iterator[Page]:
+def page(shared_context: BrowserContext) -> Iterator[Page]:
+    """A new page in a wide window (WIDE): the page of most browser tests."""
     yield from new_page(shared_context, WIDE)
 
 

@@ -19,8 +19,7 @@ def outputs_run(server: Server) -> int:
     return run_id
 
 
-def test_an_output_cannot_draw_over_the_page(wide: Page, server: Server, outputs_run: int, artifacts: Path) -> None:
-    page = wide
+def test_an_output_cannot_draw_over_the_page(page: Page, server: Server, outputs_run: int, artifacts: Path) -> None:
     open_run(page, server, outputs_run, "?step=overlay")
     output = body(page, "overlay").locator(".sd-output").first
     expect(output).to_contain_text("After the overlay.")
@@ -52,9 +51,8 @@ def test_an_output_cannot_draw_over_the_page(wide: Page, server: Server, outputs
 
 
 def test_a_2_mb_output_shows_a_bounded_part_and_downloads_whole(
-    wide: Page, server: Server, outputs_run: int, artifacts: Path
+    page: Page, server: Server, outputs_run: int, artifacts: Path
 ) -> None:
-    page = wide
     open_run(page, server, outputs_run, "?step=huge")
     huge = body(page, "huge")
     expect(huge).to_contain_text("line 000000")
@@ -80,8 +78,7 @@ def test_a_2_mb_output_shows_a_bounded_part_and_downloads_whole(
     assert shown() < 5_000
 
 
-def test_a_json_output_is_foldable(wide: Page, server: Server, outputs_run: int) -> None:
-    page = wide
+def test_a_json_output_is_foldable(page: Page, server: Server, outputs_run: int) -> None:
     open_run(page, server, outputs_run, "?step=nested")
     nested = body(page, "nested")
     expect(nested.locator("[data-kind=json]")).to_contain_text("sections")

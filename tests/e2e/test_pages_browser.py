@@ -35,9 +35,8 @@ def header_fits(page: Page, width: int) -> None:
 @pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
 @pytest.mark.parametrize("size", [WIDE, NARROW], ids=["1400", "390"])
 def test_pages_fit_the_window_light_and_dark(
-    wide: Page, server: Server, fifty_run: int, mixed_run: int, artifacts: Path, size: dict[str, int], dark: bool
+    page: Page, server: Server, fifty_run: int, mixed_run: int, artifacts: Path, size: dict[str, int], dark: bool
 ) -> None:
-    page = wide
     page.set_viewport_size({"width": size["width"], "height": size["height"]})
     page.emulate_media(color_scheme="dark" if dark else "light")
     for name, path, title in PAGES:
@@ -55,9 +54,8 @@ def test_pages_fit_the_window_light_and_dark(
 
 
 def test_a_row_opens_its_run_and_back_keeps_the_filters(
-    wide: Page, server: Server, fifty_run: int, mixed_run: int
+    page: Page, server: Server, fifty_run: int, mixed_run: int
 ) -> None:
-    page = wide
     page.goto(f"{server.base_url}/?status=failed")
     rows = page.locator(".runs-table tbody tr")
     expect(rows).to_have_count(1)
@@ -76,8 +74,7 @@ def test_a_row_opens_its_run_and_back_keeps_the_filters(
     expect(page.get_by_label("Search")).to_have_value("fifty")
 
 
-def test_an_unknown_page_has_the_frame_and_the_api_answers_json(wide: Page, server: Server) -> None:
-    page = wide
+def test_an_unknown_page_has_the_frame_and_the_api_answers_json(page: Page, server: Server) -> None:
     response = page.goto(f"{server.base_url}/no/such/page")
     assert response is not None and response.status == 404
     expect(page.get_by_text("There is no page here.")).to_be_visible()

@@ -27,9 +27,8 @@ from tests.integration.served import Server
 
 
 def test_navigation_bar_stays_at_the_top_after_scrolling_to_the_bottom(
-    wide: Page, server: Server, fifty_run: int, artifacts: Path
+    page: Page, server: Server, fifty_run: int, artifacts: Path
 ) -> None:
-    page = wide
     nav = open_run(page, server, fifty_run)
     expect(card(page, "s01")).to_be_in_viewport()
     expect(card(page, LAST)).not_to_be_in_viewport()
@@ -60,8 +59,7 @@ def test_navigation_bar_stays_at_the_top_after_scrolling_to_the_bottom(
     )
 
 
-def test_clicking_the_last_pill_brings_its_card_into_view(wide: Page, server: Server, fifty_run: int) -> None:
-    page = wide
+def test_clicking_the_last_pill_brings_its_card_into_view(page: Page, server: Server, fifty_run: int) -> None:
     nav = open_run(page, server, fifty_run)
     expect(card(page, LAST)).not_to_be_in_viewport()
     assert not pill_shown(page, LAST)
@@ -83,8 +81,7 @@ def test_clicking_the_last_pill_brings_its_card_into_view(wide: Page, server: Se
     assert_current(page, LAST)  # the URL follows (replaceState: no new history entry, no reload)
 
 
-def test_a_deep_link_opens_its_step_scrolled_into_view(wide: Page, server: Server, long_run: int) -> None:
-    page = wide
+def test_a_deep_link_opens_its_step_scrolled_into_view(page: Page, server: Server, long_run: int) -> None:
     nav = open_run(page, server, long_run, "?step=s200")
     target = card(page, "s200")
     expect(target).to_have_attribute("data-open", "true")
@@ -98,8 +95,7 @@ def test_a_deep_link_opens_its_step_scrolled_into_view(wide: Page, server: Serve
     expect(page.locator('[data-testid^=card-][data-open="true"]')).to_have_count(1)
 
 
-def test_n_jumps_to_the_next_failed_step_and_the_pill_strip_follows(wide: Page, server: Server, mixed_run: int) -> None:
-    page = wide
+def test_n_jumps_to_the_next_failed_step_and_the_pill_strip_follows(page: Page, server: Server, mixed_run: int) -> None:
     nav = open_run(page, server, mixed_run)
     first, second = (f"s{i:02d}" for i in FAILING_AT)
     assert not pill_shown(page, first), f"{first}'s pill is in view already: following it would prove nothing"
@@ -125,8 +121,7 @@ def test_n_jumps_to_the_next_failed_step_and_the_pill_strip_follows(wide: Page, 
     assert_current(page, second)
 
 
-def test_j_and_k_move_the_current_step_and_o_opens_and_closes_it(wide: Page, server: Server, fifty_run: int) -> None:
-    page = wide
+def test_j_and_k_move_the_current_step_and_o_opens_and_closes_it(page: Page, server: Server, fifty_run: int) -> None:
     nav = open_run(page, server, fifty_run, "?step=s05")
     assert_current(page, "s05")
     assert_card_in_view(page, nav, "s05")  # near the top too: the page scrolled exactly to it
@@ -152,8 +147,7 @@ def test_j_and_k_move_the_current_step_and_o_opens_and_closes_it(wide: Page, ser
     assert_current(page, "s31")
 
 
-def test_question_mark_shows_the_keys(wide: Page, server: Server, fifty_run: int) -> None:
-    page = wide
+def test_question_mark_shows_the_keys(page: Page, server: Server, fifty_run: int) -> None:
     open_run(page, server, fifty_run)
     keys = page.get_by_test_id("keys-help")
     expect(keys).to_have_count(0)
@@ -165,8 +159,7 @@ def test_question_mark_shows_the_keys(wide: Page, server: Server, fifty_run: int
     expect(keys).to_be_hidden()
 
 
-def test_expand_all_then_collapse_all(wide: Page, server: Server, fifty_run: int) -> None:
-    page = wide
+def test_expand_all_then_collapse_all(page: Page, server: Server, fifty_run: int) -> None:
     open_run(page, server, fifty_run)
     cards = page.locator("[data-testid^=card-][data-open]")
     opened = page.locator('[data-testid^=card-][data-open="true"]')

@@ -51,9 +51,8 @@ def test_narrow_window_stacks_cards_and_keeps_the_pills_scrollable(
 
 
 def test_the_overview_strip_shows_every_step_of_a_300_step_run_without_scrolling(
-    wide: Page, server: Server, mixed_run: int
+    page: Page, server: Server, mixed_run: int
 ) -> None:
-    page = wide
     nav = open_run(page, server, mixed_run)
     overview = page.get_by_test_id("overview")
     expect(overview).to_have_attribute("data-cells", str(LONG_RUN))
@@ -106,11 +105,10 @@ def test_a_long_unbroken_word_in_an_error_never_scrolls_the_page_sideways(
     assert box(card(page, key))["width"] <= NARROW["width"]
 
 
-def test_screenshots_light_and_dark(wide: Page, server: Server, mixed_run: int, artifacts: Path) -> None:
+def test_screenshots_light_and_dark(page: Page, server: Server, mixed_run: int, artifacts: Path) -> None:
     """The long mixed run opened at its first failure, at 1400 and 390 px, light and dark (look at them).
     Dark mode is switched with the header's toggle at 390 px (it fits on a phone) and remembered for the
     browser."""
-    page = wide
     key = f"s{FAILING_AT[0]:02d}"
 
     def resize(size: dict[str, int]) -> None:
@@ -143,9 +141,8 @@ def test_screenshots_light_and_dark(wide: Page, server: Server, mixed_run: int, 
 
 
 def test_the_system_dark_preference_is_followed_until_a_choice_is_made(
-    wide: Page, server: Server, fifty_run: int
+    page: Page, server: Server, fifty_run: int
 ) -> None:
-    page = wide
     page.emulate_media(color_scheme="dark")
     open_run(page, server, fifty_run)
     expect(page.locator("body")).to_have_class(re.compile(r"\bbody--dark\b"))
@@ -158,11 +155,10 @@ def test_the_system_dark_preference_is_followed_until_a_choice_is_made(
 
 
 def test_a_page_shows_its_loading_state_until_it_is_built_never_a_blank_page(
-    wide: Page, server: Server, fifty_run: int, artifacts: Path
+    page: Page, server: Server, fifty_run: int, artifacts: Path
 ) -> None:
     """Until the page's elements are mounted (held back here: NiceGUI's script does not arrive), the frame's
     bar and a spinner show; once they are, the loading state is gone."""
-    page = wide
     held: list[str] = []
     page.route("**/_nicegui/**/nicegui.js", lambda route: held.append(route.request.url))
     page.goto(f"{server.base_url}/runs/{fifty_run}", wait_until="commit")

@@ -31,9 +31,8 @@ from ui.theme import STATUS_COLORS, STATUS_ICONS
 
 
 def test_a_pill_changes_colour_live_when_its_step_completes(
-    wide: Page, server: Server, tmp_path: Path, artifacts: Path
+    page: Page, server: Server, tmp_path: Path, artifacts: Path
 ) -> None:
-    page = wide
     run_id, gates = open_gated_run(page, server, tmp_path, "gated-trio", "bravo")
     bravo, charlie = pill(page, "bravo"), pill(page, "charlie")
     expect(bravo).to_have_attribute("data-status", "running")
@@ -61,8 +60,7 @@ def test_a_pill_changes_colour_live_when_its_step_completes(
     assert server.run(run_id)["status"] == "completed"
 
 
-def test_a_step_that_fails_or_waits_live_opens_its_card(wide: Page, server: Server, tmp_path: Path) -> None:
-    page = wide
+def test_a_step_that_fails_or_waits_live_opens_its_card(page: Page, server: Server, tmp_path: Path) -> None:
     _, gates = open_gated_run(page, server, tmp_path, "live-attention", "bravo", "charlie")
     for key in ("alpha", "bravo", "charlie"):
         expect(card(page, key)).to_have_attribute("data-open", "false")
@@ -80,8 +78,7 @@ def test_a_step_that_fails_or_waits_live_opens_its_card(wide: Page, server: Serv
     assert page.evaluate("window.stepdeckNoReload === true"), "the page was reloaded"
 
 
-def test_the_choice_banner_jumps_to_the_waiting_step(wide: Page, server: Server, tmp_path: Path) -> None:
-    page = wide
+def test_the_choice_banner_jumps_to_the_waiting_step(page: Page, server: Server, tmp_path: Path) -> None:
     gates = gate_dir(tmp_path)
     (gates / "pick").touch()
     run_id = server.start_run("choice-at-the-end", {"gate_dir": str(gates)})
@@ -98,9 +95,8 @@ def test_the_choice_banner_jumps_to_the_waiting_step(wide: Page, server: Server,
 
 
 def test_a_watched_300_step_run_reaches_completed_soon_after_the_api(
-    wide: Page, server: Server, tmp_path: Path
+    page: Page, server: Server, tmp_path: Path
 ) -> None:
-    page = wide
     run_id, gates = open_gated_run(page, server, tmp_path, "long-gated", "gate")
     root = page.locator("#run-root")
     expect(root).to_have_attribute("data-run-status", "running")
@@ -130,8 +126,7 @@ def test_a_watched_300_step_run_reaches_completed_soon_after_the_api(
     assert set(cells) == {colour("completed")}, f"cells not completed-green: {sorted(set(cells))}"
 
 
-def test_a_tab_that_lost_its_connection_catches_up_without_reload(wide: Page, server: Server, tmp_path: Path) -> None:
-    page = wide
+def test_a_tab_that_lost_its_connection_catches_up_without_reload(page: Page, server: Server, tmp_path: Path) -> None:
     run_id, gates = open_gated_run(page, server, tmp_path, "gated-trio", "bravo")
     bravo = pill(page, "bravo")
     expect(bravo).to_have_attribute("data-status", "running")
@@ -152,8 +147,7 @@ def test_a_tab_that_lost_its_connection_catches_up_without_reload(wide: Page, se
     assert page.evaluate("window.stepdeckNoReload === true"), "the page was reloaded to catch up"
 
 
-def test_a_model_starting_to_write_opens_its_card_and_streams_there(wide: Page, server: Server, tmp_path: Path) -> None:
-    page = wide
+def test_a_model_starting_to_write_opens_its_card_and_streams_there(page: Page, server: Server, tmp_path: Path) -> None:
     run_id, gates = open_gated_run(page, server, tmp_path, "live-llm", "gate")
     write = card(page, "write")
     expect(write).to_have_attribute("data-open", "false")
@@ -173,9 +167,8 @@ DRAWN = """e => { const r = e.getBoundingClientRect();
 
 
 def test_a_log_line_arrives_live_after_the_time_it_was_written(
-    wide: Page, server: Server, tmp_path: Path, artifacts: Path
+    page: Page, server: Server, tmp_path: Path, artifacts: Path
 ) -> None:
-    page = wide
     run_id, gates = open_gated_run(page, server, tmp_path, "live-log", "talk")
     pill(page, "talk").click()
     expect(card(page, "talk")).to_have_attribute("data-open", "true")
@@ -203,8 +196,7 @@ def test_a_log_line_arrives_live_after_the_time_it_was_written(
     page.wait_for_function(DRAWN, arg=lines.first.element_handle())
 
 
-def test_a_long_log_is_a_screenful_high_and_scrolls(wide: Page, server: Server) -> None:
-    page = wide
+def test_a_long_log_is_a_screenful_high_and_scrolls(page: Page, server: Server) -> None:
     run_id = server.start_run("long-log", {})
     server.wait_run(run_id, "completed")
     open_run(page, server, run_id)

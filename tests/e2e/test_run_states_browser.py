@@ -36,12 +36,11 @@ def shoot_all(page: Page, server: Server, run_id: int, query: str, name: str, ar
             screenshot(page, artifacts, f"run-{name}-{size['width']}-{'dark' if dark else 'light'}.png")
 
 
-def test_waiting_cut_off_and_stale_states(wide: Page, server: Server, artifacts: Path) -> None:
+def test_waiting_cut_off_and_stale_states(page: Page, server: Server, artifacts: Path) -> None:
     run_id = server.start_run("states")
     run = server.wait_run(run_id, "waiting", timeout_s=60)
     assert run["truncated_steps"] == ["short"] and run["needs_choice"] == ["draft"]
 
-    page = wide
     open_run(page, server, run_id)
     expect(page.get_by_text("A choice is needed: Drafts")).to_be_visible()
     expect(page.get_by_text("Cut off at the token limit: Too short")).to_be_visible()
