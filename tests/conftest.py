@@ -36,7 +36,7 @@ keep_bytecode()
 import httpx
 from fastapi import FastAPI
 
-from engine import audit, leases, queries
+from engine import audit, leases, operations, queries
 from engine.db import close_database, open_database
 from engine.definitions import WorkflowDef, parse_definition
 from engine.engine import Engine
@@ -267,6 +267,14 @@ async def wait_run(run_id: int, *statuses: str, timeout_s: float = 10.0) -> str:
 
     result: str = await wait_for(check, timeout_s, f"run {run_id} to be {'/'.join(statuses)}")
     return result
+
+
+async def run_to_end(defn: WorkflowDef, ends: str, timeout_s: float = 10.0) -> int:
+    """Start a run of `defn` as "tester", wait until it completes or fails, and check that it `ends` so
+    ("completed" or "failed"); returns its id."""
+    run_id = await operations.start_run(defn, {}, "tester")
+    assert await wait_run(run_id, "completed", "failed", timeout_s=timeout_s) == ends
+    return run_id
 
 
 def as_json(document: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from engine.registry import Registry
 from engine.settings import Settings
 from engine.store import fetch
 from tests import stepfns
-from tests.conftest import attempts_of, engine_running, run_status, step_of, wait_for, wait_run
+from tests.conftest import attempts_of, engine_running, run_status, run_to_end, step_of, wait_for, wait_run
 
 Define = Callable[..., Any]
 SLEEP_INPUT = {"sleep_s": {"type": "number", "default": 30}}
@@ -124,8 +124,7 @@ async def test_a_step_that_exceeds_its_timeout_fails_with_a_timeout_error(
     define("t-async", [{"key": "slow", "call": "tests.stepfns:sleepy", "timeout_s": 0.3}], inputs=SLEEP_INPUT)
     async with engine_running(settings.with_overrides(cancel_grace_s=NO_GRACE_S)):
         started = time.monotonic()
-        run_id = await operations.start_run(registry.get("t-async"), {}, "tester")
-        assert await wait_run(run_id, "completed", "failed", timeout_s=PROMPT_S) == "failed"
+        run_id = await run_to_end(registry.get("t-async"), "failed", timeout_s=PROMPT_S)
         assert time.monotonic() - started < PROMPT_S
     run = (await queries.run_detail(run_id)).to_json()
     assert run["error"] == "step 'slow' failed: timed out after 0.3 s"
@@ -143,8 +142,7 @@ async def test_a_sync_step_that_exceeds_its_timeout_is_told_to_stop(
     engine: Engine, define: Define, registry: Registry
 ) -> None:
     define("t-sync", [{"key": "block", "call": "tests.stepfns:blocking_watch", "timeout_s": 0.3}])
-    run_id = await operations.start_run(registry.get("t-sync"), {}, "tester")
-    assert await wait_run(run_id, "completed", "failed", timeout_s=5) == "failed"
+    run_id = await run_to_end(registry.get("t-sync"), "failed", timeout_s=5)
     assert (await step_of(run_id, "block"))["error"] == "timed out after 0.3 s"
     await wait_for(lambda: calls("blocking_saw_cancel"), PROMPT_S, "the sync step to see ctx.is_cancelled")
 
@@ -159,8 +157,7 @@ async def test_a_chain_of_sync_steps_sees_each_predecessors_output(
     steps += [{"key": f"s{i}", "call": "tests.stepfns:collect", "needs": [f"s{i - 1}"]} for i in range(1, 5)]
     steps.append({"key": "join", "call": "tests.stepfns:collect", "needs": ["s2", "s4"]})
     define("chain-out", steps)
-    run_id = await operations.start_run(registry.get("chain-out"), {}, "tester")
-    assert await wait_run(run_id, "completed", "failed") == "completed"
+    run_id = await run_to_end(registry.get("chain-out"), "completed")
     outputs = {s["key"]: s["output"] for s in (await queries.run_detail(run_id)).to_json()["steps"]}
     assert outputs["s1"] == {"s0": outputs["s0"]}
     for i in range(2, 5):
@@ -185,8 +182,7 @@ async def test_a_branch_that_found_no_free_slot_runs_once_the_chain_beside_it_go
     two_slots = dataclasses.replace(settings, max_concurrent_steps=2)
     stepfns.reset()
     async with engine_running(two_slots, registry) as eng:
-        run_id = await operations.start_run(registry.get("chain-fan"), {}, "tester")
-        assert await wait_run(run_id, "completed", "failed") == "completed"
+        run_id = await run_to_end(registry.get("chain-fan"), "completed")
         detail = (await queries.run_detail(run_id)).to_json()
         assert {s["key"]: s["status"] for s in detail["steps"]} == {s["key"]: "completed" for s in steps}
         assert detail["steps"][-1]["output"] == {"right1": {"right0": {"right": {"root": "ok"}}}}
@@ -205,8 +201,7 @@ async def test_a_chained_sync_step_past_its_timeout_fails_and_is_told_to_stop(
             {"key": "after", "call": "tests.stepfns:noop", "needs": ["block"]},
         ],
     )
-    run_id = await operations.start_run(registry.get("chain-timeout"), {}, "tester")
-    assert await wait_run(run_id, "completed", "failed", timeout_s=PROMPT_S) == "failed"
+    run_id = await run_to_end(registry.get("chain-timeout"), "failed", timeout_s=PROMPT_S)
     assert (await step_of(run_id, "block"))["error"] == "timed out after 0.3 s"
     assert (await step_of(run_id, "after"))["status"] != "completed"
     await wait_for(lambda: calls("blocking_saw_cancel"), PROMPT_S, "the chained step to see ctx.is_cancelled")
@@ -240,8 +235,7 @@ async def test_a_timeout_error_raised_by_the_step_itself_is_not_our_timeout(
     engine: Engine, define: Define, registry: Registry
 ) -> None:
     define("t-own", [{"key": "api", "call": "tests.stepfns:own_timeout", "timeout_s": 30}])
-    run_id = await operations.start_run(registry.get("t-own"), {}, "tester")
-    assert await wait_run(run_id, "completed", "failed") == "failed"
+    run_id = await run_to_end(registry.get("t-own"), "failed")
     step = await step_of(run_id, "api")
     assert step["error"] == "TimeoutError: the upstream API timed out"
     assert "timed out after" not in step["error"]
@@ -256,8 +250,7 @@ async def test_the_traceback_of_a_sync_step_raising_timeout_error_shows_the_step
 ) -> None:
     """error_detail is there to find the failing line: it must reach into the step function."""
     define("t-own-tb", [{"key": "api", "call": "tests.stepfns:own_timeout"}])
-    run_id = await operations.start_run(registry.get("t-own-tb"), {}, "tester")
-    assert await wait_run(run_id, "completed", "failed") == "failed"
+    run_id = await run_to_end(registry.get("t-own-tb"), "failed")
     detail = (await step_of(run_id, "api"))["error_detail"]
     assert "in own_timeout" in detail, detail
 
@@ -269,8 +262,7 @@ async def test_a_raising_step_fails_with_its_error_and_traceback(
     engine: Engine, define: Define, registry: Registry
 ) -> None:
     define("err", [{"key": "x", "call": "tests.stepfns:boom"}, {"key": "y", "call": "tests.stepfns:noop"}])
-    run_id = await operations.start_run(registry.get("err"), {}, "tester")
-    assert await wait_run(run_id, "completed", "failed") == "failed"
+    run_id = await run_to_end(registry.get("err"), "failed")
     run = (await queries.run_detail(run_id)).to_json()
     assert run["error"] == "step 'x' failed: ValueError: the step exploded"
     x, y = run["steps"]
@@ -297,8 +289,7 @@ async def test_independent_branches_complete_when_another_branch_fails(
         ],
         inputs={"sleep_s": {"type": "number", "default": 0.2}},
     )
-    run_id = await operations.start_run(registry.get("branches"), {}, "tester")
-    assert await wait_run(run_id, "completed", "failed") == "failed"
+    run_id = await run_to_end(registry.get("branches"), "failed")
     run = (await queries.run_detail(run_id)).to_json()
     assert {s["key"]: s["status"] for s in run["steps"]} == {
         "bad": "failed",
@@ -318,8 +309,7 @@ async def test_retry_of_a_failed_step_completes_the_run_in_a_second_attempt(
         "retry",
         [{"key": "flaky", "call": "tests.stepfns:fail_first"}, {"key": "use", "call": "tests.stepfns:use_upstream"}],
     )
-    run_id = await operations.start_run(registry.get("retry"), {}, "tester")
-    assert await wait_run(run_id, "completed", "failed") == "failed"
+    run_id = await run_to_end(registry.get("retry"), "failed")
     assert (await step_of(run_id, "flaky"))["error"] == "RuntimeError: transient failure"
     plan = await operations.rerun_from(run_id, "flaky", "alice")
     assert plan.rerun == ["flaky", "use"]
@@ -375,8 +365,7 @@ async def test_a_wrong_number_of_alternatives_fails_the_step(
 
 async def test_an_output_that_is_not_json_fails_the_step(engine: Engine, define: Define, registry: Registry) -> None:
     define("notjson", [{"key": "x", "call": "tests.stepfns:not_json"}])
-    run_id = await operations.start_run(registry.get("notjson"), {}, "tester")
-    assert await wait_run(run_id, "completed", "failed") == "failed"
+    run_id = await run_to_end(registry.get("notjson"), "failed")
     x = await step_of(run_id, "x")
     assert x["error"].startswith("OutputError: output: object is not a JSON value")
     [attempt] = await attempts_of(run_id, "x")
@@ -385,8 +374,7 @@ async def test_an_output_that_is_not_json_fails_the_step(engine: Engine, define:
 
 async def test_progress_and_logs_are_stored_on_the_attempt(engine: Engine, define: Define, registry: Registry) -> None:
     define("prog", [{"key": "p", "call": "tests.stepfns:progress_and_logs"}])
-    run_id = await operations.start_run(registry.get("prog"), {}, "tester")
-    assert await wait_run(run_id, "completed", "failed") == "completed"
+    run_id = await run_to_end(registry.get("prog"), "completed")
     p = await step_of(run_id, "p")
     assert (p["progress"], p["progress_message"], p["logs"]) == (1.0, "part 3", ["line 1", "line 2", "line 3"])
 
@@ -407,8 +395,7 @@ async def test_parallel_branches_run_at_the_same_time_and_the_join_sees_all(
         ],
         inputs={"sleep_s": {"type": "number", "default": 0.5}},
     )
-    run_id = await operations.start_run(registry.get("fan"), {}, "tester")
-    assert await wait_run(run_id, "completed", "failed") == "completed"
+    run_id = await run_to_end(registry.get("fan"), "completed")
     assert (await step_of(run_id, "join"))["output"] == {"a": "a woke", "b": "b woke", "c": "c woke"}
     branches = [a for a in await queries.list_attempts(run_id) if a["step"] in ("a", "b", "c")]
     starts = [datetime.fromisoformat(str(a["started_at"])) for a in branches]

@@ -22,7 +22,7 @@ from engine.registry import Registry
 from engine.settings import Settings
 from engine.store import fetch, run_batch
 from tests import stepfns
-from tests.conftest import attempts_of, engine_running, step_of, wait_for, wait_run
+from tests.conftest import attempts_of, engine_running, run_to_end, step_of, wait_for, wait_run
 
 Define = Callable[..., Any]
 LINES = ["first", "second", "third"]
@@ -80,8 +80,7 @@ async def test_each_log_line_is_stored_with_the_time_it_was_written(
     engine: Engine, define: Define, log_notices: list[Change], call: str, registry: Registry
 ) -> None:
     define("timed", [{"key": "t", "call": call}])
-    run_id = await operations.start_run(registry.get("timed"), {}, "tester")
-    assert await wait_run(run_id, "completed", "failed") == "completed"
+    run_id = await run_to_end(registry.get("timed"), "completed")
     row = await _attempt_row(run_id)
     assert row["status"] == "completed"
     times = _assert_times_of_the_lines(row)
@@ -105,8 +104,7 @@ async def test_a_failed_attempt_keeps_the_times_of_its_lines(
     engine: Engine, define: Define, call: str, registry: Registry
 ) -> None:
     define("timed-fail", [{"key": "t", "call": call}], inputs={"fail": {"type": "boolean", "default": True}})
-    run_id = await operations.start_run(registry.get("timed-fail"), {}, "tester")
-    assert await wait_run(run_id, "completed", "failed") == "failed"
+    run_id = await run_to_end(registry.get("timed-fail"), "failed")
     row = await _attempt_row(run_id)
     assert row["status"] == "failed"
     _assert_times_of_the_lines(row)
@@ -141,8 +139,7 @@ async def test_lines_of_an_attempt_stored_without_times_are_shown_without_times(
     engine: Engine, define: Define, registry: Registry
 ) -> None:
     define("timed-old", [{"key": "t", "call": "tests.stepfns:timed_logs"}])
-    run_id = await operations.start_run(registry.get("timed-old"), {}, "tester")
-    assert await wait_run(run_id, "completed", "failed") == "completed"
+    run_id = await run_to_end(registry.get("timed-old"), "completed")
     # What an attempt made before times were kept looks like (the column the migration added is null).
     await run_batch([Stmt("UPDATE attempts SET log_times = NULL WHERE run_id = ?", (run_id,))])
     step = await step_of(run_id, "t")

@@ -15,7 +15,7 @@ import pytest
 from engine import logs, operations
 from engine.engine import Engine
 from engine.registry import Registry
-from tests.conftest import wait_run
+from tests.conftest import run_to_end, wait_run
 
 Define = Callable[..., Any]
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,8 +57,7 @@ async def test_lines_logged_in_a_step_carry_the_run_step_attempt_and_worker(
         ],
     )
     with caplog.at_level(logging.WARNING, logger=USER.name):
-        run_id = await operations.start_run(registry.get("talk"), {}, "tester")
-        assert await wait_run(run_id, "completed", "failed") == "completed"
+        run_id = await run_to_end(registry.get("talk"), "completed")
     for key, kind in (("one", "sync"), ("two", "async")):
         [record] = spoken(caplog, f"{kind} step {key} speaking")
         fields = {name: getattr(record, name) for name in logs.FIELDS}
@@ -74,8 +73,7 @@ async def test_a_chain_of_sync_steps_logs_each_step_under_its_own_key(
     keys = [f"s{i}" for i in range(6)]
     define("chain-talk", [{"key": k, "call": "tests.integration.test_logs:sync_talker"} for k in keys])
     with caplog.at_level(logging.WARNING, logger=USER.name):
-        run_id = await operations.start_run(registry.get("chain-talk"), {}, "tester")
-        assert await wait_run(run_id, "completed", "failed") == "completed"
+        run_id = await run_to_end(registry.get("chain-talk"), "completed")
     for key in keys:
         [record] = spoken(caplog, f"sync step {key} speaking")
         assert (record.run_id, record.step, record.attempt) == (run_id, key, 1)  # type: ignore[attr-defined]
@@ -86,8 +84,7 @@ async def test_a_retried_step_logs_its_new_attempt(
 ) -> None:
     define("retry-talk", [{"key": "flaky", "call": "tests.integration.test_logs:failing_talker"}])
     with caplog.at_level(logging.WARNING, logger=USER.name):
-        run_id = await operations.start_run(registry.get("retry-talk"), {}, "tester")
-        assert await wait_run(run_id, "completed", "failed") == "failed"
+        run_id = await run_to_end(registry.get("retry-talk"), "failed")
         await operations.rerun_from(run_id, "flaky", "alice")
         assert await wait_run(run_id, "completed", "failed") == "completed"
     attempts = {n: spoken(caplog, f"attempt {n} speaking") for n in (1, 2)}

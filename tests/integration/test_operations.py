@@ -18,7 +18,7 @@ from engine.settings import Settings
 from engine.store import fetch
 from models.status import RUN_TRANSITIONS, STEP_TRANSITIONS, RunStatus, StepStatus
 from tests import stepfns
-from tests.conftest import attempts_of, engine_running, events_of, run_status, step_of, wait_for, wait_run
+from tests.conftest import attempts_of, engine_running, events_of, run_status, run_to_end, step_of, wait_for, wait_run
 
 Define = Callable[..., Any]
 
@@ -187,8 +187,7 @@ async def test_rerun_plan_previews_without_changing_anything(
             {"key": "c", "call": "tests.stepfns:noop", "needs": ["b"]},
         ],
     )
-    run_id = await operations.start_run(registry.get("plan"), {}, "tester")
-    assert await wait_run(run_id, "completed", "failed") == "completed"
+    run_id = await run_to_end(registry.get("plan"), "completed")
     events_before = await events_of(run_id)
     plan = await operations.rerun_plan(run_id, "b")
     assert (plan.rerun, plan.keep, plan.allowed, plan.reason) == (["b", "c"], ["a", "side"], True, None)
@@ -364,8 +363,7 @@ async def test_concurrent_reruns_of_a_completed_run_take_effect_once(
         ],
         inputs={"sleep_s": {"type": "number", "default": 0.2}},
     )
-    run_id = await operations.start_run(registry.get("double"), {}, "tester")
-    assert await wait_run(run_id, "completed", "failed") == "completed"
+    run_id = await run_to_end(registry.get("double"), "completed")
     await rerun_five_at_once(run_id, "gen")
     gen = await step_of(run_id, "gen")
     assert (gen["attempt"], gen["output"]) == (2, ["call2-alt0"])  # one alternative: the list is the output
@@ -380,8 +378,7 @@ async def test_concurrent_retries_of_a_failed_step_take_effect_once(
     engine: Engine, define: Define, registry: Registry
 ) -> None:
     define("flaky", [{"key": "a", "call": "tests.stepfns:fail_first"}, {"key": "b", "call": "tests.stepfns:noop"}])
-    run_id = await operations.start_run(registry.get("flaky"), {}, "tester")
-    assert await wait_run(run_id, "completed", "failed") == "failed"
+    run_id = await run_to_end(registry.get("flaky"), "failed")
     await rerun_five_at_once(run_id, "a")
     a = await step_of(run_id, "a")
     assert (a["attempt"], a["output"]) == (2, "succeeded on call 2")

@@ -3,10 +3,10 @@
 from collections.abc import Callable
 from typing import Any
 
-from engine import operations, queries
+from engine import queries
 from engine.engine import Engine
 from engine.registry import Registry
-from tests.conftest import wait_run
+from tests.conftest import run_to_end, wait_run
 
 
 async def test_linear_run_completes_with_outputs_passed_downstream(
@@ -19,8 +19,7 @@ async def test_linear_run_completes_with_outputs_passed_downstream(
             {"key": "use", "call": "tests.stepfns:use_upstream"},
         ],
     )
-    run_id = await operations.start_run(registry.get("lin"), {}, "tester")
-    assert await wait_run(run_id, "completed", "failed") == "completed"
+    run_id = await run_to_end(registry.get("lin"), "completed")
     run = (await queries.run_detail(run_id)).to_json()
     assert [s["key"] for s in run["steps"]] == ["gen", "use"]
     assert run["steps"][0]["alternatives"] == ["call1-alt0", "call1-alt1"]
