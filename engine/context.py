@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from engine.hub import Change, ChangeKind, Hub, TokenDelta
 from engine.readmodel import log_time_iso
@@ -21,6 +21,16 @@ TOKENS_MIN_INTERVAL_S = 0.1  # streamed text reaches viewers in batches, however
 class WaitForPerson(StepdeckError):
     """The step cannot do its work until a person acts (a budget is reached): its attempt ends without
     output and the step waits; "Resume from here" runs it again. The message says why, for people."""
+
+
+class Notice(TypedDict, total=False):
+    """What an ephemeral notice of a step's attempt carries (the fields of `Change` it sets)."""
+
+    fraction: float
+    message: str | None
+    at: str | None
+    line: str
+    tokens: TokenDelta
 
 
 @dataclass(eq=False)
@@ -74,9 +84,9 @@ class StepContext:
             self.logs.append(f"… further log lines dropped (limit {MAX_LOG_LINES})")
         self._publish(ChangeKind.LOG, at=log_time_iso(at_ms), line=line)
 
-    def _publish(self, kind: ChangeKind, **fields: Any) -> None:
-        """Tell viewers of this step's attempt what happened (`fields` as `Change` takes them)."""
-        self.hub.publish(Change(self.run_id, kind, step_key=self.step_key, attempt=self.attempt, **fields))
+    def _publish(self, kind: ChangeKind, **notice: Unpack[Notice]) -> None:
+        """Tell viewers of this step's attempt what happened: progress, a log line or streamed text."""
+        self.hub.publish(Change(self.run_id, kind, step_key=self.step_key, attempt=self.attempt, **notice))
 
     @property
     def is_cancelled(self) -> bool:
