@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -64,7 +65,7 @@ class RunDriver:
     steps: dict[str, StepState] = field(default_factory=dict)
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     contexts: dict[str, StepContext] = field(default_factory=dict)
-    dependents: dict[str, list[str]] = field(default_factory=dict)
+    dependents: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # its definition's (shared)
     inputs: dict[str, Any] = field(default_factory=dict)
     _signal: asyncio.Future[None] | None = None  # resolved by outside changes to wake the loop
     _running_at_stop: list[str] = field(default_factory=list)
@@ -143,11 +144,9 @@ class RunDriver:
 
     async def _load(self) -> tuple[WorkflowDef, dict[str, Any]]:
         rows = await fetch("SELECT definition, inputs FROM runs WHERE id = ?", (self.run_id,), engine=True)
-        defn = WorkflowDef.from_snapshot(_json(rows[0]["definition"]))
-        self.dependents = {s.key: [] for s in defn.steps}
-        for s in defn.steps:
-            for need in s.needs:
-                self.dependents[need].append(s.key)
+        stored = rows[0]["definition"]
+        defn = _definition(stored) if isinstance(stored, str) else WorkflowDef.from_snapshot(stored)
+        self.dependents = defn.derived(_direct_dependents)
         await self._refresh(defn)
         return defn, _json(rows[0]["inputs"])
 
@@ -178,7 +177,7 @@ class RunDriver:
             )
         self.dirty = False
 
-    def _ready(self, candidates: list[str]) -> list[StepState]:
+    def _ready(self, candidates: Sequence[str]) -> list[StepState]:
         if self.draining:
             return []
         ready = []
@@ -378,6 +377,22 @@ def _datetime(value: Any) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
     return datetime.fromisoformat(str(value))
+
+
+@functools.lru_cache(maxsize=64)
+def _definition(snapshot: str) -> WorkflowDef:
+    """The definition a run stored, by its text: the runs of one definition store the same text, and share
+    one (frozen) definition rather than each parsing its own."""
+    return WorkflowDef.from_snapshot(json.loads(snapshot))
+
+
+def _direct_dependents(defn: WorkflowDef) -> Mapping[str, tuple[str, ...]]:
+    """For each step, the steps that need it directly, in declared order."""
+    dependents: dict[str, list[str]] = {s.key: [] for s in defn.steps}
+    for s in defn.steps:
+        for need in s.needs:
+            dependents[need].append(s.key)
+    return {key: tuple(keys) for key, keys in dependents.items()}
 
 
 def _json(value: Any) -> Any:
