@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import os
 import secrets
 import socket
@@ -26,6 +25,7 @@ from engine.driver import RunDriver
 from engine.hub import Change, ChangeKind, Hub
 from engine.llm import providers
 from engine.llm.model_check import log_model_warnings
+from engine.llm.openai_compat import import_client
 from engine.notify.notifier import Notifier
 from engine.registry import Registry
 from engine.settings import Settings
@@ -92,7 +92,7 @@ class Engine:
         forks.install()
         if providers.provider_name(self.settings) != providers.SIMULATED:
             # The model client takes about a second to import: not on the event loop at the first LLM step.
-            self._loops.append(asyncio.create_task(_import_in_thread("openai"), name="stepdeck-import"))
+            self._loops.append(asyncio.create_task(import_client(), name="stepdeck-import"))
             # Models the definitions name that the endpoint does not list: a warning in the log, never a refusal.
             check = log_model_warnings(self.settings, self.workflows.definitions.values(), self.providers)
             self._loops.append(asyncio.create_task(check, name="stepdeck-model-check"))
@@ -334,7 +334,3 @@ class Engine:
             driver = self.drivers.get(row["id"])
             if driver and (row["status"] != RunStatus.RUNNING or row["owner"] != driver.owner):
                 driver.stop(StopReason.CANCELLED if row["status"] == RunStatus.CANCELLED else StopReason.LOST)
-
-
-async def _import_in_thread(module: str) -> None:
-    await asyncio.to_thread(importlib.import_module, module)

@@ -11,6 +11,7 @@ their context window. The API key never leaves this module: messages are scrubbe
 from __future__ import annotations
 
 import asyncio
+import importlib
 import random
 import time
 from typing import TYPE_CHECKING, Any, cast
@@ -46,6 +47,19 @@ INFO_TIMEOUT_S = 5.0  # GET /v1/models and /props: metadata, never worth a long 
 INFO_MEMORY_S = 600.0  # how long a model list or a context window is believed
 
 
+_imported = False  # `openai` has been imported (by `import_client`)
+
+
+async def import_client() -> None:
+    """Import the `openai` package in a thread, once. It takes about a second: on the event loop, the
+    first LLM step would stop every run and page for that long (and an import in a thread already under
+    way would make the loop wait for it: Python locks a module while it is being imported)."""
+    global _imported
+    if not _imported:
+        await asyncio.to_thread(importlib.import_module, "openai")
+        _imported = True
+
+
 class _Retryable(StepdeckError):
     def __init__(self, message: str, delay_s: float | None) -> None:
         super().__init__(message)
@@ -66,8 +80,6 @@ class OpenAIProvider:
     def __init__(
         self, base_url: str, api_key: str, retries: int, retry_base_s: float, limits: RequestLimits | None = None
     ) -> None:
-        import openai
-
         install_log_redaction()  # the HTTP client logs every request's URL at INFO
         if has_userinfo(base_url):
             raise ProviderError(
@@ -83,14 +95,8 @@ class OpenAIProvider:
         # the base URL, the client would splice the path after them.
         base_url, query = split_query(base_url)
         self._root = base_url.rstrip("/").removesuffix("/v1")
-        # Retries are ours (so they are bounded, logged and recorded); the client must not add its own.
-        self._client = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=api_key or "none",
-            max_retries=0,
-            timeout=openai.Timeout(600.0),
-            default_query=query or None,
-        )
+        self._api_key, self._base_url, self._query = api_key, base_url, query
+        self._made: openai.AsyncOpenAI | None = None  # made at the first request (`_client`)
         self._n: Memory[bool] = Memory()
         self._contexts: Memory[int] = Memory(INFO_MEMORY_S)  # 0: the endpoint does not say
         self._models: Memory[frozenset[str]] = Memory(INFO_MEMORY_S)
@@ -104,17 +110,35 @@ class OpenAIProvider:
     def refuses_n(self, model: str) -> None:
         self._n.set(model, False)
 
+    async def _client(self) -> openai.AsyncOpenAI:
+        """The HTTP client, made at the first request, once `openai` is imported (in a thread)."""
+        if self._made is None:
+            await import_client()
+            import openai
+
+            # Retries are ours (so they are bounded, logged and recorded); the client must not add its own.
+            self._made = openai.AsyncOpenAI(
+                base_url=self._base_url,
+                api_key=self._api_key or "none",
+                max_retries=0,
+                timeout=openai.Timeout(600.0),
+                default_query=self._query or None,
+            )
+        return self._made
+
     async def close(self) -> None:
-        await self._client.close()
+        if self._made is not None:
+            await self._made.close()
 
     # --- metadata ---
 
     async def _get_json(self, url: str) -> Any:
         """GET a JSON document from the endpoint; None when it does not answer with one."""
+        client = await self._client()
         import openai
 
         try:  # outside the request limits: rare (remembered for minutes) and not what those limits count
-            return await self._client.get(url, cast_to=object, options={"timeout": INFO_TIMEOUT_S})
+            return await client.get(url, cast_to=object, options={"timeout": INFO_TIMEOUT_S})
         except (openai.APIError, ValueError, OSError) as exc:
             log.debug("GET %s: %s", url, self.scrub(str(exc)))
             return None
@@ -186,6 +210,7 @@ class OpenAIProvider:
         return exc
 
     async def _stream(self, request: Request, call: Call, sink: Sink, first_index: int, started: float) -> None:
+        client = await self._client()
         import httpx2  # the HTTP client of the openai package: its transport errors surface mid-stream
         import openai
 
@@ -200,7 +225,7 @@ class OpenAIProvider:
         try:
             # The official client makes the request (auth, base URL, timeouts, errors by status); the
             # stream is read raw: building a typed object per chunk would double the client's cost.
-            async with self._client.chat.completions.with_streaming_response.create(
+            async with client.chat.completions.with_streaming_response.create(
                 model=request.model,
                 messages=cast(Any, list(request.messages)),
                 stream=True,
