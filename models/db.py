@@ -13,11 +13,12 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from tortoise import Tortoise
+from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.connection import connections
 
 from models.errors import DatabaseUnavailable
 from models.migrator import apply_pending
-from models.schema import is_postgres, migration_lock
+from models.schema import TORTOISE_PARAMS, dsn, is_postgres, migration_lock
 
 DEFAULT_DB_URL = "sqlite://data/stepdeck.db"
 MODEL_MODULES = ["models.tables"]
@@ -65,9 +66,9 @@ TORTOISE_PG_POOL = {"minsize": "1", "maxsize": "2"}
 
 
 def tortoise_config(db_url: str) -> dict[str, Any]:
-    url = with_sqlite_pragmas(db_url) if is_sqlite(db_url) else _with_pool_sizes(db_url)
+    connection = with_sqlite_pragmas(db_url) if is_sqlite(db_url) else _postgres_connection(db_url)
     return {
-        "connections": {"default": url},
+        "connections": {"default": connection},
         "apps": {
             "models": {
                 "models": MODEL_MODULES,
@@ -80,10 +81,15 @@ def tortoise_config(db_url: str) -> dict[str, Any]:
     }
 
 
-def _with_pool_sizes(db_url: str) -> str:
+def _postgres_connection(db_url: str) -> dict[str, Any]:
+    """Tortoise's connection to PostgreSQL: its own parameters (pool sizes) from the URL, and the URL's
+    libpq ones (`sslmode`…) through the DSN that `models.pg_client` connects with."""
     parts = urlsplit(db_url)
-    query = {**TORTOISE_PG_POOL, **dict(parse_qsl(parts.query))}
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    own = {**TORTOISE_PG_POOL, **{k: v for k, v in parse_qsl(parts.query) if k in TORTOISE_PARAMS}}
+    config = expand_db_url(urlunsplit(parts._replace(scheme="postgres", query=urlencode(own))))
+    config["engine"] = "models.pg_client"
+    config["credentials"]["dsn"] = dsn(db_url)
+    return config
 
 
 def check_url(db_url: str, *, must_exist: bool = False) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 from tortoise import Tortoise
@@ -24,10 +24,29 @@ def is_postgres(url: str) -> bool:
     return url.split(":", 1)[0] in ("postgres", "postgresql")
 
 
+# Query parameters of a PostgreSQL URL that size or tune Tortoise's pool: not libpq's (asyncpg would send
+# an unknown one to the server as a setting, and the server refuses it).
+TORTOISE_PARAMS = frozenset(
+    {
+        "minsize",
+        "maxsize",
+        "max_queries",
+        "max_inactive_connection_lifetime",
+        "timeout",
+        "statement_cache_size",
+        "max_cached_statement_lifetime",
+        "max_cacheable_statement_size",
+        "schema",
+    }
+)
+
+
 def dsn(url: str) -> str:
-    """A PostgreSQL URL as asyncpg takes it: Tortoise's own query parameters (pool sizes…) left out."""
+    """A PostgreSQL URL as asyncpg takes it: libpq's parameters kept (`sslmode`, `sslrootcert`,
+    `target_session_attrs`…, which asyncpg reads as libpq does), Tortoise's pool parameters left out."""
     parts = urlsplit(url)
-    return urlunsplit(("postgresql", parts.netloc, parts.path, "", ""))
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in TORTOISE_PARAMS])
+    return urlunsplit(("postgresql", parts.netloc, parts.path, query, ""))
 
 
 def where(url: str) -> str:
@@ -65,9 +84,9 @@ async def migration_lock(db_url: str) -> AsyncIterator[None]:
 async def schema_mismatch(config: dict[str, Any]) -> tuple[list[str], list[str]]:
     """How the database of a Tortoise `config` differs from the code's migrations (`app.name` each): those
     it lacks, and those it has that this code does not know (a newer version migrated it). Changes nothing."""
-    url = config["connections"]["default"]
-    if is_postgres(url):
-        await (await connect(url)).close()  # an unreachable server: DatabaseUnavailable, said plainly
+    connection = config["connections"]["default"]
+    if isinstance(connection, dict):  # PostgreSQL (`models.db.tortoise_config`)
+        await (await connect(connection["credentials"]["dsn"])).close()  # unreachable: DatabaseUnavailable
     await Tortoise.init(config=config, _enable_global_fallback=True)
     try:
         executor = MigrationExecutor(get_connection("default"), config["apps"])

@@ -7,6 +7,7 @@ import pytest
 from engine.db import connected
 from engine.store import fetch
 from models.db import sqlite_path, tortoise_config, with_sqlite_pragmas
+from models.schema import dsn
 
 
 @pytest.mark.parametrize(
@@ -32,14 +33,28 @@ def test_pragmas_added_and_user_values_win() -> None:
 
 def test_a_postgresql_url_gets_a_small_pool_for_tortoise_unless_it_sets_one() -> None:
     # Tortoise keeps the schema and a few simple queries: its connections count against max_connections.
-    assert (
-        tortoise_config("postgres://u@localhost:5432/test")["connections"]["default"]
-        == "postgres://u@localhost:5432/test?minsize=1&maxsize=2"
-    )
-    assert (
-        tortoise_config("postgresql://u@db:5432/test?maxsize=8&minsize=3")["connections"]["default"]
-        == "postgresql://u@db:5432/test?minsize=3&maxsize=8"
-    )
+    small = tortoise_config("postgres://u@localhost:5432/test")["connections"]["default"]["credentials"]
+    assert (small["minsize"], small["maxsize"], small["dsn"]) == ("1", "2", "postgresql://u@localhost:5432/test")
+    own = tortoise_config("postgresql://u@db:5432/test?maxsize=8&minsize=3")["connections"]["default"]["credentials"]
+    assert (own["minsize"], own["maxsize"]) == ("3", "8")
+
+
+def test_libpq_parameters_go_to_the_dsn_and_tortoises_own_stay_with_tortoise() -> None:
+    url = "postgresql://u:p%40ss@db:5433/test?sslmode=verify-full&sslrootcert=/etc/ca.pem&maxsize=8&schema=x"
+    assert dsn(url) == "postgresql://u:p%40ss@db:5433/test?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem"
+    connection = tortoise_config(url)["connections"]["default"]
+    assert connection["engine"] == "models.pg_client"
+    assert connection["credentials"] == {
+        "host": "db",
+        "port": 5433,
+        "user": "u",
+        "password": "p@ss",
+        "database": "test",
+        "minsize": "1",
+        "maxsize": "8",
+        "schema": "x",
+        "dsn": dsn(url),
+    }
 
 
 async def test_four_slash_url_opens_the_file(tmp_path: Path) -> None:
