@@ -558,7 +558,10 @@ async def _completed(
     try:
         done, attempt_ids = await write(
             lambda: transitions.complete_step_and_start(
-                ref, outputs, index, ctx.logs, ctx.fraction, ctx.message, starts, _llm(ctx), log_times=ctx.log_times
+                transitions.Completion(
+                    ref, outputs, index, ctx.logs, ctx.fraction, ctx.message, _llm(ctx), log_times=ctx.log_times
+                ),
+                starts,
             ),
             f"{s.defn.key}: completion",
         )

@@ -181,34 +181,21 @@ async def complete_step(
     Applies only while both are RUNNING and the attempt is still the step's current one; a result
     that arrives later is recorded as a late-result event instead and changes nothing.
     """
-    done, _ = await complete_step_and_start(
-        ref, outputs, selected_index, logs, progress, progress_message, (), log_times=log_times
-    )
+    completion = Completion(ref, outputs, selected_index, logs, progress, progress_message, log_times=log_times)
+    done, _ = await complete_step_and_start(completion, ())
     return done
 
 
-async def complete_step_and_start(
-    ref: AttemptRef,
-    outputs: list[Any],
-    selected_index: int | None,
-    logs: list[str],
-    progress: float | None,
-    progress_message: str | None,
-    starts: Sequence[StepStart],
-    llm: dict[str, Any] | None = None,
-    *,
-    log_times: list[int] | None = None,
-) -> tuple[bool, list[int | None]]:
+async def complete_step_and_start(c: Completion, starts: Sequence[StepStart]) -> tuple[bool, list[int | None]]:
     """`complete_step`, then `start_step` for each of `starts`, sharing one commit.
 
     Each is its own guarded transition (a start whose guard fails changes nothing); the starts see
     the completion, so a successor starts only once this step is COMPLETED.
     """
-    c = Completion(ref, outputs, selected_index, logs, progress, progress_message, llm, log_times)
     results = await run_batches(_completion_batches(c, starts, records.utcnow()))
     done, started = _completion_outcome(results, len(starts))
     if not done:
-        await record_late_result(ref, AttemptStatus.COMPLETED, llm)
+        await record_late_result(c.ref, AttemptStatus.COMPLETED, c.llm)
     return done, started
 
 

@@ -512,7 +512,7 @@ async def test_complete_step_and_start_starts_the_successor_in_the_same_commit()
     made = await run_in(RunStatus.RUNNING)
     consumed = {"a": {"attempt": 1, "index": 0}}
     done, ids = await transitions.complete_step_and_start(
-        made.refs["a"], ["x"], 0, [], None, None, [step_start(made, "b", consumed=consumed)]
+        transitions.Completion(made.refs["a"], ["x"], 0, [], None, None), [step_start(made, "b", consumed=consumed)]
     )
     assert done is True
     assert ids[0] is not None
@@ -528,7 +528,7 @@ async def test_complete_step_and_start_starts_the_successor_in_the_same_commit()
 async def test_complete_step_and_start_does_not_start_a_successor_of_a_waiting_step() -> None:
     made = await run_in(RunStatus.RUNNING)
     done, ids = await transitions.complete_step_and_start(
-        made.refs["a"], ["x", "y"], None, [], None, None, [step_start(made, "b")]
+        transitions.Completion(made.refs["a"], ["x", "y"], None, [], None, None), [step_start(made, "b")]
     )
     assert (done, ids) == (True, [None])
     assert [(await step_row(made.ids[k]))["status"] for k in ("a", "b")] == ["waiting", "pending"]

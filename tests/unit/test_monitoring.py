@@ -173,9 +173,8 @@ async def _llm_run(workflow: str, steps: dict[str, tuple[int, list[tuple[int, bo
             ],
         }
         ref = records.AttemptRef(run_id, ids[key], key, attempt_id, 1)
-        done, _ = await transitions.complete_step_and_start(
-            ref, ["x"] * len(alternatives), 0, [], None, None, (), llm=llm
-        )
+        completion = transitions.Completion(ref, ["x"] * len(alternatives), 0, [], None, None, llm=llm)
+        done, _ = await transitions.complete_step_and_start(completion, ())
         assert done
     return run_id
 
