@@ -96,12 +96,14 @@ export default {
     };
   },
   computed: {
-    index() { return new Map(this.rows.map((r, i) => [r[KEY], i])); },
+    // Computed from the raw rows: through Vue's proxies every read of a cell costs a dependency check,
+    // and a long run's page reads them all many times a second while it runs.
+    index() { return new Map(Vue.toRaw(this.rows).map((r, i) => [r[KEY], i])); },
     streams() { return new Set(this.streaming); },
     countsText() {
       const counts = {};
       let stale = 0;
-      for (const r of this.rows) {
+      for (const r of Vue.toRaw(this.rows)) {
         counts[r[STATUS]] = (counts[r[STATUS]] || 0) + 1;
         if (r[FLAG].startsWith("stale")) stale++;
       }
@@ -114,19 +116,24 @@ export default {
   },
   watch: {
     steps(value) { if (value) { this.rows = [...value]; } },
-    rows() { this.draw(); },
-    current() { this.draw(); },
+    rows() { this.redraw(); },
+    current() { this.redraw(); },
   },
   mounted() {
-    this.resize = new ResizeObserver(() => { this.width = this.$refs.strip?.clientWidth || 0; this.draw(); this.measure(); });
+    this.resize = new ResizeObserver(() => { this.width = this.$refs.strip?.clientWidth || 0; this.redraw(); this.measure(); });
     this.resize.observe(this.$el);
     this.onKey = (e) => this.key(e);
     document.addEventListener("keydown", this.onKey);
-    this.timer = setInterval(() => { if (this.rows.some((r) => r[STATUS] === "running")) this.now = Date.now() / 1000; }, 1000);
+    this.timer = setInterval(() => { if (Vue.toRaw(this.rows).some((r) => r[STATUS] === "running")) this.now = Date.now() / 1000; }, 1000);
     // The virtual list renders cards on its own schedule: look at which open cards it shows.
     this.watcher = setInterval(() => this.announce(), 250);
-    // The overview's marker is drawn in a colour for the page's background.
-    this.theme = new MutationObserver(() => this.draw());
+    // The overview's marker is drawn in a colour for the page's background (the body's class is set
+    // again on many updates: redraw only when the page turned dark or light).
+    this.dark = document.body.classList.contains("body--dark");
+    this.theme = new MutationObserver(() => {
+      const dark = document.body.classList.contains("body--dark");
+      if (dark !== this.dark) { this.dark = dark; this.redraw(); }
+    });
     this.theme.observe(document.body, { attributes: true, attributeFilter: ["class"] });
     this.$nextTick(() => {
       this.measure();
@@ -153,6 +160,7 @@ export default {
     clearInterval(this.timer);
     clearInterval(this.watcher);
     this.theme?.disconnect();
+    cancelAnimationFrame(this.drawing);
   },
   methods: {
     // The icon that goes with a row's colour: its flag's (cut off, stale), else its status's.
@@ -287,22 +295,37 @@ export default {
     },
     stripClick(e) { const row = this.rows[this.cellAt(e.offsetX, e.offsetY)]; if (row) this.jump(row[KEY]); },
     stripHover(e) { const row = this.rows[this.cellAt(e.offsetX, e.offsetY)]; this.hoverLabel = row ? row[LABEL] + " — " + row[STATUS] : ""; },
+    // Draw the strip once in the next frame, however many changes came before it.
+    redraw() {
+      if (this.drawing) return;
+      this.drawing = requestAnimationFrame(() => { this.drawing = 0; this.draw(); });
+    },
     draw() {
       const canvas = this.$refs.strip;
-      if (!canvas || !this.rows.length) return;
-      const width = canvas.clientWidth || this.width;
+      const rows = Vue.toRaw(this.rows), colors = Vue.toRaw(this.colors);
+      if (!canvas || !rows.length) return;
+      // The width the resize observer saw: reading the canvas's own would lay the page out again.
+      const width = this.width || canvas.clientWidth;
       if (!width) return;
-      canvas.width = width;
+      if (canvas.width !== width) canvas.width = width;
       const ctx = canvas.getContext("2d");
       ctx.clearRect(0, 0, width, canvas.height);
-      const perLine = Math.ceil(this.rows.length / this.stripLines);
+      const perLine = Math.ceil(rows.length / this.stripLines);
       const w = width / perLine;
       const gap = w >= 4 ? 1 : 0;
-      this.rows.forEach((row, i) => {
+      // One path and one fill per colour: a fill per cell costs a long run's page milliseconds a draw.
+      const paths = new Map();
+      rows.forEach((row, i) => {
+        const color = colors[row[COLOR]] || "#9e9e9e";
+        let path = paths.get(color);
+        if (!path) paths.set(color, (path = new Path2D()));
         const line = Math.floor(i / perLine), col = i % perLine;
-        ctx.fillStyle = this.colors[row[COLOR]] || "#9e9e9e";
-        ctx.fillRect(col * w, line * 10 + 1, Math.max(1, w - gap), 8);
+        path.rect(col * w, line * 10 + 1, Math.max(1, w - gap), 8);
       });
+      for (const [color, path] of paths) {
+        ctx.fillStyle = color;
+        ctx.fill(path);
+      }
       const i = this.index.get(this.current);
       if (i !== undefined) {
         const line = Math.floor(i / perLine), col = i % perLine;
