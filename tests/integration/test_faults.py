@@ -78,7 +78,7 @@ async def test_a_database_refusing_one_write_for_a_moment_is_retried(
         # The completion in the step's thread was refused; the engine writes it again from the event
         # loop, where it is refused once more, then the database takes writes again.
         nonlocal calls
-        if args[0].key != "a":
+        if args[0].ref.key != "a":
             return await original(*args, **kwargs)
         calls += 1
         try:
