@@ -9,7 +9,6 @@ error, timeout, cancellation, shutdown, a bug of ours) ends in a true state, wri
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import json
@@ -24,6 +23,7 @@ from engine.definitions import StepDef, WorkflowDef
 from engine.records import utcnow
 from engine.step_runner import StopReason, write
 from engine.store import fetch
+from engine.waits import wait_set
 from models.status import RunStatus, StepStatus
 
 if TYPE_CHECKING:
@@ -335,8 +335,7 @@ class RunDriver:
             delay = (due - utcnow()).total_seconds()
             if delay <= 0:
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._halt.wait(), delay)
+            await wait_set(self._halt, delay)
         return not self.stopping
 
     def successors_to_start(self, s: StepState, number: int, index: int | None) -> list[tuple[StepState, Any]]:

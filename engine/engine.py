@@ -33,6 +33,7 @@ from engine.slots import StepSlots
 from engine.step_runner import StopReason
 from engine.store import fetch
 from engine.threads import DaemonPool
+from engine.waits import wait_set
 from models.schema import is_postgres
 from models.status import RunStatus
 
@@ -258,8 +259,7 @@ class Engine:
                 await self._claim_some()
             except Exception:
                 log.exception("claiming queued runs failed; retrying")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
+            await wait_set(self._wake, self.settings.poll_interval_s)
 
     async def _heartbeat_loop(self) -> None:
         while not self._stopping:

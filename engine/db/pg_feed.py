@@ -26,6 +26,7 @@ import asyncpg
 
 from engine import logs
 from engine.hub import ChangeJson
+from engine.waits import wait_set
 
 log = logs.logger(__name__)
 
@@ -311,8 +312,7 @@ class EventFeed:
         since_reconnect = 0.0
         while True:
             wait_s = POLL_S if self.listening else POLL_UNLISTENED_S
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait_s)
+            await wait_set(self._wake, wait_s)
             self._wake.clear()
             if not self.listening:
                 since_reconnect += wait_s

@@ -26,6 +26,7 @@ from engine.notify.targets import Target, env_targets, scrub, targets_for, workf
 from engine.records import utcnow
 from engine.settings import Settings
 from engine.store import Stmt, fetch, run_batch, run_batches
+from engine.waits import wait_set
 from models.status import DeliveryStatus, RunStatus
 
 log = logs.logger(__name__)
@@ -78,10 +79,7 @@ class Notifier:
                             await self.deliver_due(client)
                     except Exception:
                         log.exception("notifications: a round failed; retrying")
-                    woken = False
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
-                        woken = True
+                    woken = await wait_set(self._wake, self.settings.poll_interval_s)
         finally:
             remove_listener()
             if self._sending:  # stopped mid-send: the next engine may send them at once, not after the lease
