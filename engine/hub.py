@@ -182,7 +182,8 @@ class Subscription:
     async def get(self, timeout_s: float | None = None) -> Change | None:
         """The next change, or None when closed or when `timeout_s` passed without one."""
         try:
-            return await asyncio.wait_for(self._queue.get(), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: it can lose a cancellation (engine/waits.py)
+                return await self._queue.get()
         except TimeoutError:
             return None
 
