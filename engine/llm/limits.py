@@ -63,8 +63,9 @@ class RequestLimits:
                         if busy
                         else f"{self.per_minute} requests started in the last minute (the limit)"
                     )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=None if busy else delay)
+                with contextlib.suppress(TimeoutError):  # not wait_for: it can lose a cancellation (engine/waits.py)
+                    async with asyncio.timeout(None if busy else delay):
+                        await self._changed.wait()
             self._in_flight += 1
             if self.per_minute:
                 self._started.append(self.clock())

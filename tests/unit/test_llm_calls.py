@@ -126,6 +126,32 @@ async def test_request_limits_hold_concurrency_and_tell_why_a_request_waits() ->
     assert waits[0] == "2 requests in flight (the limit is 2)"
 
 
+async def test_a_request_cancelled_as_a_finished_one_wakes_it_stops_waiting() -> None:
+    # A stopped step must not wait on for a paid request: Python 3.11's wait_for lost this cancellation
+    # (the waiter went on waiting for the minute's window, then sent its request).
+    limits = RequestLimits(per_minute=1, clock=lambda: 100.0)
+    release, sent = asyncio.Event(), []
+    tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def request(name: str) -> None:
+        async with limits.slot():
+            sent.append(name)
+            await release.wait()
+        if name == "first":
+            tasks["second"].cancel()  # in the moment its end wakes the waiting one
+
+    tasks["first"] = asyncio.create_task(request("first"))
+    tasks["second"] = asyncio.create_task(request("second"))
+    for _ in range(100):  # the first is sent, the second waits for the next minute
+        await asyncio.sleep(0)
+    assert (sent, limits.in_flight) == (["first"], 1)
+    release.set()
+    await tasks["first"]
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(tasks["second"], 5)
+    assert (sent, limits.in_flight) == (["first"], 0)
+
+
 def test_the_per_minute_limit_waits_for_the_oldest_request_to_leave_the_window() -> None:
     now = [100.0]
     limits = RequestLimits(per_minute=2, clock=lambda: now[0])
