@@ -74,6 +74,7 @@ class RunDriver:
     _halt: asyncio.Event = field(default_factory=asyncio.Event)  # ends waits for pending retries
     owner: str = ""  # the engine's id when it claimed the run (an engine that lost its lease takes a new one)
     _sync_functions: dict[str, Callable[..., Any] | None] = field(default_factory=dict)
+    claimed: transitions.ClaimedRun | None = None  # what its claim read: the driver starts without a read
 
     def __post_init__(self) -> None:
         self.owner = self.owner or self.engine.owner
@@ -143,37 +144,41 @@ class RunDriver:
             log.exception("run %s: could not record its failure; the sweep will fail it", self.run_id)
 
     async def _load(self) -> tuple[WorkflowDef, dict[str, Any]]:
-        rows = await fetch("SELECT definition, inputs FROM runs WHERE id = ?", (self.run_id,), engine=True)
-        stored = rows[0]["definition"]
+        if self.claimed is not None:
+            stored, inputs, steps = self.claimed.definition, self.claimed.inputs, self.claimed.steps
+            self.claimed = None
+        else:
+            rows = await fetch("SELECT definition, inputs FROM runs WHERE id = ?", (self.run_id,), engine=True)
+            stored, inputs, steps = rows[0]["definition"], rows[0]["inputs"], await self._read_steps()
         defn = _definition(stored) if isinstance(stored, str) else WorkflowDef.from_snapshot(stored)
         self.dependents = defn.derived(_direct_dependents)
-        await self._refresh(defn)
-        return defn, _json(rows[0]["inputs"])
+        self._apply(defn, steps)
+        return defn, _json(inputs)
 
-    async def _refresh(self, defn: WorkflowDef | None = None) -> None:
-        defn = defn or self.defn
-        rows = await fetch(
-            "SELECT s.id, s.key, s.status, s.attempt, s.retries_used, s.retry_at, a.outputs, a.selected_index,"
-            " a.error FROM steps s"
-            " LEFT JOIN attempts a ON a.step_id = s.id AND a.number = s.attempt WHERE s.run_id = ?",
-            (self.run_id,),
-            engine=True,
-        )
-        by_key = {r["key"]: r for r in rows}
+    async def _read_steps(self) -> list[tuple[Any, ...]]:
+        rows = await fetch(transitions.STEP_ROWS_SQL, (self.run_id,), engine=True)
+        return [tuple(r.values()) for r in rows]
+
+    async def _refresh(self) -> None:
+        self._apply(self.defn, await self._read_steps())
+
+    def _apply(self, defn: WorkflowDef, rows: Sequence[tuple[Any, ...]]) -> None:
+        """The steps as read (`transitions.STEP_ROWS_SQL`), but for those in flight (ours)."""
+        by_key = {r[1]: r for r in rows}
         for s in defn.steps:
-            r = by_key[s.key]
             if s.key in self.tasks:
-                continue  # ours while in flight
+                continue
+            step_id, _, status, attempt, retries_used, retry_at, outputs, selected_index, error = by_key[s.key]
             self.steps[s.key] = StepState(
-                id=r["id"],
+                id=step_id,
                 defn=s,
-                status=StepStatus(r["status"]),
-                attempt=r["attempt"],
-                outputs=_json(r["outputs"]) if r["outputs"] is not None else None,
-                selected_index=r["selected_index"],
-                error=r["error"],
-                retries_used=r["retries_used"],
-                retry_at=_datetime(r["retry_at"]),
+                status=StepStatus(status),
+                attempt=attempt,
+                outputs=_json(outputs) if outputs is not None else None,
+                selected_index=selected_index,
+                error=error,
+                retries_used=retries_used,
+                retry_at=_datetime(retry_at),
             )
         self.dirty = False
 

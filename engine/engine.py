@@ -186,10 +186,10 @@ class Engine:
 
     async def adopt(self, run_id: int) -> bool:
         """Claim one queued run and drive it (headless runs); False if another engine has it."""
-        if not await transitions.claim_run(run_id, self.owner):
-            return False
-        self._spawn(run_id)
-        return True
+        for claimed in await transitions.claim_runs([run_id], self.owner):
+            self._spawn(run_id, claimed)
+            return True
+        return False
 
     async def wait_idle(self) -> None:
         """Wait until this engine drives no run (tests, headless runs)."""
@@ -209,8 +209,8 @@ class Engine:
         elif change.kind == ChangeKind.ACTION:
             driver.notice_outside_change()
 
-    def _spawn(self, run_id: int) -> None:
-        driver = RunDriver(self, run_id)
+    def _spawn(self, run_id: int, claimed: transitions.ClaimedRun | None = None) -> None:
+        driver = RunDriver(self, run_id, claimed=claimed)
         self.drivers[run_id] = driver
         # The run's lines (its driver's, its steps', their threads') say which run and which worker.
         fields = logs.context_with(run_id=run_id, worker=self.owner)
@@ -241,16 +241,15 @@ class Engine:
         rows = await fetch(
             "SELECT id FROM runs WHERE status = ? ORDER BY id LIMIT ?", (RunStatus.QUEUED, free), engine=True
         )
-        for row in rows:
+        # Not one that a driver of ours still winds down (taken away, then re-queued).
+        ids = [row["id"] for row in rows if row["id"] not in self.drivers]
+        if not ids or self._stopping:
+            return
+        for claimed in await transitions.claim_runs(ids, self.owner):
             if self._stopping:
-                return
-            if row["id"] in self.drivers:
-                continue  # a driver of ours still winds it down (taken away, then re-queued)
-            if await transitions.claim_run(row["id"], self.owner):
-                if self._stopping:
-                    await transitions.release_run(row["id"], self.owner, f"released: {self.stop_reason}")
-                    return
-                self._spawn(row["id"])
+                await transitions.release_run(claimed.id, self.owner, f"released: {self.stop_reason}")
+            else:
+                self._spawn(claimed.id, claimed)
 
     async def _dispatch_loop(self) -> None:
         while not self._stopping:

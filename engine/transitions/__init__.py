@@ -9,6 +9,8 @@ steps and their attempts.
 """
 
 from engine.transitions.runs import (
+    STEP_ROWS_SQL,
+    ClaimedRun,
     CreatedRun,
     NewStep,
     Selection,
@@ -16,6 +18,7 @@ from engine.transitions.runs import (
     cancel_run,
     claim_queued_runs,
     claim_run,
+    claim_runs,
     create_run,
     create_scheduled_run,
     fail_running_run,
@@ -36,6 +39,8 @@ from engine.transitions.steps import (
 )
 
 __all__ = [
+    "STEP_ROWS_SQL",
+    "ClaimedRun",
     "Completion",
     "CreatedRun",
     "NewStep",
@@ -45,6 +50,7 @@ __all__ = [
     "cancel_run",
     "claim_queued_runs",
     "claim_run",
+    "claim_runs",
     "complete_step",
     "complete_step_and_start",
     "complete_step_and_start_blocking",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from engine import events, leases, records
+from engine import events, leases, logs, records
 from engine.db import current
 from engine.db.base import Batch, BatchResult, JsonText, Ref, Stmt
 from engine.events import EventSpec, Stopped
@@ -17,6 +17,8 @@ from engine.notify import kinds as notify
 from engine.records import ScheduledFire, fire_stmt
 from engine.store import run_batches
 from models.status import RUN_TRANSITIONS, STEP_TRANSITIONS, AttemptStatus, RunStatus, StepStatus
+
+log = logs.logger(__name__)
 
 ACTION, RUN, STALE = ChangeKind.ACTION, ChangeKind.RUN, ChangeKind.STALE
 
@@ -123,19 +125,63 @@ async def _create_run(
     )
 
 
-async def claim_run(run_id: int, owner: str) -> bool:
-    """QUEUED → RUNNING for `owner`; applies only to QUEUED rows (and, where engines hold leases, while
-    `owner`'s holds), returns False otherwise."""
-    now = records.utcnow()
+# What a run's driver reads of its steps: each with its current attempt's outcome (`RunDriver._refresh`).
+STEP_ROWS_SQL = (
+    "SELECT s.id, s.key, s.status, s.attempt, s.retries_used, s.retry_at, a.outputs, a.selected_index, a.error"
+    " FROM steps s LEFT JOIN attempts a ON a.step_id = s.id AND a.number = s.attempt WHERE s.run_id = ?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRun:
+    """A run `claim_runs` claimed, with what its driver reads first, read in the claim's transaction: the
+    definition and inputs as stored, and its steps' rows (the columns of `STEP_ROWS_SQL`)."""
+
+    id: int
+    definition: Any
+    inputs: Any
+    steps: list[tuple[Any, ...]]
+
+
+def _claim_batch(run_id: int, owner: str, now: datetime, *, load: bool) -> Batch:
     lease = leases.live_lease_sql("?")
     claim = Stmt(
         "UPDATE runs SET status = ?, owner = ?, heartbeat_at = ?, started_at = COALESCE(started_at, ?),"
-        " finished_at = NULL, error = NULL, updated_at = ? WHERE id = ? AND status = ?" + lease,
+        " finished_at = NULL, error = NULL, updated_at = ? WHERE id = ? AND status = ?"
+        + lease
+        + (" RETURNING definition, inputs" if load else ""),
         (RunStatus.RUNNING, owner, now, now, now, run_id, RunStatus.QUEUED, *((owner,) if lease else ())),
         guard=True,
     )
+    stmts = [claim, Stmt(STEP_ROWS_SQL, (run_id,))] if load else [claim]
     event = EventSpec(RUN, run_id, from_status=RunStatus.QUEUED, to_status=RunStatus.RUNNING, message=owner)
-    return await _commit([claim], [event], now=now)
+    return events.batch(stmts, [event], now)
+
+
+async def claim_run(run_id: int, owner: str) -> bool:
+    """QUEUED → RUNNING for `owner`; applies only to QUEUED rows (and, where engines hold leases, while
+    `owner`'s holds), returns False otherwise."""
+    result = (await run_batches([_claim_batch(run_id, owner, records.utcnow(), load=False)]))[0]
+    if isinstance(result, Exception):
+        raise result
+    return result.ok
+
+
+async def claim_runs(run_ids: Sequence[int], owner: str) -> list[ClaimedRun]:
+    """`claim_run` for each of `run_ids`, in one commit, each claimed run with what its driver reads first
+    (so that a driver starts without a read of its own). The runs that were not QUEUED any more are left
+    out, and so is one whose claim the database refused alone (it stays QUEUED; the error is logged): the
+    others may have committed, and must be driven."""
+    now = records.utcnow()
+    outcomes = await run_batches([_claim_batch(run_id, owner, now, load=True) for run_id in run_ids])
+    claimed = []
+    for run_id, result in zip(run_ids, outcomes, strict=True):
+        if isinstance(result, Exception):
+            log.error("run %s: could not be claimed (%s: %s); it stays queued", run_id, type(result).__name__, result)
+        elif result.ok:
+            (definition, inputs), steps = result.rows[0][0], result.rows[1]
+            claimed.append(ClaimedRun(run_id, definition, inputs, steps))
+    return claimed
 
 
 _QUEUED, _RUNNING = RunStatus.QUEUED.value, RunStatus.RUNNING.value
