@@ -163,27 +163,29 @@ class RunDetailJson(RunJson, SummaryJson):
 
 @dataclass(frozen=True, slots=True)
 class StepDetail:
-    """A step with what its current attempt shows, by the step's status."""
+    """A step with what its current attempt shows, by the step's status. What a step shows defaults to
+    nothing: a step before its first attempt (as every step of a new run is) needs only its definition and
+    status; a step read from its row sets every field (`queries.step_detail`)."""
 
     key: str
     label: str
     kind: str
     needs: tuple[str, ...]
     status: StepStatus
-    attempt: int
-    alternatives: tuple[Any, ...]  # the current attempt's outputs once produced (waiting or completed)
-    selected_index: int | None
-    partial_output: str | None  # what a stopped attempt had produced
-    error: str | None
-    error_detail: str | None
-    stale: bool
-    stale_reason: str | None
-    started_at: datetime | None
-    completed_at: datetime | None
-    progress: float | None
-    progress_message: str | None
-    logs: tuple[str, ...]
-    llm: LlmJson | None  # the current attempt's LLM record (usage, calls, truncation)
+    attempt: int = 0  # number of the current attempt, 0 before the first
+    alternatives: tuple[Any, ...] = ()  # the current attempt's outputs once produced (waiting or completed)
+    selected_index: int | None = None
+    partial_output: str | None = None  # what a stopped attempt had produced
+    error: str | None = None
+    error_detail: str | None = None
+    stale: bool = False
+    stale_reason: str | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+    logs: tuple[str, ...] = ()
+    llm: LlmJson | None = None  # the current attempt's LLM record (usage, calls, truncation)
     cost: CostJson | None = None  # LLM cost over all the step's attempts; None without usage
     retries: int = 0  # automatic retries its policy allows
     retries_used: int = 0  # automatic retries made since it started or a person reset it
@@ -317,26 +319,7 @@ def _pending_steps(defn: WorkflowDef) -> tuple[StepDetail, ...]:
     """The steps of a new run of `defn`, all pending (frozen: one tuple serves every run of it)."""
     return tuple(
         StepDetail(
-            key=s.key,
-            label=s.label,
-            kind=s.kind,
-            needs=tuple(s.needs),
-            status=StepStatus.PENDING,
-            attempt=0,
-            alternatives=(),
-            selected_index=None,
-            partial_output=None,
-            error=None,
-            error_detail=None,
-            stale=False,
-            stale_reason=None,
-            started_at=None,
-            completed_at=None,
-            progress=None,
-            progress_message=None,
-            logs=(),
-            llm=None,
-            retries=s.retries,
+            key=s.key, label=s.label, kind=s.kind, needs=tuple(s.needs), status=StepStatus.PENDING, retries=s.retries
         )
         for s in defn.steps
     )
