@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logs.logger(__name__)
 
 FINISH_ATTEMPTS = 1000  # decisions the steps kept overturning before the run is failed as a bug of ours
+_DONE_OR_ENDING = (StepStatus.COMPLETED, StepStatus.RUNNING)
 SHUTDOWN, CANCELLED, LOST, BROKEN = StopReason.SHUTDOWN, StopReason.CANCELLED, StopReason.LOST, StopReason.BROKEN
 
 
@@ -75,6 +76,7 @@ class RunDriver:
     owner: str = ""  # the engine's id when it claimed the run (an engine that lost its lease takes a new one)
     _sync_functions: dict[str, Callable[..., Any] | None] = field(default_factory=dict)
     claimed: transitions.ClaimedRun | None = None  # what its claim read: the driver starts without a read
+    finished: bool = False  # the commit of its last step's completion finished the run (`completes_run`)
 
     def __post_init__(self) -> None:
         self.owner = self.owner or self.engine.owner
@@ -245,8 +247,8 @@ class RunDriver:
 
     async def _finish(self) -> bool:
         """Write the run's outcome; False when the steps changed meanwhile and driving must go on."""
-        if self.stop_reason in (CANCELLED, LOST):
-            return True  # the operation that cancelled the run wrote its state
+        if self.finished or self.stop_reason in (CANCELLED, LOST):
+            return True  # written already: with its last step, or by the operation that cancelled it
         retrying = [s.defn.key for s in self.steps.values() if s.status == StepStatus.RETRYING]
         stopping = self.draining or self.stop_reason == SHUTDOWN
         if retrying and stopping and not any(s.status == StepStatus.RUNNING for s in self.steps.values()):
@@ -360,6 +362,16 @@ class RunDriver:
                     break
                 chosen.append((d, self.start_of(d, done=(key, number, index))))
         return chosen
+
+    def completes_run(self, s: StepState, index: int | None) -> bool:
+        """Whether the completion of `s` (selecting `index`) may leave every step of the run COMPLETED, so
+        that its commit tries to finish the run too (the database decides: `transitions.Completion`). Safe
+        to call from the worker thread the step ran in, as `successors_to_start`. A step seen RUNNING may
+        have completed already: in a chain of sync steps, the event loop learns of a completion after the
+        thread has gone on with the next step."""
+        if index is None or self.stopping or self.dependents[s.defn.key]:
+            return False  # a step that others need is never the last to complete
+        return all(st.status in _DONE_OR_ENDING for st in self.steps.values() if st is not s)
 
     def sync_function(self, d: StepDef) -> Callable[..., Any] | None:
         """The function of step `d` when it `completes_in_thread` (a sync python step), else None; looked up

@@ -133,6 +133,7 @@ class Finished:
     successors: list[tuple[StepState, transitions.StepStart]] = field(default_factory=list)
     done: bool = False  # the completion committed
     started: list[int | None] = field(default_factory=list)  # attempt ids of the successors started with it
+    finished: bool = False  # the run was finished (COMPLETED) with it
     commit_error: Exception | None = None  # the database refused the commit: the loop writes it again
     chained: Chained | None = None  # a successor started with it, which this thread executes next
 
@@ -210,15 +211,30 @@ class ThreadFinish:
         index = 0 if d.select == "auto" else None
         successors = self.driver.successors_to_start(self.s, self.ref.number, index)
         completion = transitions.Completion(
-            self.ref, outputs, index, ctx.logs, ctx.fraction, ctx.message, log_times=ctx.log_times
+            self.ref,
+            outputs,
+            index,
+            ctx.logs,
+            ctx.fraction,
+            ctx.message,
+            log_times=ctx.log_times,
+            finishes_run=not successors and self.driver.completes_run(self.s, index),
         )
         try:
-            done, started = transitions.complete_step_and_start_blocking(completion, [st for _, st in successors])
+            done, started, finished = transitions.complete_step_and_start_blocking(
+                completion, [st for _, st in successors]
+            )
         except Exception as exc:
             return Finished(handled=True, outputs=outputs, successors=successors, commit_error=exc)
         chained = self._chain(outputs, index, successors, started) if done and index is not None else None
         return Finished(
-            handled=True, outputs=outputs, successors=successors, done=done, started=started, chained=chained
+            handled=True,
+            outputs=outputs,
+            successors=successors,
+            done=done,
+            started=started,
+            chained=chained,
+            finished=finished,
         )
 
     def _chain(
@@ -474,6 +490,7 @@ def _took_effect(driver: RunDriver, s: StepState, f: Finished) -> Following | No
     index = 0 if s.defn.select == "auto" else None
     s.status = StepStatus.COMPLETED if index is not None else StepStatus.WAITING
     s.outputs, s.selected_index = f.outputs, index
+    driver.finished = driver.finished or f.finished
     return _start_successors(driver, f.successors, f.started, f.chained)
 
 
@@ -555,15 +572,20 @@ async def _completed(
     index = 0 if s.defn.select == "auto" and not hold else None
     successors = driver.successors_to_start(s, ref.number, index)
     starts = [start for _, start in successors]
+    completion = transitions.Completion(
+        ref,
+        outputs,
+        index,
+        ctx.logs,
+        ctx.fraction,
+        ctx.message,
+        _llm(ctx),
+        log_times=ctx.log_times,
+        finishes_run=not successors and driver.completes_run(s, index),
+    )
     try:
-        done, attempt_ids = await write(
-            lambda: transitions.complete_step_and_start(
-                transitions.Completion(
-                    ref, outputs, index, ctx.logs, ctx.fraction, ctx.message, _llm(ctx), log_times=ctx.log_times
-                ),
-                starts,
-            ),
-            f"{s.defn.key}: completion",
+        done, attempt_ids, finished = await write(
+            lambda: transitions.complete_step_and_start(completion, starts), f"{s.defn.key}: completion"
         )
     except BaseException:
         for _ in successors:
@@ -572,6 +594,7 @@ async def _completed(
     if done:
         s.status = StepStatus.COMPLETED if index is not None else StepStatus.WAITING
         s.outputs, s.selected_index = outputs, index
+        driver.finished = driver.finished or finished
     else:
         driver.notice_outside_change()
     _spawn(driver, _start_successors(driver, successors, attempt_ids))

@@ -277,6 +277,17 @@ async def run_to_end(defn: WorkflowDef, ends: str, timeout_s: float = 10.0) -> i
     return run_id
 
 
+async def commits_of_events(run_id: int, after_id: int) -> int | None:
+    """How many commits wrote the run's event rows after `after_id`, where the database tells: SQLite, by
+    the clock that the rows of one commit share. PostgreSQL keeps nothing a test can read that tells (its
+    clock is each statement's, and each batch of a group commit runs in a subtransaction with an `xmin` of
+    its own): None there."""
+    if pgdb.ENABLED:
+        return None
+    rows = await fetch("SELECT DISTINCT created_at FROM events WHERE run_id = ? AND id > ?", (run_id, after_id))
+    return len(rows)
+
+
 def as_json(document: Mapping[str, Any]) -> dict[str, Any]:
     """A typed read as the tests take it: a JSON document, read as a client of the API reads it."""
     return dict(document)

@@ -29,6 +29,7 @@ from engine.transitions.runs import (
     select_alternative,
 )
 from engine.transitions.steps import (
+    Completed,
     Completion,
     StepStart,
     complete_step,
@@ -41,6 +42,7 @@ from engine.transitions.steps import (
 __all__ = [
     "STEP_ROWS_SQL",
     "ClaimedRun",
+    "Completed",
     "Completion",
     "CreatedRun",
     "NewStep",

@@ -27,7 +27,11 @@ async def _commit(
     stmts: list[Stmt], evs: Sequence[EventSpec], stopped: Sequence[Stopped] = (), now: datetime | None = None
 ) -> bool:
     """One transition: its statements and event rows in one transaction; True if every guard held."""
-    result = (await run_batches([events.batch(stmts, evs, now or records.utcnow(), stopped)]))[0]
+    return await _commit_batch(events.batch(stmts, evs, now or records.utcnow(), stopped))
+
+
+async def _commit_batch(batch: Batch) -> bool:
+    result = (await run_batches([batch]))[0]
     if isinstance(result, Exception):
         raise result
     return result.ok
@@ -161,10 +165,7 @@ def _claim_batch(run_id: int, owner: str, now: datetime, *, load: bool) -> Batch
 async def claim_run(run_id: int, owner: str) -> bool:
     """QUEUED → RUNNING for `owner`; applies only to QUEUED rows (and, where engines hold leases, while
     `owner`'s holds), returns False otherwise."""
-    result = (await run_batches([_claim_batch(run_id, owner, records.utcnow(), load=False)]))[0]
-    if isinstance(result, Exception):
-        raise result
-    return result.ok
+    return await _commit_batch(_claim_batch(run_id, owner, records.utcnow(), load=False))
 
 
 async def claim_runs(run_ids: Sequence[int], owner: str) -> list[ClaimedRun]:
@@ -239,8 +240,12 @@ async def finish_run(run_id: int, owner: str, to: RunStatus, error: str | None =
     cannot leave a run WAITING with no waiting step, or COMPLETED with an unfinished one. The driver
     then re-reads and goes on.
     """
+    return await _commit_batch(finish_batch(run_id, owner, to, error, records.utcnow()))
+
+
+def finish_batch(run_id: int, owner: str, to: RunStatus, error: str | None, now: datetime) -> Batch:
+    """`finish_run` as a batch, to commit with others (a run's last step completing: `steps.Completion`)."""
     assert to in (RunStatus.WAITING, RunStatus.COMPLETED, RunStatus.FAILED)
-    now = records.utcnow()
     finished_at = None if to == RunStatus.WAITING else now
     steps_guard = " AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.run_id = ? AND s.status IN (?, ?))"
     params: list[Any] = [run_id, StepStatus.RUNNING, StepStatus.RETRYING]
@@ -258,7 +263,7 @@ async def finish_run(run_id: int, owner: str, to: RunStatus, error: str | None =
     )
     event = EventSpec(RUN, run_id, from_status=RunStatus.RUNNING, to_status=to, message=error)
     outbox = notify.outbox_stmt(run_id, _RUN_EVENTS[to], now)
-    return await _commit([update, outbox], [event], now=now)
+    return events.batch([update, outbox], [event], now)
 
 
 _RUN_EVENTS = {

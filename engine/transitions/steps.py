@@ -8,7 +8,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine import events, leases, records
 from engine.db.base import Batch, BatchResult, Outcome, Stmt
@@ -17,6 +17,7 @@ from engine.records import AttemptRef, llm_stmts, record_late_result
 from engine.retry import ACTOR as RETRY_ACTOR
 from engine.retry import FailureKind, PendingRetry
 from engine.store import run_batches, run_batches_blocking
+from engine.transitions.runs import finish_batch
 from models.status import AttemptStatus, RunStatus, StepStatus
 
 
@@ -125,6 +126,17 @@ class Completion:
     progress_message: str | None
     llm: dict[str, Any] | None = None
     log_times: list[int] | None = None  # when each line of `logs` was written (epoch ms); None: not known
+    # The driver expects the step's completion to complete its run: the run is finished COMPLETED in the
+    # same commit, where the run's guard holds (every step COMPLETED then, the run RUNNING and still ours).
+    finishes_run: bool = False
+
+
+class Completed(NamedTuple):
+    """What `complete_step_and_start` wrote."""
+
+    done: bool  # the completion itself (False: it came too late, and changed nothing)
+    started: list[int | None]  # attempt ids of the starts, None for one whose guard did not hold
+    finished: bool = False  # the run was finished COMPLETED in the same commit (`Completion.finishes_run`)
 
 
 def _completion_batches(c: Completion, starts: Sequence[StepStart], now: datetime) -> list[Batch]:
@@ -155,15 +167,19 @@ def _completion_batches(c: Completion, starts: Sequence[StepStart], now: datetim
     if truncated:
         stmts.append(notify.outbox_stmt(c.ref.run_id, notify.STEP_TRUNCATED, now, step_key=c.ref.key))
     event = events.step_event(c.ref.run_id, c.ref.key, c.ref.number, StepStatus.RUNNING, to, truncated=truncated)
-    return [events.batch(stmts, [event], now), *(_start_batch(s, now) for s in starts)]
+    batches = [events.batch(stmts, [event], now), *(_start_batch(s, now) for s in starts)]
+    if c.finishes_run and to == StepStatus.COMPLETED and c.ref.owner is not None:
+        batches.append(finish_batch(c.ref.run_id, c.ref.owner, RunStatus.COMPLETED, None, now))
+    return batches
 
 
-def _completion_outcome(results: list[Outcome], starts: int) -> tuple[bool, list[int | None]]:
+def _completion_outcome(results: list[Outcome], starts: int) -> Completed:
     if isinstance(results[0], Exception):
         raise results[0]
     if not results[0].ok:
-        return False, [None] * starts
-    return True, [_started_attempt(r) for r in results[1:]]
+        return Completed(False, [None] * starts)
+    finished = len(results) > starts + 1 and isinstance(results[-1], BatchResult) and results[-1].ok
+    return Completed(True, [_started_attempt(r) for r in results[1 : starts + 1]], finished)
 
 
 async def complete_step(
@@ -182,24 +198,24 @@ async def complete_step(
     that arrives later is recorded as a late-result event instead and changes nothing.
     """
     completion = Completion(ref, outputs, selected_index, logs, progress, progress_message, log_times=log_times)
-    done, _ = await complete_step_and_start(completion, ())
-    return done
+    return (await complete_step_and_start(completion, ())).done
 
 
-async def complete_step_and_start(c: Completion, starts: Sequence[StepStart]) -> tuple[bool, list[int | None]]:
-    """`complete_step`, then `start_step` for each of `starts`, sharing one commit.
+async def complete_step_and_start(c: Completion, starts: Sequence[StepStart]) -> Completed:
+    """`complete_step`, then `start_step` for each of `starts` (and `finish_run` where the completion
+    `finishes_run`), sharing one commit.
 
     Each is its own guarded transition (a start whose guard fails changes nothing); the starts see
     the completion, so a successor starts only once this step is COMPLETED.
     """
     results = await run_batches(_completion_batches(c, starts, records.utcnow()))
-    done, started = _completion_outcome(results, len(starts))
-    if not done:
+    completed = _completion_outcome(results, len(starts))
+    if not completed.done:
         await record_late_result(c.ref, AttemptStatus.COMPLETED, c.llm)
-    return done, started
+    return completed
 
 
-def complete_step_and_start_blocking(c: Completion, starts: Sequence[StepStart]) -> tuple[bool, list[int | None]]:
+def complete_step_and_start_blocking(c: Completion, starts: Sequence[StepStart]) -> Completed:
     """`complete_step_and_start` from the worker thread the step ran in (one commit, no trip through
     the event loop). A completion that came too late changes nothing; the caller records it."""
     return _completion_outcome(run_batches_blocking(_completion_batches(c, starts, records.utcnow())), len(starts))

@@ -18,7 +18,16 @@ from engine.registry import Registry
 from engine.settings import Settings
 from engine.store import fetch
 from tests import stepfns
-from tests.conftest import attempts_of, engine_running, run_status, run_to_end, step_of, wait_for, wait_run
+from tests.conftest import (
+    attempts_of,
+    commits_of_events,
+    engine_running,
+    run_status,
+    run_to_end,
+    step_of,
+    wait_for,
+    wait_run,
+)
 
 Define = Callable[..., Any]
 SLEEP_INPUT = {"sleep_s": {"type": "number", "default": 30}}
@@ -253,6 +262,32 @@ async def test_the_traceback_of_a_sync_step_raising_timeout_error_shows_the_step
     run_id = await run_to_end(registry.get("t-own-tb"), "failed")
     detail = (await step_of(run_id, "api"))["error_detail"]
     assert "in own_timeout" in detail, detail
+
+
+# --- finishing a run ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shape", "last"),
+    [("chain", "tests.stepfns:noop"), ("chain", "tests.stepfns:anoop"), ("two-ends", "tests.stepfns:noop")],
+    ids=["sync", "async", "two-ends"],
+)
+async def test_a_run_finishes_in_the_commit_of_its_last_step(
+    engine: Engine, define: Define, registry: Registry, shape: str, last: str
+) -> None:
+    # The commit that completes the last step finishes the run too (no commit of its own): the two event
+    # rows share that commit's time. With two steps that nothing needs, the one completing second finishes it.
+    steps: list[dict[str, Any]] = [{"key": "first", "call": "tests.stepfns:noop"}]
+    ends = ["end"] if shape == "chain" else ["end", "other"]
+    steps += [{"key": key, "call": last, "needs": ["first"]} for key in ends]
+    define(f"finish-{shape}", steps)
+    run_id = await run_to_end(registry.get(f"finish-{shape}"), "completed")
+    rows = await fetch("SELECT id, kind, step_key, to_status FROM events WHERE run_id = ? ORDER BY id", (run_id,))
+    assert [r["to_status"] for r in rows if r["kind"] == "run"] == ["queued", "running", "completed"]
+    *_, before, step, finished = rows
+    assert (finished["kind"], finished["to_status"]) == ("run", "completed")
+    assert (step["kind"], step["step_key"] in ends, step["to_status"]) == ("step", True, "completed")
+    assert await commits_of_events(run_id, before["id"]) in (1, None)  # None: PostgreSQL cannot tell
 
 
 # --- errors ----------------------------------------------------------------------------------------

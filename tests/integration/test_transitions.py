@@ -7,6 +7,7 @@ are recorded as events and never overwrite a terminal state.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,11 +16,12 @@ from typing import Any
 import pytest
 
 from engine import records, transitions
+from engine.notify import kinds as notify
 from engine.records import AttemptRef
 from engine.store import Stmt, fetch, run_batch
 from engine.transitions import NewStep, Selection, StepReset, StepStart
 from models.status import RUN_TRANSITIONS, STEP_TRANSITIONS, AttemptStatus, RunStatus, StepStatus
-from tests.conftest import holding_lease
+from tests.conftest import commits_of_events, holding_lease
 
 OWNER = "testhost:101:aaaa"
 OTHER = "otherhost:202:bbbb"
@@ -511,10 +513,10 @@ async def test_complete_step_without_a_selection_leaves_the_step_waiting() -> No
 async def test_complete_step_and_start_starts_the_successor_in_the_same_commit() -> None:
     made = await run_in(RunStatus.RUNNING)
     consumed = {"a": {"attempt": 1, "index": 0}}
-    done, ids = await transitions.complete_step_and_start(
+    done, ids, finished = await transitions.complete_step_and_start(
         transitions.Completion(made.refs["a"], ["x"], 0, [], None, None), [step_start(made, "b", consumed=consumed)]
     )
-    assert done is True
+    assert (done, finished) == (True, False)
     assert ids[0] is not None
     assert [(await step_row(made.ids[k]))["status"] for k in ("a", "b")] == ["completed", "running"]
     attempt = await attempt_row(ids[0])
@@ -527,14 +529,55 @@ async def test_complete_step_and_start_starts_the_successor_in_the_same_commit()
 
 async def test_complete_step_and_start_does_not_start_a_successor_of_a_waiting_step() -> None:
     made = await run_in(RunStatus.RUNNING)
-    done, ids = await transitions.complete_step_and_start(
+    completed = await transitions.complete_step_and_start(
         transitions.Completion(made.refs["a"], ["x", "y"], None, [], None, None), [step_start(made, "b")]
     )
-    assert (done, ids) == (True, [None])
+    assert completed == (True, [None], False)
     assert [(await step_row(made.ids[k]))["status"] for k in ("a", "b")] == ["waiting", "pending"]
     assert await attempt_count(made.run_id) == 1
     assert [e[:2] for e in await events_since(made.run_id, 0) if e[0] == "step"] == [("step", "a"), ("step", "a")]
     assert await transitions.finish_run(made.run_id, OWNER, RunStatus.WAITING)
+
+
+async def outbox_kinds(run_id: int) -> list[str]:
+    """The notifications the run's transitions put in the outbox, in order."""
+    return [r["event"] for r in await fetch("SELECT event FROM notifications WHERE run_id = ? ORDER BY id", (run_id,))]
+
+
+def owned(ref: AttemptRef) -> AttemptRef:
+    """The attempt as its engine (OWNER) refers to it."""
+    return dataclasses.replace(ref, owner=OWNER)
+
+
+async def test_the_completion_of_the_last_step_finishes_the_run_in_the_same_commit() -> None:
+    made = await run_in(RunStatus.RUNNING)
+    await complete(made.refs["a"])
+    ref = owned(await start(made, "b"))
+    after = await last_event_id(made.run_id)
+    completion = transitions.Completion(ref, ["x"], 0, [], None, None, finishes_run=True)
+    assert await transitions.complete_step_and_start(completion, ()) == (True, [], True)
+    run = await run_row(made.run_id)
+    assert (run["status"], run["owner"], run["heartbeat_at"]) == ("completed", None, None)
+    assert run["finished_at"] is not None
+    assert await events_since(made.run_id, after) == [
+        ("step", "b", 1, "running", "completed", None, None),
+        ("run", None, None, "running", "completed", None, None),
+    ]
+    assert await commits_of_events(made.run_id, after) in (1, None)  # None: PostgreSQL cannot tell
+    assert await outbox_kinds(made.run_id) == [notify.RUN_COMPLETED]
+
+
+@pytest.mark.parametrize("waits", [False, True], ids=["a-step-left", "nothing-selected"])
+async def test_a_completion_that_does_not_complete_the_run_leaves_it_running(waits: bool) -> None:
+    made = await run_in(RunStatus.RUNNING)  # b is still pending; without a selection, a waits
+    after = await last_event_id(made.run_id)
+    completion = transitions.Completion(
+        owned(made.refs["a"]), ["x", "y"], None if waits else 0, [], None, None, finishes_run=True
+    )
+    assert await transitions.complete_step_and_start(completion, ()) == (True, [], False)
+    assert (await run_row(made.run_id))["status"] == "running"
+    assert [e[:2] for e in await events_since(made.run_id, after)] == [("step", "a")]
+    assert await outbox_kinds(made.run_id) == []
 
 
 async def _assert_only_late_result(made: Made, before: dict[str, list[dict[str, Any]]], what: str) -> None:

@@ -174,8 +174,7 @@ async def _llm_run(workflow: str, steps: dict[str, tuple[int, list[tuple[int, bo
         }
         ref = records.AttemptRef(run_id, ids[key], key, attempt_id, 1)
         completion = transitions.Completion(ref, ["x"] * len(alternatives), 0, [], None, None, llm=llm)
-        done, _ = await transitions.complete_step_and_start(completion, ())
-        assert done
+        assert (await transitions.complete_step_and_start(completion, ())).done
     return run_id
 
 
