@@ -1,6 +1,7 @@
 """Engine cost per step against the floor of the same durable writes, in-process and served.
 
-    uv run python -m bench.engine [--steps 1000] [--runs 200] [--run-steps 10] [--reps 3] [--no-served]
+    uv run python -m bench.engine [--steps 1000] [--runs 200] [--run-steps 10] [--backlog 1000] [--reps 3]
+                                  [--no-served]
     uv run python -m bench.engine --only post [--posts 300] [--reps 3]
     uv run python -m bench.engine --db postgresql [--workers 1,2,4] [--runs 200] [--run-steps 10]
 
@@ -12,7 +13,8 @@ reported): absolute times on a shared machine are noise, ratios are not.
 - floor: per step, one thread round trip that commits what a step needs at the least — 2 guarded
   UPDATEs (attempt, step) and 2 event INSERTs — on a SQLite file in WAL with synchronous=NORMAL.
 - in-process: an engine in this process; R runs started with `operations.start_run`, wall time from
-  the first start to the last completion, divided by the steps. Steps are sync no-op functions.
+  the first start to the last completion, divided by the steps. Steps are sync no-op functions. Also a
+  backlog: `--backlog` one-step runs queued while no engine runs, drained by an engine that starts then.
 - served: `main.py serve` as a subprocess; runs started with `POST /api/runs`, completion read from
   the database file. Also the CPU a `POST /api/runs` costs, on `serve --no-engine` (nothing else runs),
   against the same request on `bench/http_floor.py` (the HTTP server and FastAPI alone).
@@ -157,6 +159,19 @@ async def in_process_ms_per_step(defn: WorkflowDef, runs: int) -> float:
     return (time.perf_counter() - t0) / (runs * len(defn.steps)) * 1000
 
 
+async def backlog_ms_per_step(url: str, engine: Engine, defn: WorkflowDef, runs: int) -> tuple[float, Engine]:
+    """`runs` runs queued while no engine runs (a burst, or a restart after a while), then drained by a new
+    engine: wall time from its start to the last completion, divided by the steps. Returns the engine,
+    which the next shapes use."""
+    await engine.stop()
+    run_ids = [await operations.start_run(defn, {}, "bench") for _ in range(runs)]
+    t0 = time.perf_counter()
+    engine = Engine(Settings(db_url=url))
+    await engine.start()
+    await wait_done(run_ids, timeout_s=900)
+    return (time.perf_counter() - t0) / (runs * len(defn.steps)) * 1000, engine
+
+
 # --- served ----------------------------------------------------------------------------------------
 
 
@@ -264,7 +279,7 @@ def _median_line(label: str, samples: list[float], floor: float) -> str:
 async def run_in_process(args: argparse.Namespace, tmp: Path, served: Callable[[str], float] | None) -> None:
     url = f"sqlite://{migrated_copy(tmp / 'engine.db')}"
     samples: dict[str, list[float]] = {}
-    seq, par = sequential("seq", args.steps), sequential("par", args.run_steps)
+    seq, par, one = sequential("seq", args.steps), sequential("par", args.run_steps), sequential("one", 1)
     shapes = [
         (f"1 run x {args.steps} sequential steps", seq, 1),
         (f"{args.runs} runs x {args.run_steps} steps", par, args.runs),
@@ -277,6 +292,8 @@ async def run_in_process(args: argparse.Namespace, tmp: Path, served: Callable[[
             samples.setdefault("floor", []).append(await floor_ms_per_step(tmp / f"floor{rep}.db", args.steps))
             for label, defn, runs in shapes:
                 samples.setdefault(f"in-process: {label}", []).append(await in_process_ms_per_step(defn, runs))
+            ms, engine = await backlog_ms_per_step(url, engine, one, args.backlog)
+            samples.setdefault(f"in-process: {args.backlog} queued runs x 1 step", []).append(ms)
             if served is not None:
                 for label, _, _ in shapes:
                     samples.setdefault(f"served:     {label}", []).append(await asyncio.to_thread(served, label))
@@ -310,6 +327,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200, help="concurrent runs")
     parser.add_argument("--run-steps", type=int, default=10, help="steps of each concurrent run")
     parser.add_argument("--reps", type=int, default=3, help="interleaved repetitions of every shape")
+    parser.add_argument("--backlog", type=int, default=1000, help="one-step runs queued before an engine starts")
     parser.add_argument("--no-served", action="store_true", help="skip the served process")
     parser.add_argument("--posts", type=int, default=300, help="POST /api/runs timed for their CPU")
     parser.add_argument("--only", choices=("post",), help="post: only the CPU of a POST /api/runs against its floor")
