@@ -357,9 +357,9 @@ async def test_select_an_alternative_on_a_waiting_step_and_the_run_continues(use
     assert run["steps"][0]["selected_index"] == 1
     assert run["steps"][1]["output"] == "used:call1-alt1"
     await wait_text(user, "run-status", "completed")
-    await user.should_not_see(marker="choice-needed")
+    await user.should_not_see(marker="choice-needed", retries=RETRIES)
     await user.should_see(marker="selected-draft-1", retries=RETRIES)
-    await user.should_not_see(marker="selected-draft-0")
+    await user.should_not_see(marker="selected-draft-0", retries=RETRIES)
     await wait_row(run_id, "polish", status="completed", color="green-6")
     await show(user, "polish")
     await wait_shown(user, "output-polish", "used:call1-alt1")
@@ -531,7 +531,7 @@ async def test_cancel_a_running_run(user: User) -> None:
     await wait_row(run_id, "first", status="cancelled", color="brown-5")
     await wait_row(run_id, "second", status="not run")  # a pending step of a run that ended
     assert the(user, "run-root").props["data-run-status"] == "cancelled"
-    await user.should_not_see(marker="cancel-run")
+    await user.should_not_see(marker="cancel-run", retries=RETRIES)
     await user.should_see(marker="resume-run")
 
 

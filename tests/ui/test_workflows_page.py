@@ -79,7 +79,7 @@ async def test_reload_picks_up_new_and_fixed_files(user: User, workflows_dir: Pa
     user.find("reload-definitions").click()
     await user.should_see(marker="workflow-extra", retries=100)
     await user.should_see(marker="workflow-broken")
-    await user.should_not_see(marker="definition-error")
+    await user.should_not_see(marker="definition-error", retries=100)
     await user.should_see("4 definition(s) loaded")
 
 
