@@ -190,6 +190,7 @@ class Zygote:
         self._path = ""
         self._env: dict[str, str] = {}
         self._shared = os.environ.get(SHARED)  # the socket of the zygote the xdist controller started
+        self._starting = threading.Lock()  # tests start processes from several threads (`start_all`)
 
     def can_start(self, cmd: list[str], env: dict[str, str]) -> bool:
         """Whether a fork runs `cmd` as a new interpreter would: `main.py` under the same start-up settings."""
@@ -251,6 +252,10 @@ class Zygote:
             return answer
 
     def _start(self) -> None:
+        with self._starting:  # another thread's zygote may not be listening yet
+            self._start_once()
+
+    def _start_once(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             return
         if self._proc is None and self._shared:
