@@ -120,6 +120,7 @@ def serve(settings: Settings, *, engine: bool = True) -> None:
     from nicegui import ui
 
     from engine.engine import Engine
+    from engine.heap import freeze_startup_objects
     from engine.registry import Registry
     from models.db import migrate
     from models.schema import is_postgres
@@ -144,6 +145,7 @@ def serve(settings: Settings, *, engine: bool = True) -> None:
     for error in catalog.errors:
         logging.getLogger("stepdeck").warning("definition not loaded: %s", error)
     mount(settings, workflows, Engine(settings, workflows=workflows) if engine else None)
+    freeze_startup_objects()
     ui.run(
         host=settings.host,
         port=settings.port,

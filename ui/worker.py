@@ -21,6 +21,7 @@ from dataclasses import replace
 from engine import logs
 from engine.db import connected
 from engine.engine import Engine
+from engine.heap import freeze_startup_objects
 from engine.maintenance import Maintenance
 from engine.registry import Registry
 from engine.settings import Settings
@@ -58,6 +59,7 @@ async def run_worker(settings: Settings, workflows: Registry, health_port: int |
             if health_port:
                 health = await _serve_health(settings.host, health_port, engine, maintenance)
             log.info("worker %s started: up to %d runs and %d steps at once", engine.owner, *_limits(settings))
+            freeze_startup_objects()
             await stop.wait()
         finally:
             log.info("worker %s stopping", engine.owner)
