@@ -44,6 +44,7 @@ from engine import operations
 from engine.db import connected, current
 from engine.definitions import WorkflowDef, parse_definition
 from engine.engine import Engine
+from engine.heap import freeze_startup_objects
 from engine.hub import Change, ChangeKind
 from engine.settings import Settings
 from engine.store import fetch
@@ -288,6 +289,7 @@ async def run_in_process(args: argparse.Namespace, tmp: Path, served: Callable[[
         engine = Engine(Settings(db_url=url))
         await engine.start()
         await in_process_ms_per_step(sequential("warm", 50), 2)
+        freeze_startup_objects()  # as `serve`, `worker` and `run` do once started
         for rep in range(args.reps):
             samples.setdefault("floor", []).append(await floor_ms_per_step(tmp / f"floor{rep}.db", args.steps))
             for label, defn, runs in shapes:

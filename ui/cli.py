@@ -17,6 +17,7 @@ from engine.audit import audit
 from engine.db import connected
 from engine.engine import Engine, make_owner_id
 from engine.errors import OperationError
+from engine.heap import freeze_startup_objects
 from engine.hub import Change, ChangeKind
 from engine.readmodel import RunDetail, duration_s
 from engine.records import utcnow
@@ -192,6 +193,7 @@ async def run_headless(
             print(f"warning: {error}", file=sys.stderr)
         engine = Engine(settings, workflows=workflows, owner=make_owner_id(headless=True), claim_queued=False)
         await engine.start(recover=False)
+        freeze_startup_objects()
         try:
             try:
                 defn = workflows.get(workflow)
