@@ -191,6 +191,23 @@ async def test_claim_run_refuses_a_run_that_is_not_queued(status: RunStatus) -> 
     assert await snapshot(made.run_id) == before
 
 
+async def test_claim_runs_claims_the_queued_ones_with_what_their_drivers_read() -> None:
+    first, taken, second = await new_run(), await run_in(RunStatus.RUNNING), await new_run("x", "y", "z")
+    before = await snapshot(taken.run_id)
+    after = await last_event_id(first.run_id)
+    claimed = await transitions.claim_runs([first.run_id, taken.run_id, second.run_id], OTHER)
+    assert [c.id for c in claimed] == [first.run_id, second.run_id]
+    assert await snapshot(taken.run_id) == before  # running already: left as it was
+    for made, c in zip((first, second), claimed, strict=True):
+        run = await run_row(made.run_id)
+        assert (run["status"], run["owner"]) == ("running", OTHER)
+        assert json.loads(c.definition) == {"name": "wf"} and json.loads(c.inputs) == {"x": 1}
+        # The steps as the driver reads them (`STEP_ROWS_SQL`): id, key, status, attempt, retries used, …
+        assert [row[:5] for row in c.steps] == [(made.ids[k], k, "pending", 0, 0) for k in made.ids]
+    assert await events_since(first.run_id, after) == [("run", None, None, "queued", "running", None, OTHER)]
+    assert await transitions.claim_runs([first.run_id], OWNER) == []  # each is claimed once
+
+
 # --- finish_run ------------------------------------------------------------------------------------
 
 
