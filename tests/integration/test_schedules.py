@@ -445,7 +445,9 @@ async def test_a_job_apscheduler_could_not_run_in_time_is_recorded_as_missed(
 
 
 async def test_apscheduler_reports_a_late_job_and_it_is_recorded(db: str, install: Any, schedules: Schedules) -> None:
-    install()
+    # A real fire time half a day away: one due while the test waits (the nightly one, within minutes of
+    # the clock) would be fired in place of the late one.
+    install(cron=f"0 {(utcnow().hour + 12) % 24} * * *", timezone="UTC")
     schedules.start()  # registers the listener of EVENT_JOB_MISSED
     schedules.scheduler.start()
     jid = job_id(WORKFLOW, "nightly")
