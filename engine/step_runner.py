@@ -131,11 +131,14 @@ class Finished:
     error: Exception | None = None  # the return value cannot be stored (the step fails)
     outputs: list[Any] | None = None
     successors: list[tuple[StepState, transitions.StepStart]] = field(default_factory=list)
-    done: bool = False  # the completion committed
-    started: list[int | None] = field(default_factory=list)  # attempt ids of the successors started with it
-    finished: bool = False  # the run was finished (COMPLETED) with it
+    completed: transitions.Completed | None = None  # what its commit wrote (None: nothing was committed)
     commit_error: Exception | None = None  # the database refused the commit: the loop writes it again
     chained: Chained | None = None  # a successor started with it, which this thread executes next
+
+    @property
+    def done(self) -> bool:
+        """The completion committed."""
+        return self.completed is not None and self.completed.done
 
     @property
     def then(self) -> kinds.InThread | None:
@@ -221,21 +224,13 @@ class ThreadFinish:
             finishes_run=not successors and self.driver.completes_run(self.s, index),
         )
         try:
-            done, started, finished = transitions.complete_step_and_start_blocking(
-                completion, [st for _, st in successors]
-            )
+            completed = transitions.complete_step_and_start_blocking(completion, [st for _, st in successors])
         except Exception as exc:
             return Finished(handled=True, outputs=outputs, successors=successors, commit_error=exc)
-        chained = self._chain(outputs, index, successors, started) if done and index is not None else None
-        return Finished(
-            handled=True,
-            outputs=outputs,
-            successors=successors,
-            done=done,
-            started=started,
-            chained=chained,
-            finished=finished,
-        )
+        chained = None
+        if completed.done and index is not None:
+            chained = self._chain(outputs, index, successors, completed.started)
+        return Finished(handled=True, outputs=outputs, successors=successors, completed=completed, chained=chained)
 
     def _chain(
         self,
@@ -490,8 +485,9 @@ def _took_effect(driver: RunDriver, s: StepState, f: Finished) -> Following | No
     index = 0 if s.defn.select == "auto" else None
     s.status = StepStatus.COMPLETED if index is not None else StepStatus.WAITING
     s.outputs, s.selected_index = f.outputs, index
-    driver.finished = driver.finished or f.finished
-    return _start_successors(driver, f.successors, f.started, f.chained)
+    assert f.completed is not None
+    driver.finished = driver.finished or f.completed.finished
+    return _start_successors(driver, f.successors, f.completed.started, f.chained)
 
 
 def _start_successors(
