@@ -223,7 +223,7 @@ class RunDriver:
 
     async def _loop(self) -> None:
         candidates = list(self.steps)
-        while self.stop_reason is None:
+        while self.stop_reason is None and not self.finished:  # finished: by its last step's commit
             for s in self._ready(candidates):
                 self.spawn(s)
             if not self.tasks:

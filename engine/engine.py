@@ -246,10 +246,13 @@ class Engine:
         if not ids or self._stopping:
             return
         for claimed in await transitions.claim_runs(ids, self.owner):
-            if self._stopping:
-                await transitions.release_run(claimed.id, self.owner, f"released: {self.stop_reason}")
-            else:
+            if not self._stopping:
                 self._spawn(claimed.id, claimed)
+                continue
+            try:
+                await transitions.release_run(claimed.id, self.owner, f"released: {self.stop_reason}")
+            except Exception:  # the others are released all the same; this one is left to recovery
+                log.exception("run %s: could not be released as the engine stops", claimed.id)
 
     async def _dispatch_loop(self) -> None:
         while not self._stopping:

@@ -171,10 +171,14 @@ async def claim_run(run_id: int, owner: str) -> bool:
 async def claim_runs(run_ids: Sequence[int], owner: str) -> list[ClaimedRun]:
     """`claim_run` for each of `run_ids`, in one commit, each claimed run with what its driver reads first
     (so that a driver starts without a read of its own). The runs that were not QUEUED any more are left
-    out, and so is one whose claim the database refused alone (it stays QUEUED; the error is logged): the
-    others may have committed, and must be driven."""
+    out. A claim that the database refused leaves its run QUEUED: when every claim was refused, the first
+    refusal is raised (nothing was claimed); otherwise the refusals are logged and the claimed runs
+    returned, to be driven."""
     now = records.utcnow()
     outcomes = await run_batches([_claim_batch(run_id, owner, now, load=True) for run_id in run_ids])
+    refused = [result for result in outcomes if isinstance(result, Exception)]
+    if refused and len(refused) == len(outcomes):
+        raise refused[0]
     claimed = []
     for run_id, result in zip(run_ids, outcomes, strict=True):
         if isinstance(result, Exception):

@@ -7,8 +7,10 @@ are recorded as events and never overwrite a terminal state.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,6 +23,7 @@ from engine.records import AttemptRef
 from engine.store import Stmt, fetch, run_batch
 from engine.transitions import NewStep, Selection, StepReset, StepStart
 from models.status import RUN_TRANSITIONS, STEP_TRANSITIONS, AttemptStatus, RunStatus, StepStatus
+from tests import pgdb
 from tests.conftest import commits_of_events, holding_lease
 
 OWNER = "testhost:101:aaaa"
@@ -203,9 +206,44 @@ async def test_claim_runs_claims_the_queued_ones_with_what_their_drivers_read() 
         assert (run["status"], run["owner"]) == ("running", OTHER)
         assert json.loads(c.definition) == {"name": "wf"} and json.loads(c.inputs) == {"x": 1}
         # The steps as the driver reads them (`STEP_ROWS_SQL`): id, key, status, attempt, retries used, …
-        assert [row[:5] for row in c.steps] == [(made.ids[k], k, "pending", 0, 0) for k in made.ids]
+        assert sorted(row[:5] for row in c.steps) == sorted((made.ids[k], k, "pending", 0, 0) for k in made.ids)
     assert await events_since(first.run_id, after) == [("run", None, None, "queued", "running", None, OTHER)]
     assert await transitions.claim_runs([first.run_id], OWNER) == []  # each is claimed once
+
+
+@contextlib.asynccontextmanager
+async def refusing_claims_of(run_id: int) -> AsyncIterator[None]:
+    """The database refuses every update of run `run_id` (a trigger raising), as one that cannot write it would."""
+    if pgdb.ENABLED:
+        create = [
+            "CREATE FUNCTION refuse_update() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'refused'; END $$"
+            " LANGUAGE plpgsql",
+            f"CREATE TRIGGER refuse BEFORE UPDATE ON runs FOR EACH ROW WHEN (NEW.id = {run_id})"
+            " EXECUTE FUNCTION refuse_update()",
+        ]
+        drop = ["DROP TRIGGER refuse ON runs", "DROP FUNCTION refuse_update()"]
+    else:
+        create = [
+            f"CREATE TRIGGER refuse BEFORE UPDATE ON runs WHEN NEW.id = {run_id}"
+            " BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        ]
+        drop = ["DROP TRIGGER refuse"]
+    await run_batch([Stmt(sql, ()) for sql in create])
+    try:
+        yield
+    finally:
+        await run_batch([Stmt(sql, ()) for sql in drop])
+
+
+async def test_claim_runs_drives_what_the_database_took_and_raises_when_it_took_nothing() -> None:
+    refused, fine = await new_run(), await new_run()
+    async with refusing_claims_of(refused.run_id):
+        claimed = await transitions.claim_runs([refused.run_id, fine.run_id], OWNER)
+        assert [c.id for c in claimed] == [fine.run_id]  # committed: its driver must start
+        with pytest.raises(Exception, match="refused"):  # nothing claimed: the caller sees why
+            await transitions.claim_runs([refused.run_id], OWNER)
+    assert (await run_row(refused.run_id))["status"] == "queued"
+    assert (await run_row(fine.run_id))["status"] == "running"
 
 
 # --- finish_run ------------------------------------------------------------------------------------
