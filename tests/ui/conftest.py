@@ -152,7 +152,12 @@ async def fresh_app() -> AsyncIterator[None]:
         run.tear_down()
 
 
-async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 10.0) -> Any:
+# How often `User.should_see` / `should_not_see` try (every 0.1 s): up to 30 s, for a loaded machine. They
+# return at the first try that holds, so a generous bound costs nothing where the page is quick.
+RETRIES = 300
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 30.0) -> Any:
     """Poll `check` (sync or async) until it returns something truthy; fail naming `what`."""
     deadline = time.monotonic() + timeout_s
     last: Any = None

@@ -11,7 +11,7 @@ from nicegui import ui
 from nicegui.testing import User
 
 from engine import operations, queries
-from tests.ui.conftest import eventually, loaded, table_rows
+from tests.ui.conftest import RETRIES, eventually, loaded, table_rows
 from ui.pages import monitoring as monitoring_page
 
 WORKFLOW = "llm-tokens"
@@ -34,7 +34,6 @@ steps:
     prompt: "Write an article about {{ inputs.topic }}"
     max_tokens: 2000
 """
-RETRIES = 100  # `should_see` waits 0.1 s between tries: up to 10 s
 
 
 @pytest.fixture(autouse=True)

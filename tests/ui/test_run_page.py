@@ -24,7 +24,7 @@ from engine import operations, queries
 from engine.errors import Conflict
 from tests import stepfns
 from tests.conftest import wait_for
-from tests.ui.conftest import add_workflows, eventually, table_rows
+from tests.ui.conftest import RETRIES, add_workflows, eventually, table_rows
 from ui.components.run_steps import RunSteps
 from ui.live import LiveRuns, RunState
 
@@ -86,7 +86,6 @@ WORKFLOWS = {
 }
 
 TIMEOUT_S = 10.0
-RETRIES = 100  # `should_see` waits 0.1 s between tries: up to 10 s
 
 
 @pytest.fixture(autouse=True)

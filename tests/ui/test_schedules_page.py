@@ -16,7 +16,7 @@ from engine.cron import trigger
 from engine.records import utcnow
 from engine.schedules import Schedules
 from models.tables import Run, ScheduleState
-from tests.ui.conftest import app_workflows, caught_navigations, eventually, new_run_id
+from tests.ui.conftest import RETRIES, app_workflows, caught_navigations, eventually, new_run_id
 
 REPORT = """\
 name: report
@@ -71,13 +71,13 @@ async def test_an_invalid_cron_expression_is_a_broken_file_and_the_app_goes_on(u
     (workflows_dir / "report.yaml").write_text(REPORT.replace("Europe/Berlin", "Europe/Atlantis"), encoding="utf-8")
     user.find("reload-definitions").click()
     await user.should_see(
-        "report.yaml:12: schedules.nightly.timezone: unknown time zone 'Europe/Atlantis'", retries=100
+        "report.yaml:12: schedules.nightly.timezone: unknown time zone 'Europe/Atlantis'", retries=RETRIES
     )
     await user.should_see("file(s) with errors")
-    await user.should_not_see(marker=MARK, retries=100)  # the schedules list follows the error report
+    await user.should_not_see(marker=MARK, retries=RETRIES)  # the schedules list follows the error report
     (workflows_dir / "report.yaml").write_text(REPORT, encoding="utf-8")
     user.find("reload-definitions").click()
-    await user.should_see(marker=MARK, retries=100)
+    await user.should_see(marker=MARK, retries=RETRIES)
 
 
 async def test_shows_next_fire_time_and_the_last_run_with_link_and_status(user: User) -> None:

@@ -10,7 +10,7 @@ from nicegui.testing import User
 
 from engine import operations
 from engine.maintenance import SWEEP_JOB_ID
-from tests.ui.conftest import eventually, loaded, new_run_id, open_run_dialog, table_rows
+from tests.ui.conftest import RETRIES, eventually, loaded, new_run_id, open_run_dialog, table_rows
 from ui.components.dag import INLINE_MAX_STEPS
 
 
@@ -50,7 +50,7 @@ async def test_a_large_workflows_graph_is_drawn_when_opened_not_with_the_page(us
     await user.open("/workflows")
     (workflows_dir / "big.yaml").write_text(f"name: big\nsteps:\n{steps}", encoding="utf-8")
     user.find("reload-definitions").click()
-    await user.should_see(marker="workflow-big", retries=100)
+    await user.should_see(marker="workflow-big", retries=RETRIES)
     await user.should_see(f"Graph of {INLINE_MAX_STEPS + 1} steps")
     await user.should_not_see(marker="dag-big")  # not drawn with the page
     await user.should_see(marker="dag-ui-demo")  # a small workflow's graph is drawn at once
@@ -77,9 +77,9 @@ async def test_reload_picks_up_new_and_fixed_files(user: User, workflows_dir: Pa
     (workflows_dir / "broken.yaml").write_text(text, encoding="utf-8")
     (workflows_dir / "extra.yaml").write_text("steps:\n  - key: only\n    call: tests.stepfns:noop\n", encoding="utf-8")
     user.find("reload-definitions").click()
-    await user.should_see(marker="workflow-extra", retries=100)
+    await user.should_see(marker="workflow-extra", retries=RETRIES)
     await user.should_see(marker="workflow-broken")
-    await user.should_not_see(marker="definition-error", retries=100)
+    await user.should_not_see(marker="definition-error", retries=RETRIES)
     await user.should_see("4 definition(s) loaded")
 
 
@@ -103,4 +103,4 @@ async def test_monitoring_shows_the_sweep_and_counts(user: User) -> None:
     await user.should_see("queued: 0")
 
     await operations.start_run(loaded("gated"), {}, "test")
-    await user.should_see("running: 1", retries=100)  # the counts follow the new run
+    await user.should_see("running: 1", retries=RETRIES)  # the counts follow the new run
