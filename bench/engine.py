@@ -16,8 +16,9 @@ reported): absolute times on a shared machine are noise, ratios are not.
   the first start to the last completion, divided by the steps. Steps are sync no-op functions. Also a
   backlog: `--backlog` one-step runs queued while no engine runs, drained by an engine that starts then.
 - served: `main.py serve` as a subprocess; runs started with `POST /api/runs` (one kept-alive connection,
-  the standard library's client: a light load generator), completion read from the database file. Also the CPU a `POST /api/runs` costs, on `serve --no-engine` (nothing else runs),
-  against the same request on `bench/http_floor.py` (the HTTP server and FastAPI alone).
+  the standard library's client: a light load generator), completion read from the database file.
+  Also the CPU a `POST /api/runs` costs, on `serve --no-engine` (nothing else runs), against the same
+  request on `bench/http_floor.py` (the HTTP server and FastAPI alone).
 """
 
 from __future__ import annotations
