@@ -310,6 +310,9 @@ class LiveRuns:
         self._due: set[int] = set()
         self._push: asyncio.Task[None] | None = None
         self._remove: Callable[[], None] | None = None
+        # Runs whose state is being read for a first viewer: what changed meanwhile (a step's key, None for
+        # the run itself), to be read again once the state is made (`open`).
+        self._opening: dict[int, set[str | None]] = {}
 
     def start(self, hub: Hub) -> None:
         """Follow the changes of `hub` (the app's database's, once it is open)."""
@@ -327,17 +330,33 @@ class LiveRuns:
         self.states.clear()
         self.viewers.clear()
         self._due.clear()
+        self._opening.clear()
 
     async def open(self, run_id: int) -> RunState:
-        """The live state of a run for one more viewer (NotFound if there is no such run)."""
+        """The live state of a run for one more viewer (NotFound if there is no such run).
+
+        A change committed while the state is read (the run finishing as its page opens) may be newer than
+        what was read, and no state was there to take it: what it names is read again at once."""
         state = self.states.get(run_id)
         if state is None:
-            header = await queries.run_header(run_id, self.workflows)
-            rows = await queries.step_rows(run_id)
+            changed = self._opening.setdefault(run_id, set())  # shared with another tab opening it now
+            try:
+                header = await queries.run_header(run_id, self.workflows)
+                rows = await queries.step_rows(run_id)
+            except BaseException:
+                if self._opening.get(run_id) is changed:
+                    del self._opening[run_id]
+                raise
             state = self.states.get(run_id)  # another tab may have opened it meanwhile
             if state is None:
                 executing = self.hub.executing if self.hub else {}
                 state = self.states[run_id] = RunState(header, rows, executing, self.workflows)
+                if self._opening.get(run_id) is changed:
+                    del self._opening[run_id]
+                if changed:
+                    state.dirty.update(key for key in changed if key is not None)
+                    state.header_dirty = True
+                    self._push_soon(run_id)
         self.viewers[run_id] += 1
         return state
 
@@ -361,6 +380,9 @@ class LiveRuns:
             self.runs_changed.emit(change.run_id)  # the runs list shows statuses and step progress
         state = self.states.get(change.run_id)
         if state is None:
+            changed = self._opening.get(change.run_id)
+            if changed is not None and change.event_id is not None:
+                changed.add(change.step_key)
             return
         key = change.step_key
         if change.kind == ChangeKind.STEP and change.to_status and key:
@@ -378,7 +400,11 @@ class LiveRuns:
         if change.kind == ChangeKind.RUN and change.event_id is not None:
             state.header_dirty = True
         state.pending.events.append(change)
-        self._due.add(change.run_id)
+        self._push_soon(change.run_id)
+
+    def _push_soon(self, run_id: int) -> None:
+        """Push what changed in the run to its tabs, with the other runs' changes of the next PUSH_DELAY_S."""
+        self._due.add(run_id)
         if self._push is None or self._push.done():
             self._push = background_tasks.create(self._push_due(), name="live-push")
 

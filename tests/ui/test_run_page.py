@@ -534,6 +534,30 @@ async def test_cancel_a_running_run(user: User) -> None:
     await user.should_see(marker="resume-run")
 
 
+async def test_a_run_that_finishes_while_its_page_is_read_shows_finished(
+    user: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The page reads the run, then its steps; the run finishes in between, before the page's live state
+    # exists to take the change. The page must not go on showing it running.
+    run_id = await start_run(user, "gated-pair")
+    await wait_step(user, run_id, "first", "running")
+    read_steps = queries.step_rows
+
+    async def the_run_finishes_meanwhile(rid: int, keys: Any = None) -> Any:
+        rows = await read_steps(rid, keys)
+        if keys is None:  # the first read of the page's state
+            stepfns.gate("first").set()
+            stepfns.gate("second").set()
+            await wait_run(user, run_id, "completed")
+        return rows
+
+    monkeypatch.setattr(queries, "step_rows", the_run_finishes_meanwhile)
+    await user.open(f"/runs/{run_id}")
+    await wait_text(user, "run-status", "completed")
+    assert the(user, "run-root").props["data-run-status"] == "completed"
+    await wait_row(run_id, "second", status="completed", color="green-6")
+
+
 async def test_a_step_log_has_a_heading_a_search_and_a_download(user: User) -> None:
     run_id = await start_run(user, "logs")
     await wait_run(user, run_id, "completed")
