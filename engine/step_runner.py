@@ -486,7 +486,7 @@ def _took_effect(driver: RunDriver, s: StepState, f: Finished) -> Following | No
     s.status = StepStatus.COMPLETED if index is not None else StepStatus.WAITING
     s.outputs, s.selected_index = f.outputs, index
     assert f.completed is not None
-    driver.finished = driver.finished or f.completed.finished
+    driver.finished |= f.completed.finished
     return _start_successors(driver, f.successors, f.completed.started, f.chained)
 
 
@@ -590,7 +590,7 @@ async def _completed(
     if done:
         s.status = StepStatus.COMPLETED if index is not None else StepStatus.WAITING
         s.outputs, s.selected_index = outputs, index
-        driver.finished = driver.finished or finished
+        driver.finished |= finished
     else:
         driver.notice_outside_change()
     _spawn(driver, _start_successors(driver, successors, attempt_ids))

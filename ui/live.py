@@ -343,16 +343,13 @@ class LiveRuns:
             try:
                 header = await queries.run_header(run_id, self.workflows)
                 rows = await queries.step_rows(run_id)
-            except BaseException:
-                if self._opening.get(run_id) is changed:
+            finally:
+                if self._opening.get(run_id) is changed:  # no change can come from here to the state's making
                     del self._opening[run_id]
-                raise
             state = self.states.get(run_id)  # another tab may have opened it meanwhile
             if state is None:
                 executing = self.hub.executing if self.hub else {}
                 state = self.states[run_id] = RunState(header, rows, executing, self.workflows)
-                if self._opening.get(run_id) is changed:
-                    del self._opening[run_id]
                 if changed:
                     state.dirty.update(key for key in changed if key is not None)
                     state.header_dirty = True
