@@ -20,6 +20,7 @@ from engine.definitions import (
     parse_definition,
 )
 from engine.registry import Registry
+from tests.bad_values import bad_values
 
 WORKFLOWS_DIR = Path(__file__).resolve().parents[2] / "workflows"
 
@@ -579,26 +580,32 @@ def test_definition_error_survives_pickling() -> None:
 # --- input declaration errors -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("decl", "field", "detail"),
-    [
-        ("topic: strng", "inputs.topic.type", "unknown type 'strng' (known: string, text, integer"),
-        ("topic: {type: choice}", "inputs.topic.options", "non-empty list"),
-        ("topic: {type: choice, options: []}", "inputs.topic.options", "non-empty list"),
-        ("topic: {type: choice, options: [a, a]}", "inputs.topic.options", "unique"),
-        ("topic: {type: string, options: [a]}", "inputs.topic.options", "only allowed for type choice"),
-        ("topic: {type: integer, default: abc}", "inputs.topic.default", "expected an integer, got string"),
-        ("topic: {type: integer, default: true}", "inputs.topic.default", "expected an integer, got boolean"),
-        ("topic: {type: choice, options: [a, b], default: c}", "inputs.topic.default", "'c' is not one of: a, b"),
-        ("topic: {type: boolean, default: 'yes'}", "inputs.topic.default", "expected true or false"),
-        ("topic: {type: string, required: maybe}", "inputs.topic.required", "expected true or false"),
-        ("topic: {type: string, colour: red}", "inputs.topic", "unknown field 'colour'"),
-        ("topic: [string]", "inputs.topic", "expected a type name or a mapping"),
-        ("2fast: string", "inputs.2fast", "invalid input name '2fast'"),
-        ("my-topic: string", "inputs.my-topic", "invalid input name 'my-topic'"),
-    ],
+@bad_values(
+    "field, decl, detail",
+    {
+        "inputs.topic.type": {"topic: strng": "unknown type 'strng' (known: string, text, integer"},
+        "inputs.topic.options": {
+            "topic: {type: choice}": "non-empty list",
+            "topic: {type: choice, options: []}": "non-empty list",
+            "topic: {type: choice, options: [a, a]}": "unique",
+            "topic: {type: string, options: [a]}": "only allowed for type choice",
+        },
+        "inputs.topic.default": {
+            "topic: {type: integer, default: abc}": "expected an integer, got string",
+            "topic: {type: integer, default: true}": "expected an integer, got boolean",
+            "topic: {type: choice, options: [a, b], default: c}": "'c' is not one of: a, b",
+            "topic: {type: boolean, default: 'yes'}": "expected true or false",
+        },
+        "inputs.topic.required": {"topic: {type: string, required: maybe}": "expected true or false"},
+        "inputs.topic": {
+            "topic: {type: string, colour: red}": "unknown field 'colour'",
+            "topic: [string]": "expected a type name or a mapping",
+        },
+        "inputs.2fast": {"2fast: string": "invalid input name '2fast'"},
+        "inputs.my-topic": {"my-topic: string": "invalid input name 'my-topic'"},
+    },
 )
-def test_bad_input_declarations(tmp_path: Path, mod: str, decl: str, field: str, detail: str) -> None:
+def test_bad_input_declarations(tmp_path: Path, mod: str, field: str, decl: str, detail: str) -> None:
     err, path = load_error(tmp_path, f"inputs:\n  {decl}\n" + steps_yaml(mod))
 
     assert err.step is None

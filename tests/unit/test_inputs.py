@@ -6,6 +6,7 @@ import pytest
 
 from engine.definitions import InputError, WorkflowDef, parse_definition, validate_inputs
 from engine.inputs import InputDeclError, check_value, parse_input
+from tests.bad_values import bad_values
 
 
 def workflow(**inputs: Any) -> WorkflowDef:
@@ -158,18 +159,15 @@ def test_from_strings_coerces(name: str, text: str, expected: Any) -> None:
     assert type(value) is type(expected)
 
 
-@pytest.mark.parametrize(
-    ("name", "text", "message"),
-    [
-        ("i", "abc", "'abc' is not an integer"),
-        ("i", "2.5", "'2.5' is not an integer"),
-        ("i", "", "'' is not an integer"),
-        ("n", "abc", "'abc' is not a number"),
-        ("n", "nan", "expected a finite number, got nan"),
-        ("b", "maybe", "'maybe' is not a boolean (use true/false, yes/no or 1/0)"),
-        ("c", "z", "'z' is not one of: x, y"),
-        ("s", "a\x00b", "must not contain a NUL character"),
-    ],
+@bad_values(
+    "name, text, message",
+    {
+        "i": {"abc": "'abc' is not an integer", "2.5": "'2.5' is not an integer", "": "'' is not an integer"},
+        "n": {"abc": "'abc' is not a number", "nan": "expected a finite number, got nan"},
+        "b": {"maybe": "'maybe' is not a boolean (use true/false, yes/no or 1/0)"},
+        "c": {"z": "'z' is not one of: x, y"},
+        "s": {"a\x00b": "must not contain a NUL character"},
+    },
 )
 def test_from_strings_errors(name: str, text: str, message: str) -> None:
     assert problems(TYPED, {name: text}, from_strings=True) == {name: message}

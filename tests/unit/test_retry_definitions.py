@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.definitions import DefinitionError, WorkflowDef, load_file
+from tests.bad_values import bad_values
 
 MODULE = "def ok(ctx):\n    return 'ok'\n"
 
@@ -48,17 +49,19 @@ def test_no_retry_policy_by_default(tmp_path: Path) -> None:
     assert step.retry_on == ("error", "timeout")
 
 
-@pytest.mark.parametrize(
-    ("field", "value", "message"),
-    [
-        ("retries", "-1", "expected an integer from 0 to 100, got -1"),
-        ("retries", "yes", "expected an integer from 0 to 100, got True"),
-        ("retry_delay_s", "soon", "expected a number of seconds"),
-        ("retry_backoff", "0.5", "expected a multiplier from 1 to 100"),
-        ("retry_max_delay_s", "-3", "expected a number of seconds"),
-        ("retry_on", "[error, crash]", "expected a list of error, timeout, truncated"),
-        ("retry_max_tokens_factor", "0", "expected a number from 1 to 16"),
-    ],
+@bad_values(
+    "field, value, message",
+    {
+        "retries": {
+            "-1": "expected an integer from 0 to 100, got -1",
+            "yes": "expected an integer from 0 to 100, got True",
+        },
+        "retry_delay_s": {"soon": "expected a number of seconds"},
+        "retry_backoff": {"0.5": "expected a multiplier from 1 to 100"},
+        "retry_max_delay_s": {"-3": "expected a number of seconds"},
+        "retry_on": {"[error, crash]": "expected a list of error, timeout, truncated"},
+        "retry_max_tokens_factor": {"0": "expected a number from 1 to 16"},
+    },
 )
 def test_a_bad_step_field_is_located(tmp_path: Path, field: str, value: str, message: str) -> None:
     with pytest.raises(DefinitionError) as err:

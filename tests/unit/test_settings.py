@@ -8,6 +8,7 @@ import pytest
 
 from engine.settings import ENV_NAMES, Settings, SettingsError, from_env
 from models.db import DEFAULT_DB_URL
+from tests.bad_values import bad_values
 
 
 def test_defaults_without_any_variable() -> None:
@@ -59,19 +60,23 @@ def test_empty_variables_mean_the_default() -> None:
     assert from_env({"STEPDECK_PORT": "", "STEPDECK_HOST": "   "}) == Settings()
 
 
-@pytest.mark.parametrize(
-    ("variable", "value", "message"),
-    [
-        ("STEPDECK_PORT", "eighty", "STEPDECK_PORT='eighty' is not a valid int"),
-        ("STEPDECK_PORT", "80.5", "STEPDECK_PORT='80.5' is not a valid int"),
-        ("STEPDECK_MAX_TOKENS", "lots", "STEPDECK_MAX_TOKENS='lots' is not a valid int"),
-        ("STEPDECK_HEARTBEAT_INTERVAL_S", "5s", "STEPDECK_HEARTBEAT_INTERVAL_S='5s' is not a valid float"),
-        ("STEPDECK_PORT", "0", "STEPDECK_PORT must be between 1 and 65535, got 0"),
-        ("STEPDECK_PORT", "70000", "STEPDECK_PORT must be between 1 and 65535, got 70000"),
-        ("STEPDECK_MAX_TOKENS", "0", "STEPDECK_MAX_TOKENS must be at least 1, got 0"),
-        ("STEPDECK_SWEEP_INTERVAL_S", "-1", "STEPDECK_SWEEP_INTERVAL_S must be greater than 0, got -1.0"),
-        ("STEPDECK_ON_ORPHAN", "retry", "STEPDECK_ON_ORPHAN must be one of"),
-    ],
+@bad_values(
+    "variable, value, message",
+    {
+        "STEPDECK_PORT": {
+            "eighty": "STEPDECK_PORT='eighty' is not a valid int",
+            "80.5": "STEPDECK_PORT='80.5' is not a valid int",
+            "0": "STEPDECK_PORT must be between 1 and 65535, got 0",
+            "70000": "STEPDECK_PORT must be between 1 and 65535, got 70000",
+        },
+        "STEPDECK_MAX_TOKENS": {
+            "lots": "STEPDECK_MAX_TOKENS='lots' is not a valid int",
+            "0": "STEPDECK_MAX_TOKENS must be at least 1, got 0",
+        },
+        "STEPDECK_HEARTBEAT_INTERVAL_S": {"5s": "STEPDECK_HEARTBEAT_INTERVAL_S='5s' is not a valid float"},
+        "STEPDECK_SWEEP_INTERVAL_S": {"-1": "STEPDECK_SWEEP_INTERVAL_S must be greater than 0, got -1.0"},
+        "STEPDECK_ON_ORPHAN": {"retry": "STEPDECK_ON_ORPHAN must be one of"},
+    },
 )
 def test_a_bad_value_raises_an_error_naming_the_variable(variable: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError) as info:
