@@ -132,6 +132,13 @@ def run_action(path: str, summary: str) -> Callable[[DecoratedCallable], Decorat
     return protected.post(path, response_model=RunOut, responses=ACTIONS, summary=summary)
 
 
+def read(
+    path: str, model: Any, summary: str, responses: dict[int | str, dict[str, Any]] = ERRORS
+) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """The route of a read: a GET answered with `model`, its errors documented by `responses`."""
+    return protected.get(path, response_model=model, responses=responses, summary=summary)
+
+
 async def run_response(run_id: int, workflows: Workflows) -> JSONResponse:
     """The run as read now: the answer of its reads and of every action on it, sent as `RunDetail.to_json`
     builds it (`RunOut` documents it)."""
@@ -150,27 +157,17 @@ async def health() -> JSONResponse:
     )
 
 
-@protected.get(
-    "/llm",
-    response_model=LlmOut,
-    responses=SIGN_IN,
-    summary="The model provider LLM steps use (simulated when none is set)",
-)
+@read("/llm", LlmOut, "The model provider LLM steps use (simulated when none is set)", responses=SIGN_IN)
 async def llm_provider(request: Request) -> providers.ProviderJson:
     return providers.describe(request.app.state.settings)
 
 
-@protected.get("/workflows", response_model=list[WorkflowOut], responses=SIGN_IN, summary="Workflow definitions")
+@read("/workflows", list[WorkflowOut], "Workflow definitions", responses=SIGN_IN)
 async def list_workflows(workflows: Workflows) -> list[dict[str, Any]]:
     return [workflow_json(d) for d in sorted(workflows.definitions.values(), key=lambda d: d.name)]
 
 
-@protected.get(
-    "/workflows/errors",
-    response_model=list[DefinitionErrorOut],
-    responses=SIGN_IN,
-    summary="Definition files that failed to load",
-)
+@read("/workflows/errors", list[DefinitionErrorOut], "Definition files that failed to load", responses=SIGN_IN)
 async def workflow_errors(workflows: Workflows) -> list[dict[str, Any]]:
     return [
         {"source": e.source, "step": e.step, "field": e.field, "line": e.line, "message": str(e)}
@@ -178,7 +175,7 @@ async def workflow_errors(workflows: Workflows) -> list[dict[str, Any]]:
     ]
 
 
-@protected.get("/workflows/{name}", response_model=WorkflowOut, responses=ERRORS, summary="One workflow definition")
+@read("/workflows/{name}", WorkflowOut, "One workflow definition")
 async def get_workflow(workflows: Workflows, name: str) -> dict[str, Any]:
     return workflow_json(workflows.get(name))
 
@@ -189,11 +186,10 @@ async def start_run(workflows: Workflows, body: StartRunIn, actor: Operator) -> 
     return OrjsonResponse(run, status_code=201)
 
 
-@protected.get(
+@read(
     "/runs",
-    response_model=list_of(RunSummaryOut),
-    responses=ERRORS,
-    summary="Runs, newest first, as summaries (a run's outputs and logs come from GET /api/runs/{id})",
+    list_of(RunSummaryOut),
+    "Runs, newest first, as summaries (a run's outputs and logs come from GET /api/runs/{id})",
 )
 async def list_runs(
     workflows: Workflows,
@@ -213,7 +209,7 @@ async def list_runs(
     )
 
 
-@protected.get("/runs/{run_id}", response_model=RunOut, responses=ERRORS, summary="A run with its steps")
+@read("/runs/{run_id}", RunOut, "A run with its steps")
 async def get_run(workflows: Workflows, run_id: str) -> JSONResponse:
     return await run_response(parse_run_id(run_id), workflows)
 
@@ -232,12 +228,7 @@ async def resume_run(workflows: Workflows, run_id: str, actor: Operator) -> JSON
     return await run_response(rid, workflows)
 
 
-@protected.get(
-    "/runs/{run_id}/steps/{key}/rerun-plan",
-    response_model=PlanOut,
-    responses=ERRORS,
-    summary="What a rerun from this step would re-run and keep",
-)
+@read("/runs/{run_id}/steps/{key}/rerun-plan", PlanOut, "What a rerun from this step would re-run and keep")
 async def rerun_plan(run_id: str, key: str) -> dict[str, Any]:
     plan = await operations.rerun_plan(parse_run_id(run_id), key)
     return PlanOut.from_plan(plan).model_dump()
@@ -266,7 +257,7 @@ async def select(workflows: Workflows, run_id: str, key: str, body: SelectIn, ac
     return await run_response(rid, workflows)
 
 
-@protected.get("/runs/{run_id}/steps/{key}", response_model=StepOut, responses=ERRORS, summary="One step of a run")
+@read("/runs/{run_id}/steps/{key}", StepOut, "One step of a run")
 async def get_step(workflows: Workflows, run_id: str, key: str) -> JSONResponse:
     run = await queries.run_detail(parse_run_id(run_id), workflows)
     for step in run.steps:
@@ -275,12 +266,7 @@ async def get_step(workflows: Workflows, run_id: str, key: str) -> JSONResponse:
     raise NotFound(f"run {run_id} has no step {key!r}")
 
 
-@protected.get(
-    "/runs/{run_id}/attempts",
-    response_model=list_of(AttemptOut),
-    responses=ERRORS,
-    summary="Every attempt of the run's steps, history included",
-)
+@read("/runs/{run_id}/attempts", list_of(AttemptOut), "Every attempt of the run's steps, history included")
 async def list_attempts(run_id: str) -> list[queries.AttemptJson]:
     return await queries.list_attempts(parse_run_id(run_id))
 
@@ -349,15 +335,13 @@ class AuditOut(BaseModel):
     address: str | None
 
 
-@protected.get("/me", response_model=MeOut, responses=ERRORS, summary="Who this request acts as")
+@read("/me", MeOut, "Who this request acts as")
 async def me(request: Request) -> dict[str, Any]:
     who = security.principal(request)
     return {"name": who.name, "role": who.role, "via": who.via, "token": who.token}
 
 
-@protected.get(
-    "/audit", response_model=list[AuditOut], responses=ACTIONS, summary="Sign-ins, token use, account changes"
-)
+@read("/audit", list[AuditOut], "Sign-ins, token use, account changes", responses=ACTIONS)
 async def audit_trail(request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, Any]]:
     if not security.principal(request).can_act:
         raise Forbidden("the audit trail is for operators")
