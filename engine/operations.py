@@ -62,7 +62,9 @@ async def _create(
     except InputError as exc:
         raise InvalidInput(str(exc), exc.problems) from None
     steps = defn.derived(_new_steps)
-    return values, await transitions.create_run(defn.name, JsonText(defn.snapshot_json()), values, steps, actor)
+    return values, await transitions.create_run(
+        transitions.NewRun(defn.name, JsonText(defn.snapshot_json()), values, steps, actor)
+    )
 
 
 def _new_steps(defn: WorkflowDef) -> tuple[transitions.NewStep, ...]:

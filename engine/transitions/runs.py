@@ -47,6 +47,17 @@ class NewStep:
 
 
 @dataclass(frozen=True, slots=True)
+class NewRun:
+    """What a run starts from: its workflow, the definition's snapshot, its inputs and steps, and who starts it."""
+
+    workflow: str
+    definition: Mapping[str, Any] | JsonText
+    inputs: dict[str, Any]
+    steps: Sequence[NewStep]
+    actor: str
+
+
+@dataclass(frozen=True, slots=True)
 class CreatedRun:
     """A run as `create_run` wrote it: its id and creation time as stored."""
 
@@ -54,15 +65,9 @@ class CreatedRun:
     created_at: datetime
 
 
-async def create_run(
-    workflow: str,
-    definition: Mapping[str, Any] | JsonText,
-    inputs: dict[str, Any],
-    steps: Sequence[NewStep],
-    actor: str,
-) -> CreatedRun:
+async def create_run(new: NewRun) -> CreatedRun:
     """Insert a QUEUED run with its PENDING steps."""
-    created = await _create_run(workflow, definition, inputs, steps, actor, None)
+    created = await _create_run(new, None)
     assert created is not None  # nothing but a fire time can be taken already
     return created
 
@@ -72,28 +77,22 @@ async def create_scheduled_run(
 ) -> int | None:
     """`create_run` for a fire time of a schedule, claiming the fire time in the same commit: None when
     it was claimed already (a double firing), and then nothing is written."""
-    created = await _create_run(fire.workflow, definition, inputs, steps, f"schedule:{fire.schedule}", fire)
+    new = NewRun(fire.workflow, definition, inputs, steps, f"schedule:{fire.schedule}")
+    created = await _create_run(new, fire)
     return created.id if created is not None else None
 
 
-async def _create_run(
-    workflow: str,
-    definition: Mapping[str, Any] | JsonText,
-    inputs: dict[str, Any],
-    steps: Sequence[NewStep],
-    actor: str,
-    fire: ScheduledFire | None,
-) -> CreatedRun | None:
+async def _create_run(new: NewRun, fire: ScheduledFire | None) -> CreatedRun | None:
     now = records.utcnow()
     run = Stmt(
         "INSERT INTO runs (workflow, definition, inputs, status, actor, recoveries, schedule, scheduled_for,"
         " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?) RETURNING id, created_at",
         (
-            workflow,
-            definition,
-            inputs,
+            new.workflow,
+            new.definition,
+            new.inputs,
             RunStatus.QUEUED,
-            actor,
+            new.actor,
             fire.schedule if fire else None,
             fire.fire_time if fire else None,
             now,
@@ -106,17 +105,17 @@ async def _create_run(
         " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, FALSE, ?, 0, ?)",
         many=[
             (Ref(0), s.key, s.label, i, s.kind, s.needs, StepStatus.PENDING, s.retries, now)
-            for i, s in enumerate(steps)
+            for i, s in enumerate(new.steps)
         ],
     )
     stmts = [run, step_rows]
-    message = f"started a run of {workflow!r}"
+    message = f"started a run of {new.workflow!r}"
     if fire is not None:
         stmts.append(fire_stmt(fire, "started", Ref(0), None, now))
         message += f" for its fire time {fire.fire_time.isoformat()}"
     evs = [
-        EventSpec(ACTION, Ref(0), actor=actor, message=message),
-        EventSpec(RUN, Ref(0), to_status=RunStatus.QUEUED, actor=actor),
+        EventSpec(ACTION, Ref(0), actor=new.actor, message=message),
+        EventSpec(RUN, Ref(0), to_status=RunStatus.QUEUED, actor=new.actor),
     ]
     result = (await run_batches([events.batch(stmts, evs, now)]))[0]
     if isinstance(result, Exception):

@@ -29,7 +29,7 @@ async def run_with_steps(status: RunStatus) -> Planted:
     """A consistent run of a → b through the transitions: COMPLETED (a has 2 alternatives, 0 picked),
     WAITING (a waits for a choice), RUNNING (a is running) or QUEUED."""
     steps = [NewStep("a", "A", "python", []), NewStep("b", "B", "python", ["a"])]
-    run_id = (await transitions.create_run("wf", {}, {}, steps, "tester")).id
+    run_id = (await transitions.create_run(transitions.NewRun("wf", {}, {}, steps, "tester"))).id
     rows = await fetch("SELECT id, key FROM steps WHERE run_id = ?", (run_id,))
     made = Planted(run_id, {r["key"]: r["id"] for r in rows})
     if status == RunStatus.QUEUED:

@@ -204,7 +204,11 @@ async def test_the_sweeps_fail_drops_a_pending_retry(settings: Settings, define:
 async def test_check_finds_impossible_retry_states(db: str) -> None:
     from engine import audit
 
-    run_id = (await transitions.create_run("w", {}, {}, [transitions.NewStep("a", "A", "python", [], 1)], "t")).id
+    run_id = (
+        await transitions.create_run(
+            transitions.NewRun("w", {}, {}, [transitions.NewStep("a", "A", "python", [], 1)], "t")
+        )
+    ).id
     # Planted: a retrying step without a due time, in a run that is neither running nor queued, and
     # without a failed attempt.
     await run_batch(

@@ -55,7 +55,7 @@ async def new_run(*keys: str) -> Made:
     """A QUEUED run of a chain of steps (each needs the previous one)."""
     keys = keys or ("a", "b")
     steps = [NewStep(k, k.upper(), "python", [keys[i - 1]] if i else []) for i, k in enumerate(keys)]
-    run_id = (await transitions.create_run("wf", {"name": "wf"}, {"x": 1}, steps, "tester")).id
+    run_id = (await transitions.create_run(transitions.NewRun("wf", {"name": "wf"}, {"x": 1}, steps, "tester"))).id
     rows = await fetch("SELECT id, key FROM steps WHERE run_id = ? ORDER BY position", (run_id,))
     return Made(run_id, {r["key"]: r["id"] for r in rows}, {})
 

@@ -147,7 +147,9 @@ def test_build_report_keeps_the_newest_runs_and_the_newest_limit() -> None:
 async def _llm_run(workflow: str, steps: dict[str, tuple[int, list[tuple[int, bool]]]]) -> int:
     """A run whose steps each completed one LLM attempt: step -> (max_tokens, [(peak, truncated) per alternative])."""
     run_id = (
-        await transitions.create_run(workflow, {}, {}, [transitions.NewStep(k, k, "llm", []) for k in steps], "test")
+        await transitions.create_run(
+            transitions.NewRun(workflow, {}, {}, [transitions.NewStep(k, k, "llm", []) for k in steps], "test")
+        )
     ).id
     assert await transitions.claim_run(run_id, await holding_lease(OWNER))
     ids = {r["key"]: r["id"] for r in await fetch("SELECT id, key FROM steps WHERE run_id = ?", (run_id,))}

@@ -81,7 +81,11 @@ async def test_each_status_is_stored_and_read_back_as_its_value(db: str) -> None
 
 
 async def test_statuses_written_as_raw_parameters_read_back_as_members(db: str) -> None:
-    run_id = (await transitions.create_run("w", {}, {}, [transitions.NewStep("a", "A", "python", [])], "t")).id
+    run_id = (
+        await transitions.create_run(
+            transitions.NewRun("w", {}, {}, [transitions.NewStep("a", "A", "python", [])], "t")
+        )
+    ).id
     assert await transitions.claim_run(run_id, await holding_lease("h:1:b"))
     run = await Run.get(id=run_id)
     assert run.status is RunStatus.RUNNING
