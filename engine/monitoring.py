@@ -63,18 +63,13 @@ class StepUsage:
 
 
 @dataclass(frozen=True, slots=True)
-class DayRate:
-    """Share of rows truncated on one UTC day (`rate` is None on a day without rows)."""
+class DayUsage:
+    """The rows of one UTC day: how many, the share truncated (`rate` is None on a day without rows), their tokens."""
 
     day: date
     rows: int
     truncated: int
     rate: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class DayTokens:
-    day: date
     prompt_tokens: int
     completion_tokens: int
 
@@ -109,9 +104,8 @@ class TokenReport:
     capped: bool  # the window held more than MAX_ROWS rows: only the newest were read
     providers: tuple[str, ...]
     steps: tuple[StepUsage, ...]
-    truncation_by_day: tuple[DayRate, ...]
-    truncation_by_workflow: dict[str, tuple[DayRate, ...]]
-    tokens_by_day: tuple[DayTokens, ...]
+    usage_by_day: tuple[DayUsage, ...]
+    usage_by_workflow: dict[str, tuple[DayUsage, ...]]
     tokens_by_run: tuple[RunTokens, ...]  # the newest RECENT_RUNS runs, oldest first
     prompt_tokens: int
     completion_tokens: int
@@ -240,18 +234,20 @@ def _days(first: date, last: date) -> list[date]:
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def _day_rates(rows: Iterable[UsageRow], days: Sequence[date]) -> tuple[DayRate, ...]:
-    counts: dict[date, list[int]] = defaultdict(lambda: [0, 0])
+def _day_usage(rows: Iterable[UsageRow], days: Sequence[date]) -> tuple[DayUsage, ...]:
+    counts: dict[date, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # rows, truncated, prompt, completion
     for r in rows:
         c = counts[r.created_at.date()]
         c[0] += 1
         c[1] += r.truncated
-    return tuple(
-        DayRate(d, counts[d][0], counts[d][1], counts[d][1] / counts[d][0] if counts[d][0] else None)
-        if d in counts
-        else DayRate(d, 0, 0, None)
-        for d in days
-    )
+        c[2] += r.prompt_tokens
+        c[3] += r.completion_tokens
+
+    def usage(d: date) -> DayUsage:
+        n, truncated, prompt, completion = counts.get(d, (0, 0, 0, 0))
+        return DayUsage(d, n, truncated, truncated / n if n else None, prompt, completion)
+
+    return tuple(usage(d) for d in days)
 
 
 def cost_of(key: str, rows: Sequence[UsageRow]) -> Cost:
@@ -265,16 +261,12 @@ def build_report(rows: Sequence[UsageRow], days: int, since: datetime, now: date
     by_step: dict[tuple[str, str], list[UsageRow]] = defaultdict(list)
     by_workflow: dict[str, list[UsageRow]] = defaultdict(list)
     by_run: dict[int, list[UsageRow]] = defaultdict(list)
-    day_tokens: dict[date, list[int]] = defaultdict(lambda: [0, 0])
     by_day: dict[date, list[UsageRow]] = defaultdict(list)
     for r in rows:
         by_day[r.created_at.date()].append(r)
         by_step[(r.workflow, r.step_key)].append(r)
         by_workflow[r.workflow].append(r)
         by_run[r.run_id].append(r)
-        t = day_tokens[r.created_at.date()]
-        t[0] += r.prompt_tokens
-        t[1] += r.completion_tokens
     calendar = _days(min(r.created_at for r in rows).date(), now.date()) if rows else []
     recent = sorted(by_run)[-RECENT_RUNS:]
     return TokenReport(
@@ -285,9 +277,8 @@ def build_report(rows: Sequence[UsageRow], days: int, since: datetime, now: date
         capped=capped,
         providers=tuple(sorted({r.provider for r in rows})),
         steps=tuple(step_usage(w, s, by_step[(w, s)]) for w, s in sorted(by_step)),
-        truncation_by_day=_day_rates(rows, calendar),
-        truncation_by_workflow={w: _day_rates(by_workflow[w], calendar) for w in sorted(by_workflow)},
-        tokens_by_day=tuple(DayTokens(d, *day_tokens.get(d, [0, 0])) for d in calendar),
+        usage_by_day=_day_usage(rows, calendar),
+        usage_by_workflow={w: _day_usage(by_workflow[w], calendar) for w in sorted(by_workflow)},
         tokens_by_run=tuple(
             RunTokens(
                 run_id=run_id,

@@ -117,14 +117,14 @@ def test_build_report_aggregates_per_step_day_and_run() -> None:
     assert long.suggested_limit is None
     assert sum(b.count for b in long.histogram) == 2
     # Every day from the first with data to today; a day without rows has no rate (a gap, not 0 %).
-    assert [(d.day, d.rows, d.truncated, d.rate) for d in report.truncation_by_day] == [
+    assert [(d.day, d.rows, d.truncated, d.rate) for d in report.usage_by_day] == [
         (date(2026, 3, 7), 1, 0, 0.0),
         (date(2026, 3, 8), 0, 0, None),
         (date(2026, 3, 9), 2, 1, 0.5),
         (date(2026, 3, 10), 2, 1, 0.5),
     ]
-    assert [d.rows for d in report.truncation_by_workflow["other"]] == [1, 0, 0, 0]
-    assert [(d.day.day, d.completion_tokens) for d in report.tokens_by_day] == [(7, 40), (8, 0), (9, 350), (10, 250)]
+    assert [d.rows for d in report.usage_by_workflow["other"]] == [1, 0, 0, 0]
+    assert [(d.day.day, d.completion_tokens) for d in report.usage_by_day] == [(7, 40), (8, 0), (9, 350), (10, 250)]
     assert [(r.run_id, r.workflow, r.completion_tokens) for r in report.tokens_by_run] == [
         (1, "other", 40),
         (2, "w", 350),
@@ -205,13 +205,13 @@ async def test_token_report_reads_the_window_from_the_database(db: str) -> None:
     assert summary.suggested_limit == 512  # 1.5 x 250 = 375, made nice
     assert recent in [r.run_id for r in week.tokens_by_run]
     assert old not in [r.run_id for r in week.tokens_by_run]
-    assert week.truncation_by_day[-1].day == datetime.now(UTC).date()
-    assert week.tokens_by_day[-1].completion_tokens == 50 + 30 + 400 + 350 + 250
+    assert week.usage_by_day[-1].day == datetime.now(UTC).date()
+    assert week.usage_by_day[-1].completion_tokens == 50 + 30 + 400 + 350 + 250
 
     month = await token_report(30)
     assert month.rows == 6
     assert next(s for s in month.steps if s.step_key == "outline").truncated == 2
-    assert len(month.truncation_by_day) == 11  # ten days ago through today
+    assert len(month.usage_by_day) == 11  # ten days ago through today
     # `now` moves the window: seen from 20 days ahead, nothing is left.
     assert (await token_report(7, now=datetime.now(UTC) + timedelta(days=20))).empty
 

@@ -75,9 +75,9 @@ def distribution_options(step: StepUsage | None) -> dict[str, Any]:
 
 def truncation_options(report: TokenReport) -> dict[str, Any]:
     """Share of outputs truncated per UTC day, overall and (for a few workflows) per workflow."""
-    lines = {"all workflows": report.truncation_by_day}
-    if 1 < len(report.truncation_by_workflow) <= MAX_WORKFLOW_LINES:
-        lines.update(report.truncation_by_workflow)
+    lines = {"all workflows": report.usage_by_day}
+    if 1 < len(report.usage_by_workflow) <= MAX_WORKFLOW_LINES:
+        lines.update(report.usage_by_workflow)
     series = [
         {"type": "line", "name": name, "data": [None if d.rate is None else round(d.rate * 100, 1) for d in days]}
         for name, days in lines.items()
@@ -85,14 +85,14 @@ def truncation_options(report: TokenReport) -> dict[str, Any]:
     return _chart(
         "Outputs truncated per day (%)",
         legend=LEGEND,
-        xAxis={"type": "category", "data": [d.day.isoformat() for d in report.truncation_by_day]},
+        xAxis={"type": "category", "data": [d.day.isoformat() for d in report.usage_by_day]},
         yAxis={"type": "value", "min": 0, "max": 100},
         series=series,
     )
 
 
 def tokens_day_options(report: TokenReport) -> dict[str, Any]:
-    days = report.tokens_by_day
+    days = report.usage_by_day
     return _chart(
         "Tokens per day (UTC)",
         legend=LEGEND,
