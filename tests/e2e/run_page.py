@@ -126,6 +126,13 @@ def assert_current(page: Page, key: str) -> None:
     expect(page).to_have_url(re.compile(rf"[?&]step={key}$"))
 
 
+def assert_at_step(page: Page, nav: Locator, key: str) -> None:
+    """The navigator landed on `key`: its step is current (`assert_current`) and its card in view
+    (`assert_card_in_view`)."""
+    assert_current(page, key)
+    assert_card_in_view(page, nav, key)
+
+
 def page_width(page: Page) -> int:
     """How wide the page's content is (more than the viewport means it scrolls sideways)."""
     width: int = page.evaluate("Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)")
@@ -150,6 +157,16 @@ CELL_COLOURS = """(canvas) => {
 
 def colour(status: str) -> str:
     return QUASAR_HEX[STATUS_COLORS[status]]
+
+
+def cell_statuses(page: Page) -> list[str]:
+    """The status whose colour each cell of the overview strip is drawn in, in step order (a colour that is no
+    status's stays its hex)."""
+    by_colour = {colour(status): str(status) for status in STATUS_COLORS}
+    assert len(by_colour) == len(STATUS_COLORS), "two statuses share a colour: a cell's colour would not name one"
+    return [
+        by_colour.get(hex_colour, hex_colour) for hex_colour in page.get_by_test_id("overview").evaluate(CELL_COLOURS)
+    ]
 
 
 # The contrast ratio (WCAG) between an element's text colour and the background it is drawn on.

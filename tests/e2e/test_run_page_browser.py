@@ -11,6 +11,7 @@ from playwright.sync_api import Page, expect
 from tests.e2e.conftest import FAILING_AT, LAST, WIDE
 from tests.e2e.run_page import (
     PILL_SHOWN,
+    assert_at_step,
     assert_card_in_view,
     assert_current,
     body,
@@ -114,8 +115,7 @@ def test_n_jumps_to_the_next_failed_step_and_the_pill_strip_follows(page: Page, 
     assert_card_in_view(page, nav, second)
 
     page.keyboard.press("n")  # round again to the first
-    assert_current(page, first)
-    assert_card_in_view(page, nav, first)
+    assert_at_step(page, nav, first)
 
     page.get_by_test_id("next-failed").click()  # the button does the same for failed steps only
     assert_current(page, second)
@@ -123,8 +123,7 @@ def test_n_jumps_to_the_next_failed_step_and_the_pill_strip_follows(page: Page, 
 
 def test_j_and_k_move_the_current_step_and_o_opens_and_closes_it(page: Page, server: Server, fifty_run: int) -> None:
     nav = open_run(page, server, fifty_run, "?step=s05")
-    assert_current(page, "s05")
-    assert_card_in_view(page, nav, "s05")  # near the top too: the page scrolled exactly to it
+    assert_at_step(page, nav, "s05")  # near the top too: the page scrolled exactly to it
 
     page.keyboard.press("j")
     assert_current(page, "s06")
@@ -134,8 +133,7 @@ def test_j_and_k_move_the_current_step_and_o_opens_and_closes_it(page: Page, ser
     assert_current(page, "s06")
     for _ in range(25):
         page.keyboard.press("j")
-    assert_current(page, "s31")
-    assert_card_in_view(page, nav, "s31")
+    assert_at_step(page, nav, "s31")
     expect(card(page, "s31")).to_have_attribute("data-open", "false")  # moving does not open
 
     page.keyboard.press("o")

@@ -11,13 +11,12 @@ from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import FAILING_AT, LAST, LONG_RUN, LONG_TOKEN, NARROW, WIDE
 from tests.e2e.run_page import (
-    CELL_COLOURS,
+    assert_at_step,
     assert_card_in_view,
-    assert_current,
     body,
     box,
     card,
-    colour,
+    cell_statuses,
     contrast,
     open_run,
     page_width,
@@ -70,8 +69,8 @@ def test_the_overview_strip_shows_every_step_of_a_300_step_run_without_scrolling
     assert page_width(page) <= WIDE["width"], f"the page scrolls sideways: {page_width(page)} px"
 
     # Every step is a cell of its status's colour, in order: the failed ones where they are.
-    cells = overview.evaluate(CELL_COLOURS)
-    expected = [colour("failed") if i in FAILING_AT else colour("completed") for i in range(1, LONG_RUN + 1)]
+    cells = cell_statuses(page)
+    expected = ["failed" if i in FAILING_AT else "completed" for i in range(1, LONG_RUN + 1)]
     wrong = [
         (f"s{i + 1:02d}", got, want) for i, (got, want) in enumerate(zip(cells, expected, strict=True)) if got != want
     ]
@@ -81,8 +80,7 @@ def test_the_overview_strip_shows_every_step_of_a_300_step_run_without_scrolling
     cell_w = size["shown"] / (LONG_RUN / 2)
     overview.click(position={"x": (FAILING_AT[1] - LONG_RUN // 2 - 1) * cell_w + cell_w / 2, "y": 15})
     key = f"s{FAILING_AT[1]:02d}"
-    assert_current(page, key)
-    assert_card_in_view(page, nav, key)
+    assert_at_step(page, nav, key)
 
 
 def test_a_long_unbroken_word_in_an_error_never_scrolls_the_page_sideways(
@@ -118,8 +116,7 @@ def test_screenshots_light_and_dark(page: Page, server: Server, mixed_run: int, 
         resize(size)
         nav = open_run(page, server, mixed_run, f"?step={key}")
         expect(body(page, key)).to_contain_text("ValueError")
-        assert_card_in_view(page, nav, key)
-        assert_current(page, key)
+        assert_at_step(page, nav, key)
         assert page_width(page) <= size["width"], f"the page scrolls sideways: {page_width(page)} px"
         # The navigator's buttons and counts read on its background, in either mode.
         for hook in ("expand-all", "step-counts"):

@@ -12,13 +12,11 @@ from playwright.sync_api import Page, expect
 
 from tests.e2e.conftest import LONG_RUN
 from tests.e2e.run_page import (
-    CELL_COLOURS,
-    assert_card_in_view,
-    assert_current,
+    assert_at_step,
     body,
     box,
     card,
-    colour,
+    cell_statuses,
     epoch_s,
     gate_dir,
     open_gated_run,
@@ -90,8 +88,7 @@ def test_the_choice_banner_jumps_to_the_waiting_step(page: Page, server: Server,
 
     expect(card(page, "pick")).to_have_attribute("data-open", "true")
     expect(body(page, "pick")).to_contain_text("Pick one of 2 alternatives")
-    assert_card_in_view(page, nav, "pick")
-    assert_current(page, "pick")
+    assert_at_step(page, nav, "pick")
 
 
 def test_a_watched_300_step_run_reaches_completed_soon_after_the_api(
@@ -122,8 +119,8 @@ def test_a_watched_300_step_run_reaches_completed_soon_after_the_api(
     expect(root).to_have_attribute("data-completed", str(LONG_RUN))
     expect(page.get_by_test_id("step-counts")).to_have_text(f"{LONG_RUN} completed")
     expect(page.get_by_test_id("status-gate")).to_have_text("completed")
-    cells = page.get_by_test_id("overview").evaluate(CELL_COLOURS)
-    assert set(cells) == {colour("completed")}, f"cells not completed-green: {sorted(set(cells))}"
+    cells = cell_statuses(page)
+    assert set(cells) == {"completed"}, f"cells not completed-green: {sorted(set(cells))}"
 
 
 def test_a_tab_that_lost_its_connection_catches_up_without_reload(page: Page, server: Server, tmp_path: Path) -> None:
