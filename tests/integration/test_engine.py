@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from engine import operations, queries
+from engine.definitions import WorkflowDef
 from engine.engine import Engine
 from engine.registry import Registry
 from engine.settings import Settings
@@ -29,7 +30,7 @@ from tests.conftest import (
     wait_run,
 )
 
-Define = Callable[..., Any]
+Define = Callable[..., WorkflowDef]
 SLEEP_INPUT = {"sleep_s": {"type": "number", "default": 30}}
 # "At once", on a loaded machine: a hundred times what these take on an idle one, and far below what the wrong
 # behaviour takes (the 30 s sleep of the step; a step that ignored its cancellation is abandoned only after
@@ -59,17 +60,15 @@ async def running_rows() -> list[dict[str, Any]]:
 # --- cancel ----------------------------------------------------------------------------------------
 
 
-async def test_cancel_stops_an_async_step_at_once_and_keeps_its_logs(
-    settings: Settings, define: Define, registry: Registry
-) -> None:
+async def test_cancel_stops_an_async_step_at_once_and_keeps_its_logs(settings: Settings, define: Define) -> None:
     stepfns.reset()
-    define(
+    defn = define(
         "c-async",
         [{"key": "slow", "call": "tests.stepfns:sleepy"}, {"key": "after", "call": "tests.stepfns:noop"}],
         inputs=SLEEP_INPUT,
     )
     async with engine_running(settings.with_overrides(cancel_grace_s=NO_GRACE_S)) as engine:
-        run_id = await operations.start_run(registry.get("c-async"), {}, "tester")
+        run_id = await operations.start_run(defn, {}, "tester")
         await wait_for(lambda: calls("sleepy"), 5, "sleepy to start")
         started = time.monotonic()
         assert await operations.cancel_run(run_id, "alice") is True
@@ -87,9 +86,9 @@ async def test_cancel_stops_an_async_step_at_once_and_keeps_its_logs(
     assert stepfns.CALLS["noop"] == 0
 
 
-async def test_cancel_tells_a_sync_step_through_its_context(engine: Engine, define: Define, registry: Registry) -> None:
-    define("c-sync", [{"key": "block", "call": "tests.stepfns:blocking_watch"}])
-    run_id = await operations.start_run(registry.get("c-sync"), {}, "tester")
+async def test_cancel_tells_a_sync_step_through_its_context(engine: Engine, define: Define) -> None:
+    defn = define("c-sync", [{"key": "block", "call": "tests.stepfns:blocking_watch"}])
+    run_id = await operations.start_run(defn, {}, "tester")
     await wait_for(lambda: calls("blocking_watch"), 5, "the sync step to start")
     assert await operations.cancel_run(run_id, "alice") is True
     await wait_for(lambda: calls("blocking_saw_cancel"), PROMPT_S, "the sync step to see ctx.is_cancelled")
@@ -100,16 +99,14 @@ async def test_cancel_tells_a_sync_step_through_its_context(engine: Engine, defi
     assert (await step_of(run_id, "block"))["status"] == "cancelled"
 
 
-async def test_a_cancelled_run_frees_its_slot_for_the_next_queued_run(
-    settings: Settings, define: Define, registry: Registry
-) -> None:
+async def test_a_cancelled_run_frees_its_slot_for_the_next_queued_run(settings: Settings, define: Define) -> None:
     stepfns.reset()
-    define("slot-hog", [{"key": "slow", "call": "tests.stepfns:sleepy"}], inputs=SLEEP_INPUT)
-    define("slot-next", [{"key": "a", "call": "tests.stepfns:noop"}])
+    hog_def = define("slot-hog", [{"key": "slow", "call": "tests.stepfns:sleepy"}], inputs=SLEEP_INPUT)
+    next_def = define("slot-next", [{"key": "a", "call": "tests.stepfns:noop"}])
     async with engine_running(settings.with_overrides(max_concurrent_runs=1)) as eng:
-        hog = await operations.start_run(registry.get("slot-hog"), {}, "tester")
+        hog = await operations.start_run(hog_def, {}, "tester")
         await wait_for(lambda: calls("sleepy"), 5, "the first run to start")
-        nxt = await operations.start_run(registry.get("slot-next"), {}, "tester")
+        nxt = await operations.start_run(next_def, {}, "tester")
         await asyncio.sleep(0.3)
         assert await run_status(nxt) == "queued"  # one run at a time
         assert list(eng.drivers) == [hog]
@@ -126,14 +123,12 @@ async def _drivers_empty(eng: Engine) -> bool:
 # --- timeouts --------------------------------------------------------------------------------------
 
 
-async def test_a_step_that_exceeds_its_timeout_fails_with_a_timeout_error(
-    settings: Settings, define: Define, registry: Registry
-) -> None:
+async def test_a_step_that_exceeds_its_timeout_fails_with_a_timeout_error(settings: Settings, define: Define) -> None:
     stepfns.reset()
-    define("t-async", [{"key": "slow", "call": "tests.stepfns:sleepy", "timeout_s": 0.3}], inputs=SLEEP_INPUT)
+    defn = define("t-async", [{"key": "slow", "call": "tests.stepfns:sleepy", "timeout_s": 0.3}], inputs=SLEEP_INPUT)
     async with engine_running(settings.with_overrides(cancel_grace_s=NO_GRACE_S)):
         started = time.monotonic()
-        run_id = await run_to_end(registry.get("t-async"), "failed", timeout_s=PROMPT_S)
+        run_id = await run_to_end(defn, "failed", timeout_s=PROMPT_S)
         assert time.monotonic() - started < PROMPT_S
     run = (await queries.run_detail(run_id)).to_json()
     assert run["error"] == "step 'slow' failed: timed out after 0.3 s"
@@ -147,11 +142,9 @@ async def test_a_step_that_exceeds_its_timeout_fails_with_a_timeout_error(
     )
 
 
-async def test_a_sync_step_that_exceeds_its_timeout_is_told_to_stop(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
-    define("t-sync", [{"key": "block", "call": "tests.stepfns:blocking_watch", "timeout_s": 0.3}])
-    run_id = await run_to_end(registry.get("t-sync"), "failed", timeout_s=5)
+async def test_a_sync_step_that_exceeds_its_timeout_is_told_to_stop(engine: Engine, define: Define) -> None:
+    defn = define("t-sync", [{"key": "block", "call": "tests.stepfns:blocking_watch", "timeout_s": 0.3}])
+    run_id = await run_to_end(defn, "failed", timeout_s=5)
     assert (await step_of(run_id, "block"))["error"] == "timed out after 0.3 s"
     await wait_for(lambda: calls("blocking_saw_cancel"), PROMPT_S, "the sync step to see ctx.is_cancelled")
 
@@ -159,14 +152,12 @@ async def test_a_sync_step_that_exceeds_its_timeout_is_told_to_stop(
 # --- chains of sync steps (a successor runs on in the thread that committed its start) ---------------
 
 
-async def test_a_chain_of_sync_steps_sees_each_predecessors_output(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
+async def test_a_chain_of_sync_steps_sees_each_predecessors_output(engine: Engine, define: Define) -> None:
     steps: list[dict[str, Any]] = [{"key": "s0", "call": "tests.stepfns:noop"}]
     steps += [{"key": f"s{i}", "call": "tests.stepfns:collect", "needs": [f"s{i - 1}"]} for i in range(1, 5)]
     steps.append({"key": "join", "call": "tests.stepfns:collect", "needs": ["s2", "s4"]})
-    define("chain-out", steps)
-    run_id = await run_to_end(registry.get("chain-out"), "completed")
+    defn = define("chain-out", steps)
+    run_id = await run_to_end(defn, "completed")
     outputs = {s["key"]: s["output"] for s in (await queries.run_detail(run_id)).to_json()["steps"]}
     assert outputs["s1"] == {"s0": outputs["s0"]}
     for i in range(2, 5):
@@ -187,11 +178,11 @@ async def test_a_branch_that_found_no_free_slot_runs_once_the_chain_beside_it_go
             {"key": f"{side}{i}", "call": "tests.stepfns:collect", "needs": [f"{side}{i - 1}" if i else side]}
             for i in range(3)
         ]
-    define("chain-fan", steps)
+    defn = define("chain-fan", steps)
     two_slots = dataclasses.replace(settings, max_concurrent_steps=2)
     stepfns.reset()
     async with engine_running(two_slots, registry) as eng:
-        run_id = await run_to_end(registry.get("chain-fan"), "completed")
+        run_id = await run_to_end(defn, "completed")
         detail = (await queries.run_detail(run_id)).to_json()
         assert {s["key"]: s["status"] for s in detail["steps"]} == {s["key"]: "completed" for s in steps}
         assert detail["steps"][-1]["output"] == {"right1": {"right0": {"right": {"root": "ok"}}}}
@@ -199,10 +190,8 @@ async def test_a_branch_that_found_no_free_slot_runs_once_the_chain_beside_it_go
         assert eng.step_slots.free == 2
 
 
-async def test_a_chained_sync_step_past_its_timeout_fails_and_is_told_to_stop(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
-    define(
+async def test_a_chained_sync_step_past_its_timeout_fails_and_is_told_to_stop(engine: Engine, define: Define) -> None:
+    defn = define(
         "chain-timeout",
         [
             {"key": "first", "call": "tests.stepfns:noop"},
@@ -210,7 +199,7 @@ async def test_a_chained_sync_step_past_its_timeout_fails_and_is_told_to_stop(
             {"key": "after", "call": "tests.stepfns:noop", "needs": ["block"]},
         ],
     )
-    run_id = await run_to_end(registry.get("chain-timeout"), "failed", timeout_s=PROMPT_S)
+    run_id = await run_to_end(defn, "failed", timeout_s=PROMPT_S)
     assert (await step_of(run_id, "block"))["error"] == "timed out after 0.3 s"
     assert (await step_of(run_id, "after"))["status"] != "completed"
     await wait_for(lambda: calls("blocking_saw_cancel"), PROMPT_S, "the chained step to see ctx.is_cancelled")
@@ -218,8 +207,8 @@ async def test_a_chained_sync_step_past_its_timeout_fails_and_is_told_to_stop(
     assert await running_rows() == []
 
 
-async def test_cancel_reaches_a_chained_sync_step(engine: Engine, define: Define, registry: Registry) -> None:
-    define(
+async def test_cancel_reaches_a_chained_sync_step(engine: Engine, define: Define) -> None:
+    defn = define(
         "chain-cancel",
         [
             {"key": "first", "call": "tests.stepfns:noop"},
@@ -227,7 +216,7 @@ async def test_cancel_reaches_a_chained_sync_step(engine: Engine, define: Define
             {"key": "after", "call": "tests.stepfns:noop", "needs": ["block"]},
         ],
     )
-    run_id = await operations.start_run(registry.get("chain-cancel"), {}, "tester")
+    run_id = await operations.start_run(defn, {}, "tester")
     await wait_for(lambda: calls("blocking_watch"), 5, "the chained step to start")
     assert await operations.cancel_run(run_id, "alice") is True
     await wait_for(lambda: calls("blocking_saw_cancel"), PROMPT_S, "the chained step to see ctx.is_cancelled")
@@ -240,11 +229,9 @@ async def test_cancel_reaches_a_chained_sync_step(engine: Engine, define: Define
     assert await running_rows() == []
 
 
-async def test_a_timeout_error_raised_by_the_step_itself_is_not_our_timeout(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
-    define("t-own", [{"key": "api", "call": "tests.stepfns:own_timeout", "timeout_s": 30}])
-    run_id = await run_to_end(registry.get("t-own"), "failed")
+async def test_a_timeout_error_raised_by_the_step_itself_is_not_our_timeout(engine: Engine, define: Define) -> None:
+    defn = define("t-own", [{"key": "api", "call": "tests.stepfns:own_timeout", "timeout_s": 30}])
+    run_id = await run_to_end(defn, "failed")
     step = await step_of(run_id, "api")
     assert step["error"] == "TimeoutError: the upstream API timed out"
     assert "timed out after" not in step["error"]
@@ -255,11 +242,11 @@ async def test_a_timeout_error_raised_by_the_step_itself_is_not_our_timeout(
 
 
 async def test_the_traceback_of_a_sync_step_raising_timeout_error_shows_the_step(
-    engine: Engine, define: Define, registry: Registry
+    engine: Engine, define: Define
 ) -> None:
     """error_detail is there to find the failing line: it must reach into the step function."""
-    define("t-own-tb", [{"key": "api", "call": "tests.stepfns:own_timeout"}])
-    run_id = await run_to_end(registry.get("t-own-tb"), "failed")
+    defn = define("t-own-tb", [{"key": "api", "call": "tests.stepfns:own_timeout"}])
+    run_id = await run_to_end(defn, "failed")
     detail = (await step_of(run_id, "api"))["error_detail"]
     assert "in own_timeout" in detail, detail
 
@@ -273,15 +260,15 @@ async def test_the_traceback_of_a_sync_step_raising_timeout_error_shows_the_step
     ids=["sync", "async", "two-ends"],
 )
 async def test_a_run_finishes_in_the_commit_of_its_last_step(
-    engine: Engine, define: Define, registry: Registry, shape: str, last: str
+    engine: Engine, define: Define, shape: str, last: str
 ) -> None:
     # The commit that completes the last step finishes the run too (no commit of its own): the two event
     # rows share that commit's time. With two steps that nothing needs, the one completing second finishes it.
     steps: list[dict[str, Any]] = [{"key": "first", "call": "tests.stepfns:noop"}]
     ends = ["end"] if shape == "chain" else ["end", "other"]
     steps += [{"key": key, "call": last, "needs": ["first"]} for key in ends]
-    define(f"finish-{shape}", steps)
-    run_id = await run_to_end(registry.get(f"finish-{shape}"), "completed")
+    defn = define(f"finish-{shape}", steps)
+    run_id = await run_to_end(defn, "completed")
     rows = await fetch("SELECT id, kind, step_key, to_status FROM events WHERE run_id = ? ORDER BY id", (run_id,))
     assert [r["to_status"] for r in rows if r["kind"] == "run"] == ["queued", "running", "completed"]
     *_, before, step, finished = rows
@@ -293,11 +280,9 @@ async def test_a_run_finishes_in_the_commit_of_its_last_step(
 # --- errors ----------------------------------------------------------------------------------------
 
 
-async def test_a_raising_step_fails_with_its_error_and_traceback(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
-    define("err", [{"key": "x", "call": "tests.stepfns:boom"}, {"key": "y", "call": "tests.stepfns:noop"}])
-    run_id = await run_to_end(registry.get("err"), "failed")
+async def test_a_raising_step_fails_with_its_error_and_traceback(engine: Engine, define: Define) -> None:
+    defn = define("err", [{"key": "x", "call": "tests.stepfns:boom"}, {"key": "y", "call": "tests.stepfns:noop"}])
+    run_id = await run_to_end(defn, "failed")
     run = (await queries.run_detail(run_id)).to_json()
     assert run["error"] == "step 'x' failed: ValueError: the step exploded"
     x, y = run["steps"]
@@ -310,10 +295,8 @@ async def test_a_raising_step_fails_with_its_error_and_traceback(
     assert stepfns.CALLS["noop"] == 0
 
 
-async def test_independent_branches_complete_when_another_branch_fails(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
-    define(
+async def test_independent_branches_complete_when_another_branch_fails(engine: Engine, define: Define) -> None:
+    defn = define(
         "branches",
         [
             {"key": "bad", "call": "tests.stepfns:boom", "needs": []},
@@ -324,7 +307,7 @@ async def test_independent_branches_complete_when_another_branch_fails(
         ],
         inputs={"sleep_s": {"type": "number", "default": 0.2}},
     )
-    run_id = await run_to_end(registry.get("branches"), "failed")
+    run_id = await run_to_end(defn, "failed")
     run = (await queries.run_detail(run_id)).to_json()
     assert {s["key"]: s["status"] for s in run["steps"]} == {
         "bad": "failed",
@@ -337,14 +320,12 @@ async def test_independent_branches_complete_when_another_branch_fails(
     assert (stepfns.CALLS["noop"], stepfns.CALLS["collect"]) == (1, 0)
 
 
-async def test_retry_of_a_failed_step_completes_the_run_in_a_second_attempt(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
-    define(
+async def test_retry_of_a_failed_step_completes_the_run_in_a_second_attempt(engine: Engine, define: Define) -> None:
+    defn = define(
         "retry",
         [{"key": "flaky", "call": "tests.stepfns:fail_first"}, {"key": "use", "call": "tests.stepfns:use_upstream"}],
     )
-    run_id = await run_to_end(registry.get("retry"), "failed")
+    run_id = await run_to_end(defn, "failed")
     assert (await step_of(run_id, "flaky"))["error"] == "RuntimeError: transient failure"
     plan = await operations.rerun_from(run_id, "flaky", "alice")
     assert plan.rerun == ["flaky", "use"]
@@ -363,14 +344,14 @@ async def test_retry_of_a_failed_step_completes_the_run_in_a_second_attempt(
 
 @pytest.mark.parametrize("call", ["raises_cancelled", "sync_raises_cancelled"])
 async def test_a_step_raising_cancelled_error_of_its_own_fails_and_nothing_stays_running(
-    engine: Engine, define: Define, call: str, registry: Registry
+    engine: Engine, define: Define, call: str
 ) -> None:
     """A CancelledError from the step's own awaitable is the step's failure, not a cancel of the run.
 
     Whatever the driver concludes, the run, the step and the attempt must end in true states.
     """
-    define("own-cancel", [{"key": "x", "call": f"tests.stepfns:{call}"}])
-    run_id = await operations.start_run(registry.get("own-cancel"), {}, "tester")
+    defn = define("own-cancel", [{"key": "x", "call": f"tests.stepfns:{call}"}])
+    run_id = await operations.start_run(defn, {}, "tester")
     assert await wait_run(run_id, "completed", "failed", "cancelled") == "failed"
     await wait_for(lambda: no_driver(engine, run_id), PROMPT_S, "the driver to stop")
     assert await running_rows() == []
@@ -384,11 +365,9 @@ async def test_a_step_raising_cancelled_error_of_its_own_fails_and_nothing_stays
 # --- output validation -----------------------------------------------------------------------------
 
 
-async def test_a_wrong_number_of_alternatives_fails_the_step(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
-    define("wrong", [{"key": "gen", "call": "tests.stepfns:wrong_count", "alternatives": 2}])
-    run_id = await operations.start_run(registry.get("wrong"), {}, "tester")
+async def test_a_wrong_number_of_alternatives_fails_the_step(engine: Engine, define: Define) -> None:
+    defn = define("wrong", [{"key": "gen", "call": "tests.stepfns:wrong_count", "alternatives": 2}])
+    run_id = await operations.start_run(defn, {}, "tester")
     assert await wait_run(run_id, "completed", "failed", "waiting") == "failed"
     gen = await step_of(run_id, "gen")
     assert gen["status"] == "failed"
@@ -398,18 +377,18 @@ async def test_a_wrong_number_of_alternatives_fails_the_step(
     assert gen["alternatives"] == []
 
 
-async def test_an_output_that_is_not_json_fails_the_step(engine: Engine, define: Define, registry: Registry) -> None:
-    define("notjson", [{"key": "x", "call": "tests.stepfns:not_json"}])
-    run_id = await run_to_end(registry.get("notjson"), "failed")
+async def test_an_output_that_is_not_json_fails_the_step(engine: Engine, define: Define) -> None:
+    defn = define("notjson", [{"key": "x", "call": "tests.stepfns:not_json"}])
+    run_id = await run_to_end(defn, "failed")
     x = await step_of(run_id, "x")
     assert x["error"].startswith("OutputError: output: object is not a JSON value")
     [attempt] = await attempts_of(run_id, "x")
     assert (attempt["status"], attempt["outputs"]) == ("failed", None)
 
 
-async def test_progress_and_logs_are_stored_on_the_attempt(engine: Engine, define: Define, registry: Registry) -> None:
-    define("prog", [{"key": "p", "call": "tests.stepfns:progress_and_logs"}])
-    run_id = await run_to_end(registry.get("prog"), "completed")
+async def test_progress_and_logs_are_stored_on_the_attempt(engine: Engine, define: Define) -> None:
+    defn = define("prog", [{"key": "p", "call": "tests.stepfns:progress_and_logs"}])
+    run_id = await run_to_end(defn, "completed")
     p = await step_of(run_id, "p")
     assert (p["progress"], p["progress_message"], p["logs"]) == (1.0, "part 3", ["line 1", "line 2", "line 3"])
 
@@ -417,10 +396,8 @@ async def test_progress_and_logs_are_stored_on_the_attempt(engine: Engine, defin
 # --- parallel branches -----------------------------------------------------------------------------
 
 
-async def test_parallel_branches_run_at_the_same_time_and_the_join_sees_all(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
-    define(
+async def test_parallel_branches_run_at_the_same_time_and_the_join_sees_all(engine: Engine, define: Define) -> None:
+    defn = define(
         "fan",
         [
             {"key": "a", "call": "tests.stepfns:nap", "needs": []},
@@ -430,7 +407,7 @@ async def test_parallel_branches_run_at_the_same_time_and_the_join_sees_all(
         ],
         inputs={"sleep_s": {"type": "number", "default": 0.5}},
     )
-    run_id = await run_to_end(registry.get("fan"), "completed")
+    run_id = await run_to_end(defn, "completed")
     assert (await step_of(run_id, "join"))["output"] == {"a": "a woke", "b": "b woke", "c": "c woke"}
     branches = [a for a in await queries.list_attempts(run_id) if a["step"] in ("a", "b", "c")]
     starts = [datetime.fromisoformat(str(a["started_at"])) for a in branches]
@@ -439,15 +416,13 @@ async def test_parallel_branches_run_at_the_same_time_and_the_join_sees_all(
     assert stepfns.CALLS["collect"] == 1
 
 
-async def test_a_join_whose_needs_finish_together_is_started_once(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
+async def test_a_join_whose_needs_finish_together_is_started_once(engine: Engine, define: Define) -> None:
     """Runs side by side share commits, so several needs of a join often complete in one go.
 
     The join must be started exactly once and each run must complete.
     """
     keys = [f"b{i}" for i in range(6)]
-    define(
+    defn = define(
         "fan-in",
         [
             *({"key": k, "call": "tests.stepfns:nap", "needs": []} for k in keys),
@@ -455,7 +430,7 @@ async def test_a_join_whose_needs_finish_together_is_started_once(
         ],
         inputs={"sleep_s": {"type": "number", "default": 0.05}},
     )
-    runs = [await operations.start_run(registry.get("fan-in"), {}, "tester") for _ in range(4)]
+    runs = [await operations.start_run(defn, {}, "tester") for _ in range(4)]
     outcomes = {}
     for run_id in runs:
         await wait_run(run_id, "completed", "failed")
@@ -467,10 +442,8 @@ async def test_a_join_whose_needs_finish_together_is_started_once(
     assert stepfns.CALLS["collect"] == 4
 
 
-async def test_a_selection_while_another_branch_runs_continues_the_same_run(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
-    define(
+async def test_a_selection_while_another_branch_runs_continues_the_same_run(engine: Engine, define: Define) -> None:
+    defn = define(
         "select-live",
         [
             {"key": "gen", "call": "tests.stepfns:alternatives", "alternatives": 2, "select": "human", "needs": []},
@@ -478,7 +451,7 @@ async def test_a_selection_while_another_branch_runs_continues_the_same_run(
             {"key": "use", "call": "tests.stepfns:use_upstream", "needs": ["gen"]},
         ],
     )
-    run_id = await operations.start_run(registry.get("select-live"), {}, "tester")
+    run_id = await operations.start_run(defn, {}, "tester")
     await wait_for(lambda: _step_status(run_id, "gen", "waiting"), 5, "gen waiting")
     assert await run_status(run_id) == "running"
     assert await operations.select(run_id, "gen", 1, "alice")
@@ -500,16 +473,16 @@ async def _step_status(run_id: int, key: str, status: str) -> bool:
 
 @pytest.mark.parametrize("call", ["sleepy", "blocking_watch"])
 async def test_engine_shutdown_mid_step_fails_the_run_as_interrupted(
-    settings: Settings, define: Define, call: str, registry: Registry
+    settings: Settings, define: Define, call: str
 ) -> None:
     stepfns.reset()
-    define(
+    defn = define(
         "shut",
         [{"key": "work", "call": f"tests.stepfns:{call}"}, {"key": "after", "call": "tests.stepfns:noop"}],
         inputs=SLEEP_INPUT,
     )
     async with engine_running(settings) as eng:
-        run_id = await operations.start_run(registry.get("shut"), {}, "tester")
+        run_id = await operations.start_run(defn, {}, "tester")
         await wait_for(lambda: calls(call), 5, "the step to start")
         started = time.monotonic()
         await eng.stop()
@@ -529,14 +502,12 @@ async def test_engine_shutdown_mid_step_fails_the_run_as_interrupted(
         await wait_for(lambda: calls("blocking_saw_cancel"), PROMPT_S, "the sync step to see ctx.is_cancelled")
 
 
-async def test_the_interrupted_run_error_names_the_step_that_was_running(
-    settings: Settings, define: Define, registry: Registry
-) -> None:
+async def test_the_interrupted_run_error_names_the_step_that_was_running(settings: Settings, define: Define) -> None:
     """The run's error is what the runs list shows: it should say where the run was interrupted."""
     stepfns.reset()
-    define("shut-name", [{"key": "work", "call": "tests.stepfns:sleepy"}], inputs=SLEEP_INPUT)
+    defn = define("shut-name", [{"key": "work", "call": "tests.stepfns:sleepy"}], inputs=SLEEP_INPUT)
     async with engine_running(settings) as eng:
-        run_id = await operations.start_run(registry.get("shut-name"), {}, "tester")
+        run_id = await operations.start_run(defn, {}, "tester")
         await wait_for(lambda: calls("sleepy"), 5, "the step to start")
         await eng.stop()
     error = (await queries.run_detail(run_id)).to_json()["error"]
@@ -545,13 +516,11 @@ async def test_the_interrupted_run_error_names_the_step_that_was_running(
     assert "'work'" in error, error
 
 
-async def test_an_interrupted_run_resumes_on_the_next_engine(
-    settings: Settings, define: Define, registry: Registry
-) -> None:
+async def test_an_interrupted_run_resumes_on_the_next_engine(settings: Settings, define: Define) -> None:
     stepfns.reset()
-    define("shut-resume", [{"key": "work", "call": "tests.stepfns:sleep_once"}])
+    defn = define("shut-resume", [{"key": "work", "call": "tests.stepfns:sleep_once"}])
     async with engine_running(settings) as eng:
-        run_id = await operations.start_run(registry.get("shut-resume"), {}, "tester")
+        run_id = await operations.start_run(defn, {}, "tester")
         await wait_for(lambda: calls("sleep_once"), 5, "the step to start")
         await eng.stop()
     assert await run_status(run_id) == "failed"
@@ -561,19 +530,19 @@ async def test_an_interrupted_run_resumes_on_the_next_engine(
     assert [(a["number"], a["status"]) for a in await attempts_of(run_id, "work")] == [(1, "failed"), (2, "completed")]
 
 
-async def test_shutdown_leaves_waiting_runs_alone(settings: Settings, define: Define, registry: Registry) -> None:
+async def test_shutdown_leaves_waiting_runs_alone(settings: Settings, define: Define) -> None:
     stepfns.reset()
-    define("shut-wait", [{"key": "gen", "call": "tests.stepfns:alternatives", "alternatives": 2}])
+    defn = define("shut-wait", [{"key": "gen", "call": "tests.stepfns:alternatives", "alternatives": 2}])
     async with engine_running(settings):
-        run_id = await operations.start_run(registry.get("shut-wait"), {}, "tester")
+        run_id = await operations.start_run(defn, {}, "tester")
         assert await wait_run(run_id, "waiting", "failed") == "waiting"
     assert await run_status(run_id) == "waiting"
     assert (await step_of(run_id, "gen"))["alternatives"] == ["call1-alt0", "call1-alt1"]
 
 
-async def test_a_running_run_keeps_a_fresh_heartbeat(engine: Engine, define: Define, registry: Registry) -> None:
-    define("beat", [{"key": "block", "call": "tests.stepfns:blocking"}])  # a sync step cannot stall heartbeats
-    run_id = await operations.start_run(registry.get("beat"), {}, "tester")
+async def test_a_running_run_keeps_a_fresh_heartbeat(engine: Engine, define: Define) -> None:
+    defn = define("beat", [{"key": "block", "call": "tests.stepfns:blocking"}])  # a sync step cannot stall heartbeats
+    run_id = await operations.start_run(defn, {}, "tester")
     await wait_for(lambda: calls("blocking"), 5, "the step to start")
 
     async def heartbeat() -> Any:

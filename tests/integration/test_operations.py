@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
 
 from engine import operations, queries
+from engine.definitions import WorkflowDef
 from engine.engine import Engine
 from engine.errors import Conflict, InvalidInput, NotFound
 from engine.registry import Registry
@@ -20,15 +20,17 @@ from models.status import RUN_TRANSITIONS, STEP_TRANSITIONS, RunStatus, StepStat
 from tests import stepfns
 from tests.conftest import attempts_of, engine_running, events_of, run_status, run_to_end, step_of, wait_for, wait_run
 
-Define = Callable[..., Any]
+Define = Callable[..., WorkflowDef]
 
 
 pytestmark = pytest.mark.usefixtures("audit_clean")
 
 
-def define_pick(define: Define, name: str = "pick", alternatives: int = 3, downstream: str = "use_upstream") -> None:
+def define_pick(
+    define: Define, name: str = "pick", alternatives: int = 3, downstream: str = "use_upstream"
+) -> WorkflowDef:
     """gen: N alternatives a person picks from → use: consumes the selection."""
-    define(
+    return define(
         name,
         [
             {"key": "gen", "call": "tests.stepfns:alternatives", "alternatives": alternatives, "select": "human"},
@@ -37,13 +39,11 @@ def define_pick(define: Define, name: str = "pick", alternatives: int = 3, downs
     )
 
 
-async def start_waiting_pick(
-    define: Define, registry: Registry, name: str, alternatives: int = 3, downstream: str = "use_upstream"
-) -> int:
+async def start_waiting_pick(define: Define, name: str, alternatives: int = 3, downstream: str = "use_upstream") -> int:
     """Start a run of `define_pick`'s workflow and wait until `gen` waits for a person to pick: where the tests of
     selecting, cancelling and rerunning a waiting step begin. Returns the run id."""
-    define_pick(define, name, alternatives, downstream)
-    run_id = await operations.start_run(registry.get(name), {}, "tester")
+    defn = define_pick(define, name, alternatives, downstream)
+    run_id = await operations.start_run(defn, {}, "tester")
     assert await wait_run(run_id, "waiting", "failed") == "waiting"
     return run_id
 
@@ -51,12 +51,10 @@ async def start_waiting_pick(
 # --- start ---------------------------------------------------------------------------------------
 
 
-async def test_a_started_run_is_returned_as_reading_it_back_shows_it(
-    db: str, define: Define, registry: Registry
-) -> None:
+async def test_a_started_run_is_returned_as_reading_it_back_shows_it(db: str, define: Define) -> None:
     """The API answers a start with the run as created, without reading it back: it must be exactly
     what a read shows before an engine touches it (every field, steps in declared order)."""
-    define(
+    defn = define(
         "shown",
         [
             {"key": "zeta", "label": "Zeta <z>", "call": "tests.stepfns:noop", "retries": 2, "retry_delay_s": 1},
@@ -70,12 +68,12 @@ async def test_a_started_run_is_returned_as_reading_it_back_shows_it(
         },
     )
     inputs = {"extra": {"b": [1, 2.5, None], "a": "é"}, "topic": "bees"}
-    started = await operations.start_run_detail(registry.get("shown"), inputs, "tester")
+    started = await operations.start_run_detail(defn, inputs, "tester")
 
     assert started.to_json() == (await queries.run_detail(started.id)).to_json()
     assert list(started.to_json()["inputs"]) == ["topic", "count", "extra"]
     for _ in range(2):  # the API's answer; the second takes the steps' part that the first one made
-        answered = await operations.start_run_json(registry.get("shown"), inputs, "tester")
+        answered = await operations.start_run_json(defn, inputs, "tester")
         assert answered == (await queries.run_detail(answered["id"])).to_json()
         assert list(answered["inputs"]) == ["topic", "count", "extra"]
 
@@ -84,9 +82,9 @@ async def test_a_started_run_is_returned_as_reading_it_back_shows_it(
 
 
 async def test_retry_of_a_step_with_alternatives_runs_it_again_in_a_new_attempt(
-    engine: Engine, define: Define, api: httpx.AsyncClient, registry: Registry
+    engine: Engine, define: Define, api: httpx.AsyncClient
 ) -> None:
-    run_id = await start_waiting_pick(define, registry, "pick")
+    run_id = await start_waiting_pick(define, "pick")
     gen = await step_of(run_id, "gen")
     assert (gen["status"], gen["alternatives"], gen["selected_index"]) == (
         "waiting",
@@ -136,11 +134,11 @@ async def test_retry_of_a_step_with_alternatives_runs_it_again_in_a_new_attempt(
 
 
 async def test_a_rerun_step_shows_nothing_of_its_old_attempt_and_is_executed_not_skipped(
-    settings: Settings, define: Define, registry: Registry
+    settings: Settings, define: Define
 ) -> None:
     """Readiness comes from status alone: outputs and a selection on the old attempt change nothing."""
     stepfns.reset()
-    define(
+    defn = define(
         "ready",
         [
             {"key": "a", "call": "tests.stepfns:noop"},
@@ -148,7 +146,7 @@ async def test_a_rerun_step_shows_nothing_of_its_old_attempt_and_is_executed_not
             {"key": "c", "call": "tests.stepfns:use_upstream"},
         ],
     )
-    run_id = await operations.start_run(registry.get("ready"), {}, "tester")
+    run_id = await operations.start_run(defn, {}, "tester")
     async with engine_running(settings):
         assert await wait_run(run_id, "completed", "failed") == "completed"
     plan = await operations.rerun_from(run_id, "b", "alice")
@@ -175,10 +173,8 @@ async def test_a_rerun_step_shows_nothing_of_its_old_attempt_and_is_executed_not
     assert starts == [("a", 1), ("b", 1), ("c", 1), ("b", 2), ("c", 2)]
 
 
-async def test_rerun_plan_previews_without_changing_anything(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
-    define(
+async def test_rerun_plan_previews_without_changing_anything(engine: Engine, define: Define) -> None:
+    defn = define(
         "plan",
         [
             {"key": "a", "call": "tests.stepfns:noop"},
@@ -187,7 +183,7 @@ async def test_rerun_plan_previews_without_changing_anything(
             {"key": "c", "call": "tests.stepfns:noop", "needs": ["b"]},
         ],
     )
-    run_id = await run_to_end(registry.get("plan"), "completed")
+    run_id = await run_to_end(defn, "completed")
     events_before = await events_of(run_id)
     plan = await operations.rerun_plan(run_id, "b")
     assert (plan.rerun, plan.keep, plan.allowed, plan.reason) == (["b", "c"], ["a", "side"], True, None)
@@ -197,11 +193,9 @@ async def test_rerun_plan_previews_without_changing_anything(
         await operations.rerun_plan(run_id, "zzz")
 
 
-async def test_rerun_and_resume_are_refused_while_the_run_is_active(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
-    define("busy", [{"key": "a", "call": "tests.stepfns:blocking"}])
-    run_id = await operations.start_run(registry.get("busy"), {}, "tester")
+async def test_rerun_and_resume_are_refused_while_the_run_is_active(engine: Engine, define: Define) -> None:
+    defn = define("busy", [{"key": "a", "call": "tests.stepfns:blocking"}])
+    run_id = await operations.start_run(defn, {}, "tester")
     await wait_for(lambda: _status_is(run_id, "a", "running"), 5, "step a running")
     plan = await operations.rerun_plan(run_id, "a")
     assert plan.allowed is False
@@ -224,10 +218,8 @@ async def _status_is(run_id: int, key: str, status: str) -> bool:
 # --- stale flags -----------------------------------------------------------------------------------
 
 
-async def test_changing_a_completed_selection_flags_consumers_stale_until_rerun(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
-    define(
+async def test_changing_a_completed_selection_flags_consumers_stale_until_rerun(engine: Engine, define: Define) -> None:
+    defn = define(
         "stale",
         [
             {"key": "gen", "call": "tests.stepfns:alternatives", "alternatives": 2, "select": "human"},
@@ -236,7 +228,7 @@ async def test_changing_a_completed_selection_flags_consumers_stale_until_rerun(
             {"key": "other", "call": "tests.stepfns:noop", "needs": []},
         ],
     )
-    run_id = await operations.start_run(registry.get("stale"), {}, "tester")
+    run_id = await operations.start_run(defn, {}, "tester")
     assert await wait_run(run_id, "waiting", "failed") == "waiting"
     assert await operations.select(run_id, "gen", 0, "alice") is True
     assert await wait_run(run_id, "completed", "failed") == "completed"
@@ -275,9 +267,9 @@ async def test_changing_a_completed_selection_flags_consumers_stale_until_rerun(
 
 
 async def test_changing_a_completed_selection_while_the_run_is_running_is_a_conflict(
-    engine: Engine, define: Define, registry: Registry
+    engine: Engine, define: Define
 ) -> None:
-    run_id = await start_waiting_pick(define, registry, "busy-pick", 2, downstream="blocking")
+    run_id = await start_waiting_pick(define, "busy-pick", 2, downstream="blocking")
     assert await operations.select(run_id, "gen", 0, "alice")
     await wait_for(lambda: _status_is(run_id, "use", "running"), 5, "use running")
     events_before = await events_of(run_id)
@@ -290,11 +282,11 @@ async def test_changing_a_completed_selection_while_the_run_is_running_is_a_conf
 
 
 async def test_changing_a_completed_selection_while_the_run_is_queued_is_a_conflict(
-    settings: Settings, define: Define, registry: Registry
+    settings: Settings, define: Define
 ) -> None:
     stepfns.reset()
-    define_pick(define, "queued-pick", 2)
-    run_id = await operations.start_run(registry.get("queued-pick"), {}, "tester")
+    defn = define_pick(define, "queued-pick", 2)
+    run_id = await operations.start_run(defn, {}, "tester")
     async with engine_running(settings):
         assert await wait_run(run_id, "waiting", "failed") == "waiting"
         assert await operations.select(run_id, "gen", 0, "alice")
@@ -308,22 +300,20 @@ async def test_changing_a_completed_selection_while_the_run_is_queued_is_a_confl
         assert await wait_run(run_id, "completed", "failed") == "completed"
 
 
-async def test_changing_a_selection_flags_a_waiting_consumer_of_the_old_choice(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
+async def test_changing_a_selection_flags_a_waiting_consumer_of_the_old_choice(engine: Engine, define: Define) -> None:
     """A dependent still waiting for a choice has consumed the old selection too.
 
     Its alternatives were made from the abandoned choice: once it is picked it must show as stale (dependents
     that consumed the old choice are flagged stale until re-run: README, "Alternatives and human choices").
     """
-    define(
+    defn = define(
         "two-picks",
         [
             {"key": "gen", "call": "tests.stepfns:alternatives", "alternatives": 2, "select": "human"},
             {"key": "pick", "call": "tests.stepfns:alternatives", "alternatives": 2, "select": "human"},
         ],
     )
-    run_id = await operations.start_run(registry.get("two-picks"), {}, "tester")
+    run_id = await operations.start_run(defn, {}, "tester")
     assert await wait_run(run_id, "waiting", "failed") == "waiting"
     assert await operations.select(run_id, "gen", 0, "alice")
     await wait_for(lambda: _status_is(run_id, "pick", "waiting"), 5, "pick waiting")
@@ -352,10 +342,8 @@ async def rerun_five_at_once(run_id: int, key: str) -> None:
     assert await wait_run(run_id, "completed", "failed") == "completed"
 
 
-async def test_concurrent_reruns_of_a_completed_run_take_effect_once(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
-    define(
+async def test_concurrent_reruns_of_a_completed_run_take_effect_once(engine: Engine, define: Define) -> None:
+    defn = define(
         "double",
         [
             {"key": "gen", "call": "tests.stepfns:alternatives", "select": "auto"},
@@ -363,7 +351,7 @@ async def test_concurrent_reruns_of_a_completed_run_take_effect_once(
         ],
         inputs={"sleep_s": {"type": "number", "default": 0.2}},
     )
-    run_id = await run_to_end(registry.get("double"), "completed")
+    run_id = await run_to_end(defn, "completed")
     await rerun_five_at_once(run_id, "gen")
     gen = await step_of(run_id, "gen")
     assert (gen["attempt"], gen["output"]) == (2, ["call2-alt0"])  # one alternative: the list is the output
@@ -374,11 +362,11 @@ async def test_concurrent_reruns_of_a_completed_run_take_effect_once(
     assert len(reruns) == 1
 
 
-async def test_concurrent_retries_of_a_failed_step_take_effect_once(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
-    define("flaky", [{"key": "a", "call": "tests.stepfns:fail_first"}, {"key": "b", "call": "tests.stepfns:noop"}])
-    run_id = await run_to_end(registry.get("flaky"), "failed")
+async def test_concurrent_retries_of_a_failed_step_take_effect_once(engine: Engine, define: Define) -> None:
+    defn = define(
+        "flaky", [{"key": "a", "call": "tests.stepfns:fail_first"}, {"key": "b", "call": "tests.stepfns:noop"}]
+    )
+    run_id = await run_to_end(defn, "failed")
     await rerun_five_at_once(run_id, "a")
     a = await step_of(run_id, "a")
     assert (a["attempt"], a["output"]) == (2, "succeeded on call 2")
@@ -386,19 +374,15 @@ async def test_concurrent_retries_of_a_failed_step_take_effect_once(
     assert [x["status"] for x in await attempts_of(run_id, "a")] == ["failed", "completed"]
 
 
-async def test_concurrent_selections_of_the_same_alternative_take_effect_once(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
-    run_id = await start_waiting_pick(define, registry, "dsel", 2, downstream="blocking")
+async def test_concurrent_selections_of_the_same_alternative_take_effect_once(engine: Engine, define: Define) -> None:
+    run_id = await start_waiting_pick(define, "dsel", 2, downstream="blocking")
     results = await asyncio.gather(*(operations.select(run_id, "gen", 1, f"u{i}") for i in range(3)))
     assert sorted(results) == [False, False, True]
     await release_and_assert_selected_once(run_id, 1)
 
 
-async def test_concurrent_selections_of_different_alternatives_take_effect_once(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
-    run_id = await start_waiting_pick(define, registry, "dsel2", 2, downstream="blocking")
+async def test_concurrent_selections_of_different_alternatives_take_effect_once(engine: Engine, define: Define) -> None:
+    run_id = await start_waiting_pick(define, "dsel2", 2, downstream="blocking")
     results = await asyncio.gather(
         operations.select(run_id, "gen", 0, "alice"), operations.select(run_id, "gen", 1, "bob"), return_exceptions=True
     )
@@ -424,9 +408,9 @@ async def release_and_assert_selected_once(run_id: int, index: int) -> None:
     assert stepfns.CALLS["alternatives"] == 1
 
 
-async def test_concurrent_cancels_take_effect_once(engine: Engine, define: Define, registry: Registry) -> None:
-    define("dcancel", [{"key": "a", "call": "tests.stepfns:blocking_watch"}])
-    run_id = await operations.start_run(registry.get("dcancel"), {}, "tester")
+async def test_concurrent_cancels_take_effect_once(engine: Engine, define: Define) -> None:
+    defn = define("dcancel", [{"key": "a", "call": "tests.stepfns:blocking_watch"}])
+    run_id = await operations.start_run(defn, {}, "tester")
     await wait_for(lambda: _status_is(run_id, "a", "running"), 5, "a running")
     results = await asyncio.gather(*(operations.cancel_run(run_id, f"u{i}") for i in range(5)))
     assert sorted(results) == [False, False, False, False, True]
@@ -440,11 +424,11 @@ async def test_concurrent_cancels_take_effect_once(engine: Engine, define: Defin
 
 
 async def test_cancel_of_a_queued_run_leaves_its_steps_pending_and_it_can_be_resumed(
-    settings: Settings, define: Define, registry: Registry
+    settings: Settings, define: Define
 ) -> None:
     stepfns.reset()
-    define("q", [{"key": "a", "call": "tests.stepfns:noop"}, {"key": "b", "call": "tests.stepfns:noop"}])
-    run_id = await operations.start_run(registry.get("q"), {}, "tester")
+    defn = define("q", [{"key": "a", "call": "tests.stepfns:noop"}, {"key": "b", "call": "tests.stepfns:noop"}])
+    run_id = await operations.start_run(defn, {}, "tester")
     assert await operations.cancel_run(run_id, "alice") is True
     run = (await queries.run_detail(run_id)).to_json()
     assert (run["status"], run["error"]) == ("cancelled", "cancelled by alice")
@@ -458,10 +442,8 @@ async def test_cancel_of_a_queued_run_leaves_its_steps_pending_and_it_can_be_res
     assert stepfns.CALLS["noop"] == 2
 
 
-async def test_cancel_of_a_waiting_run_and_resume_keeps_the_alternatives(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
-    run_id = await start_waiting_pick(define, registry, "wcancel", 2)
+async def test_cancel_of_a_waiting_run_and_resume_keeps_the_alternatives(engine: Engine, define: Define) -> None:
+    run_id = await start_waiting_pick(define, "wcancel", 2)
     assert await operations.cancel_run(run_id, "alice") is True
     assert await run_status(run_id) == "cancelled"
     gen = await step_of(run_id, "gen")
@@ -486,11 +468,11 @@ async def test_cancel_of_a_finished_run_is_a_conflict_and_changes_nothing(engine
         assert ((await queries.run_detail(run_id)).to_json(), await events_of(run_id)) == before
 
 
-async def test_resume_after_cancelling_a_running_step_runs_it_again(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
-    define("resume", [{"key": "a", "call": "tests.stepfns:sleep_once"}, {"key": "b", "call": "tests.stepfns:noop"}])
-    run_id = await operations.start_run(registry.get("resume"), {}, "tester")
+async def test_resume_after_cancelling_a_running_step_runs_it_again(engine: Engine, define: Define) -> None:
+    defn = define(
+        "resume", [{"key": "a", "call": "tests.stepfns:sleep_once"}, {"key": "b", "call": "tests.stepfns:noop"}]
+    )
+    run_id = await operations.start_run(defn, {}, "tester")
     await wait_for(lambda: _status_is(run_id, "a", "running"), 5, "a running")
     assert await operations.cancel_run(run_id, "alice")
     await wait_for(lambda: _no_driver(engine, run_id), 10, "the driver to stop")
@@ -512,7 +494,7 @@ async def _no_driver(engine: Engine, run_id: int) -> bool:
 
 
 async def test_operations_name_what_is_wrong(engine: Engine, define: Define, registry: Registry) -> None:
-    run_id = await start_waiting_pick(define, registry, "bad", 2)
+    run_id = await start_waiting_pick(define, "bad", 2)
     with pytest.raises(InvalidInput, match="out of range"):
         await operations.select(run_id, "gen", 2, "alice")
     with pytest.raises(InvalidInput, match="integer"):
@@ -534,24 +516,24 @@ async def test_operations_name_what_is_wrong(engine: Engine, define: Define, reg
 # --- the transition tables, through real flows -----------------------------------------------------
 
 
-async def test_status_events_of_real_flows_follow_the_transition_tables(
-    engine: Engine, define: Define, registry: Registry
-) -> None:
+async def test_status_events_of_real_flows_follow_the_transition_tables(engine: Engine, define: Define) -> None:
     """Failure and retry, alternatives and selection, rerun, cancel: every event is an allowed move."""
-    define("t-fail", [{"key": "a", "call": "tests.stepfns:fail_first"}, {"key": "b", "call": "tests.stepfns:noop"}])
-    define_pick(define, "t-pick", 2)
-    define("t-cancel", [{"key": "a", "call": "tests.stepfns:sleep_once"}])
-    failing = await operations.start_run(registry.get("t-fail"), {}, "tester")
+    fail_def = define(
+        "t-fail", [{"key": "a", "call": "tests.stepfns:fail_first"}, {"key": "b", "call": "tests.stepfns:noop"}]
+    )
+    pick_def = define_pick(define, "t-pick", 2)
+    cancel_def = define("t-cancel", [{"key": "a", "call": "tests.stepfns:sleep_once"}])
+    failing = await operations.start_run(fail_def, {}, "tester")
     assert await wait_run(failing, "failed") == "failed"
     await operations.rerun_from(failing, "a", "alice")
     assert await wait_run(failing, "completed", "failed") == "completed"
-    picking = await operations.start_run(registry.get("t-pick"), {}, "tester")
+    picking = await operations.start_run(pick_def, {}, "tester")
     assert await wait_run(picking, "waiting") == "waiting"
     await operations.select(picking, "gen", 0, "alice")
     assert await wait_run(picking, "completed", "failed") == "completed"
     await operations.rerun_from(picking, "gen", "alice")
     assert await wait_run(picking, "waiting") == "waiting"
-    cancelled = await operations.start_run(registry.get("t-cancel"), {}, "tester")
+    cancelled = await operations.start_run(cancel_def, {}, "tester")
     await wait_for(lambda: _status_is(cancelled, "a", "running"), 5, "a running")
     await operations.cancel_run(cancelled, "alice")
     wrong = []
@@ -567,10 +549,12 @@ async def test_status_events_of_real_flows_follow_the_transition_tables(
     assert wrong == []
 
 
-async def test_step_rows_change_status_only_through_events(engine: Engine, define: Define, registry: Registry) -> None:
+async def test_step_rows_change_status_only_through_events(engine: Engine, define: Define) -> None:
     """Replaying a run's step events ends in each step's current status (no silent status write)."""
-    define("replay", [{"key": "a", "call": "tests.stepfns:fail_first"}, {"key": "b", "call": "tests.stepfns:noop"}])
-    run_id = await operations.start_run(registry.get("replay"), {}, "tester")
+    defn = define(
+        "replay", [{"key": "a", "call": "tests.stepfns:fail_first"}, {"key": "b", "call": "tests.stepfns:noop"}]
+    )
+    run_id = await operations.start_run(defn, {}, "tester")
     assert await wait_run(run_id, "failed") == "failed"
     await operations.rerun_from(run_id, "a", "alice")
     assert await wait_run(run_id, "completed", "failed") == "completed"

@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 
 from engine import leases, operations, orphans, queries, records, transitions
+from engine.definitions import WorkflowDef
 from engine.orphans import MAX_RECOVERIES, orphan_action
-from engine.registry import Registry
 from engine.settings import Settings
 from engine.store import Stmt, fetch, run_batch
 from tests import stepfns
 from tests.conftest import attempts_of, engine_running, holding_lease, run_status, step_of, wait_for, wait_run
 
-Define = Callable[..., Any]
+Define = Callable[..., WorkflowDef]
 SILENT_OWNER = "otherhost:4242:silent"  # another host: judged by its heartbeat alone, maybe still alive
 
 
@@ -124,16 +124,16 @@ async def test_fail_policy_fails_an_orphan_naming_the_step(settings: Settings, d
 
 
 async def test_shutdown_grace_lets_a_running_step_finish_and_requeues_the_rest(
-    settings: Settings, define: Define, registry: Registry
+    settings: Settings, define: Define
 ) -> None:
-    define(
+    defn = define(
         "graceful",
         [{"key": "a", "call": "tests.stepfns:nap"}, {"key": "b", "call": "tests.stepfns:noop"}],
         inputs={"sleep_s": {"type": "number", "default": 0.4}},
     )
     graceful = dataclasses.replace(settings, shutdown_grace_s=3.0)
     async with engine_running(graceful) as eng:
-        run_id = await operations.start_run(registry.get("graceful"), {}, "tester")
+        run_id = await operations.start_run(defn, {}, "tester")
         await wait_for(lambda: _status_is(run_id, "a", "running"), 5, "a running")
         await eng.stop()
     assert (await step_of(run_id, "a"))["status"] == "completed"  # finished within the grace period
@@ -144,12 +144,14 @@ async def test_shutdown_grace_lets_a_running_step_finish_and_requeues_the_rest(
 
 
 async def test_shutdown_under_resume_requeues_a_step_cut_off_after_the_grace(
-    settings: Settings, define: Define, registry: Registry
+    settings: Settings, define: Define
 ) -> None:
-    define("cut", [{"key": "a", "call": "tests.stepfns:sleepy"}], inputs={"sleep_s": {"type": "number", "default": 30}})
+    defn = define(
+        "cut", [{"key": "a", "call": "tests.stepfns:sleepy"}], inputs={"sleep_s": {"type": "number", "default": 30}}
+    )
     resume = dataclasses.replace(settings, on_orphan="resume", shutdown_grace_s=0.2)
     async with engine_running(resume) as eng:
-        run_id = await operations.start_run(registry.get("cut"), {}, "tester")
+        run_id = await operations.start_run(defn, {}, "tester")
         await wait_for(lambda: _status_is(run_id, "a", "running"), 5, "a running")
         await eng.stop()
     assert await run_status(run_id) == "queued"
@@ -174,17 +176,15 @@ async def test_resume_fails_rather_than_requeues_a_run_whose_engine_may_be_alive
     assert "may still be running it" in str((await queries.run_detail(run_id)).to_json()["error"])
 
 
-async def test_draining_starts_no_step_that_was_waiting_for_a_slot(
-    settings: Settings, define: Define, registry: Registry
-) -> None:
-    define(
+async def test_draining_starts_no_step_that_was_waiting_for_a_slot(settings: Settings, define: Define) -> None:
+    defn = define(
         "one-slot",
         [{"key": k, "call": "tests.stepfns:nap", "needs": []} for k in ("a", "b")],
         inputs={"sleep_s": {"type": "number", "default": 0.5}},
     )
     narrow = dataclasses.replace(settings, max_concurrent_steps=1, shutdown_grace_s=2.0)
     async with engine_running(narrow) as eng:
-        run_id = await operations.start_run(registry.get("one-slot"), {}, "tester")
+        run_id = await operations.start_run(defn, {}, "tester")
         await wait_for(lambda: _status_is(run_id, "a", "running"), 5, "a running")
         await eng.stop()  # b waits for a's slot; once a finishes, b must not start
     assert (await step_of(run_id, "a"))["status"] == "completed"
