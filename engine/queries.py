@@ -33,7 +33,7 @@ from engine.readmodel import (
 )
 from engine.registry import Registry, inputs_in_order
 from engine.store import fetch
-from models.status import AttemptStatus, RunStatus, StepStatus
+from models.status import STEP_ATTEMPT_ENDED, AttemptStatus, RunStatus, StepStatus
 
 MAX_PAGE = 500
 
@@ -218,7 +218,7 @@ def step_summary_json(row: dict[str, Any]) -> StepSummaryJson:
     """A step's state without what it produced: bounded in size whatever it output or logged."""
     status = StepStatus(row["status"])
     has_attempt = row["attempt_status"] is not None and status != StepStatus.PENDING
-    ended = status in (StepStatus.WAITING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED)
+    ended = status in STEP_ATTEMPT_ENDED
     started_at = row["started_at"] if has_attempt else None
     completed_at = row["finished_at"] if has_attempt and ended else None
     produced = status in (StepStatus.WAITING, StepStatus.COMPLETED)
@@ -478,7 +478,7 @@ async def step_rows(run_id: int, keys: Sequence[str] | None = None) -> list[Step
 def _step_row(r: dict[str, Any]) -> StepRow:
     status = StepStatus(r["status"])
     has_attempt = r["attempt_status"] is not None and status != StepStatus.PENDING
-    ended = status in (StepStatus.WAITING, StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED)
+    ended = status in STEP_ATTEMPT_ENDED
     truncated = False
     if has_attempt and r["llm"] is not None and status in (StepStatus.WAITING, StepStatus.COMPLETED):
         truncated = cut_off(llm_json(_json(r["llm"])), r["selected_index"])

@@ -46,6 +46,8 @@ class DeliveryStatus(StrEnum):
 RUN_ACTIVE = frozenset({RunStatus.QUEUED, RunStatus.RUNNING})
 RUN_TERMINAL = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 STEP_FINISHED = frozenset({StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.CANCELLED})
+# A step whose current attempt has ended (its time shows as the step's end): finished, or waiting for a choice.
+STEP_ATTEMPT_ENDED = STEP_FINISHED | {StepStatus.WAITING}
 # A step whose run may not finish yet: executing, or due to execute again (a pending retry).
 STEP_UNSETTLED = frozenset({StepStatus.RUNNING, StepStatus.RETRYING})
 ATTEMPT_TERMINAL = frozenset({AttemptStatus.COMPLETED, AttemptStatus.FAILED, AttemptStatus.CANCELLED})

@@ -14,6 +14,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from nicegui import Event, background_tasks
@@ -25,15 +26,22 @@ from engine.hub import Change, ChangeKind, Hub
 from engine.llm.record import LlmJson
 from engine.readmodel import RunJson, StepRow
 from engine.registry import Registry
-from models.status import RunStatus, StepStatus
+from models.status import STEP_ATTEMPT_ENDED, RunStatus, StepStatus
 from ui.theme import status_color
 
 log = logs.logger(__name__)
 
 PUSH_DELAY_S = 0.1  # changes arriving within this window reach the tabs as one patch
+# After a push that redrew BUSY_ROWS steps or more (runs change faster than anyone reads), the next one
+# comes BUSY_PUSH_DELAY_S after it at the soonest: a tab then redraws a few times a second, not ten, and
+# costs the machine (and so the runs it shares it with) less. A quiet run's change still shows within
+# PUSH_DELAY_S.
+BUSY_PUSH_DELAY_S = 0.3
+BUSY_ROWS = 20
 STREAM_TAIL_CHARS = 4000  # a card shows the end of the text a model is streaming (the rest follows at the end)
 ACTIVE_RUN = (RunStatus.QUEUED, RunStatus.RUNNING)
 ENDED_RUN = (RunStatus.FAILED, RunStatus.CANCELLED)
+LLM_KIND = "llm"
 
 
 @bindable_dataclass
@@ -173,8 +181,10 @@ class RunState:
             (self.truncated.add if row.truncated else self.truncated.discard)(row.key)
             self.pending.rows.append(row)
 
-    def apply_step_status(self, key: str, status: StepStatus, attempt: int | None) -> None:
-        """A status from the hub, shown before the re-read of the step catches up."""
+    def apply_step_status(self, key: str, status: StepStatus, attempt: int | None, at: str | None = None) -> None:
+        """A status from the hub. Its row follows from the change (the event is written with the attempt, at
+        the same time) but for an LLM step's cut-off flag, which its attempt's record holds: that step is
+        re-read at the next push (as is one whose change carries no time)."""
         row = self.rows.get(key)
         if row is None:
             return
@@ -190,8 +200,17 @@ class RunState:
             row.truncated = False
             self.truncated.discard(key)
             row.finished_at = None
+        when = _epoch_s(at)
+        if row.kind == LLM_KIND or when is None:
+            self.dirty.add(key)
+        elif status == StepStatus.PENDING:
+            row.started_at = None
+        elif status == StepStatus.RUNNING:
+            row.started_at = when
+        elif status in STEP_ATTEMPT_ENDED:
+            row.finished_at = when
         self.pending.rows.append(row)
-        self.dirty.add(key)
+        self.pending.bodies.add(key)  # an open card shows the step's new state
 
     def apply_run_status(self, status: str) -> None:
         was_ended = self.view.status in ENDED_RUN
@@ -259,8 +278,9 @@ class RunState:
         v.rerunnable = not v.active
         v.refreshable = v.rerunnable and bool(self.stale)
 
-    async def catch_up(self) -> None:
-        """Re-read what the changes since the last push imply, then hand the patch to every tab."""
+    async def catch_up(self) -> int:
+        """Re-read what the changes since the last push imply, then hand the patch to every tab; returns the
+        number of step rows it redrew."""
         run_id = self.view.id
         if self.dirty:
             keys, self.dirty = sorted(self.dirty), set()
@@ -273,7 +293,7 @@ class RunState:
         self._recount()
         patch, self.pending = self.pending, Patch()
         if not (patch.rows or patch.bodies or patch.events):
-            return
+            return 0
         # One row per step, its latest: a step's status from the hub, then its re-read, are two row objects.
         latest = {r.key: r for r in patch.rows}
         patch.rows = list(latest.values())
@@ -282,6 +302,17 @@ class RunState:
                 listener(patch)
             except Exception:
                 log.exception("a view of run %s failed to take a change", run_id)
+        return len(patch.rows)
+
+
+def _epoch_s(at: str | None) -> float | None:
+    """An event's ISO time in epoch seconds (None without a time)."""
+    if at is None:
+        return None
+    try:
+        return datetime.fromisoformat(at).timestamp()
+    except ValueError:
+        return None
 
 
 def llm_summary(llm: LlmJson | None) -> str:
@@ -309,6 +340,7 @@ class LiveRuns:
         self.runs_changed: Event[int] = Event()  # a run was created or changed status (runs list)
         self._due: set[int] = set()
         self._push: asyncio.Task[None] | None = None
+        self._calm_at = 0.0  # the loop's time before which no push is made (after a busy one)
         self._remove: Callable[[], None] | None = None
         # Runs whose state is being read for a first viewer: what changed meanwhile (a step's key, None for
         # the run itself), to be read again once the state is made (`open`).
@@ -383,7 +415,7 @@ class LiveRuns:
             return
         key = change.step_key
         if change.kind == ChangeKind.STEP and change.to_status and key:
-            state.apply_step_status(key, StepStatus(change.to_status), change.attempt)
+            state.apply_step_status(key, StepStatus(change.to_status), change.attempt, change.at)
         elif change.kind == ChangeKind.RUN and change.to_status:
             state.apply_run_status(change.to_status)
         elif change.kind == ChangeKind.PROGRESS and key:
@@ -406,14 +438,18 @@ class LiveRuns:
             self._push = background_tasks.create(self._push_due(), name="live-push")
 
     async def _push_due(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._due:
-            await asyncio.sleep(PUSH_DELAY_S)
+            await asyncio.sleep(max(PUSH_DELAY_S, self._calm_at - loop.time()))
             due, self._due = self._due, set()
+            redrawn = 0
             for run_id in due:
                 state = self.states.get(run_id)
                 if state is None:
                     continue
                 try:
-                    await state.catch_up()
+                    redrawn += await state.catch_up()
                 except Exception:
                     log.exception("refreshing the view of run %s failed", run_id)
+            if redrawn >= BUSY_ROWS:
+                self._calm_at = loop.time() + BUSY_PUSH_DELAY_S

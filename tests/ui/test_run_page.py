@@ -26,7 +26,7 @@ from tests import stepfns
 from tests.conftest import wait_for
 from tests.ui.conftest import RETRIES, add_workflows, eventually, table_rows
 from ui.components.run_steps import RunSteps
-from ui.live import LiveRuns, RunState
+from ui.live import BUSY_PUSH_DELAY_S, BUSY_ROWS, LiveRuns, RunState
 
 WORKFLOWS = {
     "logs": """
@@ -83,6 +83,9 @@ WORKFLOWS = {
             label: After
             call: tests.stepfns:counted
     """,
+    # A gated first step, then more steps than a busy push redraws (`ui.live.BUSY_ROWS`).
+    "paced": "name: paced\nsteps:\n  - key: pace\n    call: tests.stepfns:gated\n"
+    + "".join(f"  - key: p{i}\n    call: tests.stepfns:noop\n" for i in range(BUSY_ROWS + 10)),
 }
 
 TIMEOUT_S = 10.0
@@ -232,18 +235,23 @@ async def wait_row(run_id: int, key: str, **expected: Any) -> dict[str, Any]:
     return found
 
 
-def sent_rows(user: User, steps: RunSteps) -> list[dict[str, Any]]:
-    """Every row the server sent to this component since the page opened (its `patch` calls, in order),
-    read from what the client's outbox emitted."""
+def sent_patches(user: User, steps: RunSteps) -> list[tuple[float, list[dict[str, Any]]]]:
+    """Every patch the server sent to this component since the page opened, in order: when the client's
+    outbox emitted it (epoch seconds) and its rows."""
     assert user.client is not None
     call = re.compile(rf'return runMethod\({steps.id}, "patch", (.*)\)$', re.DOTALL)
-    sent: list[dict[str, Any]] = []
-    for _, _, (_, kind, data) in user.client.outbox.message_history:
+    sent: list[tuple[float, list[dict[str, Any]]]] = []
+    for _, at, (_, kind, data) in user.client.outbox.message_history:
         match = call.match(data.get("code", "")) if kind == "run_javascript" else None
         if match:
             (rows,) = json.loads(match.group(1))
-            sent.extend(dict(zip(ROW_FIELDS, r, strict=True)) for r in rows)
+            sent.append((at, [dict(zip(ROW_FIELDS, r, strict=True)) for r in rows]))
     return sent
+
+
+def sent_rows(user: User, steps: RunSteps) -> list[dict[str, Any]]:
+    """Every row the server sent to this component since the page opened (its `patch` calls, in order)."""
+    return [row for _, rows in sent_patches(user, steps) for row in rows]
 
 
 async def show(user: User, *keys: str) -> None:
@@ -310,6 +318,60 @@ async def test_rows_change_colour_as_steps_complete_without_reload(user: User) -
     assert user.client is client
     assert steps_of(user) is steps
     assert the(user, "run-root") is root
+
+
+async def test_after_a_patch_that_redrew_many_steps_the_next_one_waits_longer(user: User) -> None:
+    """A run changing faster than anyone reads is redrawn a few times a second, not ten: after a patch of
+    BUSY_ROWS steps or more, the next comes BUSY_PUSH_DELAY_S later at the soonest (a lower bound: a
+    loaded machine only makes the gap longer)."""
+    run_id = await start_run(user, "paced")
+    stepfns.gate("pace").set()
+    await wait_run(user, run_id, "completed")
+    await user.open(f"/runs/{run_id}")
+    steps = steps_of(user)
+    stepfns.gate("pace").clear()
+    # One commit puts every step back to pending: one patch redraws them all, then the gated step runs.
+    response = await user.http_client.post(f"/api/runs/{run_id}/steps/pace/rerun")
+    assert response.status_code == 200, response.text
+
+    async def busy_patch() -> float | None:
+        return next((at for at, rows in sent_patches(user, steps) if len(rows) >= BUSY_ROWS), None)
+
+    busy_at: float = await wait_for(busy_patch, TIMEOUT_S, f"a patch of {BUSY_ROWS} steps or more")
+    stepfns.gate("pace").set()  # the rest of the run: more changes right away
+    last = f"p{BUSY_ROWS + 9}"
+
+    async def finished() -> bool:
+        return any(r["key"] == last and r["status"] == "completed" for r in sent_rows(user, steps))
+
+    await wait_for(finished, TIMEOUT_S, "the patch of the run's last step")
+    later = [at for at, _ in sent_patches(user, steps) if at > busy_at]
+    assert later[0] - busy_at >= BUSY_PUSH_DELAY_S - 0.01, f"the next patch came {later[0] - busy_at:.3f} s after"
+
+
+async def test_rows_kept_from_the_changes_match_the_steps_as_read(user: User) -> None:
+    """A watched run's rows follow its changes without re-reading its steps (their times are the events'):
+    once it ran, every row is what reading the steps afresh gives."""
+    run_id = await start_run(user, "paced")
+    await user.open(f"/runs/{run_id}")
+    await wait_row(run_id, "pace", status="running")
+    stepfns.gate("pace").set()
+    await wait_row(run_id, f"p{BUSY_ROWS + 9}", status="completed")
+    kept = state_of(run_id).rows
+    for read in await queries.step_rows(run_id):
+        row = kept[read.key]
+        assert (row.status, row.attempt, row.stale, row.truncated) == (
+            read.status,
+            read.attempt,
+            read.stale,
+            read.truncated,
+        ), read.key
+        # The event's time: PostgreSQL reads its clock as each statement of the commit starts, so the
+        # attempt's own time may be earlier by as long as the statements between them took.
+        for name in ("started_at", "finished_at"):
+            shown, stored = getattr(row, name), getattr(read, name)
+            assert stored is not None and shown is not None, (read.key, name, shown, stored)
+            assert 0 <= shown - stored < 1.0, (read.key, name, shown, stored)
 
 
 async def test_bodies_are_built_for_the_open_cards_on_screen_and_dropped_otherwise(user: User) -> None:
