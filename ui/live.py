@@ -32,10 +32,10 @@ from ui.theme import status_color
 log = logs.logger(__name__)
 
 PUSH_DELAY_S = 0.1  # changes arriving within this window reach the tabs as one patch
-# After a push that redrew BUSY_ROWS steps or more (runs change faster than anyone reads), the next one
-# comes BUSY_PUSH_DELAY_S after it at the soonest: a tab then redraws a few times a second, not ten, and
-# costs the machine (and so the runs it shares it with) less. A quiet run's change still shows within
-# PUSH_DELAY_S.
+# After a push of a run that redrew BUSY_ROWS of its steps or more (they change faster than anyone reads),
+# its next one comes BUSY_PUSH_DELAY_S after it at the soonest: its tabs then redraw a few times a second,
+# not ten, and cost the machine (and so the runs it shares it with) less. Other runs' changes still show
+# within PUSH_DELAY_S.
 BUSY_PUSH_DELAY_S = 0.3
 BUSY_ROWS = 20
 STREAM_TAIL_CHARS = 4000  # a card shows the end of the text a model is streaming (the rest follows at the end)
@@ -129,6 +129,10 @@ class RunState:
         self.dirty: set[str] = set()  # steps to re-read at the next push
         self.header_dirty = False
         self.pending = Patch()
+        self.calm_at = 0.0  # the loop's time before which no push is made for it (after a busy one)
+        # The steps that changed during each re-read in flight: a read row of one may be older than what the
+        # change showed, so it is not applied but read again at the next push.
+        self._reads: list[set[str]] = []
         self._apply_header(header)
         self._recount()
         for (run_id, key), ctx in list(executing.items()):  # steps streaming right now in this process
@@ -181,13 +185,19 @@ class RunState:
             (self.truncated.add if row.truncated else self.truncated.discard)(row.key)
             self.pending.rows.append(row)
 
-    def apply_step_status(self, key: str, status: StepStatus, attempt: int | None, at: str | None = None) -> None:
-        """A status from the hub. Its row follows from the change (the event is written with the attempt, at
-        the same time) but for an LLM step's cut-off flag, which its attempt's record holds: that step is
-        re-read at the next push (as is one whose change carries no time)."""
+    def apply_step_status(
+        self, key: str, status: StepStatus, attempt: int | None, at: str | None = None, was: str | None = None
+    ) -> None:
+        """A status from the hub (`was`: the one it left). Its row follows from the change where the change
+        is the attempt's start or end, written in the same commit (the event's time is the attempt's): a step
+        starting or leaving RUNNING, or going back to PENDING. The step is re-read at the next push otherwise
+        (one that leaves a pending retry or a choice ended its attempt before), and for an LLM step, whose
+        cut-off flag its attempt's record holds."""
         row = self.rows.get(key)
         if row is None:
             return
+        for changed in self._reads:
+            changed.add(key)
         self.counts[row.status] -= 1
         self.counts[status] += 1
         row.status = status
@@ -201,14 +211,16 @@ class RunState:
             self.truncated.discard(key)
             row.finished_at = None
         when = _epoch_s(at)
-        if row.kind == LLM_KIND or when is None:
-            self.dirty.add(key)
-        elif status == StepStatus.PENDING:
+        if status == StepStatus.PENDING:
             row.started_at = None
+        elif row.kind == LLM_KIND or when is None:
+            self.dirty.add(key)
         elif status == StepStatus.RUNNING:
             row.started_at = when
-        elif status in STEP_ATTEMPT_ENDED:
+        elif was == StepStatus.RUNNING and status in STEP_ATTEMPT_ENDED:
             row.finished_at = when
+        elif was != StepStatus.RUNNING:
+            self.dirty.add(key)
         self.pending.rows.append(row)
         self.pending.bodies.add(key)  # an open card shows the step's new state
 
@@ -284,7 +296,14 @@ class RunState:
         run_id = self.view.id
         if self.dirty:
             keys, self.dirty = sorted(self.dirty), set()
-            self.apply_rows(await queries.step_rows(run_id, keys))
+            changed: set[str] = set()
+            self._reads.append(changed)
+            try:
+                rows = await queries.step_rows(run_id, keys)
+            finally:
+                self._reads.remove(changed)
+            self.dirty |= changed
+            self.apply_rows(r for r in rows if r.key not in self.dirty)
             self.pending.bodies.update(keys)
         if self.header_dirty:
             self.header_dirty = False
@@ -340,7 +359,6 @@ class LiveRuns:
         self.runs_changed: Event[int] = Event()  # a run was created or changed status (runs list)
         self._due: set[int] = set()
         self._push: asyncio.Task[None] | None = None
-        self._calm_at = 0.0  # the loop's time before which no push is made (after a busy one)
         self._remove: Callable[[], None] | None = None
         # Runs whose state is being read for a first viewer: what changed meanwhile (a step's key, None for
         # the run itself), to be read again once the state is made (`open`).
@@ -415,7 +433,7 @@ class LiveRuns:
             return
         key = change.step_key
         if change.kind == ChangeKind.STEP and change.to_status and key:
-            state.apply_step_status(key, StepStatus(change.to_status), change.attempt, change.at)
+            state.apply_step_status(key, StepStatus(change.to_status), change.attempt, change.at, change.from_status)
         elif change.kind == ChangeKind.RUN and change.to_status:
             state.apply_run_status(change.to_status)
         elif change.kind == ChangeKind.PROGRESS and key:
@@ -438,18 +456,20 @@ class LiveRuns:
             self._push = background_tasks.create(self._push_due(), name="live-push")
 
     async def _push_due(self) -> None:
+        """Every PUSH_DELAY_S while runs are due: push each one, but a run whose last push was busy (its
+        `calm_at` is still to come), which waits for a later round."""
         loop = asyncio.get_running_loop()
         while self._due:
-            await asyncio.sleep(max(PUSH_DELAY_S, self._calm_at - loop.time()))
-            due, self._due = self._due, set()
-            redrawn = 0
+            await asyncio.sleep(PUSH_DELAY_S)
+            now = loop.time()
+            due = {run_id for run_id in self._due if (s := self.states.get(run_id)) is None or s.calm_at <= now}
+            self._due -= due
             for run_id in due:
                 state = self.states.get(run_id)
                 if state is None:
                     continue
                 try:
-                    redrawn += await state.catch_up()
+                    if await state.catch_up() >= BUSY_ROWS:
+                        state.calm_at = loop.time() + BUSY_PUSH_DELAY_S
                 except Exception:
                     log.exception("refreshing the view of run %s failed", run_id)
-            if redrawn >= BUSY_ROWS:
-                self._calm_at = loop.time() + BUSY_PUSH_DELAY_S
