@@ -80,6 +80,13 @@ class Engine:
         self._dispatcher: asyncio.Task[None] | None = None
         self._remove_listener: Callable[[], None] | None = None
         self._stopping = False
+        # Runs claimed as they are created (`claim_new`) and not yet driven: room kept for them.
+        self._new_claims = 0
+        self._new_claims_settled = asyncio.Event()
+        self._new_claims_settled.set()
+        # Whether the last look at the queue found it empty, with no run queued since (`claim_new`).
+        self._queue_empty = False
+        self._queued_seen = 0  # runs seen queued (hub) that are not ours: a look that saw fewer missed some
         self.stop_reason = "the server shut down"
         self.notifier: Notifier | None = None
         self._hub: Hub | None = None
@@ -103,6 +110,8 @@ class Engine:
             await orphans.recover_orphans(self.settings, self.owner)
         self._remove_listener = hub.add_listener(self._on_change)
         if self.claim_queued:
+            if not self.shared:
+                hub.claim_new = self.claim_new
             self._dispatcher = asyncio.create_task(
                 self._dispatch_loop(), name="stepdeck-dispatch", context=logs.context_with(worker=self.owner)
             )
@@ -143,11 +152,16 @@ class Engine:
         self._stopping = True
         self.stop_reason = why
         self._wake.set()
+        if self._hub is not None and self._hub.claim_new == self.claim_new:
+            self._hub.claim_new = None
         # The dispatcher is not cancelled mid-claim (the claim would commit unseen, leaving a run
-        # owned by nobody alive): it notices `_stopping` and returns after the claim in flight.
+        # owned by nobody alive): it notices `_stopping` and returns after the claim in flight. Runs
+        # being created claimed already are waited for too: their drivers are drained below.
         if self._dispatcher is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(self._dispatcher), timeout=CLAIM_WAIT_S)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._new_claims_settled.wait(), timeout=CLAIM_WAIT_S)
         grace_s = self.settings.shutdown_grace_s if grace_s is None else grace_s
         for driver in list(self.drivers.values()):
             driver.drain()
@@ -191,6 +205,31 @@ class Engine:
             return True
         return False
 
+    def claim_new(self) -> transitions.NewRunClaim | None:
+        """A claim for a run about to be created in this process, when this engine has room for it now and
+        no queued run waits before it (the last look found the queue empty, and none was queued since):
+        the run is then written RUNNING in the commit that creates it, and driven at once, with no claim
+        of its own to commit and no read for its driver. None: the run is queued, as by another process."""
+        if self._stopping or not self._queue_empty or current().check_file():
+            return None
+        if len(self.drivers) + self._new_claims >= self.settings.max_concurrent_runs:
+            return None
+        self._new_claims += 1
+        self._new_claims_settled.clear()
+        return _NewRunClaim(self)
+
+    def _settle_new_claim(self) -> None:
+        self._new_claims -= 1
+        if not self._new_claims:
+            self._new_claims_settled.set()
+
+    def _drive_new(self, claimed: transitions.ClaimedRun) -> None:
+        """A run claimed as it was created: driven now; drained at once when this engine stops meanwhile
+        (the driver releases it to the queue, as a claim made while stopping is)."""
+        self._spawn(claimed.id, claimed)
+        if self._stopping:
+            self.drivers[claimed.id].drain()
+
     async def wait_idle(self) -> None:
         """Wait until this engine drives no run (tests, headless runs)."""
         while self._driver_tasks:
@@ -199,9 +238,12 @@ class Engine:
     # --- internals ---------------------------------------------------------------------------------
 
     def _on_change(self, change: Change) -> None:
-        if change.kind == ChangeKind.RUN and change.to_status == RunStatus.QUEUED:
-            self._wake.set()
         driver = self.drivers.get(change.run_id)
+        queued = change.kind == ChangeKind.RUN and change.to_status == RunStatus.QUEUED
+        if queued and (driver is None or change.from_status is not None):  # not one created ours (`claim_new`)
+            self._queue_empty = False
+            self._queued_seen += 1
+            self._wake.set()
         if driver is None:
             return
         if change.kind == ChangeKind.RUN and change.to_status == RunStatus.CANCELLED:
@@ -221,13 +263,15 @@ class Engine:
             self._driver_tasks.discard(t)
             if self.drivers.get(run_id) is driver:
                 del self.drivers[run_id]
-            self._wake.set()  # a slot is free
+            if not self._queue_empty:
+                self._wake.set()  # a slot is free for a queued run
 
         task.add_done_callback(done)
 
     async def _claim_some(self) -> None:
-        free = self.settings.max_concurrent_runs - len(self.drivers)
+        free = self.settings.max_concurrent_runs - len(self.drivers) - self._new_claims
         if free <= 0 or current().check_file():
+            self._queue_empty = False  # not looked at: runs may be queued
             return
         if self.shared:
             if not self.healthy():
@@ -238,14 +282,19 @@ class Engine:
                 else:
                     self._spawn(run_id)
             return
+        seen = self._queued_seen
         rows = await fetch(
             "SELECT id FROM runs WHERE status = ? ORDER BY id LIMIT ?", (RunStatus.QUEUED, free), engine=True
         )
         # Not one that a driver of ours still winds down (taken away, then re-queued).
         ids = [row["id"] for row in rows if row["id"] not in self.drivers]
         if not ids or self._stopping:
+            self._queue_empty = not rows and seen == self._queued_seen
             return
-        for claimed in await transitions.claim_runs(ids, self.owner):
+        claimed_runs = await transitions.claim_runs(ids, self.owner)
+        # Every queued run was claimed (the look saw fewer than it could take), and none was queued since.
+        self._queue_empty = len(rows) < free and len(claimed_runs) == len(ids) and seen == self._queued_seen
+        for claimed in claimed_runs:
             if not self._stopping:
                 self._spawn(claimed.id, claimed)
                 continue
@@ -336,3 +385,22 @@ class Engine:
             driver = self.drivers.get(row["id"])
             if driver and (row["status"] != RunStatus.RUNNING or row["owner"] != driver.owner):
                 driver.stop(StopReason.CANCELLED if row["status"] == RunStatus.CANCELLED else StopReason.LOST)
+
+
+class _NewRunClaim:
+    """`Engine.claim_new`'s claim: the room it keeps is given back once, when the run is driven or when its
+    creation is over (a creation whose caller stopped waiting may still commit: its run is driven then)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.owner = engine.owner
+        self._engine = engine
+        self._held = True
+
+    def adopt(self, claimed: transitions.ClaimedRun) -> None:
+        self.release()
+        self._engine._drive_new(claimed)
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._engine._settle_new_claim()

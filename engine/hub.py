@@ -20,6 +20,7 @@ from engine import logs
 if TYPE_CHECKING:
     from engine.context import StepContext
     from engine.queries import EventJson
+    from engine.transitions import NewRunClaim
 
 log = logs.logger(__name__)
 
@@ -252,6 +253,8 @@ class Hub:
         self.executing: dict[tuple[int, str], StepContext] = {}
         # Notification deliveries were made or tried by this process (the Monitoring page's table).
         self.deliveries = Signal("deliveries")
+        # The engine of this process that claims a run as it is created when it has room (`Engine.claim_new`).
+        self.claim_new: Callable[[], NewRunClaim | None] | None = None
         self._listeners: list[Listener] = []
         self._subscriptions: set[Subscription] = set()
         self._loop: asyncio.AbstractEventLoop | None = None

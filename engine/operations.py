@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from engine import records, transitions
+from engine.db import current
 from engine.db.base import JsonText
 from engine.definitions import WorkflowDef
 from engine.errors import Conflict, InvalidInput, NotFound
@@ -35,9 +36,10 @@ async def start_run(defn: WorkflowDef, inputs: Mapping[str, Any], actor: str, *,
 async def start_run_detail(
     defn: WorkflowDef, inputs: Mapping[str, Any], actor: str, *, from_strings: bool = False
 ) -> RunDetail:
-    """`start_run`, returning the run as created (queued, every step pending) without reading it back."""
+    """`start_run`, returning the run as created (queued, or running when this process's engine claimed it
+    as it was created; every step pending) without reading it back."""
     values, created = await _create(defn, inputs, actor, from_strings)
-    return queued_run(created.id, defn, declared_order(defn, values), actor, created.created_at)
+    return queued_run(created.id, defn, declared_order(defn, values), actor, created.created_at, created.claimed_by)
 
 
 async def start_run_json(
@@ -45,7 +47,8 @@ async def start_run_json(
 ) -> RunDetailJson:
     """`start_run_detail(...).to_json()`, its steps' part made once per definition (what the API answers)."""
     values, created = await _create(defn, inputs, actor, from_strings)
-    return queued_run_json(created.id, defn, declared_order(defn, values), actor, created.created_at)
+    in_order = declared_order(defn, values)
+    return queued_run_json(created.id, defn, in_order, actor, created.created_at, created.claimed_by)
 
 
 async def _create(
@@ -61,10 +64,14 @@ async def _create(
         values = validate_inputs(defn, inputs, from_strings=from_strings)
     except InputError as exc:
         raise InvalidInput(str(exc), exc.problems) from None
-    steps = defn.derived(_new_steps)
-    return values, await transitions.create_run(
-        transitions.NewRun(defn.name, JsonText(defn.snapshot_json()), values, steps, actor)
-    )
+    new = new_run(defn, values, actor)
+    claim_new = current().hub.claim_new  # the engine of this process, when it has room for the run now
+    return values, await transitions.create_run(new, claim_new() if claim_new is not None else None)
+
+
+def new_run(defn: WorkflowDef, values: dict[str, Any], actor: str) -> transitions.NewRun:
+    """What a run of `defn` with these (validated) inputs starts from."""
+    return transitions.NewRun(defn.name, JsonText(defn.snapshot_json()), values, defn.derived(_new_steps), actor)
 
 
 def _new_steps(defn: WorkflowDef) -> tuple[transitions.NewStep, ...]:

@@ -286,20 +286,24 @@ class RunDetail:
         return {**run_json(self), **shown, "cost": self.cost, "steps": steps}
 
 
-def queued_run(run_id: int, defn: WorkflowDef, inputs: dict[str, Any], actor: str, created_at: datetime) -> RunDetail:
-    """A run as it is created: queued, every step pending (what reading it back would show)."""
+def queued_run(
+    run_id: int, defn: WorkflowDef, inputs: dict[str, Any], actor: str, created_at: datetime, owner: str | None = None
+) -> RunDetail:
+    """A run as it is created: queued (or, claimed as it was created, running for `owner`), every step
+    pending (what reading it back would show)."""
+    started = created_at if owner is not None else None
     return RunDetail(
         id=run_id,
         workflow=defn.name,
-        status=RunStatus.QUEUED,
+        status=RunStatus.QUEUED if owner is None else RunStatus.RUNNING,
         error=None,
         inputs=inputs,
         actor=actor,
-        owner=None,
-        heartbeat_at=None,
+        owner=owner,
+        heartbeat_at=started,
         recoveries=0,
         created_at=created_at,
-        started_at=None,
+        started_at=started,
         finished_at=None,
         updated_at=created_at,
         steps=defn.derived(_pending_steps),
@@ -307,12 +311,13 @@ def queued_run(run_id: int, defn: WorkflowDef, inputs: dict[str, Any], actor: st
 
 
 def queued_run_json(
-    run_id: int, defn: WorkflowDef, inputs: dict[str, Any], actor: str, created_at: datetime
+    run_id: int, defn: WorkflowDef, inputs: dict[str, Any], actor: str, created_at: datetime, owner: str | None = None
 ) -> RunDetailJson:
     """`queued_run(...).to_json()`, its steps and their summary made once per definition (what starting a
     run over the API answers: the same for every run of a definition but the run's own fields)."""
     steps, shown = defn.derived(_pending_json)
-    return {**run_json(queued_run(run_id, defn, inputs, actor, created_at)), **shown, "cost": None, "steps": steps}
+    run = queued_run(run_id, defn, inputs, actor, created_at, owner)
+    return {**run_json(run), **shown, "cost": None, "steps": steps}
 
 
 def _pending_steps(defn: WorkflowDef) -> tuple[StepDetail, ...]:

@@ -3,10 +3,11 @@ release, and a person's selection (which may re-queue a waiting run)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from engine import events, leases, logs, records
 from engine.db import current
@@ -59,15 +60,38 @@ class NewRun:
 
 @dataclass(frozen=True, slots=True)
 class CreatedRun:
-    """A run as `create_run` wrote it: its id and creation time as stored."""
+    """A run as `create_run` wrote it: its id and creation time as stored, and whether it was claimed as
+    it was created (`NewRunClaim`: RUNNING, its owner's; else QUEUED)."""
 
     id: int
     created_at: datetime
+    claimed_by: str | None = None
 
 
-async def create_run(new: NewRun) -> CreatedRun:
-    """Insert a QUEUED run with its PENDING steps."""
-    created = await _create_run(new, None)
+class NewRunClaim(Protocol):
+    """An engine of this process that claims a run as it is created, because it has room for it now
+    (`Engine.claim_new`): the run is written RUNNING and owned, with the claim's event, in the commit
+    that creates it, instead of QUEUED and claimed in a commit of its own."""
+
+    owner: str
+
+    def adopt(self, claimed: ClaimedRun) -> None:
+        """Drive the run: called on the event loop once the creation committed, before its changes are
+        published, whether or not the caller of `create_run` still waits for it."""
+
+    def release(self) -> None:
+        """The creation is over (committed or not): the room kept for it is free again unless `adopt`
+        took it. Called once the caller stops waiting for it."""
+
+
+async def create_run(new: NewRun, claim: NewRunClaim | None = None) -> CreatedRun:
+    """Insert a QUEUED run with its PENDING steps; with `claim`, RUNNING for `claim.owner` already, its
+    claim in the same commit (the claim's event follows the creation's), then adopted (`NewRunClaim`)."""
+    try:
+        created = await _create_run(new, None, claim)
+    finally:
+        if claim is not None:
+            claim.release()
     assert created is not None  # nothing but a fire time can be taken already
     return created
 
@@ -78,21 +102,26 @@ async def create_scheduled_run(
     """`create_run` for a fire time of a schedule, claiming the fire time in the same commit: None when
     it was claimed already (a double firing), and then nothing is written."""
     new = NewRun(fire.workflow, definition, inputs, steps, f"schedule:{fire.schedule}")
-    created = await _create_run(new, fire)
+    created = await _create_run(new, fire, None)
     return created.id if created is not None else None
 
 
-async def _create_run(new: NewRun, fire: ScheduledFire | None) -> CreatedRun | None:
+async def _create_run(new: NewRun, fire: ScheduledFire | None, claim: NewRunClaim | None) -> CreatedRun | None:
     now = records.utcnow()
+    owner = claim.owner if claim is not None else None
     run = Stmt(
-        "INSERT INTO runs (workflow, definition, inputs, status, actor, recoveries, schedule, scheduled_for,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?) RETURNING id, created_at",
+        "INSERT INTO runs (workflow, definition, inputs, status, actor, owner, heartbeat_at, started_at, recoveries,"
+        " schedule, scheduled_for, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)"
+        " RETURNING id, created_at",
         (
             new.workflow,
             new.definition,
             new.inputs,
-            RunStatus.QUEUED,
+            RunStatus.QUEUED if claim is None else RunStatus.RUNNING,
             new.actor,
+            owner,
+            None if claim is None else now,
+            None if claim is None else now,
             fire.schedule if fire else None,
             fire.fire_time if fire else None,
             now,
@@ -117,15 +146,37 @@ async def _create_run(new: NewRun, fire: ScheduledFire | None) -> CreatedRun | N
         EventSpec(ACTION, Ref(0), actor=new.actor, message=message),
         EventSpec(RUN, Ref(0), to_status=RunStatus.QUEUED, actor=new.actor),
     ]
-    result = (await run_batches([events.batch(stmts, evs, now)]))[0]
+    batch = events.batch(stmts, evs, now) if claim is None else _claimed_at_creation(stmts, evs, now, claim)
+    result = (await run_batches([batch]))[0]
     if isinstance(result, Exception):
         raise result
     if not result.ok:
         return None
     run_id, created_at = result.rows[0][0]
     return CreatedRun(
-        int(run_id), created_at if isinstance(created_at, datetime) else datetime.fromisoformat(created_at)
+        int(run_id), created_at if isinstance(created_at, datetime) else datetime.fromisoformat(created_at), owner
     )
+
+
+def _claimed_at_creation(stmts: list[Stmt], evs: list[EventSpec], now: datetime, claim: NewRunClaim) -> Batch:
+    """The creation's batch for a run written RUNNING: the claim's event after the creation's, the run's
+    steps read back for its driver, and the driver started (`NewRunClaim.adopt`) before the changes are
+    published, so that its engine knows the queued run is its own."""
+    read = len(stmts)
+    stmts = [*stmts, Stmt(STEP_ROWS_SQL, (Ref(0),))]
+    claimed = EventSpec(RUN, Ref(0), from_status=RunStatus.QUEUED, to_status=RunStatus.RUNNING, message=claim.owner)
+    batch = events.batch(stmts, [*evs, claimed], now)
+    definition, inputs = stmts[0].params[1], dict(stmts[0].params[2])  # its steps' own, as if read back
+    publish = batch.on_commit
+    assert publish is not None
+
+    def on_commit(result: BatchResult) -> None:
+        try:
+            claim.adopt(ClaimedRun(result.rows[0][0][0], definition, inputs, result.rows[read]))
+        finally:
+            publish(result)
+
+    return dataclasses.replace(batch, on_commit=on_commit)
 
 
 # What a run's driver reads of its steps: each with its current attempt's outcome (`RunDriver._refresh`).
