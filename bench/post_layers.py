@@ -45,7 +45,7 @@ from engine.registry import Registry
 from engine.settings import from_env
 from ui import errors
 from ui.api import OrjsonResponse, StartRunIn, router
-from ui.app import api_app
+from ui.app import API_GZIP_MIN_BYTES, api_app
 from ui.security import SessionCache
 
 LAYERS = ("floor", "insert", "route", "errors", "gzip", "gate", "served")
@@ -87,7 +87,7 @@ def layer_app(layer: str) -> Any:
     if layer in ("errors", "gzip"):
         errors.install(app)
     if layer == "gzip":
-        app.add_middleware(GZipMiddleware, minimum_size=1000)
+        app.add_middleware(GZipMiddleware, minimum_size=API_GZIP_MIN_BYTES, compresslevel=1)  # as `ui.app`
     return app
 
 

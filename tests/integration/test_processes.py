@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from tests.integration.served import ROOT, Server, Workspace, serving
+from ui.app import API_GZIP_MIN_BYTES
 
 STEPS_MODULE = '''
 import pathlib
@@ -335,6 +336,25 @@ def test_docs_and_openapi_answer(server_log: Server) -> None:
     ):
         assert path in paths, path
     assert "post" in paths["/api/runs"]
+
+
+def test_api_answers_are_compressed_when_large_and_sent_as_they_are_when_small(tmp_path: Path) -> None:
+    """GZip, when the client asks for it, only where it pays: a run of a few steps is sent as it is, a run
+    of many steps compressed."""
+    long = "name: long\nsteps:\n" + "".join(f"  - key: s{i}\n    call: procsteps:use\n" for i in range(80))
+    ws = Workspace(tmp_path / "ws", {**WORKFLOWS, "long": long}, MODULES)
+    gzip = {"accept-encoding": "gzip"}
+    with serving(ws) as server:
+        small = server.client.post("/api/runs", json={"workflow": "proc-boom", "inputs": {}}, headers=gzip)
+        assert small.status_code == 201, small.text
+        assert "content-encoding" not in small.headers
+        assert len(small.content) < API_GZIP_MIN_BYTES
+        run_id = server.start_run("long")
+        large = server.client.get(f"/api/runs/{run_id}", headers=gzip)
+        assert large.status_code == 200, large.text
+        assert large.headers.get("content-encoding") == "gzip"
+        assert len(large.content) >= API_GZIP_MIN_BYTES  # what httpx decoded
+        assert len(large.json()["steps"]) == 80
 
 
 def test_served_api_errors_are_json_4xx(server_log: Server) -> None:
