@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from engine.definitions import parse_definition
-from engine.readmodel import queued_run_json
+from engine.readmodel import created_run_json
 from ui.api import OrjsonResponse, StartRunIn
 
 app = FastAPI()
@@ -24,7 +24,7 @@ PAR = parse_definition({"name": "par", "steps": [{"key": f"s{i}", "call": "bench
 
 @app.post("/api/runs", status_code=201)
 async def start_run(body: StartRunIn) -> OrjsonResponse:
-    run = queued_run_json(1, PAR, dict(body.inputs), "api@127.0.0.1", datetime.now(UTC))
+    run = created_run_json(1, PAR, dict(body.inputs), "api@127.0.0.1", datetime.now(UTC))
     return OrjsonResponse(run, status_code=201)
 
 

@@ -5,7 +5,7 @@ than over HTTP, and the least round of many is steadier still on a busy machine.
 
     uv run python -m bench.post_asgi [--posts 200] [--reps 40] [--no-db]
 
-`--no-db`: `operations.start_run_json` answers with the floor's run (`queued_run`) without writing it,
+`--no-db`: `operations.start_run_json` answers with the floor's run (`created_run`) without writing it,
 so what is left above the floor is the HTTP layers' own cost (router, dependencies, error handlers,
 GZip, the gate). The served app (NiceGUI's, with `ApiFastPath`) is measured over HTTP only.
 """
@@ -27,7 +27,7 @@ from bench.post_layers import LAYERS, layer_app, print_table
 from engine import operations
 from engine.db import close_database, open_database
 from engine.definitions import WorkflowDef
-from engine.readmodel import RunDetailJson, queued_run_json
+from engine.readmodel import RunDetailJson, created_run_json
 from tests.dbtemplate import migrated_copy
 from tests.integration.served import Workspace
 
@@ -78,7 +78,7 @@ async def post(app: Any) -> None:
 
 
 async def _without_writing(defn: WorkflowDef, inputs: Any, actor: str, *, from_strings: bool = False) -> RunDetailJson:
-    return queued_run_json(1, defn, dict(inputs), actor, datetime.now(UTC))
+    return created_run_json(1, defn, dict(inputs), actor, datetime.now(UTC))
 
 
 async def measure(apps: dict[str, Any], db_url: str, posts: int, reps: int) -> dict[str, list[float]]:

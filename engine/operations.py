@@ -20,7 +20,7 @@ from engine.definitions import WorkflowDef
 from engine.errors import Conflict, InvalidInput, NotFound
 from engine.inputs import InputError, validate_inputs
 from engine.outputs import clean_text
-from engine.readmodel import RunDetail, RunDetailJson, queued_run, queued_run_json
+from engine.readmodel import RunDetail, RunDetailJson, created_run, created_run_json
 from engine.registry import declared_order
 from engine.store import fetch
 from models.status import RUN_ACTIVE, RunStatus, StepStatus
@@ -39,7 +39,7 @@ async def start_run_detail(
     """`start_run`, returning the run as created (queued, or running when this process's engine claimed it
     as it was created; every step pending) without reading it back."""
     values, created = await _create(defn, inputs, actor, from_strings)
-    return queued_run(created.id, defn, declared_order(defn, values), actor, created.created_at, created.claimed_by)
+    return created_run(created.id, defn, declared_order(defn, values), actor, created.created_at, created.claimed_by)
 
 
 async def start_run_json(
@@ -48,7 +48,7 @@ async def start_run_json(
     """`start_run_detail(...).to_json()`, its steps' part made once per definition (what the API answers)."""
     values, created = await _create(defn, inputs, actor, from_strings)
     in_order = declared_order(defn, values)
-    return queued_run_json(created.id, defn, in_order, actor, created.created_at, created.claimed_by)
+    return created_run_json(created.id, defn, in_order, actor, created.created_at, created.claimed_by)
 
 
 async def _create(

@@ -286,7 +286,7 @@ class RunDetail:
         return {**run_json(self), **shown, "cost": self.cost, "steps": steps}
 
 
-def queued_run(
+def created_run(
     run_id: int, defn: WorkflowDef, inputs: dict[str, Any], actor: str, created_at: datetime, owner: str | None = None
 ) -> RunDetail:
     """A run as it is created: queued (or, claimed as it was created, running for `owner`), every step
@@ -310,13 +310,13 @@ def queued_run(
     )
 
 
-def queued_run_json(
+def created_run_json(
     run_id: int, defn: WorkflowDef, inputs: dict[str, Any], actor: str, created_at: datetime, owner: str | None = None
 ) -> RunDetailJson:
-    """`queued_run(...).to_json()`, its steps and their summary made once per definition (what starting a
+    """`created_run(...).to_json()`, its steps and their summary made once per definition (what starting a
     run over the API answers: the same for every run of a definition but the run's own fields)."""
     steps, shown = defn.derived(_pending_json)
-    run = queued_run(run_id, defn, inputs, actor, created_at, owner)
+    run = created_run(run_id, defn, inputs, actor, created_at, owner)
     return {**run_json(run), **shown, "cost": None, "steps": steps}
 
 

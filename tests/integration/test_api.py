@@ -17,7 +17,7 @@ import pytest
 from fastapi.responses import JSONResponse
 
 from engine.definitions import parse_definition
-from engine.readmodel import queued_run_json
+from engine.readmodel import created_run_json
 from engine.registry import Registry
 from engine.settings import Settings
 from tests import stepfns
@@ -314,7 +314,7 @@ def test_run_json_is_encoded_to_starlettes_bytes_and_what_orjson_refuses_falls_b
     also as keys); a value orjson refuses (an integer past 64 bits, which inputs and outputs are checked
     against but an older version may have stored) takes Starlette's encoder instead of failing."""
     defn = parse_definition({"name": "enc", "steps": [{"key": "a", "call": "tests.stepfns:noop"}]}, "")
-    run = queued_run_json(7, defn, {"topic": "é ✓", "x": 1.5, "ok": True}, "api@127.0.0.1", datetime.now(UTC))
+    run = created_run_json(7, defn, {"topic": "é ✓", "x": 1.5, "ok": True}, "api@127.0.0.1", datetime.now(UTC))
     assert OrjsonResponse(run).body == JSONResponse(run).body
     beyond = {"n": 2**70, "run": run}
     assert OrjsonResponse(beyond).body == JSONResponse(beyond).body
